@@ -1,0 +1,910 @@
+//! The caller's side: [`Channel`], its pending-request table and link task,
+//! and per-call [`CallOptions`].
+//!
+//! A `Channel` is a cheap handle. Behind it, one mutex guards the pending
+//! table and an outbox of frames; one link task (spawned on the caller's
+//! runtime) owns the [`Transport`], flushes the outbox in batches and routes
+//! answers to their callers:
+//!
+//! ```text
+//!  caller ──lock: insert slot, push REQUEST──▶ outbox ──link task──▶ transport
+//!  caller ◀──wake── slot ◀──lock: store answer── link task ◀── transport
+//! ```
+//!
+//! A call is a slot in the table from the moment it is sent until its future
+//! takes the answer or is dropped, whichever comes first; dropping it early
+//! queues a `CANCEL` frame. So every call ends exactly once (answer, remote
+//! status, timeout, cancellation, or the worker's exit) and the table holds
+//! only calls that someone still awaits.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::error::{Error, ExitReason, FrameError, Status};
+use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN};
+use crate::idmap::IdMap;
+use crate::name::MethodName;
+use crate::transport::Transport;
+
+/// The timeout of a call when neither the caller nor the schema sets one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the link waits, after the connection ends, for the driver to
+/// report how the worker ended, before it calls the loss a disconnection.
+const EXIT_REPORT_WAIT: Duration = Duration::from_secs(1);
+
+/// How many received frames the link routes before it gives writes a turn.
+const READ_BATCH: usize = 128;
+
+/// Receives the worker's exit reason from its driver once the worker is gone.
+pub(crate) type ExitWatch = watch::Receiver<Option<ExitReason>>;
+
+/// Options for one call, a client, or every call through a client.
+///
+/// Unset fields fall back, in order, to the client's options, the method's
+/// defaults from the schema (`timeout_ms`, `retries`, `idempotent` in
+/// `workerbus/options.proto`), and the library defaults: a
+/// [30 s timeout](DEFAULT_TIMEOUT), no retries, [`Backoff::default`].
+///
+/// Retries apply only to idempotent methods, and only to errors for which
+/// [`Error::is_retryable`] holds. The timeout applies to each attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use workerbus::CallOptions;
+///
+/// let options = CallOptions::new()
+///     .timeout(Duration::from_secs(2))
+///     .retries(3);
+/// assert_eq!(options.get_timeout(), Some(Duration::from_secs(2)));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallOptions {
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+    backoff: Option<Backoff>,
+    idempotent: Option<bool>,
+}
+
+impl CallOptions {
+    /// Options that set nothing: every field falls back.
+    pub fn new() -> CallOptions {
+        CallOptions::default()
+    }
+
+    /// How long to wait for each attempt's answer.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> CallOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Wait for the answer however long it takes. The call still ends if the
+    /// worker exits or the connection is lost.
+    #[must_use]
+    pub fn no_timeout(mut self) -> CallOptions {
+        self.timeout = Some(Duration::MAX);
+        self
+    }
+
+    /// How many times to retry after the first attempt (idempotent methods only).
+    #[must_use]
+    pub fn retries(mut self, retries: u32) -> CallOptions {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The delays between attempts.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> CallOptions {
+        self.backoff = Some(backoff);
+        self
+    }
+
+    /// Declares that calling the method more than once is safe, overriding the
+    /// schema's `idempotent` option, so that retries apply.
+    #[must_use]
+    pub fn idempotent(mut self, idempotent: bool) -> CallOptions {
+        self.idempotent = Some(idempotent);
+        self
+    }
+
+    /// The timeout set here, if any (`Duration::MAX` means none).
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The retry count set here, if any.
+    pub fn get_retries(&self) -> Option<u32> {
+        self.retries
+    }
+
+    /// The backoff set here, if any.
+    pub fn get_backoff(&self) -> Option<Backoff> {
+        self.backoff
+    }
+
+    /// The idempotency override set here, if any.
+    pub fn get_idempotent(&self) -> Option<bool> {
+        self.idempotent
+    }
+
+    /// The per-call settings after falling back through `layers` (most
+    /// specific first) to the method's schema defaults and the library's.
+    pub(crate) fn resolve(layers: [Option<&CallOptions>; 2], method: &MethodDefaults) -> Resolved {
+        let pick = |f: fn(&CallOptions) -> Option<Duration>| layers.iter().flatten().find_map(|o| f(o));
+        let timeout = pick(|o| o.timeout)
+            .or(method.timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let idempotent = layers
+            .iter()
+            .flatten()
+            .find_map(|o| o.idempotent)
+            .unwrap_or(method.idempotent);
+        let retries = layers
+            .iter()
+            .flatten()
+            .find_map(|o| o.retries)
+            .or(method.retries)
+            .unwrap_or(0);
+        let backoff = layers.iter().flatten().find_map(|o| o.backoff).unwrap_or_default();
+        Resolved {
+            timeout: (timeout != Duration::MAX).then_some(timeout),
+            retries: if idempotent { retries } else { 0 },
+            backoff,
+        }
+    }
+}
+
+/// A method's call defaults, as declared in its schema.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MethodDefaults {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) idempotent: bool,
+}
+
+/// Call settings with every fallback applied.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Resolved {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
+}
+
+/// Options of a [`Channel`].
+#[derive(Clone, Debug)]
+pub struct ChannelOptions {
+    max_frame_length: usize,
+}
+
+impl ChannelOptions {
+    /// The defaults: a [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame length.
+    pub fn new() -> ChannelOptions {
+        ChannelOptions::default()
+    }
+
+    /// The largest frame the channel sends; a larger request fails with
+    /// [`Error::TooLarge`] before anything is sent. Match the worker's limit.
+    #[must_use]
+    pub fn max_frame_length(mut self, max: usize) -> ChannelOptions {
+        self.max_frame_length = max;
+        self
+    }
+}
+
+impl Default for ChannelOptions {
+    fn default() -> ChannelOptions {
+        ChannelOptions {
+            max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+        }
+    }
+}
+
+/// A connection to a worker, shared by every client made from it.
+///
+/// Cloning is cheap and clones share the connection. Generated clients wrap
+/// a channel: `EmbedderClient::new(worker.channel())`. The connection stays
+/// open while any clone (or the worker handle that made it) is alive; when
+/// the last is dropped the connection closes and a worker that was serving
+/// only it stops.
+#[derive(Clone)]
+pub struct Channel {
+    handle: Arc<Handle>,
+}
+
+/// Closes the connection when the last `Channel` clone goes.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    max_frame_length: usize,
+}
+
+struct State {
+    next_id: u64,
+    calls: IdMap<Slot>,
+    outbox: std::collections::VecDeque<Frame>,
+    /// The link task's waker, present while it waits for work.
+    link: Option<Waker>,
+    closed: Option<CloseReason>,
+    /// Every `Channel` is gone: the link flushes what is queued and closes.
+    detached: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    waker: Option<Waker>,
+    outcome: Option<Result<Bytes, Failure>>,
+}
+
+/// Why a connection is closed; shared by every call it fails.
+#[derive(Clone, Debug)]
+pub(crate) enum CloseReason {
+    Exited(ExitReason),
+    Lost(Option<Arc<FrameError>>),
+}
+
+#[derive(Debug)]
+enum Failure {
+    Remote(Status),
+    Closed(CloseReason),
+}
+
+impl Failure {
+    fn into_error(self, method: &MethodName) -> Error {
+        match self {
+            Failure::Remote(status) => Error::Remote {
+                method: method.clone(),
+                status,
+            },
+            Failure::Closed(reason) => reason.into_error(method),
+        }
+    }
+}
+
+impl CloseReason {
+    fn into_error(self, method: &MethodName) -> Error {
+        match self {
+            CloseReason::Exited(exit) => Error::WorkerExited {
+                method: method.clone(),
+                exit,
+            },
+            CloseReason::Lost(cause) => Error::Disconnected {
+                method: method.clone(),
+                cause,
+            },
+        }
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Channel {
+    /// A channel over `transport`, with default options.
+    ///
+    /// Spawns the channel's link task, so it must be called within a tokio
+    /// runtime. Drivers call this for you; use it directly for a custom
+    /// transport or an in-memory worker in tests:
+    ///
+    /// ```
+    /// use workerbus::{Channel, MemoryTransport};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (host, _worker) = MemoryTransport::pair();
+    /// let channel = Channel::new(host);
+    /// assert_eq!(channel.in_flight(), 0);
+    /// # }
+    /// ```
+    pub fn new<T: Transport>(transport: T) -> Channel {
+        Channel::with_options(transport, ChannelOptions::default())
+    }
+
+    /// A channel over `transport` with `options`.
+    pub fn with_options<T: Transport>(transport: T, options: ChannelOptions) -> Channel {
+        Channel::connect(transport, options, None)
+    }
+
+    /// A channel whose failures carry the worker's exit reason, as reported
+    /// through `exit` by the driver that started it.
+    pub(crate) fn connect<T: Transport>(
+        transport: T,
+        options: ChannelOptions,
+        exit: Option<ExitWatch>,
+    ) -> Channel {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                next_id: 1,
+                calls: IdMap::default(),
+                outbox: std::collections::VecDeque::new(),
+                link: None,
+                closed: None,
+                detached: false,
+            }),
+            max_frame_length: options.max_frame_length,
+        });
+        tokio::spawn(run_link(Arc::clone(&shared), transport, exit));
+        Channel {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    /// The number of calls sent and not yet ended: the size of the pending table.
+    pub fn in_flight(&self) -> usize {
+        lock(self.shared()).calls.len()
+    }
+
+    /// Whether the connection has ended; every call on a closed channel fails
+    /// at once with the reason it closed.
+    pub fn is_closed(&self) -> bool {
+        lock(self.shared()).closed.is_some()
+    }
+
+    /// Ends the connection now: every pending call and every later call fails
+    /// with `reason`. The link task still runs until the transport ends.
+    pub(crate) fn terminate(&self, reason: CloseReason) {
+        close(self.shared(), reason);
+    }
+
+    /// Queues a control frame (e.g. `SHUTDOWN`) behind the calls already sent.
+    pub(crate) fn send_control(&self, frame: Frame) -> bool {
+        let waker = {
+            let mut state = lock(self.shared());
+            if state.closed.is_some() {
+                return false;
+            }
+            state.outbox.push_back(frame);
+            state.link.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Calls `method` with an encoded request, retrying per `options`, and
+    /// returns the encoded response.
+    pub(crate) async fn call(
+        &self,
+        method: &MethodName,
+        payload: Bytes,
+        options: &Resolved,
+    ) -> Result<Bytes, Error> {
+        if method.is_empty() || method.len() > MAX_METHOD_LEN {
+            return Err(Error::TooLarge {
+                method: method.clone(),
+                what: "method name",
+                size: method.len(),
+                max: MAX_METHOD_LEN,
+            });
+        }
+        let size = HEADER_LEN + 8 + 4 + 2 + method.len() + payload.len();
+        let max = self.shared().max_frame_length;
+        if size > max {
+            return Err(Error::TooLarge {
+                method: method.clone(),
+                what: "request",
+                size,
+                max,
+            });
+        }
+        let mut attempt = 1;
+        loop {
+            let result = self.call_once(method, &payload, options.timeout, attempt).await;
+            match result {
+                Err(error)
+                    if attempt <= options.retries && error.is_retryable() && !self.is_closed() =>
+                {
+                    tracing::debug!(%method, attempt, %error, "retrying");
+                    tokio::time::sleep(options.backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        method: &MethodName,
+        payload: &Bytes,
+        timeout: Option<Duration>,
+        attempt: u32,
+    ) -> Result<Bytes, Error> {
+        let call = self
+            .start(method, payload.clone(), timeout, attempt)
+            .map_err(|reason| reason.into_error(method))?;
+        let outcome = match timeout {
+            Some(after) => tokio::time::timeout(after, call)
+                .await
+                .map_err(|_| Error::Timeout {
+                    method: method.clone(),
+                    after,
+                })?,
+            None => call.await,
+        };
+        outcome.map_err(|failure| failure.into_error(method))
+    }
+
+    fn start(
+        &self,
+        method: &MethodName,
+        payload: Bytes,
+        timeout: Option<Duration>,
+        attempt: u32,
+    ) -> Result<PendingCall<'_>, CloseReason> {
+        let shared = self.shared();
+        let (id, waker) = {
+            let mut state = lock(shared);
+            if let Some(reason) = &state.closed {
+                return Err(reason.clone());
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            state.calls.insert(id, Slot::default());
+            state
+                .outbox
+                .push_back(Frame::request(id, method.clone(), timeout, attempt, payload));
+            (id, state.link.take())
+        };
+        // Only the first caller after the link went idle wakes it; the ones
+        // behind it ride along in the same flush.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(PendingCall {
+            shared,
+            id,
+            done: false,
+        })
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = lock(self.shared());
+        f.debug_struct("Channel")
+            .field("in_flight", &state.calls.len())
+            .field("closed", &state.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = lock(&self.shared);
+            state.detached = true;
+            state.link.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// One attempt of a call: a slot in the pending table until it resolves or is
+/// dropped.
+struct PendingCall<'a> {
+    shared: &'a Shared,
+    id: u64,
+    done: bool,
+}
+
+impl Future for PendingCall<'_> {
+    type Output = Result<Bytes, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = lock(self.shared);
+        let Some(slot) = state.calls.get_mut(&self.id) else {
+            // Only this future removes its slot; reaching here is a bug, and
+            // a lost connection is the honest report of it.
+            drop(state);
+            self.done = true;
+            return Poll::Ready(Err(Failure::Closed(CloseReason::Lost(None))));
+        };
+        if let Some(outcome) = slot.outcome.take() {
+            state.calls.remove(&self.id);
+            drop(state);
+            self.done = true;
+            return Poll::Ready(outcome);
+        }
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            slot.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for PendingCall<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let waker = {
+            let mut state = lock(self.shared);
+            match state.calls.remove(&self.id) {
+                // Still unanswered: tell the worker to stop working on it.
+                Some(slot) if slot.outcome.is_none() && state.closed.is_none() => {
+                    state.outbox.push_back(Frame::Cancel { id: self.id });
+                    state.link.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// How the link's connection ended.
+enum LinkEnd {
+    /// Every channel was dropped; the link closed the transport itself.
+    Detached,
+    /// The worker closed its end.
+    Eof,
+    /// The connection broke.
+    Broken(FrameError),
+    /// The worker sent something it must not.
+    Protocol(FrameError),
+}
+
+async fn run_link<T: Transport>(shared: Arc<Shared>, mut transport: T, exit: Option<ExitWatch>) {
+    let mut sending = std::collections::VecDeque::new();
+    let mut unflushed = false;
+    let end =
+        poll_fn(|cx| poll_link(&shared, &mut transport, &mut sending, &mut unflushed, cx)).await;
+    let reason = match end {
+        LinkEnd::Detached => {
+            let _ = poll_fn(|cx| Pin::new(&mut transport).poll_close(cx)).await;
+            return;
+        }
+        LinkEnd::Protocol(error) => {
+            tracing::warn!(%error, "closing the connection to a worker that broke the protocol");
+            CloseReason::Lost(Some(Arc::new(error)))
+        }
+        LinkEnd::Eof => exit_or_lost(exit, None).await,
+        LinkEnd::Broken(error) => exit_or_lost(exit, Some(Arc::new(error))).await,
+    };
+    drop(transport);
+    close(&shared, reason);
+}
+
+/// When the connection ends, the worker has usually died: wait briefly for its
+/// driver to say how, so that callers learn the exit status, not just the loss.
+async fn exit_or_lost(exit: Option<ExitWatch>, cause: Option<Arc<FrameError>>) -> CloseReason {
+    if let Some(mut exit) = exit {
+        let reported = tokio::time::timeout(EXIT_REPORT_WAIT, exit.wait_for(Option::is_some)).await;
+        if let Ok(Ok(reason)) = reported {
+            if let Some(reason) = reason.clone() {
+                return CloseReason::Exited(reason);
+            }
+        }
+    }
+    CloseReason::Lost(cause)
+}
+
+fn close(shared: &Shared, reason: CloseReason) {
+    let (reason, wakers): (CloseReason, Vec<Waker>) = {
+        let mut state = lock(shared);
+        // The first reason wins: a kill is not relabelled by the end of
+        // stream that follows it.
+        let reason = state.closed.get_or_insert(reason).clone();
+        state.outbox.clear();
+        let wakers = state
+            .calls
+            .values_mut()
+            .filter(|slot| slot.outcome.is_none())
+            .filter_map(|slot| {
+                slot.outcome = Some(Err(Failure::Closed(reason.clone())));
+                slot.waker.take()
+            })
+            .collect();
+        (reason, wakers)
+    };
+    tracing::debug!(?reason, failed = wakers.len(), "connection to worker closed");
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
+fn poll_link<T: Transport>(
+    shared: &Shared,
+    transport: &mut T,
+    sending: &mut std::collections::VecDeque<Frame>,
+    unflushed: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<LinkEnd> {
+    // Route what has arrived, a batch at a time so that writes get a turn.
+    for _ in 0..READ_BATCH {
+        match Pin::new(&mut *transport).poll_next(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Err(error) = route(shared, frame) {
+                    return Poll::Ready(LinkEnd::Protocol(error));
+                }
+            }
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(LinkEnd::Broken(error)),
+            Poll::Ready(None) => return Poll::Ready(LinkEnd::Eof),
+            Poll::Pending => break,
+        }
+    }
+
+    // Send what callers queued: everything queued since the last turn goes
+    // out in one flush.
+    let mut detached = false;
+    'write: loop {
+        if sending.is_empty() {
+            let mut state = lock(shared);
+            std::mem::swap(&mut state.outbox, sending);
+            if sending.is_empty() {
+                if !state.link.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    state.link = Some(cx.waker().clone());
+                }
+                detached = state.detached;
+                break 'write;
+            }
+        }
+        while !sending.is_empty() {
+            match Pin::new(&mut *transport).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(frame) = sending.pop_front() {
+                        if let Err(error) = Pin::new(&mut *transport).start_send(frame) {
+                            return Poll::Ready(LinkEnd::Broken(error));
+                        }
+                        *unflushed = true;
+                    }
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(LinkEnd::Broken(error)),
+                Poll::Pending => break 'write,
+            }
+        }
+    }
+    if *unflushed {
+        match Pin::new(&mut *transport).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *unflushed = false,
+            Poll::Ready(Err(error)) => return Poll::Ready(LinkEnd::Broken(error)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    if detached && sending.is_empty() {
+        return Poll::Ready(LinkEnd::Detached);
+    }
+    Poll::Pending
+}
+
+/// Hands an answer to the call waiting for it. Answers to ids nobody waits
+/// for (the call timed out or was cancelled) are dropped.
+fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
+    let (id, outcome) = match frame {
+        Frame::Response { id, payload } => (id, Ok(payload)),
+        Frame::Status { id, status } => (id, Err(Failure::Remote(status))),
+        other => {
+            return Err(FrameError::Unexpected {
+                kind: other.kind_name(),
+                peer: "worker",
+            });
+        }
+    };
+    let waker = {
+        let mut state = lock(shared);
+        match state.calls.get_mut(&id) {
+            Some(slot) if slot.outcome.is_none() => {
+                slot.outcome = Some(outcome);
+                slot.waker.take()
+            }
+            Some(_) => {
+                tracing::debug!(id, "dropping a second answer to one request");
+                None
+            }
+            None => {
+                tracing::trace!(id, "dropping an answer nobody awaits (timed out or cancelled)");
+                None
+            }
+        }
+    };
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::MemoryTransport;
+    use futures_util::{SinkExt, StreamExt};
+
+    static ECHO: MethodName = MethodName::from_static("test.echo");
+
+    fn resolved(timeout: Option<Duration>, retries: u32) -> Resolved {
+        Resolved {
+            timeout,
+            retries,
+            backoff: Backoff::constant(Duration::from_millis(10)),
+        }
+    }
+
+    async fn next_request(worker: &mut MemoryTransport) -> (u64, u32, Bytes) {
+        match worker.next().await.unwrap().unwrap() {
+            Frame::Request {
+                id, attempt, payload, ..
+            } => (id, attempt, payload),
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_reach_their_own_callers_out_of_order() {
+        let (host, mut worker) = MemoryTransport::pair();
+        let channel = Channel::new(host);
+        let opts = resolved(None, 0);
+        let a = channel.call(&ECHO, Bytes::from_static(b"a"), &opts);
+        let b = channel.call(&ECHO, Bytes::from_static(b"b"), &opts);
+        let answer = async {
+            let first = next_request(&mut worker).await;
+            let second = next_request(&mut worker).await;
+            for (id, _, payload) in [second, first] {
+                worker.send(Frame::Response { id, payload }).await.unwrap();
+            }
+        };
+        let (a, b, ()) = tokio::join!(a, b, answer);
+        assert_eq!(a.unwrap(), "a");
+        assert_eq!(b.unwrap(), "b");
+        assert_eq!(channel.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_call_sends_cancel_and_leaves_no_slot() {
+        let (host, mut worker) = MemoryTransport::pair();
+        let channel = Channel::new(host);
+        let result = channel
+            .call(&ECHO, Bytes::new(), &resolved(Some(Duration::from_secs(2)), 0))
+            .await;
+        assert!(
+            matches!(&result, Err(Error::Timeout { method, after }) if *method == "test.echo" && *after == Duration::from_secs(2)),
+            "{result:?}"
+        );
+        assert_eq!(channel.in_flight(), 0);
+        let (id, _, _) = next_request(&mut worker).await;
+        assert_eq!(worker.next().await.unwrap().unwrap(), Frame::Cancel { id });
+        // A late answer is dropped, not delivered to anyone.
+        worker.send(Frame::Response { id, payload: Bytes::new() }).await.unwrap();
+        let opts = resolved(None, 0);
+        let again = channel.call(&ECHO, Bytes::from_static(b"x"), &opts);
+        let serve = async {
+            let (id, _, payload) = next_request(&mut worker).await;
+            worker.send(Frame::Response { id, payload }).await.unwrap();
+        };
+        let (again, ()) = tokio::join!(again, serve);
+        assert_eq!(again.unwrap(), "x");
+    }
+
+    #[tokio::test]
+    async fn worker_end_fails_every_pending_call_and_later_calls() {
+        let (host, mut worker) = MemoryTransport::pair();
+        let channel = Channel::new(host);
+        let opts = resolved(None, 0);
+        let calls = futures_util::future::join_all(
+            (0..10).map(|_| channel.call(&ECHO, Bytes::new(), &opts)),
+        );
+        let kill = async {
+            for _ in 0..10 {
+                next_request(&mut worker).await;
+            }
+            drop(worker);
+        };
+        let (results, ()) = tokio::join!(calls, kill);
+        for result in results {
+            assert!(matches!(result, Err(Error::Disconnected { cause: None, .. })), "{result:?}");
+        }
+        assert_eq!(channel.in_flight(), 0);
+        assert!(channel.is_closed());
+        let after = channel.call(&ECHO, Bytes::new(), &opts).await;
+        assert!(matches!(after, Err(Error::Disconnected { .. })), "{after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_only_a_worker_may_receive_closes_the_connection() {
+        let (host, mut worker) = MemoryTransport::pair();
+        let channel = Channel::new(host);
+        let opts = resolved(None, 0);
+        let call = channel.call(&ECHO, Bytes::new(), &opts);
+        let misbehave = async {
+            next_request(&mut worker).await;
+            worker.send(Frame::Cancel { id: 1 }).await.unwrap();
+        };
+        let (result, ()) = tokio::join!(call, misbehave);
+        let error = result.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "test.echo failed: disconnected from the worker: unexpected CANCEL frame from the worker"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_resend_with_a_new_id_and_attempt_number() {
+        let (host, mut worker) = MemoryTransport::pair();
+        let channel = Channel::new(host);
+        let opts = resolved(None, 2);
+        let call = channel.call(&ECHO, Bytes::from_static(b"p"), &opts);
+        let serve = async {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (id, attempt, _) = next_request(&mut worker).await;
+                seen.push((id, attempt));
+                worker
+                    .send(Frame::Status {
+                        id,
+                        status: Status::unavailable("busy"),
+                    })
+                    .await
+                    .unwrap();
+            }
+            let (id, attempt, payload) = next_request(&mut worker).await;
+            seen.push((id, attempt));
+            worker.send(Frame::Response { id, payload }).await.unwrap();
+            seen
+        };
+        let (result, seen) = tokio::join!(call, serve);
+        assert_eq!(result.unwrap(), "p");
+        assert_eq!(seen, [(1, 1), (2, 2), (3, 3)]);
+    }
+
+    #[tokio::test]
+    async fn dropping_every_channel_closes_the_transport() {
+        let (host, mut worker) = MemoryTransport::pair();
+        let channel = Channel::new(host);
+        let clone = channel.clone();
+        drop(channel);
+        drop(clone);
+        assert!(worker.next().await.is_none());
+    }
+
+    #[test]
+    fn options_fall_back_call_then_client_then_schema_then_library() {
+        let schema = MethodDefaults {
+            timeout: Some(Duration::from_secs(5)),
+            retries: Some(2),
+            idempotent: true,
+        };
+        let none = CallOptions::new();
+        let client = CallOptions::new().timeout(Duration::from_secs(9));
+        let call = CallOptions::new().retries(7);
+        let r = CallOptions::resolve([Some(&call), Some(&client)], &schema);
+        assert_eq!((r.timeout, r.retries), (Some(Duration::from_secs(9)), 7));
+        let r = CallOptions::resolve([Some(&none), None], &schema);
+        assert_eq!((r.timeout, r.retries), (Some(Duration::from_secs(5)), 2));
+        let r = CallOptions::resolve([None, None], &MethodDefaults::default());
+        assert_eq!((r.timeout, r.retries), (Some(DEFAULT_TIMEOUT), 0));
+        let forever = CallOptions::new().no_timeout();
+        assert_eq!(CallOptions::resolve([Some(&forever), None], &schema).timeout, None);
+    }
+
+    #[test]
+    fn retries_apply_only_to_idempotent_methods() {
+        let schema = MethodDefaults {
+            retries: Some(3),
+            ..MethodDefaults::default()
+        };
+        assert_eq!(CallOptions::resolve([None, None], &schema).retries, 0);
+        let asserted = CallOptions::new().idempotent(true);
+        assert_eq!(CallOptions::resolve([Some(&asserted), None], &schema).retries, 3);
+    }
+}

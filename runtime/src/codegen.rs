@@ -1,0 +1,169 @@
+//! The one door through which generated code reaches the runtime.
+//!
+//! Everything here exists for `workerbus-build`'s output and is **outside the
+//! semver guarantees** of this crate: it changes whenever the generator does.
+//! Write programs against the public items at the crate root instead.
+
+use std::time::Duration;
+
+pub use bytes::Bytes;
+pub use prost::Message;
+
+pub use crate::client::{CallOptions, Channel};
+pub use crate::error::{Error, Status};
+pub use crate::name::MethodName;
+pub use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
+pub use crate::server::{Call, Context, Dispatch};
+
+use crate::client::MethodDefaults;
+
+/// A method as the generated client calls it: name, types and defaults.
+#[derive(Debug)]
+pub struct MethodDesc {
+    name: MethodName,
+    response_type: &'static str,
+    defaults: MethodDefaults,
+}
+
+impl MethodDesc {
+    /// A unary method with no schema defaults.
+    pub const fn unary(name: &'static str, response_type: &'static str) -> MethodDesc {
+        MethodDesc {
+            name: MethodName::from_static(name),
+            response_type,
+            defaults: MethodDefaults {
+                timeout: None,
+                retries: None,
+                idempotent: false,
+            },
+        }
+    }
+
+    /// The schema's `timeout_ms`.
+    pub const fn timeout_ms(mut self, ms: u64) -> MethodDesc {
+        self.defaults.timeout = Some(Duration::from_millis(ms));
+        self
+    }
+
+    /// The schema's `retries`.
+    pub const fn retries(mut self, retries: u32) -> MethodDesc {
+        self.defaults.retries = Some(retries);
+        self
+    }
+
+    /// The schema's `idempotent: true`.
+    pub const fn idempotent(mut self) -> MethodDesc {
+        self.defaults.idempotent = true;
+        self
+    }
+}
+
+/// A method's entry in its service schema.
+pub const fn method_schema(
+    name: &'static str,
+    request: (&'static str, u64),
+    response: (&'static str, u64),
+) -> MethodSchema {
+    MethodSchema::new(name, request, response, MethodKind::Unary)
+}
+
+/// A service schema.
+pub const fn service_schema(
+    name: &'static str,
+    methods: &'static [MethodSchema],
+    fingerprint: u64,
+) -> ServiceSchema {
+    ServiceSchema::new(name, methods, fingerprint)
+}
+
+/// What a generated `<Service>Client` wraps: a channel and client-wide options.
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: Channel,
+    options: CallOptions,
+}
+
+impl Client {
+    /// A client on `channel` with no client-wide options.
+    pub fn new(channel: Channel) -> Client {
+        Client {
+            channel,
+            options: CallOptions::new(),
+        }
+    }
+
+    /// Replaces the client-wide options.
+    pub fn with_options(mut self, options: CallOptions) -> Client {
+        self.options = options;
+        self
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The client-wide options.
+    pub fn options(&self) -> &CallOptions {
+        &self.options
+    }
+
+    /// One unary call: encode, send (with retries per the resolved options),
+    /// decode.
+    pub async fn unary<Req, Resp>(
+        &self,
+        method: &'static MethodDesc,
+        request: Req,
+        options: Option<&CallOptions>,
+    ) -> Result<Resp, Error>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
+        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
+        let payload = encode(&request);
+        drop(request);
+        let response = self.channel.call(&method.name, payload, &resolved).await?;
+        Resp::decode(response).map_err(|source| Error::Decode {
+            method: method.name.clone(),
+            message: method.response_type,
+            source,
+        })
+    }
+}
+
+/// Encodes a message into a buffer of exactly its size.
+pub fn encode<M: Message>(message: &M) -> Bytes {
+    let mut buf = bytes::BytesMut::with_capacity(message.encoded_len());
+    message.encode_raw(&mut buf);
+    buf.freeze()
+}
+
+/// Decodes a request, or says which message failed to decode and why.
+pub fn decode<M: Message + Default>(
+    cx: &Context,
+    payload: Bytes,
+    request_type: &'static str,
+) -> Result<M, Status> {
+    M::decode(payload).map_err(|error| {
+        Status::invalid_argument(format!(
+            "the request to {} did not decode as {request_type}: {error}",
+            cx.method()
+        ))
+    })
+}
+
+/// The answer to a message name the service does not have.
+pub fn unimplemented(cx: &Context, service: &ServiceSchema) -> Status {
+    Status::unimplemented(format!(
+        "{} is not a method of {} (it has: {})",
+        cx.method(),
+        service.name(),
+        service
+            .methods()
+            .iter()
+            .map(MethodSchema::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}

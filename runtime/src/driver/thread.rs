@@ -1,0 +1,286 @@
+//! [`ThreadDriver`]: a worker on its own OS thread with its own tokio runtime.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::client::{Channel, ChannelOptions, CloseReason, ExitWatch};
+use crate::error::{Error, ExitReason};
+use crate::frame::Frame;
+use crate::server::{Dispatch, ServeOptions, panic_message, serve_transport};
+use crate::transport::MemoryTransport;
+
+/// The default time [`ThreadWorker::shutdown`] lets in-flight calls finish.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a worker on its own OS thread, with its own tokio runtime, in this
+/// process.
+///
+/// Frames move between host and worker as values: nothing is serialized but
+/// the protobuf messages themselves. The worker's runtime is single-threaded
+/// by default, which gives the lowest latency; a handler that blocks that
+/// thread stalls only this worker.
+///
+/// ```no_run
+/// # use workerbus::{Dispatch, ThreadDriver};
+/// # async fn example(server: impl Dispatch) -> Result<(), workerbus::Error> {
+/// let worker = ThreadDriver::new().name("embedder").spawn(server).await?;
+/// let channel = worker.channel(); // give it to a generated client
+/// # drop(channel);
+/// worker.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ThreadDriver {
+    name: Option<String>,
+    worker_threads: usize,
+    serve: ServeOptions,
+    channel: ChannelOptions,
+    shutdown_grace: Duration,
+}
+
+impl ThreadDriver {
+    /// A driver with the defaults: one runtime thread, default serve and
+    /// channel options, a [5 s](DEFAULT_SHUTDOWN_GRACE) shutdown grace.
+    pub fn new() -> ThreadDriver {
+        ThreadDriver {
+            name: None,
+            worker_threads: 1,
+            serve: ServeOptions::default(),
+            channel: ChannelOptions::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// Names the worker (and its thread); defaults to the service's name.
+    pub fn name(mut self, name: impl Into<String>) -> ThreadDriver {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Runs the worker on a multi-threaded runtime with `threads` threads
+    /// instead of the default single-threaded one.
+    pub fn worker_threads(mut self, threads: usize) -> ThreadDriver {
+        self.worker_threads = threads.max(1);
+        self
+    }
+
+    /// Options of the worker's serve loop (concurrency, frame size).
+    pub fn serve_options(mut self, options: ServeOptions) -> ThreadDriver {
+        self.serve = options;
+        self
+    }
+
+    /// Options of the host's channel to the worker.
+    pub fn channel_options(mut self, options: ChannelOptions) -> ThreadDriver {
+        self.channel = options;
+        self
+    }
+
+    /// How long [`ThreadWorker::shutdown`] lets in-flight calls finish
+    /// before it stops the worker anyway.
+    pub fn shutdown_grace(mut self, grace: Duration) -> ThreadDriver {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Starts a thread serving `service` and connects to it.
+    ///
+    /// Call it within a tokio runtime: the host's side of the connection runs
+    /// there. Fails with [`Error::Spawn`] if the thread or its runtime cannot
+    /// be started.
+    pub async fn spawn<S: Dispatch>(self, service: S) -> Result<ThreadWorker, Error> {
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| service.schema().name().to_owned());
+        let (host_end, worker_end) = MemoryTransport::pair();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let kill = Arc::new(Notify::new());
+        let spawn_error = |reason: String, source| Error::Spawn {
+            worker: name.clone(),
+            reason,
+            source,
+        };
+
+        let body = {
+            let kill = Arc::clone(&kill);
+            let worker_threads = self.worker_threads;
+            let serve = self.serve.clone();
+            move || {
+                let run = || run_worker(worker_threads, worker_end, service, serve, &kill, ready_tx);
+                let reason = std::panic::catch_unwind(AssertUnwindSafe(run))
+                    .unwrap_or_else(|panic| ExitReason::Panicked(panic_message(&*panic)));
+                exit_tx.send_replace(Some(reason));
+            }
+        };
+        // The thread is detached: a worker that will not stop never keeps the
+        // process from exiting.
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(body)
+            .map_err(|error| spawn_error("could not start its thread".into(), Some(error)))?;
+
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(spawn_error("could not build its tokio runtime".into(), Some(error)));
+            }
+            Err(_) => {
+                let mut exit = exit_rx.clone();
+                let reason = exit
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|reason| reason.clone())
+                    .unwrap_or(ExitReason::Unknown);
+                return Err(spawn_error(format!("its thread ended while starting: it {reason}"), None));
+            }
+        }
+        let channel = Channel::connect(host_end, self.channel, Some(exit_rx.clone()));
+        tracing::debug!(worker = %name, "thread worker started");
+        Ok(ThreadWorker {
+            name,
+            channel,
+            exit: exit_rx,
+            kill,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+impl Default for ThreadDriver {
+    fn default() -> ThreadDriver {
+        ThreadDriver::new()
+    }
+}
+
+fn run_worker<S: Dispatch>(
+    worker_threads: usize,
+    transport: MemoryTransport,
+    service: S,
+    options: ServeOptions,
+    kill: &Notify,
+    ready: oneshot::Sender<std::io::Result<()>>,
+) -> ExitReason {
+    let built = if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return ExitReason::Unknown;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let reason = runtime.block_on(async {
+        tokio::select! {
+            biased;
+            () = kill.notified() => ExitReason::Killed,
+            result = serve_transport(transport, service, options) => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "thread worker stopped: its connection broke");
+                }
+                ExitReason::Stopped
+            }
+        }
+    });
+    // Drops every task still running (their handlers see cancellation); a
+    // handler stuck in blocking code is left behind rather than waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    reason
+}
+
+/// A worker running on a thread, started by [`ThreadDriver::spawn`].
+///
+/// The worker runs while this handle or any [`Channel`] to it is alive;
+/// when the last of them is dropped its connection closes and the worker
+/// stops. [`shutdown`](ThreadWorker::shutdown) stops it explicitly, letting
+/// calls in flight finish.
+///
+/// A thread worker cannot be detached or reconnected: those exist only on
+/// workers of drivers that can do them.
+pub struct ThreadWorker {
+    name: String,
+    channel: Channel,
+    exit: ExitWatch,
+    kill: Arc<Notify>,
+    shutdown_grace: Duration,
+}
+
+impl ThreadWorker {
+    /// A channel to the worker, for generated clients.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How the worker ended, or `None` while it runs.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits until the worker has ended and says how.
+    pub async fn exited(&self) -> ExitReason {
+        let mut exit = self.exit.clone();
+        let reason = exit.wait_for(Option::is_some).await;
+        reason
+            .ok()
+            .and_then(|reason| reason.clone())
+            .unwrap_or(ExitReason::Unknown)
+    }
+
+    /// Stops the worker gracefully: it finishes the calls it has (new ones
+    /// are refused with `Unavailable`), then stops. Calls still running when
+    /// the grace period ends are cancelled. Returns how the worker ended.
+    pub async fn shutdown(&self) -> ExitReason {
+        if self.channel.send_control(Frame::Shutdown) {
+            if let Ok(reason) = tokio::time::timeout(self.shutdown_grace, self.exited()).await {
+                return reason;
+            }
+            tracing::warn!(worker = %self.name, grace = ?self.shutdown_grace, "shutdown grace elapsed; stopping the worker");
+        }
+        self.kill();
+        // A handler stuck in blocking code may keep the thread from ever
+        // reporting; the worker is stopped as far as callers are concerned.
+        tokio::time::timeout(Duration::from_secs(1), self.exited())
+            .await
+            .unwrap_or(ExitReason::Killed)
+    }
+
+    /// Stops the worker now: calls in flight fail with
+    /// [`Error::WorkerExited`] ([`ExitReason::Killed`]) at once, and its
+    /// handlers are dropped as soon as its thread regains control.
+    ///
+    /// A handler stuck in blocking code keeps its thread busy until it
+    /// returns; the process driver isolates such workers completely.
+    pub fn kill(&self) {
+        self.kill.notify_one();
+        self.channel.terminate(CloseReason::Exited(ExitReason::Killed));
+    }
+}
+
+impl fmt::Debug for ThreadWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadWorker")
+            .field("name", &self.name)
+            .field("exit", &*self.exit.borrow())
+            .field("channel", &self.channel)
+            .finish()
+    }
+}

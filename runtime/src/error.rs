@@ -1,0 +1,476 @@
+//! Errors: the wire [`Status`] a handler returns, and the caller-side [`Error`].
+//!
+//! A [`Status`] crosses the boundary: a handler returns one, the worker sends it
+//! in a `STATUS` frame, and the caller receives it inside [`Error::Remote`] with
+//! its code and message intact. An [`Error`] is what a call, a spawn or a
+//! shutdown reports on the caller's side; every variant of a failed call names
+//! the message (`worker.search`) it belongs to.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::name::MethodName;
+
+/// The closed set of status codes carried by a [`Status`].
+///
+/// The numbering is gRPC's, so the codes read the same to anyone who knows it.
+/// On the wire a code travels as its number; a number outside this set decodes
+/// as [`Code::Unknown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// The operation was cancelled, typically by the caller.
+    Cancelled = 1,
+    /// An error that fits no other code.
+    Unknown = 2,
+    /// The request was malformed: it did not decode, or a field is invalid.
+    InvalidArgument = 3,
+    /// The deadline passed before the operation completed.
+    DeadlineExceeded = 4,
+    /// A requested entity was not found.
+    NotFound = 5,
+    /// The entity a caller tried to create already exists.
+    AlreadyExists = 6,
+    /// The caller may not perform this operation.
+    PermissionDenied = 7,
+    /// A resource (memory, a quota, a frame size limit) is exhausted.
+    ResourceExhausted = 8,
+    /// The system is not in a state the operation requires.
+    FailedPrecondition = 9,
+    /// The operation was aborted, typically by a concurrency conflict.
+    Aborted = 10,
+    /// The operation went past a valid range.
+    OutOfRange = 11,
+    /// The worker does not implement the method.
+    Unimplemented = 12,
+    /// An invariant was broken inside the worker, e.g. a handler panicked.
+    Internal = 13,
+    /// The worker cannot take the call now (e.g. it is shutting down); retrying
+    /// later may succeed.
+    Unavailable = 14,
+    /// Unrecoverable data loss or corruption.
+    DataLoss = 15,
+    /// The caller is not authenticated.
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// The code's number on the wire.
+    pub const fn as_u32(self) -> u32 {
+        self as u32
+    }
+
+    /// The code for a wire number; numbers outside the set map to [`Code::Unknown`].
+    pub const fn from_u32(value: u32) -> Code {
+        match value {
+            1 => Code::Cancelled,
+            3 => Code::InvalidArgument,
+            4 => Code::DeadlineExceeded,
+            5 => Code::NotFound,
+            6 => Code::AlreadyExists,
+            7 => Code::PermissionDenied,
+            8 => Code::ResourceExhausted,
+            9 => Code::FailedPrecondition,
+            10 => Code::Aborted,
+            11 => Code::OutOfRange,
+            12 => Code::Unimplemented,
+            13 => Code::Internal,
+            14 => Code::Unavailable,
+            15 => Code::DataLoss,
+            16 => Code::Unauthenticated,
+            _ => Code::Unknown,
+        }
+    }
+
+    /// A short lower-case description, as used in messages ("not found").
+    pub const fn description(self) -> &'static str {
+        match self {
+            Code::Cancelled => "cancelled",
+            Code::Unknown => "unknown error",
+            Code::InvalidArgument => "invalid argument",
+            Code::DeadlineExceeded => "deadline exceeded",
+            Code::NotFound => "not found",
+            Code::AlreadyExists => "already exists",
+            Code::PermissionDenied => "permission denied",
+            Code::ResourceExhausted => "resource exhausted",
+            Code::FailedPrecondition => "failed precondition",
+            Code::Aborted => "aborted",
+            Code::OutOfRange => "out of range",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal error",
+            Code::Unavailable => "unavailable",
+            Code::DataLoss => "data loss",
+            Code::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+/// An error status returned by a handler and carried to the caller unchanged.
+///
+/// ```
+/// use workerbus::{Code, Status};
+///
+/// let status = Status::not_found("no document 42");
+/// assert_eq!(status.code(), Code::NotFound);
+/// assert_eq!(status.to_string(), "not found: no document 42");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    code: Code,
+    message: String,
+    details: Bytes,
+}
+
+macro_rules! constructors {
+    ($($(#[$doc:meta])* $name:ident => $code:ident,)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(message: impl Into<String>) -> Status {
+                Status::new(Code::$code, message)
+            }
+        )*
+    };
+}
+
+impl Status {
+    /// A status with a code and a message.
+    pub fn new(code: Code, message: impl Into<String>) -> Status {
+        Status {
+            code,
+            message: message.into(),
+            details: Bytes::new(),
+        }
+    }
+
+    /// Attaches opaque details (for example an encoded protobuf message) that
+    /// travel to the caller with the status.
+    #[must_use]
+    pub fn with_details(mut self, details: impl Into<Bytes>) -> Status {
+        self.details = details.into();
+        self
+    }
+
+    constructors! {
+        /// A [`Code::Cancelled`] status.
+        cancelled => Cancelled,
+        /// A [`Code::Unknown`] status.
+        unknown => Unknown,
+        /// A [`Code::InvalidArgument`] status.
+        invalid_argument => InvalidArgument,
+        /// A [`Code::DeadlineExceeded`] status.
+        deadline_exceeded => DeadlineExceeded,
+        /// A [`Code::NotFound`] status.
+        not_found => NotFound,
+        /// A [`Code::AlreadyExists`] status.
+        already_exists => AlreadyExists,
+        /// A [`Code::PermissionDenied`] status.
+        permission_denied => PermissionDenied,
+        /// A [`Code::ResourceExhausted`] status.
+        resource_exhausted => ResourceExhausted,
+        /// A [`Code::FailedPrecondition`] status.
+        failed_precondition => FailedPrecondition,
+        /// A [`Code::Aborted`] status.
+        aborted => Aborted,
+        /// A [`Code::OutOfRange`] status.
+        out_of_range => OutOfRange,
+        /// A [`Code::Unimplemented`] status.
+        unimplemented => Unimplemented,
+        /// A [`Code::Internal`] status.
+        internal => Internal,
+        /// A [`Code::Unavailable`] status.
+        unavailable => Unavailable,
+        /// A [`Code::DataLoss`] status.
+        data_loss => DataLoss,
+        /// A [`Code::Unauthenticated`] status.
+        unauthenticated => Unauthenticated,
+    }
+
+    /// The status code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The opaque details attached with [`Status::with_details`], empty if none.
+    pub fn details(&self) -> &Bytes {
+        &self.details
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.code)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Status {}
+
+/// How a worker ended, as carried by [`Error::WorkerExited`] and a worker's
+/// `exited()`.
+///
+/// It displays as a phrase that follows "the worker": "exited with code 3",
+/// "was killed by signal 9 (SIGKILL)".
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// A worker process exited with this code.
+    Code(i32),
+    /// A worker process was killed by this signal number.
+    Signal(i32),
+    /// A worker thread panicked outside any handler (handler panics are
+    /// answered with [`Code::Internal`] and do not stop the worker).
+    Panicked(String),
+    /// A worker thread stopped serving: after a shutdown, or because every
+    /// handle to it was dropped.
+    Stopped,
+    /// A worker thread was stopped by `kill()` without finishing its calls.
+    Killed,
+    /// The worker is gone but how it ended could not be determined.
+    Unknown,
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Code(code) => write!(f, "exited with code {code}"),
+            ExitReason::Signal(signal) => match signal_name(*signal) {
+                Some(name) => write!(f, "was killed by signal {signal} ({name})"),
+                None => write!(f, "was killed by signal {signal}"),
+            },
+            ExitReason::Panicked(message) => write!(f, "panicked: {message}"),
+            ExitReason::Stopped => f.write_str("stopped"),
+            ExitReason::Killed => f.write_str("was killed"),
+            ExitReason::Unknown => f.write_str("ended (exit status unknown)"),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// A connection-level error: a frame that could not be read or written.
+///
+/// Decoders tell *incomplete* input (wait for more bytes) from *invalid*
+/// input; only the latter is an error, and it closes the connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A frame announced a length above the maximum. Nothing of that size
+    /// was allocated.
+    #[error("frame of {len} bytes exceeds the maximum frame length of {max} bytes")]
+    TooLong {
+        /// The announced length.
+        len: usize,
+        /// The maximum frame length in force.
+        max: usize,
+    },
+    /// A frame too short to hold the fixed header.
+    #[error("frame of {len} bytes is shorter than the 10-byte header")]
+    TooShort {
+        /// The frame's length.
+        len: usize,
+    },
+    /// A frame's header is inconsistent with its kind.
+    #[error("malformed {kind} frame: {reason}")]
+    Malformed {
+        /// The frame kind, e.g. `"REQUEST"`.
+        kind: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A frame kind this version does not know.
+    #[error("unknown frame kind 0x{kind:02x}")]
+    UnknownKind {
+        /// The kind byte.
+        kind: u8,
+    },
+    /// A well-formed frame that this side of the connection must never
+    /// receive (e.g. a `REQUEST` arriving at the host).
+    #[error("unexpected {kind} frame from the {peer}")]
+    Unexpected {
+        /// The frame kind.
+        kind: &'static str,
+        /// Who sent it: `"worker"` or `"host"`.
+        peer: &'static str,
+    },
+    /// The connection ended in the middle of a frame.
+    #[error("the connection closed in the middle of a frame ({buffered} bytes received)")]
+    Truncated {
+        /// How many bytes of the partial frame had arrived.
+        buffered: usize,
+    },
+    /// The other side has closed its end.
+    #[error("the connection is closed")]
+    Closed,
+    /// Reading or writing the underlying socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What went wrong on the caller's side: a failed call, spawn or shutdown.
+///
+/// Errors of a call name the message (`embedder.embed`) and say what
+/// happened; where there is an underlying cause it is the
+/// [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The call got no answer within its timeout. The worker was told to
+    /// cancel it.
+    #[error("{method} timed out after {after:?}")]
+    Timeout {
+        /// The message name.
+        method: MethodName,
+        /// The timeout that elapsed (per attempt).
+        after: Duration,
+    },
+
+    /// The call was cancelled before it could complete, e.g. because the
+    /// worker was killed on purpose.
+    #[error("{method} was cancelled")]
+    Cancelled {
+        /// The message name.
+        method: MethodName,
+    },
+
+    /// The worker ended before it answered.
+    #[error("{method} failed: the worker {exit}")]
+    WorkerExited {
+        /// The message name.
+        method: MethodName,
+        /// How the worker ended.
+        exit: ExitReason,
+    },
+
+    /// The connection to the worker was lost while the worker may still be
+    /// running, or broke with a protocol or I/O error.
+    #[error("{method} failed: disconnected from the worker{}", cause_suffix(.cause))]
+    Disconnected {
+        /// The message name.
+        method: MethodName,
+        /// What broke the connection, if anything did.
+        #[source]
+        cause: Option<Arc<FrameError>>,
+    },
+
+    /// The worker answered with an error status.
+    #[error("{method} failed: {status}")]
+    Remote {
+        /// The message name.
+        method: MethodName,
+        /// The status the handler (or the worker's runtime) returned.
+        #[source]
+        status: Status,
+    },
+
+    /// The request or response is larger than the channel's maximum frame
+    /// length.
+    #[error("{method} failed: {what} of {size} bytes exceeds the maximum frame length of {max} bytes")]
+    TooLarge {
+        /// The message name.
+        method: MethodName,
+        /// `"request"` or `"response"`.
+        what: &'static str,
+        /// The encoded size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+
+    /// The response did not decode as the expected message type.
+    #[error("{method} failed: the response did not decode as {message}")]
+    Decode {
+        /// The message name.
+        method: MethodName,
+        /// The protobuf message type that was expected.
+        message: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: prost::DecodeError,
+    },
+
+    /// A worker could not be started.
+    #[error("failed to spawn worker {worker}: {reason}")]
+    Spawn {
+        /// The worker's name (a thread name or an executable path).
+        worker: String,
+        /// What failed.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+}
+
+fn cause_suffix(cause: &Option<Arc<FrameError>>) -> String {
+    match cause {
+        Some(cause) => format!(": {cause}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// The message name of the call this error belongs to, if it belongs to a call.
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Error::Timeout { method, .. }
+            | Error::Cancelled { method }
+            | Error::WorkerExited { method, .. }
+            | Error::Disconnected { method, .. }
+            | Error::Remote { method, .. }
+            | Error::TooLarge { method, .. }
+            | Error::Decode { method, .. } => Some(method),
+            Error::Spawn { .. } => None,
+        }
+    }
+
+    /// The remote status, if the worker answered with one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Error::Remote { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Whether another attempt of an idempotent call could succeed: the call
+    /// timed out, its worker exited or disconnected, or the worker said it
+    /// was [`Unavailable`](Code::Unavailable).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Timeout { .. } | Error::WorkerExited { .. } | Error::Disconnected { .. } => true,
+            Error::Remote { status, .. } => status.code() == Code::Unavailable,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! The wire format: [`Frame`]s and the length-delimited [`FrameCodec`].
+//!
+//! `docs/PROTOCOL.md` is the normative description of this format; this
+//! module is its implementation and the two must agree.
+//!
+//! Every frame is a big-endian `u32` length followed by that many bytes: a
+//! ten-byte header and a kind-specific body.
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +---------------------------------------------------------------+
+//! |                  length (u32, bytes that follow)              |
+//! +---------------+---------------+-------------------------------+
+//! |     kind      |     flags     |                               |
+//! +---------------+---------------+                               +
+//! |                        id (u64)                               |
+//! +                               +-------------------------------+
+//! |                               |  body (kind-specific) ...     |
+//! +-------------------------------+-------------------------------+
+//! ```
+//!
+//! | kind | name       | body                                                              |
+//! |------|------------|-------------------------------------------------------------------|
+//! | 0x01 | `REQUEST`  | [`timeout_us: u64` if flag `DEADLINE`] `attempt: u32`, `method_len: u16`, method (UTF-8), payload |
+//! | 0x02 | `RESPONSE` | payload                                                           |
+//! | 0x03 | `STATUS`   | `code: u32`, `message_len: u32`, message (UTF-8), details         |
+//! | 0x04 | `CANCEL`   | empty                                                             |
+//! | 0x05 | `SHUTDOWN` | empty; id is 0                                                    |
+//!
+//! A payload is one protobuf-encoded message and runs to the end of the frame.
+//! Payloads are never copied on decode: they are slices of the read buffer.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::{Code, FrameError, Status};
+use crate::name::MethodName;
+
+/// The default maximum frame length: 16 MiB.
+pub const DEFAULT_MAX_FRAME_LENGTH: usize = 16 * 1024 * 1024;
+
+/// Bytes of the fixed header after the length prefix: kind, flags, id.
+pub const HEADER_LEN: usize = 1 + 1 + 8;
+
+/// The longest method name a `REQUEST` frame can carry.
+pub const MAX_METHOD_LEN: usize = 1024;
+
+const KIND_REQUEST: u8 = 0x01;
+const KIND_RESPONSE: u8 = 0x02;
+const KIND_STATUS: u8 = 0x03;
+const KIND_CANCEL: u8 = 0x04;
+const KIND_SHUTDOWN: u8 = 0x05;
+
+/// `REQUEST` flag: a `timeout_us` field follows the header.
+const FLAG_DEADLINE: u8 = 0x01;
+
+/// One unit of the protocol.
+///
+/// The thread driver moves `Frame` values between threads as they are; the
+/// process driver encodes them with [`FrameCodec`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Frame {
+    /// A call from host to worker.
+    #[non_exhaustive]
+    Request {
+        /// The request id, unique among the sender's calls in flight.
+        id: u64,
+        /// The message name, e.g. `worker.search`.
+        method: MethodName,
+        /// The time the caller still waits for an answer; the worker cancels
+        /// the handler when it runs out.
+        timeout: Option<Duration>,
+        /// Which attempt this is: 1 for the first, 2 for the first retry...
+        attempt: u32,
+        /// The protobuf-encoded request message.
+        payload: Bytes,
+    },
+    /// A successful answer to the request with the same id.
+    Response {
+        /// The id of the request answered.
+        id: u64,
+        /// The protobuf-encoded response message.
+        payload: Bytes,
+    },
+    /// A failed answer to the request with the same id.
+    Status {
+        /// The id of the request answered.
+        id: u64,
+        /// The error status.
+        status: Status,
+    },
+    /// The caller no longer waits for the request with this id; the worker
+    /// drops its handler and sends no answer.
+    Cancel {
+        /// The id of the request to cancel.
+        id: u64,
+    },
+    /// The host asks the worker to finish the calls it has and then stop.
+    Shutdown,
+}
+
+impl Frame {
+    /// A `REQUEST` frame.
+    pub fn request(
+        id: u64,
+        method: MethodName,
+        timeout: Option<Duration>,
+        attempt: u32,
+        payload: Bytes,
+    ) -> Frame {
+        Frame::Request {
+            id,
+            method,
+            timeout,
+            attempt,
+            payload,
+        }
+    }
+
+    /// The frame's kind as written in `docs/PROTOCOL.md`, e.g. `"REQUEST"`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Request { .. } => "REQUEST",
+            Frame::Response { .. } => "RESPONSE",
+            Frame::Status { .. } => "STATUS",
+            Frame::Cancel { .. } => "CANCEL",
+            Frame::Shutdown => "SHUTDOWN",
+        }
+    }
+
+    /// The request id the frame refers to (0 for `SHUTDOWN`).
+    pub fn id(&self) -> u64 {
+        match self {
+            Frame::Request { id, .. }
+            | Frame::Response { id, .. }
+            | Frame::Status { id, .. }
+            | Frame::Cancel { id } => *id,
+            Frame::Shutdown => 0,
+        }
+    }
+
+    /// The number of bytes the frame takes after its length prefix.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN
+            + match self {
+                Frame::Request {
+                    method,
+                    timeout,
+                    payload,
+                    ..
+                } => timeout.map_or(0, |_| 8) + 4 + 2 + method.len() + payload.len(),
+                Frame::Response { payload, .. } => payload.len(),
+                Frame::Status { status, .. } => {
+                    4 + 4 + status.message().len() + status.details().len()
+                }
+                Frame::Cancel { .. } | Frame::Shutdown => 0,
+            }
+    }
+
+    /// Appends the frame, length prefix included, to `dst`.
+    ///
+    /// The caller checks the length against its maximum first; see
+    /// [`FrameCodec`].
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let len = self.encoded_len();
+        dst.reserve(4 + len);
+        // Lengths above u32::MAX are refused by every codec long before here.
+        dst.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+        match self {
+            Frame::Request {
+                id,
+                method,
+                timeout,
+                attempt,
+                payload,
+            } => {
+                dst.put_u8(KIND_REQUEST);
+                dst.put_u8(if timeout.is_some() { FLAG_DEADLINE } else { 0 });
+                dst.put_u64(*id);
+                if let Some(timeout) = timeout {
+                    dst.put_u64(u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX));
+                }
+                dst.put_u32(*attempt);
+                dst.put_u16(method.len() as u16);
+                dst.put_slice(method.as_bytes());
+                dst.put_slice(payload);
+            }
+            Frame::Response { id, payload } => {
+                put_header(dst, KIND_RESPONSE, *id);
+                dst.put_slice(payload);
+            }
+            Frame::Status { id, status } => {
+                put_header(dst, KIND_STATUS, *id);
+                dst.put_u32(status.code().as_u32());
+                dst.put_u32(status.message().len() as u32);
+                dst.put_slice(status.message().as_bytes());
+                dst.put_slice(status.details());
+            }
+            Frame::Cancel { id } => put_header(dst, KIND_CANCEL, *id),
+            Frame::Shutdown => put_header(dst, KIND_SHUTDOWN, 0),
+        }
+    }
+
+    /// Parses a frame body: everything after the length prefix.
+    pub fn decode(mut body: Bytes) -> Result<Frame, FrameError> {
+        if body.len() < HEADER_LEN {
+            return Err(FrameError::TooShort { len: body.len() });
+        }
+        let kind = body.get_u8();
+        let flags = body.get_u8();
+        let id = body.get_u64();
+        let name = match kind {
+            KIND_REQUEST => "REQUEST",
+            KIND_RESPONSE => "RESPONSE",
+            KIND_STATUS => "STATUS",
+            KIND_CANCEL => "CANCEL",
+            KIND_SHUTDOWN => "SHUTDOWN",
+            _ => return Err(FrameError::UnknownKind { kind }),
+        };
+        let allowed = if kind == KIND_REQUEST { FLAG_DEADLINE } else { 0 };
+        if flags & !allowed != 0 {
+            return Err(malformed(name, format!("unknown flags 0x{flags:02x}")));
+        }
+        let mut body = Reader { kind: name, buf: body };
+        let frame = match kind {
+            KIND_REQUEST => {
+                let timeout = if flags & FLAG_DEADLINE != 0 {
+                    Some(Duration::from_micros(body.u64("timeout")?))
+                } else {
+                    None
+                };
+                let attempt = body.u32("attempt")?;
+                let method_len = usize::from(body.u16("method length")?);
+                if method_len == 0 || method_len > MAX_METHOD_LEN {
+                    return Err(malformed(
+                        name,
+                        format!("method name of {method_len} bytes (must be 1 to {MAX_METHOD_LEN})"),
+                    ));
+                }
+                let method = MethodName::from_utf8(body.bytes(method_len, "method name")?)
+                    .map_err(|_| malformed(name, "method name is not UTF-8".into()))?;
+                Frame::Request {
+                    id,
+                    method,
+                    timeout,
+                    attempt,
+                    payload: body.rest(),
+                }
+            }
+            KIND_RESPONSE => Frame::Response {
+                id,
+                payload: body.rest(),
+            },
+            KIND_STATUS => {
+                let code = Code::from_u32(body.u32("code")?);
+                let message_len = body.u32("message length")? as usize;
+                let message = body.bytes(message_len, "message")?;
+                let message = String::from_utf8(message.to_vec())
+                    .map_err(|_| malformed(name, "message is not UTF-8".into()))?;
+                Frame::Status {
+                    id,
+                    status: Status::new(code, message).with_details(body.rest()),
+                }
+            }
+            KIND_CANCEL => {
+                body.end()?;
+                Frame::Cancel { id }
+            }
+            _ => {
+                body.end()?;
+                if id != 0 {
+                    return Err(malformed(name, format!("id {id} (must be 0)")));
+                }
+                Frame::Shutdown
+            }
+        };
+        Ok(frame)
+    }
+}
+
+fn put_header(dst: &mut BytesMut, kind: u8, id: u64) {
+    dst.put_u8(kind);
+    dst.put_u8(0);
+    dst.put_u64(id);
+}
+
+fn malformed(kind: &'static str, reason: String) -> FrameError {
+    FrameError::Malformed { kind, reason }
+}
+
+/// Bounds-checked reads from a frame body, naming the field that is short.
+struct Reader {
+    kind: &'static str,
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize, field: &str) -> Result<(), FrameError> {
+        if self.buf.remaining() < n {
+            return Err(malformed(
+                self.kind,
+                format!("truncated {field}: needs {n} bytes, {} left", self.buf.remaining()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn u16(&mut self, field: &str) -> Result<u16, FrameError> {
+        self.need(2, field)?;
+        Ok(self.buf.get_u16())
+    }
+
+    fn u32(&mut self, field: &str) -> Result<u32, FrameError> {
+        self.need(4, field)?;
+        Ok(self.buf.get_u32())
+    }
+
+    fn u64(&mut self, field: &str) -> Result<u64, FrameError> {
+        self.need(8, field)?;
+        Ok(self.buf.get_u64())
+    }
+
+    fn bytes(&mut self, n: usize, field: &str) -> Result<Bytes, FrameError> {
+        self.need(n, field)?;
+        Ok(self.buf.split_to(n))
+    }
+
+    fn rest(self) -> Bytes {
+        self.buf
+    }
+
+    fn end(&self) -> Result<(), FrameError> {
+        if self.buf.has_remaining() {
+            return Err(malformed(
+                self.kind,
+                format!("{} unexpected bytes after the header", self.buf.remaining()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes and decodes [`Frame`]s on a byte stream, with an explicit maximum
+/// frame length.
+///
+/// The decoder tells *incomplete* input (it returns `Ok(None)` and waits for
+/// more bytes) from *invalid* input (an error, after which the connection is
+/// closed). A length prefix above the maximum is refused before anything of
+/// that size is allocated.
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use tokio_util::codec::{Decoder, Encoder};
+/// use workerbus::{Frame, FrameCodec, MethodName};
+///
+/// let mut codec = FrameCodec::new().max_frame_length(1024);
+/// let mut buf = BytesMut::new();
+/// let frame = Frame::request(7, MethodName::from_static("worker.search"), None, 1, Bytes::from_static(b"\x08\x01"));
+/// codec.encode(frame.clone(), &mut buf).unwrap();
+/// assert_eq!(codec.decode(&mut buf).unwrap(), Some(frame));
+/// ```
+#[derive(Clone, Debug)]
+pub struct FrameCodec {
+    max_frame_length: usize,
+}
+
+impl FrameCodec {
+    /// A codec with the [default maximum frame length](DEFAULT_MAX_FRAME_LENGTH).
+    pub fn new() -> FrameCodec {
+        FrameCodec {
+            max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+        }
+    }
+
+    /// Sets the largest frame (in bytes after the length prefix) the codec
+    /// reads or writes. Values above `u32::MAX` are capped.
+    #[must_use]
+    pub fn max_frame_length(mut self, max: usize) -> FrameCodec {
+        self.max_frame_length = max.min(u32::MAX as usize);
+        self
+    }
+
+    /// The maximum frame length in force.
+    pub fn max_len(&self) -> usize {
+        self.max_frame_length
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> FrameCodec {
+        FrameCodec::new()
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let Some(prefix) = src.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > self.max_frame_length {
+            return Err(FrameError::TooLong {
+                len,
+                max: self.max_frame_length,
+            });
+        }
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        Frame::decode(src.split_to(len).freeze()).map(Some)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let len = frame.encoded_len();
+        if len > self.max_frame_length {
+            return Err(FrameError::TooLong {
+                len,
+                max: self.max_frame_length,
+            });
+        }
+        frame.encode(dst);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(frame: Frame) -> Frame {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        codec.encode(frame, &mut buf).unwrap();
+        let decoded = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty(), "decoder left {} bytes", buf.len());
+        decoded
+    }
+
+    #[test]
+    fn request_layout_matches_protocol_doc() {
+        // The byte-for-byte example of docs/PROTOCOL.md.
+        let frame = Frame::request(
+            1,
+            MethodName::from_static("worker.stats"),
+            Some(Duration::from_millis(250)),
+            1,
+            Bytes::from_static(&[0x08, 0x01]),
+        );
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let expected: &[u8] = &[
+            0x00, 0x00, 0x00, 0x26, // length 38
+            0x01, // kind REQUEST
+            0x01, // flags DEADLINE
+            0, 0, 0, 0, 0, 0, 0, 0x01, // id 1
+            0, 0, 0, 0, 0, 0x03, 0xd0, 0x90, // timeout_us 250000
+            0, 0, 0, 0x01, // attempt 1
+            0x00, 0x0c, // method_len 12
+            b'w', b'o', b'r', b'k', b'e', b'r', b'.', b's', b't', b'a', b't', b's', //
+            0x08, 0x01, // payload
+        ];
+        assert_eq!(&buf[..], expected);
+        assert_eq!(round_trip(frame.clone()), frame);
+    }
+
+    #[test]
+    fn incomplete_input_waits_for_more() {
+        let mut buf = BytesMut::new();
+        Frame::Response {
+            id: 3,
+            payload: Bytes::from_static(b"hello"),
+        }
+        .encode(&mut buf);
+        let full = buf.clone();
+        let mut codec = FrameCodec::new();
+        for cut in 0..full.len() {
+            let mut partial = BytesMut::from(&full[..cut]);
+            assert_eq!(codec.decode(&mut partial).unwrap(), None, "cut at {cut}");
+        }
+        let mut partial = BytesMut::from(&full[..full.len() - 1]);
+        assert!(matches!(
+            codec.decode_eof(&mut partial),
+            Err(FrameError::Truncated { buffered }) if buffered == full.len() - 1
+        ));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_without_allocating() {
+        let mut codec = FrameCodec::new().max_frame_length(1024);
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0x01][..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::TooLong { len: 0xffff_ffff, max: 1024 }));
+        assert!(buf.capacity() < 1024, "decoder reserved {} bytes", buf.capacity());
+        assert_eq!(
+            err.to_string(),
+            "frame of 4294967295 bytes exceeds the maximum frame length of 1024 bytes"
+        );
+    }
+
+    #[test]
+    fn encoder_refuses_frames_over_the_maximum() {
+        let mut codec = FrameCodec::new().max_frame_length(16);
+        let frame = Frame::Response {
+            id: 1,
+            payload: Bytes::from(vec![0; 7]),
+        };
+        let mut buf = BytesMut::new();
+        assert!(matches!(
+            codec.encode(frame, &mut buf),
+            Err(FrameError::TooLong { len: 17, max: 16 })
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn invalid_frames_are_named_errors() {
+        let cases: &[(&[u8], &str)] = &[
+            (&[0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 1], "unknown frame kind 0x2a"),
+            (&[0x01], "frame of 1 bytes is shorter than the 10-byte header"),
+            (
+                &[0x02, 0x80, 0, 0, 0, 0, 0, 0, 0, 1],
+                "malformed RESPONSE frame: unknown flags 0x80",
+            ),
+            (
+                &[0x01, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0],
+                "malformed REQUEST frame: method name of 0 bytes (must be 1 to 1024)",
+            ),
+            (
+                &[0x01, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 5, b'a'],
+                "malformed REQUEST frame: truncated method name: needs 5 bytes, 1 left",
+            ),
+            (
+                &[0x01, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0xff],
+                "malformed REQUEST frame: method name is not UTF-8",
+            ),
+            (
+                &[0x04, 0, 0, 0, 0, 0, 0, 0, 0, 1, 9],
+                "malformed CANCEL frame: 1 unexpected bytes after the header",
+            ),
+            (
+                &[0x05, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                "malformed SHUTDOWN frame: id 1 (must be 0)",
+            ),
+            (
+                &[0x03, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 9, b'x'],
+                "malformed STATUS frame: truncated message: needs 9 bytes, 1 left",
+            ),
+        ];
+        for (body, message) in cases {
+            let err = Frame::decode(Bytes::from_static(body)).unwrap_err();
+            assert_eq!(err.to_string(), *message);
+        }
+    }
+
+    #[test]
+    fn unknown_status_codes_decode_as_unknown() {
+        let frame = Frame::Status {
+            id: 9,
+            status: Status::new(Code::NotFound, "gone"),
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        buf[4 + HEADER_LEN + 3] = 99; // code 5 -> 99
+        let decoded = FrameCodec::new().decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            decoded,
+            Frame::Status {
+                id: 9,
+                status: Status::new(Code::Unknown, "gone"),
+            }
+        );
+    }
+
+    fn arb_status() -> impl Strategy<Value = Status> {
+        (1u32..=16, ".{0,40}", proptest::collection::vec(any::<u8>(), 0..32)).prop_map(
+            |(code, message, details)| {
+                Status::new(Code::from_u32(code), message).with_details(details)
+            },
+        )
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let payload = proptest::collection::vec(any::<u8>(), 0..512).prop_map(Bytes::from);
+        prop_oneof![
+            (
+                any::<u64>(),
+                "[a-z_.]{1,40}",
+                proptest::option::of(0u64..u64::MAX / 2),
+                any::<u32>(),
+                payload.clone()
+            )
+                .prop_map(|(id, method, timeout, attempt, payload)| Frame::request(
+                    id,
+                    MethodName::from(method),
+                    timeout.map(Duration::from_micros),
+                    attempt,
+                    payload
+                )),
+            (any::<u64>(), payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
+            (any::<u64>(), arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),
+            any::<u64>().prop_map(|id| Frame::Cancel { id }),
+            Just(Frame::Shutdown),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(frames in proptest::collection::vec(arb_frame(), 1..8)) {
+            let mut codec = FrameCodec::new();
+            let mut buf = BytesMut::new();
+            for frame in &frames {
+                prop_assert_eq!(frame.encoded_len() + 4, {
+                    let before = buf.len();
+                    codec.encode(frame.clone(), &mut buf).unwrap();
+                    buf.len() - before
+                });
+            }
+            for frame in &frames {
+                prop_assert_eq!(codec.decode(&mut buf).unwrap(), Some(frame.clone()));
+            }
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut codec = FrameCodec::new().max_frame_length(128);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
+        }
+    }
+}

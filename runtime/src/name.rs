@@ -1,0 +1,97 @@
+//! [`MethodName`]: the name a message travels under (`worker.search`).
+
+use std::fmt;
+use std::ops::Deref;
+
+use bytes::Bytes;
+
+/// The message name of a method, e.g. `worker.search`: `<service>.<method>`
+/// in lower snake case unless the schema overrides it.
+///
+/// It names the method in frames, errors, logs and spans. Cloning is cheap: a
+/// static name is never copied, and a name read from a frame shares the
+/// frame's buffer.
+///
+/// ```
+/// use workerbus::MethodName;
+///
+/// let name = MethodName::from_static("worker.search");
+/// assert_eq!(name, "worker.search");
+/// assert_eq!(name.to_string(), "worker.search");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MethodName(Bytes);
+
+impl MethodName {
+    /// A name from a string literal; no allocation.
+    pub const fn from_static(name: &'static str) -> MethodName {
+        MethodName(Bytes::from_static(name.as_bytes()))
+    }
+
+    /// A name from bytes received on the wire, if they are UTF-8.
+    pub(crate) fn from_utf8(bytes: Bytes) -> Result<MethodName, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(MethodName(bytes))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        // Every constructor checks UTF-8, so this never takes the fallback.
+        std::str::from_utf8(&self.0).unwrap_or("<invalid utf-8>")
+    }
+
+    /// The name's UTF-8 bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Deref for MethodName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for MethodName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&'static str> for MethodName {
+    fn from(name: &'static str) -> MethodName {
+        MethodName::from_static(name)
+    }
+}
+
+impl From<String> for MethodName {
+    fn from(name: String) -> MethodName {
+        MethodName(Bytes::from(name))
+    }
+}
+
+impl PartialEq<str> for MethodName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for MethodName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl fmt::Display for MethodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for MethodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}

@@ -1,0 +1,120 @@
+//! [`ServiceSchema`]: what a generated service declares about itself.
+//!
+//! The generator records each service's methods, their message types and a
+//! fingerprint of each message's structure, so that a host and a worker can
+//! tell, before the first call, whether they were built from the same schema
+//! and, if not, say exactly which method differs.
+
+/// The shape of a method's exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MethodKind {
+    /// One request, one response.
+    Unary,
+}
+
+/// One method of a [`ServiceSchema`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MethodSchema {
+    name: &'static str,
+    request: &'static str,
+    response: &'static str,
+    request_fingerprint: u64,
+    response_fingerprint: u64,
+    kind: MethodKind,
+}
+
+impl MethodSchema {
+    pub(crate) const fn new(
+        name: &'static str,
+        (request, request_fingerprint): (&'static str, u64),
+        (response, response_fingerprint): (&'static str, u64),
+        kind: MethodKind,
+    ) -> MethodSchema {
+        MethodSchema {
+            name,
+            request,
+            response,
+            request_fingerprint,
+            response_fingerprint,
+            kind,
+        }
+    }
+
+    /// The message name, e.g. `embedder.embed`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The full protobuf name of the request type, e.g. `embedder.EmbedRequest`.
+    pub fn request(&self) -> &'static str {
+        self.request
+    }
+
+    /// The full protobuf name of the response type.
+    pub fn response(&self) -> &'static str {
+        self.response
+    }
+
+    /// A hash of the request type's structure: field numbers, names, types and
+    /// labels, through every message and enum it reaches.
+    pub fn request_fingerprint(&self) -> u64 {
+        self.request_fingerprint
+    }
+
+    /// A hash of the response type's structure.
+    pub fn response_fingerprint(&self) -> u64 {
+        self.response_fingerprint
+    }
+
+    /// The shape of the exchange.
+    pub fn kind(&self) -> MethodKind {
+        self.kind
+    }
+}
+
+/// A service as declared in its `.proto`: its full name and methods.
+///
+/// Every generated client and server carries its service's schema
+/// (`EmbedderClient::SCHEMA`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceSchema {
+    name: &'static str,
+    methods: &'static [MethodSchema],
+    fingerprint: u64,
+}
+
+impl ServiceSchema {
+    pub(crate) const fn new(
+        name: &'static str,
+        methods: &'static [MethodSchema],
+        fingerprint: u64,
+    ) -> ServiceSchema {
+        ServiceSchema {
+            name,
+            methods,
+            fingerprint,
+        }
+    }
+
+    /// The service's full protobuf name, e.g. `embedder.Embedder`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The methods, in declaration order.
+    pub fn methods(&self) -> &'static [MethodSchema] {
+        self.methods
+    }
+
+    /// The method with this message name.
+    pub fn method(&self, name: &str) -> Option<&'static MethodSchema> {
+        self.methods.iter().find(|method| method.name == name)
+    }
+
+    /// A hash of the whole service: every method's name, kind and message
+    /// fingerprints. Equal fingerprints mean compatible builds.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+}
