@@ -633,7 +633,12 @@ fn poll_link<T: Transport>(
     cx: &mut Context<'_>,
 ) -> Poll<LinkEnd> {
     // Route what has arrived, a batch at a time so that writes get a turn.
-    for _ in 0..READ_BATCH {
+    for read in 0.. {
+        if read == READ_BATCH {
+            // More may be buffered, and nothing will wake us for it.
+            cx.waker().wake_by_ref();
+            break;
+        }
         match Pin::new(&mut *transport).poll_next(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Err(error) = route(shared, frame) {

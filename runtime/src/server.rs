@@ -11,12 +11,15 @@
 //! | `REQUEST`  | at the cap                | queues it (and stops reading past a bound)   |
 //! | `REQUEST`  | after `SHUTDOWN`          | answers `Unavailable`                        |
 //! | `CANCEL`   | running / queued          | aborts the task / drops it; no answer is sent|
+//! | (deadline) | running                   | drops the handler; no answer is sent         |
 //! | `SHUTDOWN` | —                         | finishes running and queued calls, then ends |
 //! | end of stream | —                      | aborts every call (nobody awaits them), ends |
 //!
 //! A handler that panics is answered with [`Code::Internal`](crate::Code) and
-//! the worker keeps serving; one that outlives the caller's deadline is
-//! dropped and answered with `DeadlineExceeded`.
+//! the worker keeps serving. One that outlives its caller's deadline is
+//! dropped, which cancels it, and answered with nothing: the caller, whose
+//! timeout set the deadline, has already ended the call with
+//! [`Error::Timeout`](crate::Error::Timeout).
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -411,13 +414,17 @@ async fn run_call<F>(
 {
     let guarded = CatchUnwind { future };
     let outcome = match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, guarded)
-            .await
-            .unwrap_or_else(|_| {
-                Ok(Err(Status::deadline_exceeded(format!(
-                    "{method} did not finish before its deadline"
-                ))))
-            }),
+        Some(deadline) => match tokio::time::timeout_at(deadline, guarded).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // The caller set this deadline and its own timer ends the
+                // call there; an answer could only race that timer. Drop the
+                // handler (cancelling it) and answer nothing, as for CANCEL.
+                tracing::debug!(%method, id, "cancelled at its deadline");
+                lock(&shared).running.remove(&id);
+                return;
+            }
+        },
         None => guarded.await,
     };
     let frame = match outcome {

@@ -1,0 +1,445 @@
+//! The emitter: a [`ServiceDef`] in, Rust tokens out.
+//!
+//! For a service `Embedder` it emits:
+//!
+//! - `embedder_service`: a module with the message-name constants
+//!   (`EMBED = "embedder.embed"`) and the service's `SCHEMA`;
+//! - `EmbedderClient`: a typed client over a `Channel`;
+//! - `EmbedderHandler`: the trait a worker implements, with native `async fn`s;
+//! - `EmbedderServer<H>`: dispatches incoming calls to a handler.
+//!
+//! Generated code reaches the runtime only through `<runtime>::__codegen`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use crate::model::{MethodDef, ServiceDef};
+
+/// What to emit, and where the runtime crate is.
+#[derive(Clone)]
+pub(crate) struct EmitOptions {
+    pub(crate) client: bool,
+    pub(crate) server: bool,
+    pub(crate) runtime: syn::Path,
+}
+
+/// Emits the code of one service.
+pub(crate) fn service(def: &ServiceDef, options: &EmitOptions) -> Result<TokenStream, String> {
+    let rt = &options.runtime;
+    let cg = quote!(#rt::__codegen);
+    let names = names_module(def, &cg)?;
+    let client = if options.client {
+        client(def, &cg)?
+    } else {
+        TokenStream::new()
+    };
+    let server = if options.server {
+        server(def, &cg)?
+    } else {
+        TokenStream::new()
+    };
+    Ok(quote! {
+        #names
+        #client
+        #server
+    })
+}
+
+fn names_module(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
+    let module = format_ident!("{}_service", def.snake_name);
+    let doc = format!(" Message names and schema of the `{}` service.", def.full_name);
+    let consts = def.methods.iter().map(|method| {
+        let name = format_ident!("{}", method.const_name);
+        let value = &method.message_name;
+        let doc = format!(
+            " `{value}`: the message name of `{}.{}`.",
+            def.name, method.proto_name
+        );
+        quote! {
+            #[doc = #doc]
+            pub const #name: &str = #value;
+        }
+    });
+    let methods = def.methods.iter().map(|method| {
+        let name = &method.message_name;
+        let (request, request_fp) = (&method.request.proto_name, method.request.fingerprint);
+        let (response, response_fp) = (&method.response.proto_name, method.response.fingerprint);
+        quote! {
+            #cg::method_schema(#name, (#request, #request_fp), (#response, #response_fp))
+        }
+    });
+    let full_name = &def.full_name;
+    let fingerprint = def.fingerprint;
+    let schema_doc = format!(
+        " The schema of `{full_name}` this program was built with: its methods and a fingerprint of their messages."
+    );
+    Ok(quote! {
+        #[doc = #doc]
+        pub mod #module {
+            #(#consts)*
+            #[doc = #schema_doc]
+            pub const SCHEMA: #cg::ServiceSchema = #cg::service_schema(
+                #full_name,
+                &[#(#methods),*],
+                #fingerprint,
+            );
+        }
+    })
+}
+
+fn client(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
+    let client = format_ident!("{}Client", def.name);
+    let module = format_ident!("{}_service", def.snake_name);
+    let mut docs = vec![
+        format!(" Client of the `{}` service.", def.full_name),
+        String::new(),
+        " Cheap to clone; clones share the channel. Each method sends one call and".into(),
+        " waits for its answer, its timeout, or its worker's exit.".into(),
+    ];
+    if !def.docs.is_empty() {
+        docs.push(String::new());
+        docs.extend(def.docs.iter().cloned());
+    }
+    let methods = def
+        .methods
+        .iter()
+        .map(|method| client_method(method, cg))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(quote! {
+        #(#[doc = #docs])*
+        #[derive(Clone, Debug)]
+        pub struct #client {
+            inner: #cg::Client,
+        }
+
+        impl #client {
+            /// The schema this client was generated from.
+            pub const SCHEMA: #cg::ServiceSchema = #module::SCHEMA;
+
+            /// A client that calls the worker at the other end of `channel`.
+            pub fn new(channel: #cg::Channel) -> Self {
+                Self { inner: #cg::Client::new(channel) }
+            }
+
+            /// Sets options for every call through this client. A call's own
+            /// options (the `*_with` methods) still take precedence; unset
+            /// fields fall back to the schema's defaults.
+            #[must_use]
+            pub fn with_options(self, options: #cg::CallOptions) -> Self {
+                Self { inner: self.inner.with_options(options) }
+            }
+
+            /// The channel this client calls through.
+            pub fn channel(&self) -> &#cg::Channel {
+                self.inner.channel()
+            }
+
+            #(#methods)*
+        }
+    })
+}
+
+fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, String> {
+    let name = ident(&method.rust_name);
+    let name_with = format_ident!("{}_with", method.rust_name.trim_start_matches("r#"));
+    let request = parse_type(&method.request.rust_type)?;
+    let response = parse_type(&method.response.rust_type)?;
+    let message_name = &method.message_name;
+    let response_proto = &method.response.proto_name;
+    let mut desc = quote!(#cg::MethodDesc::unary(#message_name, #response_proto));
+    if let Some(timeout_ms) = method.options.timeout_ms {
+        desc = quote!(#desc.timeout_ms(#timeout_ms));
+    }
+    if let Some(retries) = method.options.retries {
+        desc = quote!(#desc.retries(#retries));
+    }
+    if method.options.idempotent {
+        desc = quote!(#desc.idempotent());
+    }
+    let mut docs = method.docs.clone();
+    if !docs.is_empty() {
+        docs.push(String::new());
+    }
+    docs.push(format!(" Message name: `{message_name}`.{}", defaults_note(method)));
+    let with_doc = format!(
+        " [`{}`](Self::{}) with options for this call only.",
+        method.rust_name.trim_start_matches("r#"),
+        method.rust_name
+    );
+    Ok(quote! {
+        #(#[doc = #docs])*
+        pub async fn #name(&self, request: #request) -> ::core::result::Result<#response, #cg::Error> {
+            self.#name_with(request, &#cg::CallOptions::new()).await
+        }
+
+        #[doc = #with_doc]
+        pub async fn #name_with(
+            &self,
+            request: #request,
+            options: &#cg::CallOptions,
+        ) -> ::core::result::Result<#response, #cg::Error> {
+            static METHOD: #cg::MethodDesc = #desc;
+            self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+        }
+    })
+}
+
+/// The schema's call defaults in words, for the method's rustdoc.
+fn defaults_note(method: &MethodDef) -> String {
+    let options = &method.options;
+    let mut parts = Vec::new();
+    if let Some(timeout_ms) = options.timeout_ms {
+        parts.push(format!("timeout {timeout_ms} ms"));
+    }
+    if let Some(retries) = options.retries {
+        parts.push(format!("{retries} retries"));
+    }
+    if options.idempotent {
+        parts.push("idempotent".to_owned());
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" Defaults: {}.", parts.join(", "))
+    }
+}
+
+fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
+    let handler = format_ident!("{}Handler", def.name);
+    let server = format_ident!("{}Server", def.name);
+    let module = format_ident!("{}_service", def.snake_name);
+    let mut handler_docs = vec![
+        format!(" The handler of the `{}` service: implement it in the worker", def.full_name),
+        format!(" and serve it with [`{server}`]."),
+    ];
+    if !def.docs.is_empty() {
+        handler_docs.push(String::new());
+        handler_docs.extend(def.docs.iter().cloned());
+    }
+    let mut trait_methods = Vec::new();
+    let mut arms = Vec::new();
+    for method in &def.methods {
+        let name = ident(&method.rust_name);
+        let request = parse_type(&method.request.rust_type)?;
+        let response = parse_type(&method.response.rust_type)?;
+        let mut docs = method.docs.clone();
+        if !docs.is_empty() {
+            docs.push(String::new());
+        }
+        docs.push(format!(" Message name: `{}`.", method.message_name));
+        trait_methods.push(quote! {
+            #(#[doc = #docs])*
+            fn #name(
+                &self,
+                request: #request,
+                cx: &#cg::Context,
+            ) -> impl ::core::future::Future<Output = ::core::result::Result<#response, #cg::Status>> + ::core::marker::Send;
+        });
+        let constant = format_ident!("{}", method.const_name);
+        let request_proto = &method.request.proto_name;
+        arms.push(quote! {
+            #module::#constant => {
+                let request = #cg::decode::<#request>(&cx, payload, #request_proto)?;
+                let response = handler.#name(request, &cx).await?;
+                ::core::result::Result::Ok(#cg::encode(&response))
+            }
+        });
+    }
+    // A service without methods never reads the payload.
+    let unpack = if def.methods.is_empty() {
+        quote!(let (_, cx) = call.into_parts();)
+    } else {
+        quote!(let (payload, cx) = call.into_parts();)
+    };
+    let server_doc = format!(
+        " Serves a [`{handler}`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function."
+    );
+    Ok(quote! {
+        #(#[doc = #handler_docs])*
+        pub trait #handler: ::core::marker::Send + ::core::marker::Sync + 'static {
+            #(#trait_methods)*
+        }
+
+        #[doc = #server_doc]
+        pub struct #server<H> {
+            handler: ::std::sync::Arc<H>,
+        }
+
+        impl<H: #handler> #server<H> {
+            /// A server dispatching to `handler`.
+            pub fn new(handler: H) -> Self {
+                Self { handler: ::std::sync::Arc::new(handler) }
+            }
+
+            /// A server dispatching to a handler shared with other code.
+            pub fn from_arc(handler: ::std::sync::Arc<H>) -> Self {
+                Self { handler }
+            }
+
+            /// The handler.
+            pub fn handler(&self) -> &::std::sync::Arc<H> {
+                &self.handler
+            }
+        }
+
+        impl<H> ::core::clone::Clone for #server<H> {
+            fn clone(&self) -> Self {
+                Self { handler: ::std::sync::Arc::clone(&self.handler) }
+            }
+        }
+
+        impl<H> ::core::fmt::Debug for #server<H> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#server)).finish_non_exhaustive()
+            }
+        }
+
+        impl<H: #handler> #cg::Dispatch for #server<H> {
+            fn schema(&self) -> &'static #cg::ServiceSchema {
+                &#module::SCHEMA
+            }
+
+            fn dispatch(
+                &self,
+                call: #cg::Call,
+            ) -> impl ::core::future::Future<Output = ::core::result::Result<#cg::Bytes, #cg::Status>>
+                   + ::core::marker::Send
+                   + 'static {
+                let handler = ::std::sync::Arc::clone(&self.handler);
+                async move {
+                    #unpack
+                    match cx.method() {
+                        #(#arms)*
+                        _ => ::core::result::Result::Err(#cg::unimplemented(&cx, &#module::SCHEMA)),
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// An identifier, raw if the name is a Rust keyword.
+fn ident(name: &str) -> syn::Ident {
+    match name.strip_prefix("r#") {
+        Some(raw) => syn::Ident::new_raw(raw, proc_macro2::Span::call_site()),
+        None => format_ident!("{}", name),
+    }
+}
+
+fn parse_type(rust_type: &str) -> Result<syn::Type, String> {
+    syn::parse_str(rust_type).map_err(|error| format!("cannot parse the Rust type `{rust_type}`: {error}"))
+}
+
+/// Formats emitted tokens as a file (deterministic: prettyplease has no
+/// configuration that varies between machines).
+pub(crate) fn format(tokens: TokenStream) -> Result<String, String> {
+    let file: syn::File = syn::parse2(tokens).map_err(|error| format!("emitted code does not parse: {error}"))?;
+    Ok(prettyplease::unparse(&file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MessageRef, MethodOptions};
+
+    fn def() -> ServiceDef {
+        let message = |rust: &str, proto: &str| MessageRef {
+            rust_type: rust.into(),
+            proto_name: proto.into(),
+            fingerprint: 7,
+        };
+        ServiceDef {
+            name: "Greeter".into(),
+            full_name: "hello.Greeter".into(),
+            snake_name: "greeter".into(),
+            docs: vec![" Says hello.".into()],
+            fingerprint: 42,
+            methods: vec![
+                MethodDef {
+                    proto_name: "Greet".into(),
+                    rust_name: "greet".into(),
+                    message_name: "greeter.greet".into(),
+                    const_name: "GREET".into(),
+                    docs: vec![],
+                    request: message("GreetRequest", "hello.GreetRequest"),
+                    response: message("GreetReply", "hello.GreetReply"),
+                    options: MethodOptions {
+                        timeout_ms: Some(250),
+                        retries: Some(2),
+                        idempotent: true,
+                    },
+                },
+                MethodDef {
+                    proto_name: "Type".into(),
+                    rust_name: "r#type".into(),
+                    message_name: "greeter.type".into(),
+                    const_name: "TYPE".into(),
+                    docs: vec![],
+                    request: message("()", "google.protobuf.Empty"),
+                    response: message("super::common::Kind", "common.Kind"),
+                    options: MethodOptions::default(),
+                },
+            ],
+        }
+    }
+
+    fn emit(client: bool, server: bool) -> String {
+        let options = EmitOptions {
+            client,
+            server,
+            runtime: syn::parse_str("::workerbus").unwrap(),
+        };
+        format(service(&def(), &options).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn emits_every_part_from_a_hand_built_description() {
+        let code = emit(true, true);
+        for expected in [
+            "pub mod greeter_service",
+            "pub const GREET: &str = \"greeter.greet\";",
+            "pub struct GreeterClient",
+            "pub async fn greet(",
+            "request: GreetRequest,",
+            "pub async fn greet_with(",
+            ".timeout_ms(250u64)",
+            ".retries(2u32)",
+            ".idempotent()",
+            "pub async fn r#type(",
+            "request: (),",
+            "pub async fn type_with(",
+            "-> ::core::result::Result<super::common::Kind, ::workerbus::__codegen::Error>",
+            "pub trait GreeterHandler",
+            "fn r#type(",
+            "pub struct GreeterServer<H>",
+            "greeter_service::TYPE => {",
+            "/// Says hello.",
+            "/// Message name: `greeter.greet`. Defaults: timeout 250 ms, 2 retries, idempotent.",
+        ] {
+            assert!(code.contains(expected), "missing {expected:?} in:\n{code}");
+        }
+    }
+
+    #[test]
+    fn client_and_server_can_be_left_out() {
+        let code = emit(false, true);
+        assert!(!code.contains("GreeterClient"));
+        assert!(code.contains("GreeterServer"));
+        let code = emit(true, false);
+        assert!(code.contains("GreeterClient"));
+        assert!(!code.contains("GreeterHandler"));
+        assert!(code.contains("pub mod greeter_service"));
+    }
+
+    #[test]
+    fn the_runtime_path_is_configurable() {
+        let options = EmitOptions {
+            client: true,
+            server: true,
+            runtime: syn::parse_str("crate::rt").unwrap(),
+        };
+        let code = format(service(&def(), &options).unwrap()).unwrap();
+        assert!(code.contains("crate::rt::__codegen::Client"));
+        assert!(!code.contains("::workerbus"));
+    }
+}

@@ -1,0 +1,60 @@
+//! The plain-data description of a service that the emitter turns into code.
+//!
+//! Everything the emitter needs is here, already validated and named; the
+//! emitter makes no decisions about the schema, so it can be tested from
+//! descriptions built by hand.
+
+/// A `service` of a `.proto` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServiceDef {
+    /// The service name as declared, e.g. `Embedder`; the base of the
+    /// generated type names (`EmbedderClient`...).
+    pub(crate) name: String,
+    /// The full protobuf name, e.g. `embedder.Embedder`.
+    pub(crate) full_name: String,
+    /// The service name in lower snake case, e.g. `embedder`; names the
+    /// `<snake>_service` module.
+    pub(crate) snake_name: String,
+    /// Doc comment lines from the `.proto`, sanitized for rustdoc.
+    pub(crate) docs: Vec<String>,
+    /// The hash of every method's name, kind and message fingerprints.
+    pub(crate) fingerprint: u64,
+    pub(crate) methods: Vec<MethodDef>,
+}
+
+/// An `rpc` of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MethodDef {
+    /// The method name as declared, e.g. `Embed`.
+    pub(crate) proto_name: String,
+    /// The Rust method name, e.g. `embed` (raw if a keyword).
+    pub(crate) rust_name: String,
+    /// The message name the method travels under, e.g. `embedder.embed`.
+    pub(crate) message_name: String,
+    /// The name of the message-name constant, e.g. `EMBED`.
+    pub(crate) const_name: String,
+    pub(crate) docs: Vec<String>,
+    pub(crate) request: MessageRef,
+    pub(crate) response: MessageRef,
+    pub(crate) options: MethodOptions,
+}
+
+/// A request or response type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MessageRef {
+    /// The Rust type, as a path relative to the generated module
+    /// (`EmbedRequest`, `super::common::Page`, `()`).
+    pub(crate) rust_type: String,
+    /// The full protobuf name, e.g. `embedder.EmbedRequest`.
+    pub(crate) proto_name: String,
+    /// The hash of the message's structure.
+    pub(crate) fingerprint: u64,
+}
+
+/// A method's `(workerbus.method)` options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MethodOptions {
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) idempotent: bool,
+}

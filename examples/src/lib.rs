@@ -1,0 +1,1 @@
+//! Runnable workerbus examples: see the `[[example]]` targets.

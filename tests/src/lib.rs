@@ -1,0 +1,191 @@
+//! Test support: the generated test services, a handler that provokes each
+//! runtime behaviour on request, and test cases shared by every driver.
+//!
+//! The handler reports what happened inside the worker (a sleep started, was
+//! cancelled...) through rpcs of its own (`Observe`, `Stats`), so the same
+//! cases run unchanged whether the worker is a thread or a process.
+
+pub mod cases;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use workerbus::{Code, Context, Status};
+
+/// The generated code of the test schemas.
+pub mod pb {
+    /// Package `common` (imported by `echo`).
+    #[allow(missing_docs)]
+    pub mod common {
+        workerbus::include_proto!("common");
+    }
+
+    /// Package `echo`: the `Echo` and `Missing` services.
+    #[allow(missing_docs)]
+    pub mod echo {
+        workerbus::include_proto!("echo");
+    }
+}
+
+use pb::common::Page;
+use pb::echo::{
+    EchoHandler, EchoReply, EchoRequest, FailRequest, FlakyReply, FlakyRequest, ObserveRequest,
+    PanicRequest, SleepRequest, SleepState, StatsReply,
+};
+
+/// The `Echo` handler.
+#[derive(Debug, Default)]
+pub struct EchoWorker {
+    state: Arc<EchoState>,
+    on_drop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+#[derive(Debug, Default)]
+struct EchoState {
+    sleeps: Mutex<HashMap<String, SleepState>>,
+    changed: tokio::sync::Notify,
+    running: AtomicU32,
+    peak: AtomicU32,
+    cancelled: AtomicU32,
+}
+
+impl EchoWorker {
+    /// A fresh handler.
+    pub fn new() -> EchoWorker {
+        EchoWorker::default()
+    }
+
+    /// A handler that sends on `signal` when it is dropped, i.e. when the
+    /// worker serving it has stopped and released it.
+    pub fn with_drop_signal(signal: std::sync::mpsc::Sender<()>) -> EchoWorker {
+        EchoWorker {
+            state: Arc::default(),
+            on_drop: Some(signal),
+        }
+    }
+}
+
+impl Drop for EchoWorker {
+    fn drop(&mut self) {
+        if let Some(signal) = self.on_drop.take() {
+            let _ = signal.send(());
+        }
+    }
+}
+
+impl EchoState {
+    fn set(&self, tag: &str, state: SleepState) {
+        self.sleeps
+            .lock()
+            .unwrap()
+            .insert(tag.to_owned(), state);
+        self.changed.notify_waiters();
+    }
+
+    fn reached(&self, tag: &str, wanted: SleepState) -> bool {
+        let sleeps = self.sleeps.lock().unwrap();
+        match (sleeps.get(tag), wanted) {
+            (None, _) => false,
+            (Some(_), SleepState::Started) => true,
+            (Some(state), wanted) => *state == wanted,
+        }
+    }
+}
+
+/// Marks a sleep started; marks it cancelled if dropped before `finish`.
+struct SleepGuard {
+    state: Arc<EchoState>,
+    tag: String,
+    finished: bool,
+}
+
+impl SleepGuard {
+    fn start(state: &Arc<EchoState>, tag: String) -> SleepGuard {
+        let running = state.running.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(running, Ordering::SeqCst);
+        state.set(&tag, SleepState::Started);
+        SleepGuard {
+            state: Arc::clone(state),
+            tag,
+            finished: false,
+        }
+    }
+}
+
+impl Drop for SleepGuard {
+    fn drop(&mut self) {
+        self.state.running.fetch_sub(1, Ordering::SeqCst);
+        if self.finished {
+            self.state.set(&self.tag, SleepState::Finished);
+        } else {
+            self.state.cancelled.fetch_add(1, Ordering::SeqCst);
+            self.state.set(&self.tag, SleepState::Cancelled);
+        }
+    }
+}
+
+impl EchoHandler for EchoWorker {
+    async fn echo(&self, request: EchoRequest, _cx: &Context) -> Result<EchoReply, Status> {
+        if request.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+        }
+        Ok(EchoReply {
+            text: request.text,
+            data: request.data,
+        })
+    }
+
+    async fn fail(&self, request: FailRequest, _cx: &Context) -> Result<(), Status> {
+        Err(Status::new(Code::from_u32(request.code), request.message).with_details(request.details))
+    }
+
+    async fn sleep(&self, request: SleepRequest, _cx: &Context) -> Result<(), Status> {
+        let mut guard = SleepGuard::start(&self.state, request.tag);
+        tokio::time::sleep(Duration::from_millis(request.ms)).await;
+        guard.finished = true;
+        Ok(())
+    }
+
+    async fn observe(&self, request: ObserveRequest, _cx: &Context) -> Result<(), Status> {
+        let wanted = request.state();
+        loop {
+            let changed = self.state.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.state.reached(&request.tag, wanted) {
+                return Ok(());
+            }
+            changed.await;
+        }
+    }
+
+    async fn panic(&self, request: PanicRequest, _cx: &Context) -> Result<(), Status> {
+        panic!("{}", request.message)
+    }
+
+    async fn flaky(&self, request: FlakyRequest, cx: &Context) -> Result<FlakyReply, Status> {
+        if cx.attempt() < request.succeed_on {
+            return Err(Status::unavailable(format!("attempt {} fails", cx.attempt())));
+        }
+        Ok(FlakyReply {
+            attempt: cx.attempt(),
+        })
+    }
+
+    async fn now(&self, _request: (), _cx: &Context) -> Result<prost_types::Timestamp, Status> {
+        Ok(SystemTime::now().into())
+    }
+
+    async fn page(&self, request: Page, _cx: &Context) -> Result<Page, Status> {
+        Ok(request)
+    }
+
+    async fn stats(&self, _request: (), _cx: &Context) -> Result<StatsReply, Status> {
+        Ok(StatsReply {
+            peak_concurrency: self.state.peak.load(Ordering::SeqCst),
+            sleeps_cancelled: self.state.cancelled.load(Ordering::SeqCst),
+        })
+    }
+}

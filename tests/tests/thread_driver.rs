@@ -1,0 +1,194 @@
+//! End-to-end tests of generated clients and servers over the thread driver.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use workerbus::{Backoff, CallOptions, Error, ExitReason, ServeOptions, ThreadDriver, ThreadWorker};
+use workerbus_tests::pb::echo::{EchoClient, EchoServer, FlakyRequest, SleepRequest, SleepState};
+use workerbus_tests::{EchoWorker, cases};
+
+async fn spawn() -> ThreadWorker {
+    ThreadDriver::new()
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .expect("spawn a thread worker")
+}
+
+#[tokio::test]
+async fn every_shared_case_passes_on_a_current_thread_host() {
+    let worker = spawn().await;
+    cases::all(&worker.channel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shared_case_passes_on_a_multi_thread_host_and_worker() {
+    let worker = ThreadDriver::new()
+        .worker_threads(2)
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    cases::all(&worker.channel()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_schema_timeout_applies_and_names_the_method() {
+    // Host time is paused: the host clock jumps to the call's deadline as
+    // soon as it has nothing else to do, so this takes no real minute.
+    let worker = spawn().await;
+    let client = EchoClient::new(worker.channel());
+    let started = Instant::now();
+    let error = client
+        .sleep(SleepRequest {
+            tag: "schema timeout".into(),
+            ms: 3_600_000,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Timeout { method, after } if *method == "echo.sleep" && *after == Duration::from_secs(60)),
+        "{error:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(60));
+    // Back to real time: the worker's report takes real time to arrive.
+    tokio::time::resume();
+    cases::observe(&worker.channel(), "schema timeout", SleepState::Cancelled).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_wait_for_the_backoff_between_attempts() {
+    let worker = spawn().await;
+    let client = EchoClient::new(worker.channel());
+    let options = CallOptions::new()
+        .no_timeout()
+        .backoff(Backoff::exponential(Duration::from_millis(100)).jitter(0.0));
+    let started = Instant::now();
+    let reply = client.flaky_with(FlakyRequest { succeed_on: 4 }, &options).await.unwrap();
+    assert_eq!(reply.attempt, 4);
+    // 100 ms, 200 ms, 400 ms before the 2nd, 3rd and 4th attempts.
+    assert_eq!(started.elapsed(), Duration::from_millis(700));
+}
+
+#[tokio::test]
+async fn the_worker_runs_no_more_calls_at_once_than_its_limit() {
+    let worker = ThreadDriver::new()
+        .serve_options(ServeOptions::new().max_concurrent_calls(3))
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    let sleeps = (0..12).map(|i| {
+        client.sleep(SleepRequest {
+            tag: format!("limited {i}"),
+            ms: 20,
+        })
+    });
+    for result in futures_util::future::join_all(sleeps).await {
+        result.unwrap();
+    }
+    let stats = client.stats(()).await.unwrap();
+    assert_eq!(stats.peak_concurrency, 3);
+}
+
+#[tokio::test]
+async fn shutdown_lets_calls_in_flight_finish_then_stops_the_worker() {
+    let worker = spawn().await;
+    let channel = worker.channel();
+    let client = EchoClient::new(channel.clone());
+    let call = client.sleep(SleepRequest {
+        tag: "draining".into(),
+        ms: 200,
+    });
+    let shutdown = async {
+        cases::observe(&channel, "draining", SleepState::Started).await;
+        worker.shutdown().await
+    };
+    let (result, exit) = tokio::join!(call, shutdown);
+    result.expect("the call in flight finishes");
+    assert_eq!(exit, ExitReason::Stopped);
+    assert_eq!(worker.exit_reason(), Some(ExitReason::Stopped));
+    cases::calls_after_exit_fail_fast(&channel, &ExitReason::Stopped).await;
+}
+
+#[tokio::test]
+async fn shutdown_cancels_calls_that_outlast_the_grace_period() {
+    let worker = ThreadDriver::new()
+        .shutdown_grace(Duration::from_millis(50))
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    let channel = worker.channel();
+    let client = EchoClient::new(channel.clone());
+    let call = client.sleep(SleepRequest {
+        tag: "too slow".into(),
+        ms: 60_000,
+    });
+    let shutdown = async {
+        cases::observe(&channel, "too slow", SleepState::Started).await;
+        worker.shutdown().await
+    };
+    let (result, exit) = tokio::join!(call, shutdown);
+    assert_eq!(exit, ExitReason::Killed);
+    assert!(
+        matches!(&result, Err(Error::WorkerExited { exit: ExitReason::Killed, .. })),
+        "{result:?}"
+    );
+    assert_eq!(channel.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn kill_fails_calls_in_flight_at_once() {
+    let worker = spawn().await;
+    let channel = worker.channel();
+    let client = EchoClient::new(channel.clone());
+    let calls = futures_util::future::join_all((0..5).map(|i| {
+        client.sleep(SleepRequest {
+            tag: format!("killed {i}"),
+            ms: 60_000,
+        })
+    }));
+    let kill = async {
+        for i in 0..5 {
+            cases::observe(&channel, &format!("killed {i}"), SleepState::Started).await;
+        }
+        worker.kill();
+    };
+    let (results, ()) = tokio::join!(calls, kill);
+    for result in results {
+        assert!(
+            matches!(&result, Err(Error::WorkerExited { method, exit: ExitReason::Killed }) if method == "echo.sleep"),
+            "{result:?}"
+        );
+    }
+    assert_eq!(worker.exited().await, ExitReason::Killed);
+    cases::calls_after_exit_fail_fast(&channel, &ExitReason::Killed).await;
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_stops_the_worker_and_releases_its_handler() {
+    let (signal, dropped) = std::sync::mpsc::channel();
+    let worker = ThreadDriver::new()
+        .spawn(EchoServer::new(EchoWorker::with_drop_signal(signal)))
+        .await
+        .unwrap();
+    let channel = worker.channel();
+    cases::unary_round_trip(&channel).await;
+    drop(worker);
+    // A channel alone keeps the worker alive.
+    cases::unary_round_trip(&channel).await;
+    drop(channel);
+    tokio::task::spawn_blocking(move || dropped.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the worker stopped and dropped its handler");
+}
+
+#[tokio::test]
+async fn a_worker_is_named_after_its_service_unless_named() {
+    assert_eq!(spawn().await.name(), "echo.Echo");
+    let named = ThreadDriver::new()
+        .name("echo-1")
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    assert_eq!(named.name(), "echo-1");
+}
