@@ -8,12 +8,15 @@
 //! | frame in   | state of the call         | what the loop does                           |
 //! |------------|---------------------------|----------------------------------------------|
 //! | `REQUEST`  | below the concurrency cap | spawns it                                    |
-//! | `REQUEST`  | at the cap                | queues it (and stops reading past a bound)   |
+//! | `REQUEST`  | at the cap                | queues it, or answers `Unavailable` if the queue is full |
 //! | `REQUEST`  | after `SHUTDOWN`          | answers `Unavailable`                        |
 //! | `CANCEL`   | running / queued          | aborts the task / drops it; no answer is sent|
 //! | (deadline) | running                   | drops the handler; no answer is sent         |
 //! | `SHUTDOWN` | —                         | finishes running and queued calls, then ends |
 //! | end of stream | —                      | aborts every call (nobody awaits them), ends |
+//!
+//! The loop stops reading only while answers cannot be written (the host is
+//! not reading them), so its memory stays bounded whatever the host sends.
 //!
 //! A handler that panics is answered with [`Code::Internal`](crate::Code) and
 //! the worker keeps serving. One that outlives its caller's deadline is
@@ -145,27 +148,41 @@ impl Context {
 /// The default cap on calls a worker runs at once.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
 
+/// The default cap on calls waiting for a free slot.
+pub const DEFAULT_MAX_QUEUED_CALLS: usize = 1024;
+
 /// Options of a worker's serve loop.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     max_concurrent_calls: usize,
+    max_queued_calls: usize,
     max_frame_length: usize,
 }
 
 impl ServeOptions {
-    /// The defaults: [1024](DEFAULT_MAX_CONCURRENT_CALLS) concurrent calls and
-    /// a [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame length.
+    /// The defaults: [1024](DEFAULT_MAX_CONCURRENT_CALLS) concurrent calls,
+    /// [1024](DEFAULT_MAX_QUEUED_CALLS) waiting, and a
+    /// [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame length.
     pub fn new() -> ServeOptions {
         ServeOptions::default()
     }
 
-    /// How many calls run at once (at least 1). Further requests wait in
-    /// arrival order; once as many are waiting as may run, the worker stops
-    /// reading until some finish, so a flood backs up to the caller instead
-    /// of filling the worker's memory.
+    /// How many calls run at once (at least 1). Further requests wait for a
+    /// free slot in arrival order; see
+    /// [`max_queued_calls`](ServeOptions::max_queued_calls).
     #[must_use]
     pub fn max_concurrent_calls(mut self, max: usize) -> ServeOptions {
         self.max_concurrent_calls = max.max(1);
+        self
+    }
+
+    /// How many calls may wait for a free slot. A request beyond that is
+    /// answered at once with `Unavailable` ("the worker is busy"), which an
+    /// idempotent call retries after its backoff; so a flood is shed instead
+    /// of filling the worker's memory, and cancellations are still read.
+    #[must_use]
+    pub fn max_queued_calls(mut self, max: usize) -> ServeOptions {
+        self.max_queued_calls = max;
         self
     }
 
@@ -182,6 +199,7 @@ impl Default for ServeOptions {
     fn default() -> ServeOptions {
         ServeOptions {
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            max_queued_calls: DEFAULT_MAX_QUEUED_CALLS,
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
         }
     }
@@ -219,6 +237,7 @@ pub async fn serve_transport<T: Transport, S: Dispatch>(
         unflushed: false,
         shutting_down: false,
         max_concurrent: options.max_concurrent_calls,
+        max_queued: options.max_queued_calls,
     };
     let result = poll_fn(|cx| server.poll(cx)).await;
     server.abort_all();
@@ -254,6 +273,7 @@ struct Server<S, T> {
     unflushed: bool,
     shutting_down: bool,
     max_concurrent: usize,
+    max_queued: usize,
 }
 
 const READ_BATCH: usize = 128;
@@ -267,24 +287,26 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                 state.link = Some(cx.waker().clone());
             }
         }
-        let mut reads = 0;
-        while self.backlog.len() < self.max_concurrent {
-            if reads == READ_BATCH {
-                cx.waker().wake_by_ref();
-                break;
+        // Answers that cannot go out mean the host is not reading: take no
+        // more requests until they do, so nothing here grows without bound.
+        // Busy handlers never stop reading, or a CANCEL queued behind
+        // requests could not reach the calls it is meant for.
+        if self.poll_write(cx)?.is_ready() {
+            for read in 0.. {
+                if read == READ_BATCH {
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+                match Pin::new(&mut self.transport).poll_next(cx) {
+                    Poll::Ready(Some(Ok(frame))) => self.receive(frame)?,
+                    Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                    // The host is gone: nobody is left to answer.
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
             }
-            reads += 1;
-            match Pin::new(&mut self.transport).poll_next(cx) {
-                Poll::Ready(Some(Ok(frame))) => self.receive(frame)?,
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
-                // The host is gone: nobody is left to answer.
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => break,
-            }
-        }
-        self.start_backlog();
-        if let Poll::Ready(Err(error)) = self.poll_write(cx) {
-            return Poll::Ready(Err(error));
+            self.start_backlog();
+            let _ = self.poll_write(cx)?;
         }
         if self.shutting_down && self.backlog.is_empty() && self.sending.is_empty() && !self.unflushed {
             let state = lock(&self.shared);
@@ -318,8 +340,17 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                         context.method
                     ));
                     self.answer(Frame::Status { id, status });
+                } else if self.backlog.len() >= self.max_queued {
+                    let status = Status::unavailable(format!(
+                        "{} was not started: the worker is busy ({} calls running, {} waiting)",
+                        context.method, self.max_concurrent, self.max_queued
+                    ));
+                    self.answer(Frame::Status { id, status });
                 } else {
                     self.backlog.push_back((id, Call::new(payload, context)));
+                    // Start it now if a slot is free: only calls that really
+                    // wait count against the queue.
+                    self.start_backlog();
                 }
             }
             Frame::Cancel { id } => {
@@ -363,6 +394,8 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
         }
     }
 
+    /// Writes and flushes queued answers; `Pending` while some cannot be
+    /// written yet (the transport will wake us).
     fn poll_write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), FrameError>> {
         'write: loop {
             if self.sending.is_empty() {
@@ -391,7 +424,11 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        Poll::Ready(Ok(()))
+        if self.sending.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 
     fn abort_all(&mut self) {

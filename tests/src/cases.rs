@@ -162,21 +162,21 @@ pub async fn dropping_a_call_cancels_the_handler(channel: &Channel) {
 /// A call that outlives its timeout fails with `Timeout` naming the method
 /// and the duration, and its handler is cancelled.
 pub async fn timeout_cancels_the_handler(channel: &Channel) {
-    let error = echo(channel)
-        .sleep_with(
-            SleepRequest {
-                tag: "timed out".into(),
-                ms: 60_000,
-            },
-            &CallOptions::new().timeout(Duration::from_millis(100)),
-        )
-        .await
-        .unwrap_err();
+    let client = echo(channel);
+    let options = CallOptions::new().timeout(Duration::from_secs(1));
+    let request = SleepRequest {
+        tag: "timed out".into(),
+        ms: 60_000,
+    };
+    let call = client.sleep_with(request, &options);
+    // The handler must have started for its cancellation to be observable.
+    let (result, ()) = tokio::join!(call, observe(channel, "timed out", SleepState::Started));
+    let error = result.unwrap_err();
     assert!(
-        matches!(&error, Error::Timeout { method, after } if *method == "echo.sleep" && *after == Duration::from_millis(100)),
+        matches!(&error, Error::Timeout { method, after } if *method == "echo.sleep" && *after == Duration::from_secs(1)),
         "{error:?}"
     );
-    assert_eq!(error.to_string(), "echo.sleep timed out after 100ms");
+    assert_eq!(error.to_string(), "echo.sleep timed out after 1s");
     observe(channel, "timed out", SleepState::Cancelled).await;
     assert_settled(channel);
 }
