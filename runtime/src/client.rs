@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::error::{Error, ExitReason, FrameError, Status};
-use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN};
+use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
 use crate::name::MethodName;
 use crate::transport::Transport;
@@ -192,11 +192,12 @@ impl ChannelOptions {
         ChannelOptions::default()
     }
 
-    /// The largest frame the channel sends; a larger request fails with
+    /// The largest frame the channel sends (at least
+    /// [`MIN_FRAME_LENGTH`]); a larger request fails with
     /// [`Error::TooLarge`] before anything is sent. Match the worker's limit.
     #[must_use]
     pub fn max_frame_length(mut self, max: usize) -> ChannelOptions {
-        self.max_frame_length = max;
+        self.max_frame_length = max.max(MIN_FRAME_LENGTH);
         self
     }
 }
@@ -394,7 +395,8 @@ impl Channel {
                 max: MAX_METHOD_LEN,
             });
         }
-        let size = HEADER_LEN + 8 + 4 + 2 + method.len() + payload.len();
+        let deadline_field = if options.timeout.is_some() { 8 } else { 0 };
+        let size = HEADER_LEN + deadline_field + 4 + 2 + method.len() + payload.len();
         let max = self.shared().max_frame_length;
         if size > max {
             return Err(Error::TooLarge {

@@ -327,8 +327,16 @@ pub enum FrameError {
     /// The connection ended in the middle of a frame.
     #[error("the connection closed in the middle of a frame ({buffered} bytes received)")]
     Truncated {
-        /// How many bytes of the partial frame had arrived.
+        /// How many bytes of the partial frame had arrived, length prefix
+        /// included.
         buffered: usize,
+    },
+    /// A request reused the id of a request still in flight, which would make
+    /// the answers ambiguous.
+    #[error("request id {id} is already in flight")]
+    DuplicateId {
+        /// The reused id.
+        id: u64,
     },
     /// The other side has closed its end.
     #[error("the connection is closed")]

@@ -45,6 +45,10 @@ pub const DEFAULT_MAX_FRAME_LENGTH: usize = 16 * 1024 * 1024;
 /// Bytes of the fixed header after the length prefix: kind, flags, id.
 pub const HEADER_LEN: usize = 1 + 1 + 8;
 
+/// The smallest maximum frame length a channel or worker accepts: room for
+/// any status the runtime itself produces about an oversized frame.
+pub const MIN_FRAME_LENGTH: usize = 256;
+
 /// The longest method name a `REQUEST` frame can carry.
 pub const MAX_METHOD_LEN: usize = 1024;
 
@@ -59,8 +63,8 @@ const FLAG_DEADLINE: u8 = 0x01;
 
 /// One unit of the protocol.
 ///
-/// The thread driver moves `Frame` values between threads as they are; the
-/// process driver encodes them with [`FrameCodec`].
+/// The thread driver moves `Frame` values between threads as they are;
+/// byte-stream transports encode them with [`FrameCodec`].
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Frame {
@@ -221,6 +225,9 @@ impl Frame {
             KIND_SHUTDOWN => "SHUTDOWN",
             _ => return Err(FrameError::UnknownKind { kind }),
         };
+        if id == 0 && kind != KIND_SHUTDOWN {
+            return Err(malformed(name, "id 0 is reserved".into()));
+        }
         let allowed = if kind == KIND_REQUEST { FLAG_DEADLINE } else { 0 };
         if flags & !allowed != 0 {
             return Err(malformed(name, format!("unknown flags 0x{flags:02x}")));
@@ -434,6 +441,14 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        if let Frame::Request { method, .. } = &frame {
+            if method.is_empty() || method.len() > MAX_METHOD_LEN {
+                return Err(malformed(
+                    "REQUEST",
+                    format!("method name of {} bytes (must be 1 to {MAX_METHOD_LEN})", method.len()),
+                ));
+            }
+        }
         let len = frame.encoded_len();
         if len > self.max_frame_length {
             return Err(FrameError::TooLong {
@@ -462,7 +477,7 @@ mod tests {
 
     #[test]
     fn request_layout_matches_protocol_doc() {
-        // The byte-for-byte example of docs/PROTOCOL.md.
+        // The byte-for-byte example of docs/PROTOCOL.md, section 4.
         let frame = Frame::request(
             1,
             MethodName::from_static("worker.stats"),
@@ -485,6 +500,42 @@ mod tests {
         ];
         assert_eq!(&buf[..], expected);
         assert_eq!(round_trip(frame.clone()), frame);
+    }
+
+    #[test]
+    fn other_examples_match_protocol_doc() {
+        let bytes = |frame: Frame| {
+            let mut buf = BytesMut::new();
+            frame.encode(&mut buf);
+            buf.to_vec()
+        };
+        let status = Frame::Status {
+            id: 1,
+            status: Status::not_found("gone"),
+        };
+        assert_eq!(
+            bytes(status),
+            [
+                0, 0, 0, 0x16, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 4, b'g', b'o',
+                b'n', b'e'
+            ]
+        );
+        let response = Frame::Response {
+            id: 1,
+            payload: Bytes::from_static(&[0x08, 0x01]),
+        };
+        assert_eq!(
+            bytes(response),
+            [0, 0, 0, 0x0c, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x08, 0x01]
+        );
+        assert_eq!(
+            bytes(Frame::Cancel { id: 1 }),
+            [0, 0, 0, 0x0a, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        assert_eq!(
+            bytes(Frame::Shutdown),
+            [0, 0, 0, 0x0a, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]
@@ -518,6 +569,16 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "frame of 4294967295 bytes exceeds the maximum frame length of 1024 bytes"
+        );
+    }
+
+    #[test]
+    fn encoder_refuses_method_names_a_decoder_would_refuse() {
+        let frame = Frame::request(1, MethodName::from("x".repeat(1025)), None, 1, Bytes::new());
+        let error = FrameCodec::new().encode(frame, &mut BytesMut::new()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "malformed REQUEST frame: method name of 1025 bytes (must be 1 to 1024)"
         );
     }
 
@@ -566,6 +627,10 @@ mod tests {
                 "malformed SHUTDOWN frame: id 1 (must be 0)",
             ),
             (
+                &[0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                "malformed RESPONSE frame: id 0 is reserved",
+            ),
+            (
                 &[0x03, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 9, b'x'],
                 "malformed STATUS frame: truncated message: needs 9 bytes, 1 left",
             ),
@@ -607,7 +672,7 @@ mod tests {
         let payload = proptest::collection::vec(any::<u8>(), 0..512).prop_map(Bytes::from);
         prop_oneof![
             (
-                any::<u64>(),
+                1..=u64::MAX,
                 "[a-z_.]{1,40}",
                 proptest::option::of(0u64..u64::MAX / 2),
                 any::<u32>(),
@@ -620,9 +685,9 @@ mod tests {
                     attempt,
                     payload
                 )),
-            (any::<u64>(), payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
-            (any::<u64>(), arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),
-            any::<u64>().prop_map(|id| Frame::Cancel { id }),
+            (1..=u64::MAX, payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
+            (1..=u64::MAX, arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),
+            (1..=u64::MAX).prop_map(|id| Frame::Cancel { id }),
             Just(Frame::Shutdown),
         ]
     }

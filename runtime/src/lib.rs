@@ -61,7 +61,9 @@ pub use self::client::{CallOptions, Channel, ChannelOptions, DEFAULT_TIMEOUT};
 #[cfg(feature = "thread")]
 pub use self::driver::thread::{DEFAULT_SHUTDOWN_GRACE, ThreadDriver, ThreadWorker};
 pub use self::error::{Code, Error, ExitReason, FrameError, Status};
-pub use self::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, HEADER_LEN, MAX_METHOD_LEN};
+pub use self::frame::{
+    DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH,
+};
 pub use self::name::MethodName;
 pub use self::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use self::server::{

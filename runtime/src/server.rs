@@ -38,7 +38,7 @@ use bytes::Bytes;
 use tokio::task::AbortHandle;
 
 use crate::error::{FrameError, Status};
-use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN};
+use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
@@ -186,11 +186,12 @@ impl ServeOptions {
         self
     }
 
-    /// The largest frame the worker sends; a larger response is replaced by a
-    /// `ResourceExhausted` status that says so.
+    /// The largest frame the worker sends (at least
+    /// [`MIN_FRAME_LENGTH`](crate::MIN_FRAME_LENGTH)); a larger response or
+    /// status is replaced by a `ResourceExhausted` status that says so.
     #[must_use]
     pub fn max_frame_length(mut self, max: usize) -> ServeOptions {
-        self.max_frame_length = max;
+        self.max_frame_length = max.max(MIN_FRAME_LENGTH);
         self
     }
 }
@@ -305,6 +306,11 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                     Poll::Pending => break,
                 }
             }
+            let _ = self.poll_write(cx)?;
+        }
+        // Slots freed by finished calls go to waiting ones, even while the
+        // host is slow to read.
+        if !self.backlog.is_empty() {
             self.start_backlog();
             let _ = self.poll_write(cx)?;
         }
@@ -334,23 +340,29 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                     deadline,
                     attempt,
                 };
+                if self.is_in_flight(id) {
+                    return Err(FrameError::DuplicateId { id });
+                }
                 if self.shutting_down {
                     let status = Status::unavailable(format!(
                         "{} was not started: the worker is shutting down",
                         context.method
                     ));
                     self.answer(Frame::Status { id, status });
-                } else if self.backlog.len() >= self.max_queued {
-                    let status = Status::unavailable(format!(
-                        "{} was not started: the worker is busy ({} calls running, {} waiting)",
-                        context.method, self.max_concurrent, self.max_queued
-                    ));
-                    self.answer(Frame::Status { id, status });
-                } else {
-                    self.backlog.push_back((id, Call::new(payload, context)));
-                    // Start it now if a slot is free: only calls that really
-                    // wait count against the queue.
-                    self.start_backlog();
+                    return Ok(());
+                }
+                self.backlog.push_back((id, Call::new(payload, context)));
+                // Start it now if a slot is free: only calls that really wait
+                // count against the queue.
+                self.start_backlog();
+                if self.backlog.len() > self.max_queued {
+                    if let Some((id, call)) = self.backlog.pop_back() {
+                        let status = Status::unavailable(format!(
+                            "{} was not started: the worker is busy ({} calls running, {} waiting)",
+                            call.context.method, self.max_concurrent, self.max_queued
+                        ));
+                        self.answer(Frame::Status { id, status });
+                    }
                 }
             }
             Frame::Cancel { id } => {
@@ -372,7 +384,14 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
     }
 
     fn answer(&self, frame: Frame) {
+        let frame = fit(frame, self.shared.max_frame_length);
         lock(&self.shared).outbox.push_back(frame);
+    }
+
+    /// Whether a request with this id is running or waiting. A second
+    /// request with the id of one in flight would make its answer ambiguous.
+    fn is_in_flight(&self, id: u64) -> bool {
+        self.backlog.iter().any(|(queued, _)| *queued == id) || lock(&self.shared).running.contains_key(&id)
     }
 
     fn start_backlog(&mut self) {
@@ -386,6 +405,12 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
             };
             let method = call.context.method.clone();
             let deadline = call.context.deadline;
+            if deadline.is_some_and(|deadline| deadline <= tokio::time::Instant::now()) {
+                // Its caller gave up while it waited; answer nothing, as at
+                // any deadline.
+                tracing::debug!(%method, id, "dropped unstarted: its deadline passed while it waited");
+                continue;
+            }
             let future = self.service.dispatch(call);
             // Spawned under the lock, so the task cannot finish and look for
             // its entry before the entry exists.
@@ -489,6 +514,7 @@ async fn run_call<F>(
             }
         }
     };
+    let frame = fit(frame, shared.max_frame_length);
     let waker = {
         let mut state = lock(&shared);
         if state.running.remove(&id).is_none() {
@@ -499,6 +525,33 @@ async fn run_call<F>(
     };
     if let Some(waker) = waker {
         waker.wake();
+    }
+}
+
+/// A status too large for a frame (a huge message or details) would break
+/// the connection on a byte stream; replace it by one that says so, and by a
+/// bare code if even that does not fit.
+fn fit(frame: Frame, max: usize) -> Frame {
+    let size = frame.encoded_len();
+    if size <= max {
+        return frame;
+    }
+    let Frame::Status { id, status } = frame else {
+        return frame; // responses are checked where they are made
+    };
+    let replacement = Frame::Status {
+        id,
+        status: Status::resource_exhausted(format!(
+            "a {} status of {size} bytes was replaced: over the maximum frame length of {max} bytes",
+            status.code()
+        )),
+    };
+    if replacement.encoded_len() <= max {
+        return replacement;
+    }
+    Frame::Status {
+        id,
+        status: Status::new(crate::error::Code::ResourceExhausted, ""),
     }
 }
 

@@ -58,6 +58,7 @@ pub async fn remote_status_is_intact(channel: &Channel) {
             code: Code::NotFound.as_u32(),
             message: "no document 42 (é ✓)".into(),
             details: Bytes::from_static(b"detail"),
+            repeat: 1,
         })
         .await
         .unwrap_err();

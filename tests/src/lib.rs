@@ -138,7 +138,8 @@ impl EchoHandler for EchoWorker {
     }
 
     async fn fail(&self, request: FailRequest, _cx: &Context) -> Result<(), Status> {
-        Err(Status::new(Code::from_u32(request.code), request.message).with_details(request.details))
+        let message = request.message.repeat(request.repeat.max(1) as usize);
+        Err(Status::new(Code::from_u32(request.code), message).with_details(request.details))
     }
 
     async fn sleep(&self, request: SleepRequest, _cx: &Context) -> Result<(), Status> {

@@ -13,7 +13,7 @@ use workerbus::{
     MethodName, ServeOptions, Status, ThreadDriver, serve_transport,
 };
 use workerbus_tests::pb::echo::{
-    EchoClient, EchoRequest, EchoServer, ObserveRequest, SleepRequest, SleepState,
+    EchoClient, EchoRequest, EchoServer, FailRequest, ObserveRequest, SleepRequest, SleepState,
 };
 use workerbus_tests::{EchoWorker, cases};
 
@@ -263,4 +263,72 @@ async fn oversized_responses_are_replaced_by_a_status_that_says_so() {
         "the response to echo.echo is 5013 bytes, over the maximum frame length of 4096 bytes"
     );
     cases::unary_round_trip(&worker.channel()).await;
+}
+
+#[tokio::test]
+async fn a_request_reusing_an_id_in_flight_ends_serving_with_an_error() {
+    let (mut host, served) = serve(ServeOptions::new());
+    host.send(sleep(5, "first", 60_000, None)).await.unwrap();
+    host.send(echo(5, "same id")).await.unwrap();
+    let error = served.await.unwrap().unwrap_err();
+    assert_eq!(error.to_string(), "request id 5 is already in flight");
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_passes_while_it_waits_never_starts() {
+    let (mut host, _served) = serve(ServeOptions::new().max_concurrent_calls(1));
+    host.send(sleep(1, "holder", 300, None)).await.unwrap();
+    host.send(sleep(2, "expired", 10, Some(Duration::from_millis(20)))).await.unwrap();
+    host.send(observe(3, "holder", SleepState::Finished)).await.unwrap();
+    // Ids 1 and 3 are answered once the holder finishes; 2 never runs.
+    let mut answered = vec![next(&mut host).await.id(), next(&mut host).await.id()];
+    answered.sort();
+    assert_eq!(answered, [1, 3]);
+    host.send(echo(4, "probe")).await.unwrap();
+    assert_eq!(next(&mut host).await.id(), 4);
+    host.send(request(5, "echo.stats", None, &())).await.unwrap();
+    let Frame::Response { id: 5, payload } = next(&mut host).await else {
+        panic!("expected stats");
+    };
+    let stats = workerbus_tests::pb::echo::StatsReply::decode(payload).unwrap();
+    assert_eq!(stats.peak_concurrency, 1);
+    assert_eq!(stats.sleeps_cancelled, 0, "the expired call never started, so was never cancelled");
+}
+
+#[tokio::test]
+async fn a_zero_queue_still_runs_calls_while_slots_are_free() {
+    let (mut host, _served) = serve(ServeOptions::new().max_concurrent_calls(2).max_queued_calls(0));
+    host.send(echo(1, "a")).await.unwrap();
+    host.send(echo(2, "b")).await.unwrap();
+    let mut answered = vec![next(&mut host).await, next(&mut host).await];
+    answered.sort_by_key(Frame::id);
+    assert!(matches!(answered[0], Frame::Response { id: 1, .. }));
+    assert!(matches!(answered[1], Frame::Response { id: 2, .. }));
+}
+
+#[tokio::test]
+async fn an_oversized_status_is_replaced_and_the_connection_survives() {
+    let (host, worker) = tokio::io::duplex(64 * 1024);
+    let _served = tokio::spawn(serve_transport(
+        Framed::new(worker, FrameCodec::new().max_frame_length(4096)),
+        EchoServer::new(EchoWorker::new()),
+        ServeOptions::new().max_frame_length(4096),
+    ));
+    let channel = Channel::new(Framed::new(host, FrameCodec::new()));
+    let error = EchoClient::new(channel.clone())
+        .fail(FailRequest {
+            code: Code::NotFound.as_u32(),
+            message: "z".into(),
+            details: Bytes::new(),
+            repeat: 10_000,
+        })
+        .await
+        .unwrap_err();
+    let status = error.status().expect("a remote status");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "a not found status of 10018 bytes was replaced: over the maximum frame length of 4096 bytes"
+    );
+    cases::unary_round_trip(&channel).await;
 }
