@@ -47,7 +47,10 @@ pub(crate) fn service(def: &ServiceDef, options: &EmitOptions) -> Result<TokenSt
 
 fn names_module(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
     let module = format_ident!("{}_service", def.snake_name);
-    let doc = format!(" Message names and schema of the `{}` service.", def.full_name);
+    let doc = format!(
+        " Message names and schema of the `{}` service.",
+        def.full_name
+    );
     let consts = def.methods.iter().map(|method| {
         let name = format_ident!("{}", method.const_name);
         let value = &method.message_name;
@@ -160,11 +163,14 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
     if !docs.is_empty() {
         docs.push(String::new());
     }
-    docs.push(format!(" Message name: `{message_name}`.{}", defaults_note(method)));
+    docs.push(format!(
+        " Message name: `{message_name}`.{}",
+        defaults_note(method)
+    ));
     let with_doc = format!(
         " [`{}`](Self::{}) with options for this call only.",
         method.rust_name.trim_start_matches("r#"),
-        method.rust_name
+        method.rust_name.trim_start_matches("r#")
     );
     Ok(quote! {
         #(#[doc = #docs])*
@@ -192,7 +198,10 @@ fn defaults_note(method: &MethodDef) -> String {
         parts.push(format!("timeout {timeout_ms} ms"));
     }
     if let Some(retries) = options.retries {
-        parts.push(format!("{retries} retries"));
+        parts.push(format!(
+            "{retries} {}",
+            if retries == 1 { "retry" } else { "retries" }
+        ));
     }
     if options.idempotent {
         parts.push("idempotent".to_owned());
@@ -209,7 +218,10 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
     let server = format_ident!("{}Server", def.name);
     let module = format_ident!("{}_service", def.snake_name);
     let mut handler_docs = vec![
-        format!(" The handler of the `{}` service: implement it in the worker", def.full_name),
+        format!(
+            " The handler of the `{}` service: implement it in the worker",
+            def.full_name
+        ),
         format!(" and serve it with [`{server}`]."),
     ];
     if !def.docs.is_empty() {
@@ -237,11 +249,28 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
         });
         let constant = format_ident!("{}", method.const_name);
         let request_proto = &method.request.proto_name;
+        // `Empty` maps to `()`; binding a unit value would trip clippy in the
+        // user's crate, so unit requests and responses are not bound.
+        let decode = quote!(#cg::decode::<#request>(&cx, payload, #request_proto)?);
+        let (bind_request, request_arg) = if method.request.rust_type == "()" {
+            (quote!(#decode;), quote!(()))
+        } else {
+            (quote!(let request = #decode;), quote!(request))
+        };
+        let call = quote!(handler.#name(#request_arg, &cx).await?);
+        let (bind_response, encoded) = if method.response.rust_type == "()" {
+            (quote!(#call;), quote!(#cg::encode(&())))
+        } else {
+            (
+                quote!(let response = #call;),
+                quote!(#cg::encode(&response)),
+            )
+        };
         arms.push(quote! {
             #module::#constant => {
-                let request = #cg::decode::<#request>(&cx, payload, #request_proto)?;
-                let response = handler.#name(request, &cx).await?;
-                ::core::result::Result::Ok(#cg::encode(&response))
+                #bind_request
+                #bind_response
+                ::core::result::Result::Ok(#encoded)
             }
         });
     }
@@ -327,13 +356,15 @@ fn ident(name: &str) -> syn::Ident {
 }
 
 fn parse_type(rust_type: &str) -> Result<syn::Type, String> {
-    syn::parse_str(rust_type).map_err(|error| format!("cannot parse the Rust type `{rust_type}`: {error}"))
+    syn::parse_str(rust_type)
+        .map_err(|error| format!("cannot parse the Rust type `{rust_type}`: {error}"))
 }
 
 /// Formats emitted tokens as a file (deterministic: prettyplease has no
 /// configuration that varies between machines).
 pub(crate) fn format(tokens: TokenStream) -> Result<String, String> {
-    let file: syn::File = syn::parse2(tokens).map_err(|error| format!("emitted code does not parse: {error}"))?;
+    let file: syn::File =
+        syn::parse2(tokens).map_err(|error| format!("emitted code does not parse: {error}"))?;
     Ok(prettyplease::unparse(&file))
 }
 

@@ -31,9 +31,11 @@
 //! }
 //! ```
 //!
-//! `bytes` fields are generated as `bytes::Bytes`, so large payloads are not
-//! copied when they are decoded; crates using this need `bytes` as a
-//! dependency (as they need `prost`).
+//! The generated code needs `workerbus` and `prost` as dependencies of the
+//! crate that includes it, and `prost-types` if the schema uses well-known
+//! types such as `google.protobuf.Timestamp` (`google.protobuf.Empty` becomes
+//! `()`). `bytes` fields are generated as `prost::bytes::Bytes`, so large
+//! payloads are not copied when they are decoded.
 
 mod docs;
 mod emit;
@@ -47,7 +49,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+use protox::file::{
+    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+};
 
 use crate::emit::EmitOptions;
 use crate::model::{MessageRef, MethodDef, ServiceDef};
@@ -61,7 +65,10 @@ const OPTIONS_PROTO: &str = include_str!("../../proto/workerbus/options.proto");
 /// protobuf package into `OUT_DIR`.
 ///
 /// Equivalent to `configure().compile_protos(protos, includes)`.
-pub fn compile_protos(protos: &[impl AsRef<Path>], includes: &[impl AsRef<Path>]) -> io::Result<()> {
+pub fn compile_protos(
+    protos: &[impl AsRef<Path>],
+    includes: &[impl AsRef<Path>],
+) -> io::Result<()> {
     configure().compile_protos(protos, includes)
 }
 
@@ -155,7 +162,10 @@ impl Builder {
         includes: &[impl AsRef<Path>],
     ) -> io::Result<()> {
         let runtime: syn::Path = syn::parse_str(&self.runtime_path).map_err(|error| {
-            invalid(format!("runtime path {:?} is not a Rust path: {error}", self.runtime_path))
+            invalid(format!(
+                "runtime path {:?} is not a Rust path: {error}",
+                self.runtime_path
+            ))
         })?;
         let out_dir = match self.out_dir {
             Some(dir) => dir,
@@ -174,7 +184,7 @@ impl Builder {
         compiler.include_imports(true).include_source_info(true);
         compiler
             .open_files(protos.iter().map(AsRef::as_ref))
-            .map_err(|error| invalid(format!("{error}")))?;
+            .map_err(|error| invalid(describe_protox_error(&error)))?;
 
         if self.emit_rerun_if_changed {
             for file in compiler.files() {
@@ -191,15 +201,18 @@ impl Builder {
 
         let failure = Rc::new(RefCell::new(None));
         let mut config = self.prost.unwrap_or_default();
-        config.out_dir(&out_dir).bytes(["."]).service_generator(Box::new(Generator {
-            services,
-            emit: EmitOptions {
-                client: self.build_client,
-                server: self.build_server,
-                runtime,
-            },
-            failure: Rc::clone(&failure),
-        }));
+        config
+            .out_dir(&out_dir)
+            .bytes(["."])
+            .service_generator(Box::new(Generator {
+                services,
+                emit: EmitOptions {
+                    client: self.build_client,
+                    server: self.build_server,
+                    runtime,
+                },
+                failure: Rc::clone(&failure),
+            }));
         config.compile_fds(fds)?;
         match failure.take() {
             Some(message) => Err(invalid(message)),
@@ -221,8 +234,34 @@ impl fmt::Debug for Builder {
     }
 }
 
+/// A parse or import error as `file:line:column: message`, with as much of
+/// the location as the compiler knows.
+fn describe_protox_error(error: &protox::Error) -> String {
+    use miette::Diagnostic;
+
+    let mut location = error.file().map(str::to_owned);
+    let labels = error.labels().into_iter().flatten();
+    if let (Some(source), Some(label)) = (error.source_code(), labels.into_iter().next())
+        && let Ok(span) = source.read_span(label.inner(), 0, 0)
+    {
+        let file = span
+            .name()
+            .map(str::to_owned)
+            .or(location.take())
+            .unwrap_or_default();
+        location = Some(format!("{file}:{}:{}", span.line() + 1, span.column() + 1));
+    }
+    match location {
+        Some(location) => format!("{location}: {error}"),
+        None => error.to_string(),
+    }
+}
+
 fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("workerbus-build: {message}"))
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("workerbus-build: {message}"),
+    )
 }
 
 /// Serves the built-in `workerbus/options.proto`, so users need not copy it.
@@ -257,11 +296,15 @@ impl prost_build::ServiceGenerator for Generator {
             Some(info) => assemble(&service, &full_name, info)
                 .and_then(|def| emit::service(&def, &self.emit))
                 .and_then(emit::format),
-            None => Err(format!("service {full_name} is missing from the descriptor pool")),
+            None => Err(format!(
+                "service {full_name} is missing from the descriptor pool"
+            )),
         };
         match result {
             Ok(code) => {
-                buf.push_str(&format!("// @generated by workerbus-build for service {full_name}.\n"));
+                buf.push_str(&format!(
+                    "// @generated by workerbus-build for service {full_name}.\n"
+                ));
                 buf.push_str(&code);
             }
             Err(message) => {
@@ -275,14 +318,23 @@ impl prost_build::ServiceGenerator for Generator {
 
 /// Joins prost-build's view of a service (Rust types, comments) with ours
 /// (names, options, fingerprints) into the emitter's description.
-fn assemble(service: &prost_build::Service, full_name: &str, info: &ServiceInfo) -> Result<ServiceDef, String> {
+fn assemble(
+    service: &prost_build::Service,
+    full_name: &str,
+    info: &ServiceInfo,
+) -> Result<ServiceDef, String> {
     let mut methods = Vec::with_capacity(service.methods.len());
     for method in &service.methods {
         let info = info
             .methods
             .iter()
             .find(|m| m.proto_name == method.proto_name)
-            .ok_or_else(|| format!("rpc {} is missing from the descriptor pool", method.proto_name))?;
+            .ok_or_else(|| {
+                format!(
+                    "rpc {} is missing from the descriptor pool",
+                    method.proto_name
+                )
+            })?;
         methods.push(MethodDef {
             proto_name: method.proto_name.clone(),
             rust_name: info.rust_name.clone(),

@@ -88,7 +88,11 @@ fn analyze_service(
     for method in service.methods() {
         let info = analyze_method(&method, &prefix, method_ext, fingerprints)
             .map_err(|problem| format!("rpc {}: {problem}", method.name()))?;
-        if info.const_name == "SCHEMA" || methods.iter().any(|m: &MethodInfo| m.const_name == info.const_name) {
+        if info.const_name == "SCHEMA"
+            || methods
+                .iter()
+                .any(|m: &MethodInfo| m.const_name == info.const_name)
+        {
             return Err(format!(
                 "rpc {}: its message-name constant would be `{}`, a name already taken in the `{}_service` module; rename the rpc",
                 method.name(),
@@ -142,8 +146,9 @@ fn analyze_method(
     let mut message_name = format!("{prefix}.{}", method.name().to_snake_case());
     if let Some(ext) = extension(&method.options(), method_ext) {
         if let Some(name) = string_field(&ext, "name") {
-            check_message_name(&name)
-                .map_err(|problem| format!("option (workerbus.method).name = {name:?}: {problem}"))?;
+            check_message_name(&name).map_err(|problem| {
+                format!("option (workerbus.method).name = {name:?}: {problem}")
+            })?;
             message_name = name;
         }
         options.timeout_ms = field(&ext, "timeout_ms").and_then(|v| v.as_u64());
@@ -152,7 +157,9 @@ fn analyze_method(
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
         if options.timeout_ms == Some(0) {
-            return Err("option (workerbus.method).timeout_ms = 0: a timeout must be at least 1 ms".into());
+            return Err(
+                "option (workerbus.method).timeout_ms = 0: a timeout must be at least 1 ms".into(),
+            );
         }
         if options.retries.is_some_and(|retries| retries > 0) && !options.idempotent {
             return Err(format!(
@@ -180,6 +187,8 @@ fn analyze_method(
 fn rust_ident(name: &str) -> String {
     match name {
         "self" | "super" | "crate" | "Self" => format!("{name}_"),
+        // Reserved in edition 2024, which syn does not know by default.
+        "gen" => format!("r#{name}"),
         _ if syn::parse_str::<syn::Ident>(name).is_err() => format!("r#{name}"),
         _ => name.to_owned(),
     }
@@ -199,7 +208,10 @@ fn check_message_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn extension(options: &DynamicMessage, ext: Option<&ExtensionDescriptor>) -> Option<DynamicMessage> {
+fn extension(
+    options: &DynamicMessage,
+    ext: Option<&ExtensionDescriptor>,
+) -> Option<DynamicMessage> {
     let ext = ext?;
     if !options.has_extension(ext) {
         return None;
@@ -214,7 +226,9 @@ fn field(message: &DynamicMessage, name: &str) -> Option<Value> {
     if !message.has_field_by_name(name) {
         return None;
     }
-    message.get_field_by_name(name).map(|value| value.into_owned())
+    message
+        .get_field_by_name(name)
+        .map(|value| value.into_owned())
 }
 
 fn string_field(message: &DynamicMessage, name: &str) -> Option<String> {
@@ -244,7 +258,8 @@ impl Fingerprints {
             hasher.write_str(description);
         }
         let fingerprint = hasher.finish();
-        self.cache.insert(message.full_name().to_owned(), fingerprint);
+        self.cache
+            .insert(message.full_name().to_owned(), fingerprint);
         fingerprint
     }
 }
@@ -295,7 +310,10 @@ fn describe_enum(en: &EnumDescriptor, reached: &mut BTreeMap<String, String>) {
     if reached.contains_key(en.full_name()) {
         return;
     }
-    let mut values: Vec<_> = en.values().map(|v| (v.number(), v.name().to_owned())).collect();
+    let mut values: Vec<_> = en
+        .values()
+        .map(|v| (v.number(), v.name().to_owned()))
+        .collect();
     values.sort();
     let description = values
         .iter()

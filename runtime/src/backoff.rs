@@ -61,14 +61,22 @@ impl Backoff {
     /// Sets the growth factor between consecutive delays (at least 1).
     #[must_use]
     pub fn multiplier(mut self, multiplier: f64) -> Backoff {
-        self.multiplier = if multiplier.is_finite() { multiplier.max(1.0) } else { 1.0 };
+        self.multiplier = if multiplier.is_finite() {
+            multiplier.max(1.0)
+        } else {
+            1.0
+        };
         self
     }
 
     /// Sets the largest fraction (0 to 1) by which a delay is randomly shortened.
     #[must_use]
     pub fn jitter(mut self, fraction: f64) -> Backoff {
-        self.jitter = if fraction.is_finite() { fraction.clamp(0.0, 1.0) } else { 0.0 };
+        self.jitter = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self
     }
 

@@ -140,7 +140,8 @@ impl CallOptions {
     /// The per-call settings after falling back through `layers` (most
     /// specific first) to the method's schema defaults and the library's.
     pub(crate) fn resolve(layers: [Option<&CallOptions>; 2], method: &MethodDefaults) -> Resolved {
-        let pick = |f: fn(&CallOptions) -> Option<Duration>| layers.iter().flatten().find_map(|o| f(o));
+        let pick =
+            |f: fn(&CallOptions) -> Option<Duration>| layers.iter().flatten().find_map(|o| f(o));
         let timeout = pick(|o| o.timeout)
             .or(method.timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
@@ -155,7 +156,11 @@ impl CallOptions {
             .find_map(|o| o.retries)
             .or(method.retries)
             .unwrap_or(0);
-        let backoff = layers.iter().flatten().find_map(|o| o.backoff).unwrap_or_default();
+        let backoff = layers
+            .iter()
+            .flatten()
+            .find_map(|o| o.backoff)
+            .unwrap_or_default();
         Resolved {
             timeout: (timeout != Duration::MAX).then_some(timeout),
             retries: if idempotent { retries } else { 0 },
@@ -408,7 +413,9 @@ impl Channel {
         }
         let mut attempt = 1;
         loop {
-            let result = self.call_once(method, &payload, options.timeout, attempt).await;
+            let result = self
+                .call_once(method, &payload, options.timeout, attempt)
+                .await;
             match result {
                 Err(error)
                     if attempt <= options.retries && error.is_retryable() && !self.is_closed() =>
@@ -460,9 +467,13 @@ impl Channel {
             let id = state.next_id;
             state.next_id += 1;
             state.calls.insert(id, Slot::default());
-            state
-                .outbox
-                .push_back(Frame::request(id, method.clone(), timeout, attempt, payload));
+            state.outbox.push_back(Frame::request(
+                id,
+                method.clone(),
+                timeout,
+                attempt,
+                payload,
+            ));
             (id, state.link.take())
         };
         // Only the first caller after the link went idle wakes it; the ones
@@ -594,10 +605,10 @@ async fn run_link<T: Transport>(shared: Arc<Shared>, mut transport: T, exit: Opt
 async fn exit_or_lost(exit: Option<ExitWatch>, cause: Option<Arc<FrameError>>) -> CloseReason {
     if let Some(mut exit) = exit {
         let reported = tokio::time::timeout(EXIT_REPORT_WAIT, exit.wait_for(Option::is_some)).await;
-        if let Ok(Ok(reason)) = reported {
-            if let Some(reason) = reason.clone() {
-                return CloseReason::Exited(reason);
-            }
+        if let Ok(Ok(reason)) = reported
+            && let Some(reason) = reason.clone()
+        {
+            return CloseReason::Exited(reason);
         }
     }
     CloseReason::Lost(cause)
@@ -621,7 +632,11 @@ fn close(shared: &Shared, reason: CloseReason) {
             .collect();
         (reason, wakers)
     };
-    tracing::debug!(?reason, failed = wakers.len(), "connection to worker closed");
+    tracing::debug!(
+        ?reason,
+        failed = wakers.len(),
+        "connection to worker closed"
+    );
     for waker in wakers {
         waker.wake();
     }
@@ -721,7 +736,10 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
                 None
             }
             None => {
-                tracing::trace!(id, "dropping an answer nobody awaits (timed out or cancelled)");
+                tracing::trace!(
+                    id,
+                    "dropping an answer nobody awaits (timed out or cancelled)"
+                );
                 None
             }
         }
@@ -751,7 +769,10 @@ mod tests {
     async fn next_request(worker: &mut MemoryTransport) -> (u64, u32, Bytes) {
         match worker.next().await.unwrap().unwrap() {
             Frame::Request {
-                id, attempt, payload, ..
+                id,
+                attempt,
+                payload,
+                ..
             } => (id, attempt, payload),
             other => panic!("expected a request, got {other:?}"),
         }
@@ -782,7 +803,11 @@ mod tests {
         let (host, mut worker) = MemoryTransport::pair();
         let channel = Channel::new(host);
         let result = channel
-            .call(&ECHO, Bytes::new(), &resolved(Some(Duration::from_secs(2)), 0))
+            .call(
+                &ECHO,
+                Bytes::new(),
+                &resolved(Some(Duration::from_secs(2)), 0),
+            )
             .await;
         assert!(
             matches!(&result, Err(Error::Timeout { method, after }) if *method == "test.echo" && *after == Duration::from_secs(2)),
@@ -792,7 +817,13 @@ mod tests {
         let (id, _, _) = next_request(&mut worker).await;
         assert_eq!(worker.next().await.unwrap().unwrap(), Frame::Cancel { id });
         // A late answer is dropped, not delivered to anyone.
-        worker.send(Frame::Response { id, payload: Bytes::new() }).await.unwrap();
+        worker
+            .send(Frame::Response {
+                id,
+                payload: Bytes::new(),
+            })
+            .await
+            .unwrap();
         let opts = resolved(None, 0);
         let again = channel.call(&ECHO, Bytes::from_static(b"x"), &opts);
         let serve = async {
@@ -819,12 +850,18 @@ mod tests {
         };
         let (results, ()) = tokio::join!(calls, kill);
         for result in results {
-            assert!(matches!(result, Err(Error::Disconnected { cause: None, .. })), "{result:?}");
+            assert!(
+                matches!(result, Err(Error::Disconnected { cause: None, .. })),
+                "{result:?}"
+            );
         }
         assert_eq!(channel.in_flight(), 0);
         assert!(channel.is_closed());
         let after = channel.call(&ECHO, Bytes::new(), &opts).await;
-        assert!(matches!(after, Err(Error::Disconnected { .. })), "{after:?}");
+        assert!(
+            matches!(after, Err(Error::Disconnected { .. })),
+            "{after:?}"
+        );
     }
 
     #[tokio::test]
@@ -901,7 +938,10 @@ mod tests {
         let r = CallOptions::resolve([None, None], &MethodDefaults::default());
         assert_eq!((r.timeout, r.retries), (Some(DEFAULT_TIMEOUT), 0));
         let forever = CallOptions::new().no_timeout();
-        assert_eq!(CallOptions::resolve([Some(&forever), None], &schema).timeout, None);
+        assert_eq!(
+            CallOptions::resolve([Some(&forever), None], &schema).timeout,
+            None
+        );
     }
 
     #[test]
@@ -912,6 +952,9 @@ mod tests {
         };
         assert_eq!(CallOptions::resolve([None, None], &schema).retries, 0);
         let asserted = CallOptions::new().idempotent(true);
-        assert_eq!(CallOptions::resolve([Some(&asserted), None], &schema).retries, 3);
+        assert_eq!(
+            CallOptions::resolve([Some(&asserted), None], &schema).retries,
+            3
+        );
     }
 }

@@ -404,7 +404,9 @@ pub enum Error {
 
     /// The request or response is larger than the channel's maximum frame
     /// length.
-    #[error("{method} failed: {what} of {size} bytes exceeds the maximum frame length of {max} bytes")]
+    #[error(
+        "{method} failed: {what} of {size} bytes exceeds the maximum frame length of {max} bytes"
+    )]
     TooLarge {
         /// The message name.
         method: MethodName,

@@ -228,11 +228,18 @@ impl Frame {
         if id == 0 && kind != KIND_SHUTDOWN {
             return Err(malformed(name, "id 0 is reserved".into()));
         }
-        let allowed = if kind == KIND_REQUEST { FLAG_DEADLINE } else { 0 };
+        let allowed = if kind == KIND_REQUEST {
+            FLAG_DEADLINE
+        } else {
+            0
+        };
         if flags & !allowed != 0 {
             return Err(malformed(name, format!("unknown flags 0x{flags:02x}")));
         }
-        let mut body = Reader { kind: name, buf: body };
+        let mut body = Reader {
+            kind: name,
+            buf: body,
+        };
         let frame = match kind {
             KIND_REQUEST => {
                 let timeout = if flags & FLAG_DEADLINE != 0 {
@@ -245,7 +252,9 @@ impl Frame {
                 if method_len == 0 || method_len > MAX_METHOD_LEN {
                     return Err(malformed(
                         name,
-                        format!("method name of {method_len} bytes (must be 1 to {MAX_METHOD_LEN})"),
+                        format!(
+                            "method name of {method_len} bytes (must be 1 to {MAX_METHOD_LEN})"
+                        ),
                     ));
                 }
                 let method = MethodName::from_utf8(body.bytes(method_len, "method name")?)
@@ -310,7 +319,10 @@ impl Reader {
         if self.buf.remaining() < n {
             return Err(malformed(
                 self.kind,
-                format!("truncated {field}: needs {n} bytes, {} left", self.buf.remaining()),
+                format!(
+                    "truncated {field}: needs {n} bytes, {} left",
+                    self.buf.remaining()
+                ),
             ));
         }
         Ok(())
@@ -441,13 +453,16 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        if let Frame::Request { method, .. } = &frame {
-            if method.is_empty() || method.len() > MAX_METHOD_LEN {
-                return Err(malformed(
-                    "REQUEST",
-                    format!("method name of {} bytes (must be 1 to {MAX_METHOD_LEN})", method.len()),
-                ));
-            }
+        if let Frame::Request { method, .. } = &frame
+            && (method.is_empty() || method.len() > MAX_METHOD_LEN)
+        {
+            return Err(malformed(
+                "REQUEST",
+                format!(
+                    "method name of {} bytes (must be 1 to {MAX_METHOD_LEN})",
+                    method.len()
+                ),
+            ));
         }
         let len = frame.encoded_len();
         if len > self.max_frame_length {
@@ -564,8 +579,18 @@ mod tests {
         let mut codec = FrameCodec::new().max_frame_length(1024);
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0x01][..]);
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLong { len: 0xffff_ffff, max: 1024 }));
-        assert!(buf.capacity() < 1024, "decoder reserved {} bytes", buf.capacity());
+        assert!(matches!(
+            err,
+            FrameError::TooLong {
+                len: 0xffff_ffff,
+                max: 1024
+            }
+        ));
+        assert!(
+            buf.capacity() < 1024,
+            "decoder reserved {} bytes",
+            buf.capacity()
+        );
         assert_eq!(
             err.to_string(),
             "frame of 4294967295 bytes exceeds the maximum frame length of 1024 bytes"
@@ -575,7 +600,9 @@ mod tests {
     #[test]
     fn encoder_refuses_method_names_a_decoder_would_refuse() {
         let frame = Frame::request(1, MethodName::from("x".repeat(1025)), None, 1, Bytes::new());
-        let error = FrameCodec::new().encode(frame, &mut BytesMut::new()).unwrap_err();
+        let error = FrameCodec::new()
+            .encode(frame, &mut BytesMut::new())
+            .unwrap_err();
         assert_eq!(
             error.to_string(),
             "malformed REQUEST frame: method name of 1025 bytes (must be 1 to 1024)"
@@ -600,8 +627,14 @@ mod tests {
     #[test]
     fn invalid_frames_are_named_errors() {
         let cases: &[(&[u8], &str)] = &[
-            (&[0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 1], "unknown frame kind 0x2a"),
-            (&[0x01], "frame of 1 bytes is shorter than the 10-byte header"),
+            (
+                &[0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                "unknown frame kind 0x2a",
+            ),
+            (
+                &[0x01],
+                "frame of 1 bytes is shorter than the 10-byte header",
+            ),
             (
                 &[0x02, 0x80, 0, 0, 0, 0, 0, 0, 0, 1],
                 "malformed RESPONSE frame: unknown flags 0x80",
@@ -631,7 +664,9 @@ mod tests {
                 "malformed RESPONSE frame: id 0 is reserved",
             ),
             (
-                &[0x03, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 9, b'x'],
+                &[
+                    0x03, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 9, b'x',
+                ],
                 "malformed STATUS frame: truncated message: needs 9 bytes, 1 left",
             ),
         ];
@@ -661,11 +696,14 @@ mod tests {
     }
 
     fn arb_status() -> impl Strategy<Value = Status> {
-        (1u32..=16, ".{0,40}", proptest::collection::vec(any::<u8>(), 0..32)).prop_map(
-            |(code, message, details)| {
-                Status::new(Code::from_u32(code), message).with_details(details)
-            },
+        (
+            1u32..=16,
+            ".{0,40}",
+            proptest::collection::vec(any::<u8>(), 0..32),
         )
+            .prop_map(|(code, message, details)| {
+                Status::new(Code::from_u32(code), message).with_details(details)
+            })
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {

@@ -67,7 +67,8 @@ pub use self::frame::{
 pub use self::name::MethodName;
 pub use self::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use self::server::{
-    Call, Context, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUED_CALLS, Dispatch, ServeOptions, serve_transport,
+    Call, Context, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUED_CALLS, Dispatch, ServeOptions,
+    serve_transport,
 };
 pub use self::transport::{DEFAULT_MEMORY_CAPACITY, MemoryTransport, Transport};
 

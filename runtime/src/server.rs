@@ -314,7 +314,11 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
             self.start_backlog();
             let _ = self.poll_write(cx)?;
         }
-        if self.shutting_down && self.backlog.is_empty() && self.sending.is_empty() && !self.unflushed {
+        if self.shutting_down
+            && self.backlog.is_empty()
+            && self.sending.is_empty()
+            && !self.unflushed
+        {
             let state = lock(&self.shared);
             if state.running.is_empty() && state.outbox.is_empty() {
                 drop(state);
@@ -333,7 +337,8 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                 attempt,
                 payload,
             } => {
-                let deadline = timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+                let deadline =
+                    timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
                 let context = Context {
                     id,
                     method,
@@ -355,14 +360,14 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                 // Start it now if a slot is free: only calls that really wait
                 // count against the queue.
                 self.start_backlog();
-                if self.backlog.len() > self.max_queued {
-                    if let Some((id, call)) = self.backlog.pop_back() {
-                        let status = Status::unavailable(format!(
-                            "{} was not started: the worker is busy ({} calls running, {} waiting)",
-                            call.context.method, self.max_concurrent, self.max_queued
-                        ));
-                        self.answer(Frame::Status { id, status });
-                    }
+                if self.backlog.len() > self.max_queued
+                    && let Some((id, call)) = self.backlog.pop_back()
+                {
+                    let status = Status::unavailable(format!(
+                        "{} was not started: the worker is busy ({} calls running, {} waiting)",
+                        call.context.method, self.max_concurrent, self.max_queued
+                    ));
+                    self.answer(Frame::Status { id, status });
                 }
             }
             Frame::Cancel { id } => {
@@ -391,7 +396,8 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
     /// Whether a request with this id is running or waiting. A second
     /// request with the id of one in flight would make its answer ambiguous.
     fn is_in_flight(&self, id: u64) -> bool {
-        self.backlog.iter().any(|(queued, _)| *queued == id) || lock(&self.shared).running.contains_key(&id)
+        self.backlog.iter().any(|(queued, _)| *queued == id)
+            || lock(&self.shared).running.contains_key(&id)
     }
 
     fn start_backlog(&mut self) {
@@ -414,7 +420,13 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
             let future = self.service.dispatch(call);
             // Spawned under the lock, so the task cannot finish and look for
             // its entry before the entry exists.
-            let task = tokio::spawn(run_call(Arc::clone(&self.shared), id, method, deadline, future));
+            let task = tokio::spawn(run_call(
+                Arc::clone(&self.shared),
+                id,
+                method,
+                deadline,
+                future,
+            ));
             state.running.insert(id, task.abort_handle());
         }
     }
@@ -458,7 +470,11 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
 
     fn abort_all(&mut self) {
         self.backlog.clear();
-        let running: Vec<AbortHandle> = lock(&self.shared).running.drain().map(|(_, task)| task).collect();
+        let running: Vec<AbortHandle> = lock(&self.shared)
+            .running
+            .drain()
+            .map(|(_, task)| task)
+            .collect();
         for task in running {
             task.abort();
         }

@@ -144,7 +144,11 @@ impl Stream for MemoryTransport {
             if state.writer_closed {
                 return Poll::Ready(None);
             }
-            if !state.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if !state
+                .reader
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
                 state.reader = Some(cx.waker().clone());
             }
             return Poll::Pending;
@@ -304,7 +308,10 @@ mod tests {
         let (mut a, b) = MemoryTransport::pair();
         drop(b);
         assert_eq!(recv(&mut a).await, None);
-        assert!(matches!(send(&mut a, cancel(1)).await, Err(FrameError::Closed)));
+        assert!(matches!(
+            send(&mut a, cancel(1)).await,
+            Err(FrameError::Closed)
+        ));
     }
 
     #[tokio::test]

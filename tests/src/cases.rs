@@ -67,18 +67,26 @@ pub async fn remote_status_is_intact(channel: &Channel) {
     assert_eq!(status.message(), "no document 42 (é ✓)");
     assert_eq!(status.details(), &Bytes::from_static(b"detail"));
     assert_eq!(error.method(), Some("echo.fail"));
-    assert_eq!(error.to_string(), "echo.fail failed: not found: no document 42 (é ✓)");
+    assert_eq!(
+        error.to_string(),
+        "echo.fail failed: not found: no document 42 (é ✓)"
+    );
     assert_settled(channel);
 }
 
 /// A message name the worker does not serve is answered `Unimplemented`,
 /// naming the method and the service.
 pub async fn unknown_method_is_unimplemented(channel: &Channel) {
-    let error = MissingClient::new(channel.clone()).nothing(()).await.unwrap_err();
+    let error = MissingClient::new(channel.clone())
+        .nothing(())
+        .await
+        .unwrap_err();
     let status = error.status().expect("a remote status");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
-        status.message().starts_with("missing.nothing is not a method of echo.Echo (it has: echo.echo, "),
+        status
+            .message()
+            .starts_with("missing.nothing is not a method of echo.Echo (it has: echo.echo, "),
         "{}",
         status.message()
     );
@@ -96,7 +104,10 @@ pub async fn handler_panic_is_internal(channel: &Channel) {
         .unwrap_err();
     let status = error.status().expect("a remote status");
     assert_eq!(status.code(), Code::Internal);
-    assert_eq!(status.message(), "the handler for echo.panic panicked: boom");
+    assert_eq!(
+        status.message(),
+        "the handler for echo.panic panicked: boom"
+    );
     unary_round_trip(channel).await;
 }
 
@@ -187,13 +198,23 @@ pub async fn timeout_cancels_the_handler(channel: &Channel) {
 /// failure is returned when they run out. The method travels under its
 /// overridden name.
 pub async fn schema_retries_apply(channel: &Channel) {
-    let client = echo(channel).with_options(CallOptions::new().backoff(Backoff::constant(Duration::from_millis(1))));
+    let client = echo(channel)
+        .with_options(CallOptions::new().backoff(Backoff::constant(Duration::from_millis(1))));
     let reply = client.flaky(FlakyRequest { succeed_on: 4 }).await.unwrap();
     assert_eq!(reply.attempt, 4, "three retries after the first attempt");
-    let error = client.flaky(FlakyRequest { succeed_on: 5 }).await.unwrap_err();
-    assert_eq!(error.to_string(), "echo.flaky_v2 failed: unavailable: attempt 4 fails");
     let error = client
-        .flaky_with(FlakyRequest { succeed_on: 2 }, &CallOptions::new().retries(0))
+        .flaky(FlakyRequest { succeed_on: 5 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "echo.flaky_v2 failed: unavailable: attempt 4 fails"
+    );
+    let error = client
+        .flaky_with(
+            FlakyRequest { succeed_on: 2 },
+            &CallOptions::new().retries(0),
+        )
         .await
         .unwrap_err();
     assert_eq!(error.status().map(|s| s.code()), Some(Code::Unavailable));

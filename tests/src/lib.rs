@@ -77,10 +77,7 @@ impl Drop for EchoWorker {
 
 impl EchoState {
     fn set(&self, tag: &str, state: SleepState) {
-        self.sleeps
-            .lock()
-            .unwrap()
-            .insert(tag.to_owned(), state);
+        self.sleeps.lock().unwrap().insert(tag.to_owned(), state);
         self.changed.notify_waiters();
     }
 
@@ -168,7 +165,10 @@ impl EchoHandler for EchoWorker {
 
     async fn flaky(&self, request: FlakyRequest, cx: &Context) -> Result<FlakyReply, Status> {
         if cx.attempt() < request.succeed_on {
-            return Err(Status::unavailable(format!("attempt {} fails", cx.attempt())));
+            return Err(Status::unavailable(format!(
+                "attempt {} fails",
+                cx.attempt()
+            )));
         }
         Ok(FlakyReply {
             attempt: cx.attempt(),

@@ -18,13 +18,27 @@ use workerbus_tests::pb::echo::{
 use workerbus_tests::{EchoWorker, cases};
 
 /// A worker serving `EchoWorker` on this runtime, and the host's raw end.
-fn serve(options: ServeOptions) -> (MemoryTransport, tokio::task::JoinHandle<Result<(), FrameError>>) {
+fn serve(
+    options: ServeOptions,
+) -> (
+    MemoryTransport,
+    tokio::task::JoinHandle<Result<(), FrameError>>,
+) {
     let (host, worker) = MemoryTransport::pair();
-    let served = tokio::spawn(serve_transport(worker, EchoServer::new(EchoWorker::new()), options));
+    let served = tokio::spawn(serve_transport(
+        worker,
+        EchoServer::new(EchoWorker::new()),
+        options,
+    ));
     (host, served)
 }
 
-fn request(id: u64, method: &'static str, timeout: Option<Duration>, message: &impl Message) -> Frame {
+fn request(
+    id: u64,
+    method: &'static str,
+    timeout: Option<Duration>,
+    message: &impl Message,
+) -> Frame {
     Frame::request(
         id,
         MethodName::from_static(method),
@@ -69,14 +83,30 @@ async fn next(host: &mut MemoryTransport) -> Frame {
 #[tokio::test]
 async fn a_call_past_its_deadline_is_cancelled_and_not_answered() {
     let (mut host, _served) = serve(ServeOptions::new());
-    host.send(sleep(1, "deadline", 60_000, Some(Duration::from_millis(50))))
+    host.send(sleep(
+        1,
+        "deadline",
+        60_000,
+        Some(Duration::from_millis(50)),
+    ))
+    .await
+    .unwrap();
+    host.send(observe(2, "deadline", SleepState::Cancelled))
         .await
         .unwrap();
-    host.send(observe(2, "deadline", SleepState::Cancelled)).await.unwrap();
     // The only answer is the observer's: the sleep was dropped, unanswered.
-    assert_eq!(next(&mut host).await, Frame::Response { id: 2, payload: Bytes::new() });
+    assert_eq!(
+        next(&mut host).await,
+        Frame::Response {
+            id: 2,
+            payload: Bytes::new()
+        }
+    );
     host.send(echo(3, "after")).await.unwrap();
-    assert!(matches!(next(&mut host).await, Frame::Response { id: 3, .. }));
+    assert!(matches!(
+        next(&mut host).await,
+        Frame::Response { id: 3, .. }
+    ));
 }
 
 #[tokio::test]
@@ -121,7 +151,11 @@ async fn calls_over_the_limit_wait_in_order_and_can_be_cancelled_while_waiting()
 
 #[tokio::test]
 async fn a_request_beyond_the_queue_is_answered_busy_at_once() {
-    let (mut host, _served) = serve(ServeOptions::new().max_concurrent_calls(1).max_queued_calls(1));
+    let (mut host, _served) = serve(
+        ServeOptions::new()
+            .max_concurrent_calls(1)
+            .max_queued_calls(1),
+    );
     host.send(sleep(1, "running", 60_000, None)).await.unwrap();
     host.send(echo(2, "queued")).await.unwrap();
     host.send(echo(3, "shed")).await.unwrap();
@@ -135,15 +169,23 @@ async fn a_request_beyond_the_queue_is_answered_busy_at_once() {
         }
     );
     host.send(Frame::Cancel { id: 1 }).await.unwrap();
-    assert!(matches!(next(&mut host).await, Frame::Response { id: 2, .. }));
+    assert!(matches!(
+        next(&mut host).await,
+        Frame::Response { id: 2, .. }
+    ));
 }
 
 #[tokio::test]
 async fn shutdown_refuses_new_calls_finishes_running_ones_then_closes() {
     let (mut host, served) = serve(ServeOptions::new());
     host.send(sleep(1, "draining", 50, None)).await.unwrap();
-    host.send(observe(2, "draining", SleepState::Started)).await.unwrap();
-    assert!(matches!(next(&mut host).await, Frame::Response { id: 2, .. }));
+    host.send(observe(2, "draining", SleepState::Started))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut host).await,
+        Frame::Response { id: 2, .. }
+    ));
     host.send(Frame::Shutdown).await.unwrap();
     host.send(echo(3, "too late")).await.unwrap();
     assert_eq!(
@@ -153,17 +195,29 @@ async fn shutdown_refuses_new_calls_finishes_running_ones_then_closes() {
             status: Status::unavailable("echo.echo was not started: the worker is shutting down"),
         }
     );
-    assert_eq!(next(&mut host).await, Frame::Response { id: 1, payload: Bytes::new() });
-    assert!(host.next().await.is_none(), "the worker closes after draining");
+    assert_eq!(
+        next(&mut host).await,
+        Frame::Response {
+            id: 1,
+            payload: Bytes::new()
+        }
+    );
+    assert!(
+        host.next().await.is_none(),
+        "the worker closes after draining"
+    );
     served.await.unwrap().unwrap();
 }
 
 #[tokio::test]
 async fn a_frame_only_a_host_may_receive_ends_serving_with_an_error() {
     let (mut host, served) = serve(ServeOptions::new());
-    host.send(Frame::Response { id: 1, payload: Bytes::new() })
-        .await
-        .unwrap();
+    host.send(Frame::Response {
+        id: 1,
+        payload: Bytes::new(),
+    })
+    .await
+    .unwrap();
     let error = served.await.unwrap().unwrap_err();
     assert_eq!(error.to_string(), "unexpected RESPONSE frame from the host");
     assert!(host.next().await.is_none());
@@ -180,7 +234,10 @@ async fn every_shared_case_passes_over_a_byte_stream_with_the_frame_codec() {
     let channel = Channel::new(Framed::new(host, FrameCodec::new()));
     cases::all(&channel).await;
     drop(channel);
-    served.await.unwrap().expect("the worker stops cleanly when the host closes");
+    served
+        .await
+        .unwrap()
+        .expect("the worker stops cleanly when the host closes");
 }
 
 #[tokio::test]
@@ -190,7 +247,10 @@ async fn garbage_from_the_worker_fails_calls_with_a_clear_disconnection() {
     let client = EchoClient::new(channel.clone());
     let call = client.echo(EchoRequest::default());
     let garbage = async {
-        worker.write_all(&[0xff, 0xff, 0xff, 0xff, 0x00]).await.unwrap();
+        worker
+            .write_all(&[0xff, 0xff, 0xff, 0xff, 0x00])
+            .await
+            .unwrap();
     };
     let (result, ()) = tokio::join!(call, garbage);
     let error = result.unwrap_err();
@@ -278,29 +338,42 @@ async fn a_request_reusing_an_id_in_flight_ends_serving_with_an_error() {
 async fn a_call_whose_deadline_passes_while_it_waits_never_starts() {
     let (mut host, _served) = serve(ServeOptions::new().max_concurrent_calls(1));
     host.send(sleep(1, "holder", 300, None)).await.unwrap();
-    host.send(sleep(2, "expired", 10, Some(Duration::from_millis(20)))).await.unwrap();
-    host.send(observe(3, "holder", SleepState::Finished)).await.unwrap();
+    host.send(sleep(2, "expired", 10, Some(Duration::from_millis(20))))
+        .await
+        .unwrap();
+    host.send(observe(3, "holder", SleepState::Finished))
+        .await
+        .unwrap();
     // Ids 1 and 3 are answered once the holder finishes; 2 never runs.
-    let mut answered = vec![next(&mut host).await.id(), next(&mut host).await.id()];
+    let mut answered = [next(&mut host).await.id(), next(&mut host).await.id()];
     answered.sort();
     assert_eq!(answered, [1, 3]);
     host.send(echo(4, "probe")).await.unwrap();
     assert_eq!(next(&mut host).await.id(), 4);
-    host.send(request(5, "echo.stats", None, &())).await.unwrap();
+    host.send(request(5, "echo.stats", None, &()))
+        .await
+        .unwrap();
     let Frame::Response { id: 5, payload } = next(&mut host).await else {
         panic!("expected stats");
     };
     let stats = workerbus_tests::pb::echo::StatsReply::decode(payload).unwrap();
     assert_eq!(stats.peak_concurrency, 1);
-    assert_eq!(stats.sleeps_cancelled, 0, "the expired call never started, so was never cancelled");
+    assert_eq!(
+        stats.sleeps_cancelled, 0,
+        "the expired call never started, so was never cancelled"
+    );
 }
 
 #[tokio::test]
 async fn a_zero_queue_still_runs_calls_while_slots_are_free() {
-    let (mut host, _served) = serve(ServeOptions::new().max_concurrent_calls(2).max_queued_calls(0));
+    let (mut host, _served) = serve(
+        ServeOptions::new()
+            .max_concurrent_calls(2)
+            .max_queued_calls(0),
+    );
     host.send(echo(1, "a")).await.unwrap();
     host.send(echo(2, "b")).await.unwrap();
-    let mut answered = vec![next(&mut host).await, next(&mut host).await];
+    let mut answered = [next(&mut host).await, next(&mut host).await];
     answered.sort_by_key(Frame::id);
     assert!(matches!(answered[0], Frame::Response { id: 1, .. }));
     assert!(matches!(answered[1], Frame::Response { id: 2, .. }));

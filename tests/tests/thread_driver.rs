@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use workerbus::{Backoff, CallOptions, Error, ExitReason, ServeOptions, ThreadDriver, ThreadWorker};
+use workerbus::{
+    Backoff, CallOptions, Error, ExitReason, ServeOptions, ThreadDriver, ThreadWorker,
+};
 use workerbus_tests::pb::echo::{EchoClient, EchoServer, FlakyRequest, SleepRequest, SleepState};
 use workerbus_tests::{EchoWorker, cases};
 
@@ -60,7 +62,10 @@ async fn retries_wait_for_the_backoff_between_attempts() {
         .no_timeout()
         .backoff(Backoff::exponential(Duration::from_millis(100)).jitter(0.0));
     let started = Instant::now();
-    let reply = client.flaky_with(FlakyRequest { succeed_on: 4 }, &options).await.unwrap();
+    let reply = client
+        .flaky_with(FlakyRequest { succeed_on: 4 }, &options)
+        .await
+        .unwrap();
     assert_eq!(reply.attempt, 4);
     // 100 ms, 200 ms, 400 ms before the 2nd, 3rd and 4th attempts.
     assert_eq!(started.elapsed(), Duration::from_millis(700));
@@ -127,7 +132,13 @@ async fn shutdown_cancels_calls_that_outlast_the_grace_period() {
     let (result, exit) = tokio::join!(call, shutdown);
     assert_eq!(exit, ExitReason::Killed);
     assert!(
-        matches!(&result, Err(Error::WorkerExited { exit: ExitReason::Killed, .. })),
+        matches!(
+            &result,
+            Err(Error::WorkerExited {
+                exit: ExitReason::Killed,
+                ..
+            })
+        ),
         "{result:?}"
     );
     assert_eq!(channel.in_flight(), 0);

@@ -113,7 +113,8 @@ impl ThreadDriver {
             let worker_threads = self.worker_threads;
             let serve = self.serve.clone();
             move || {
-                let run = || run_worker(worker_threads, worker_end, service, serve, &kill, ready_tx);
+                let run =
+                    || run_worker(worker_threads, worker_end, service, serve, &kill, ready_tx);
                 let reason = std::panic::catch_unwind(AssertUnwindSafe(run))
                     .unwrap_or_else(|panic| ExitReason::Panicked(panic_message(&*panic)));
                 exit_tx.send_replace(Some(reason));
@@ -129,7 +130,10 @@ impl ThreadDriver {
         match ready_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                return Err(spawn_error("could not build its tokio runtime".into(), Some(error)));
+                return Err(spawn_error(
+                    "could not build its tokio runtime".into(),
+                    Some(error),
+                ));
             }
             Err(_) => {
                 let mut exit = exit_rx.clone();
@@ -139,7 +143,10 @@ impl ThreadDriver {
                     .ok()
                     .and_then(|reason| reason.clone())
                     .unwrap_or(ExitReason::Unknown);
-                return Err(spawn_error(format!("its thread ended while starting: it {reason}"), None));
+                return Err(spawn_error(
+                    format!("its thread ended while starting: it {reason}"),
+                    None,
+                ));
             }
         }
         let channel = Channel::connect(host_end, self.channel, Some(exit_rx.clone()));
@@ -169,7 +176,9 @@ fn run_worker<S: Dispatch>(
     ready: oneshot::Sender<std::io::Result<()>>,
 ) -> ExitReason {
     let built = if worker_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(worker_threads)
@@ -271,7 +280,8 @@ impl ThreadWorker {
     /// returns; the process driver isolates such workers completely.
     pub fn kill(&self) {
         self.kill.notify_one();
-        self.channel.terminate(CloseReason::Exited(ExitReason::Killed));
+        self.channel
+            .terminate(CloseReason::Exited(ExitReason::Killed));
     }
 }
 
