@@ -32,7 +32,7 @@ use crate::error::{Error, ExitReason, FrameError, Status};
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
 use crate::name::MethodName;
-use crate::transport::Transport;
+use crate::transport::{FrameWriter, Transport};
 
 /// The timeout of a call when neither the caller nor the schema sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -580,10 +580,8 @@ enum LinkEnd {
 }
 
 async fn run_link<T: Transport>(shared: Arc<Shared>, mut transport: T, exit: Option<ExitWatch>) {
-    let mut sending = std::collections::VecDeque::new();
-    let mut unflushed = false;
-    let end =
-        poll_fn(|cx| poll_link(&shared, &mut transport, &mut sending, &mut unflushed, cx)).await;
+    let mut writer = FrameWriter::default();
+    let end = poll_fn(|cx| poll_link(&shared, &mut transport, &mut writer, cx)).await;
     let reason = match end {
         LinkEnd::Detached => {
             let _ = poll_fn(|cx| Pin::new(&mut transport).poll_close(cx)).await;
@@ -645,8 +643,7 @@ fn close(shared: &Shared, reason: CloseReason) {
 fn poll_link<T: Transport>(
     shared: &Shared,
     transport: &mut T,
-    sending: &mut std::collections::VecDeque<Frame>,
-    unflushed: &mut bool,
+    writer: &mut FrameWriter,
     cx: &mut Context<'_>,
 ) -> Poll<LinkEnd> {
     // Route what has arrived, a batch at a time so that writes get a turn.
@@ -671,44 +668,21 @@ fn poll_link<T: Transport>(
     // Send what callers queued: everything queued since the last turn goes
     // out in one flush.
     let mut detached = false;
-    'write: loop {
+    let written = writer.poll_write(transport, cx, |sending, cx| {
+        let mut state = lock(shared);
+        std::mem::swap(&mut state.outbox, sending);
         if sending.is_empty() {
-            let mut state = lock(shared);
-            std::mem::swap(&mut state.outbox, sending);
-            if sending.is_empty() {
-                if !state.link.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    state.link = Some(cx.waker().clone());
-                }
-                detached = state.detached;
-                break 'write;
+            if !state.link.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                state.link = Some(cx.waker().clone());
             }
+            detached = state.detached;
         }
-        while !sending.is_empty() {
-            match Pin::new(&mut *transport).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Some(frame) = sending.pop_front() {
-                        if let Err(error) = Pin::new(&mut *transport).start_send(frame) {
-                            return Poll::Ready(LinkEnd::Broken(error));
-                        }
-                        *unflushed = true;
-                    }
-                }
-                Poll::Ready(Err(error)) => return Poll::Ready(LinkEnd::Broken(error)),
-                Poll::Pending => break 'write,
-            }
-        }
+    });
+    match written {
+        Poll::Ready(Err(error)) => Poll::Ready(LinkEnd::Broken(error)),
+        Poll::Ready(Ok(())) if detached => Poll::Ready(LinkEnd::Detached),
+        _ => Poll::Pending,
     }
-    if *unflushed {
-        match Pin::new(&mut *transport).poll_flush(cx) {
-            Poll::Ready(Ok(())) => *unflushed = false,
-            Poll::Ready(Err(error)) => return Poll::Ready(LinkEnd::Broken(error)),
-            Poll::Pending => return Poll::Pending,
-        }
-    }
-    if detached && sending.is_empty() {
-        return Poll::Ready(LinkEnd::Detached);
-    }
-    Poll::Pending
 }
 
 /// Hands an answer to the call waiting for it. Answers to ids nobody waits

@@ -42,7 +42,7 @@ use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH
 use crate::idmap::IdMap;
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
-use crate::transport::Transport;
+use crate::transport::{FrameWriter, Transport};
 
 /// A service a worker can serve. Generated `<Service>Server` types implement
 /// it; you pass them to a driver or to [`serve_transport`].
@@ -234,8 +234,7 @@ pub async fn serve_transport<T: Transport, S: Dispatch>(
         shared,
         transport,
         backlog: VecDeque::new(),
-        sending: VecDeque::new(),
-        unflushed: false,
+        writer: FrameWriter::default(),
         shutting_down: false,
         max_concurrent: options.max_concurrent_calls,
         max_queued: options.max_queued_calls,
@@ -270,8 +269,7 @@ struct Server<S, T> {
     transport: T,
     /// Requests waiting for a free slot, in arrival order.
     backlog: VecDeque<(u64, Call)>,
-    sending: VecDeque<Frame>,
-    unflushed: bool,
+    writer: FrameWriter,
     shutting_down: bool,
     max_concurrent: usize,
     max_queued: usize,
@@ -314,11 +312,7 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
             self.start_backlog();
             let _ = self.poll_write(cx)?;
         }
-        if self.shutting_down
-            && self.backlog.is_empty()
-            && self.sending.is_empty()
-            && !self.unflushed
-        {
+        if self.shutting_down && self.backlog.is_empty() && self.writer.is_idle() {
             let state = lock(&self.shared);
             if state.running.is_empty() && state.outbox.is_empty() {
                 drop(state);
@@ -434,38 +428,11 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
     /// Writes and flushes queued answers; `Pending` while some cannot be
     /// written yet (the transport will wake us).
     fn poll_write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), FrameError>> {
-        'write: loop {
-            if self.sending.is_empty() {
-                std::mem::swap(&mut lock(&self.shared).outbox, &mut self.sending);
-                if self.sending.is_empty() {
-                    break 'write;
-                }
-            }
-            while !self.sending.is_empty() {
-                match Pin::new(&mut self.transport).poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        if let Some(frame) = self.sending.pop_front() {
-                            Pin::new(&mut self.transport).start_send(frame)?;
-                            self.unflushed = true;
-                        }
-                    }
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                    Poll::Pending => break 'write,
-                }
-            }
-        }
-        if self.unflushed {
-            match Pin::new(&mut self.transport).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if self.sending.is_empty() {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        let shared = &self.shared;
+        self.writer
+            .poll_write(&mut self.transport, cx, |sending, _| {
+                std::mem::swap(&mut lock(shared).outbox, sending);
+            })
     }
 
     fn abort_all(&mut self) {

@@ -243,6 +243,67 @@ impl Drop for MemoryTransport {
     }
 }
 
+/// Writes frames to a transport in batches: everything queued since the last
+/// turn goes out with one flush. Used by both ends of a connection.
+#[derive(Debug, Default)]
+pub(crate) struct FrameWriter {
+    /// Frames taken from the owner's queue and not yet accepted by the sink.
+    sending: VecDeque<Frame>,
+    unflushed: bool,
+}
+
+impl FrameWriter {
+    /// Sends what `refill` provides (it swaps the owner's queue into the
+    /// buffer it is given, and may register the task's waker with the
+    /// owner; it is called whenever that buffer runs empty) and
+    /// flushes. `Ready(Ok)` once everything is written and flushed; `Pending`
+    /// while the transport cannot take more, having arranged to be woken.
+    pub(crate) fn poll_write<T: Transport>(
+        &mut self,
+        transport: &mut T,
+        cx: &mut Context<'_>,
+        mut refill: impl FnMut(&mut VecDeque<Frame>, &Context<'_>),
+    ) -> Poll<Result<(), FrameError>> {
+        'write: loop {
+            if self.sending.is_empty() {
+                refill(&mut self.sending, cx);
+                if self.sending.is_empty() {
+                    break 'write;
+                }
+            }
+            while !self.sending.is_empty() {
+                match Pin::new(&mut *transport).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        if let Some(frame) = self.sending.pop_front() {
+                            Pin::new(&mut *transport).start_send(frame)?;
+                            self.unflushed = true;
+                        }
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => break 'write,
+                }
+            }
+        }
+        if self.unflushed {
+            match Pin::new(&mut *transport).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.sending.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Whether everything handed to the writer has been written and flushed.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.sending.is_empty() && !self.unflushed
+    }
+}
+
 impl fmt::Debug for MemoryTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryTransport")
