@@ -108,7 +108,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     // Per-call options override the schema's defaults (here 60 s, 2 retries).
     let options = CallOptions::new().timeout(Duration::from_millis(500));
-    let health = embedder.health_with(HealthRequest {}, &options).await?;
+    let health = embedder.health_with(HealthRequest {}, options).await?;
     println!("the worker has embedded {} texts", health.processed_count);
 
     // Finish the calls in flight, then stop the worker thread.

@@ -175,17 +175,17 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
     Ok(quote! {
         #(#[doc = #docs])*
         pub async fn #name(&self, request: #request) -> ::core::result::Result<#response, #cg::Error> {
-            self.#name_with(request, &#cg::CallOptions::new()).await
+            self.#name_with(request, #cg::CallOptions::new()).await
         }
 
         #[doc = #with_doc]
         pub async fn #name_with(
             &self,
             request: #request,
-            options: &#cg::CallOptions,
+            options: #cg::CallOptions,
         ) -> ::core::result::Result<#response, #cg::Error> {
             static METHOD: #cg::MethodDesc = #desc;
-            self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+            self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
         }
     })
 }

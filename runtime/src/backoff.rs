@@ -85,10 +85,11 @@ impl Backoff {
     pub fn nominal(&self, retry: u32) -> Duration {
         let exponent = retry.saturating_sub(1).min(1024) as i32;
         let secs = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
-        if secs >= self.max.as_secs_f64() {
-            self.max
-        } else {
+        // NaN (0 × ∞) and infinity fall to the cap too.
+        if secs.is_finite() && secs < self.max.as_secs_f64() {
             Duration::from_secs_f64(secs)
+        } else {
+            self.max
         }
     }
 
@@ -134,6 +135,17 @@ mod tests {
         assert_eq!(backoff.nominal(3), Duration::from_millis(400));
         assert_eq!(backoff.nominal(7), Duration::from_secs(5));
         assert_eq!(backoff.nominal(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn extreme_settings_never_panic() {
+        let zero = Backoff::exponential(Duration::ZERO).multiplier(10.0);
+        assert_eq!(zero.delay(400), Duration::from_secs(5));
+        assert_eq!(zero.delay(1), Duration::ZERO);
+        let huge = Backoff::exponential(Duration::MAX)
+            .max_delay(Duration::MAX)
+            .jitter(1.0);
+        assert!(huge.delay(u32::MAX) <= Duration::MAX);
     }
 
     #[test]

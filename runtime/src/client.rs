@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
 use crate::error::{Error, ExitReason, FrameError, Status};
@@ -189,10 +189,20 @@ pub(crate) struct Resolved {
 #[derive(Clone, Debug)]
 pub struct ChannelOptions {
     max_frame_length: usize,
+    max_in_flight: usize,
+    max_queued_bytes: usize,
 }
 
+/// The default cap on calls in flight on one channel.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
+/// The default cap on request bytes queued for a worker that is not reading.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
 impl ChannelOptions {
-    /// The defaults: a [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame length.
+    /// The defaults: a [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame
+    /// length, [10,000](DEFAULT_MAX_IN_FLIGHT) calls in flight and
+    /// [64 MiB](DEFAULT_MAX_QUEUED_BYTES) of requests queued.
     pub fn new() -> ChannelOptions {
         ChannelOptions::default()
     }
@@ -207,10 +217,36 @@ impl ChannelOptions {
     }
 }
 
+impl ChannelOptions {
+    /// How many calls may be in flight at once (at least 1). A call beyond
+    /// that waits, within its timeout, for one to end.
+    #[must_use]
+    pub fn max_in_flight(mut self, max: usize) -> ChannelOptions {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// How many bytes of requests may wait for a worker that is slow to read
+    /// them. A call beyond that waits, within its timeout, for the worker to
+    /// catch up: the host never buffers without bound. A single request
+    /// larger than this is still sent, alone.
+    #[must_use]
+    pub fn max_queued_bytes(mut self, max: usize) -> ChannelOptions {
+        self.max_queued_bytes = max;
+        self
+    }
+
+    pub(crate) fn max_frame_length_value(&self) -> usize {
+        self.max_frame_length
+    }
+}
+
 impl Default for ChannelOptions {
     fn default() -> ChannelOptions {
         ChannelOptions {
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -235,17 +271,47 @@ struct Handle {
 struct Shared {
     state: Mutex<State>,
     max_frame_length: usize,
+    max_in_flight: usize,
+    max_queued_bytes: usize,
+    /// Notified when the connection closes, and when room frees up for
+    /// callers that wait for it.
+    changed: Notify,
 }
 
 struct State {
     next_id: u64,
     calls: IdMap<Slot>,
     outbox: std::collections::VecDeque<Frame>,
+    /// Payload bytes in `outbox`: what the link has not taken yet.
+    queued_bytes: usize,
+    /// Some caller waits for room (in-flight or queued bytes).
+    waiting: bool,
     /// The link task's waker, present while it waits for work.
     link: Option<Waker>,
+    /// The connection ended and the link waits to learn how: new calls wait
+    /// for the reason rather than queue into a dead connection.
+    closing: bool,
     closed: Option<CloseReason>,
     /// Every `Channel` is gone: the link flushes what is queued and closes.
     detached: bool,
+}
+
+impl State {
+    /// Wakes callers waiting for room, if any.
+    fn room_freed(&mut self, shared: &Shared) {
+        if self.waiting {
+            self.waiting = false;
+            shared.changed.notify_waiters();
+        }
+    }
+}
+
+/// The outcome of trying to send a call.
+enum Start<'a> {
+    Sent(PendingCall<'a>),
+    /// No room (or the connection is closing): wait for `changed`.
+    Wait,
+    Closed(CloseReason),
 }
 
 #[derive(Default)]
@@ -335,13 +401,19 @@ impl Channel {
                 next_id: 1,
                 calls: IdMap::default(),
                 outbox: std::collections::VecDeque::new(),
+                queued_bytes: 0,
+                waiting: false,
                 link: None,
+                closing: false,
                 closed: None,
                 detached: false,
             }),
             max_frame_length: options.max_frame_length,
+            max_in_flight: options.max_in_flight,
+            max_queued_bytes: options.max_queued_bytes,
+            changed: Notify::new(),
         });
-        tokio::spawn(run_link(Arc::clone(&shared), transport, exit));
+        tokio::spawn(run_link(CloseOnDrop(Arc::clone(&shared)), transport, exit));
         Channel {
             handle: Arc::new(Handle { shared }),
         }
@@ -372,7 +444,7 @@ impl Channel {
     pub(crate) fn send_control(&self, frame: Frame) -> bool {
         let waker = {
             let mut state = lock(self.shared());
-            if state.closed.is_some() {
+            if state.closed.is_some() || state.closing {
                 return false;
             }
             state.outbox.push_back(frame);
@@ -436,17 +508,31 @@ impl Channel {
         timeout: Option<Duration>,
         attempt: u32,
     ) -> Result<Bytes, Error> {
-        let call = self
-            .start(method, payload.clone(), timeout, attempt)
-            .map_err(|reason| reason.into_error(method))?;
+        // Waiting for room counts against the timeout: a caller never waits
+        // longer than it asked to.
+        let attempt = async {
+            let call = loop {
+                let changed = self.shared().changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                match self.start(method, payload, timeout, attempt) {
+                    Start::Sent(call) => break call,
+                    Start::Closed(reason) => return Err(Failure::Closed(reason)),
+                    Start::Wait => changed.await,
+                }
+            };
+            call.await
+        };
         let outcome = match timeout {
-            Some(after) => tokio::time::timeout(after, call)
-                .await
-                .map_err(|_| Error::Timeout {
-                    method: method.clone(),
-                    after,
-                })?,
-            None => call.await,
+            Some(after) => {
+                tokio::time::timeout(after, attempt)
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        method: method.clone(),
+                        after,
+                    })?
+            }
+            None => attempt.await,
         };
         outcome.map_err(|failure| failure.into_error(method))
     }
@@ -454,25 +540,33 @@ impl Channel {
     fn start(
         &self,
         method: &MethodName,
-        payload: Bytes,
+        payload: &Bytes,
         timeout: Option<Duration>,
         attempt: u32,
-    ) -> Result<PendingCall<'_>, CloseReason> {
+    ) -> Start<'_> {
         let shared = self.shared();
         let (id, waker) = {
             let mut state = lock(shared);
             if let Some(reason) = &state.closed {
-                return Err(reason.clone());
+                return Start::Closed(reason.clone());
+            }
+            let full = state.calls.len() >= shared.max_in_flight
+                || (state.queued_bytes > 0
+                    && state.queued_bytes + payload.len() > shared.max_queued_bytes);
+            if state.closing || full {
+                state.waiting = true;
+                return Start::Wait;
             }
             let id = state.next_id;
             state.next_id += 1;
             state.calls.insert(id, Slot::default());
+            state.queued_bytes += payload.len();
             state.outbox.push_back(Frame::request(
                 id,
                 method.clone(),
                 timeout,
                 attempt,
-                payload,
+                payload.clone(),
             ));
             (id, state.link.take())
         };
@@ -481,11 +575,35 @@ impl Channel {
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(PendingCall {
+        Start::Sent(PendingCall {
             shared,
             id,
             done: false,
         })
+    }
+
+    /// Waits until the connection has ended (the worker exited or
+    /// disconnected, or it was shut down or killed).
+    pub async fn closed(&self) {
+        wait_closed(self.shared()).await;
+    }
+
+    /// Watches this channel's connection without keeping it open.
+    pub(crate) fn watch_closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shared = Arc::clone(&self.handle.shared);
+        async move { wait_closed(&shared).await }
+    }
+}
+
+async fn wait_closed(shared: &Shared) {
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if lock(shared).closed.is_some() {
+            return;
+        }
+        changed.await;
     }
 }
 
@@ -524,7 +642,8 @@ impl Future for PendingCall<'_> {
     type Output = Result<Bytes, Failure>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = lock(self.shared);
+        let shared = self.shared;
+        let mut state = lock(shared);
         let Some(slot) = state.calls.get_mut(&self.id) else {
             // Only this future removes its slot; reaching here is a bug, and
             // a lost connection is the honest report of it.
@@ -534,6 +653,7 @@ impl Future for PendingCall<'_> {
         };
         if let Some(outcome) = slot.outcome.take() {
             state.calls.remove(&self.id);
+            state.room_freed(shared);
             drop(state);
             self.done = true;
             return Poll::Ready(outcome);
@@ -552,11 +672,26 @@ impl Drop for PendingCall<'_> {
         }
         let waker = {
             let mut state = lock(self.shared);
-            match state.calls.remove(&self.id) {
-                // Still unanswered: tell the worker to stop working on it.
+            let removed = state.calls.remove(&self.id);
+            state.room_freed(self.shared);
+            match removed {
+                // Still unanswered: if the request has not left, withdraw it;
+                // otherwise tell the worker to stop working on it.
                 Some(slot) if slot.outcome.is_none() && state.closed.is_none() => {
-                    state.outbox.push_back(Frame::Cancel { id: self.id });
-                    state.link.take()
+                    let id = self.id;
+                    let unsent = state.outbox.iter().position(
+                        |frame| matches!(frame, Frame::Request { id: queued, .. } if *queued == id),
+                    );
+                    match unsent.and_then(|index| state.outbox.remove(index)) {
+                        Some(Frame::Request { payload, .. }) => {
+                            state.queued_bytes -= payload.len();
+                            None
+                        }
+                        _ => {
+                            state.outbox.push_back(Frame::Cancel { id });
+                            state.link.take()
+                        }
+                    }
                 }
                 _ => None,
             }
@@ -579,9 +714,33 @@ enum LinkEnd {
     Protocol(FrameError),
 }
 
-async fn run_link<T: Transport>(shared: Arc<Shared>, mut transport: T, exit: Option<ExitWatch>) {
+/// Fails every call if the link task ends without closing the connection:
+/// e.g. when the runtime it was spawned on shuts down.
+struct CloseOnDrop(Arc<Shared>);
+
+impl fmt::Debug for CloseOnDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CloseOnDrop")
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        close(&self.0, CloseReason::Lost(None));
+    }
+}
+
+/// The link task. The guard is an argument, not a local, so that it also
+/// fires if the task is dropped before it first runs.
+async fn run_link<T: Transport>(guard: CloseOnDrop, mut transport: T, exit: Option<ExitWatch>) {
+    let shared = Arc::clone(&guard.0);
     let mut writer = FrameWriter::default();
     let end = poll_fn(|cx| poll_link(&shared, &mut transport, &mut writer, cx)).await;
+    if !matches!(end, LinkEnd::Detached) {
+        // Until the reason is known, new calls wait instead of queueing into
+        // a dead connection.
+        lock(&shared).closing = true;
+    }
     let reason = match end {
         LinkEnd::Detached => {
             let _ = poll_fn(|cx| Pin::new(&mut transport).poll_close(cx)).await;
@@ -618,7 +777,9 @@ fn close(shared: &Shared, reason: CloseReason) {
         // The first reason wins: a kill is not relabelled by the end of
         // stream that follows it.
         let reason = state.closed.get_or_insert(reason).clone();
+        state.closing = false;
         state.outbox.clear();
+        state.queued_bytes = 0;
         let wakers = state
             .calls
             .values_mut()
@@ -630,6 +791,7 @@ fn close(shared: &Shared, reason: CloseReason) {
             .collect();
         (reason, wakers)
     };
+    shared.changed.notify_waiters();
     tracing::debug!(
         ?reason,
         failed = wakers.len(),
@@ -671,7 +833,10 @@ fn poll_link<T: Transport>(
     let written = writer.poll_write(transport, cx, |sending, cx| {
         let mut state = lock(shared);
         std::mem::swap(&mut state.outbox, sending);
-        if sending.is_empty() {
+        if !sending.is_empty() {
+            state.queued_bytes = 0;
+            state.room_freed(shared);
+        } else {
             if !state.link.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 state.link = Some(cx.waker().clone());
             }

@@ -338,6 +338,19 @@ pub enum FrameError {
         /// The reused id.
         id: u64,
     },
+    /// A frame other than the handshake arrived before the handshake.
+    #[error("a {kind} frame arrived before the handshake")]
+    BeforeHandshake {
+        /// The frame kind.
+        kind: &'static str,
+    },
+    /// The peer failed the handshake (a wrong secret or protocol version)
+    /// and was told why before the connection closed.
+    #[error("the peer was refused: {reason}")]
+    Refused {
+        /// What was wrong, as sent to the peer.
+        reason: String,
+    },
     /// The other side has closed its end.
     #[error("the connection is closed")]
     Closed,
@@ -430,6 +443,57 @@ pub enum Error {
         source: prost::DecodeError,
     },
 
+    /// This process cannot serve as a worker (see `workerbus::serve`).
+    #[error("cannot serve as a worker: {reason}")]
+    Worker {
+        /// What is wrong.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
+    /// A worker did not complete its handshake within its startup deadline;
+    /// it was killed.
+    #[error("worker {worker} did not complete its handshake within {after:?}; it was killed")]
+    StartupTimeout {
+        /// The worker's name.
+        worker: String,
+        /// The startup deadline.
+        after: Duration,
+    },
+
+    /// A worker process ended before completing its handshake.
+    #[error("worker {worker} {exit} before completing its handshake{}", stderr_suffix(.stderr))]
+    ExitedDuringStartup {
+        /// The worker's name.
+        worker: String,
+        /// How it ended.
+        exit: ExitReason,
+        /// The last lines it wrote to its stderr, if the host captured them.
+        stderr: Vec<String>,
+    },
+
+    /// The handshake with a worker failed: it refused the host, speaks
+    /// another protocol version, or serves a different schema.
+    #[error("worker {worker}: {reason}")]
+    Handshake {
+        /// The worker's name.
+        worker: String,
+        /// What failed, e.g. which service and method differ.
+        reason: String,
+    },
+
+    /// A worker's named socket could not be reached.
+    #[error("cannot connect to the worker at {}: {source}", .address.display())]
+    Connect {
+        /// The socket's path.
+        address: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A worker could not be started.
     #[error("failed to spawn worker {worker}: {reason}")]
     Spawn {
@@ -441,6 +505,14 @@ pub enum Error {
         #[source]
         source: Option<std::io::Error>,
     },
+}
+
+fn stderr_suffix(stderr: &[String]) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n{}", stderr.join("\n"))
+    }
 }
 
 fn cause_suffix(cause: &Option<Arc<FrameError>>) -> String {
@@ -461,7 +533,12 @@ impl Error {
             | Error::Remote { method, .. }
             | Error::TooLarge { method, .. }
             | Error::Decode { method, .. } => Some(method),
-            Error::Spawn { .. } => None,
+            Error::Spawn { .. }
+            | Error::Worker { .. }
+            | Error::StartupTimeout { .. }
+            | Error::ExitedDuringStartup { .. }
+            | Error::Handshake { .. }
+            | Error::Connect { .. } => None,
         }
     }
 

@@ -167,9 +167,9 @@ impl Frame {
 
     /// Appends the frame, length prefix included, to `dst`.
     ///
-    /// The caller checks the length against its maximum first; see
-    /// [`FrameCodec`].
-    pub fn encode(&self, dst: &mut BytesMut) {
+    /// The caller checks the length and the method name first, as
+    /// [`FrameCodec`] does.
+    pub(crate) fn encode(&self, dst: &mut BytesMut) {
         let len = self.encoded_len();
         dst.reserve(4 + len);
         // Lengths above u32::MAX are refused by every codec long before here.
@@ -210,7 +210,7 @@ impl Frame {
     }
 
     /// Parses a frame body: everything after the length prefix.
-    pub fn decode(mut body: Bytes) -> Result<Frame, FrameError> {
+    pub(crate) fn decode(mut body: Bytes) -> Result<Frame, FrameError> {
         if body.len() < HEADER_LEN {
             return Err(FrameError::TooShort { len: body.len() });
         }
@@ -431,7 +431,11 @@ impl Decoder for FrameCodec {
             });
         }
         if src.len() < 4 + len {
-            src.reserve(4 + len - src.len());
+            // Grow with what has arrived (at least 64 KiB at a time), not
+            // with what the prefix announces: a peer that announces a large
+            // frame and sends nothing makes us allocate nothing much.
+            let missing = 4 + len - src.len();
+            src.reserve(missing.min(src.len().max(64 * 1024)));
             return Ok(None);
         }
         src.advance(4);

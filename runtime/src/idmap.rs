@@ -5,9 +5,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 /// A map from request id to per-call state.
 ///
-/// Ids are sequential counters, so SipHash's resistance to chosen keys buys
-/// nothing; a Fibonacci multiply spreads them over the table (it permutes the
-/// low bits and fills the high bits) at a fraction of the cost.
+/// Our own ids are sequential counters, but a worker's are chosen by its
+/// peer: the splitmix64 finalizer spreads any pattern of ids (sequential,
+/// `i << 32`, ...) over every bit the table uses, at a fraction of SipHash's
+/// cost.
 pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -22,7 +23,10 @@ impl Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = z ^ (z >> 31);
     }
 
     fn finish(&self) -> u64 {

@@ -35,8 +35,10 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prost::Message;
 use tokio::task::AbortHandle;
 
+use crate::control::{self, Detached, Hello, Welcome};
 use crate::error::{FrameError, Status};
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
@@ -196,6 +198,12 @@ impl ServeOptions {
     }
 }
 
+impl ServeOptions {
+    pub(crate) fn max_frame_length_value(&self) -> usize {
+        self.max_frame_length
+    }
+}
+
 impl Default for ServeOptions {
     fn default() -> ServeOptions {
         ServeOptions {
@@ -225,6 +233,38 @@ pub async fn serve_transport<T: Transport, S: Dispatch>(
     service: S,
     options: ServeOptions,
 ) -> Result<(), FrameError> {
+    serve_connection(transport, Arc::new(service), &options, None)
+        .await
+        .map(|_| ())
+}
+
+/// How a served connection ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The host asked for a shutdown and every call was answered.
+    Shutdown,
+    /// The host closed the connection.
+    Closed,
+}
+
+/// Answers the control exchanges (`$workerbus.*`) of one connection.
+pub(crate) trait Control: Send + Sync {
+    /// Whether the peer must complete `$workerbus.hello` before anything else.
+    fn requires_hello(&self) -> bool;
+    /// The handshake; an error refuses the peer, and the connection closes
+    /// once the refusal is written.
+    fn hello(&self, hello: Hello) -> Result<Welcome, Status>;
+    /// Switches the worker to a named socket.
+    fn detach(&self) -> Result<Detached, Status>;
+}
+
+/// Serves one connection: [`serve_transport`] with control exchanges.
+pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
+    transport: T,
+    service: Arc<S>,
+    options: &ServeOptions,
+    control: Option<&dyn Control>,
+) -> Result<Ending, FrameError> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         max_frame_length: options.max_frame_length,
@@ -238,10 +278,12 @@ pub async fn serve_transport<T: Transport, S: Dispatch>(
         shutting_down: false,
         max_concurrent: options.max_concurrent_calls,
         max_queued: options.max_queued_calls,
+        greeted: !control.is_some_and(Control::requires_hello),
+        refused: None,
+        control,
     };
-    let result = poll_fn(|cx| server.poll(cx)).await;
-    server.abort_all();
-    result
+    // Dropping the server (here, or with this future) aborts every call.
+    poll_fn(|cx| server.poll(cx)).await
 }
 
 struct Shared {
@@ -255,16 +297,39 @@ struct State {
     /// The serve loop's waker, present while it waits for work.
     link: Option<Waker>,
     /// Calls running as tasks. A task answers only if it can remove its own
-    /// entry; a `CANCEL` that removes it first means no answer is sent.
-    running: IdMap<AbortHandle>,
+    /// entry; a `CANCEL` that removes it first means no answer is sent. The
+    /// generation tells a task's entry from a later call reusing its id.
+    running: IdMap<Running>,
+    /// Calls taken from the backlog and being dispatched, not yet running.
+    starting: usize,
+    next_generation: u64,
+}
+
+struct Running {
+    generation: u64,
+    task: AbortHandle,
+}
+
+impl State {
+    /// Removes the entry of the task of `generation`, if it is still there;
+    /// wakes the serve loop, which may start a waiting call in its place.
+    fn finish(&mut self, id: u64, generation: u64) -> bool {
+        match self.running.get(&id) {
+            Some(entry) if entry.generation == generation => {
+                self.running.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     shared.state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-struct Server<S, T> {
-    service: S,
+struct Server<'c, S, T> {
+    service: Arc<S>,
     shared: Arc<Shared>,
     transport: T,
     /// Requests waiting for a free slot, in arrival order.
@@ -273,12 +338,17 @@ struct Server<S, T> {
     shutting_down: bool,
     max_concurrent: usize,
     max_queued: usize,
+    control: Option<&'c dyn Control>,
+    /// Whether the handshake is done (or not required).
+    greeted: bool,
+    /// Why the peer was refused: the connection closes once that is written.
+    refused: Option<String>,
 }
 
 const READ_BATCH: usize = 128;
 
-impl<S: Dispatch, T: Transport> Server<S, T> {
-    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), FrameError>> {
+impl<S: Dispatch, T: Transport> Server<'_, S, T> {
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Ending, FrameError>> {
         // Register first, so a task finishing while we work wakes us again.
         {
             let mut state = lock(&self.shared);
@@ -290,6 +360,15 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
         // more requests until they do, so nothing here grows without bound.
         // Busy handlers never stop reading, or a CANCEL queued behind
         // requests could not reach the calls it is meant for.
+        if self.refused.is_some() {
+            // Write the refusal, then close: nothing else from this peer.
+            return match self.poll_write(cx)? {
+                Poll::Ready(()) => Poll::Ready(Err(FrameError::Refused {
+                    reason: self.refused.take().unwrap_or_default(),
+                })),
+                Poll::Pending => Poll::Pending,
+            };
+        }
         if self.poll_write(cx)?.is_ready() {
             for read in 0.. {
                 if read == READ_BATCH {
@@ -300,7 +379,7 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                     Poll::Ready(Some(Ok(frame))) => self.receive(frame)?,
                     Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
                     // The host is gone: nobody is left to answer.
-                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Ready(None) => return Poll::Ready(Ok(Ending::Closed)),
                     Poll::Pending => break,
                 }
             }
@@ -316,14 +395,35 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
             let state = lock(&self.shared);
             if state.running.is_empty() && state.outbox.is_empty() {
                 drop(state);
-                return Pin::new(&mut self.transport).poll_close(cx);
+                return Pin::new(&mut self.transport)
+                    .poll_close(cx)
+                    .map_ok(|()| Ending::Shutdown);
             }
         }
         Poll::Pending
     }
 
     fn receive(&mut self, frame: Frame) -> Result<(), FrameError> {
+        if !self.greeted
+            && !matches!(&frame, Frame::Request { method, .. } if *method == control::HELLO)
+        {
+            return Err(FrameError::BeforeHandshake {
+                kind: frame.kind_name(),
+            });
+        }
         match frame {
+            Frame::Request {
+                id,
+                method,
+                payload,
+                ..
+            } if method.starts_with(control::PREFIX) => {
+                if self.is_in_flight(id) {
+                    return Err(FrameError::DuplicateId { id });
+                }
+                let answer = self.control_exchange(id, &method, payload);
+                self.answer(answer);
+            }
             Frame::Request {
                 id,
                 method,
@@ -367,7 +467,7 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
             Frame::Cancel { id } => {
                 let running = lock(&self.shared).running.remove(&id);
                 match running {
-                    Some(task) => task.abort(),
+                    Some(entry) => entry.task.abort(),
                     None => self.backlog.retain(|(queued, _)| *queued != id),
                 }
             }
@@ -380,6 +480,44 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
             }
         }
         Ok(())
+    }
+
+    /// Answers a control exchange at once, from the runtime.
+    fn control_exchange(&mut self, id: u64, method: &MethodName, payload: Bytes) -> Frame {
+        let Some(control) = self.control else {
+            return Frame::Status {
+                id,
+                status: Status::unimplemented(format!(
+                    "{method}: this worker has no control exchanges"
+                )),
+            };
+        };
+        let outcome = match method.as_str() {
+            control::HELLO => match Hello::decode(payload) {
+                Err(error) => Err(Status::invalid_argument(format!("{method}: {error}"))),
+                Ok(hello) => match control.hello(hello) {
+                    Ok(welcome) => {
+                        self.greeted = true;
+                        Ok(welcome.encode_to_vec())
+                    }
+                    Err(status) => {
+                        self.refused = Some(status.to_string());
+                        Err(status)
+                    }
+                },
+            },
+            control::DETACH => control.detach().map(|detached| detached.encode_to_vec()),
+            _ => Err(Status::unimplemented(format!(
+                "{method} is not a control exchange this worker knows"
+            ))),
+        };
+        match outcome {
+            Ok(payload) => Frame::Response {
+                id,
+                payload: Bytes::from(payload),
+            },
+            Err(status) => Frame::Status { id, status },
+        }
     }
 
     fn answer(&self, frame: Frame) {
@@ -395,13 +533,17 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
     }
 
     fn start_backlog(&mut self) {
-        if self.backlog.is_empty() {
-            return;
-        }
-        let mut state = lock(&self.shared);
-        while state.running.len() < self.max_concurrent {
+        while !self.backlog.is_empty() {
+            {
+                let mut state = lock(&self.shared);
+                if state.running.len() + state.starting >= self.max_concurrent {
+                    return;
+                }
+                state.starting += 1;
+            }
             let Some((id, call)) = self.backlog.pop_front() else {
-                break;
+                lock(&self.shared).starting -= 1;
+                return;
             };
             let method = call.context.method.clone();
             let deadline = call.context.deadline;
@@ -409,19 +551,46 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                 // Its caller gave up while it waited; answer nothing, as at
                 // any deadline.
                 tracing::debug!(%method, id, "dropped unstarted: its deadline passed while it waited");
+                lock(&self.shared).starting -= 1;
                 continue;
             }
-            let future = self.service.dispatch(call);
+            // Outside the lock: a hand-written `Dispatch` is user code, and a
+            // panic here is answered like a handler's.
+            let dispatched =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.service.dispatch(call)));
+            let mut state = lock(&self.shared);
+            state.starting -= 1;
+            let future = match dispatched {
+                Ok(future) => future,
+                Err(panic) => {
+                    drop(state);
+                    let status = Status::internal(format!(
+                        "the handler for {method} panicked: {}",
+                        panic_message(&*panic)
+                    ));
+                    self.answer(Frame::Status { id, status });
+                    continue;
+                }
+            };
+            let generation = state.next_generation;
+            state.next_generation += 1;
             // Spawned under the lock, so the task cannot finish and look for
             // its entry before the entry exists.
             let task = tokio::spawn(run_call(
                 Arc::clone(&self.shared),
                 id,
+                generation,
                 method,
                 deadline,
                 future,
             ));
-            state.running.insert(id, task.abort_handle());
+            state.running.insert(
+                id,
+                Running {
+                    generation,
+                    task: task.abort_handle(),
+                },
+            );
         }
     }
 
@@ -434,23 +603,12 @@ impl<S: Dispatch, T: Transport> Server<S, T> {
                 std::mem::swap(&mut lock(shared).outbox, sending);
             })
     }
-
-    fn abort_all(&mut self) {
-        self.backlog.clear();
-        let running: Vec<AbortHandle> = lock(&self.shared)
-            .running
-            .drain()
-            .map(|(_, task)| task)
-            .collect();
-        for task in running {
-            task.abort();
-        }
-    }
 }
 
 async fn run_call<F>(
     shared: Arc<Shared>,
     id: u64,
+    generation: u64,
     method: MethodName,
     deadline: Option<tokio::time::Instant>,
     future: F,
@@ -466,7 +624,15 @@ async fn run_call<F>(
                 // call there; an answer could only race that timer. Drop the
                 // handler (cancelling it) and answer nothing, as for CANCEL.
                 tracing::debug!(%method, id, "cancelled at its deadline");
-                lock(&shared).running.remove(&id);
+                let waker = {
+                    let mut state = lock(&shared);
+                    state.finish(id, generation);
+                    state.link.take()
+                };
+                // A waiting call can take the slot, or a shutdown complete.
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
                 return;
             }
         },
@@ -500,7 +666,7 @@ async fn run_call<F>(
     let frame = fit(frame, shared.max_frame_length);
     let waker = {
         let mut state = lock(&shared);
-        if state.running.remove(&id).is_none() {
+        if !state.finish(id, generation) {
             return; // cancelled: the caller no longer waits
         }
         state.outbox.push_back(frame);
@@ -572,7 +738,28 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-impl<S, T> fmt::Debug for Server<S, T> {
+impl<S, T> Server<'_, S, T> {
+    fn abort_all(&mut self) {
+        self.backlog.clear();
+        let running: Vec<AbortHandle> = lock(&self.shared)
+            .running
+            .drain()
+            .map(|(_, entry)| entry.task)
+            .collect();
+        for task in running {
+            task.abort();
+        }
+    }
+}
+
+impl<S, T> Drop for Server<'_, S, T> {
+    /// Whether the loop ended or its future was dropped, no call outlives it.
+    fn drop(&mut self) {
+        self.abort_all();
+    }
+}
+
+impl<S, T> fmt::Debug for Server<'_, S, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("queued", &self.backlog.len())

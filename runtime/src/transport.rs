@@ -190,7 +190,9 @@ impl Sink<Frame> for MemoryTransport {
             this.outbox.clear();
             return Poll::Ready(Err(FrameError::Closed));
         }
-        if state.frames.len() >= this.capacity {
+        // The pipe takes the whole batch only if it stays within capacity
+        // (a batch is at most `capacity` frames, by `poll_ready`).
+        if !state.frames.is_empty() && state.frames.len() + this.outbox.len() > this.capacity {
             state.writer = Some(cx.waker().clone());
             return Poll::Pending;
         }
@@ -243,6 +245,9 @@ impl Drop for MemoryTransport {
     }
 }
 
+/// How many batches a writer takes from its queue in one poll.
+const MAX_BATCHES_PER_POLL: usize = 4;
+
 /// Writes frames to a transport in batches: everything queued since the last
 /// turn goes out with one flush. Used by both ends of a connection.
 #[derive(Debug, Default)]
@@ -264,8 +269,17 @@ impl FrameWriter {
         cx: &mut Context<'_>,
         mut refill: impl FnMut(&mut VecDeque<Frame>, &Context<'_>),
     ) -> Poll<Result<(), FrameError>> {
+        // Callers on other threads may refill the queue as fast as it is
+        // written; a bounded number of batches per turn keeps reading (and
+        // everyone else on this thread) from starving.
+        let mut batches = 0;
         'write: loop {
             if self.sending.is_empty() {
+                if batches == MAX_BATCHES_PER_POLL {
+                    cx.waker().wake_by_ref();
+                    break 'write;
+                }
+                batches += 1;
                 refill(&mut self.sending, cx);
                 if self.sending.is_empty() {
                     break 'write;

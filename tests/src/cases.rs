@@ -29,7 +29,7 @@ pub async fn observe(channel: &Channel, tag: &str, state: SleepState) {
                 tag: tag.to_owned(),
                 state: state.into(),
             },
-            &CallOptions::new().timeout(Duration::from_secs(20)),
+            CallOptions::new().timeout(Duration::from_secs(20)),
         )
         .await
         .unwrap_or_else(|error| panic!("sleep {tag:?} never reached {state:?}: {error}"));
@@ -160,6 +160,7 @@ pub async fn dropping_a_call_cancels_the_handler(channel: &Channel) {
     let call = client.sleep(SleepRequest {
         tag: "dropped".into(),
         ms: 60_000,
+        blocking: false,
     });
     let mut call = Box::pin(call);
     tokio::select! {
@@ -179,8 +180,9 @@ pub async fn timeout_cancels_the_handler(channel: &Channel) {
     let request = SleepRequest {
         tag: "timed out".into(),
         ms: 60_000,
+        blocking: false,
     };
-    let call = client.sleep_with(request, &options);
+    let call = client.sleep_with(request, options);
     // The handler must have started for its cancellation to be observable.
     let (result, ()) = tokio::join!(call, observe(channel, "timed out", SleepState::Started));
     let error = result.unwrap_err();
@@ -213,7 +215,7 @@ pub async fn schema_retries_apply(channel: &Channel) {
     let error = client
         .flaky_with(
             FlakyRequest { succeed_on: 2 },
-            &CallOptions::new().retries(0),
+            CallOptions::new().retries(0),
         )
         .await
         .unwrap_err();

@@ -67,6 +67,22 @@ impl EchoWorker {
     }
 }
 
+impl EchoWorker {
+    /// Waits until the sleep tagged `tag` has reached `state`, observed from
+    /// the host's side when the worker runs in the same process.
+    pub async fn wait_for(&self, tag: &str, state: SleepState) {
+        loop {
+            let changed = self.state.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.state.reached(tag, state) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 impl Drop for EchoWorker {
     fn drop(&mut self) {
         if let Some(signal) = self.on_drop.take() {
@@ -141,22 +157,19 @@ impl EchoHandler for EchoWorker {
 
     async fn sleep(&self, request: SleepRequest, _cx: &Context) -> Result<(), Status> {
         let mut guard = SleepGuard::start(&self.state, request.tag);
-        tokio::time::sleep(Duration::from_millis(request.ms)).await;
+        if request.blocking {
+            std::thread::sleep(Duration::from_millis(request.ms));
+        } else {
+            tokio::time::sleep(Duration::from_millis(request.ms)).await;
+        }
         guard.finished = true;
         Ok(())
     }
 
     async fn observe(&self, request: ObserveRequest, _cx: &Context) -> Result<(), Status> {
         let wanted = request.state();
-        loop {
-            let changed = self.state.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.state.reached(&request.tag, wanted) {
-                return Ok(());
-            }
-            changed.await;
-        }
+        self.wait_for(&request.tag, wanted).await;
+        Ok(())
     }
 
     async fn panic(&self, request: PanicRequest, _cx: &Context) -> Result<(), Status> {

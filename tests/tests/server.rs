@@ -52,6 +52,7 @@ fn sleep(id: u64, tag: &str, ms: u64, timeout: Option<Duration>) -> Frame {
     let message = SleepRequest {
         tag: tag.into(),
         ms,
+        blocking: false,
     };
     request(id, "echo.sleep", timeout, &message)
 }

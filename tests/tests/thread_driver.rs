@@ -43,6 +43,7 @@ async fn the_schema_timeout_applies_and_names_the_method() {
         .sleep(SleepRequest {
             tag: "schema timeout".into(),
             ms: 3_600_000,
+            blocking: false,
         })
         .await
         .unwrap_err();
@@ -63,7 +64,7 @@ async fn retries_wait_for_the_backoff_between_attempts() {
         .backoff(Backoff::exponential(Duration::from_millis(100)).jitter(0.0));
     let started = Instant::now();
     let reply = client
-        .flaky_with(FlakyRequest { succeed_on: 4 }, &options)
+        .flaky_with(FlakyRequest { succeed_on: 4 }, options)
         .await
         .unwrap();
     assert_eq!(reply.attempt, 4);
@@ -83,6 +84,7 @@ async fn the_worker_runs_no_more_calls_at_once_than_its_limit() {
         client.sleep(SleepRequest {
             tag: format!("limited {i}"),
             ms: 20,
+            blocking: false,
         })
     });
     for result in futures_util::future::join_all(sleeps).await {
@@ -100,6 +102,7 @@ async fn shutdown_lets_calls_in_flight_finish_then_stops_the_worker() {
     let call = client.sleep(SleepRequest {
         tag: "draining".into(),
         ms: 200,
+        blocking: false,
     });
     let shutdown = async {
         cases::observe(&channel, "draining", SleepState::Started).await;
@@ -124,6 +127,7 @@ async fn shutdown_cancels_calls_that_outlast_the_grace_period() {
     let call = client.sleep(SleepRequest {
         tag: "too slow".into(),
         ms: 60_000,
+        blocking: false,
     });
     let shutdown = async {
         cases::observe(&channel, "too slow", SleepState::Started).await;
@@ -153,6 +157,7 @@ async fn kill_fails_calls_in_flight_at_once() {
         client.sleep(SleepRequest {
             tag: format!("killed {i}"),
             ms: 60_000,
+            blocking: false,
         })
     }));
     let kill = async {

@@ -118,13 +118,13 @@ impl GreeterClient {
         &self,
         request: GreetRequest,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
-        self.greet_with(request, &::workerbus::__codegen::CallOptions::new()).await
+        self.greet_with(request, ::workerbus::__codegen::CallOptions::new()).await
     }
     /// [`greet`](Self::greet) with options for this call only.
     pub async fn greet_with(
         &self,
         request: GreetRequest,
-        options: &::workerbus::__codegen::CallOptions,
+        options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
         static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
                 "greeter.greet",
@@ -133,7 +133,7 @@ impl GreeterClient {
             .timeout_ms(2500u64)
             .retries(2u32)
             .idempotent();
-        self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+        self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
     }
     /// Renamed on the wire: travels as `greeter.hello_v2`.
     ///
@@ -142,20 +142,20 @@ impl GreeterClient {
         &self,
         request: GreetRequest,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
-        self.say_hello_with(request, &::workerbus::__codegen::CallOptions::new()).await
+        self.say_hello_with(request, ::workerbus::__codegen::CallOptions::new()).await
     }
     /// [`say_hello`](Self::say_hello) with options for this call only.
     pub async fn say_hello_with(
         &self,
         request: GreetRequest,
-        options: &::workerbus::__codegen::CallOptions,
+        options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
         static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
                 "greeter.hello_v2",
                 "golden.GreetReply",
             )
             .idempotent();
-        self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+        self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
     }
     /// The kind of greeting the worker prefers: the rpc's snake name, `type`,
     /// is a Rust keyword.
@@ -165,19 +165,19 @@ impl GreeterClient {
         &self,
         request: (),
     ) -> ::core::result::Result<GreetingKind, ::workerbus::__codegen::Error> {
-        self.type_with(request, &::workerbus::__codegen::CallOptions::new()).await
+        self.type_with(request, ::workerbus::__codegen::CallOptions::new()).await
     }
     /// [`type`](Self::type) with options for this call only.
     pub async fn type_with(
         &self,
         request: (),
-        options: &::workerbus::__codegen::CallOptions,
+        options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<GreetingKind, ::workerbus::__codegen::Error> {
         static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
             "greeter.type",
             "golden.GreetingKind",
         );
-        self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+        self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
     }
     /// The worker's clock. // trailing slashes and \[x\]\[y\] stay text.
     ///
@@ -189,13 +189,13 @@ impl GreeterClient {
         ::prost_types::Timestamp,
         ::workerbus::__codegen::Error,
     > {
-        self.now_with(request, &::workerbus::__codegen::CallOptions::new()).await
+        self.now_with(request, ::workerbus::__codegen::CallOptions::new()).await
     }
     /// [`now`](Self::now) with options for this call only.
     pub async fn now_with(
         &self,
         request: (),
-        options: &::workerbus::__codegen::CallOptions,
+        options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<
         ::prost_types::Timestamp,
         ::workerbus::__codegen::Error,
@@ -205,7 +205,7 @@ impl GreeterClient {
                 "google.protobuf.Timestamp",
             )
             .timeout_ms(100u64);
-        self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+        self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
     }
     /// Switches to a locale of the other package, answering nothing.
     ///
@@ -214,19 +214,19 @@ impl GreeterClient {
         &self,
         request: shared::Locale,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        self.set_locale_with(request, &::workerbus::__codegen::CallOptions::new()).await
+        self.set_locale_with(request, ::workerbus::__codegen::CallOptions::new()).await
     }
     /// [`set_locale`](Self::set_locale) with options for this call only.
     pub async fn set_locale_with(
         &self,
         request: shared::Locale,
-        options: &::workerbus::__codegen::CallOptions,
+        options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
         static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
             "greeter.set_locale",
             "google.protobuf.Empty",
         );
-        self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+        self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
     }
 }
 /// The handler of the `golden.Greeter` service: implement it in the worker
@@ -459,13 +459,13 @@ impl PartingClient {
         &self,
         request: FarewellRequest,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        self.farewell_with(request, &::workerbus::__codegen::CallOptions::new()).await
+        self.farewell_with(request, ::workerbus::__codegen::CallOptions::new()).await
     }
     /// [`farewell`](Self::farewell) with options for this call only.
     pub async fn farewell_with(
         &self,
         request: FarewellRequest,
-        options: &::workerbus::__codegen::CallOptions,
+        options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
         static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
                 "farewell.v1.farewell",
@@ -473,7 +473,7 @@ impl PartingClient {
             )
             .retries(5u32)
             .idempotent();
-        self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+        self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
     }
     /// Not documented beyond this line.
     ///
@@ -482,19 +482,19 @@ impl PartingClient {
         &self,
         request: (),
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        self.wave_with(request, &::workerbus::__codegen::CallOptions::new()).await
+        self.wave_with(request, ::workerbus::__codegen::CallOptions::new()).await
     }
     /// [`wave`](Self::wave) with options for this call only.
     pub async fn wave_with(
         &self,
         request: (),
-        options: &::workerbus::__codegen::CallOptions,
+        options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
         static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
             "wave",
             "google.protobuf.Empty",
         );
-        self.inner.unary(&METHOD, request, ::core::option::Option::Some(options)).await
+        self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
     }
 }
 /// The handler of the `golden.Parting` service: implement it in the worker

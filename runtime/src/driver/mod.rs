@@ -7,5 +7,14 @@
 //! options type and its own worker handle, so an operation only one driver
 //! can do exists only on that driver's handle.
 
+use std::time::Duration;
+
+/// The default time a worker's `shutdown()` lets calls in flight finish
+/// before it stops the worker anyway.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 #[cfg(feature = "thread")]
 pub(crate) mod thread;
+
+#[cfg(feature = "process")]
+pub(crate) mod process;

@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot, watch};
 
+use super::DEFAULT_SHUTDOWN_GRACE;
 use crate::client::{Channel, ChannelOptions, CloseReason, ExitWatch};
 use crate::error::{Error, ExitReason};
 use crate::frame::Frame;
 use crate::server::{Dispatch, ServeOptions, panic_message, serve_transport};
 use crate::transport::MemoryTransport;
-
-/// The default time [`ThreadWorker::shutdown`] lets in-flight calls finish.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a worker on its own OS thread, with its own tokio runtime, in this
 /// process.
@@ -193,22 +191,27 @@ fn run_worker<S: Dispatch>(
         }
     };
     let _ = ready.send(Ok(()));
-    let reason = runtime.block_on(async {
-        tokio::select! {
-            biased;
-            () = kill.notified() => ExitReason::Killed,
-            result = serve_transport(transport, service, options) => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "thread worker stopped: its connection broke");
+    // Only the serve loop runs inside the unwinding boundary: the runtime is
+    // shut down below whatever happens, never dropped during unwinding
+    // (dropping it would wait for blocking tasks without a limit).
+    let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            tokio::select! {
+                biased;
+                () = kill.notified() => ExitReason::Killed,
+                result = serve_transport(transport, service, options) => {
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "thread worker stopped: its connection broke");
+                    }
+                    ExitReason::Stopped
                 }
-                ExitReason::Stopped
             }
-        }
-    });
+        })
+    }));
     // Drops every task still running (their handlers see cancellation); a
     // handler stuck in blocking code is left behind rather than waited for.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    reason
+    served.unwrap_or_else(|panic| ExitReason::Panicked(panic_message(&*panic)))
 }
 
 /// A worker running on a thread, started by [`ThreadDriver::spawn`].

@@ -24,7 +24,7 @@ async fn main() -> Result<(), workerbus::Error> {
     let worker = ThreadDriver::new().spawn(MissingServer::new(Nothing)).await?;
     let client = MissingClient::new(worker.channel()).with_options(CallOptions::new().retries(0));
     client.nothing(()).await?;
-    client.nothing_with((), &CallOptions::new().timeout(std::time::Duration::from_secs(5))).await?;
+    client.nothing_with((), CallOptions::new().timeout(std::time::Duration::from_secs(5))).await?;
     // Calls can run on other tasks: the client and its futures are Send.
     let spawned = tokio::spawn({
         let client = client.clone();

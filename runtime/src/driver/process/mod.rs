@@ -1,0 +1,786 @@
+//! [`ProcessDriver`]: a worker in a child process, connected at birth.
+//!
+//! ```text
+//!  host                                          child (worker)
+//!  socketpair() ──end B at fd 3, WORKERBUS_WORKER=1;3;<host pid>;<name>──▶ exec
+//!  end A ══════════ REQUEST $workerbus.hello {version, secret} ══════════▶ serve()
+//!        ◀═════════ RESPONSE {version, pid, services + fingerprints} ═════
+//!        ══════════ calls ════════════════════════════════════════════════▶
+//! ```
+//!
+//! There is no "spawn, listen, wait for the child to connect" dance: the
+//! child is born connected, so start-up cannot race. A named socket exists
+//! only for a worker that is detached or disconnected, in a private
+//! directory, and serves only peers of the same user that know the secret.
+
+mod sys;
+mod worker;
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+pub use self::worker::{serve, serve_with_options};
+use crate::backoff::Backoff;
+use crate::client::{Channel, ChannelOptions, ExitWatch, Resolved};
+use crate::control::{self, Detached, Hello, PROTOCOL_VERSION, Secret, Welcome, schema_difference};
+use crate::error::{Error, ExitReason};
+use crate::frame::{Frame, FrameCodec};
+use crate::name::MethodName;
+use crate::schema::ServiceSchema;
+use crate::startup::{SOCKET_FD, STARTUP_ENV, StartupData};
+
+/// The default time a worker has to start and complete its handshake.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many lines of a worker's stderr the host keeps for error messages.
+const STDERR_TAIL_LINES: usize = 20;
+/// How long a line of stderr may be in an error message.
+const STDERR_LINE_MAX: usize = 500;
+
+static HELLO: MethodName = MethodName::from_static(control::HELLO);
+static DETACH: MethodName = MethodName::from_static(control::DETACH);
+
+/// What to do with a worker's standard output or error stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stdio {
+    /// Share the host's stream (the default for stdout).
+    Inherit,
+    /// Discard it.
+    Null,
+    /// Pipe it to the host, which reads it from the worker handle
+    /// ([`ProcessWorker::take_stdout`], [`ProcessWorker::take_stderr`]).
+    Capture,
+    /// Copy it to the host's stderr line by line, prefixed with the worker's
+    /// name, keeping the last lines for error messages (the default for
+    /// stderr: so a worker that dies while starting says why).
+    Forward,
+}
+
+/// Starts workers in child processes.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use workerbus::ProcessDriver;
+///
+/// # async fn example() -> Result<(), workerbus::Error> {
+/// let driver = ProcessDriver::new("target/debug/embedder")
+///     .arg("--model=small")
+///     .env("RUST_LOG", "info")
+///     .startup_timeout(Duration::from_secs(5));
+/// let worker = driver.spawn().await?;
+/// let channel = worker.channel(); // give it to a generated client
+/// # drop(channel);
+/// worker.shutdown().await;
+/// # Ok(()) }
+/// ```
+///
+/// The driver is reusable: each `spawn` starts a new worker with the same
+/// settings.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ProcessDriver {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+    env_clear: bool,
+    current_dir: Option<PathBuf>,
+    stdout: Stdio,
+    stderr: Stdio,
+    name: Option<String>,
+    startup_timeout: Duration,
+    shutdown_grace: Duration,
+    serves: Vec<ServiceSchema>,
+    channel: ChannelOptions,
+}
+
+impl ProcessDriver {
+    /// A driver for the worker executable at `program`.
+    pub fn new(program: impl AsRef<Path>) -> ProcessDriver {
+        ProcessDriver {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_clear: false,
+            current_dir: None,
+            stdout: Stdio::Inherit,
+            stderr: Stdio::Forward,
+            name: None,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
+            serves: Vec::new(),
+            channel: ChannelOptions::default(),
+        }
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> ProcessDriver {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds command-line arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> ProcessDriver {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the worker.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> ProcessDriver {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable from the worker's environment.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> ProcessDriver {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Starts the worker with no environment but what [`env`](Self::env) sets
+    /// (and the variable that marks it as a worker).
+    pub fn env_clear(mut self) -> ProcessDriver {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    /// The worker's working directory.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> ProcessDriver {
+        self.current_dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// What to do with the worker's stdout (default [`Stdio::Inherit`]).
+    pub fn stdout(mut self, stdio: Stdio) -> ProcessDriver {
+        self.stdout = stdio;
+        self
+    }
+
+    /// What to do with the worker's stderr (default [`Stdio::Forward`]).
+    pub fn stderr(mut self, stdio: Stdio) -> ProcessDriver {
+        self.stderr = stdio;
+        self
+    }
+
+    /// Names the worker (in errors, logs and its stderr prefix); defaults to
+    /// the program's file name.
+    pub fn name(mut self, name: impl Into<String>) -> ProcessDriver {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How long the worker has, from spawn to the end of the handshake
+    /// (default [10 s](DEFAULT_STARTUP_TIMEOUT)). A worker past it is killed.
+    pub fn startup_timeout(mut self, timeout: Duration) -> ProcessDriver {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// How long [`ProcessWorker::shutdown`] lets calls in flight finish
+    /// before it kills the worker (default 5 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> ProcessDriver {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Requires the worker to serve this service, built from the same schema:
+    /// the handshake fails, naming the service and what differs, if it does
+    /// not. Pass a generated client's schema: `.serves(EmbedderClient::SCHEMA)`.
+    pub fn serves(mut self, schema: ServiceSchema) -> ProcessDriver {
+        self.serves.push(schema);
+        self
+    }
+
+    /// Options of the host's channel to the worker (e.g. the maximum frame
+    /// length, which should match the worker's `ServeOptions`).
+    pub fn channel_options(mut self, options: ChannelOptions) -> ProcessDriver {
+        self.channel = options;
+        self
+    }
+
+    fn worker_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.program.file_name().map_or_else(
+                || self.program.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            )
+        })
+    }
+
+    /// Starts a worker process and completes the handshake with it.
+    ///
+    /// Fails with [`Error::Spawn`] naming the program if it cannot be started
+    /// (missing, not executable), [`Error::ExitedDuringStartup`] with its
+    /// exit status and last lines of stderr if it ends before the handshake,
+    /// [`Error::StartupTimeout`] if the handshake does not complete within the
+    /// startup timeout, and [`Error::Handshake`] if the worker serves a
+    /// different schema than [`serves`](Self::serves) requires. In each case
+    /// the process is gone when the error is returned.
+    pub async fn spawn(&self) -> Result<ProcessWorker, Error> {
+        let deadline = Instant::now() + self.startup_timeout;
+        let name = self.worker_name();
+        let spawn_error = |reason: String, source: Option<io::Error>| Error::Spawn {
+            worker: self.program.display().to_string(),
+            reason,
+            source,
+        };
+        let secret = Secret::generate()
+            .map_err(|error| spawn_error("cannot make a secret".into(), Some(error)))?;
+        let (host_end, child_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|error| spawn_error("cannot create a socket pair".into(), Some(error)))?;
+
+        let mut command = tokio::process::Command::new(&self.program);
+        command.args(&self.args);
+        if self.env_clear {
+            command.env_clear();
+        }
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
+        command.env(
+            STARTUP_ENV,
+            StartupData::new(SOCKET_FD, std::process::id(), name.clone()).encode(),
+        );
+        command.stdin(std::process::Stdio::null());
+        command.stdout(std_stdio(self.stdout));
+        command.stderr(std_stdio(self.stderr));
+        // The host decides when its workers stop: a Ctrl-C meant for the
+        // host's terminal does not reach them; they follow the host out.
+        command.process_group(0);
+        sys::inherit_at(&mut command, child_end.as_raw_fd(), SOCKET_FD);
+        let mut child = command.spawn().map_err(|error| {
+            let reason = match error.kind() {
+                io::ErrorKind::NotFound => "the program does not exist".to_owned(),
+                io::ErrorKind::PermissionDenied => {
+                    "the program is not executable (permission denied)".to_owned()
+                }
+                _ => "the program could not be started".to_owned(),
+            };
+            spawn_error(reason, Some(error))
+        })?;
+        drop(child_end);
+        let pid = child.id().unwrap_or_default();
+
+        let stdout = child.stdout.take();
+        let stderr_pipe = child.stderr.take();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (stderr, forwarding) = match (self.stderr, stderr_pipe) {
+            (Stdio::Forward, Some(pipe)) => (
+                None,
+                Some(forward_stderr(pipe, name.clone(), Arc::clone(&tail))),
+            ),
+            (_, pipe) => (pipe, None),
+        };
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let kill = Arc::new(Notify::new());
+        tokio::spawn(reap(child, Arc::clone(&kill), exit_tx, name.clone()));
+
+        let connected = connect_transport(host_end, &self.channel).map(|transport| {
+            Channel::connect(transport, self.channel.clone(), Some(exit_rx.clone()))
+        });
+        let channel = match connected {
+            Ok(channel) => channel,
+            Err(error) => {
+                kill.notify_one();
+                return Err(spawn_error(
+                    "cannot use the socket pair".into(),
+                    Some(error),
+                ));
+            }
+        };
+        let worker = ProcessWorker {
+            name: name.clone(),
+            pid,
+            channel,
+            exit: exit_rx,
+            process: Process::Child(kill),
+            shutdown_grace: self.shutdown_grace,
+            stdout,
+            stderr,
+            stderr_tail: tail,
+            secret,
+            address: None,
+            driver: self.clone(),
+        };
+        match tokio::time::timeout_at(deadline, worker.handshake(&self.serves)).await {
+            Ok(Ok(_)) => Ok(worker),
+            Ok(Err(Error::WorkerExited { exit, .. })) => {
+                if let Some(forwarding) = forwarding {
+                    // The pipe closes when the process ends; a grandchild
+                    // holding it open must not stall the error.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), forwarding).await;
+                }
+                let stderr = lock(&worker.stderr_tail).iter().cloned().collect();
+                Err(Error::ExitedDuringStartup {
+                    worker: name,
+                    exit,
+                    stderr,
+                })
+            }
+            Ok(Err(error)) => {
+                worker.kill();
+                worker.exited().await;
+                Err(error)
+            }
+            Err(_) => {
+                worker.kill();
+                worker.exited().await;
+                Err(Error::StartupTimeout {
+                    worker: name,
+                    after: self.startup_timeout,
+                })
+            }
+        }
+    }
+
+    /// Connects to a worker that listens on a named socket (after
+    /// [`ProcessWorker::detach`] or [`ProcessWorker::disconnect`]), possibly
+    /// from another host process, and completes the handshake with the
+    /// worker's secret. The program path of this driver is not used.
+    ///
+    /// Only a socket owned by this process's user is accepted. The worker is
+    /// not this process's child: its exit status cannot be known, so its
+    /// end is reported as [`ExitReason::Unknown`].
+    pub async fn connect(
+        &self,
+        address: impl AsRef<Path>,
+        secret: &Secret,
+    ) -> Result<ProcessWorker, Error> {
+        let address = address.as_ref();
+        let (channel, exit) =
+            tokio::time::timeout(self.startup_timeout, connect_named(address, &self.channel))
+                .await
+                .map_err(|_| Error::StartupTimeout {
+                    worker: address.display().to_string(),
+                    after: self.startup_timeout,
+                })??;
+        let mut worker = ProcessWorker {
+            name: self.worker_name(),
+            pid: 0,
+            channel,
+            exit,
+            process: Process::Connected,
+            shutdown_grace: self.shutdown_grace,
+            stdout: None,
+            stderr: None,
+            stderr_tail: Arc::default(),
+            secret: secret.clone(),
+            address: Some(address.to_owned()),
+            driver: self.clone(),
+        };
+        let deadline = Instant::now() + self.startup_timeout;
+        match tokio::time::timeout_at(deadline, worker.handshake(&self.serves)).await {
+            Ok(Ok(welcome)) => {
+                worker.pid = welcome.pid;
+                Ok(worker)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::StartupTimeout {
+                worker: worker.name.clone(),
+                after: self.startup_timeout,
+            }),
+        }
+    }
+}
+
+fn std_stdio(stdio: Stdio) -> std::process::Stdio {
+    match stdio {
+        Stdio::Inherit => std::process::Stdio::inherit(),
+        Stdio::Null => std::process::Stdio::null(),
+        Stdio::Capture | Stdio::Forward => std::process::Stdio::piped(),
+    }
+}
+
+type SocketTransport = Framed<tokio::net::UnixStream, FrameCodec>;
+
+fn connect_transport(
+    socket: std::os::unix::net::UnixStream,
+    options: &ChannelOptions,
+) -> io::Result<SocketTransport> {
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::UnixStream::from_std(socket)?;
+    Ok(Framed::new(
+        socket,
+        FrameCodec::new().max_frame_length(options.max_frame_length_value()),
+    ))
+}
+
+/// Connects to a named socket, after checking it belongs to our user; the
+/// exit watch reports [`ExitReason::Unknown`] once the connection ends.
+async fn connect_named(
+    address: &Path,
+    options: &ChannelOptions,
+) -> Result<(Channel, ExitWatch), Error> {
+    let connect_error = |source: io::Error| Error::Connect {
+        address: address.to_owned(),
+        source,
+    };
+    let socket = tokio::net::UnixStream::connect(address)
+        .await
+        .map_err(connect_error)?;
+    let peer = socket.peer_cred().map_err(connect_error)?;
+    if peer.uid() != sys::user_id() {
+        return Err(connect_error(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the socket is served by uid {}, not this user", peer.uid()),
+        )));
+    }
+    let socket = socket.into_std().map_err(connect_error)?;
+    let transport = connect_transport(socket, options).map_err(connect_error)?;
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let channel = Channel::connect(transport, options.clone(), None);
+    let closed = channel.watch_closed();
+    tokio::spawn(async move {
+        closed.await;
+        exit_tx.send_replace(Some(ExitReason::Unknown));
+    });
+    Ok((channel, exit_rx))
+}
+
+/// Owns the child: waits for it to end (killing it when asked) and reports
+/// how, so that no worker is left a zombie and every death has a status.
+async fn reap(
+    mut child: Child,
+    kill: Arc<Notify>,
+    exit: watch::Sender<Option<ExitReason>>,
+    name: String,
+) {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = kill.notified() => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    let reason = match status {
+        Ok(status) => match (status.signal(), status.code()) {
+            (Some(signal), _) => ExitReason::Signal(signal),
+            (None, Some(code)) => ExitReason::Code(code),
+            (None, None) => ExitReason::Unknown,
+        },
+        Err(error) => {
+            tracing::warn!(worker = %name, %error, "could not learn how a worker process ended");
+            ExitReason::Unknown
+        }
+    };
+    tracing::debug!(worker = %name, exit = %reason, "worker process ended");
+    exit.send_replace(Some(reason));
+}
+
+/// Copies a worker's stderr to the host's, line by line, keeping the last
+/// lines for error messages.
+fn forward_stderr(
+    stderr: ChildStderr,
+    name: String,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stderr);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            eprintln!("[{name}] {text}");
+            let mut tail = lock(&tail);
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text.chars().take(STDERR_LINE_MAX).collect());
+        }
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How the host holds the worker's process.
+enum Process {
+    /// Our child: the reaper kills it when notified.
+    Child(Arc<Notify>),
+    /// A worker we connected to by its address.
+    Connected,
+}
+
+/// A worker running in another process, started by [`ProcessDriver::spawn`]
+/// or reached by [`ProcessDriver::connect`].
+///
+/// The worker runs while this handle or any [`Channel`] to it is alive; when
+/// the last is dropped, the connection closes and the worker (unless
+/// detached or disconnected) exits, and the host reaps it: no zombie is left.
+pub struct ProcessWorker {
+    name: String,
+    pid: u32,
+    channel: Channel,
+    exit: ExitWatch,
+    process: Process,
+    shutdown_grace: Duration,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    secret: Secret,
+    /// The worker's named socket, once it has one.
+    address: Option<PathBuf>,
+    driver: ProcessDriver,
+}
+
+impl ProcessWorker {
+    /// Greets the worker with the secret and checks what it serves.
+    async fn handshake(&self, serves: &[ServiceSchema]) -> Result<Welcome, Error> {
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            secret: self.secret.to_bytes(),
+        };
+        let answer = self
+            .channel
+            .call(&HELLO, Bytes::from(hello.encode_to_vec()), &control_call())
+            .await
+            .map_err(|error| match error {
+                Error::Remote { status, .. } => Error::Handshake {
+                    worker: self.name.clone(),
+                    reason: format!("the worker refused the handshake: {status}"),
+                },
+                other => other,
+            })?;
+        let welcome = Welcome::decode(answer).map_err(|error| Error::Handshake {
+            worker: self.name.clone(),
+            reason: format!("the worker's answer to the handshake did not decode: {error}"),
+        })?;
+        if welcome.protocol != PROTOCOL_VERSION {
+            return Err(Error::Handshake {
+                worker: self.name.clone(),
+                reason: format!(
+                    "the worker speaks protocol version {}, this host speaks version {PROTOCOL_VERSION}",
+                    welcome.protocol
+                ),
+            });
+        }
+        for expected in serves {
+            if let Some(difference) = schema_difference(expected, &welcome.services) {
+                return Err(Error::Handshake {
+                    worker: self.name.clone(),
+                    reason: format!("schema mismatch: {difference}"),
+                });
+            }
+        }
+        Ok(welcome)
+    }
+
+    /// A channel to the worker, for generated clients.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How the worker ended, or `None` while it runs.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits until the worker has ended and says how.
+    pub async fn exited(&self) -> ExitReason {
+        let mut exit = self.exit.clone();
+        let reason = exit.wait_for(Option::is_some).await;
+        reason
+            .ok()
+            .and_then(|reason| reason.clone())
+            .unwrap_or(ExitReason::Unknown)
+    }
+
+    /// The last lines the worker wrote to its stderr, if it is
+    /// [forwarded](Stdio::Forward).
+    pub fn stderr_tail(&self) -> Vec<String> {
+        lock(&self.stderr_tail).iter().cloned().collect()
+    }
+
+    /// The worker's stdout, if it is [captured](Stdio::Capture).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.stdout.take()
+    }
+
+    /// The worker's stderr, if it is [captured](Stdio::Capture).
+    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.stderr.take()
+    }
+
+    /// Stops the worker gracefully: it finishes the calls it has (new ones
+    /// are refused with `Unavailable`) and exits; if it has not within the
+    /// grace period, it is killed. Returns how it ended.
+    pub async fn shutdown(&self) -> ExitReason {
+        if self.channel.send_control(Frame::Shutdown) {
+            if let Ok(reason) = tokio::time::timeout(self.shutdown_grace, self.exited()).await {
+                return reason;
+            }
+            tracing::warn!(worker = %self.name, grace = ?self.shutdown_grace, "shutdown grace elapsed; killing the worker");
+        }
+        self.kill();
+        self.exited().await
+    }
+
+    /// Kills the worker now (SIGKILL). Calls in flight fail with
+    /// [`Error::WorkerExited`] carrying the signal.
+    pub fn kill(&self) {
+        match &self.process {
+            Process::Child(kill) => kill.notify_one(),
+            Process::Connected => {
+                if let Err(error) = sys::kill(self.pid) {
+                    tracing::warn!(worker = %self.name, pid = self.pid, %error, "could not kill the worker");
+                }
+            }
+        }
+    }
+
+    /// Lets the worker outlive this host: it keeps running, listening on a
+    /// named socket in a private directory, and any host process of the same
+    /// user holding the [`DetachedWorker`]'s address and secret can
+    /// [`connect`](ProcessDriver::connect) to it. Channels already made keep
+    /// working until dropped.
+    pub async fn detach(self) -> Result<DetachedWorker, Error> {
+        let address = self.listen().await?;
+        Ok(DetachedWorker {
+            name: self.name.clone(),
+            pid: self.pid,
+            address,
+            secret: self.secret.clone(),
+        })
+    }
+
+    /// Closes the connection but keeps the worker running, listening on a
+    /// named socket, until [`reconnect`](Self::reconnect). Calls in flight
+    /// and later calls on the old channel fail with [`Error::Disconnected`].
+    /// While disconnected, the worker does not exit when this host does.
+    pub async fn disconnect(&mut self) -> Result<(), Error> {
+        let address = self.listen().await?;
+        self.address = Some(address);
+        self.channel
+            .terminate(crate::client::CloseReason::Lost(None));
+        Ok(())
+    }
+
+    /// Connects again to a worker that was [disconnected](Self::disconnect),
+    /// replacing the channel: [`channel`](Self::channel) returns the new one.
+    pub async fn reconnect(&mut self) -> Result<(), Error> {
+        let Some(address) = self.address.clone() else {
+            return Err(Error::Handshake {
+                worker: self.name.clone(),
+                reason:
+                    "the worker has no named socket to reconnect to: disconnect or detach it first"
+                        .into(),
+            });
+        };
+        let (channel, _) = connect_named(&address, &self.driver.channel).await?;
+        let previous = std::mem::replace(&mut self.channel, channel);
+        let serves = self.driver.serves.clone();
+        if let Err(error) = self.handshake(&serves).await {
+            self.channel = previous;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Asks the worker for its named socket.
+    async fn listen(&self) -> Result<PathBuf, Error> {
+        if let Some(address) = &self.address {
+            return Ok(address.clone());
+        }
+        let answer = self
+            .channel
+            .call(&DETACH, Bytes::new(), &control_call())
+            .await?;
+        let detached = Detached::decode(answer).map_err(|error| Error::Handshake {
+            worker: self.name.clone(),
+            reason: format!("the worker's answer to detach did not decode: {error}"),
+        })?;
+        Ok(PathBuf::from(detached.address))
+    }
+}
+
+/// Control exchanges: one attempt, bounded by the caller (the startup
+/// deadline) or the default timeout.
+fn control_call() -> Resolved {
+    Resolved {
+        timeout: Some(crate::client::DEFAULT_TIMEOUT),
+        retries: 0,
+        backoff: Backoff::default(),
+    }
+}
+
+impl fmt::Debug for ProcessWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessWorker")
+            .field("name", &self.name)
+            .field("pid", &self.pid)
+            .field("exit", &*self.exit.borrow())
+            .field("address", &self.address)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker that outlives the host that detached it: what another host needs
+/// to [connect](ProcessDriver::connect) to it.
+#[derive(Clone, Debug)]
+pub struct DetachedWorker {
+    name: String,
+    pid: u32,
+    address: PathBuf,
+    secret: Secret,
+}
+
+impl DetachedWorker {
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The path of the worker's socket.
+    pub fn address(&self) -> &Path {
+        &self.address
+    }
+
+    /// The secret a host must present. Keep it out of logs and command lines.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+}

@@ -1,0 +1,128 @@
+//! The few system calls the process driver needs that the standard library
+//! does not offer safely: giving a child its socket at a fixed descriptor,
+//! adopting that descriptor in the child, waiting for a peer to hang up
+//! without reading, and the process's user id.
+//!
+//! This is the only module of the crate with `unsafe` code.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Arranges for the child spawned by `command` to find `fd` at `target`,
+/// open across `exec`, whatever number `fd` has in the host.
+pub(crate) fn inherit_at(command: &mut tokio::process::Command, fd: RawFd, target: RawFd) {
+    let hook = move || -> io::Result<()> {
+        // SAFETY (for both calls): dup2 and fcntl are async-signal-safe and
+        // act only on descriptors; `fd` is open in the child, inherited from
+        // the host, which keeps it open until the spawn returns.
+        if fd == target {
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        } else if unsafe { libc::dup2(fd, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the child between fork and exec; it calls
+    // only async-signal-safe functions, allocates nothing (the io::Error it
+    // may build is an OS error code, not a heap value) and takes no lock.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// Set once the inherited socket is adopted: it may be adopted only once.
+static ADOPTED: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of the socket a host left at `fd`, after checking that it
+/// is one, and marks it close-on-exec so the worker's own children do not
+/// inherit it.
+pub(crate) fn adopt_socket(fd: RawFd) -> io::Result<UnixStream> {
+    // SAFETY: `stat` is plain data for which all-zero bytes are valid.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into `stat`, which outlives the call; an
+    // invalid descriptor makes it fail with EBADF, nothing more.
+    if unsafe { libc::fstat(fd, &mut stat) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("descriptor {fd}, where the host leaves the worker's socket, is not open"),
+        ));
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd}, where the host leaves the worker's socket, is not a socket"),
+        ));
+    }
+    if ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "this process already serves on the socket its host gave it",
+        ));
+    }
+    // SAFETY: the descriptor is open and a socket (checked above); the host
+    // put it there for this process, nothing else in the process owns it,
+    // and ADOPTED guarantees it is taken at most once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fcntl on a descriptor we now own.
+    let flags = unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_GETFD) };
+    if flags < 0
+        || unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
+}
+
+/// Blocks until the peer of `socket` closes its end. Data waiting to be read
+/// does not wake it, so it never competes with the reader for it.
+pub(crate) fn wait_for_hangup(socket: &UnixStream) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    const EVENTS: libc::c_short = libc::POLLRDHUP;
+    #[cfg(not(target_os = "linux"))]
+    const EVENTS: libc::c_short = 0; // POLLHUP is always reported
+    let mut poll = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: EVENTS,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, -1) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if poll.revents & (EVENTS | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// The real user id of this process.
+pub(crate) fn user_id() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Sends SIGKILL to a process that is not our child (a worker we connected
+/// to by its address). The pid came from the worker itself, in the
+/// handshake.
+pub(crate) fn kill(pid: u32) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

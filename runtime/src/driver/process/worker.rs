@@ -1,0 +1,365 @@
+//! The worker's side of the process driver: [`serve`], the `main` of a
+//! worker process.
+//!
+//! The worker finds its connected socket at descriptor 3 and serves it. The
+//! first peer to greet it on that inherited socket sets the secret (only the
+//! host that spawned it holds the other end); after a `$workerbus.detach` it
+//! also listens on a named socket in a private directory, where a peer must
+//! run under the same user and present the same secret.
+//!
+//! A worker stops when its host asks it to (`SHUTDOWN`) or, unless detached,
+//! when its host goes away: the serve loop sees the end of the connection,
+//! and a watchdog thread ends a worker whose handlers are too busy to notice.
+
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+use tokio_util::codec::Framed;
+
+use super::sys;
+use crate::control::{Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome};
+use crate::error::{Error, Status};
+use crate::frame::FrameCodec;
+use crate::server::{Control, Dispatch, Ending, ServeOptions, serve_connection};
+use crate::startup::StartupData;
+
+/// How long a worker whose host went away lets its serve loop stop by itself
+/// before the watchdog ends the process.
+const HANGUP_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `service` as the worker process its host started; returns when the
+/// host asks it to shut down or goes away.
+///
+/// Call it from the worker's `main`. It fails at once, with a message that
+/// says so, if the program was not started by a workerbus host (see
+/// [`startup_data`](crate::startup_data)).
+///
+/// A worker's `main` is typically
+/// `workerbus::serve(EmbedderServer::new(MyEmbedder)).await`, on a
+/// single-threaded runtime (`#[tokio::main(flavor = "current_thread")]`),
+/// which gives the lowest latency:
+///
+/// ```no_run
+/// async fn worker_main(server: impl workerbus::Dispatch) -> Result<(), workerbus::Error> {
+///     workerbus::serve(server).await
+/// }
+/// ```
+pub async fn serve<S: Dispatch>(service: S) -> Result<(), Error> {
+    serve_with_options(service, ServeOptions::default()).await
+}
+
+/// [`serve`] with options for the serve loop (concurrency, frame size).
+pub async fn serve_with_options<S: Dispatch>(
+    service: S,
+    options: ServeOptions,
+) -> Result<(), Error> {
+    let startup = StartupData::from_env()
+        .map_err(|reason| worker_error(reason, None))?
+        .ok_or_else(|| {
+            worker_error(
+                "this program was not started by a workerbus host (WORKERBUS_WORKER is not set for it)".into(),
+                None,
+            )
+        })?;
+    let socket = sys::adopt_socket(startup.fd()).map_err(|error| {
+        worker_error("cannot take the socket from the host".into(), Some(error))
+    })?;
+    let watched = socket
+        .try_clone()
+        .map_err(|error| worker_error("cannot watch the host's socket".into(), Some(error)))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|error| worker_error("cannot use the host's socket".into(), Some(error)))?;
+    let socket = UnixStream::from_std(socket)
+        .map_err(|error| worker_error("cannot use the host's socket".into(), Some(error)))?;
+
+    let service = Arc::new(service);
+    let shared = Arc::new(WorkerShared {
+        name: startup.name().to_owned(),
+        services: vec![ServiceInfo::from(service.schema())],
+        options: options.clone(),
+        secret: Mutex::new(None),
+        detached: AtomicBool::new(false),
+        serving: AtomicBool::new(true),
+        address: Mutex::new(None),
+        shutdown: Notify::new(),
+        accept: Mutex::new(None),
+    });
+    *lock(&shared.accept) = Some(accept_loop(Arc::clone(&service), Arc::clone(&shared)));
+    spawn_watchdog(watched, Arc::clone(&shared));
+
+    let codec = FrameCodec::new().max_frame_length(options.max_frame_length_value());
+    let control = ConnectionControl {
+        shared: Arc::clone(&shared),
+        inherited: true,
+    };
+    let first = serve_connection(
+        Framed::new(socket, codec),
+        service,
+        &options,
+        Some(&control),
+    );
+    let result = tokio::select! {
+        ending = first => match ending {
+            Ok(Ending::Shutdown) => Ok(()),
+            ending if shared.detached.load(Ordering::SeqCst) => {
+                if let Err(error) = ending {
+                    tracing::warn!(%error, "the connection to the host that detached this worker broke");
+                }
+                // Serve on the named socket until some host asks for a shutdown.
+                shared.shutdown.notified().await;
+                Ok(())
+            }
+            Ok(Ending::Closed) => Ok(()),
+            Err(error) => Err(Error::Worker {
+                reason: format!("the connection to the host broke: {error}"),
+                source: None,
+            }),
+        },
+        // A host on the named socket asked for a shutdown.
+        () = shared.shutdown.notified() => Ok(()),
+    };
+    shared.serving.store(false, Ordering::SeqCst);
+    if let Some(address) = lock(&shared.address).take() {
+        let _ = std::fs::remove_file(address);
+    }
+    result
+}
+
+fn worker_error(reason: String, source: Option<io::Error>) -> Error {
+    Error::Worker { reason, source }
+}
+
+type AcceptLoop = Box<dyn Fn(UnixListener) + Send + Sync>;
+
+struct WorkerShared {
+    name: String,
+    services: Vec<ServiceInfo>,
+    options: ServeOptions,
+    /// Set by the first greeting on the inherited socket.
+    secret: Mutex<Option<Secret>>,
+    detached: AtomicBool,
+    /// Cleared once `serve` is returning: the watchdog stands down.
+    serving: AtomicBool,
+    /// The named socket, once detached.
+    address: Mutex<Option<PathBuf>>,
+    /// Notified when a connection ends with a completed `SHUTDOWN`.
+    shutdown: Notify,
+    /// Starts serving the named socket; knows the service's type.
+    accept: Mutex<Option<AcceptLoop>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The control exchanges of one connection.
+struct ConnectionControl {
+    shared: Arc<WorkerShared>,
+    /// The socket the host gave at birth, as opposed to the named socket.
+    inherited: bool,
+}
+
+impl Control for ConnectionControl {
+    fn requires_hello(&self) -> bool {
+        true
+    }
+
+    fn hello(&self, hello: Hello) -> Result<Welcome, Status> {
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "the host speaks protocol version {}, this worker speaks version {PROTOCOL_VERSION}",
+                hello.protocol
+            )));
+        }
+        let presented = Secret::from_bytes(&hello.secret)
+            .ok_or_else(|| Status::permission_denied("the secret is not 32 bytes"))?;
+        let mut secret = lock(&self.shared.secret);
+        match secret.as_ref() {
+            Some(known) if known.matches(&hello.secret) => {}
+            Some(_) => return Err(Status::permission_denied("wrong secret")),
+            // Only the host that spawned us holds the other end of the
+            // inherited socket: its secret is the secret.
+            None if self.inherited => *secret = Some(presented),
+            None => return Err(Status::permission_denied("wrong secret")),
+        }
+        Ok(Welcome {
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            services: self.shared.services.clone(),
+        })
+    }
+
+    fn detach(&self) -> Result<Detached, Status> {
+        let mut address = lock(&self.shared.address);
+        if address.is_none() {
+            let (path, listener) = listen(&self.shared.name).map_err(|error| {
+                Status::unavailable(format!("cannot listen on a named socket: {error}"))
+            })?;
+            let listener = UnixListener::from_std(listener).map_err(|error| {
+                Status::unavailable(format!("cannot listen on a named socket: {error}"))
+            })?;
+            if let Some(start) = lock(&self.shared.accept).as_ref() {
+                start(listener);
+            }
+            *address = Some(path);
+        }
+        self.shared.detached.store(true, Ordering::SeqCst);
+        Ok(Detached {
+            address: address
+                .as_ref()
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Serves each peer of the named socket that runs as our user; the peer
+/// must still pass the handshake with the secret.
+fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> AcceptLoop {
+    Box::new(move |listener: UnixListener| {
+        let service = Arc::clone(&service);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let uid = sys::user_id();
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accepting on the worker's named socket failed");
+                        continue;
+                    }
+                };
+                match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == uid => {}
+                    Ok(cred) => {
+                        tracing::warn!(
+                            peer_uid = cred.uid(),
+                            "refused a peer running as another user"
+                        );
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "refused a peer whose credentials are unknown");
+                        continue;
+                    }
+                }
+                let service = Arc::clone(&service);
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let codec =
+                        FrameCodec::new().max_frame_length(shared.options.max_frame_length_value());
+                    let control = ConnectionControl {
+                        shared: Arc::clone(&shared),
+                        inherited: false,
+                    };
+                    let ending = serve_connection(
+                        Framed::new(stream, codec),
+                        service,
+                        &shared.options,
+                        Some(&control),
+                    )
+                    .await;
+                    match ending {
+                        Ok(Ending::Shutdown) => shared.shutdown.notify_one(),
+                        Ok(Ending::Closed) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "a connection to the worker's named socket ended")
+                        }
+                    }
+                });
+            }
+        });
+    })
+}
+
+/// Binds a socket only our user can reach: in a directory of mode 0700 that
+/// we own, with mode 0600.
+fn listen(name: &str) -> io::Result<(PathBuf, std::os::unix::net::UnixListener)> {
+    let dir = private_dir()?;
+    let path = dir.join(format!("{}-{}.sock", sanitize(name), std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok((path, listener))
+}
+
+/// `$XDG_RUNTIME_DIR/workerbus`, or `<temp>/workerbus-<uid>`: created with
+/// mode 0700, and refused if it exists but is not ours and private.
+pub(crate) fn private_dir() -> io::Result<PathBuf> {
+    let uid = sys::user_id();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(runtime) if Path::new(&runtime).is_dir() => Path::new(&runtime).join("workerbus"),
+        _ => std::env::temp_dir().join(format!("workerbus-{uid}")),
+    };
+    match DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error),
+    }
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} must be a directory owned by uid {uid} with mode 0700 (it has uid {} and mode {:o})",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(dir)
+}
+
+/// A worker name fit for a file name.
+fn sanitize(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    if clean.is_empty() {
+        "worker".into()
+    } else {
+        clean
+    }
+}
+
+/// Ends the process if its host hangs up while the worker is still serving
+/// and not detached, and the serve loop has not stopped within
+/// [`HANGUP_GRACE`] (e.g. a handler is stuck in blocking code).
+fn spawn_watchdog(socket: std::os::unix::net::UnixStream, shared: Arc<WorkerShared>) {
+    let spawned = std::thread::Builder::new()
+        .name("workerbus-watchdog".into())
+        .spawn(move || {
+            if sys::wait_for_hangup(&socket).is_err() {
+                return;
+            }
+            std::thread::sleep(HANGUP_GRACE);
+            if shared.serving.load(Ordering::SeqCst) && !shared.detached.load(Ordering::SeqCst) {
+                eprintln!(
+                    "workerbus: worker {:?}: the host went away and the worker did not stop within {HANGUP_GRACE:?}; exiting",
+                    shared.name
+                );
+                std::process::exit(1);
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "could not start the worker's watchdog thread");
+    }
+}
