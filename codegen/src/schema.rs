@@ -205,6 +205,9 @@ fn check_message_name(name: &str) -> Result<(), &'static str> {
     if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("a message name cannot contain whitespace or control characters");
     }
+    if name.starts_with('$') {
+        return Err("names starting with `$` are reserved for the runtime's control exchanges");
+    }
     Ok(())
 }
 
@@ -375,5 +378,6 @@ mod tests {
         assert!(check_message_name("").is_err());
         assert!(check_message_name("has space").is_err());
         assert!(check_message_name(&"x".repeat(1025)).is_err());
+        assert!(check_message_name("$workerbus.hello").is_err());
     }
 }

@@ -236,6 +236,7 @@ impl ChannelOptions {
         self
     }
 
+    #[cfg(feature = "process")]
     pub(crate) fn max_frame_length_value(&self) -> usize {
         self.max_frame_length
     }
@@ -434,12 +435,14 @@ impl Channel {
         lock(self.shared()).closed.is_some()
     }
 
+    #[cfg(any(feature = "thread", feature = "process"))]
     /// Ends the connection now: every pending call and every later call fails
     /// with `reason`. The link task still runs until the transport ends.
     pub(crate) fn terminate(&self, reason: CloseReason) {
         close(self.shared(), reason);
     }
 
+    #[cfg(any(feature = "thread", feature = "process"))]
     /// Queues a control frame (e.g. `SHUTDOWN`) behind the calls already sent.
     pub(crate) fn send_control(&self, frame: Frame) -> bool {
         let waker = {
@@ -589,6 +592,7 @@ impl Channel {
     }
 
     /// Watches this channel's connection without keeping it open.
+    #[cfg(feature = "process")]
     pub(crate) fn watch_closed(&self) -> impl Future<Output = ()> + Send + 'static {
         let shared = Arc::clone(&self.handle.shared);
         async move { wait_closed(&shared).await }

@@ -6,12 +6,16 @@
 //! protobuf, defined here rather than in a `.proto` so the runtime needs no
 //! build step.
 
+#[cfg(feature = "process")]
 use std::fmt;
+#[cfg(feature = "process")]
 use std::fs::File;
+#[cfg(feature = "process")]
 use std::io::Read;
 
 use bytes::Bytes;
 
+#[cfg(feature = "process")]
 use crate::schema::{MethodSchema, ServiceSchema};
 
 /// The prefix reserved for control exchanges.
@@ -80,6 +84,7 @@ pub(crate) struct Detached {
     pub(crate) address: String,
 }
 
+#[cfg(feature = "process")]
 impl From<&ServiceSchema> for ServiceInfo {
     fn from(schema: &ServiceSchema) -> ServiceInfo {
         ServiceInfo {
@@ -90,6 +95,7 @@ impl From<&ServiceSchema> for ServiceInfo {
     }
 }
 
+#[cfg(feature = "process")]
 impl From<&MethodSchema> for MethodInfo {
     fn from(method: &MethodSchema) -> MethodInfo {
         MethodInfo {
@@ -102,6 +108,7 @@ impl From<&MethodSchema> for MethodInfo {
     }
 }
 
+#[cfg(feature = "process")]
 /// Says how the service a worker serves differs from the one a host was
 /// built with, or `None` if they are the same.
 pub(crate) fn schema_difference(
@@ -166,6 +173,7 @@ pub(crate) fn schema_difference(
     ))
 }
 
+#[cfg(feature = "process")]
 fn describe(method: &str, which: &str, ours: &str, theirs: &str) -> String {
     if ours == theirs {
         format!("{method}: the {which} type {ours} has a different structure")
@@ -174,6 +182,7 @@ fn describe(method: &str, which: &str, ours: &str, theirs: &str) -> String {
     }
 }
 
+#[cfg(feature = "process")]
 /// A per-spawn secret: 32 random bytes a peer must present to be served.
 ///
 /// It never appears in a process's arguments or environment, and its `Debug`
@@ -182,6 +191,7 @@ fn describe(method: &str, which: &str, ours: &str, theirs: &str) -> String {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret([u8; 32]);
 
+#[cfg(feature = "process")]
 impl Secret {
     /// A fresh secret from the operating system's random source.
     pub fn generate() -> std::io::Result<Secret> {
@@ -227,13 +237,14 @@ impl Secret {
     }
 }
 
+#[cfg(feature = "process")]
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(..)")
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "process"))]
 mod tests {
     use super::*;
     use crate::__codegen::{method_schema, service_schema};

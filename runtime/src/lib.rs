@@ -51,6 +51,7 @@ mod idmap;
 mod name;
 mod schema;
 mod server;
+#[cfg(feature = "process")]
 mod startup;
 mod transport;
 
@@ -63,7 +64,9 @@ pub use self::client::{
     CallOptions, Channel, ChannelOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_TIMEOUT,
 };
-pub use self::control::{PROTOCOL_VERSION, Secret};
+pub use self::control::PROTOCOL_VERSION;
+#[cfg(feature = "process")]
+pub use self::control::Secret;
 pub use self::driver::DEFAULT_SHUTDOWN_GRACE;
 #[cfg(feature = "process")]
 pub use self::driver::process::{
@@ -82,6 +85,7 @@ pub use self::server::{
     Call, Context, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUED_CALLS, Dispatch, ServeOptions,
     serve_transport,
 };
+#[cfg(feature = "process")]
 pub use self::startup::{STARTUP_ENV, StartupData, startup_data};
 pub use self::transport::{DEFAULT_MEMORY_CAPACITY, MemoryTransport, Transport};
 

@@ -199,6 +199,7 @@ impl ServeOptions {
 }
 
 impl ServeOptions {
+    #[cfg(feature = "process")]
     pub(crate) fn max_frame_length_value(&self) -> usize {
         self.max_frame_length
     }
@@ -361,13 +362,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
         // Busy handlers never stop reading, or a CANCEL queued behind
         // requests could not reach the calls it is meant for.
         if self.refused.is_some() {
-            // Write the refusal, then close: nothing else from this peer.
-            return match self.poll_write(cx)? {
-                Poll::Ready(()) => Poll::Ready(Err(FrameError::Refused {
-                    reason: self.refused.take().unwrap_or_default(),
-                })),
-                Poll::Pending => Poll::Pending,
-            };
+            return self.poll_refusal(cx);
         }
         if self.poll_write(cx)?.is_ready() {
             for read in 0.. {
@@ -390,6 +385,10 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
         if !self.backlog.is_empty() {
             self.start_backlog();
             let _ = self.poll_write(cx)?;
+        }
+        if self.refused.is_some() {
+            // Refused while reading just now: nothing will wake us for it.
+            return self.poll_refusal(cx);
         }
         if self.shutting_down && self.backlog.is_empty() && self.writer.is_idle() {
             let state = lock(&self.shared);
@@ -480,6 +479,20 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
             }
         }
         Ok(())
+    }
+
+    /// Writes the refusal of a peer that failed the handshake, then ends the
+    /// connection: nothing else from that peer is read.
+    fn poll_refusal(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Ending, FrameError>> {
+        match self.poll_write(cx)? {
+            Poll::Ready(()) => Poll::Ready(Err(FrameError::Refused {
+                reason: self.refused.take().unwrap_or_default(),
+            })),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Answers a control exchange at once, from the runtime.

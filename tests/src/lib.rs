@@ -158,6 +158,10 @@ impl EchoHandler for EchoWorker {
     async fn sleep(&self, request: SleepRequest, _cx: &Context) -> Result<(), Status> {
         let mut guard = SleepGuard::start(&self.state, request.tag);
         if request.blocking {
+            eprintln!(
+                "echo-worker: sleep {:?} blocks its thread for {} ms",
+                guard.tag, request.ms
+            );
             std::thread::sleep(Duration::from_millis(request.ms));
         } else {
             tokio::time::sleep(Duration::from_millis(request.ms)).await;

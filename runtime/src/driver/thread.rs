@@ -249,12 +249,20 @@ impl ThreadWorker {
 
     /// Waits until the worker has ended and says how.
     pub async fn exited(&self) -> ExitReason {
+        self.watch_exit().await
+    }
+
+    /// [`exited`](Self::exited) as a future that does not borrow the handle:
+    /// it can be awaited after the handle (and so the worker) is dropped.
+    pub fn watch_exit(&self) -> impl Future<Output = ExitReason> + Send + 'static {
         let mut exit = self.exit.clone();
-        let reason = exit.wait_for(Option::is_some).await;
-        reason
-            .ok()
-            .and_then(|reason| reason.clone())
-            .unwrap_or(ExitReason::Unknown)
+        async move {
+            let reason = exit.wait_for(Option::is_some).await;
+            reason
+                .ok()
+                .and_then(|reason| reason.clone())
+                .unwrap_or(ExitReason::Unknown)
+        }
     }
 
     /// Stops the worker gracefully: it finishes the calls it has (new ones

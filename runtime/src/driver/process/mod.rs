@@ -615,12 +615,20 @@ impl ProcessWorker {
 
     /// Waits until the worker has ended and says how.
     pub async fn exited(&self) -> ExitReason {
+        self.watch_exit().await
+    }
+
+    /// [`exited`](Self::exited) as a future that does not borrow the handle:
+    /// it can be awaited after the handle (and so the worker) is dropped.
+    pub fn watch_exit(&self) -> impl Future<Output = ExitReason> + Send + 'static {
         let mut exit = self.exit.clone();
-        let reason = exit.wait_for(Option::is_some).await;
-        reason
-            .ok()
-            .and_then(|reason| reason.clone())
-            .unwrap_or(ExitReason::Unknown)
+        async move {
+            let reason = exit.wait_for(Option::is_some).await;
+            reason
+                .ok()
+                .and_then(|reason| reason.clone())
+                .unwrap_or(ExitReason::Unknown)
+        }
     }
 
     /// The last lines the worker wrote to its stderr, if it is
@@ -671,6 +679,11 @@ impl ProcessWorker {
     /// user holding the [`DetachedWorker`]'s address and secret can
     /// [`connect`](ProcessDriver::connect) to it. Channels already made keep
     /// working until dropped.
+    ///
+    /// The worker keeps the standard streams it was started with. Streams the
+    /// host [forwards](Stdio::Forward) or [captures](Stdio::Capture) end with
+    /// the host, so start a worker you will detach with [`Stdio::Null`], or
+    /// [`Stdio::Inherit`] from a terminal or file that outlives the host.
     pub async fn detach(self) -> Result<DetachedWorker, Error> {
         let address = self.listen().await?;
         Ok(DetachedWorker {

@@ -1,0 +1,35 @@
+//! A host process that starts an echo worker, calls it, detaches it, prints
+//! how to reach it (address, secret, pid) and exits, leaving it running.
+//!
+//! Usage: detach-host <path of echo-worker>
+
+use workerbus::{ProcessDriver, Stdio};
+use workerbus_tests::pb::echo::{EchoClient, EchoRequest};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), workerbus::Error> {
+    let program = std::env::args().nth(1).expect("the path of echo-worker");
+    // A worker that will outlive its host must not write to streams the
+    // host owns.
+    let worker = ProcessDriver::new(program)
+        .serves(EchoClient::SCHEMA)
+        .stdout(Stdio::Null)
+        .stderr(Stdio::Null)
+        .spawn()
+        .await?;
+    let reply = EchoClient::new(worker.channel())
+        .echo(EchoRequest {
+            text: "before detaching".into(),
+            ..EchoRequest::default()
+        })
+        .await?;
+    assert_eq!(reply.text, "before detaching");
+    let detached = worker.detach().await?;
+    println!(
+        "{} {} {}",
+        detached.address().display(),
+        detached.secret().to_hex(),
+        detached.pid()
+    );
+    Ok(())
+}

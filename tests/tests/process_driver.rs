@@ -1,0 +1,511 @@
+//! End-to-end tests of the process driver with real child processes: the
+//! shared cases, every start-up failure, deaths, shutdown, detach and
+//! reconnect, schema mismatch and hostile peers.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio_util::codec::Framed;
+use workerbus::{
+    Code, Error, ExitReason, Frame, FrameCodec, MethodName, ProcessDriver, ProcessWorker, Secret,
+    Stdio,
+};
+use workerbus_tests::cases;
+use workerbus_tests::pb::echo::{EchoClient, EchoRequest, SleepRequest, SleepState};
+
+const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+
+fn driver() -> ProcessDriver {
+    ProcessDriver::new(ECHO_WORKER).serves(EchoClient::SCHEMA)
+}
+
+async fn spawn() -> ProcessWorker {
+    driver().spawn().await.expect("spawn the echo worker")
+}
+
+/// Sends SIGKILL to a process, as an outside event (an OOM kill, a crash).
+fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -KILL {pid} failed");
+}
+
+fn sleep_request(tag: &str, ms: u64) -> SleepRequest {
+    SleepRequest {
+        tag: tag.into(),
+        ms,
+        blocking: false,
+    }
+}
+
+#[tokio::test]
+async fn every_shared_case_passes_over_the_process_driver() {
+    let worker = spawn().await;
+    assert_eq!(worker.name(), "echo-worker");
+    cases::all(&worker.channel()).await;
+    assert_eq!(worker.shutdown().await, ExitReason::Code(0));
+}
+
+#[tokio::test]
+async fn a_missing_program_is_a_spawn_error_naming_the_path() {
+    let error = ProcessDriver::new("/nonexistent/echo-worker")
+        .spawn()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "failed to spawn worker /nonexistent/echo-worker: the program does not exist"
+    );
+}
+
+#[tokio::test]
+async fn a_program_that_is_not_executable_is_a_spawn_error_naming_the_path() {
+    let dir = std::env::temp_dir().join(format!("workerbus-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("not-executable");
+    std::fs::write(&path, "#!/bin/sh\n").unwrap();
+    let error = ProcessDriver::new(&path).spawn().await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "failed to spawn worker {}: the program is not executable (permission denied)",
+            path.display()
+        )
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_that_exits_before_the_handshake_reports_its_code_and_stderr() {
+    let error = driver()
+        .arg("--exit-before-handshake=3")
+        .spawn()
+        .await
+        .unwrap_err();
+    match &error {
+        Error::ExitedDuringStartup {
+            worker,
+            exit,
+            stderr,
+        } => {
+            assert_eq!(worker, "echo-worker");
+            assert_eq!(*exit, ExitReason::Code(3));
+            assert_eq!(
+                stderr,
+                &[
+                    "echo-worker: loading the model failed on purpose",
+                    "echo-worker: giving up with code 3"
+                ]
+            );
+        }
+        other => panic!("expected ExitedDuringStartup, got {other:?}"),
+    }
+    assert_eq!(
+        error.to_string(),
+        "worker echo-worker exited with code 3 before completing its handshake; its stderr ended with:\n\
+         echo-worker: loading the model failed on purpose\n\
+         echo-worker: giving up with code 3"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_worker_within_the_startup_deadline_starts() {
+    let worker = driver()
+        .arg("--delay-start-ms=300")
+        .startup_timeout(Duration::from_secs(10))
+        .spawn()
+        .await
+        .expect("a slow start within the deadline succeeds");
+    cases::unary_round_trip(&worker.channel()).await;
+}
+
+#[tokio::test]
+async fn a_worker_past_the_startup_deadline_is_killed_and_reported() {
+    let started = Instant::now();
+    let error = driver()
+        .arg("--delay-start-ms=60000")
+        .startup_timeout(Duration::from_millis(300))
+        .spawn()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "worker echo-worker did not complete its handshake within 300ms; it was killed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sigkill_fails_every_call_in_flight_with_the_signal_promptly() {
+    let worker = spawn().await;
+    let channel = worker.channel();
+    let client = EchoClient::new(channel.clone());
+    let calls = futures_util::future::join_all(
+        (0..20).map(|i| client.sleep(sleep_request(&format!("killed {i}"), 60_000))),
+    );
+    let kill = async {
+        for i in 0..20 {
+            cases::observe(&channel, &format!("killed {i}"), SleepState::Started).await;
+        }
+        sigkill(worker.pid());
+        Instant::now()
+    };
+    let (results, killed_at) = tokio::join!(calls, kill);
+    let reported_after = killed_at.elapsed();
+    for result in results {
+        assert!(
+            matches!(&result, Err(Error::WorkerExited { method, exit: ExitReason::Signal(9) }) if method == "echo.sleep"),
+            "{result:?}"
+        );
+    }
+    assert!(
+        reported_after < Duration::from_millis(100),
+        "calls learned of the death {reported_after:?} after it"
+    );
+    assert_eq!(channel.in_flight(), 0);
+    assert_eq!(worker.exit_reason(), Some(ExitReason::Signal(9)));
+    let error = EchoClient::new(channel.clone())
+        .echo(EchoRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "echo.echo failed: the worker was killed by signal 9 (SIGKILL)"
+    );
+}
+
+#[tokio::test]
+async fn kill_is_immediate_and_reported_with_the_signal() {
+    let worker = spawn().await;
+    let client = EchoClient::new(worker.channel());
+    let call = client.sleep(sleep_request("kill", 60_000));
+    let kill = async {
+        cases::observe(&worker.channel(), "kill", SleepState::Started).await;
+        worker.kill();
+    };
+    let (result, ()) = tokio::join!(call, kill);
+    assert!(
+        matches!(
+            result,
+            Err(Error::WorkerExited {
+                exit: ExitReason::Signal(9),
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(worker.exited().await, ExitReason::Signal(9));
+}
+
+#[tokio::test]
+async fn shutdown_drains_calls_in_flight_and_the_worker_exits_cleanly() {
+    let worker = spawn().await;
+    let channel = worker.channel();
+    let client = EchoClient::new(channel.clone());
+    let call = client.sleep(sleep_request("draining", 200));
+    let shutdown = async {
+        cases::observe(&channel, "draining", SleepState::Started).await;
+        worker.shutdown().await
+    };
+    let (result, exit) = tokio::join!(call, shutdown);
+    result.expect("the call in flight finishes");
+    assert_eq!(exit, ExitReason::Code(0));
+    cases::calls_after_exit_fail_fast(&channel, &ExitReason::Code(0)).await;
+}
+
+#[tokio::test]
+async fn shutdown_kills_a_worker_that_outlasts_the_grace_period() {
+    let worker = driver()
+        .shutdown_grace(Duration::from_millis(200))
+        .spawn()
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    let call = client.sleep(sleep_request("too slow", 60_000));
+    let shutdown = async {
+        cases::observe(&worker.channel(), "too slow", SleepState::Started).await;
+        worker.shutdown().await
+    };
+    let (result, exit) = tokio::join!(call, shutdown);
+    assert_eq!(exit, ExitReason::Signal(9));
+    assert!(
+        matches!(
+            result,
+            Err(Error::WorkerExited {
+                exit: ExitReason::Signal(9),
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn dropping_every_handle_ends_the_worker_and_reaps_it() {
+    let worker = spawn().await;
+    let pid = worker.pid();
+    let channel = worker.channel();
+    cases::unary_round_trip(&channel).await;
+    let exit = worker.watch_exit();
+    drop(worker);
+    drop(channel);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), exit).await,
+        Ok(ExitReason::Code(0)),
+        "the worker exits when its host closes the connection"
+    );
+    // Reported only after it was reaped: no zombie is left behind.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} is still there"
+    );
+}
+
+/// Runs orphan-host, waits until its worker is up (and, if `busy`, wedged
+/// in a blocking handler), SIGKILLs the host, and returns how long the
+/// worker took to notice: its stderr (inherited from the host) reaches end
+/// of file only when the worker has exited.
+fn orphan_worker_lifetime(busy: bool) -> Duration {
+    let mut host = Command::new(env!("CARGO_BIN_EXE_orphan-host"))
+        .arg(ECHO_WORKER)
+        .args(busy.then_some("--busy"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start orphan-host");
+    let mut pid = String::new();
+    BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut pid)
+        .unwrap();
+    let worker_pid: u32 = pid.trim().parse().expect("the worker's pid");
+    let mut stderr = BufReader::new(host.stderr.take().unwrap());
+    if busy {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("blocks its thread"), "{line:?}");
+    }
+    sigkill(host.id());
+    host.wait().unwrap();
+    let killed = Instant::now();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        let _ = done.send(rest);
+    });
+    let rest = finished
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("worker {worker_pid} outlived its host by 20 s"));
+    if busy {
+        assert!(rest.contains("the host went away"), "{rest:?}");
+    }
+    killed.elapsed()
+}
+
+#[test]
+fn a_worker_exits_when_its_host_is_killed() {
+    let lifetime = orphan_worker_lifetime(false);
+    assert!(lifetime < Duration::from_secs(5), "{lifetime:?}");
+}
+
+#[test]
+fn a_worker_wedged_in_a_handler_still_exits_when_its_host_is_killed() {
+    let lifetime = orphan_worker_lifetime(true);
+    assert!(lifetime < Duration::from_secs(10), "{lifetime:?}");
+}
+
+#[tokio::test]
+async fn a_worker_built_from_another_schema_fails_at_spawn_naming_what_differs() {
+    let error = ProcessDriver::new(env!("CARGO_BIN_EXE_echo-worker-v2"))
+        .serves(EchoClient::SCHEMA)
+        .spawn()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "worker echo-worker-v2: schema mismatch: echo.Echo differs: \
+         echo.echo: the request type echo.EchoRequest has a different structure"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_serving_another_service_fails_at_spawn() {
+    let error = driver()
+        .serves(workerbus_tests::pb::echo::MissingClient::SCHEMA)
+        .spawn()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "worker echo-worker: schema mismatch: the worker does not serve echo.Missing (it serves: echo.Echo)"
+    );
+}
+
+#[tokio::test]
+async fn a_detached_worker_outlives_its_host_and_another_host_reconnects() {
+    let output = Command::new(env!("CARGO_BIN_EXE_detach-host"))
+        .arg(ECHO_WORKER)
+        .output()
+        .expect("run detach-host");
+    assert!(output.status.success(), "detach-host failed: {output:?}");
+    let line = String::from_utf8(output.stdout).unwrap();
+    let mut fields = line.split_whitespace();
+    let (address, secret, pid) = (
+        fields.next().unwrap().to_owned(),
+        Secret::from_hex(fields.next().unwrap()).unwrap(),
+        fields.next().unwrap().parse::<u32>().unwrap(),
+    );
+    // The host that started it has exited; the worker has not.
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the detached worker is gone"
+    );
+    let worker = driver()
+        .connect(&address, &secret)
+        .await
+        .expect("reconnect");
+    assert_eq!(worker.pid(), pid);
+    cases::unary_round_trip(&worker.channel()).await;
+    cases::remote_status_is_intact(&worker.channel()).await;
+
+    // Peers without the secret are refused; garbage is refused; the worker
+    // serves on regardless.
+    let wrong = Secret::generate().unwrap();
+    let error = driver().connect(&address, &wrong).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "worker echo-worker: the worker refused the handshake: permission denied: wrong secret"
+    );
+    hostile_peers(Path::new(&address), &secret).await;
+    cases::unary_round_trip(&worker.channel()).await;
+
+    // A detached worker stops when a host asks it to; its socket goes too.
+    assert_eq!(worker.shutdown().await, ExitReason::Unknown);
+    assert!(!Path::new(&address).exists(), "the socket is left behind");
+}
+
+/// Peers that speak the protocol wrong get a clear refusal and are
+/// disconnected.
+async fn hostile_peers(address: &Path, secret: &Secret) {
+    let connect = || async {
+        let socket = tokio::net::UnixStream::connect(address).await.unwrap();
+        Framed::new(socket, FrameCodec::new())
+    };
+    let hello = |protocol: u8, secret: &[u8]| {
+        let mut payload = vec![0x08, protocol, 0x12, secret.len() as u8];
+        payload.extend_from_slice(secret);
+        Frame::request(
+            1,
+            MethodName::from_static("$workerbus.hello"),
+            None,
+            1,
+            Bytes::from(payload),
+        )
+    };
+    let secret_bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&secret.to_hex()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+
+    // Another protocol version: refused with a status that says why.
+    let mut peer = connect().await;
+    peer.send(hello(2, &secret_bytes)).await.unwrap();
+    match peer.next().await {
+        Some(Ok(Frame::Status { id: 1, status })) => {
+            assert_eq!(status.code(), Code::FailedPrecondition);
+            assert_eq!(
+                status.message(),
+                "the host speaks protocol version 2, this worker speaks version 1"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        peer.next().await.is_none(),
+        "the refused peer stays connected"
+    );
+
+    // A call before the handshake: disconnected.
+    let mut peer = connect().await;
+    peer.send(Frame::request(
+        1,
+        MethodName::from_static("echo.echo"),
+        None,
+        1,
+        Bytes::new(),
+    ))
+    .await
+    .unwrap();
+    assert!(peer.next().await.is_none());
+
+    // Garbage: disconnected.
+    let mut socket = tokio::net::UnixStream::connect(address).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut socket, &[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut rest).await;
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+}
+
+#[tokio::test]
+async fn disconnect_and_reconnect_keep_the_same_worker() {
+    let mut worker = spawn().await;
+    let pid = worker.pid();
+    let old = worker.channel();
+    cases::unary_round_trip(&old).await;
+    worker.disconnect().await.expect("disconnect");
+    let error = EchoClient::new(old.clone())
+        .echo(EchoRequest::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Disconnected { .. }), "{error:?}");
+    assert_eq!(worker.exit_reason(), None, "the worker still runs");
+    worker.reconnect().await.expect("reconnect");
+    assert_eq!(worker.pid(), pid);
+    cases::unary_round_trip(&worker.channel()).await;
+    assert_eq!(worker.shutdown().await, ExitReason::Code(0));
+}
+
+#[test]
+fn one_binary_is_a_cli_when_not_started_by_a_host() {
+    let output = Command::new(ECHO_WORKER).output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "echo-worker: not started by a workerbus host; nothing to serve\n"
+    );
+    let output = Command::new(ECHO_WORKER)
+        .arg("--serve-anyway")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "echo-worker: cannot serve as a worker: this program was not started by a workerbus host \
+         (WORKERBUS_WORKER is not set for it)\n"
+    );
+}
+
+#[tokio::test]
+async fn captured_stdio_is_handed_to_the_host() {
+    let mut worker = driver()
+        .stdout(Stdio::Capture)
+        .stderr(Stdio::Capture)
+        .spawn()
+        .await
+        .unwrap();
+    assert!(worker.take_stdout().is_some());
+    assert!(worker.take_stderr().is_some());
+    assert!(worker.take_stdout().is_none());
+    cases::unary_round_trip(&worker.channel()).await;
+}
