@@ -3,6 +3,7 @@
 //! reconnect, schema mismatch and hostile peers.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -369,6 +370,14 @@ async fn a_detached_worker_outlives_its_host_and_another_host_reconnects() {
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
         "the detached worker is gone"
+    );
+    // Only this user can reach the socket.
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(Path::new(&address)), 0o600, "socket mode");
+    assert_eq!(
+        mode(Path::new(&address).parent().unwrap()),
+        0o700,
+        "directory mode"
     );
     let worker = driver()
         .connect(&address, &secret)

@@ -1,7 +1,7 @@
 //! A host process that starts an echo worker, calls it, detaches it, prints
 //! how to reach it (address, secret, pid) and exits, leaving it running.
 //!
-//! Usage: detach-host <path of echo-worker>
+//! Usage: `detach-host <path of echo-worker>`
 
 use workerbus::{ProcessDriver, Stdio};
 use workerbus_tests::pb::echo::{EchoClient, EchoRequest};

@@ -2,7 +2,7 @@
 //! worker's pid, and waits to be killed: to show the worker does not outlive
 //! it.
 //!
-//! Usage: orphan-host <path of echo-worker> [--busy]
+//! Usage: `orphan-host <path of echo-worker> [--busy]`
 //! With --busy, the worker is also given a call whose handler blocks its
 //! thread (it says so on stderr), so only its watchdog can notice the host
 //! is gone.
