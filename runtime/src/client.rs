@@ -25,9 +25,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
+use crate::control::{self, Health, HealthReport};
 use crate::error::{Error, ExitReason, FrameError, Status};
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
@@ -165,6 +167,7 @@ impl CallOptions {
             timeout: (timeout != Duration::MAX).then_some(timeout),
             retries: if idempotent { retries } else { 0 },
             backoff,
+            idempotent,
         }
     }
 }
@@ -183,6 +186,9 @@ pub(crate) struct Resolved {
     pub(crate) timeout: Option<Duration>,
     pub(crate) retries: u32,
     pub(crate) backoff: Backoff,
+    /// Whether running the call twice is safe: then a call interrupted by a
+    /// supervised worker's crash runs again on its replacement.
+    pub(crate) idempotent: bool,
 }
 
 /// Options of a [`Channel`].
@@ -261,7 +267,15 @@ impl Default for ChannelOptions {
 /// only it stops.
 #[derive(Clone)]
 pub struct Channel {
-    handle: Arc<Handle>,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    /// One connection.
+    Direct(Arc<Handle>),
+    /// Whatever connection a supervisor currently holds for a worker.
+    Supervised(Arc<WorkerSlot>),
 }
 
 /// Closes the connection when the last `Channel` clone goes.
@@ -416,37 +430,63 @@ impl Channel {
         });
         tokio::spawn(run_link(CloseOnDrop(Arc::clone(&shared)), transport, exit));
         Channel {
-            handle: Arc::new(Handle { shared }),
+            inner: Inner::Direct(Arc::new(Handle { shared })),
         }
     }
 
-    fn shared(&self) -> &Shared {
-        &self.handle.shared
+    /// The connection of a direct channel.
+    fn direct(&self) -> Option<&Arc<Shared>> {
+        match &self.inner {
+            Inner::Direct(handle) => Some(&handle.shared),
+            Inner::Supervised(_) => None,
+        }
     }
 
-    /// The number of calls sent and not yet ended: the size of the pending table.
+    /// Whether two channels are clones of each other.
+    pub(crate) fn same(&self, other: &Channel) -> bool {
+        match (&self.inner, &other.inner) {
+            (Inner::Direct(a), Inner::Direct(b)) => Arc::ptr_eq(a, b),
+            (Inner::Supervised(a), Inner::Supervised(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The number of calls sent and not yet ended: the size of the pending
+    /// table (of the current worker, for a supervised channel).
     pub fn in_flight(&self) -> usize {
-        lock(self.shared()).calls.len()
+        match &self.inner {
+            Inner::Direct(handle) => lock(&handle.shared).calls.len(),
+            Inner::Supervised(slot) => slot.up().map_or(0, |channel| channel.in_flight()),
+        }
     }
 
-    /// Whether the connection has ended; every call on a closed channel fails
-    /// at once with the reason it closed.
+    /// Whether the connection has ended for good; every call on a closed
+    /// channel fails at once with the reason it closed. A supervised channel
+    /// closes only when its supervisor stops restarting the worker.
     pub fn is_closed(&self) -> bool {
-        lock(self.shared()).closed.is_some()
+        match &self.inner {
+            Inner::Direct(handle) => lock(&handle.shared).closed.is_some(),
+            Inner::Supervised(slot) => slot.is_down(),
+        }
     }
 
     #[cfg(any(feature = "thread", feature = "process"))]
     /// Ends the connection now: every pending call and every later call fails
     /// with `reason`. The link task still runs until the transport ends.
     pub(crate) fn terminate(&self, reason: CloseReason) {
-        close(self.shared(), reason);
+        if let Some(shared) = self.direct() {
+            close(shared, reason);
+        }
     }
 
     #[cfg(any(feature = "thread", feature = "process"))]
     /// Queues a control frame (e.g. `SHUTDOWN`) behind the calls already sent.
     pub(crate) fn send_control(&self, frame: Frame) -> bool {
+        let Some(shared) = self.direct() else {
+            return false;
+        };
         let waker = {
-            let mut state = lock(self.shared());
+            let mut state = lock(shared);
             if state.closed.is_some() || state.closing {
                 return false;
             }
@@ -475,128 +515,213 @@ impl Channel {
                 max: MAX_METHOD_LEN,
             });
         }
-        let deadline_field = if options.timeout.is_some() { 8 } else { 0 };
-        let size = HEADER_LEN + deadline_field + 4 + 2 + method.len() + payload.len();
-        let max = self.shared().max_frame_length;
-        if size > max {
-            return Err(Error::TooLarge {
-                method: method.clone(),
-                what: "request",
-                size,
-                max,
-            });
-        }
         let mut attempt = 1;
+        // The connection that died under the previous attempt: a supervised
+        // retry waits for its replacement.
+        let mut dead: Option<Channel> = None;
+        let mut crash_retries = 0;
         loop {
-            let result = self
-                .call_once(method, &payload, options.timeout, attempt)
-                .await;
+            let result = match &self.inner {
+                Inner::Direct(handle) => {
+                    let attempt = send(&handle.shared, method, &payload, options.timeout, attempt);
+                    with_timeout(method, options.timeout, attempt).await
+                }
+                Inner::Supervised(slot) => {
+                    let mut used = None;
+                    let attempt = async {
+                        let current = slot.current(method, dead.as_ref()).await?;
+                        let shared = current.direct().map(Arc::clone);
+                        used = Some(current);
+                        match shared {
+                            Some(shared) => {
+                                send(&shared, method, &payload, options.timeout, attempt).await
+                            }
+                            // A supervisor only ever holds direct channels.
+                            None => Err(Error::Disconnected {
+                                method: method.clone(),
+                                cause: None,
+                            }),
+                        }
+                    };
+                    let result = with_timeout(method, options.timeout, attempt).await;
+                    if used.is_some() {
+                        dead = used;
+                    }
+                    result
+                }
+            };
             match result {
+                // A supervised worker died under an idempotent call: run it on
+                // the replacement (bounded; the supervisor's intensity limits
+                // restarts anyway).
+                Err(Error::WorkerExited { .. } | Error::Disconnected { .. })
+                    if matches!(self.inner, Inner::Supervised(_))
+                        && options.idempotent
+                        && crash_retries < MAX_CRASH_RETRIES
+                        && !self.is_closed() =>
+                {
+                    crash_retries += 1;
+                    attempt += 1;
+                    tracing::debug!(%method, attempt, "retrying on the restarted worker");
+                }
                 Err(error)
                     if attempt <= options.retries && error.is_retryable() && !self.is_closed() =>
                 {
                     tracing::debug!(%method, attempt, %error, "retrying");
                     tokio::time::sleep(options.backoff.delay(attempt)).await;
                     attempt += 1;
+                    dead = None;
                 }
                 other => return other,
             }
         }
     }
 
-    async fn call_once(
-        &self,
-        method: &MethodName,
-        payload: &Bytes,
-        timeout: Option<Duration>,
-        attempt: u32,
-    ) -> Result<Bytes, Error> {
-        // Waiting for room counts against the timeout: a caller never waits
-        // longer than it asked to.
-        let attempt = async {
-            let call = loop {
-                let changed = self.shared().changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                match self.start(method, payload, timeout, attempt) {
-                    Start::Sent(call) => break call,
-                    Start::Closed(reason) => return Err(Failure::Closed(reason)),
-                    Start::Wait => changed.await,
-                }
-            };
-            call.await
-        };
-        let outcome = match timeout {
-            Some(after) => {
-                tokio::time::timeout(after, attempt)
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        method: method.clone(),
-                        after,
-                    })?
-            }
-            None => attempt.await,
-        };
-        outcome.map_err(|failure| failure.into_error(method))
-    }
-
-    fn start(
-        &self,
-        method: &MethodName,
-        payload: &Bytes,
-        timeout: Option<Duration>,
-        attempt: u32,
-    ) -> Start<'_> {
-        let shared = self.shared();
-        let (id, waker) = {
-            let mut state = lock(shared);
-            if let Some(reason) = &state.closed {
-                return Start::Closed(reason.clone());
-            }
-            let full = state.calls.len() >= shared.max_in_flight
-                || (state.queued_bytes > 0
-                    && state.queued_bytes + payload.len() > shared.max_queued_bytes);
-            if state.closing || full {
-                state.waiting = true;
-                return Start::Wait;
-            }
-            let id = state.next_id;
-            state.next_id += 1;
-            state.calls.insert(id, Slot::default());
-            state.queued_bytes += payload.len();
-            state.outbox.push_back(Frame::request(
-                id,
-                method.clone(),
-                timeout,
-                attempt,
-                payload.clone(),
-            ));
-            (id, state.link.take())
-        };
-        // Only the first caller after the link went idle wakes it; the ones
-        // behind it ride along in the same flush.
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        Start::Sent(PendingCall {
-            shared,
-            id,
-            done: false,
-        })
-    }
-
-    /// Waits until the connection has ended (the worker exited or
-    /// disconnected, or it was shut down or killed).
+    /// Waits until the connection has ended for good (the worker exited or
+    /// disconnected, or it was shut down or killed; for a supervised channel,
+    /// the supervisor stopped restarting it).
     pub async fn closed(&self) {
-        wait_closed(self.shared()).await;
+        match &self.inner {
+            Inner::Direct(handle) => wait_closed(&handle.shared).await,
+            Inner::Supervised(slot) => slot.wait_down().await,
+        }
     }
 
-    /// Watches this channel's connection without keeping it open.
+    /// Watches this channel's connection without keeping it open (it holds
+    /// the shared state, not a `Handle`, whose drop would close it).
     #[cfg(feature = "process")]
     pub(crate) fn watch_closed(&self) -> impl Future<Output = ()> + Send + 'static {
-        let shared = Arc::clone(&self.handle.shared);
-        async move { wait_closed(&shared).await }
+        let shared = self.direct().map(Arc::clone);
+        let slot = match &self.inner {
+            Inner::Supervised(slot) => Some(Arc::clone(slot)),
+            Inner::Direct(_) => None,
+        };
+        async move {
+            match (shared, slot) {
+                (Some(shared), _) => wait_closed(&shared).await,
+                (None, Some(slot)) => slot.wait_down().await,
+                (None, None) => {}
+            }
+        }
     }
+}
+
+impl Channel {
+    /// Asks the worker's runtime (not a handler) how it is: memory,
+    /// processed calls, uptime, running and stalled calls. Both drivers'
+    /// workers answer; a worker too busy to answer within `timeout` fails
+    /// with [`Error::Timeout`].
+    pub async fn health(&self, timeout: Duration) -> Result<HealthReport, Error> {
+        static HEALTH: MethodName = MethodName::from_static(control::HEALTH);
+        let options = Resolved {
+            timeout: Some(timeout),
+            retries: 0,
+            backoff: Backoff::default(),
+            idempotent: false,
+        };
+        let answer = self.call(&HEALTH, Bytes::new(), &options).await?;
+        let health = Health::decode(answer).map_err(|source| Error::Decode {
+            method: HEALTH.clone(),
+            message: "workerbus.Health",
+            source,
+        })?;
+        Ok(health.into())
+    }
+}
+
+/// How many times an idempotent call is run again on a restarted worker.
+const MAX_CRASH_RETRIES: u32 = 5;
+
+/// Bounds an attempt by the call's timeout.
+async fn with_timeout<T>(
+    method: &MethodName,
+    timeout: Option<Duration>,
+    attempt: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match timeout {
+        Some(after) => tokio::time::timeout(after, attempt)
+            .await
+            .map_err(|_| Error::Timeout {
+                method: method.clone(),
+                after,
+            })?,
+        None => attempt.await,
+    }
+}
+
+/// One attempt on one connection: waits for room, sends, awaits the answer.
+async fn send(
+    shared: &Shared,
+    method: &MethodName,
+    payload: &Bytes,
+    timeout: Option<Duration>,
+    attempt: u32,
+) -> Result<Bytes, Error> {
+    let deadline_field = if timeout.is_some() { 8 } else { 0 };
+    let size = HEADER_LEN + deadline_field + 4 + 2 + method.len() + payload.len();
+    if size > shared.max_frame_length {
+        return Err(Error::TooLarge {
+            method: method.clone(),
+            what: "request",
+            size,
+            max: shared.max_frame_length,
+        });
+    }
+    let call = loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        match start(shared, method, payload, timeout, attempt) {
+            Start::Sent(call) => break call,
+            Start::Closed(reason) => return Err(reason.into_error(method)),
+            Start::Wait => changed.await,
+        }
+    };
+    call.await.map_err(|failure| failure.into_error(method))
+}
+
+fn start<'a>(
+    shared: &'a Shared,
+    method: &MethodName,
+    payload: &Bytes,
+    timeout: Option<Duration>,
+    attempt: u32,
+) -> Start<'a> {
+    let (id, waker) = {
+        let mut state = lock(shared);
+        if let Some(reason) = &state.closed {
+            return Start::Closed(reason.clone());
+        }
+        let full = state.calls.len() >= shared.max_in_flight
+            || (state.queued_bytes > 0
+                && state.queued_bytes + payload.len() > shared.max_queued_bytes);
+        if state.closing || full {
+            state.waiting = true;
+            return Start::Wait;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.calls.insert(id, Slot::default());
+        state.queued_bytes += payload.len();
+        state.outbox.push_back(Frame::request(
+            id,
+            method.clone(),
+            timeout,
+            attempt,
+            payload.clone(),
+        ));
+        (id, state.link.take())
+    };
+    // Only the first caller after the link went idle wakes it; the ones
+    // behind it ride along in the same flush.
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+    Start::Sent(PendingCall {
+        shared,
+        id,
+        done: false,
+    })
 }
 
 async fn wait_closed(shared: &Shared) {
@@ -613,11 +738,148 @@ async fn wait_closed(shared: &Shared) {
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = lock(self.shared());
-        f.debug_struct("Channel")
-            .field("in_flight", &state.calls.len())
-            .field("closed", &state.closed)
-            .finish_non_exhaustive()
+        match &self.inner {
+            Inner::Direct(handle) => {
+                let state = lock(&handle.shared);
+                f.debug_struct("Channel")
+                    .field("in_flight", &state.calls.len())
+                    .field("closed", &state.closed)
+                    .finish_non_exhaustive()
+            }
+            Inner::Supervised(slot) => f
+                .debug_struct("Channel")
+                .field("worker", &slot.name)
+                .field("state", &*slot.lock())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Where a supervisor keeps the connection to a worker it may replace:
+/// channels made from the slot follow every replacement.
+pub(crate) struct WorkerSlot {
+    name: String,
+    state: Mutex<SlotState>,
+    changed: Notify,
+    fail_fast: bool,
+    max_waiting: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// The worker behind a [`WorkerSlot`].
+#[derive(Clone, Debug)]
+pub(crate) enum SlotState {
+    /// Being started (or restarted): calls wait for it, unless failing fast.
+    Starting,
+    /// Running, at the end of this channel.
+    Up(Channel),
+    /// Not coming back: calls fail with this reason.
+    Down(String),
+}
+
+impl WorkerSlot {
+    pub(crate) fn new(name: String, fail_fast: bool, max_waiting: usize) -> Arc<WorkerSlot> {
+        Arc::new(WorkerSlot {
+            name,
+            state: Mutex::new(SlotState::Starting),
+            changed: Notify::new(),
+            fail_fast,
+            max_waiting,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A channel that follows this slot.
+    pub(crate) fn channel(self: &Arc<WorkerSlot>) -> Channel {
+        Channel {
+            inner: Inner::Supervised(Arc::clone(self)),
+        }
+    }
+
+    pub(crate) fn set(&self, state: SlotState) {
+        *self.lock() = state;
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn up(&self) -> Option<Channel> {
+        match &*self.lock() {
+            SlotState::Up(channel) => Some(channel.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_down(&self) -> bool {
+        matches!(&*self.lock(), SlotState::Down(_))
+    }
+
+    /// How many calls wait for the worker to come back.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn wait_down(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_down() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// The worker's current connection, other than `dead`: waits while the
+    /// worker is being (re)started, unless the policy fails fast.
+    async fn current(&self, method: &MethodName, dead: Option<&Channel>) -> Result<Channel, Error> {
+        let unavailable = |reason: String| Error::Unavailable {
+            method: method.clone(),
+            worker: self.name.clone(),
+            reason,
+        };
+        let mut counted = WaitingGuard(None);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match &*self.lock() {
+                SlotState::Up(channel)
+                    if !dead.is_some_and(|dead| dead.same(channel)) && !channel.is_closed() =>
+                {
+                    return Ok(channel.clone());
+                }
+                SlotState::Down(reason) => return Err(unavailable(reason.clone())),
+                _ if self.fail_fast => return Err(unavailable("it is restarting".into())),
+                _ => {}
+            }
+            if counted.0.is_none() {
+                let waiting = self
+                    .waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counted.0 = Some(&self.waiting);
+                if waiting >= self.max_waiting {
+                    return Err(unavailable(format!(
+                        "{waiting} calls already wait for it to restart"
+                    )));
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Counts a call among those waiting for a restart, while it waits.
+struct WaitingGuard<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(waiting) = self.0 {
+            waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -906,6 +1168,7 @@ mod tests {
             timeout,
             retries,
             backoff: Backoff::constant(Duration::from_millis(10)),
+            idempotent: true,
         }
     }
 

@@ -24,6 +24,8 @@ pub(crate) const PREFIX: &str = "$workerbus.";
 pub(crate) const HELLO: &str = "$workerbus.hello";
 /// Switch a process worker to a named socket, so it can outlive its host.
 pub(crate) const DETACH: &str = "$workerbus.detach";
+/// A health report, for supervision.
+pub(crate) const HEALTH: &str = "$workerbus.health";
 
 /// The version of the protocol in `docs/PROTOCOL.md`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -74,6 +76,52 @@ pub(crate) struct MethodInfo {
     pub(crate) request_fingerprint: u64,
     #[prost(fixed64, tag = "5")]
     pub(crate) response_fingerprint: u64,
+}
+
+/// The answer to [`HEALTH`]: see [`HealthReport`](crate::HealthReport).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Health {
+    #[prost(uint64, tag = "1")]
+    pub(crate) memory_bytes: u64,
+    #[prost(uint64, tag = "2")]
+    pub(crate) processed: u64,
+    #[prost(uint64, tag = "3")]
+    pub(crate) uptime_ms: u64,
+    #[prost(uint32, tag = "4")]
+    pub(crate) running: u32,
+    #[prost(uint32, tag = "5")]
+    pub(crate) stalled: u32,
+}
+
+/// A worker's health, as its runtime reports it (see
+/// [`Channel::health`](crate::Channel::health)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// Resident memory of the worker's process, in bytes (0 where the system
+    /// does not say; for a thread worker, the whole host process's).
+    pub memory_bytes: u64,
+    /// Calls whose handlers ran to the end since the worker started serving.
+    pub processed: u64,
+    /// How long the worker has served its connection.
+    pub uptime: std::time::Duration,
+    /// Calls running now.
+    pub running: u32,
+    /// Running calls more than a second past their deadline: their handlers
+    /// have not yielded since (e.g. a busy loop), so they cannot be cancelled.
+    pub stalled: u32,
+}
+
+impl From<Health> for HealthReport {
+    fn from(health: Health) -> HealthReport {
+        HealthReport {
+            memory_bytes: health.memory_bytes,
+            processed: health.processed,
+            uptime: std::time::Duration::from_millis(health.uptime_ms),
+            running: health.running,
+            stalled: health.stalled,
+        }
+    }
 }
 
 /// The answer to [`DETACH`].

@@ -405,6 +405,18 @@ pub enum Error {
         cause: Option<Arc<FrameError>>,
     },
 
+    /// The call's worker is supervised and not available: it is restarting
+    /// and the policy fails fast, or its supervisor gave up on it.
+    #[error("{method} failed: worker {worker} is unavailable: {reason}")]
+    Unavailable {
+        /// The message name.
+        method: MethodName,
+        /// The supervised worker's name.
+        worker: String,
+        /// Why.
+        reason: String,
+    },
+
     /// The worker answered with an error status.
     #[error("{method} failed: {status}")]
     Remote {
@@ -532,7 +544,8 @@ impl Error {
             | Error::Disconnected { method, .. }
             | Error::Remote { method, .. }
             | Error::TooLarge { method, .. }
-            | Error::Decode { method, .. } => Some(method),
+            | Error::Decode { method, .. }
+            | Error::Unavailable { method, .. } => Some(method),
             Error::Spawn { .. }
             | Error::Worker { .. }
             | Error::StartupTimeout { .. }

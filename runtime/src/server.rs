@@ -38,7 +38,7 @@ use bytes::Bytes;
 use prost::Message;
 use tokio::task::AbortHandle;
 
-use crate::control::{self, Detached, Hello, Welcome};
+use crate::control::{self, Detached, Health, Hello, Welcome};
 use crate::error::{FrameError, Status};
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
@@ -269,6 +269,7 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         max_frame_length: options.max_frame_length,
+        processed: std::sync::atomic::AtomicU64::new(0),
     });
     let mut server = Server {
         service,
@@ -282,6 +283,7 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
         greeted: !control.is_some_and(Control::requires_hello),
         refused: None,
         control,
+        started: tokio::time::Instant::now(),
     };
     // Dropping the server (here, or with this future) aborts every call.
     poll_fn(|cx| server.poll(cx)).await
@@ -290,6 +292,21 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
 struct Shared {
     state: Mutex<State>,
     max_frame_length: usize,
+    /// Calls whose handler ran to the end (answered, or replaced by a status).
+    processed: std::sync::atomic::AtomicU64,
+}
+
+/// How long past its deadline a running call must be to count as stalled:
+/// its task has not yielded since, so the deadline could not drop it.
+const STALL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// This process's resident memory, on systems that say (Linux's
+/// `/proc/self/status`).
+fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
 }
 
 #[derive(Default)]
@@ -301,6 +318,10 @@ struct State {
     /// entry; a `CANCEL` that removes it first means no answer is sent. The
     /// generation tells a task's entry from a later call reusing its id.
     running: IdMap<Running>,
+    /// Tasks aborted (cancelled) that have not ended yet, by generation, with
+    /// when they were aborted: a handler blocking its thread cannot be
+    /// stopped, and this is how a health check still sees it.
+    aborted: IdMap<tokio::time::Instant>,
     /// Calls taken from the backlog and being dispatched, not yet running.
     starting: usize,
     next_generation: u64,
@@ -309,6 +330,7 @@ struct State {
 struct Running {
     generation: u64,
     task: AbortHandle,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl State {
@@ -321,6 +343,34 @@ impl State {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Takes a running call out to be aborted (by the caller, outside the
+    /// lock: its task's end takes the lock too); it stays counted until its
+    /// task really ends.
+    fn abort(&mut self, id: u64) -> Option<AbortHandle> {
+        let entry = self.running.remove(&id)?;
+        self.aborted
+            .insert(entry.generation, tokio::time::Instant::now());
+        Some(entry.task)
+    }
+}
+
+/// Passed to a call's task (not created inside it), so that it runs
+/// however the task ends: finished, aborted, or dropped before it first ran.
+struct TaskEnd {
+    shared: Arc<Shared>,
+    id: u64,
+    generation: u64,
+}
+
+impl Drop for TaskEnd {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared);
+        if state.aborted.remove(&self.generation).is_none() {
+            // Dropped without answering (e.g. its runtime shut down).
+            state.finish(self.id, self.generation);
         }
     }
 }
@@ -344,6 +394,7 @@ struct Server<'c, S, T> {
     greeted: bool,
     /// Why the peer was refused: the connection closes once that is written.
     refused: Option<String>,
+    started: tokio::time::Instant,
 }
 
 const READ_BATCH: usize = 128;
@@ -464,9 +515,9 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 }
             }
             Frame::Cancel { id } => {
-                let running = lock(&self.shared).running.remove(&id);
-                match running {
-                    Some(entry) => entry.task.abort(),
+                let task = lock(&self.shared).abort(id);
+                match task {
+                    Some(task) => task.abort(),
                     None => self.backlog.retain(|(queued, _)| *queued != id),
                 }
             }
@@ -479,6 +530,36 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
             }
         }
         Ok(())
+    }
+
+    /// What a health check reports: see [`HealthReport`](crate::HealthReport).
+    fn health(&self) -> Health {
+        let now = tokio::time::Instant::now();
+        let state = lock(&self.shared);
+        let stalled = state
+            .running
+            .values()
+            .filter(|entry| {
+                entry
+                    .deadline
+                    .is_some_and(|deadline| now > deadline + STALL_GRACE)
+            })
+            .count()
+            + state
+                .aborted
+                .values()
+                .filter(|&&since| now > since + STALL_GRACE)
+                .count();
+        Health {
+            memory_bytes: resident_memory().unwrap_or(0),
+            processed: self
+                .shared
+                .processed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            running: u32::try_from(state.running.len()).unwrap_or(u32::MAX),
+            stalled: u32::try_from(stalled).unwrap_or(u32::MAX),
+        }
     }
 
     /// Writes the refusal of a peer that failed the handshake, then ends the
@@ -497,6 +578,13 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
 
     /// Answers a control exchange at once, from the runtime.
     fn control_exchange(&mut self, id: u64, method: &MethodName, payload: Bytes) -> Frame {
+        if method == control::HEALTH {
+            // Every worker, thread or process, answers a health check.
+            return Frame::Response {
+                id,
+                payload: Bytes::from(self.health().encode_to_vec()),
+            };
+        }
         let Some(control) = self.control else {
             return Frame::Status {
                 id,
@@ -589,19 +677,18 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
             state.next_generation += 1;
             // Spawned under the lock, so the task cannot finish and look for
             // its entry before the entry exists.
-            let task = tokio::spawn(run_call(
-                Arc::clone(&self.shared),
+            let end = TaskEnd {
+                shared: Arc::clone(&self.shared),
                 id,
                 generation,
-                method,
-                deadline,
-                future,
-            ));
+            };
+            let task = tokio::spawn(run_call(end, method, deadline, future));
             state.running.insert(
                 id,
                 Running {
                     generation,
                     task: task.abort_handle(),
+                    deadline,
                 },
             );
         }
@@ -619,15 +706,14 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
 }
 
 async fn run_call<F>(
-    shared: Arc<Shared>,
-    id: u64,
-    generation: u64,
+    end: TaskEnd,
     method: MethodName,
     deadline: Option<tokio::time::Instant>,
     future: F,
 ) where
     F: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
+    let (shared, id, generation) = (Arc::clone(&end.shared), end.id, end.generation);
     let guarded = CatchUnwind { future };
     let outcome = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, guarded).await {
@@ -676,6 +762,9 @@ async fn run_call<F>(
             }
         }
     };
+    shared
+        .processed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let frame = fit(frame, shared.max_frame_length);
     let waker = {
         let mut state = lock(&shared);

@@ -31,8 +31,8 @@ pub mod pb {
 
 use pb::common::Page;
 use pb::echo::{
-    EchoHandler, EchoReply, EchoRequest, FailRequest, FlakyReply, FlakyRequest, ObserveRequest,
-    PanicRequest, SleepRequest, SleepState, StatsReply,
+    EchoHandler, EchoReply, EchoRequest, ExitRequest, FailRequest, FlakyReply, FlakyRequest,
+    ObserveRequest, PanicRequest, SleepRequest, SleepState, StatsReply,
 };
 
 /// The `Echo` handler.
@@ -40,6 +40,8 @@ use pb::echo::{
 pub struct EchoWorker {
     state: Arc<EchoState>,
     on_drop: Option<std::sync::mpsc::Sender<()>>,
+    /// Whether `Exit` may end the process: only in a worker process.
+    may_exit: bool,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +65,16 @@ impl EchoWorker {
         EchoWorker {
             state: Arc::default(),
             on_drop: Some(signal),
+            may_exit: false,
+        }
+    }
+
+    /// A handler for a worker process, whose `Exit` ends the process.
+    pub fn in_process() -> EchoWorker {
+        EchoWorker {
+            state: Arc::default(),
+            on_drop: None,
+            may_exit: true,
         }
     }
 }
@@ -198,6 +210,15 @@ impl EchoHandler for EchoWorker {
 
     async fn page(&self, request: Page, _cx: &Context) -> Result<Page, Status> {
         Ok(request)
+    }
+
+    async fn exit(&self, request: ExitRequest, _cx: &Context) -> Result<(), Status> {
+        if !self.may_exit {
+            return Err(Status::failed_precondition(
+                "this worker is not a process of its own",
+            ));
+        }
+        std::process::exit(request.code)
     }
 
     async fn stats(&self, _request: (), _cx: &Context) -> Result<StatsReply, Status> {

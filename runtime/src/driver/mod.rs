@@ -7,7 +7,11 @@
 //! options type and its own worker handle, so an operation only one driver
 //! can do exists only on that driver's handle.
 
+use std::future::Future;
 use std::time::Duration;
+
+use crate::client::Channel;
+use crate::error::{Error, ExitReason};
 
 /// The default time a worker's `shutdown()` lets calls in flight finish
 /// before it stops the worker anyway.
@@ -18,3 +22,42 @@ pub(crate) mod thread;
 
 #[cfg(feature = "process")]
 pub(crate) mod process;
+
+/// Something that starts workers, as often as asked: what a
+/// [`Supervisor`](crate::Supervisor) needs of a driver.
+///
+/// [`ProcessDriver`](crate::ProcessDriver) implements it, and
+/// [`ThreadDriver::spawner`](crate::ThreadDriver::spawner) makes one for
+/// thread workers from a function that builds the server.
+pub trait Spawn: Send + Sync + 'static {
+    /// The handle of a started worker.
+    type Worker: Worker;
+
+    /// Starts one worker.
+    fn spawn(&self) -> impl Future<Output = Result<Self::Worker, Error>> + Send;
+}
+
+/// What a supervisor needs of a running worker; implemented by every
+/// driver's worker handle.
+pub trait Worker: Send + Sync + 'static {
+    /// The worker's name.
+    fn name(&self) -> &str;
+
+    /// A channel to the worker.
+    fn channel(&self) -> Channel;
+
+    /// Resolves when the worker has ended, with how.
+    fn watch_exit(&self) -> impl Future<Output = ExitReason> + Send + 'static;
+
+    /// Stops the worker gracefully (calls in flight finish within the
+    /// driver's grace period).
+    fn shutdown(&self) -> impl Future<Output = ExitReason> + Send;
+
+    /// Stops the worker now.
+    fn kill(&self);
+
+    /// The worker's process id, if it runs in a process of its own.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+}

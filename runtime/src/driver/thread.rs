@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::DEFAULT_SHUTDOWN_GRACE;
+use std::future::Future;
+
+use super::{DEFAULT_SHUTDOWN_GRACE, Spawn, Worker};
 use crate::client::{Channel, ChannelOptions, CloseReason, ExitWatch};
 use crate::error::{Error, ExitReason};
 use crate::frame::Frame;
@@ -156,6 +158,78 @@ impl ThreadDriver {
             kill,
             shutdown_grace: self.shutdown_grace,
         })
+    }
+}
+
+impl ThreadDriver {
+    /// A [`Spawn`] that starts a thread worker serving what `make` returns,
+    /// each time it is asked: how a [`Supervisor`](crate::Supervisor)
+    /// restarts thread workers.
+    ///
+    /// ```no_run
+    /// use workerbus::{Dispatch, ThreadDriver};
+    ///
+    /// // `make` is e.g. `|| EmbedderServer::new(MyEmbedder::default())`.
+    /// fn embedder<S: Dispatch>(make: impl Fn() -> S + Send + Sync + 'static) {
+    ///     let spawner = ThreadDriver::new().name("embedder").spawner(make);
+    ///     # drop(spawner);
+    /// }
+    /// ```
+    pub fn spawner<S, F>(self, make: F) -> ThreadSpawner<F>
+    where
+        S: Dispatch,
+        F: Fn() -> S + Send + Sync + 'static,
+    {
+        ThreadSpawner { driver: self, make }
+    }
+}
+
+/// Starts thread workers from a function that builds their server; made by
+/// [`ThreadDriver::spawner`].
+pub struct ThreadSpawner<F> {
+    driver: ThreadDriver,
+    make: F,
+}
+
+impl<F> fmt::Debug for ThreadSpawner<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadSpawner")
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, F> Spawn for ThreadSpawner<F>
+where
+    S: Dispatch,
+    F: Fn() -> S + Send + Sync + 'static,
+{
+    type Worker = ThreadWorker;
+
+    fn spawn(&self) -> impl Future<Output = Result<ThreadWorker, Error>> + Send {
+        self.driver.clone().spawn((self.make)())
+    }
+}
+
+impl Worker for ThreadWorker {
+    fn name(&self) -> &str {
+        ThreadWorker::name(self)
+    }
+
+    fn channel(&self) -> Channel {
+        ThreadWorker::channel(self)
+    }
+
+    fn watch_exit(&self) -> impl Future<Output = ExitReason> + Send + 'static {
+        ThreadWorker::watch_exit(self)
+    }
+
+    fn shutdown(&self) -> impl Future<Output = ExitReason> + Send {
+        ThreadWorker::shutdown(self)
+    }
+
+    fn kill(&self) {
+        ThreadWorker::kill(self);
     }
 }
 

@@ -51,6 +51,9 @@ impl EchoHandler for Unchanged {
     async fn stats(&self, _: (), _: &Context) -> Result<StatsReply, Status> {
         Err(not_here())
     }
+    async fn exit(&self, _: ExitRequest, _: &Context) -> Result<(), Status> {
+        Err(not_here())
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

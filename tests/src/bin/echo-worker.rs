@@ -25,7 +25,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(ms.parse().expect("milliseconds"))).await;
         }
     }
-    if let Err(error) = workerbus::serve(EchoServer::new(EchoWorker::new())).await {
+    if let Err(error) = workerbus::serve(EchoServer::new(EchoWorker::in_process())).await {
         eprintln!("echo-worker: {error}");
         std::process::exit(1);
     }

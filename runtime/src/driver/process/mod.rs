@@ -19,6 +19,7 @@ mod worker;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 pub use self::worker::{serve, serve_with_options};
+use super::{Spawn, Worker};
 use crate::backoff::Backoff;
 use crate::client::{Channel, ChannelOptions, ExitWatch, Resolved};
 use crate::control::{self, Detached, Hello, PROTOCOL_VERSION, Secret, Welcome, schema_difference};
@@ -751,6 +753,7 @@ fn control_call() -> Resolved {
         timeout: Some(crate::client::DEFAULT_TIMEOUT),
         retries: 0,
         backoff: Backoff::default(),
+        idempotent: false,
     }
 }
 
@@ -763,6 +766,40 @@ impl fmt::Debug for ProcessWorker {
             .field("address", &self.address)
             .field("channel", &self.channel)
             .finish_non_exhaustive()
+    }
+}
+
+impl Spawn for ProcessDriver {
+    type Worker = ProcessWorker;
+
+    fn spawn(&self) -> impl Future<Output = Result<ProcessWorker, Error>> + Send {
+        ProcessDriver::spawn(self)
+    }
+}
+
+impl Worker for ProcessWorker {
+    fn name(&self) -> &str {
+        ProcessWorker::name(self)
+    }
+
+    fn channel(&self) -> Channel {
+        ProcessWorker::channel(self)
+    }
+
+    fn watch_exit(&self) -> impl Future<Output = ExitReason> + Send + 'static {
+        ProcessWorker::watch_exit(self)
+    }
+
+    fn shutdown(&self) -> impl Future<Output = ExitReason> + Send {
+        ProcessWorker::shutdown(self)
+    }
+
+    fn kill(&self) {
+        ProcessWorker::kill(self);
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(ProcessWorker::pid(self))
     }
 }
 

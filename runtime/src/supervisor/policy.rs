@@ -1,0 +1,269 @@
+//! [`RestartPolicy`] and its parts: when, how fast and how often a
+//! supervised worker is restarted, and how its health is checked.
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+
+/// When a worker that ended is started again (Erlang/OTP's restart types).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Restart {
+    /// Always: whatever the reason it ended.
+    #[default]
+    Permanent,
+    /// Only if it ended abnormally: a non-zero exit code, a signal, a panic,
+    /// a kill. A worker that exits with code 0 (or a thread worker that
+    /// stops) stays down.
+    Transient,
+    /// Never.
+    Temporary,
+}
+
+/// How a group of workers reacts when one of them must be restarted
+/// (Erlang/OTP's strategies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Restart only that worker.
+    #[default]
+    OneForOne,
+    /// Stop every other worker (in reverse start order) and restart them all
+    /// (in start order): for workers that depend on each other's state.
+    OneForAll,
+    /// Stop the workers started after it (in reverse order) and restart it
+    /// and them (in order): for workers that depend on those before them.
+    RestForOne,
+}
+
+/// What calls to a worker do while it is being restarted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WhileRestarting {
+    /// Wait for the new worker, each within its own timeout.
+    #[default]
+    Wait,
+    /// Fail at once with [`Error::Unavailable`](crate::Error::Unavailable).
+    FailFast,
+}
+
+/// Periodic health checks of a worker, answered by its runtime (not by a
+/// handler): resident memory, processed calls, uptime, and calls stuck past
+/// their deadline.
+///
+/// A worker that misses `max_missed` checks in a row, or has a call stuck
+/// past its deadline (a handler in a busy loop), is killed and restarted; a
+/// worker past a threshold is replaced gracefully: the new worker takes new
+/// calls while the old one finishes its own, so no call is lost.
+///
+/// The plan this library grew from restarts its embedder above 300 MB or
+/// after 200 embeddings:
+///
+/// ```
+/// use std::time::Duration;
+/// use workerbus::HealthCheck;
+///
+/// let check = HealthCheck::every(Duration::from_secs(10))
+///     .timeout(Duration::from_secs(5))
+///     .recycle_above_memory(300_000_000)
+///     .recycle_after_processed(200);
+/// # let _ = check;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) max_missed: u32,
+    pub(crate) max_memory: Option<u64>,
+    pub(crate) max_processed: Option<u64>,
+}
+
+impl HealthCheck {
+    /// Checks every `interval`, each check waiting up to `interval` for its
+    /// answer; three missed checks in a row mean the worker is wedged.
+    pub fn every(interval: Duration) -> HealthCheck {
+        HealthCheck {
+            interval,
+            timeout: interval,
+            max_missed: 3,
+            max_memory: None,
+            max_processed: None,
+        }
+    }
+
+    /// How long a check waits for its answer.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> HealthCheck {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many checks in a row may go unanswered before the worker is
+    /// killed and restarted (at least 1).
+    #[must_use]
+    pub fn max_missed(mut self, missed: u32) -> HealthCheck {
+        self.max_missed = missed.max(1);
+        self
+    }
+
+    /// Replaces the worker gracefully once its resident memory exceeds
+    /// `bytes`. (A thread worker reports its whole process's memory.)
+    #[must_use]
+    pub fn recycle_above_memory(mut self, bytes: u64) -> HealthCheck {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    /// Replaces the worker gracefully once it has processed `calls` calls.
+    #[must_use]
+    pub fn recycle_after_processed(mut self, calls: u64) -> HealthCheck {
+        self.max_processed = Some(calls);
+        self
+    }
+}
+
+/// How a [`Supervisor`](crate::Supervisor) treats one worker.
+///
+/// The defaults: [`Restart::Permanent`]; the first restart in a row at
+/// once, then a [`Backoff`] from 10 ms doubling to 2 s with 20 % jitter;
+/// more than 5 restarts within 10 s and the supervisor gives up on the
+/// worker; no health checks; calls wait during a restart, at most 10,000 at
+/// a time; 5 s for a graceful shutdown before a kill.
+///
+/// ```
+/// use std::time::Duration;
+/// use workerbus::{Backoff, HealthCheck, Restart, RestartPolicy};
+///
+/// let policy = RestartPolicy::new()
+///     .restart(Restart::Transient)
+///     .intensity(3, Duration::from_secs(60))
+///     .backoff(Backoff::exponential(Duration::from_millis(50)).max_delay(Duration::from_secs(5)))
+///     .health_check(HealthCheck::every(Duration::from_secs(10)).recycle_after_processed(200));
+/// assert_eq!(policy.restart_delay(1), Duration::ZERO);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestartPolicy {
+    pub(crate) restart: Restart,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_restarts: u32,
+    pub(crate) within: Duration,
+    pub(crate) health: Option<HealthCheck>,
+    pub(crate) while_restarting: WhileRestarting,
+    pub(crate) max_waiting_calls: usize,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl RestartPolicy {
+    /// The default policy.
+    pub fn new() -> RestartPolicy {
+        RestartPolicy::default()
+    }
+
+    /// When the worker is restarted.
+    #[must_use]
+    pub fn restart(mut self, restart: Restart) -> RestartPolicy {
+        self.restart = restart;
+        self
+    }
+
+    /// The delays between restarts in a row (the first is immediate).
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> RestartPolicy {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Gives up on the worker (reports it, stops restarting it) when it would
+    /// be restarted more than `max_restarts` times within `within`.
+    #[must_use]
+    pub fn intensity(mut self, max_restarts: u32, within: Duration) -> RestartPolicy {
+        self.max_restarts = max_restarts;
+        self.within = within;
+        self
+    }
+
+    /// Checks the worker's health periodically.
+    #[must_use]
+    pub fn health_check(mut self, check: HealthCheck) -> RestartPolicy {
+        self.health = Some(check);
+        self
+    }
+
+    /// What calls do while the worker restarts.
+    #[must_use]
+    pub fn while_restarting(mut self, behaviour: WhileRestarting) -> RestartPolicy {
+        self.while_restarting = behaviour;
+        self
+    }
+
+    /// How many calls may wait for a restart at once; more fail with
+    /// [`Error::Unavailable`](crate::Error::Unavailable).
+    #[must_use]
+    pub fn max_waiting_calls(mut self, calls: usize) -> RestartPolicy {
+        self.max_waiting_calls = calls;
+        self
+    }
+
+    /// How long a graceful stop (a group restart, a supervisor shutdown)
+    /// waits before it kills the worker.
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> RestartPolicy {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The delay before restart number `n` of a run of restarts (1 for the
+    /// first): none for the first, then [`Backoff::delay`] of `n - 1`. A run
+    /// ends when a worker has stayed up longer than the intensity period.
+    pub fn restart_delay(&self, n: u32) -> Duration {
+        if n <= 1 {
+            Duration::ZERO
+        } else {
+            self.backoff.delay(n - 1)
+        }
+    }
+}
+
+impl Default for RestartPolicy {
+    fn default() -> RestartPolicy {
+        RestartPolicy {
+            restart: Restart::Permanent,
+            backoff: Backoff::exponential(Duration::from_millis(10))
+                .max_delay(Duration::from_secs(2))
+                .jitter(0.2),
+            max_restarts: 5,
+            within: Duration::from_secs(10),
+            health: None,
+            while_restarting: WhileRestarting::Wait,
+            max_waiting_calls: 10_000,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Restart delays grow by the backoff's factor until its cap: the
+        /// growth is really exponential.
+        #[test]
+        fn restart_delays_grow_exponentially(initial_ms in 1u64..200, factor in 1.5f64..3.0, n in 2u32..30) {
+            let policy = RestartPolicy::new().backoff(
+                Backoff::exponential(Duration::from_millis(initial_ms))
+                    .multiplier(factor)
+                    .max_delay(Duration::from_secs(3600)),
+            );
+            let (this, next) = (policy.restart_delay(n), policy.restart_delay(n + 1));
+            prop_assert!(next >= this);
+            if next < Duration::from_secs(3600) {
+                let ratio = next.as_secs_f64() / this.as_secs_f64();
+                prop_assert!((ratio - factor).abs() < 1e-6, "ratio {} vs {}", ratio, factor);
+            }
+            prop_assert_eq!(policy.restart_delay(1), Duration::ZERO);
+            prop_assert_eq!(policy.restart_delay(2), Duration::from_millis(initial_ms));
+        }
+    }
+}
