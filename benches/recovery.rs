@@ -77,9 +77,12 @@ where
     Fut: std::future::Future<Output = SupervisedWorker>,
 {
     let supervisor = Supervisor::new();
-    // Every restart in the run is the first of its kind: no backoff, and an
-    // intensity that allows them all.
-    let policy = RestartPolicy::new().intensity(u32::MAX, Duration::from_millis(1));
+    // Each kill hits a worker that has run longer than the intensity period,
+    // so each restart is the first of its run (immediate, no backoff): the
+    // recovery from one crash, not from a crash loop, which the policy
+    // rightly slows down.
+    let within = Duration::from_millis(10);
+    let policy = RestartPolicy::new().intensity(u32::MAX, within);
     let worker = supervise(supervisor.clone(), policy).await;
     let client = EchoClient::new(worker.channel());
     let options = CallOptions::new()
@@ -94,6 +97,7 @@ where
     }
     let mut samples = Vec::with_capacity(rounds);
     for round in 0..rounds {
+        tokio::time::sleep(within * 2).await;
         let restarts = worker.restarts();
         let killed = match worker.pid() {
             Some(pid) => {
