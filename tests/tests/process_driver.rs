@@ -518,3 +518,26 @@ async fn captured_stdio_is_handed_to_the_host() {
     assert!(worker.take_stdout().is_none());
     cases::unary_round_trip(&worker.channel()).await;
 }
+
+#[tokio::test]
+async fn a_process_worker_reports_its_own_memory_and_calls() {
+    let worker = spawn().await;
+    cases::unary_round_trip(&worker.channel()).await;
+    let report = worker
+        .channel()
+        .health(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(report.processed, 1);
+    if cfg!(target_os = "linux") {
+        // The worker's resident memory, not the host's.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", worker.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let reported_kb = report.memory_bytes / 1024;
+        assert!(
+            reported_kb.abs_diff(kb) < kb / 2 + 1024,
+            "reported {reported_kb} kB, /proc says {kb} kB"
+        );
+    }
+}

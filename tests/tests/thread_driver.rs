@@ -206,3 +206,21 @@ async fn a_worker_is_named_after_its_service_unless_named() {
         .unwrap();
     assert_eq!(named.name(), "echo-1");
 }
+
+#[tokio::test]
+async fn a_health_check_reports_processed_calls_and_memory() {
+    let worker = spawn().await;
+    let channel = worker.channel();
+    for _ in 0..5 {
+        cases::unary_round_trip(&channel).await;
+    }
+    let report = channel.health(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        report.processed, 5,
+        "health checks themselves are not counted"
+    );
+    assert_eq!((report.running, report.stalled), (0, 0));
+    if cfg!(target_os = "linux") {
+        assert!(report.memory_bytes > 0);
+    }
+}

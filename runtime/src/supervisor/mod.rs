@@ -756,7 +756,10 @@ impl Central {
             reason,
         });
         let old = self.children[index].worker.take();
+        let stats = Arc::clone(&self.children[index].stats);
+        stats.restarts.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = self.start(index).await {
+            stats.restarts.fetch_sub(1, Ordering::Relaxed);
             self.children[index].worker = old;
             self.emit(SupervisorEvent::StartFailed {
                 worker: name,
@@ -764,10 +767,6 @@ impl Central {
             });
             return;
         }
-        self.children[index]
-            .stats
-            .restarts
-            .fetch_add(1, Ordering::Relaxed);
         if let Some(old) = old {
             let timeout = self.children[index].policy.shutdown_timeout;
             tokio::spawn(async move {
