@@ -257,6 +257,10 @@ pub(crate) trait Control: Send + Sync {
     fn hello(&self, hello: Hello) -> Result<Welcome, Status>;
     /// Switches the worker to a named socket.
     fn detach(&self) -> Result<Detached, Status>;
+
+    /// The peer asked the worker to shut down: stop accepting new peers now,
+    /// before the calls in flight finish.
+    fn shutting_down(&self) {}
 }
 
 /// Serves one connection: [`serve_transport`] with control exchanges.
@@ -521,7 +525,12 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                     None => self.backlog.retain(|(queued, _)| *queued != id),
                 }
             }
-            Frame::Shutdown => self.shutting_down = true,
+            Frame::Shutdown => {
+                self.shutting_down = true;
+                if let Some(control) = self.control {
+                    control.shutting_down();
+                }
+            }
             other => {
                 return Err(FrameError::Unexpected {
                     kind: other.kind_name(),

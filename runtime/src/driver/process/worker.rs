@@ -197,6 +197,14 @@ impl Control for ConnectionControl {
         })
     }
 
+    fn shutting_down(&self) {
+        // No new peer can reach a worker that is shutting down: its socket
+        // goes before the connection that asked is closed.
+        if let Some(address) = lock(&self.shared.address).take() {
+            let _ = std::fs::remove_file(address);
+        }
+    }
+
     fn detach(&self) -> Result<Detached, Status> {
         let mut address = lock(&self.shared.address);
         if address.is_none() {
