@@ -33,7 +33,10 @@ use crate::control::{self, Health, HealthReport};
 use crate::error::{Error, ExitReason, FrameError, Status};
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
+use crate::log::{self, Direction};
+use crate::middleware::{CallInfo, Chain, DynMiddleware, Middleware, Next, append};
 use crate::name::MethodName;
+use crate::trace::TraceContext;
 use crate::transport::{FrameWriter, Transport};
 
 /// The timeout of a call when neither the caller nor the schema sets one.
@@ -268,6 +271,7 @@ impl Default for ChannelOptions {
 #[derive(Clone)]
 pub struct Channel {
     inner: Inner,
+    middleware: Chain<dyn DynMiddleware>,
 }
 
 #[derive(Clone)]
@@ -285,6 +289,8 @@ struct Handle {
 
 struct Shared {
     state: Mutex<State>,
+    /// The driver behind the connection, as middleware sees it.
+    driver: &'static str,
     max_frame_length: usize,
     max_in_flight: usize,
     max_queued_bytes: usize,
@@ -329,8 +335,8 @@ enum Start<'a> {
     Closed(CloseReason),
 }
 
-#[derive(Default)]
 struct Slot {
+    method: MethodName,
     waker: Option<Waker>,
     outcome: Option<Result<Bytes, Failure>>,
 }
@@ -401,7 +407,7 @@ impl Channel {
 
     /// A channel over `transport` with `options`.
     pub fn with_options<T: Transport>(transport: T, options: ChannelOptions) -> Channel {
-        Channel::connect(transport, options, None)
+        Channel::connect(transport, options, None, "transport")
     }
 
     /// A channel whose failures carry the worker's exit reason, as reported
@@ -410,8 +416,10 @@ impl Channel {
         transport: T,
         options: ChannelOptions,
         exit: Option<ExitWatch>,
+        driver: &'static str,
     ) -> Channel {
         let shared = Arc::new(Shared {
+            driver,
             state: Mutex::new(State {
                 next_id: 1,
                 calls: IdMap::default(),
@@ -431,6 +439,7 @@ impl Channel {
         tokio::spawn(run_link(CloseOnDrop(Arc::clone(&shared)), transport, exit));
         Channel {
             inner: Inner::Direct(Arc::new(Handle { shared })),
+            middleware: None,
         }
     }
 
@@ -490,6 +499,7 @@ impl Channel {
             if state.closed.is_some() || state.closing {
                 return false;
             }
+            log::frame(Direction::HostOut, &frame, None);
             state.outbox.push_back(frame);
             state.link.take()
         };
@@ -521,33 +531,22 @@ impl Channel {
         let mut dead: Option<Channel> = None;
         let mut crash_retries = 0;
         loop {
-            let result = match &self.inner {
-                Inner::Direct(handle) => {
-                    let attempt = send(&handle.shared, method, &payload, options.timeout, attempt);
-                    with_timeout(method, options.timeout, attempt).await
+            let result = match &self.middleware {
+                None => {
+                    self.attempt(method, &payload, options, attempt, None, &mut dead)
+                        .await
                 }
-                Inner::Supervised(slot) => {
-                    let mut used = None;
-                    let attempt = async {
-                        let current = slot.current(method, dead.as_ref()).await?;
-                        let shared = current.direct().map(Arc::clone);
-                        used = Some(current);
-                        match shared {
-                            Some(shared) => {
-                                send(&shared, method, &payload, options.timeout, attempt).await
-                            }
-                            // A supervisor only ever holds direct channels.
-                            None => Err(Error::Disconnected {
-                                method: method.clone(),
-                                cause: None,
-                            }),
-                        }
-                    };
-                    let result = with_timeout(method, options.timeout, attempt).await;
-                    if used.is_some() {
-                        dead = used;
-                    }
-                    result
+                Some(chain) => {
+                    let info = CallInfo::host(
+                        method,
+                        attempt,
+                        options.timeout,
+                        self.driver(),
+                        payload.len(),
+                    );
+                    let endpoint =
+                        self.attempt(method, &payload, options, attempt, Some(&info), &mut dead);
+                    Next::new(chain, &info, Box::pin(endpoint)).run().await
                 }
             };
             match result {
@@ -575,6 +574,86 @@ impl Channel {
                 other => return other,
             }
         }
+    }
+
+    /// One attempt, bounded by its timeout; `dead` learns which connection
+    /// it ran on.
+    async fn attempt(
+        &self,
+        method: &MethodName,
+        payload: &Bytes,
+        options: &Resolved,
+        attempt: u32,
+        info: Option<&CallInfo>,
+        dead: &mut Option<Channel>,
+    ) -> Result<Bytes, Error> {
+        // Read when the attempt runs: after the middleware set it.
+        let trace = info.and_then(CallInfo::trace);
+        match &self.inner {
+            Inner::Direct(handle) => {
+                let attempt = send(
+                    &handle.shared,
+                    method,
+                    payload,
+                    options.timeout,
+                    attempt,
+                    trace,
+                );
+                with_timeout(method, options.timeout, attempt).await
+            }
+            Inner::Supervised(slot) => {
+                let mut used = None;
+                let attempt = async {
+                    let current = slot.current(method, dead.as_ref()).await?;
+                    let shared = current.direct().map(Arc::clone);
+                    used = Some(current);
+                    match shared {
+                        Some(shared) => {
+                            send(&shared, method, payload, options.timeout, attempt, trace).await
+                        }
+                        // A supervisor only ever holds direct channels.
+                        None => Err(Error::Disconnected {
+                            method: method.clone(),
+                            cause: None,
+                        }),
+                    }
+                };
+                let result = with_timeout(method, options.timeout, attempt).await;
+                if used.is_some() {
+                    *dead = used;
+                }
+                result
+            }
+        }
+    }
+
+    /// The driver behind the channel, as middleware sees it.
+    fn driver(&self) -> &'static str {
+        match &self.inner {
+            Inner::Direct(handle) => handle.shared.driver,
+            Inner::Supervised(slot) => slot.up().map_or("supervised", |channel| channel.driver()),
+        }
+    }
+
+    /// This channel with `middleware` added around each attempt of every
+    /// call made through it (or through a client made from it). The channel
+    /// it was made from, and its other clones, are unchanged: a channel per
+    /// middleware stack, one connection. The first added is the outermost.
+    ///
+    /// ```no_run
+    /// # use workerbus::{Channel, ConcurrencyLimit, Logging, Metrics};
+    /// # fn setup(channel: Channel, metrics: Metrics) {
+    /// let channel = channel
+    ///     .with_middleware(Logging::new())
+    ///     .with_middleware(metrics.clone())
+    ///     .with_middleware(ConcurrencyLimit::new(16));
+    /// # let _ = channel;
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_middleware(mut self, middleware: impl Middleware) -> Channel {
+        self.middleware = append(&self.middleware, Arc::new(middleware));
+        self
     }
 
     /// Waits until the connection has ended for good (the worker exited or
@@ -656,9 +735,11 @@ async fn send(
     payload: &Bytes,
     timeout: Option<Duration>,
     attempt: u32,
+    trace: Option<TraceContext>,
 ) -> Result<Bytes, Error> {
     let deadline_field = if timeout.is_some() { 8 } else { 0 };
-    let size = HEADER_LEN + deadline_field + 4 + 2 + method.len() + payload.len();
+    let trace_field = if trace.is_some() { 24 } else { 0 };
+    let size = HEADER_LEN + deadline_field + 4 + trace_field + 2 + method.len() + payload.len();
     if size > shared.max_frame_length {
         return Err(Error::TooLarge {
             method: method.clone(),
@@ -671,7 +752,7 @@ async fn send(
         let changed = shared.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        match start(shared, method, payload, timeout, attempt) {
+        match start(shared, method, payload, timeout, attempt, trace) {
             Start::Sent(call) => break call,
             Start::Closed(reason) => return Err(reason.into_error(method)),
             Start::Wait => changed.await,
@@ -686,6 +767,7 @@ fn start<'a>(
     payload: &Bytes,
     timeout: Option<Duration>,
     attempt: u32,
+    trace: Option<TraceContext>,
 ) -> Start<'a> {
     let (id, waker) = {
         let mut state = lock(shared);
@@ -701,15 +783,19 @@ fn start<'a>(
         }
         let id = state.next_id;
         state.next_id += 1;
-        state.calls.insert(id, Slot::default());
-        state.queued_bytes += payload.len();
-        state.outbox.push_back(Frame::request(
+        state.calls.insert(
             id,
-            method.clone(),
-            timeout,
-            attempt,
-            payload.clone(),
-        ));
+            Slot {
+                method: method.clone(),
+                waker: None,
+                outcome: None,
+            },
+        );
+        state.queued_bytes += payload.len();
+        let request =
+            Frame::request(id, method.clone(), timeout, attempt, payload.clone()).with_trace(trace);
+        log::frame(Direction::HostOut, &request, None);
+        state.outbox.push_back(request);
         (id, state.link.take())
     };
     // Only the first caller after the link went idle wakes it; the ones
@@ -797,6 +883,7 @@ impl WorkerSlot {
     pub(crate) fn channel(self: &Arc<WorkerSlot>) -> Channel {
         Channel {
             inner: Inner::Supervised(Arc::clone(self)),
+            middleware: None,
         }
     }
 
@@ -954,7 +1041,9 @@ impl Drop for PendingCall<'_> {
                             None
                         }
                         _ => {
-                            state.outbox.push_back(Frame::Cancel { id });
+                            let cancel = Frame::Cancel { id };
+                            log::frame(Direction::HostOut, &cancel, Some(&slot.method));
+                            state.outbox.push_back(cancel);
                             state.link.take()
                         }
                     }
@@ -1119,6 +1208,13 @@ fn poll_link<T: Transport>(
 /// Hands an answer to the call waiting for it. Answers to ids nobody waits
 /// for (the call timed out or was cancelled) are dropped.
 fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
+    if log::enabled() {
+        let method = lock(shared)
+            .calls
+            .get(&frame.id())
+            .map(|slot| slot.method.clone());
+        log::frame(Direction::HostIn, &frame, method.as_ref());
+    }
     let (id, outcome) = match frame {
         Frame::Response { id, payload } => (id, Ok(payload)),
         Frame::Status { id, status } => (id, Err(Failure::Remote(status))),

@@ -22,7 +22,7 @@
 //!
 //! | kind | name       | body                                                              |
 //! |------|------------|-------------------------------------------------------------------|
-//! | 0x01 | `REQUEST`  | [`timeout_us: u64` if flag `DEADLINE`] `attempt: u32`, `method_len: u16`, method (UTF-8), payload |
+//! | 0x01 | `REQUEST`  | [`timeout_us: u64` if flag `DEADLINE` 0x01] `attempt: u32`, [`trace_id: u128`, `span_id: u64` if flag `TRACE` 0x02] `method_len: u16`, method (UTF-8), payload |
 //! | 0x02 | `RESPONSE` | payload                                                           |
 //! | 0x03 | `STATUS`   | `code: u32`, `message_len: u32`, message (UTF-8), details         |
 //! | 0x04 | `CANCEL`   | empty                                                             |
@@ -38,6 +38,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::{Code, FrameError, Status};
 use crate::name::MethodName;
+use crate::trace::TraceContext;
 
 /// The default maximum frame length: 16 MiB.
 pub const DEFAULT_MAX_FRAME_LENGTH: usize = 16 * 1024 * 1024;
@@ -60,6 +61,9 @@ const KIND_SHUTDOWN: u8 = 0x05;
 
 /// `REQUEST` flag: a `timeout_us` field follows the header.
 const FLAG_DEADLINE: u8 = 0x01;
+/// `REQUEST` flag: a trace context (`trace_id: u128`, `span_id: u64`)
+/// follows `attempt`.
+const FLAG_TRACE: u8 = 0x02;
 
 /// One unit of the protocol.
 ///
@@ -80,6 +84,9 @@ pub enum Frame {
         timeout: Option<Duration>,
         /// Which attempt this is: 1 for the first, 2 for the first retry...
         attempt: u32,
+        /// The trace the call belongs to and the span that made it, if the
+        /// caller traces.
+        trace: Option<TraceContext>,
         /// The protobuf-encoded request message.
         payload: Bytes,
     },
@@ -121,8 +128,18 @@ impl Frame {
             method,
             timeout,
             attempt,
+            trace: None,
             payload,
         }
+    }
+
+    /// This `REQUEST` with a trace context; other frames unchanged.
+    #[must_use]
+    pub fn with_trace(mut self, context: Option<TraceContext>) -> Frame {
+        if let Frame::Request { trace, .. } = &mut self {
+            *trace = context;
+        }
+        self
     }
 
     /// The frame's kind as written in `docs/PROTOCOL.md`, e.g. `"REQUEST"`.
@@ -154,9 +171,17 @@ impl Frame {
                 Frame::Request {
                     method,
                     timeout,
+                    trace,
                     payload,
                     ..
-                } => timeout.map_or(0, |_| 8) + 4 + 2 + method.len() + payload.len(),
+                } => {
+                    timeout.map_or(0, |_| 8)
+                        + 4
+                        + trace.map_or(0, |_| 24)
+                        + 2
+                        + method.len()
+                        + payload.len()
+                }
                 Frame::Response { payload, .. } => payload.len(),
                 Frame::Status { status, .. } => {
                     4 + 4 + status.message().len() + status.details().len()
@@ -180,15 +205,27 @@ impl Frame {
                 method,
                 timeout,
                 attempt,
+                trace,
                 payload,
             } => {
                 dst.put_u8(KIND_REQUEST);
-                dst.put_u8(if timeout.is_some() { FLAG_DEADLINE } else { 0 });
+                let mut flags = 0;
+                if timeout.is_some() {
+                    flags |= FLAG_DEADLINE;
+                }
+                if trace.is_some() {
+                    flags |= FLAG_TRACE;
+                }
+                dst.put_u8(flags);
                 dst.put_u64(*id);
                 if let Some(timeout) = timeout {
                     dst.put_u64(u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX));
                 }
                 dst.put_u32(*attempt);
+                if let Some(trace) = trace {
+                    dst.put_u128(trace.trace_id());
+                    dst.put_u64(trace.span_id());
+                }
                 dst.put_u16(method.len() as u16);
                 dst.put_slice(method.as_bytes());
                 dst.put_slice(payload);
@@ -229,7 +266,7 @@ impl Frame {
             return Err(malformed(name, "id 0 is reserved".into()));
         }
         let allowed = if kind == KIND_REQUEST {
-            FLAG_DEADLINE
+            FLAG_DEADLINE | FLAG_TRACE
         } else {
             0
         };
@@ -248,6 +285,12 @@ impl Frame {
                     None
                 };
                 let attempt = body.u32("attempt")?;
+                let trace = if flags & FLAG_TRACE != 0 {
+                    let trace_id = body.u128("trace id")?;
+                    Some(TraceContext::from_parts(trace_id, body.u64("span id")?))
+                } else {
+                    None
+                };
                 let method_len = usize::from(body.u16("method length")?);
                 if method_len == 0 || method_len > MAX_METHOD_LEN {
                     return Err(malformed(
@@ -264,6 +307,7 @@ impl Frame {
                     method,
                     timeout,
                     attempt,
+                    trace,
                     payload: body.rest(),
                 }
             }
@@ -341,6 +385,11 @@ impl Reader {
     fn u64(&mut self, field: &str) -> Result<u64, FrameError> {
         self.need(8, field)?;
         Ok(self.buf.get_u64())
+    }
+
+    fn u128(&mut self, field: &str) -> Result<u128, FrameError> {
+        self.need(16, field)?;
+        Ok(self.buf.get_u128())
     }
 
     fn bytes(&mut self, n: usize, field: &str) -> Result<Bytes, FrameError> {
@@ -720,13 +769,19 @@ mod tests {
                 any::<u32>(),
                 payload.clone()
             )
-                .prop_map(|(id, method, timeout, attempt, payload)| Frame::request(
-                    id,
-                    MethodName::from(method),
-                    timeout.map(Duration::from_micros),
-                    attempt,
-                    payload
-                )),
+                .prop_map(|(id, method, timeout, attempt, payload)| {
+                    // Half the requests carry a trace, from their ids.
+                    let trace = (attempt % 2 == 0)
+                        .then(|| TraceContext::from_parts(u128::from(id) << 7, u64::from(attempt)));
+                    Frame::request(
+                        id,
+                        MethodName::from(method),
+                        timeout.map(Duration::from_micros),
+                        attempt,
+                        payload,
+                    )
+                    .with_trace(trace)
+                }),
             (1..=u64::MAX, payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
             (1..=u64::MAX, arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),
             (1..=u64::MAX).prop_map(|id| Frame::Cancel { id }),

@@ -42,8 +42,13 @@ use crate::control::{self, Detached, Health, Hello, Welcome};
 use crate::error::{FrameError, Status};
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
+use crate::log::{self, Direction};
+use crate::middleware::{
+    CallInfo, Chain, DynServerMiddleware, ServerMiddleware, ServerNext, append,
+};
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
+use crate::trace::TraceContext;
 use crate::transport::{FrameWriter, Transport};
 
 /// A service a worker can serve. Generated `<Service>Server` types implement
@@ -93,6 +98,7 @@ pub struct Context {
     method: MethodName,
     deadline: Option<tokio::time::Instant>,
     attempt: u32,
+    trace: Option<TraceContext>,
 }
 
 impl Context {
@@ -104,6 +110,7 @@ impl Context {
             method: method.into(),
             deadline: None,
             attempt: 1,
+            trace: None,
         }
     }
 
@@ -135,6 +142,10 @@ impl Context {
         self.deadline.map(tokio::time::Instant::into_std)
     }
 
+    pub(crate) fn tokio_deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
     /// The time left before the deadline, if there is one.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline
@@ -145,6 +156,13 @@ impl Context {
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
+
+    /// The trace the call belongs to, and the caller's span in it, if the
+    /// caller sent one (its channel has the [`Logging`](crate::Logging)
+    /// middleware).
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.trace
+    }
 }
 
 /// The default cap on calls a worker runs at once.
@@ -154,11 +172,28 @@ pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
 pub const DEFAULT_MAX_QUEUED_CALLS: usize = 1024;
 
 /// Options of a worker's serve loop.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServeOptions {
     max_concurrent_calls: usize,
     max_queued_calls: usize,
     max_frame_length: usize,
+    middleware: Chain<dyn DynServerMiddleware>,
+    /// The driver serving, as middleware sees it.
+    driver: &'static str,
+}
+
+impl fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("max_queued_calls", &self.max_queued_calls)
+            .field("max_frame_length", &self.max_frame_length)
+            .field(
+                "middleware",
+                &self.middleware.as_ref().map_or(0, |chain| chain.len()),
+            )
+            .finish()
+    }
 }
 
 impl ServeOptions {
@@ -205,12 +240,30 @@ impl ServeOptions {
     }
 }
 
+impl ServeOptions {
+    /// Adds a middleware around every handler; the first added is the
+    /// outermost.
+    #[must_use]
+    pub fn middleware(mut self, middleware: impl ServerMiddleware) -> ServeOptions {
+        self.middleware = append(&self.middleware, Arc::new(middleware));
+        self
+    }
+
+    #[cfg(any(feature = "thread", feature = "process"))]
+    pub(crate) fn driver(mut self, driver: &'static str) -> ServeOptions {
+        self.driver = driver;
+        self
+    }
+}
+
 impl Default for ServeOptions {
     fn default() -> ServeOptions {
         ServeOptions {
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             max_queued_calls: DEFAULT_MAX_QUEUED_CALLS,
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            middleware: None,
+            driver: "transport",
         }
     }
 }
@@ -284,6 +337,8 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
         shutting_down: false,
         max_concurrent: options.max_concurrent_calls,
         max_queued: options.max_queued_calls,
+        middleware: options.middleware.clone(),
+        driver: options.driver,
         greeted: !control.is_some_and(Control::requires_hello),
         refused: None,
         control,
@@ -335,6 +390,7 @@ struct Running {
     generation: u64,
     task: AbortHandle,
     deadline: Option<tokio::time::Instant>,
+    method: MethodName,
 }
 
 impl State {
@@ -393,6 +449,8 @@ struct Server<'c, S, T> {
     shutting_down: bool,
     max_concurrent: usize,
     max_queued: usize,
+    middleware: Chain<dyn DynServerMiddleware>,
+    driver: &'static str,
     control: Option<&'c dyn Control>,
     /// Whether the handshake is done (or not required).
     greeted: bool,
@@ -458,6 +516,16 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
     }
 
     fn receive(&mut self, frame: Frame) -> Result<(), FrameError> {
+        if log::enabled() {
+            let method = match &frame {
+                Frame::Cancel { id } => lock(&self.shared)
+                    .running
+                    .get(id)
+                    .map(|entry| entry.method.clone()),
+                _ => None,
+            };
+            log::frame(Direction::WorkerIn, &frame, method.as_ref());
+        }
         if !self.greeted
             && !matches!(&frame, Frame::Request { method, .. } if *method == control::HELLO)
         {
@@ -476,13 +544,15 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                     return Err(FrameError::DuplicateId { id });
                 }
                 let answer = self.control_exchange(id, &method, payload);
-                self.answer(answer);
+                log::frame(Direction::WorkerOut, &answer, Some(&method));
+                self.queue(answer);
             }
             Frame::Request {
                 id,
                 method,
                 timeout,
                 attempt,
+                trace,
                 payload,
             } => {
                 let deadline =
@@ -492,6 +562,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                     method,
                     deadline,
                     attempt,
+                    trace,
                 };
                 if self.is_in_flight(id) {
                     return Err(FrameError::DuplicateId { id });
@@ -631,6 +702,11 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
     }
 
     fn answer(&self, frame: Frame) {
+        log::frame(Direction::WorkerOut, &frame, None);
+        self.queue(frame);
+    }
+
+    fn queue(&self, frame: Frame) {
         let frame = fit(frame, self.shared.max_frame_length);
         lock(&self.shared).outbox.push_back(frame);
     }
@@ -657,6 +733,10 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
             };
             let method = call.context.method.clone();
             let deadline = call.context.deadline;
+            let info = self
+                .middleware
+                .as_ref()
+                .map(|_| CallInfo::worker(&call.context, self.driver, call.payload.len()));
             if deadline.is_some_and(|deadline| deadline <= tokio::time::Instant::now()) {
                 // Its caller gave up while it waited; answer nothing, as at
                 // any deadline.
@@ -691,13 +771,23 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 id,
                 generation,
             };
-            let task = tokio::spawn(run_call(end, method, deadline, future));
+            let info_method = method.clone();
+            let task = match (&self.middleware, info) {
+                (Some(chain), Some(info)) => {
+                    let chain = Arc::clone(chain);
+                    let handled =
+                        async move { ServerNext::new(&chain, &info, Box::pin(future)).run().await };
+                    tokio::spawn(run_call(end, method, deadline, handled))
+                }
+                _ => tokio::spawn(run_call(end, method, deadline, future)),
+            };
             state.running.insert(
                 id,
                 Running {
                     generation,
                     task: task.abort_handle(),
                     deadline,
+                    method: info_method,
                 },
             );
         }
@@ -780,6 +870,7 @@ async fn run_call<F>(
         if !state.finish(id, generation) {
             return; // cancelled: the caller no longer waits
         }
+        log::frame(Direction::WorkerOut, &frame, Some(&method));
         state.outbox.push_back(frame);
         state.link.take()
     };

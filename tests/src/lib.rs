@@ -32,7 +32,7 @@ pub mod pb {
 use pb::common::Page;
 use pb::echo::{
     EchoHandler, EchoReply, EchoRequest, ExitRequest, FailRequest, FlakyReply, FlakyRequest,
-    ObserveRequest, PanicRequest, SleepRequest, SleepState, StatsReply,
+    ObserveRequest, PanicRequest, SleepRequest, SleepState, StatsReply, TraceReply,
 };
 
 /// The `Echo` handler.
@@ -219,6 +219,18 @@ impl EchoHandler for EchoWorker {
             ));
         }
         std::process::exit(request.code)
+    }
+
+    async fn trace(&self, _request: (), cx: &Context) -> Result<TraceReply, Status> {
+        let current = workerbus::TraceContext::current();
+        Ok(TraceReply {
+            traced: current.is_some(),
+            trace_id_high: current.map_or(0, |trace| (trace.trace_id() >> 64) as u64),
+            trace_id_low: current.map_or(0, |trace| trace.trace_id() as u64),
+            span_id: current.map_or(0, |trace| trace.span_id()),
+            has_parent: cx.trace().is_some(),
+            parent_span_id: cx.trace().map_or(0, |trace| trace.span_id()),
+        })
     }
 
     async fn stats(&self, _request: (), _cx: &Context) -> Result<StatsReply, Status> {

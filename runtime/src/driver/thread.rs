@@ -111,7 +111,7 @@ impl ThreadDriver {
         let body = {
             let kill = Arc::clone(&kill);
             let worker_threads = self.worker_threads;
-            let serve = self.serve.clone();
+            let serve = self.serve.clone().driver("thread");
             move || {
                 let run =
                     || run_worker(worker_threads, worker_end, service, serve, &kill, ready_tx);
@@ -149,7 +149,7 @@ impl ThreadDriver {
                 ));
             }
         }
-        let channel = Channel::connect(host_end, self.channel, Some(exit_rx.clone()));
+        let channel = Channel::connect(host_end, self.channel, Some(exit_rx.clone()), "thread");
         tracing::debug!(worker = %name, "thread worker started");
         Ok(ThreadWorker {
             name,

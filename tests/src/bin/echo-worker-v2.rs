@@ -54,6 +54,9 @@ impl EchoHandler for Unchanged {
     async fn exit(&self, _: ExitRequest, _: &Context) -> Result<(), Status> {
         Err(not_here())
     }
+    async fn trace(&self, _: (), _: &Context) -> Result<TraceReply, Status> {
+        Err(not_here())
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -25,7 +25,12 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(ms.parse().expect("milliseconds"))).await;
         }
     }
-    if let Err(error) = workerbus::serve(EchoServer::new(EchoWorker::in_process())).await {
+    let mut options = workerbus::ServeOptions::new();
+    if args.iter().any(|arg| arg == "--logging") {
+        options = options.middleware(workerbus::Logging::new());
+    }
+    let server = EchoServer::new(EchoWorker::in_process());
+    if let Err(error) = workerbus::serve_with_options(server, options).await {
         eprintln!("echo-worker: {error}");
         std::process::exit(1);
     }

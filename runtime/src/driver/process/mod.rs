@@ -300,7 +300,12 @@ impl ProcessDriver {
         tokio::spawn(reap(child, Arc::clone(&kill), exit_tx, name.clone()));
 
         let connected = connect_transport(host_end, &self.channel).map(|transport| {
-            Channel::connect(transport, self.channel.clone(), Some(exit_rx.clone()))
+            Channel::connect(
+                transport,
+                self.channel.clone(),
+                Some(exit_rx.clone()),
+                "process",
+            )
         });
         let channel = match connected {
             Ok(channel) => channel,
@@ -452,7 +457,7 @@ async fn connect_named(
     let socket = socket.into_std().map_err(connect_error)?;
     let transport = connect_transport(socket, options).map_err(connect_error)?;
     let (exit_tx, exit_rx) = watch::channel(None);
-    let channel = Channel::connect(transport, options.clone(), None);
+    let channel = Channel::connect(transport, options.clone(), None, "process");
     let closed = channel.watch_closed();
     tokio::spawn(async move {
         closed.await;

@@ -60,6 +60,7 @@ pub async fn serve_with_options<S: Dispatch>(
     service: S,
     options: ServeOptions,
 ) -> Result<(), Error> {
+    let options = options.driver("process");
     let startup = StartupData::from_env()
         .map_err(|reason| worker_error(reason, None))?
         .ok_or_else(|| {

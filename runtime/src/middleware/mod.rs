@@ -1,0 +1,359 @@
+//! Middleware: code that runs around every call, on the host
+//! ([`Middleware`], per channel) and in the worker ([`ServerMiddleware`], per
+//! serve loop), composed in the order installed.
+//!
+//! ```text
+//!  host:   client ─▶ [Logging ─▶ Metrics ─▶ ConcurrencyLimit ─▶ attempt] ─▶ frames
+//!  worker: frames ─▶ [Logging ─▶ Metrics ─▶ handler]
+//! ```
+//!
+//! A host middleware wraps each attempt of a call (a retry runs the chain
+//! again, with [`CallInfo::attempt`] one higher); a worker middleware wraps
+//! each run of a handler. A middleware may answer without calling `next`.
+//! Without middleware, calls take a path with no middleware code and no
+//! allocation for it.
+
+mod limit;
+mod logging;
+mod metrics;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub use self::limit::{ConcurrencyLimit, RateLimit};
+pub use self::logging::Logging;
+pub use self::metrics::{Histogram, MethodMetrics, Metrics, MetricsSnapshot};
+use crate::error::{Error, Status};
+use crate::name::MethodName;
+use crate::trace::TraceContext;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which side of the boundary a call is seen from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Side {
+    /// The caller.
+    Host,
+    /// The callee.
+    Worker,
+}
+
+/// What a middleware knows about the call it wraps.
+pub struct CallInfo {
+    side: Side,
+    method: MethodName,
+    request_id: Option<u64>,
+    attempt: u32,
+    timeout: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
+    driver: &'static str,
+    request_len: usize,
+    trace: Mutex<Option<TraceContext>>,
+}
+
+impl CallInfo {
+    pub(crate) fn host(
+        method: &MethodName,
+        attempt: u32,
+        timeout: Option<Duration>,
+        driver: &'static str,
+        request_len: usize,
+    ) -> CallInfo {
+        CallInfo {
+            side: Side::Host,
+            method: method.clone(),
+            request_id: None,
+            attempt,
+            timeout,
+            deadline: timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout)),
+            driver,
+            request_len,
+            trace: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn worker(
+        context: &crate::server::Context,
+        driver: &'static str,
+        request_len: usize,
+    ) -> CallInfo {
+        CallInfo {
+            side: Side::Worker,
+            method: context.method_name().clone(),
+            request_id: Some(context.request_id()),
+            attempt: context.attempt(),
+            timeout: context.remaining(),
+            deadline: context.tokio_deadline(),
+            driver,
+            request_len,
+            trace: Mutex::new(context.trace()),
+        }
+    }
+
+    /// The side the call is seen from.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The message name, e.g. `embedder.embed`.
+    pub fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    /// The message name as a [`MethodName`].
+    pub fn method_name(&self) -> &MethodName {
+        &self.method
+    }
+
+    /// The request id, on the worker's side. (On the host it is chosen by
+    /// the connection when the request is sent, after the middleware ran;
+    /// the trace context links the two sides instead.)
+    pub fn request_id(&self) -> Option<u64> {
+        self.request_id
+    }
+
+    /// Which attempt this is: 1 for the first, 2 for the first retry...
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The attempt's timeout (on the worker: the time left when the request
+    /// arrived).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// When the attempt times out. A middleware that waits (for a permit, a
+    /// token) should give up by then.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.map(tokio::time::Instant::into_std)
+    }
+
+    pub(crate) fn tokio_deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// The driver of the connection: `"thread"`, `"process"`, or
+    /// `"transport"` for a channel made with `Channel::new`.
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    /// The size of the encoded request, in bytes.
+    pub fn request_len(&self) -> usize {
+        self.request_len
+    }
+
+    /// The call's trace context: on the host, the span making the call, once
+    /// a middleware (e.g. [`Logging`]) has set one; on the worker, the
+    /// caller's.
+    pub fn trace(&self) -> Option<TraceContext> {
+        *self.trace.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the trace context sent with the request (host side).
+    pub fn set_trace(&self, trace: TraceContext) {
+        *self.trace.lock().unwrap_or_else(PoisonError::into_inner) = Some(trace);
+    }
+}
+
+impl fmt::Debug for CallInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallInfo")
+            .field("side", &self.side)
+            .field("method", &self.method)
+            .field("request_id", &self.request_id)
+            .field("attempt", &self.attempt)
+            .field("deadline", &self.deadline)
+            .field("driver", &self.driver)
+            .field("request_len", &self.request_len)
+            .field("trace", &self.trace())
+            .finish()
+    }
+}
+
+/// Runs around each attempt of every call made through a channel, on the
+/// host: install it with [`Channel::with_middleware`](crate::Channel::with_middleware).
+///
+/// ```
+/// use bytes::Bytes;
+/// use workerbus::{CallInfo, Error, Middleware, Next};
+///
+/// /// Counts the bytes a channel sends and receives.
+/// #[derive(Default)]
+/// struct ByteCounter {
+///     bytes: std::sync::atomic::AtomicUsize,
+/// }
+///
+/// impl Middleware for ByteCounter {
+///     async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+///         let response = next.run().await?;
+///         let total = call.request_len() + response.len();
+///         self.bytes.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+///         Ok(response)
+///     }
+/// }
+/// ```
+pub trait Middleware: Send + Sync + 'static {
+    /// Handles the attempt: usually does something, awaits
+    /// [`next.run()`](Next::run), and does something with its outcome.
+    fn call(
+        &self,
+        call: &CallInfo,
+        next: Next<'_>,
+    ) -> impl Future<Output = Result<Bytes, Error>> + Send;
+}
+
+/// Runs around every handler of a worker: install it with
+/// [`ServeOptions::middleware`](crate::ServeOptions::middleware).
+pub trait ServerMiddleware: Send + Sync + 'static {
+    /// Handles the call: usually does something, awaits
+    /// [`next.run()`](ServerNext::run), and does something with its outcome.
+    fn handle(
+        &self,
+        call: &CallInfo,
+        next: ServerNext<'_>,
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send;
+}
+
+/// The rest of a host's middleware chain, ending in the attempt itself.
+pub struct Next<'a> {
+    rest: &'a [Arc<dyn DynMiddleware>],
+    info: &'a CallInfo,
+    endpoint: BoxFuture<'a, Result<Bytes, Error>>,
+}
+
+impl<'a> Next<'a> {
+    pub(crate) fn new(
+        chain: &'a [Arc<dyn DynMiddleware>],
+        info: &'a CallInfo,
+        endpoint: BoxFuture<'a, Result<Bytes, Error>>,
+    ) -> Next<'a> {
+        Next {
+            rest: chain,
+            info,
+            endpoint,
+        }
+    }
+
+    /// Runs the rest of the chain and the attempt.
+    pub async fn run(self) -> Result<Bytes, Error> {
+        match self.rest.split_first() {
+            Some((first, rest)) => {
+                let next = Next {
+                    rest,
+                    info: self.info,
+                    endpoint: self.endpoint,
+                };
+                first.call_boxed(self.info, next).await
+            }
+            None => self.endpoint.await,
+        }
+    }
+}
+
+impl fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("remaining", &self.rest.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rest of a worker's middleware chain, ending in the handler.
+pub struct ServerNext<'a> {
+    rest: &'a [Arc<dyn DynServerMiddleware>],
+    info: &'a CallInfo,
+    endpoint: BoxFuture<'a, Result<Bytes, Status>>,
+}
+
+impl<'a> ServerNext<'a> {
+    pub(crate) fn new(
+        chain: &'a [Arc<dyn DynServerMiddleware>],
+        info: &'a CallInfo,
+        endpoint: BoxFuture<'a, Result<Bytes, Status>>,
+    ) -> ServerNext<'a> {
+        ServerNext {
+            rest: chain,
+            info,
+            endpoint,
+        }
+    }
+
+    /// Runs the rest of the chain and the handler.
+    pub async fn run(self) -> Result<Bytes, Status> {
+        match self.rest.split_first() {
+            Some((first, rest)) => {
+                let next = ServerNext {
+                    rest,
+                    info: self.info,
+                    endpoint: self.endpoint,
+                };
+                first.handle_boxed(self.info, next).await
+            }
+            None => self.endpoint.await,
+        }
+    }
+}
+
+impl fmt::Debug for ServerNext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerNext")
+            .field("remaining", &self.rest.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`Middleware`] behind a pointer.
+pub(crate) trait DynMiddleware: Send + Sync {
+    fn call_boxed<'a>(
+        &'a self,
+        call: &'a CallInfo,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<Bytes, Error>>;
+}
+
+impl<M: Middleware> DynMiddleware for M {
+    fn call_boxed<'a>(
+        &'a self,
+        call: &'a CallInfo,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<Bytes, Error>> {
+        Box::pin(self.call(call, next))
+    }
+}
+
+/// [`ServerMiddleware`] behind a pointer.
+pub(crate) trait DynServerMiddleware: Send + Sync {
+    fn handle_boxed<'a>(
+        &'a self,
+        call: &'a CallInfo,
+        next: ServerNext<'a>,
+    ) -> BoxFuture<'a, Result<Bytes, Status>>;
+}
+
+impl<M: ServerMiddleware> DynServerMiddleware for M {
+    fn handle_boxed<'a>(
+        &'a self,
+        call: &'a CallInfo,
+        next: ServerNext<'a>,
+    ) -> BoxFuture<'a, Result<Bytes, Status>> {
+        Box::pin(self.handle(call, next))
+    }
+}
+
+/// An installed chain, shared by the clones of a channel or serve options.
+pub(crate) type Chain<M> = Option<Arc<[Arc<M>]>>;
+
+/// `chain` with `layer` appended (innermost).
+pub(crate) fn append<M: ?Sized>(chain: &Chain<M>, layer: Arc<M>) -> Chain<M> {
+    let mut layers: Vec<Arc<M>> = chain.as_deref().map(<[_]>::to_vec).unwrap_or_default();
+    layers.push(layer);
+    Some(layers.into())
+}

@@ -1,0 +1,84 @@
+//! [`TraceContext`]: the identity of a call tree, carried in `REQUEST`
+//! frames so that a worker's spans (and its own calls to sub-workers) can be
+//! joined to the host's, across threads and processes.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+
+tokio::task_local! {
+    /// The context of the call a worker's handler is serving.
+    static CURRENT: TraceContext;
+}
+
+/// Where a call sits in a call tree: the tree's trace id and the id of the
+/// span that made the call.
+///
+/// The [`Logging`](crate::Logging) middleware starts a trace on the host (or
+/// continues the one its task already belongs to), sends it with each
+/// request, and continues it in the worker, so a call made by a handler
+/// carries the same trace id one level down.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    trace_id: u128,
+    span_id: u64,
+}
+
+impl TraceContext {
+    /// A context with these ids.
+    pub const fn from_parts(trace_id: u128, span_id: u64) -> TraceContext {
+        TraceContext { trace_id, span_id }
+    }
+
+    /// The first span of a new trace.
+    pub fn new_root() -> TraceContext {
+        TraceContext {
+            trace_id: (u128::from(random()) << 64) | u128::from(random()),
+            span_id: random(),
+        }
+    }
+
+    /// A new span in the same trace.
+    pub fn child(&self) -> TraceContext {
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: random(),
+        }
+    }
+
+    /// The trace's id, shared by every span of the call tree.
+    pub fn trace_id(&self) -> u128 {
+        self.trace_id
+    }
+
+    /// This span's id.
+    pub fn span_id(&self) -> u64 {
+        self.span_id
+    }
+
+    /// The context of the call the current task is serving, if it is a
+    /// worker's handler run under [`Logging`](crate::Logging).
+    pub fn current() -> Option<TraceContext> {
+        CURRENT.try_with(|current| *current).ok()
+    }
+
+    /// Runs `future` with this context as the current one.
+    pub(crate) async fn scope<F: Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TraceContext({:032x}/{:016x})",
+            self.trace_id, self.span_id
+        )
+    }
+}
+
+/// A random u64: every `RandomState` is freshly keyed.
+fn random() -> u64 {
+    RandomState::new().hash_one(0u8)
+}

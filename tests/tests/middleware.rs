@@ -1,0 +1,433 @@
+//! Middleware on both sides: order, short-circuits, metrics, trace
+//! propagation across a process boundary, concurrency and rate limits.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use workerbus::{
+    CallInfo, CallOptions, Channel, Code, ConcurrencyLimit, Error, Logging, Metrics, Middleware,
+    Next, ProcessDriver, RateLimit, ServeOptions, ServerMiddleware, ServerNext, Side, Status,
+    ThreadDriver, ThreadWorker, TraceContext,
+};
+use workerbus_tests::EchoWorker;
+use workerbus_tests::pb::echo::{
+    EchoClient, EchoReply, EchoRequest, EchoServer, FailRequest, SleepRequest,
+};
+
+type Journal = Arc<Mutex<Vec<String>>>;
+
+/// Notes when it is entered and left, on either side.
+struct Note {
+    name: &'static str,
+    journal: Journal,
+}
+
+impl Note {
+    fn new(name: &'static str, journal: &Journal) -> Note {
+        Note {
+            name,
+            journal: Arc::clone(journal),
+        }
+    }
+
+    fn write(&self, what: &str) {
+        self.journal
+            .lock()
+            .unwrap()
+            .push(format!("{} {what}", self.name));
+    }
+}
+
+impl Middleware for Note {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+        assert_eq!(call.side(), Side::Host);
+        self.write(&format!("in {} attempt {}", call.method(), call.attempt()));
+        let result = next.run().await;
+        self.write("out");
+        result
+    }
+}
+
+impl ServerMiddleware for Note {
+    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+        assert_eq!(call.side(), Side::Worker);
+        assert!(call.request_id().is_some());
+        self.write(&format!("in {}", call.method()));
+        let result = next.run().await;
+        self.write("out");
+        result
+    }
+}
+
+/// Answers every echo itself, without calling `next`.
+struct ShortCircuit;
+
+impl Middleware for ShortCircuit {
+    async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<Bytes, Error> {
+        let reply = EchoReply {
+            text: "from the middleware".into(),
+            data: Bytes::new(),
+        };
+        Ok(Bytes::from(reply.encode_to_vec()))
+    }
+}
+
+impl ServerMiddleware for ShortCircuit {
+    async fn handle(&self, call: &CallInfo, _next: ServerNext<'_>) -> Result<Bytes, Status> {
+        Err(Status::permission_denied(format!(
+            "{} is not allowed here",
+            call.method()
+        )))
+    }
+}
+
+async fn spawn(options: ServeOptions) -> ThreadWorker {
+    ThreadDriver::new()
+        .serve_options(options)
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap()
+}
+
+fn echo(text: &str) -> EchoRequest {
+    EchoRequest {
+        text: text.into(),
+        ..EchoRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn host_middleware_runs_in_order_and_can_answer_without_the_worker() {
+    let journal = Journal::default();
+    let worker_journal = Journal::default();
+    let worker = spawn(ServeOptions::new().middleware(Note::new("worker", &worker_journal))).await;
+    let channel = worker
+        .channel()
+        .with_middleware(Note::new("outer", &journal))
+        .with_middleware(Note::new("inner", &journal));
+    let reply = EchoClient::new(channel.clone())
+        .echo(echo("hello"))
+        .await
+        .unwrap();
+    assert_eq!(reply.text, "hello");
+    assert_eq!(
+        *journal.lock().unwrap(),
+        [
+            "outer in echo.echo attempt 1",
+            "inner in echo.echo attempt 1",
+            "inner out",
+            "outer out"
+        ]
+    );
+    assert_eq!(
+        *worker_journal.lock().unwrap(),
+        ["worker in echo.echo", "worker out"]
+    );
+
+    // A middleware that answers by itself: the worker never sees the call.
+    let short = channel.with_middleware(ShortCircuit);
+    let reply = EchoClient::new(short).echo(echo("hello")).await.unwrap();
+    assert_eq!(reply.text, "from the middleware");
+    assert_eq!(
+        worker_journal.lock().unwrap().len(),
+        2,
+        "the worker saw nothing more"
+    );
+    // The channel it was made from is unchanged.
+    assert_eq!(worker.channel().in_flight(), 0);
+    let plain = EchoClient::new(worker.channel())
+        .echo(echo("plain"))
+        .await
+        .unwrap();
+    assert_eq!(plain.text, "plain");
+}
+
+#[tokio::test]
+async fn retries_run_the_host_chain_again_with_the_next_attempt() {
+    let journal = Journal::default();
+    let worker = spawn(ServeOptions::new()).await;
+    let channel = worker
+        .channel()
+        .with_middleware(Note::new("note", &journal));
+    let options =
+        CallOptions::new().backoff(workerbus::Backoff::constant(Duration::from_millis(1)));
+    let reply = EchoClient::new(channel)
+        .flaky_with(
+            workerbus_tests::pb::echo::FlakyRequest { succeed_on: 2 },
+            options,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.attempt, 2);
+    assert_eq!(
+        *journal.lock().unwrap(),
+        [
+            "note in echo.flaky_v2 attempt 1",
+            "note out",
+            "note in echo.flaky_v2 attempt 2",
+            "note out"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn worker_middleware_runs_in_order_and_can_refuse_a_call() {
+    let journal = Journal::default();
+    let worker = spawn(
+        ServeOptions::new()
+            .middleware(Note::new("outer", &journal))
+            .middleware(ShortCircuit),
+    )
+    .await;
+    let error = EchoClient::new(worker.channel())
+        .echo(echo("x"))
+        .await
+        .unwrap_err();
+    let status = error.status().expect("a remote status");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.message(), "echo.echo is not allowed here");
+    assert_eq!(
+        *journal.lock().unwrap(),
+        ["outer in echo.echo", "outer out"]
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_successes_failures_and_timeouts_on_both_sides() {
+    let host_metrics = Metrics::new();
+    let worker_metrics = Metrics::new();
+    let worker = spawn(ServeOptions::new().middleware(worker_metrics.clone())).await;
+    let client = EchoClient::new(worker.channel().with_middleware(host_metrics.clone()));
+    for text in ["a", "b", "c"] {
+        client.echo(echo(text)).await.unwrap();
+    }
+    for _ in 0..2 {
+        let fail = FailRequest {
+            code: Code::NotFound.as_u32(),
+            message: "gone".into(),
+            ..FailRequest::default()
+        };
+        client.fail(fail).await.unwrap_err();
+    }
+    let sleep = SleepRequest {
+        tag: "too long".into(),
+        ms: 60_000,
+        blocking: false,
+    };
+    let timed_out = client
+        .sleep_with(sleep, CallOptions::new().timeout(Duration::from_millis(50)))
+        .await;
+    assert!(matches!(timed_out, Err(Error::Timeout { .. })));
+
+    let host = host_metrics.snapshot();
+    let echo = host.method(Side::Host, "echo.echo").unwrap();
+    assert_eq!((echo.calls(), echo.ok(), echo.failed()), (3, 3, 0));
+    assert_eq!(echo.latency().count(), 3);
+    let fail = host.method(Side::Host, "echo.fail").unwrap();
+    assert_eq!(
+        (fail.calls(), fail.ok(), fail.failed(), fail.timeouts()),
+        (2, 0, 2, 0)
+    );
+    let sleep = host.method(Side::Host, "echo.sleep").unwrap();
+    assert_eq!((sleep.calls(), sleep.failed(), sleep.timeouts()), (1, 1, 1));
+    assert!(sleep.latency().quantile(0.5).unwrap() >= Duration::from_millis(50));
+
+    let handled = worker_metrics.snapshot();
+    assert_eq!(handled.method(Side::Worker, "echo.echo").unwrap().ok(), 3);
+    assert_eq!(
+        handled.method(Side::Worker, "echo.fail").unwrap().failed(),
+        2
+    );
+    // A cancelled handler did not end: the worker counts no outcome for it.
+    assert!(handled.method(Side::Worker, "echo.sleep").is_none());
+    assert!(handled.method(Side::Host, "echo.echo").is_none());
+}
+
+/// Records the trace context the host sent with each call.
+#[derive(Clone, Default)]
+struct SentTrace(Arc<Mutex<Option<TraceContext>>>);
+
+impl Middleware for SentTrace {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+        *self.0.lock().unwrap() = call.trace();
+        next.run().await
+    }
+}
+
+#[tokio::test]
+async fn the_host_span_is_the_parent_of_the_worker_span_across_processes() {
+    let worker = ProcessDriver::new(env!("CARGO_BIN_EXE_echo-worker"))
+        .arg("--logging")
+        .spawn()
+        .await
+        .unwrap();
+    let sent = SentTrace::default();
+    let channel: Channel = worker
+        .channel()
+        .with_middleware(Logging::new())
+        .with_middleware(sent.clone());
+    let reply = EchoClient::new(channel).trace(()).await.unwrap();
+    let host = sent.0.lock().unwrap().expect("Logging set a trace context");
+    assert!(reply.traced, "the worker ran the handler in a trace");
+    assert_eq!(
+        (u128::from(reply.trace_id_high) << 64) | u128::from(reply.trace_id_low),
+        host.trace_id(),
+        "one trace across the boundary"
+    );
+    assert!(reply.has_parent);
+    assert_eq!(
+        reply.parent_span_id,
+        host.span_id(),
+        "the host's span is the parent"
+    );
+    assert_ne!(
+        reply.span_id,
+        host.span_id(),
+        "the worker's span is its own"
+    );
+
+    // Without Logging on the host, nothing is sent and the worker starts
+    // its own trace.
+    let reply = EchoClient::new(worker.channel()).trace(()).await.unwrap();
+    assert!(reply.traced && !reply.has_parent);
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_holds_calls_and_times_them_out_while_they_wait() {
+    let worker = spawn(ServeOptions::new()).await;
+    let client = EchoClient::new(worker.channel().with_middleware(ConcurrencyLimit::new(2)));
+    let sleeps = (0..8).map(|i| {
+        client.sleep(SleepRequest {
+            tag: format!("limited {i}"),
+            ms: 30,
+            blocking: false,
+        })
+    });
+    for result in futures_util::future::join_all(sleeps).await {
+        result.unwrap();
+    }
+    assert_eq!(client.stats(()).await.unwrap().peak_concurrency, 2);
+
+    let limited = EchoClient::new(worker.channel().with_middleware(ConcurrencyLimit::new(1)));
+    let hog = limited.sleep_with(
+        SleepRequest {
+            tag: "hog".into(),
+            ms: 60_000,
+            blocking: false,
+        },
+        CallOptions::new().no_timeout(),
+    );
+    let waiting = async {
+        workerbus_tests::cases::observe(
+            &worker.channel(),
+            "hog",
+            workerbus_tests::pb::echo::SleepState::Started,
+        )
+        .await;
+        limited
+            .echo_with(
+                echo("waits"),
+                CallOptions::new().timeout(Duration::from_millis(100)),
+            )
+            .await
+    };
+    tokio::select! {
+        result = hog => panic!("the hog ended: {result:?}"),
+        result = waiting => {
+            let error = result.unwrap_err();
+            assert_eq!(error.to_string(), "echo.echo timed out after 100ms");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_spaces_calls_out() {
+    let worker = spawn(ServeOptions::new()).await;
+    let client = EchoClient::new(worker.channel().with_middleware(RateLimit::new(10.0, 2)));
+    let options = CallOptions::new().no_timeout();
+    let started = tokio::time::Instant::now();
+    for i in 0..6 {
+        client
+            .echo_with(echo(&format!("{i}")), options.clone())
+            .await
+            .unwrap();
+    }
+    // A burst of 2, then one every 100 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(400));
+    // A call whose turn comes after its deadline fails at once.
+    let hurried = CallOptions::new().timeout(Duration::from_millis(10));
+    client.echo_with(echo("a"), options.clone()).await.unwrap();
+    let error = client.echo_with(echo("b"), hurried).await.unwrap_err();
+    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn workerbus_log_traces_every_frame_on_both_sides() {
+    use tokio::io::AsyncReadExt;
+
+    // The worker's side: its stderr, captured.
+    let mut worker = ProcessDriver::new(env!("CARGO_BIN_EXE_echo-worker"))
+        .env(workerbus::LOG_ENV, "1")
+        .stderr(workerbus::Stdio::Capture)
+        .spawn()
+        .await
+        .unwrap();
+    let mut stderr = worker.take_stderr().unwrap();
+    EchoClient::new(worker.channel())
+        .echo(echo("followed"))
+        .await
+        .unwrap();
+    worker.shutdown().await;
+    let mut lines = String::new();
+    stderr.read_to_string(&mut lines).await.unwrap();
+    let frames: Vec<String> = lines
+        .lines()
+        .filter_map(|line| line.split_once("] ").map(|(_, rest)| rest.to_owned()))
+        .collect();
+    let expected = [
+        "worker <- host REQUEST #1 $workerbus.hello",
+        "worker -> host RESPONSE #1 $workerbus.hello",
+        "worker <- host REQUEST #2 echo.echo",
+        "worker -> host RESPONSE #2 echo.echo",
+        "worker <- host SHUTDOWN #0 -",
+    ];
+    assert_eq!(frames.len(), expected.len(), "{lines}");
+    for (frame, expected) in frames.iter().zip(expected) {
+        assert!(
+            frame.starts_with(expected),
+            "{frame:?} should start with {expected:?}"
+        );
+        assert!(frame.ends_with(" B"), "{frame:?} gives its size");
+    }
+
+    // The host's side: a host program run with the variable set.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_detach-host"))
+        .arg(env!("CARGO_BIN_EXE_echo-worker"))
+        .env(workerbus::LOG_ENV, "1")
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        host.contains("host -> worker REQUEST #2 echo.echo"),
+        "{host}"
+    );
+    assert!(
+        host.contains("host <- worker RESPONSE #2 echo.echo"),
+        "{host}"
+    );
+    assert!(
+        host.contains("host -> worker REQUEST #3 $workerbus.detach"),
+        "{host}"
+    );
+    // The detached worker is not needed any more.
+    let line = String::from_utf8_lossy(&output.stdout);
+    let mut fields = line.split_whitespace();
+    let (address, secret) = (fields.next().unwrap(), fields.next().unwrap());
+    let detached = ProcessDriver::new(env!("CARGO_BIN_EXE_echo-worker"))
+        .connect(address, &workerbus::Secret::from_hex(secret).unwrap())
+        .await
+        .unwrap();
+    detached.shutdown().await;
+}
