@@ -13,7 +13,7 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
-use crate::model::{MethodDef, ServiceDef};
+use crate::model::{MethodDef, RpcKind, ServiceDef};
 
 /// What to emit, and where the runtime crate is.
 #[derive(Clone)]
@@ -67,8 +67,9 @@ fn names_module(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, Strin
         let name = &method.message_name;
         let (request, request_fp) = (&method.request.proto_name, method.request.fingerprint);
         let (response, response_fp) = (&method.response.proto_name, method.response.fingerprint);
+        let kind = format_ident!("{}", method.kind.variant());
         quote! {
-            #cg::method_schema(#name, (#request, #request_fp), (#response, #response_fp))
+            #cg::method_schema(#name, (#request, #request_fp), (#response, #response_fp), #cg::MethodKind::#kind)
         }
     });
     let full_name = &def.full_name;
@@ -149,7 +150,7 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
     let response = parse_type(&method.response.rust_type)?;
     let message_name = &method.message_name;
     let response_proto = &method.response.proto_name;
-    let mut desc = quote!(#cg::MethodDesc::unary(#message_name, #response_proto));
+    let mut desc = quote!(#cg::MethodDesc::new(#message_name, #response_proto));
     if let Some(timeout_ms) = method.options.timeout_ms {
         desc = quote!(#desc.timeout_ms(#timeout_ms));
     }
@@ -172,20 +173,57 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
         method.rust_name.trim_start_matches("r#"),
         method.rust_name.trim_start_matches("r#")
     );
+    let options = quote!(::core::option::Option::Some(&options));
+    // The argument, the result, and the runtime call, by kind.
+    let (generics, argument, bound, result, call) = match method.kind {
+        RpcKind::Unary => (
+            quote!(),
+            quote!(request: #request),
+            quote!(),
+            quote!(#response),
+            quote!(self.inner.unary(&METHOD, request, #options).await),
+        ),
+        RpcKind::ServerStreaming => (
+            quote!(),
+            quote!(request: #request),
+            quote!(),
+            quote!(#cg::Streaming<#response>),
+            quote!(self.inner.server_stream(&METHOD, request, #options).await),
+        ),
+        RpcKind::ClientStreaming => (
+            quote!(<S>),
+            quote!(requests: S),
+            quote!(where S: #cg::Stream<Item = #request> + ::core::marker::Send + 'static),
+            quote!(#response),
+            quote!(self.inner.client_stream(&METHOD, requests, #options).await),
+        ),
+        RpcKind::BidiStreaming => (
+            quote!(<S>),
+            quote!(requests: S),
+            quote!(where S: #cg::Stream<Item = #request> + ::core::marker::Send + 'static),
+            quote!(#cg::Streaming<#response>),
+            quote!(self.inner.bidi_stream(&METHOD, requests, #options).await),
+        ),
+    };
+    let forwarded = if method.kind.streams_requests() {
+        quote!(requests)
+    } else {
+        quote!(request)
+    };
     Ok(quote! {
         #(#[doc = #docs])*
-        pub async fn #name(&self, request: #request) -> ::core::result::Result<#response, #cg::Error> {
-            self.#name_with(request, #cg::CallOptions::new()).await
+        pub async fn #name #generics(&self, #argument) -> ::core::result::Result<#result, #cg::Error> #bound {
+            self.#name_with(#forwarded, #cg::CallOptions::new()).await
         }
 
         #[doc = #with_doc]
-        pub async fn #name_with(
+        pub async fn #name_with #generics(
             &self,
-            request: #request,
+            #argument,
             options: #cg::CallOptions,
-        ) -> ::core::result::Result<#response, #cg::Error> {
+        ) -> ::core::result::Result<#result, #cg::Error> #bound {
             static METHOD: #cg::MethodDesc = #desc;
-            self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
+            #call
         }
     })
 }
@@ -239,46 +277,84 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
             docs.push(String::new());
         }
         docs.push(format!(" Message name: `{}`.", method.message_name));
+        let (arguments, output) = match method.kind {
+            RpcKind::Unary => (quote!(request: #request,), quote!(#response)),
+            RpcKind::ServerStreaming => (
+                quote!(request: #request, responses: #cg::StreamSender<#response>,),
+                quote!(()),
+            ),
+            RpcKind::ClientStreaming => (
+                quote!(requests: #cg::Incoming<#request>,),
+                quote!(#response),
+            ),
+            RpcKind::BidiStreaming => (
+                quote!(requests: #cg::Incoming<#request>, responses: #cg::StreamSender<#response>,),
+                quote!(()),
+            ),
+        };
         trait_methods.push(quote! {
             #(#[doc = #docs])*
             fn #name(
                 &self,
-                request: #request,
+                #arguments
                 cx: &#cg::Context,
-            ) -> impl ::core::future::Future<Output = ::core::result::Result<#response, #cg::Status>> + ::core::marker::Send;
+            ) -> impl ::core::future::Future<Output = ::core::result::Result<#output, #cg::Status>> + ::core::marker::Send;
         });
         let constant = format_ident!("{}", method.const_name);
         let request_proto = &method.request.proto_name;
         // `Empty` maps to `()`; binding a unit value would trip clippy in the
         // user's crate, so unit requests and responses are not bound.
-        let decode = quote!(#cg::decode::<#request>(&cx, payload, #request_proto)?);
-        let (bind_request, request_arg) = if method.request.rust_type == "()" {
-            (quote!(#decode;), quote!(()))
+        let mut prepare = TokenStream::new();
+        let mut arguments = TokenStream::new();
+        if method.kind.streams_requests() {
+            prepare
+                .extend(quote!(let requests = streams.incoming::<#request>(&cx, #request_proto)?;));
+            arguments.extend(quote!(requests,));
         } else {
-            (quote!(let request = #decode;), quote!(request))
-        };
-        let call = quote!(handler.#name(#request_arg, &cx).await?);
-        let (bind_response, encoded) = if method.response.rust_type == "()" {
-            (quote!(#call;), quote!(#cg::encode(&())))
+            let decode = quote!(#cg::decode::<#request>(&cx, payload, #request_proto)?);
+            if method.request.rust_type == "()" {
+                prepare.extend(quote!(#decode;));
+                arguments.extend(quote!((),));
+            } else {
+                prepare.extend(quote!(let request = #decode;));
+                arguments.extend(quote!(request,));
+            }
+        }
+        if method.kind.streams_responses() {
+            prepare.extend(quote!(let responses = streams.sender::<#response>(&cx)?;));
+            arguments.extend(quote!(responses,));
+        }
+        let call = quote!(handler.#name(#arguments &cx).await?);
+        let finish = if method.kind.streams_responses() {
+            // The stream's items went out as the handler sent them; an empty
+            // RESPONSE ends the stream.
+            quote! {
+                #call;
+                ::core::result::Result::Ok(#cg::Bytes::new())
+            }
+        } else if method.response.rust_type == "()" {
+            quote! {
+                #call;
+                ::core::result::Result::Ok(#cg::encode(&()))
+            }
         } else {
-            (
-                quote!(let response = #call;),
-                quote!(#cg::encode(&response)),
-            )
+            quote! {
+                let response = #call;
+                ::core::result::Result::Ok(#cg::encode(&response))
+            }
         };
         arms.push(quote! {
             #module::#constant => {
-                #bind_request
-                #bind_response
-                ::core::result::Result::Ok(#encoded)
+                #prepare
+                #finish
             }
         });
     }
-    // A service without methods never reads the payload.
-    let unpack = if def.methods.is_empty() {
-        quote!(let (_, cx) = call.into_parts();)
-    } else {
-        quote!(let (payload, cx) = call.into_parts();)
+    // Not every service reads the payload (all its requests may stream) or
+    // has streams.
+    let unpack = quote! {
+        #[allow(unused_variables)]
+        let (payload, cx, streams) = call.into_parts();
     };
     let server_doc = format!(
         " Serves a [`{handler}`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function."
@@ -399,6 +475,7 @@ mod tests {
                         retries: Some(2),
                         idempotent: true,
                     },
+                    kind: RpcKind::Unary,
                 },
                 MethodDef {
                     proto_name: "Type".into(),
@@ -409,6 +486,7 @@ mod tests {
                     request: message("()", "google.protobuf.Empty"),
                     response: message("super::common::Kind", "common.Kind"),
                     options: MethodOptions::default(),
+                    kind: RpcKind::ServerStreaming,
                 },
             ],
         }
@@ -439,7 +517,9 @@ mod tests {
             "pub async fn r#type(",
             "request: (),",
             "pub async fn type_with(",
-            "-> ::core::result::Result<super::common::Kind, ::workerbus::__codegen::Error>",
+            "::workerbus::__codegen::Streaming<super::common::Kind>,",
+            "responses: ::workerbus::__codegen::StreamSender<super::common::Kind>,",
+            "let responses = streams.sender::<super::common::Kind>(&cx)?;",
             "pub trait GreeterHandler",
             "fn r#type(",
             "pub struct GreeterServer<H>",

@@ -352,6 +352,7 @@ fn assemble(
                 fingerprint: info.response.1,
             },
             options: info.options,
+            kind: info.kind,
         });
     }
     Ok(ServiceDef {

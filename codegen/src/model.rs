@@ -37,6 +37,49 @@ pub(crate) struct MethodDef {
     pub(crate) request: MessageRef,
     pub(crate) response: MessageRef,
     pub(crate) options: MethodOptions,
+    pub(crate) kind: RpcKind,
+}
+
+/// Which way a method streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum RpcKind {
+    #[default]
+    Unary,
+    /// `returns (stream T)`
+    ServerStreaming,
+    /// `(stream T)` argument
+    ClientStreaming,
+    /// Both.
+    BidiStreaming,
+}
+
+impl RpcKind {
+    pub(crate) fn new(client_streaming: bool, server_streaming: bool) -> RpcKind {
+        match (client_streaming, server_streaming) {
+            (false, false) => RpcKind::Unary,
+            (false, true) => RpcKind::ServerStreaming,
+            (true, false) => RpcKind::ClientStreaming,
+            (true, true) => RpcKind::BidiStreaming,
+        }
+    }
+
+    /// The name of the runtime's `MethodKind` variant.
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            RpcKind::Unary => "Unary",
+            RpcKind::ServerStreaming => "ServerStreaming",
+            RpcKind::ClientStreaming => "ClientStreaming",
+            RpcKind::BidiStreaming => "BidiStreaming",
+        }
+    }
+
+    pub(crate) fn streams_requests(self) -> bool {
+        matches!(self, RpcKind::ClientStreaming | RpcKind::BidiStreaming)
+    }
+
+    pub(crate) fn streams_responses(self) -> bool {
+        matches!(self, RpcKind::ServerStreaming | RpcKind::BidiStreaming)
+    }
 }
 
 /// A request or response type.

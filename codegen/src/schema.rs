@@ -11,7 +11,7 @@ use prost_reflect::{
     MessageDescriptor, MethodDescriptor, ServiceDescriptor, Value,
 };
 
-use crate::model::MethodOptions;
+use crate::model::{MethodOptions, RpcKind};
 
 /// The name of `options.proto` in the include namespace.
 pub(crate) const OPTIONS_FILE: &str = "workerbus/options.proto";
@@ -27,6 +27,7 @@ pub(crate) struct ServiceInfo {
 /// Everything derived from the pool for one method.
 #[derive(Clone, Debug)]
 pub(crate) struct MethodInfo {
+    pub(crate) kind: RpcKind,
     pub(crate) proto_name: String,
     pub(crate) rust_name: String,
     pub(crate) message_name: String,
@@ -122,7 +123,7 @@ fn analyze_service(
     hasher.write_str(service.full_name());
     for method in &methods {
         hasher.write_str(&method.message_name);
-        hasher.write_str("unary");
+        hasher.write_str(method.kind.variant());
         hasher.write_u64(method.request.1);
         hasher.write_u64(method.response.1);
     }
@@ -139,9 +140,7 @@ fn analyze_method(
     method_ext: Option<&ExtensionDescriptor>,
     fingerprints: &mut Fingerprints,
 ) -> Result<MethodInfo, String> {
-    if method.is_client_streaming() || method.is_server_streaming() {
-        return Err("streaming methods are not supported yet; declare a unary rpc".into());
-    }
+    let kind = RpcKind::new(method.is_client_streaming(), method.is_server_streaming());
     let mut options = MethodOptions::default();
     let mut message_name = format!("{prefix}.{}", method.name().to_snake_case());
     if let Some(ext) = extension(&method.options(), method_ext) {
@@ -167,11 +166,18 @@ fn analyze_method(
                 options.retries.unwrap_or_default()
             ));
         }
+        if options.retries.is_some_and(|retries| retries > 0) && kind != RpcKind::Unary {
+            return Err(format!(
+                "option (workerbus.method).retries = {}: a streaming call is never retried; retries apply only to unary methods",
+                options.retries.unwrap_or_default()
+            ));
+        }
     }
     let rust_name = rust_ident(&method.name().to_snake_case());
     let input = method.input();
     let output = method.output();
     Ok(MethodInfo {
+        kind,
         proto_name: method.name().to_owned(),
         const_name: method.name().to_shouty_snake_case(),
         rust_name,

@@ -104,34 +104,26 @@ fn retries_need_idempotent() {
 }
 
 #[test]
-fn streaming_rpcs_are_refused() {
+fn streaming_rpcs_refuse_retries() {
     let message = compile_error(&[(
         "bad.proto",
         &schema(
             "service Worker {
-               rpc Watch(Ping) returns (stream Ping);
+               rpc Watch(Ping) returns (stream Ping) {
+                 option (workerbus.method) = { retries: 1, idempotent: true };
+               }
              }",
         ),
     )]);
     assert_mentions(
         &message,
-        &["bad.proto", "service bad.Worker", "rpc Watch", "streaming"],
-    );
-}
-
-#[test]
-fn client_streaming_rpcs_are_refused() {
-    let message = compile_error(&[(
-        "bad.proto",
-        &schema(
-            "service Worker {
-               rpc Upload(stream Ping) returns (google.protobuf.Empty);
-             }",
-        ),
-    )]);
-    assert_mentions(
-        &message,
-        &["bad.proto", "service bad.Worker", "rpc Upload", "streaming"],
+        &[
+            "bad.proto",
+            "service bad.Worker",
+            "rpc Watch",
+            "retries = 1",
+            "streaming call is never retried",
+        ],
     );
 }
 

@@ -31,7 +31,9 @@ use tokio::sync::{Notify, watch};
 use crate::backoff::Backoff;
 use crate::control::{self, Health, HealthReport};
 use crate::error::{Error, ExitReason, FrameError, Status};
-use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH};
+use crate::frame::{
+    DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH, STREAM_WINDOW,
+};
 use crate::idmap::IdMap;
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, Chain, DynMiddleware, Middleware, Next, append};
@@ -339,6 +341,31 @@ struct Slot {
     method: MethodName,
     waker: Option<Waker>,
     outcome: Option<Result<Bytes, Failure>>,
+    /// The streams of a streaming call.
+    stream: Option<Box<SlotStream>>,
+}
+
+impl Slot {
+    /// Settles the call and takes whoever waits on it: its reader and, for
+    /// a request stream, its sender (which must stop sending).
+    fn settle(&mut self, outcome: Result<Bytes, Failure>) -> impl Iterator<Item = Waker> {
+        self.outcome = Some(outcome);
+        let sender = self.stream.as_mut().and_then(|stream| stream.sender.take());
+        self.waker.take().into_iter().chain(sender)
+    }
+}
+
+/// A streaming call's state on the host.
+#[derive(Default)]
+struct SlotStream {
+    /// The worker's `ITEM`s not yet taken.
+    items: std::collections::VecDeque<Bytes>,
+    /// Items taken since the last `CREDIT` sent.
+    consumed: u32,
+    /// `ITEM`s the host may still send.
+    send_credit: u32,
+    /// The sending half, waiting for credit.
+    sender: Option<Waker>,
 }
 
 /// Why a connection is closed; shared by every call it fails.
@@ -352,6 +379,11 @@ pub(crate) enum CloseReason {
 enum Failure {
     Remote(Status),
     Closed(CloseReason),
+    /// An item of the request stream was over the maximum frame length.
+    ItemTooLarge {
+        size: usize,
+        max: usize,
+    },
 }
 
 impl Failure {
@@ -362,6 +394,12 @@ impl Failure {
                 status,
             },
             Failure::Closed(reason) => reason.into_error(method),
+            Failure::ItemTooLarge { size, max } => Error::TooLarge {
+                method: method.clone(),
+                what: "request stream item",
+                size,
+                max,
+            },
         }
     }
 }
@@ -752,7 +790,15 @@ async fn send(
         let changed = shared.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        match start(shared, method, payload, timeout, attempt, trace) {
+        match start(
+            shared,
+            method,
+            payload,
+            timeout,
+            attempt,
+            trace,
+            (false, false),
+        ) {
             Start::Sent(call) => break call,
             Start::Closed(reason) => return Err(reason.into_error(method)),
             Start::Wait => changed.await,
@@ -768,6 +814,7 @@ fn start<'a>(
     timeout: Option<Duration>,
     attempt: u32,
     trace: Option<TraceContext>,
+    streams: (bool, bool),
 ) -> Start<'a> {
     let (id, waker) = {
         let mut state = lock(shared);
@@ -789,11 +836,18 @@ fn start<'a>(
                 method: method.clone(),
                 waker: None,
                 outcome: None,
+                stream: (streams.0 || streams.1).then(|| {
+                    Box::new(SlotStream {
+                        send_credit: STREAM_WINDOW,
+                        ..SlotStream::default()
+                    })
+                }),
             },
         );
         state.queued_bytes += payload.len();
-        let request =
-            Frame::request(id, method.clone(), timeout, attempt, payload.clone()).with_trace(trace);
+        let request = Frame::request(id, method.clone(), timeout, attempt, payload.clone())
+            .with_trace(trace)
+            .with_streams(streams.0, streams.1);
         log::frame(Direction::HostOut, &request, None);
         state.outbox.push_back(request);
         (id, state.link.take())
@@ -1023,38 +1077,54 @@ impl Drop for PendingCall<'_> {
         if self.done {
             return;
         }
-        let waker = {
-            let mut state = lock(self.shared);
-            let removed = state.calls.remove(&self.id);
-            state.room_freed(self.shared);
-            match removed {
-                // Still unanswered: if the request has not left, withdraw it;
-                // otherwise tell the worker to stop working on it.
-                Some(slot) if slot.outcome.is_none() && state.closed.is_none() => {
-                    let id = self.id;
-                    let unsent = state.outbox.iter().position(
-                        |frame| matches!(frame, Frame::Request { id: queued, .. } if *queued == id),
-                    );
-                    match unsent.and_then(|index| state.outbox.remove(index)) {
-                        Some(Frame::Request { payload, .. }) => {
-                            state.queued_bytes -= payload.len();
-                            None
-                        }
-                        _ => {
-                            let cancel = Frame::Cancel { id };
-                            log::frame(Direction::HostOut, &cancel, Some(&slot.method));
-                            state.outbox.push_back(cancel);
-                            state.link.take()
-                        }
+        abandon(self.shared, self.id);
+    }
+}
+
+/// Ends the caller's interest in call `id`: its slot goes, and if it is not
+/// answered yet its request is withdrawn (with its stream items) when it has
+/// not left, or cancelled when it has.
+fn abandon(shared: &Shared, id: u64) {
+    let (waker, sender) = {
+        let mut state = lock(shared);
+        let mut removed = state.calls.remove(&id);
+        state.room_freed(shared);
+        // A request stream's sender waiting for credit must learn that the
+        // call is over.
+        let sender = removed
+            .as_mut()
+            .and_then(|slot| slot.stream.as_mut())
+            .and_then(|stream| stream.sender.take());
+        // Whether the worker still runs the call: it has not answered, and
+        // the call was not failed by the worker's side.
+        let running = |outcome: &Option<Result<Bytes, Failure>>| match outcome {
+            None | Some(Err(Failure::ItemTooLarge { .. })) => true,
+            Some(Ok(_) | Err(Failure::Remote(_) | Failure::Closed(_))) => false,
+        };
+        let waker = match removed {
+            Some(slot) if running(&slot.outcome) && state.closed.is_none() => {
+                let unsent = state.outbox.iter().position(
+                    |frame| matches!(frame, Frame::Request { id: queued, .. } if *queued == id),
+                );
+                match unsent.and_then(|index| state.outbox.remove(index)) {
+                    Some(Frame::Request { payload, .. }) => {
+                        state.queued_bytes -= payload.len();
+                        state.outbox.retain(|frame| frame.id() != id);
+                        None
+                    }
+                    _ => {
+                        let cancel = Frame::Cancel { id };
+                        log::frame(Direction::HostOut, &cancel, Some(&slot.method));
+                        state.outbox.push_back(cancel);
+                        state.link.take()
                     }
                 }
-                _ => None,
             }
+            _ => None,
         };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
+        (waker, sender)
+    };
+    waker.into_iter().chain(sender).for_each(Waker::wake);
 }
 
 /// How the link's connection ended.
@@ -1139,10 +1209,7 @@ fn close(shared: &Shared, reason: CloseReason) {
             .calls
             .values_mut()
             .filter(|slot| slot.outcome.is_none())
-            .filter_map(|slot| {
-                slot.outcome = Some(Err(Failure::Closed(reason.clone())));
-                slot.waker.take()
-            })
+            .flat_map(|slot| slot.settle(Err(Failure::Closed(reason.clone()))))
             .collect();
         (reason, wakers)
     };
@@ -1218,6 +1285,21 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
     let (id, outcome) = match frame {
         Frame::Response { id, payload } => (id, Ok(payload)),
         Frame::Status { id, status } => (id, Err(Failure::Remote(status))),
+        Frame::Item { id, payload } => return route_item(shared, id, payload),
+        Frame::Credit { id, count } => {
+            let waker = lock(shared)
+                .calls
+                .get_mut(&id)
+                .and_then(|slot| slot.stream.as_mut())
+                .and_then(|stream| {
+                    stream.send_credit = stream.send_credit.saturating_add(count);
+                    stream.sender.take()
+                });
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return Ok(());
+        }
         other => {
             return Err(FrameError::Unexpected {
                 kind: other.kind_name(),
@@ -1225,30 +1307,398 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
             });
         }
     };
-    let waker = {
+    let wakers: Vec<Waker> = {
         let mut state = lock(shared);
         match state.calls.get_mut(&id) {
-            Some(slot) if slot.outcome.is_none() => {
-                slot.outcome = Some(outcome);
-                slot.waker.take()
-            }
+            Some(slot) if slot.outcome.is_none() => slot.settle(outcome).collect(),
             Some(_) => {
                 tracing::debug!(id, "dropping a second answer to one request");
-                None
+                Vec::new()
             }
             None => {
                 tracing::trace!(
                     id,
                     "dropping an answer nobody awaits (timed out or cancelled)"
                 );
-                None
+                Vec::new()
             }
         }
+    };
+    wakers.into_iter().for_each(Waker::wake);
+    Ok(())
+}
+
+/// Hands a response-stream item to the call waiting for it.
+fn route_item(shared: &Shared, id: u64, payload: Bytes) -> Result<(), FrameError> {
+    let waker = {
+        let mut state = lock(shared);
+        let Some(slot) = state.calls.get_mut(&id) else {
+            return Ok(()); // late: the caller stopped listening
+        };
+        let Some(stream) = slot.stream.as_mut() else {
+            return Err(FrameError::Malformed {
+                kind: "ITEM",
+                reason: format!("request {id} is not a streaming call"),
+            });
+        };
+        stream.items.push_back(payload);
+        // Items buffered plus items taken but not yet credited back never
+        // exceed the window, unless the worker ignored its credit.
+        if stream.items.len() + stream.consumed as usize > STREAM_WINDOW as usize {
+            return Err(FrameError::Malformed {
+                kind: "ITEM",
+                reason: format!("request {id} got more items than its credit allows"),
+            });
+        }
+        slot.waker.take()
     };
     if let Some(waker) = waker {
         waker.wake();
     }
     Ok(())
+}
+
+impl Channel {
+    /// Starts a streaming call: sends its `REQUEST` (with `payload`, or
+    /// empty for a request stream) and returns both halves.
+    pub(crate) async fn open_stream(
+        &self,
+        method: &MethodName,
+        payload: Bytes,
+        options: &Resolved,
+        streams: (bool, bool),
+    ) -> Result<(StreamCall, StreamSendHalf), Error> {
+        let open = async {
+            let channel = match &self.inner {
+                Inner::Direct(_) => self.clone(),
+                Inner::Supervised(slot) => slot.current(method, None).await?,
+            };
+            let Some(shared) = channel.direct().map(Arc::clone) else {
+                return Err(Error::Disconnected {
+                    method: method.clone(),
+                    cause: None,
+                });
+            };
+            let id = loop {
+                let changed = shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                match start(&shared, method, &payload, options.timeout, 1, None, streams) {
+                    Start::Sent(mut call) => {
+                        // The stream halves take over the slot from here.
+                        call.done = true;
+                        break call.id;
+                    }
+                    Start::Closed(reason) => return Err(reason.into_error(method)),
+                    Start::Wait => changed.await,
+                }
+            };
+            Ok((channel, shared, id))
+        };
+        let (channel, shared, id) = with_timeout(method, options.timeout, open).await?;
+        let deadline = options
+            .timeout
+            .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+        let send = StreamSendHalf {
+            shared: Arc::clone(&shared),
+            id,
+            method: method.clone(),
+        };
+        let call = StreamCall {
+            channel,
+            shared,
+            id,
+            method: method.clone(),
+            deadline,
+            timeout: options.timeout,
+            done: false,
+        };
+        Ok((call, send))
+    }
+}
+
+/// The receiving half of a streaming call on the host: the worker's items,
+/// then its answer. Dropping it before the end cancels the call.
+pub(crate) struct StreamCall {
+    /// Keeps the connection open while the stream is read.
+    channel: Channel,
+    shared: Arc<Shared>,
+    id: u64,
+    method: MethodName,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Option<Duration>,
+    done: bool,
+}
+
+impl StreamCall {
+    /// Ends the call by its deadline.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        let Some(deadline) = &mut self.deadline else {
+            return Poll::Pending;
+        };
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Error::Timeout {
+                method: self.method.clone(),
+                after: self.timeout.unwrap_or_default(),
+            }),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        abandon(&self.shared, self.id);
+    }
+
+    /// The next item of the worker's stream; `Ok(None)` once it ended with
+    /// a `RESPONSE`, an error if it ended otherwise.
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let (polled, waker) = {
+            let mut state = lock(&self.shared);
+            let id = self.id;
+            let Some(slot) = state.calls.get_mut(&id) else {
+                drop(state);
+                self.done = true;
+                return Poll::Ready(Some(Err(Error::Disconnected {
+                    method: self.method.clone(),
+                    cause: None,
+                })));
+            };
+            let item = slot.stream.as_mut().and_then(|stream| {
+                let item = stream.items.pop_front()?;
+                stream.consumed += 1;
+                Some((
+                    item,
+                    (stream.consumed >= STREAM_WINDOW / 2)
+                        .then(|| std::mem::take(&mut stream.consumed)),
+                ))
+            });
+            match item {
+                Some((item, credit)) => {
+                    let waker = credit.and_then(|count| {
+                        let frame = Frame::Credit { id, count };
+                        log::frame(Direction::HostOut, &frame, Some(&self.method));
+                        state.outbox.push_back(frame);
+                        state.link.take()
+                    });
+                    (Poll::Ready(Some(Ok(item))), waker)
+                }
+                None => match slot.outcome.take() {
+                    Some(Ok(_)) => (Poll::Ready(None), None),
+                    Some(Err(failure)) => (
+                        Poll::Ready(Some(Err(failure.into_error(&self.method)))),
+                        None,
+                    ),
+                    None => {
+                        slot.waker = Some(cx.waker().clone());
+                        (Poll::Pending, None)
+                    }
+                },
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        match polled {
+            Poll::Pending => match self.poll_deadline(cx) {
+                Poll::Ready(error) => {
+                    self.finish();
+                    Poll::Ready(Some(Err(error)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
+            end => {
+                self.finish();
+                end
+            }
+        }
+    }
+
+    /// The worker's answer to a call whose request streamed.
+    pub(crate) async fn response(mut self) -> Result<Bytes, Error> {
+        poll_fn(|cx| {
+            let outcome = {
+                let mut state = lock(&self.shared);
+                match state.calls.get_mut(&self.id) {
+                    None => Some(Err(Error::Disconnected {
+                        method: self.method.clone(),
+                        cause: None,
+                    })),
+                    Some(slot) => match slot.outcome.take() {
+                        Some(outcome) => {
+                            Some(outcome.map_err(|failure| failure.into_error(&self.method)))
+                        }
+                        None => {
+                            slot.waker = Some(cx.waker().clone());
+                            None
+                        }
+                    },
+                }
+            };
+            match outcome {
+                Some(outcome) => {
+                    self.finish();
+                    Poll::Ready(outcome)
+                }
+                None => match self.poll_deadline(cx) {
+                    Poll::Ready(error) => {
+                        self.finish();
+                        Poll::Ready(Err(error))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for StreamCall {
+    fn drop(&mut self) {
+        if !self.done {
+            abandon(&self.shared, self.id);
+        }
+        let _ = &self.channel;
+    }
+}
+
+/// The sending half of a streaming call on the host.
+pub(crate) struct StreamSendHalf {
+    shared: Arc<Shared>,
+    id: u64,
+    method: MethodName,
+}
+
+impl StreamSendHalf {
+    /// Sends one item of the request stream, once the worker has room.
+    /// Fails once the call has ended (the worker answered or the caller
+    /// stopped listening); an item over the maximum frame length ends the
+    /// call with [`Error::TooLarge`].
+    pub(crate) async fn send(&self, payload: Bytes) -> Result<(), ()> {
+        let size = HEADER_LEN + payload.len();
+        let mut payload = Some(payload);
+        let waker = poll_fn(|cx| {
+            let mut state = lock(&self.shared);
+            if state.closed.is_some() {
+                return Poll::Ready(Err(()));
+            }
+            let max = self.shared.max_frame_length;
+            let Some(slot) = state.calls.get_mut(&self.id) else {
+                return Poll::Ready(Err(()));
+            };
+            if slot.outcome.is_some() {
+                return Poll::Ready(Err(()));
+            }
+            if size > max {
+                // Fail the call; its reader cancels it in the worker.
+                slot.settle(Err(Failure::ItemTooLarge { size, max }))
+                    .for_each(Waker::wake);
+                return Poll::Ready(Err(()));
+            }
+            let Some(stream) = slot.stream.as_mut() else {
+                return Poll::Ready(Err(()));
+            };
+            if stream.send_credit == 0 {
+                stream.sender = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            stream.send_credit -= 1;
+            let item = Frame::Item {
+                id: self.id,
+                payload: payload.take().unwrap_or_default(),
+            };
+            log::frame(Direction::HostOut, &item, Some(&self.method));
+            state.outbox.push_back(item);
+            Poll::Ready(Ok(state.link.take()))
+        })
+        .await?;
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Ends the request stream.
+    pub(crate) fn end(&self) {
+        let waker = {
+            let mut state = lock(&self.shared);
+            if state.closed.is_some() || !state.calls.contains_key(&self.id) {
+                return;
+            }
+            let end = Frame::End { id: self.id };
+            log::frame(Direction::HostOut, &end, Some(&self.method));
+            state.outbox.push_back(end);
+            state.link.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// A stream of messages from a worker: the response of a method declared
+/// `returns (stream T)`.
+///
+/// It yields each message as it arrives, and ends after the last one
+/// (`None`), or with an error if the call failed (the worker's status, its
+/// exit, the call's timeout). Reading it grants the worker room for more, so
+/// a slow reader slows the worker down instead of filling memory; dropping
+/// it cancels the call.
+pub struct Streaming<T> {
+    call: StreamCall,
+    message_type: &'static str,
+    _message: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Streaming<T> {
+    pub(crate) fn new(call: StreamCall, message_type: &'static str) -> Streaming<T> {
+        Streaming {
+            call,
+            message_type,
+            _message: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: prost::Message + Default> Streaming<T> {
+    /// The next message, `None` once the stream has ended.
+    pub async fn message(&mut self) -> Result<Option<T>, Error> {
+        poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *self), cx))
+            .await
+            .transpose()
+    }
+}
+
+impl<T: prost::Message + Default> futures_core::Stream for Streaming<T> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        this.call.poll_item(cx).map(|item| {
+            item.map(|item| {
+                item.and_then(|bytes| {
+                    T::decode(bytes).map_err(|source| Error::Decode {
+                        method: this.call.method.clone(),
+                        message: this.message_type,
+                        source,
+                    })
+                })
+            })
+        })
+    }
+}
+
+impl<T> fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streaming")
+            .field("method", &self.call.method)
+            .field("ended", &self.call.done)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

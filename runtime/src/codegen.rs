@@ -9,11 +9,13 @@ use std::time::Duration;
 pub use bytes::Bytes;
 pub use prost::Message;
 
-pub use crate::client::{CallOptions, Channel};
+pub use futures_core::Stream;
+
+pub use crate::client::{CallOptions, Channel, Streaming};
 pub use crate::error::{Error, Status};
 pub use crate::name::MethodName;
 pub use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
-pub use crate::server::{Call, Context, Dispatch};
+pub use crate::server::{Call, CallStreams, Context, Dispatch, Incoming, StreamSender};
 
 use crate::client::MethodDefaults;
 
@@ -26,8 +28,8 @@ pub struct MethodDesc {
 }
 
 impl MethodDesc {
-    /// A unary method with no schema defaults.
-    pub const fn unary(name: &'static str, response_type: &'static str) -> MethodDesc {
+    /// A method with no schema defaults.
+    pub const fn new(name: &'static str, response_type: &'static str) -> MethodDesc {
         MethodDesc {
             name: MethodName::from_static(name),
             response_type,
@@ -63,8 +65,9 @@ pub const fn method_schema(
     name: &'static str,
     request: (&'static str, u64),
     response: (&'static str, u64),
+    kind: MethodKind,
 ) -> MethodSchema {
-    MethodSchema::new(name, request, response, MethodKind::Unary)
+    MethodSchema::new(name, request, response, kind)
 }
 
 /// A service schema.
@@ -129,6 +132,109 @@ impl Client {
             message: method.response_type,
             source,
         })
+    }
+}
+
+impl Client {
+    /// A call whose response is a stream.
+    pub async fn server_stream<Req, Resp>(
+        &self,
+        method: &'static MethodDesc,
+        request: Req,
+        options: Option<&CallOptions>,
+    ) -> Result<Streaming<Resp>, Error>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
+        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
+        let payload = encode(&request);
+        let (call, _) = self
+            .channel
+            .open_stream(&method.name, payload, &resolved, (false, true))
+            .await?;
+        Ok(Streaming::new(call, method.response_type))
+    }
+
+    /// A call whose request is a stream: sends each message of `requests`
+    /// as the worker has room for it, then waits for the response.
+    pub async fn client_stream<Req, Resp, S>(
+        &self,
+        method: &'static MethodDesc,
+        requests: S,
+        options: Option<&CallOptions>,
+    ) -> Result<Resp, Error>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        S: Stream<Item = Req> + Send + 'static,
+    {
+        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
+        let call = async {
+            let (call, send) = self
+                .channel
+                .open_stream(&method.name, Bytes::new(), &resolved, (true, false))
+                .await?;
+            let mut requests = std::pin::pin!(requests);
+            while let Some(request) =
+                std::future::poll_fn(|cx| requests.as_mut().poll_next(cx)).await
+            {
+                // The call ended early (the worker answered): stop sending.
+                if send.send(encode(&request)).await.is_err() {
+                    break;
+                }
+            }
+            send.end();
+            call.response().await
+        };
+        let response = match resolved.timeout {
+            Some(after) => {
+                tokio::time::timeout(after, call)
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        method: method.name.clone(),
+                        after,
+                    })??
+            }
+            None => call.await?,
+        };
+        Resp::decode(response).map_err(|source| Error::Decode {
+            method: method.name.clone(),
+            message: method.response_type,
+            source,
+        })
+    }
+
+    /// A call streaming both ways: `requests` is sent from a task of its own
+    /// (as the worker has room), while the caller reads the responses.
+    pub async fn bidi_stream<Req, Resp, S>(
+        &self,
+        method: &'static MethodDesc,
+        requests: S,
+        options: Option<&CallOptions>,
+    ) -> Result<Streaming<Resp>, Error>
+    where
+        Req: Message + 'static,
+        Resp: Message + Default,
+        S: Stream<Item = Req> + Send + 'static,
+    {
+        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
+        let (call, send) = self
+            .channel
+            .open_stream(&method.name, Bytes::new(), &resolved, (true, true))
+            .await?;
+        tokio::spawn(async move {
+            let mut requests = std::pin::pin!(requests);
+            while let Some(request) =
+                std::future::poll_fn(|cx| requests.as_mut().poll_next(cx)).await
+            {
+                if send.send(encode(&request)).await.is_err() {
+                    return;
+                }
+            }
+            send.end();
+        });
+        Ok(Streaming::new(call, method.response_type))
     }
 }
 

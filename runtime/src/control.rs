@@ -16,7 +16,7 @@ use std::io::Read;
 use bytes::Bytes;
 
 #[cfg(feature = "process")]
-use crate::schema::{MethodSchema, ServiceSchema};
+use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
 
 /// The prefix reserved for control exchanges.
 pub(crate) const PREFIX: &str = "$workerbus.";
@@ -76,6 +76,9 @@ pub(crate) struct MethodInfo {
     pub(crate) request_fingerprint: u64,
     #[prost(fixed64, tag = "5")]
     pub(crate) response_fingerprint: u64,
+    /// 0 unary, 1 server streaming, 2 client streaming, 3 both.
+    #[prost(uint32, tag = "6")]
+    pub(crate) kind: u32,
 }
 
 /// The answer to [`HEALTH`]: see [`HealthReport`](crate::HealthReport).
@@ -152,6 +155,7 @@ impl From<&MethodSchema> for MethodInfo {
             response: method.response().to_owned(),
             request_fingerprint: method.request_fingerprint(),
             response_fingerprint: method.response_fingerprint(),
+            kind: method.kind().to_wire(),
         }
     }
 }
@@ -183,6 +187,14 @@ pub(crate) fn schema_difference(
         match actual.methods.iter().find(|m| m.name == method.name()) {
             None => differences.push(format!("{} is missing from the worker", method.name())),
             Some(theirs) => {
+                if theirs.kind != method.kind().to_wire() {
+                    differences.push(format!(
+                        "{}: {} here but {} in the worker",
+                        method.name(),
+                        MethodKind::describe_wire(method.kind().to_wire()),
+                        MethodKind::describe_wire(theirs.kind),
+                    ));
+                }
                 if theirs.request != method.request()
                     || theirs.request_fingerprint != method.request_fingerprint()
                 {
@@ -212,7 +224,7 @@ pub(crate) fn schema_difference(
         }
     }
     if differences.is_empty() {
-        differences.push("the method order or kinds differ".to_owned());
+        differences.push("the method order differs".to_owned());
     }
     Some(format!(
         "{} differs: {}",
@@ -298,11 +310,17 @@ mod tests {
     use crate::__codegen::{method_schema, service_schema};
 
     static METHODS: [MethodSchema; 2] = [
-        method_schema("echo.echo", ("echo.Req", 1), ("echo.Reply", 2)),
+        method_schema(
+            "echo.echo",
+            ("echo.Req", 1),
+            ("echo.Reply", 2),
+            MethodKind::Unary,
+        ),
         method_schema(
             "echo.stats",
             ("google.protobuf.Empty", 3),
             ("echo.Stats", 4),
+            MethodKind::ServerStreaming,
         ),
     ];
     static SCHEMA: ServiceSchema = service_schema("echo.Echo", &METHODS, 99);
@@ -321,6 +339,7 @@ mod tests {
         theirs.fingerprint = 100;
         theirs.methods[0].request_fingerprint = 7;
         theirs.methods[1].response = "echo.StatsV2".into();
+        theirs.methods[1].kind = MethodKind::Unary.to_wire();
         theirs.methods.push(MethodInfo {
             name: "echo.extra".into(),
             ..MethodInfo::default()
@@ -328,6 +347,7 @@ mod tests {
         assert_eq!(
             schema_difference(&SCHEMA, &[theirs]).unwrap(),
             "echo.Echo differs: echo.echo: the request type echo.Req has a different structure; \
+             echo.stats: streams its responses here but is unary in the worker; \
              echo.stats: the response type is echo.Stats here but echo.StatsV2 in the worker; \
              echo.extra exists only in the worker"
         );

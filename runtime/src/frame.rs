@@ -58,12 +58,24 @@ const KIND_RESPONSE: u8 = 0x02;
 const KIND_STATUS: u8 = 0x03;
 const KIND_CANCEL: u8 = 0x04;
 const KIND_SHUTDOWN: u8 = 0x05;
+const KIND_ITEM: u8 = 0x06;
+const KIND_END: u8 = 0x07;
+const KIND_CREDIT: u8 = 0x08;
+
+/// How many `ITEM`s a stream's sender may send before it has any `CREDIT`.
+pub const STREAM_WINDOW: u32 = 32;
 
 /// `REQUEST` flag: a `timeout_us` field follows the header.
 const FLAG_DEADLINE: u8 = 0x01;
 /// `REQUEST` flag: a trace context (`trace_id: u128`, `span_id: u64`)
 /// follows `attempt`.
 const FLAG_TRACE: u8 = 0x02;
+/// `REQUEST` flag: the host's request is a stream of `ITEM`s and an `END`
+/// (the payload is empty).
+const FLAG_STREAM_REQUEST: u8 = 0x04;
+/// `REQUEST` flag: the host expects a stream of `ITEM`s back before the
+/// final `RESPONSE` or `STATUS`.
+const FLAG_STREAM_RESPONSE: u8 = 0x08;
 
 /// One unit of the protocol.
 ///
@@ -87,7 +99,11 @@ pub enum Frame {
         /// The trace the call belongs to and the span that made it, if the
         /// caller traces.
         trace: Option<TraceContext>,
-        /// The protobuf-encoded request message.
+        /// The request is a stream: `ITEM`s and an `END` follow.
+        request_stream: bool,
+        /// The host expects a stream of `ITEM`s back.
+        response_stream: bool,
+        /// The protobuf-encoded request message (empty for a request stream).
         payload: Bytes,
     },
     /// A successful answer to the request with the same id.
@@ -112,6 +128,26 @@ pub enum Frame {
     },
     /// The host asks the worker to finish the calls it has and then stop.
     Shutdown,
+    /// One message of a stream: of the worker's response stream, or of the
+    /// host's request stream.
+    Item {
+        /// The id of the streaming call.
+        id: u64,
+        /// The protobuf-encoded message.
+        payload: Bytes,
+    },
+    /// The host's request stream has ended.
+    End {
+        /// The id of the streaming call.
+        id: u64,
+    },
+    /// The receiver of a stream allows `count` more `ITEM`s.
+    Credit {
+        /// The id of the streaming call.
+        id: u64,
+        /// How many more items may be sent.
+        count: u32,
+    },
 }
 
 impl Frame {
@@ -129,8 +165,26 @@ impl Frame {
             timeout,
             attempt,
             trace: None,
+            request_stream: false,
+            response_stream: false,
             payload,
         }
+    }
+
+    /// This `REQUEST` with streams in the given directions; other frames
+    /// unchanged.
+    #[must_use]
+    pub fn with_streams(mut self, request: bool, response: bool) -> Frame {
+        if let Frame::Request {
+            request_stream,
+            response_stream,
+            ..
+        } = &mut self
+        {
+            *request_stream = request;
+            *response_stream = response;
+        }
+        self
     }
 
     /// This `REQUEST` with a trace context; other frames unchanged.
@@ -150,6 +204,9 @@ impl Frame {
             Frame::Status { .. } => "STATUS",
             Frame::Cancel { .. } => "CANCEL",
             Frame::Shutdown => "SHUTDOWN",
+            Frame::Item { .. } => "ITEM",
+            Frame::End { .. } => "END",
+            Frame::Credit { .. } => "CREDIT",
         }
     }
 
@@ -159,7 +216,10 @@ impl Frame {
             Frame::Request { id, .. }
             | Frame::Response { id, .. }
             | Frame::Status { id, .. }
-            | Frame::Cancel { id } => *id,
+            | Frame::Cancel { id }
+            | Frame::Item { id, .. }
+            | Frame::End { id }
+            | Frame::Credit { id, .. } => *id,
             Frame::Shutdown => 0,
         }
     }
@@ -186,7 +246,9 @@ impl Frame {
                 Frame::Status { status, .. } => {
                     4 + 4 + status.message().len() + status.details().len()
                 }
-                Frame::Cancel { .. } | Frame::Shutdown => 0,
+                Frame::Item { payload, .. } => payload.len(),
+                Frame::Credit { .. } => 4,
+                Frame::Cancel { .. } | Frame::End { .. } | Frame::Shutdown => 0,
             }
     }
 
@@ -206,12 +268,20 @@ impl Frame {
                 timeout,
                 attempt,
                 trace,
+                request_stream,
+                response_stream,
                 payload,
             } => {
                 dst.put_u8(KIND_REQUEST);
                 let mut flags = 0;
                 if timeout.is_some() {
                     flags |= FLAG_DEADLINE;
+                }
+                if *request_stream {
+                    flags |= FLAG_STREAM_REQUEST;
+                }
+                if *response_stream {
+                    flags |= FLAG_STREAM_RESPONSE;
                 }
                 if trace.is_some() {
                     flags |= FLAG_TRACE;
@@ -243,6 +313,15 @@ impl Frame {
             }
             Frame::Cancel { id } => put_header(dst, KIND_CANCEL, *id),
             Frame::Shutdown => put_header(dst, KIND_SHUTDOWN, 0),
+            Frame::Item { id, payload } => {
+                put_header(dst, KIND_ITEM, *id);
+                dst.put_slice(payload);
+            }
+            Frame::End { id } => put_header(dst, KIND_END, *id),
+            Frame::Credit { id, count } => {
+                put_header(dst, KIND_CREDIT, *id);
+                dst.put_u32(*count);
+            }
         }
     }
 
@@ -260,13 +339,16 @@ impl Frame {
             KIND_STATUS => "STATUS",
             KIND_CANCEL => "CANCEL",
             KIND_SHUTDOWN => "SHUTDOWN",
+            KIND_ITEM => "ITEM",
+            KIND_END => "END",
+            KIND_CREDIT => "CREDIT",
             _ => return Err(FrameError::UnknownKind { kind }),
         };
         if id == 0 && kind != KIND_SHUTDOWN {
             return Err(malformed(name, "id 0 is reserved".into()));
         }
         let allowed = if kind == KIND_REQUEST {
-            FLAG_DEADLINE | FLAG_TRACE
+            FLAG_DEADLINE | FLAG_TRACE | FLAG_STREAM_REQUEST | FLAG_STREAM_RESPONSE
         } else {
             0
         };
@@ -308,6 +390,8 @@ impl Frame {
                     timeout,
                     attempt,
                     trace,
+                    request_stream: flags & FLAG_STREAM_REQUEST != 0,
+                    response_stream: flags & FLAG_STREAM_RESPONSE != 0,
                     payload: body.rest(),
                 }
             }
@@ -329,6 +413,19 @@ impl Frame {
             KIND_CANCEL => {
                 body.end()?;
                 Frame::Cancel { id }
+            }
+            KIND_ITEM => Frame::Item {
+                id,
+                payload: body.rest(),
+            },
+            KIND_END => {
+                body.end()?;
+                Frame::End { id }
+            }
+            KIND_CREDIT => {
+                let count = body.u32("count")?;
+                body.end()?;
+                Frame::Credit { id, count }
             }
             _ => {
                 body.end()?;
@@ -781,10 +878,19 @@ mod tests {
                         payload,
                     )
                     .with_trace(trace)
+                    .with_streams(attempt % 3 == 0, attempt % 5 == 0)
                 }),
             (1..=u64::MAX, payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
             (1..=u64::MAX, arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),
             (1..=u64::MAX).prop_map(|id| Frame::Cancel { id }),
+            (1..=u64::MAX, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+                |(id, payload)| Frame::Item {
+                    id,
+                    payload: Bytes::from(payload)
+                }
+            ),
+            (1..=u64::MAX).prop_map(|id| Frame::End { id }),
+            (1..=u64::MAX, any::<u32>()).prop_map(|(id, count)| Frame::Credit { id, count }),
             Just(Frame::Shutdown),
         ]
     }

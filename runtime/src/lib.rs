@@ -66,7 +66,7 @@ pub mod __codegen;
 pub use self::backoff::Backoff;
 pub use self::client::{
     CallOptions, Channel, ChannelOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_BYTES,
-    DEFAULT_TIMEOUT,
+    DEFAULT_TIMEOUT, Streaming,
 };
 #[cfg(feature = "process")]
 pub use self::control::Secret;
@@ -82,6 +82,7 @@ pub use self::driver::{DEFAULT_SHUTDOWN_GRACE, Spawn, Worker};
 pub use self::error::{Code, Error, ExitReason, FrameError, Status};
 pub use self::frame::{
     DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH,
+    STREAM_WINDOW,
 };
 pub use self::log::LOG_ENV;
 pub use self::middleware::{
@@ -91,8 +92,8 @@ pub use self::middleware::{
 pub use self::name::MethodName;
 pub use self::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use self::server::{
-    Call, Context, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUED_CALLS, Dispatch, ServeOptions,
-    serve_transport,
+    Call, CallStreams, Context, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUED_CALLS, Dispatch,
+    Incoming, ServeOptions, StreamSender, serve_transport,
 };
 #[cfg(feature = "process")]
 pub use self::startup::{STARTUP_ENV, StartupData, startup_data};

@@ -11,6 +11,36 @@
 pub enum MethodKind {
     /// One request, one response.
     Unary,
+    /// One request, a stream of responses (`returns (stream T)`).
+    ServerStreaming,
+    /// A stream of requests, one response (`(stream T)` argument).
+    ClientStreaming,
+    /// Streams both ways.
+    BidiStreaming,
+}
+
+#[cfg(feature = "process")]
+impl MethodKind {
+    /// The number the handshake carries for this kind.
+    pub(crate) fn to_wire(self) -> u32 {
+        match self {
+            MethodKind::Unary => 0,
+            MethodKind::ServerStreaming => 1,
+            MethodKind::ClientStreaming => 2,
+            MethodKind::BidiStreaming => 3,
+        }
+    }
+
+    /// What a method of this kind does, for error messages.
+    pub(crate) fn describe_wire(kind: u32) -> &'static str {
+        match kind {
+            0 => "is unary",
+            1 => "streams its responses",
+            2 => "streams its requests",
+            3 => "streams both ways",
+            _ => "is of an unknown kind",
+        }
+    }
 }
 
 /// One method of a [`ServiceSchema`].

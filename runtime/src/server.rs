@@ -28,6 +28,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, poll_fn};
+use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -35,12 +36,13 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_core::Stream;
 use prost::Message;
 use tokio::task::AbortHandle;
 
 use crate::control::{self, Detached, Health, Hello, Welcome};
 use crate::error::{FrameError, Status};
-use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH};
+use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH, STREAM_WINDOW};
 use crate::idmap::IdMap;
 use crate::log::{self, Direction};
 use crate::middleware::{
@@ -68,17 +70,260 @@ pub trait Dispatch: Send + Sync + 'static {
 pub struct Call {
     payload: Bytes,
     context: Context,
+    streams: CallStreams,
 }
 
 impl Call {
-    /// A call of `context.method()` with an encoded request.
+    /// A unary call of `context.method()` with an encoded request.
     pub fn new(payload: Bytes, context: Context) -> Call {
-        Call { payload, context }
+        Call {
+            payload,
+            context,
+            streams: CallStreams { stream: None },
+        }
     }
 
-    /// The encoded request and the call's context.
-    pub fn into_parts(self) -> (Bytes, Context) {
-        (self.payload, self.context)
+    /// The encoded request, the call's context, and its streams.
+    pub fn into_parts(self) -> (Bytes, Context, CallStreams) {
+        (self.payload, self.context, self.streams)
+    }
+}
+
+/// The streams of a call, if it streams: what generated servers hand to
+/// handlers as a [`StreamSender`] or an [`Incoming`] stream.
+#[derive(Debug)]
+pub struct CallStreams {
+    stream: Option<StreamHandle>,
+}
+
+#[derive(Clone)]
+struct StreamHandle {
+    shared: Arc<Shared>,
+    id: u64,
+    generation: u64,
+    request: bool,
+    response: bool,
+}
+
+impl fmt::Debug for StreamHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamHandle")
+            .field("id", &self.id)
+            .field("request", &self.request)
+            .field("response", &self.response)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallStreams {
+    /// The sender of the call's response stream.
+    pub fn sender<T: Message>(&self, cx: &Context) -> Result<StreamSender<T>, Status> {
+        match &self.stream {
+            Some(handle) if handle.response => Ok(StreamSender {
+                handle: handle.clone(),
+                method: cx.method.clone(),
+                _message: PhantomData,
+            }),
+            _ => Err(Status::failed_precondition(format!(
+                "{} streams its response, but its caller did not ask for a stream",
+                cx.method
+            ))),
+        }
+    }
+
+    /// The call's request stream, decoding each message as `request_type`.
+    pub fn incoming<T: Message + Default>(
+        &self,
+        cx: &Context,
+        request_type: &'static str,
+    ) -> Result<Incoming<T>, Status> {
+        match &self.stream {
+            Some(handle) if handle.request => Ok(Incoming {
+                handle: handle.clone(),
+                method: cx.method.clone(),
+                request_type,
+                done: false,
+                _message: PhantomData,
+            }),
+            _ => Err(Status::failed_precondition(format!(
+                "{} takes a stream of requests, but its caller did not send one",
+                cx.method
+            ))),
+        }
+    }
+}
+
+/// The state of one call's streams, in the serve loop.
+struct StreamState {
+    generation: u64,
+    /// `ITEM`s the handler may still send.
+    send_credit: u32,
+    /// The handler, waiting for credit.
+    sender: Option<Waker>,
+    /// The host's `ITEM`s not yet taken by the handler.
+    inbound: VecDeque<Bytes>,
+    /// The host's request stream has ended.
+    ended: bool,
+    /// `ITEM`s taken since the last `CREDIT` sent.
+    consumed: u32,
+    /// The handler, waiting for an item.
+    receiver: Option<Waker>,
+}
+
+/// Sends a handler's response stream: each [`send`](StreamSender::send)
+/// waits until the caller has room for the message, so a slow consumer
+/// slows the handler down instead of filling memory.
+pub struct StreamSender<T> {
+    handle: StreamHandle,
+    method: MethodName,
+    _message: PhantomData<fn(T)>,
+}
+
+impl<T> fmt::Debug for StreamSender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSender")
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Message> StreamSender<T> {
+    /// Sends one message of the stream, once the caller has room for it.
+    ///
+    /// Fails with `Cancelled` once the caller stops listening (the call was
+    /// cancelled or timed out): a handler should then stop.
+    pub async fn send(&self, message: T) -> Result<(), Status> {
+        let payload = crate::__codegen::encode(&message);
+        let handle = &self.handle;
+        let size = HEADER_LEN + payload.len();
+        if size > handle.shared.max_frame_length {
+            return Err(Status::resource_exhausted(format!(
+                "a message of {} is {size} bytes, over the maximum frame length of {} bytes",
+                self.method, handle.shared.max_frame_length
+            )));
+        }
+        let mut payload = Some(payload);
+        let waker = poll_fn(|cx| {
+            let mut state = lock(&handle.shared);
+            let Some(stream) = state
+                .streams
+                .get_mut(&handle.id)
+                .filter(|stream| stream.generation == handle.generation)
+            else {
+                return Poll::Ready(Err(Status::cancelled(format!(
+                    "the caller of {} no longer listens",
+                    self.method
+                ))));
+            };
+            if stream.send_credit == 0 {
+                stream.sender = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            stream.send_credit -= 1;
+            let item = Frame::Item {
+                id: handle.id,
+                payload: payload.take().unwrap_or_default(),
+            };
+            log::frame(Direction::WorkerOut, &item, Some(&self.method));
+            state.outbox.push_back(item);
+            Poll::Ready(Ok(state.link.take()))
+        })
+        .await?;
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+}
+
+/// A handler's request stream: the messages its caller sends, in order.
+/// Taking them grants the caller room for more.
+pub struct Incoming<T> {
+    handle: StreamHandle,
+    method: MethodName,
+    request_type: &'static str,
+    done: bool,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Incoming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("method", &self.method)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Message + Default> Incoming<T> {
+    /// The next message, or `None` once the caller's stream has ended.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
+            .await
+            .transpose()
+    }
+}
+
+impl<T: Message + Default> Stream for Incoming<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let handle = &self.handle;
+        let (item, waker) = {
+            let mut state = lock(&handle.shared);
+            let Some(stream) = state
+                .streams
+                .get_mut(&handle.id)
+                .filter(|stream| stream.generation == handle.generation)
+            else {
+                drop(state);
+                self.done = true;
+                return Poll::Ready(None);
+            };
+            match stream.inbound.pop_front() {
+                Some(item) => {
+                    stream.consumed += 1;
+                    // Grant room in batches of half a window.
+                    let credit = (stream.consumed >= STREAM_WINDOW / 2)
+                        .then(|| std::mem::take(&mut stream.consumed));
+                    let waker = credit.and_then(|count| {
+                        let frame = Frame::Credit {
+                            id: handle.id,
+                            count,
+                        };
+                        log::frame(Direction::WorkerOut, &frame, Some(&self.method));
+                        state.outbox.push_back(frame);
+                        state.link.take()
+                    });
+                    (item, waker)
+                }
+                None if stream.ended => {
+                    drop(state);
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                None => {
+                    stream.receiver = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        let message = T::decode(item).map_err(|error| {
+            Status::invalid_argument(format!(
+                "a message of {}'s request stream did not decode as {}: {error}",
+                self.method, self.request_type
+            ))
+        });
+        Poll::Ready(Some(message))
     }
 }
 
@@ -377,6 +622,9 @@ struct State {
     /// entry; a `CANCEL` that removes it first means no answer is sent. The
     /// generation tells a task's entry from a later call reusing its id.
     running: IdMap<Running>,
+    /// The streams of streaming calls, by request id.
+    streams: IdMap<StreamState>,
+    next_stream: u64,
     /// Tasks aborted (cancelled) that have not ended yet, by generation, with
     /// when they were aborted: a handler blocking its thread cannot be
     /// stopped, and this is how a health check still sees it.
@@ -423,14 +671,41 @@ struct TaskEnd {
     shared: Arc<Shared>,
     id: u64,
     generation: u64,
+    /// The generation of the call's streams, if it streams.
+    stream: Option<u64>,
 }
 
 impl Drop for TaskEnd {
     fn drop(&mut self) {
-        let mut state = lock(&self.shared);
-        if state.aborted.remove(&self.generation).is_none() {
-            // Dropped without answering (e.g. its runtime shut down).
-            state.finish(self.id, self.generation);
+        let stream = {
+            let mut state = lock(&self.shared);
+            if state.aborted.remove(&self.generation).is_none() {
+                // Dropped without answering (e.g. its runtime shut down).
+                state.finish(self.id, self.generation);
+            }
+            self.stream
+        };
+        if let Some(generation) = stream {
+            close_stream(&self.shared, self.id, Some(generation));
+        }
+    }
+}
+
+/// Forgets the streams of call `id` (of `generation`, if given), waking a
+/// handler that waits to send or to receive.
+fn close_stream(shared: &Shared, id: u64, generation: Option<u64>) {
+    let removed = {
+        let mut state = lock(shared);
+        match state.streams.get(&id) {
+            Some(stream) if generation.is_none_or(|g| g == stream.generation) => {
+                state.streams.remove(&id)
+            }
+            _ => None,
+        }
+    };
+    if let Some(stream) = removed {
+        for waker in [stream.sender, stream.receiver].into_iter().flatten() {
+            waker.wake();
         }
     }
 }
@@ -553,6 +828,8 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 timeout,
                 attempt,
                 trace,
+                request_stream,
+                response_stream,
                 payload,
             } => {
                 let deadline =
@@ -575,7 +852,12 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                     self.answer(Frame::Status { id, status });
                     return Ok(());
                 }
-                self.backlog.push_back((id, Call::new(payload, context)));
+                let mut call = Call::new(payload, context);
+                if request_stream || response_stream {
+                    call.streams.stream =
+                        Some(self.open_stream(id, request_stream, response_stream));
+                }
+                self.backlog.push_back((id, call));
                 // Start it now if a slot is free: only calls that really wait
                 // count against the queue.
                 self.start_backlog();
@@ -586,6 +868,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                         "{} was not started: the worker is busy ({} calls running, {} waiting)",
                         call.context.method, self.max_concurrent, self.max_queued
                     ));
+                    self.close_stream(id);
                     self.answer(Frame::Status { id, status });
                 }
             }
@@ -594,6 +877,49 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 match task {
                     Some(task) => task.abort(),
                     None => self.backlog.retain(|(queued, _)| *queued != id),
+                }
+                self.close_stream(id);
+            }
+            Frame::Item { id, payload } => {
+                let mut state = lock(&self.shared);
+                // Items for a call that ended (or was cancelled) are late,
+                // not wrong.
+                if let Some(stream) = state.streams.get_mut(&id) {
+                    if stream.ended {
+                        return Err(FrameError::Malformed {
+                            kind: "ITEM",
+                            reason: format!("an item for request {id} after its END"),
+                        });
+                    }
+                    stream.inbound.push_back(payload);
+                    // Items buffered plus items taken but not yet credited
+                    // back never exceed the window, unless the host ignored
+                    // its credit.
+                    if stream.inbound.len() + stream.consumed as usize > STREAM_WINDOW as usize {
+                        return Err(FrameError::Malformed {
+                            kind: "ITEM",
+                            reason: format!("request {id} sent more items than its credit allows"),
+                        });
+                    }
+                    if let Some(waker) = stream.receiver.take() {
+                        waker.wake();
+                    }
+                }
+            }
+            Frame::End { id } => {
+                if let Some(stream) = lock(&self.shared).streams.get_mut(&id) {
+                    stream.ended = true;
+                    if let Some(waker) = stream.receiver.take() {
+                        waker.wake();
+                    }
+                }
+            }
+            Frame::Credit { id, count } => {
+                if let Some(stream) = lock(&self.shared).streams.get_mut(&id) {
+                    stream.send_credit = stream.send_credit.saturating_add(count);
+                    if let Some(waker) = stream.sender.take() {
+                        waker.wake();
+                    }
                 }
             }
             Frame::Shutdown => {
@@ -610,6 +936,37 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
             }
         }
         Ok(())
+    }
+
+    /// Registers the streams of a streaming call.
+    fn open_stream(&self, id: u64, request: bool, response: bool) -> StreamHandle {
+        let mut state = lock(&self.shared);
+        let generation = state.next_stream;
+        state.next_stream += 1;
+        state.streams.insert(
+            id,
+            StreamState {
+                generation,
+                send_credit: STREAM_WINDOW,
+                sender: None,
+                inbound: VecDeque::new(),
+                ended: !request,
+                consumed: 0,
+                receiver: None,
+            },
+        );
+        StreamHandle {
+            shared: Arc::clone(&self.shared),
+            id,
+            generation,
+            request,
+            response,
+        }
+    }
+
+    /// Forgets a call's streams: its handler's sends fail, its reads end.
+    fn close_stream(&self, id: u64) {
+        close_stream(&self.shared, id, None);
     }
 
     /// What a health check reports: see [`HealthReport`](crate::HealthReport).
@@ -733,6 +1090,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
             };
             let method = call.context.method.clone();
             let deadline = call.context.deadline;
+            let stream_generation = call.streams.stream.as_ref().map(|handle| handle.generation);
             let info = self
                 .middleware
                 .as_ref()
@@ -742,6 +1100,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 // any deadline.
                 tracing::debug!(%method, id, "dropped unstarted: its deadline passed while it waited");
                 lock(&self.shared).starting -= 1;
+                self.close_stream(id);
                 continue;
             }
             // Outside the lock: a hand-written `Dispatch` is user code, and a
@@ -770,6 +1129,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 shared: Arc::clone(&self.shared),
                 id,
                 generation,
+                stream: stream_generation,
             };
             let info_method = method.clone();
             let task = match (&self.middleware, info) {

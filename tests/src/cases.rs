@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use workerbus::{Backoff, CallOptions, Channel, Code, Error, ExitReason};
+use futures_util::{StreamExt, stream};
+use workerbus::{Backoff, CallOptions, Channel, Code, Error, ExitReason, STREAM_WINDOW, Streaming};
 
 use crate::pb::common::{Order, Page};
 use crate::pb::echo::{
-    EchoClient, EchoRequest, FailRequest, FlakyRequest, MissingClient, ObserveRequest,
-    PanicRequest, SleepRequest, SleepState,
+    CountReply, CountRequest, EchoClient, EchoRequest, FailRequest, FlakyRequest, MissingClient,
+    ObserveRequest, PanicRequest, ProgressRequest, SleepRequest, SleepState, SumRequest,
 };
 
 fn echo(channel: &Channel) -> EchoClient {
@@ -266,4 +267,290 @@ pub async fn all(channel: &Channel) {
     timeout_cancels_the_handler(channel).await;
     schema_retries_apply(channel).await;
     well_known_types_and_imports(channel).await;
+}
+
+/// Waits (through the worker) until the stream tagged `tag` has sent or read
+/// `at_least` messages, and returns how many it has.
+pub async fn progress(channel: &Channel, tag: &str, at_least: u64) -> u64 {
+    echo(channel)
+        .progress_with(
+            ProgressRequest {
+                tag: tag.to_owned(),
+                at_least,
+            },
+            CallOptions::new().timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("stream {tag:?} never reached {at_least} messages: {error}"))
+        .messages
+}
+
+/// Round trips through the connection and the worker: whatever the worker
+/// could do before them, it has had every chance to do by their end.
+async fn round_trips(channel: &Channel, count: usize) {
+    for _ in 0..count {
+        echo(channel).echo(EchoRequest::default()).await.unwrap();
+    }
+}
+
+/// Reads a stream of numbers to its end or its first error.
+async fn read_counts(stream: &mut Streaming<CountReply>) -> (Vec<u64>, Option<Error>) {
+    let mut values = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(reply)) => values.push(reply.value),
+            Ok(None) => return (values, None),
+            Err(error) => return (values, Some(error)),
+        }
+    }
+}
+
+fn count(tag: &str, from: u64, count: u32) -> CountRequest {
+    CountRequest {
+        tag: tag.to_owned(),
+        from,
+        count,
+        ..CountRequest::default()
+    }
+}
+
+/// A response stream delivers every message in order and ends when the
+/// handler returns.
+pub async fn response_stream_in_order(channel: &Channel) {
+    let total = 10 * STREAM_WINDOW;
+    let mut stream = echo(channel)
+        .count(count("in order", 7, total))
+        .await
+        .unwrap();
+    let (values, error) = read_counts(&mut stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(values, (7..7 + u64::from(total)).collect::<Vec<_>>());
+    // Ended streams stay ended.
+    assert!(stream.message().await.unwrap().is_none());
+    assert_settled(channel);
+}
+
+/// A handler's error after some messages reaches the reader after them,
+/// naming the method.
+pub async fn response_stream_error_follows_its_messages(channel: &Channel) {
+    let request = CountRequest {
+        fail_code: Code::NotFound.as_u32(),
+        ..count("failing", 0, 5)
+    };
+    let mut stream = echo(channel).count(request).await.unwrap();
+    let (values, error) = read_counts(&mut stream).await;
+    assert_eq!(values, [0, 1, 2, 3, 4]);
+    match error {
+        Some(Error::Remote { method, status }) => {
+            assert_eq!(method, "echo.count");
+            assert_eq!(status.code(), Code::NotFound);
+            assert_eq!(status.message(), "failed after 5 messages");
+        }
+        other => panic!("expected the handler's status, got {other:?}"),
+    }
+    assert!(stream.message().await.unwrap().is_none());
+    assert_settled(channel);
+}
+
+/// A reader that stops reading holds the handler back: it sends no more
+/// than the stream's window, however much it has to send, and goes on when
+/// the reader does.
+pub async fn stalled_reader_bounds_the_handler(channel: &Channel) {
+    let tag = "stalled reader";
+    let total = 20 * STREAM_WINDOW;
+    let mut stream = echo(channel).count(count(tag, 0, total)).await.unwrap();
+    let window = u64::from(STREAM_WINDOW);
+    assert_eq!(progress(channel, tag, window).await, window);
+    round_trips(channel, 20).await;
+    assert_eq!(
+        progress(channel, tag, 0).await,
+        window,
+        "the handler sent more than the window while nobody read"
+    );
+    let (values, error) = read_counts(&mut stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(values.len(), total as usize);
+    assert_eq!(progress(channel, tag, 0).await, u64::from(total));
+    assert_settled(channel);
+}
+
+/// Dropping a response stream cancels its handler.
+pub async fn dropping_a_response_stream_cancels_the_handler(channel: &Channel) {
+    let tag = "dropped stream";
+    let mut stream = echo(channel).count(count(tag, 0, u32::MAX)).await.unwrap();
+    assert_eq!(
+        stream.message().await.unwrap().map(|reply| reply.value),
+        Some(0)
+    );
+    drop(stream);
+    observe(channel, tag, SleepState::Cancelled).await;
+    assert_settled(channel);
+}
+
+/// A response stream that outlives its call's timeout ends with `Timeout`
+/// after the messages that came in time, and its handler is cancelled.
+pub async fn response_stream_timeout_cancels_the_handler(channel: &Channel) {
+    let tag = "stream timed out";
+    let request = CountRequest {
+        delay_ms: 20,
+        ..count(tag, 0, 10_000)
+    };
+    let options = CallOptions::new().timeout(Duration::from_secs(1));
+    let mut stream = echo(channel).count_with(request, options).await.unwrap();
+    let (values, error) = read_counts(&mut stream).await;
+    assert!(!values.is_empty(), "no message came within a second");
+    assert_eq!(values, (0..values.len() as u64).collect::<Vec<_>>());
+    match error {
+        Some(Error::Timeout { method, after }) => {
+            assert_eq!(method, "echo.count");
+            assert_eq!(after, Duration::from_secs(1));
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    observe(channel, tag, SleepState::Cancelled).await;
+    assert_settled(channel);
+}
+
+fn sum(tag: &str, value: i64) -> SumRequest {
+    SumRequest {
+        tag: tag.to_owned(),
+        value,
+        ..SumRequest::default()
+    }
+}
+
+/// A request stream reaches the handler whole and in order.
+pub async fn request_stream_round_trip(channel: &Channel) {
+    let requests = stream::iter((1..=1000).map(|value| sum("summed", value)));
+    let reply = echo(channel).sum(requests).await.unwrap();
+    assert_eq!((reply.sum, reply.messages), (500_500, 1000));
+    observe(channel, "summed", SleepState::Finished).await;
+    // An empty request stream is a request stream too.
+    let reply = echo(channel).sum(stream::empty()).await.unwrap();
+    assert_eq!((reply.sum, reply.messages), (0, 0));
+    assert_settled(channel);
+}
+
+/// A handler may answer before its request stream ends: the caller stops
+/// sending, even from an endless stream.
+pub async fn handler_may_answer_a_request_stream_early(channel: &Channel) {
+    let requests = stream::iter(1..).map(|value| SumRequest {
+        stop: value == 100,
+        ..sum("early", value)
+    });
+    let reply = echo(channel).sum(requests).await.unwrap();
+    assert_eq!((reply.sum, reply.messages), (5050, 100));
+    assert_settled(channel);
+}
+
+/// A handler that stops reading holds the caller back: it takes no more
+/// messages from the request stream than the window allows, and the call
+/// stays cancellable.
+pub async fn stalled_handler_bounds_the_caller(channel: &Channel) {
+    let tag = "stalled handler";
+    let (pulled, mut watch) = tokio::sync::watch::channel(0_u64);
+    let requests = stream::iter(1..).map(move |value| {
+        pulled.send_modify(|pulled| *pulled += 1);
+        SumRequest {
+            hold_after: 1,
+            ..sum(tag, value)
+        }
+    });
+    let client = echo(channel);
+    let call = tokio::spawn(async move { client.sum(requests).await });
+    // The window's worth was sent, and one more taken that waits for room.
+    let window = u64::from(STREAM_WINDOW);
+    watch
+        .wait_for(|pulled| *pulled > window)
+        .await
+        .unwrap();
+    assert_eq!(progress(channel, tag, 1).await, 1);
+    round_trips(channel, 20).await;
+    assert_eq!(
+        *watch.borrow(),
+        window + 1,
+        "the caller sent more than the window while the handler read nothing"
+    );
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    observe(channel, tag, SleepState::Cancelled).await;
+    assert_settled(channel);
+}
+
+/// A request stream that outlives its call's timeout fails the call with
+/// `Timeout`, and the handler is cancelled.
+pub async fn request_stream_timeout_cancels_the_handler(channel: &Channel) {
+    let tag = "request stream timed out";
+    let requests = stream::iter([sum(tag, 1)]).chain(stream::pending());
+    let options = CallOptions::new().timeout(Duration::from_secs(1));
+    let error = echo(channel).sum_with(requests, options).await.unwrap_err();
+    match &error {
+        Error::Timeout { method, after } => {
+            assert_eq!(method, "echo.sum");
+            assert_eq!(*after, Duration::from_secs(1));
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    observe(channel, tag, SleepState::Cancelled).await;
+    assert_settled(channel);
+}
+
+/// A two-way stream answers each message as it arrives: the caller reads
+/// the answer to one before it sends the next.
+pub async fn two_way_stream_interleaves(channel: &Channel) {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<EchoRequest>(1);
+    let requests = stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|request| (request, receiver))
+    });
+    let mut replies = echo(channel).chat(requests).await.unwrap();
+    for i in 0..100 {
+        let text = format!("message {i}");
+        sender
+            .send(EchoRequest {
+                text: text.clone(),
+                ..EchoRequest::default()
+            })
+            .await
+            .unwrap();
+        let reply = replies.message().await.unwrap().expect("an answer");
+        assert_eq!(reply.text, text);
+    }
+    drop(sender);
+    assert!(replies.message().await.unwrap().is_none());
+    assert_settled(channel);
+}
+
+/// Many more messages than either window, both ways at once, all arrive in
+/// order.
+pub async fn two_way_stream_carries_many(channel: &Channel) {
+    let total = 50 * STREAM_WINDOW as usize;
+    let requests = stream::iter(0..total).map(|i| EchoRequest {
+        text: i.to_string(),
+        data: Bytes::from(vec![0xA5; i % 1000]),
+        ..EchoRequest::default()
+    });
+    let mut replies = echo(channel).chat(requests).await.unwrap();
+    let mut received = 0;
+    while let Some(reply) = replies.message().await.unwrap() {
+        assert_eq!(reply.text, received.to_string());
+        assert_eq!(reply.data.len(), received % 1000);
+        received += 1;
+    }
+    assert_eq!(received, total);
+    assert_settled(channel);
+}
+
+/// Every streaming case, in one go, on a fresh worker.
+pub async fn streams(channel: &Channel) {
+    response_stream_in_order(channel).await;
+    response_stream_error_follows_its_messages(channel).await;
+    stalled_reader_bounds_the_handler(channel).await;
+    dropping_a_response_stream_cancels_the_handler(channel).await;
+    response_stream_timeout_cancels_the_handler(channel).await;
+    request_stream_round_trip(channel).await;
+    handler_may_answer_a_request_stream_early(channel).await;
+    stalled_handler_bounds_the_caller(channel).await;
+    request_stream_timeout_cancels_the_handler(channel).await;
+    two_way_stream_interleaves(channel).await;
+    two_way_stream_carries_many(channel).await;
 }

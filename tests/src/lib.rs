@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use workerbus::{Code, Context, Status};
+use workerbus::{Code, Context, Incoming, Status, StreamSender};
 
 /// The generated code of the test schemas.
 pub mod pb {
@@ -31,8 +31,9 @@ pub mod pb {
 
 use pb::common::Page;
 use pb::echo::{
-    EchoHandler, EchoReply, EchoRequest, ExitRequest, FailRequest, FlakyReply, FlakyRequest,
-    ObserveRequest, PanicRequest, SleepRequest, SleepState, StatsReply, TraceReply,
+    CountReply, CountRequest, EchoHandler, EchoReply, EchoRequest, ExitRequest, FailRequest,
+    FlakyReply, FlakyRequest, ObserveRequest, PanicRequest, ProgressReply, ProgressRequest,
+    SleepRequest, SleepState, StatsReply, SumReply, SumRequest, TraceReply,
 };
 
 /// The `Echo` handler.
@@ -51,6 +52,8 @@ struct EchoState {
     running: AtomicU32,
     peak: AtomicU32,
     cancelled: AtomicU32,
+    /// Messages sent or read by the stream with a tag.
+    progress: Mutex<HashMap<String, u64>>,
 }
 
 impl EchoWorker {
@@ -107,6 +110,31 @@ impl EchoState {
     fn set(&self, tag: &str, state: SleepState) {
         self.sleeps.lock().unwrap().insert(tag.to_owned(), state);
         self.changed.notify_waiters();
+    }
+
+    /// Counts one more message of the stream tagged `tag`.
+    fn advance(&self, tag: &str) {
+        *self
+            .progress
+            .lock()
+            .unwrap()
+            .entry(tag.to_owned())
+            .or_default() += 1;
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the stream tagged `tag` has counted `at_least` messages.
+    async fn progressed(&self, tag: &str, at_least: u64) -> u64 {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let messages = self.progress.lock().unwrap().get(tag).copied();
+            if let Some(messages) = messages.filter(|messages| *messages >= at_least) {
+                return messages;
+            }
+            changed.await;
+        }
     }
 
     fn reached(&self, tag: &str, wanted: SleepState) -> bool {
@@ -231,6 +259,83 @@ impl EchoHandler for EchoWorker {
             has_parent: cx.trace().is_some(),
             parent_span_id: cx.trace().map_or(0, |trace| trace.span_id()),
         })
+    }
+
+    async fn count(
+        &self,
+        request: CountRequest,
+        responses: StreamSender<CountReply>,
+        _cx: &Context,
+    ) -> Result<(), Status> {
+        let mut guard = SleepGuard::start(&self.state, request.tag);
+        for value in (request.from..).take(request.count as usize) {
+            if request.delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+            }
+            responses.send(CountReply { value }).await?;
+            self.state.advance(&guard.tag);
+        }
+        guard.finished = true;
+        match request.fail_code {
+            0 => Ok(()),
+            code => Err(Status::new(
+                Code::from_u32(code),
+                format!("failed after {} messages", request.count),
+            )),
+        }
+    }
+
+    async fn progress(
+        &self,
+        request: ProgressRequest,
+        _cx: &Context,
+    ) -> Result<ProgressReply, Status> {
+        let messages = self.state.progressed(&request.tag, request.at_least).await;
+        Ok(ProgressReply { messages })
+    }
+
+    async fn sum(
+        &self,
+        mut requests: Incoming<SumRequest>,
+        _cx: &Context,
+    ) -> Result<SumReply, Status> {
+        let mut reply = SumReply::default();
+        let mut guard = None;
+        while let Some(request) = requests.message().await? {
+            let guard = guard.get_or_insert_with(|| SleepGuard::start(&self.state, request.tag));
+            reply.sum += request.value;
+            reply.messages += 1;
+            self.state.advance(&guard.tag);
+            if request.stop {
+                break;
+            }
+            if request.hold_after > 0 && reply.messages >= u64::from(request.hold_after) {
+                // Read no more: the caller must wait for room, until it
+                // gives up and cancels the call.
+                std::future::pending::<()>().await;
+            }
+        }
+        if let Some(guard) = &mut guard {
+            guard.finished = true;
+        }
+        Ok(reply)
+    }
+
+    async fn chat(
+        &self,
+        mut requests: Incoming<EchoRequest>,
+        responses: StreamSender<EchoReply>,
+        _cx: &Context,
+    ) -> Result<(), Status> {
+        while let Some(request) = requests.message().await? {
+            responses
+                .send(EchoReply {
+                    text: request.text,
+                    data: request.data,
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     async fn stats(&self, _request: (), _cx: &Context) -> Result<StatsReply, Status> {

@@ -16,7 +16,9 @@ use workerbus::{
     Stdio,
 };
 use workerbus_tests::cases;
-use workerbus_tests::pb::echo::{EchoClient, EchoRequest, SleepRequest, SleepState};
+use workerbus_tests::pb::echo::{
+    CountRequest, EchoClient, EchoRequest, ExitRequest, SleepRequest, SleepState,
+};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -51,6 +53,52 @@ async fn every_shared_case_passes_over_the_process_driver() {
     assert_eq!(worker.name(), "echo-worker");
     cases::all(&worker.channel()).await;
     assert_eq!(worker.shutdown().await, ExitReason::Code(0));
+}
+
+#[tokio::test]
+async fn every_streaming_case_passes_over_the_process_driver() {
+    let worker = spawn().await;
+    cases::streams(&worker.channel()).await;
+    assert_eq!(worker.shutdown().await, ExitReason::Code(0));
+}
+
+#[tokio::test]
+async fn a_stream_whose_worker_exits_ends_with_the_exit_after_what_arrived() {
+    let worker = spawn().await;
+    let client = EchoClient::new(worker.channel());
+    let request = CountRequest {
+        tag: "exit mid-stream".into(),
+        count: u32::MAX,
+        ..CountRequest::default()
+    };
+    let mut stream = client.count(request).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().value, 0);
+    let exit = client.exit(ExitRequest { code: 3 }).await.unwrap_err();
+    assert!(matches!(exit, Error::WorkerExited { .. }), "{exit:?}");
+    // What arrived before the exit is delivered, in order, then the exit.
+    let mut next = 1;
+    let error = loop {
+        match stream.message().await {
+            Ok(Some(reply)) => {
+                assert_eq!(reply.value, next);
+                next += 1;
+            }
+            Ok(None) => panic!("the stream ended as if the worker had finished it"),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        next <= u64::from(workerbus::STREAM_WINDOW),
+        "{next} messages"
+    );
+    match error {
+        Error::WorkerExited { method, exit } => {
+            assert_eq!(method, "echo.count");
+            assert_eq!(exit, ExitReason::Code(3));
+        }
+        other => panic!("expected the worker's exit, got {other:?}"),
+    }
+    assert!(stream.message().await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -335,7 +383,8 @@ async fn a_worker_built_from_another_schema_fails_at_spawn_naming_what_differs()
     assert_eq!(
         error.to_string(),
         "worker echo-worker-v2: schema mismatch: echo.Echo differs: \
-         echo.echo: the request type echo.EchoRequest has a different structure"
+         echo.echo: the request type echo.EchoRequest has a different structure; \
+         echo.chat: the request type echo.EchoRequest has a different structure"
     );
 }
 

@@ -32,6 +32,22 @@ async fn every_shared_case_passes_on_a_multi_thread_host_and_worker() {
     cases::all(&worker.channel()).await;
 }
 
+#[tokio::test]
+async fn every_streaming_case_passes_on_a_current_thread_host() {
+    let worker = spawn().await;
+    cases::streams(&worker.channel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_streaming_case_passes_on_a_multi_thread_host_and_worker() {
+    let worker = ThreadDriver::new()
+        .worker_threads(2)
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    cases::streams(&worker.channel()).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_schema_timeout_applies_and_names_the_method() {
     // Host time is paused: the host clock jumps to the call's deadline as

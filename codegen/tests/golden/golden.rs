@@ -36,6 +36,12 @@ pub mod greeter_service {
     pub const NOW: &str = "greeter.now";
     /// `greeter.set_locale`: the message name of `Greeter.SetLocale`.
     pub const SET_LOCALE: &str = "greeter.set_locale";
+    /// `greeter.greet_all`: the message name of `Greeter.GreetAll`.
+    pub const GREET_ALL: &str = "greeter.greet_all";
+    /// `greeter.repeat`: the message name of `Greeter.Repeat`.
+    pub const REPEAT: &str = "greeter.repeat";
+    /// `greeter.tally`: the message name of `Greeter.Tally`.
+    pub const TALLY: &str = "greeter.tally";
     /// The schema of `golden.Greeter` this program was built with: its methods and a fingerprint of their messages.
     pub const SCHEMA: ::workerbus::__codegen::ServiceSchema = ::workerbus::__codegen::service_schema(
         "golden.Greeter",
@@ -44,29 +50,52 @@ pub mod greeter_service {
                 "greeter.greet",
                 ("golden.GreetRequest", 7537679704993834257u64),
                 ("golden.GreetReply", 5819879599282065983u64),
+                ::workerbus::__codegen::MethodKind::Unary,
             ),
             ::workerbus::__codegen::method_schema(
                 "greeter.hello_v2",
                 ("golden.GreetRequest", 7537679704993834257u64),
                 ("golden.GreetReply", 5819879599282065983u64),
+                ::workerbus::__codegen::MethodKind::Unary,
             ),
             ::workerbus::__codegen::method_schema(
                 "greeter.type",
                 ("google.protobuf.Empty", 15435338329139223363u64),
                 ("golden.GreetingKind", 418240750691323720u64),
+                ::workerbus::__codegen::MethodKind::Unary,
             ),
             ::workerbus::__codegen::method_schema(
                 "greeter.now",
                 ("google.protobuf.Empty", 15435338329139223363u64),
                 ("google.protobuf.Timestamp", 17916958832060732519u64),
+                ::workerbus::__codegen::MethodKind::Unary,
             ),
             ::workerbus::__codegen::method_schema(
                 "greeter.set_locale",
                 ("golden.shared.Locale", 1329294543027952983u64),
                 ("google.protobuf.Empty", 15435338329139223363u64),
+                ::workerbus::__codegen::MethodKind::Unary,
+            ),
+            ::workerbus::__codegen::method_schema(
+                "greeter.greet_all",
+                ("golden.GreetRequest", 7537679704993834257u64),
+                ("golden.GreetReply", 5819879599282065983u64),
+                ::workerbus::__codegen::MethodKind::BidiStreaming,
+            ),
+            ::workerbus::__codegen::method_schema(
+                "greeter.repeat",
+                ("golden.GreetRequest", 7537679704993834257u64),
+                ("golden.GreetReply", 5819879599282065983u64),
+                ::workerbus::__codegen::MethodKind::ServerStreaming,
+            ),
+            ::workerbus::__codegen::method_schema(
+                "greeter.tally",
+                ("golden.GreetRequest", 7537679704993834257u64),
+                ("google.protobuf.Empty", 15435338329139223363u64),
+                ::workerbus::__codegen::MethodKind::ClientStreaming,
             ),
         ],
-        14068157174032360159u64,
+        18277933007278432006u64,
     );
 }
 /// Client of the `golden.Greeter` service.
@@ -126,7 +155,7 @@ impl GreeterClient {
         request: GreetRequest,
         options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
-        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
                 "greeter.greet",
                 "golden.GreetReply",
             )
@@ -150,7 +179,7 @@ impl GreeterClient {
         request: GreetRequest,
         options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
-        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
                 "greeter.hello_v2",
                 "golden.GreetReply",
             )
@@ -173,7 +202,7 @@ impl GreeterClient {
         request: (),
         options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<GreetingKind, ::workerbus::__codegen::Error> {
-        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
             "greeter.type",
             "golden.GreetingKind",
         );
@@ -200,7 +229,7 @@ impl GreeterClient {
         ::prost_types::Timestamp,
         ::workerbus::__codegen::Error,
     > {
-        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
                 "greeter.now",
                 "google.protobuf.Timestamp",
             )
@@ -222,11 +251,109 @@ impl GreeterClient {
         request: shared::Locale,
         options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
             "greeter.set_locale",
             "google.protobuf.Empty",
         );
         self.inner.unary(&METHOD, request, ::core::option::Option::Some(&options)).await
+    }
+    /// Greets everyone in a stream of requests, one reply each, as they come.
+    ///
+    /// Message name: `greeter.greet_all`.
+    pub async fn greet_all<S>(
+        &self,
+        requests: S,
+    ) -> ::core::result::Result<
+        ::workerbus::__codegen::Streaming<GreetReply>,
+        ::workerbus::__codegen::Error,
+    >
+    where
+        S: ::workerbus::__codegen::Stream<Item = GreetRequest> + ::core::marker::Send
+            + 'static,
+    {
+        self.greet_all_with(requests, ::workerbus::__codegen::CallOptions::new()).await
+    }
+    /// [`greet_all`](Self::greet_all) with options for this call only.
+    pub async fn greet_all_with<S>(
+        &self,
+        requests: S,
+        options: ::workerbus::__codegen::CallOptions,
+    ) -> ::core::result::Result<
+        ::workerbus::__codegen::Streaming<GreetReply>,
+        ::workerbus::__codegen::Error,
+    >
+    where
+        S: ::workerbus::__codegen::Stream<Item = GreetRequest> + ::core::marker::Send
+            + 'static,
+    {
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "greeter.greet_all",
+            "golden.GreetReply",
+        );
+        self.inner
+            .bidi_stream(&METHOD, requests, ::core::option::Option::Some(&options))
+            .await
+    }
+    /// Greets one person over and over, within 10 s in all.
+    ///
+    /// Message name: `greeter.repeat`. Defaults: timeout 10000 ms.
+    pub async fn repeat(
+        &self,
+        request: GreetRequest,
+    ) -> ::core::result::Result<
+        ::workerbus::__codegen::Streaming<GreetReply>,
+        ::workerbus::__codegen::Error,
+    > {
+        self.repeat_with(request, ::workerbus::__codegen::CallOptions::new()).await
+    }
+    /// [`repeat`](Self::repeat) with options for this call only.
+    pub async fn repeat_with(
+        &self,
+        request: GreetRequest,
+        options: ::workerbus::__codegen::CallOptions,
+    ) -> ::core::result::Result<
+        ::workerbus::__codegen::Streaming<GreetReply>,
+        ::workerbus::__codegen::Error,
+    > {
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+                "greeter.repeat",
+                "golden.GreetReply",
+            )
+            .timeout_ms(10000u64);
+        self.inner
+            .server_stream(&METHOD, request, ::core::option::Option::Some(&options))
+            .await
+    }
+    /// Counts the people greeted, answering once the stream ends.
+    ///
+    /// Message name: `greeter.tally`.
+    pub async fn tally<S>(
+        &self,
+        requests: S,
+    ) -> ::core::result::Result<(), ::workerbus::__codegen::Error>
+    where
+        S: ::workerbus::__codegen::Stream<Item = GreetRequest> + ::core::marker::Send
+            + 'static,
+    {
+        self.tally_with(requests, ::workerbus::__codegen::CallOptions::new()).await
+    }
+    /// [`tally`](Self::tally) with options for this call only.
+    pub async fn tally_with<S>(
+        &self,
+        requests: S,
+        options: ::workerbus::__codegen::CallOptions,
+    ) -> ::core::result::Result<(), ::workerbus::__codegen::Error>
+    where
+        S: ::workerbus::__codegen::Stream<Item = GreetRequest> + ::core::marker::Send
+            + 'static,
+    {
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "greeter.tally",
+            "google.protobuf.Empty",
+        );
+        self.inner
+            .client_stream(&METHOD, requests, ::core::option::Option::Some(&options))
+            .await
     }
 }
 /// The handler of the `golden.Greeter` service: implement it in the worker
@@ -298,6 +425,38 @@ pub trait GreeterHandler: ::core::marker::Send + ::core::marker::Sync + 'static 
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<(), ::workerbus::__codegen::Status>,
     > + ::core::marker::Send;
+    /// Greets everyone in a stream of requests, one reply each, as they come.
+    ///
+    /// Message name: `greeter.greet_all`.
+    fn greet_all(
+        &self,
+        requests: ::workerbus::__codegen::Incoming<GreetRequest>,
+        responses: ::workerbus::__codegen::StreamSender<GreetReply>,
+        cx: &::workerbus::__codegen::Context,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<(), ::workerbus::__codegen::Status>,
+    > + ::core::marker::Send;
+    /// Greets one person over and over, within 10 s in all.
+    ///
+    /// Message name: `greeter.repeat`.
+    fn repeat(
+        &self,
+        request: GreetRequest,
+        responses: ::workerbus::__codegen::StreamSender<GreetReply>,
+        cx: &::workerbus::__codegen::Context,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<(), ::workerbus::__codegen::Status>,
+    > + ::core::marker::Send;
+    /// Counts the people greeted, answering once the stream ends.
+    ///
+    /// Message name: `greeter.tally`.
+    fn tally(
+        &self,
+        requests: ::workerbus::__codegen::Incoming<GreetRequest>,
+        cx: &::workerbus::__codegen::Context,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<(), ::workerbus::__codegen::Status>,
+    > + ::core::marker::Send;
 }
 /// Serves a [`GreeterHandler`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function.
 pub struct GreeterServer<H> {
@@ -346,7 +505,8 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
     > + ::core::marker::Send + 'static {
         let handler = ::std::sync::Arc::clone(&self.handler);
         async move {
-            let (payload, cx) = call.into_parts();
+            #[allow(unused_variables)]
+            let (payload, cx, streams) = call.into_parts();
             match cx.method() {
                 greeter_service::GREET => {
                     let request = ::workerbus::__codegen::decode::<
@@ -383,6 +543,27 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                     handler.set_locale(request, &cx).await?;
                     ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
                 }
+                greeter_service::GREET_ALL => {
+                    let requests = streams
+                        .incoming::<GreetRequest>(&cx, "golden.GreetRequest")?;
+                    let responses = streams.sender::<GreetReply>(&cx)?;
+                    handler.greet_all(requests, responses, &cx).await?;
+                    ::core::result::Result::Ok(::workerbus::__codegen::Bytes::new())
+                }
+                greeter_service::REPEAT => {
+                    let request = ::workerbus::__codegen::decode::<
+                        GreetRequest,
+                    >(&cx, payload, "golden.GreetRequest")?;
+                    let responses = streams.sender::<GreetReply>(&cx)?;
+                    handler.repeat(request, responses, &cx).await?;
+                    ::core::result::Result::Ok(::workerbus::__codegen::Bytes::new())
+                }
+                greeter_service::TALLY => {
+                    let requests = streams
+                        .incoming::<GreetRequest>(&cx, "golden.GreetRequest")?;
+                    handler.tally(requests, &cx).await?;
+                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
+                }
                 _ => {
                     ::core::result::Result::Err(
                         ::workerbus::__codegen::unimplemented(
@@ -409,14 +590,16 @@ pub mod parting_service {
                 "farewell.v1.farewell",
                 ("golden.FarewellRequest", 11617958073012166965u64),
                 ("google.protobuf.Empty", 15435338329139223363u64),
+                ::workerbus::__codegen::MethodKind::Unary,
             ),
             ::workerbus::__codegen::method_schema(
                 "wave",
                 ("google.protobuf.Empty", 15435338329139223363u64),
                 ("google.protobuf.Empty", 15435338329139223363u64),
+                ::workerbus::__codegen::MethodKind::Unary,
             ),
         ],
-        14919941595637845491u64,
+        943537656708424115u64,
     );
 }
 /// Client of the `golden.Parting` service.
@@ -467,7 +650,7 @@ impl PartingClient {
         request: FarewellRequest,
         options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
                 "farewell.v1.farewell",
                 "google.protobuf.Empty",
             )
@@ -490,7 +673,7 @@ impl PartingClient {
         request: (),
         options: ::workerbus::__codegen::CallOptions,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::unary(
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
             "wave",
             "google.protobuf.Empty",
         );
@@ -571,7 +754,8 @@ impl<H: PartingHandler> ::workerbus::__codegen::Dispatch for PartingServer<H> {
     > + ::core::marker::Send + 'static {
         let handler = ::std::sync::Arc::clone(&self.handler);
         async move {
-            let (payload, cx) = call.into_parts();
+            #[allow(unused_variables)]
+            let (payload, cx, streams) = call.into_parts();
             match cx.method() {
                 parting_service::FAREWELL => {
                     let request = ::workerbus::__codegen::decode::<

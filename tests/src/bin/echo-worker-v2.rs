@@ -2,7 +2,7 @@
 //! derives it from `proto/echo.proto` with `EchoRequest.delay_ms` widened to
 //! 64 bits), for the schema-mismatch test.
 
-use workerbus::{Context, Status};
+use workerbus::{Context, Incoming, Status, StreamSender};
 
 #[allow(missing_docs, dead_code, unreachable_pub)]
 mod v2 {
@@ -55,6 +55,28 @@ impl EchoHandler for Unchanged {
         Err(not_here())
     }
     async fn trace(&self, _: (), _: &Context) -> Result<TraceReply, Status> {
+        Err(not_here())
+    }
+    async fn count(
+        &self,
+        _: CountRequest,
+        _: StreamSender<CountReply>,
+        _: &Context,
+    ) -> Result<(), Status> {
+        Err(not_here())
+    }
+    async fn progress(&self, _: ProgressRequest, _: &Context) -> Result<ProgressReply, Status> {
+        Err(not_here())
+    }
+    async fn sum(&self, _: Incoming<SumRequest>, _: &Context) -> Result<SumReply, Status> {
+        Err(not_here())
+    }
+    async fn chat(
+        &self,
+        _: Incoming<EchoRequest>,
+        _: StreamSender<EchoReply>,
+        _: &Context,
+    ) -> Result<(), Status> {
         Err(not_here())
     }
 }
