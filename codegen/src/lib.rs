@@ -154,8 +154,9 @@ impl Builder {
     /// `<package>.rs` per protobuf package.
     ///
     /// Errors name the file and the service or method at fault: a syntax
-    /// error, an unresolved import, an invalid `(workerbus.method)` option, a
-    /// streaming rpc, or a method whose generated name would clash.
+    /// error, an unresolved import, an invalid `(workerbus.method)` option
+    /// (e.g. `retries` on a streaming rpc), or a method whose generated name
+    /// would clash.
     pub fn compile_protos(
         self,
         protos: &[impl AsRef<Path>],

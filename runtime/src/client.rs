@@ -1347,7 +1347,7 @@ fn route_item(shared: &Shared, id: u64, payload: Bytes) -> Result<(), FrameError
         if stream.items.len() + stream.consumed as usize > STREAM_WINDOW as usize {
             return Err(FrameError::Malformed {
                 kind: "ITEM",
-                reason: format!("request {id} got more items than its credit allows"),
+                reason: format!("more items for request {id} than its credit allows"),
             });
         }
         slot.waker.take()

@@ -27,6 +27,9 @@
 //! | 0x03 | `STATUS`   | `code: u32`, `message_len: u32`, message (UTF-8), details         |
 //! | 0x04 | `CANCEL`   | empty                                                             |
 //! | 0x05 | `SHUTDOWN` | empty; id is 0                                                    |
+//! | 0x06 | `ITEM`     | payload: one message of a stream                                  |
+//! | 0x07 | `END`      | empty: the host's request stream is complete                      |
+//! | 0x08 | `CREDIT`   | `count: u32`: the receiver allows `count` more items              |
 //!
 //! A payload is one protobuf-encoded message and runs to the end of the frame.
 //! Payloads are never copied on decode: they are slices of the read buffer.
@@ -700,6 +703,24 @@ mod tests {
         assert_eq!(
             bytes(Frame::Shutdown),
             [0, 0, 0, 0x0a, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let item = Frame::Item {
+            id: 7,
+            payload: Bytes::from_static(&[0x08, 0x2a]),
+        };
+        assert_eq!(
+            bytes(item),
+            [0, 0, 0, 0x0c, 0x06, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0x08, 0x2a]
+        );
+        assert_eq!(
+            bytes(Frame::End { id: 7 }),
+            [0, 0, 0, 0x0a, 0x07, 0, 0, 0, 0, 0, 0, 0, 0, 7]
+        );
+        assert_eq!(
+            bytes(Frame::Credit { id: 7, count: 16 }),
+            [
+                0, 0, 0, 0x0e, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10
+            ]
         );
     }
 

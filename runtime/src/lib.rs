@@ -40,6 +40,12 @@
 //! [`Status`] (inside [`Error::Remote`]), a timeout, a cancellation, or
 //! [`Error::WorkerExited`] when its worker dies. Dropping a call's future
 //! cancels the handler in the worker.
+//!
+//! An rpc with a `stream` in its request or response reads as a
+//! [`Streaming`] on the host and is written with a [`StreamSender`] or read
+//! from an [`Incoming`] in the worker; each direction has a window of
+//! [`STREAM_WINDOW`] messages, so a slow reader holds its sender back
+//! instead of filling memory.
 
 mod backoff;
 mod client;

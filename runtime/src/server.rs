@@ -898,7 +898,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                     if stream.inbound.len() + stream.consumed as usize > STREAM_WINDOW as usize {
                         return Err(FrameError::Malformed {
                             kind: "ITEM",
-                            reason: format!("request {id} sent more items than its credit allows"),
+                            reason: format!("more items for request {id} than its credit allows"),
                         });
                     }
                     if let Some(waker) = stream.receiver.take() {

@@ -460,10 +460,7 @@ pub async fn stalled_handler_bounds_the_caller(channel: &Channel) {
     let call = tokio::spawn(async move { client.sum(requests).await });
     // The window's worth was sent, and one more taken that waits for room.
     let window = u64::from(STREAM_WINDOW);
-    watch
-        .wait_for(|pulled| *pulled > window)
-        .await
-        .unwrap();
+    watch.wait_for(|pulled| *pulled > window).await.unwrap();
     assert_eq!(progress(channel, tag, 1).await, 1);
     round_trips(channel, 20).await;
     assert_eq!(
