@@ -28,6 +28,25 @@ pub(crate) fn service(def: &ServiceDef, options: &EmitOptions) -> Result<TokenSt
     let rt = &options.runtime;
     let cg = quote!(#rt::__codegen);
     let names = names_module(def, &cg)?;
+    if def.events {
+        // Sent by the worker, received by the host: the emitter belongs with
+        // the server side, the event stream with the client side.
+        let emitter = if options.server {
+            emitter(def, &cg)?
+        } else {
+            TokenStream::new()
+        };
+        let stream = if options.client {
+            event_stream(def, &cg)?
+        } else {
+            TokenStream::new()
+        };
+        return Ok(quote! {
+            #names
+            #emitter
+            #stream
+        });
+    }
     let client = if options.client {
         client(def, &cg)?
     } else {
@@ -204,6 +223,13 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
             quote!(#cg::Streaming<#response>),
             quote!(self.inner.bidi_stream(&METHOD, requests, #options).await),
         ),
+        RpcKind::OneWay => (
+            quote!(),
+            quote!(request: #request),
+            quote!(),
+            quote!(()),
+            quote!(self.inner.one_way(&METHOD, request, #options).await),
+        ),
     };
     let forwarded = if method.kind.streams_requests() {
         quote!(requests)
@@ -244,11 +270,166 @@ fn defaults_note(method: &MethodDef) -> String {
     if options.idempotent {
         parts.push("idempotent".to_owned());
     }
-    if parts.is_empty() {
+    let defaults = if parts.is_empty() {
         String::new()
     } else {
         format!(" Defaults: {}.", parts.join(", "))
+    };
+    if method.kind == RpcKind::OneWay {
+        format!(
+            " One-way: returns once the message is queued for the worker, which answers nothing.{defaults}"
+        )
+    } else {
+        defaults
     }
+}
+
+/// The base of an events service's type names: its name without a trailing
+/// `Events` (`IndexerEvents` gives `IndexerEvent`, `IndexerEvents` and
+/// `IndexerEmitter`).
+fn events_base(def: &ServiceDef) -> &str {
+    match def.name.strip_suffix("Events") {
+        Some(base) if !base.is_empty() => base,
+        _ => &def.name,
+    }
+}
+
+/// `<Svc>Emitter`: how a worker sends the events of an events service.
+fn emitter(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
+    let emitter = format_ident!("{}Emitter", events_base(def));
+    let mut docs = vec![
+        format!(" Sends the events of `{}` to the host.", def.full_name),
+        String::new(),
+        " Make one from a handler's context (`from_context`); it may be cloned and".into(),
+        " kept beyond the call. Each method waits until the host has room for the".into(),
+        " event, and fails with `Unavailable` once the host is gone.".into(),
+    ];
+    if !def.docs.is_empty() {
+        docs.push(String::new());
+        docs.extend(def.docs.iter().cloned());
+    }
+    let mut methods = Vec::new();
+    for method in &def.methods {
+        let name = ident(&method.rust_name);
+        let event = parse_type(&method.request.rust_type)?;
+        let message_name = &method.message_name;
+        let mut method_docs = method.docs.clone();
+        if !method_docs.is_empty() {
+            method_docs.push(String::new());
+        }
+        method_docs.push(format!(" Message name: `{message_name}`."));
+        methods.push(quote! {
+            #(#[doc = #method_docs])*
+            pub async fn #name(&self, event: #event) -> ::core::result::Result<(), #cg::Status> {
+                static METHOD: #cg::MethodName = #cg::MethodName::from_static(#message_name);
+                self.sink.send(&METHOD, #cg::encode(&event)).await
+            }
+        });
+    }
+    Ok(quote! {
+        #(#[doc = #docs])*
+        #[derive(Clone, Debug)]
+        pub struct #emitter {
+            sink: #cg::EventSink,
+        }
+
+        impl #emitter {
+            /// An emitter sending through `sink`.
+            pub fn new(sink: #cg::EventSink) -> Self {
+                Self { sink }
+            }
+
+            /// An emitter sending to the host of the connection `cx`'s call
+            /// came on.
+            pub fn from_context(cx: &#cg::Context) -> Self {
+                Self { sink: cx.events() }
+            }
+
+            #(#methods)*
+        }
+    })
+}
+
+/// `<Svc>Event` and `<Svc>Events`: how a host receives the events of an
+/// events service.
+fn event_stream(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
+    let event = format_ident!("{}Event", events_base(def));
+    let events = format_ident!("{}Events", events_base(def));
+    let module = format_ident!("{}_service", def.snake_name);
+    let mut variants = Vec::new();
+    let mut arms = Vec::new();
+    for method in &def.methods {
+        let variant = format_ident!("{}", method.proto_name);
+        let message = parse_type(&method.request.rust_type)?;
+        let constant = format_ident!("{}", method.const_name);
+        let proto = &method.request.proto_name;
+        let mut docs = method.docs.clone();
+        if !docs.is_empty() {
+            docs.push(String::new());
+        }
+        docs.push(format!(" Message name: `{}`.", method.message_name));
+        variants.push(quote! {
+            #(#[doc = #docs])*
+            #variant(#message),
+        });
+        arms.push(quote! {
+            #module::#constant => #cg::decode_event::<#message>(method, payload, #proto).map(#event::#variant),
+        });
+    }
+    let event_doc = format!(" An event of `{}`.", def.full_name);
+    let events_docs = [
+        format!(
+            " The events of `{}` a worker sends, as a stream.",
+            def.full_name
+        ),
+        String::new(),
+        " Subscribe before the worker sends: events nobody subscribed to are dropped.".into(),
+        " Read it: the worker waits while its host holds a window of unread events.".into(),
+        " It ends when the worker is gone for good (a supervised worker: when its".into(),
+        " supervisor gives it up).".into(),
+    ];
+    Ok(quote! {
+        #[doc = #event_doc]
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum #event {
+            #(#variants)*
+        }
+
+        #(#[doc = #events_docs])*
+        #[derive(Debug)]
+        pub struct #events {
+            inner: #cg::Subscription,
+        }
+
+        impl #events {
+            /// Subscribes to the events the worker at the other end of
+            /// `channel` sends.
+            pub fn subscribe(channel: &#cg::Channel) -> Self {
+                Self { inner: #cg::subscribe(channel, &#module::SCHEMA) }
+            }
+
+            /// The next event, `None` once the worker is gone for good.
+            pub async fn next_event(&mut self) -> ::core::option::Option<::core::result::Result<#event, #cg::Error>> {
+                ::core::future::poll_fn(|cx| #cg::Stream::poll_next(::core::pin::Pin::new(&mut *self), cx)).await
+            }
+        }
+
+        impl #cg::Stream for #events {
+            type Item = ::core::result::Result<#event, #cg::Error>;
+
+            fn poll_next(
+                mut self: ::core::pin::Pin<&mut Self>,
+                cx: &mut ::core::task::Context<'_>,
+            ) -> ::core::task::Poll<::core::option::Option<Self::Item>> {
+                self.inner.poll_event(cx).map(|event| {
+                    event.map(|(method, payload)| match method.as_str() {
+                        #(#arms)*
+                        _ => ::core::result::Result::Err(#cg::unexpected_event(method, &#module::SCHEMA)),
+                    })
+                })
+            }
+        }
+    })
 }
 
 fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
@@ -278,7 +459,7 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
         }
         docs.push(format!(" Message name: `{}`.", method.message_name));
         let (arguments, output) = match method.kind {
-            RpcKind::Unary => (quote!(request: #request,), quote!(#response)),
+            RpcKind::Unary | RpcKind::OneWay => (quote!(request: #request,), quote!(#response)),
             RpcKind::ServerStreaming => (
                 quote!(request: #request, responses: #cg::StreamSender<#response>,),
                 quote!(()),
@@ -461,6 +642,7 @@ mod tests {
             snake_name: "greeter".into(),
             docs: vec![" Says hello.".into()],
             fingerprint: 42,
+            events: false,
             methods: vec![
                 MethodDef {
                     proto_name: "Greet".into(),
@@ -474,6 +656,7 @@ mod tests {
                         timeout_ms: Some(250),
                         retries: Some(2),
                         idempotent: true,
+                        one_way: false,
                     },
                     kind: RpcKind::Unary,
                 },
@@ -528,6 +711,40 @@ mod tests {
             "/// Message name: `greeter.greet`. Defaults: timeout 250 ms, 2 retries, idempotent.",
         ] {
             assert!(code.contains(expected), "missing {expected:?} in:\n{code}");
+        }
+    }
+
+    #[test]
+    fn an_events_service_gets_an_emitter_and_an_event_stream_only() {
+        let mut def = def();
+        def.name = "GreeterEvents".into();
+        def.events = true;
+        def.methods.truncate(1);
+        def.methods[0].options = MethodOptions::default();
+        def.methods[0].kind = RpcKind::OneWay;
+        let options = EmitOptions {
+            client: true,
+            server: true,
+            runtime: syn::parse_str("::workerbus").unwrap(),
+        };
+        let code = format(service(&def, &options).unwrap()).unwrap();
+        for expected in [
+            "pub struct GreeterEmitter",
+            "pub async fn greet(",
+            "event: GreetRequest,",
+            "pub enum GreeterEvent",
+            "Greet(GreetRequest),",
+            "pub struct GreeterEvents",
+            "pub fn subscribe(",
+        ] {
+            assert!(code.contains(expected), "missing {expected:?} in:\n{code}");
+        }
+        for unexpected in [
+            "GreeterEventsClient",
+            "GreeterEventsHandler",
+            "GreeterEventsServer",
+        ] {
+            assert!(!code.contains(unexpected), "{unexpected:?} in:\n{code}");
         }
     }
 

@@ -362,6 +362,7 @@ fn assemble(
         snake_name: info.snake_name.clone(),
         docs: docs::rustdoc_lines(&comment_lines(&service.comments)),
         fingerprint: info.fingerprint,
+        events: info.events,
         methods,
     })
 }

@@ -19,6 +19,8 @@ pub(crate) struct ServiceDef {
     pub(crate) docs: Vec<String>,
     /// The hash of every method's name, kind and message fingerprints.
     pub(crate) fingerprint: u64,
+    /// An events service: the worker sends its rpcs to the host.
+    pub(crate) events: bool,
     pub(crate) methods: Vec<MethodDef>,
 }
 
@@ -51,6 +53,8 @@ pub(crate) enum RpcKind {
     ClientStreaming,
     /// Both.
     BidiStreaming,
+    /// `one_way: true`, or an event: one message, never answered.
+    OneWay,
 }
 
 impl RpcKind {
@@ -70,6 +74,7 @@ impl RpcKind {
             RpcKind::ServerStreaming => "ServerStreaming",
             RpcKind::ClientStreaming => "ClientStreaming",
             RpcKind::BidiStreaming => "BidiStreaming",
+            RpcKind::OneWay => "OneWay",
         }
     }
 
@@ -100,4 +105,5 @@ pub(crate) struct MethodOptions {
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) retries: Option<u32>,
     pub(crate) idempotent: bool,
+    pub(crate) one_way: bool,
 }

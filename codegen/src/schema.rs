@@ -20,6 +20,8 @@ pub(crate) const OPTIONS_FILE: &str = "workerbus/options.proto";
 #[derive(Clone, Debug)]
 pub(crate) struct ServiceInfo {
     pub(crate) snake_name: String,
+    /// `(workerbus.service).events`: the rpcs are events the worker sends.
+    pub(crate) events: bool,
     pub(crate) fingerprint: u64,
     pub(crate) methods: Vec<MethodInfo>,
 }
@@ -38,7 +40,14 @@ pub(crate) struct MethodInfo {
 }
 
 /// Names the generated client already uses for its own methods.
-const CLIENT_METHODS: &[&str] = &["new", "with_options", "channel", "clone", "fmt"];
+const CLIENT_METHODS: &[&str] = &[
+    "new",
+    "with_options",
+    "channel",
+    "clone",
+    "fmt",
+    "from_context",
+];
 
 /// Analyzes every service in the pool, keyed by full name.
 pub(crate) fn analyze(pool: &DescriptorPool) -> Result<HashMap<String, ServiceInfo>, String> {
@@ -71,7 +80,13 @@ fn analyze_service(
     service_ext: Option<&ExtensionDescriptor>,
     fingerprints: &mut Fingerprints,
 ) -> Result<ServiceInfo, String> {
-    let prefix = match extension(&service.options(), service_ext) {
+    let service_options = extension(&service.options(), service_ext);
+    let events = service_options
+        .as_ref()
+        .and_then(|options| field(options, "events"))
+        .and_then(|value| value.as_bool())
+        .unwrap_or(false);
+    let prefix = match service_options {
         Some(options) => match string_field(&options, "name") {
             Some(name) => {
                 check_message_name(&name).map_err(|problem| {
@@ -88,6 +103,13 @@ fn analyze_service(
     let mut rust_names = HashSet::new();
     for method in service.methods() {
         let info = analyze_method(&method, &prefix, method_ext, fingerprints)
+            .and_then(|info| {
+                if events {
+                    check_event(&method, info)
+                } else {
+                    Ok(info)
+                }
+            })
             .map_err(|problem| format!("rpc {}: {problem}", method.name()))?;
         if info.const_name == "SCHEMA"
             || methods
@@ -127,12 +149,43 @@ fn analyze_service(
         hasher.write_u64(method.request.1);
         hasher.write_u64(method.response.1);
     }
+    if events {
+        hasher.write_str("events");
+    }
     Ok(ServiceInfo {
+        events,
         snake_name: service.name().to_snake_case(),
         fingerprint: hasher.finish(),
         methods,
     })
 }
+
+/// Checks an rpc of an events service: one message in, nothing out, no
+/// options but its name.
+fn check_event(method: &MethodDescriptor, mut info: MethodInfo) -> Result<MethodInfo, String> {
+    const SHAPE: &str =
+        "an event is declared `rpc E(EventMessage) returns (google.protobuf.Empty)`";
+    if method.is_client_streaming() || method.is_server_streaming() {
+        return Err(format!("an event cannot stream; {SHAPE}"));
+    }
+    if method.output().full_name() != EMPTY {
+        return Err(format!(
+            "an event returns google.protobuf.Empty, not {}; {SHAPE}",
+            method.output().full_name()
+        ));
+    }
+    if info.options != MethodOptions::default() {
+        return Err(
+            "an event takes no option but `name` (no timeout, retries, idempotent or one_way)"
+                .into(),
+        );
+    }
+    info.kind = RpcKind::OneWay;
+    Ok(info)
+}
+
+/// The full name of `google.protobuf.Empty`.
+const EMPTY: &str = "google.protobuf.Empty";
 
 fn analyze_method(
     method: &MethodDescriptor,
@@ -140,7 +193,7 @@ fn analyze_method(
     method_ext: Option<&ExtensionDescriptor>,
     fingerprints: &mut Fingerprints,
 ) -> Result<MethodInfo, String> {
-    let kind = RpcKind::new(method.is_client_streaming(), method.is_server_streaming());
+    let mut kind = RpcKind::new(method.is_client_streaming(), method.is_server_streaming());
     let mut options = MethodOptions::default();
     let mut message_name = format!("{prefix}.{}", method.name().to_snake_case());
     if let Some(ext) = extension(&method.options(), method_ext) {
@@ -155,6 +208,23 @@ fn analyze_method(
         options.idempotent = field(&ext, "idempotent")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
+        options.one_way = field(&ext, "one_way")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if options.one_way {
+            if kind != RpcKind::Unary {
+                return Err(
+                    "option (workerbus.method).one_way: a one-way message cannot stream".into(),
+                );
+            }
+            if method.output().full_name() != EMPTY {
+                return Err(format!(
+                    "option (workerbus.method).one_way: a one-way message is never answered, so it must return google.protobuf.Empty, not {}",
+                    method.output().full_name()
+                ));
+            }
+            kind = RpcKind::OneWay;
+        }
         if options.timeout_ms == Some(0) {
             return Err(
                 "option (workerbus.method).timeout_ms = 0: a timeout must be at least 1 ms".into(),
@@ -167,8 +237,13 @@ fn analyze_method(
             ));
         }
         if options.retries.is_some_and(|retries| retries > 0) && kind != RpcKind::Unary {
+            let what = if kind == RpcKind::OneWay {
+                "a one-way message is never retried"
+            } else {
+                "a streaming call is never retried"
+            };
             return Err(format!(
-                "option (workerbus.method).retries = {}: a streaming call is never retried; retries apply only to unary methods",
+                "option (workerbus.method).retries = {}: {what}; retries apply only to unary methods",
                 options.retries.unwrap_or_default()
             ));
         }

@@ -128,6 +128,60 @@ fn streaming_rpcs_refuse_retries() {
 }
 
 #[test]
+fn one_way_methods_return_empty_and_never_stream_or_retry() {
+    for (rpc, problem) in [
+        (
+            "rpc Send(Ping) returns (Ping) { option (workerbus.method) = { one_way: true }; }",
+            "must return google.protobuf.Empty, not bad.Ping",
+        ),
+        (
+            "rpc Send(Ping) returns (stream Ping) { option (workerbus.method) = { one_way: true }; }",
+            "a one-way message cannot stream",
+        ),
+        (
+            "rpc Send(Ping) returns (google.protobuf.Empty) { option (workerbus.method) = { one_way: true, retries: 1, idempotent: true }; }",
+            "a one-way message is never retried",
+        ),
+    ] {
+        let message =
+            compile_error(&[("bad.proto", &schema(&format!("service Worker {{ {rpc} }}")))]);
+        assert_mentions(
+            &message,
+            &["bad.proto", "service bad.Worker", "rpc Send", problem],
+        );
+    }
+}
+
+#[test]
+fn events_are_one_message_in_and_nothing_out() {
+    for (rpc, problem) in [
+        (
+            "rpc Changed(Ping) returns (Ping);",
+            "an event returns google.protobuf.Empty, not bad.Ping",
+        ),
+        (
+            "rpc Changed(stream Ping) returns (google.protobuf.Empty);",
+            "an event cannot stream",
+        ),
+        (
+            "rpc Changed(Ping) returns (google.protobuf.Empty) { option (workerbus.method) = { timeout_ms: 5 }; }",
+            "an event takes no option but `name`",
+        ),
+    ] {
+        let message = compile_error(&[(
+            "bad.proto",
+            &schema(&format!(
+                "service Signals {{ option (workerbus.service) = {{ events: true }}; {rpc} }}"
+            )),
+        )]);
+        assert_mentions(
+            &message,
+            &["bad.proto", "service bad.Signals", "rpc Changed", problem],
+        );
+    }
+}
+
+#[test]
 fn message_names_must_be_unique_within_a_service() {
     let message = compile_error(&[(
         "bad.proto",

@@ -31,6 +31,7 @@ use tokio::sync::{Notify, watch};
 use crate::backoff::Backoff;
 use crate::control::{self, Health, HealthReport};
 use crate::error::{Error, ExitReason, FrameError, Status};
+use crate::event::{Credit, EventHub, Subscription};
 use crate::frame::{
     DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH, STREAM_WINDOW,
 };
@@ -291,6 +292,8 @@ struct Handle {
 
 struct Shared {
     state: Mutex<State>,
+    /// This connection, for the credit of the events it delivers.
+    this: std::sync::Weak<Shared>,
     /// The driver behind the connection, as middleware sees it.
     driver: &'static str,
     max_frame_length: usize,
@@ -317,6 +320,16 @@ struct State {
     closed: Option<CloseReason>,
     /// Every `Channel` is gone: the link flushes what is queued and closes.
     detached: bool,
+    /// Where the worker's events go: the connection's own hub, or its
+    /// supervised slot's.
+    hub: Arc<EventHub>,
+    /// Whether `hub` is the connection's own, to be closed with it.
+    hub_owned: bool,
+    /// `EVENT`s received and not yet credited back to the worker.
+    events_outstanding: u32,
+    /// Of those, the ones taken (or dropped) on the host: credited back in
+    /// batches.
+    events_taken: u32,
 }
 
 impl State {
@@ -456,7 +469,8 @@ impl Channel {
         exit: Option<ExitWatch>,
         driver: &'static str,
     ) -> Channel {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|this| Shared {
+            this: this.clone(),
             driver,
             state: Mutex::new(State {
                 next_id: 1,
@@ -468,6 +482,10 @@ impl Channel {
                 closing: false,
                 closed: None,
                 detached: false,
+                hub: EventHub::new(),
+                hub_owned: true,
+                events_outstanding: 0,
+                events_taken: 0,
             }),
             max_frame_length: options.max_frame_length,
             max_in_flight: options.max_in_flight,
@@ -478,6 +496,27 @@ impl Channel {
         Channel {
             inner: Inner::Direct(Arc::new(Handle { shared })),
             middleware: None,
+        }
+    }
+
+    /// Subscribes to the worker's events of `schema`'s service: on a
+    /// supervised channel, to those of every worker the supervisor starts.
+    pub(crate) fn subscribe(&self, schema: &'static crate::schema::ServiceSchema) -> Subscription {
+        match &self.inner {
+            Inner::Direct(handle) => {
+                let hub = Arc::clone(&lock(&handle.shared).hub);
+                hub.subscribe(schema)
+            }
+            Inner::Supervised(slot) => slot.hub.subscribe(schema),
+        }
+    }
+
+    /// Routes this connection's events to `hub` (a supervised slot's).
+    fn use_event_hub(&self, hub: &Arc<EventHub>) {
+        if let Some(shared) = self.direct() {
+            let mut state = lock(shared);
+            state.hub = Arc::clone(hub);
+            state.hub_owned = false;
         }
     }
 
@@ -547,6 +586,55 @@ impl Channel {
         true
     }
 
+    /// Sends `method` as a one-way message: returns once it is queued for
+    /// the worker, which answers nothing. Host middleware sees it as a call
+    /// answered with an empty response.
+    pub(crate) async fn post(
+        &self,
+        method: &MethodName,
+        payload: Bytes,
+        options: &Resolved,
+    ) -> Result<(), Error> {
+        check_method_name(method)?;
+        let result = match &self.middleware {
+            None => self.post_once(method, &payload, options, None).await,
+            Some(chain) => {
+                let info = CallInfo::host(method, 1, options.timeout, self.driver(), payload.len());
+                let queued = self.post_once(method, &payload, options, Some(&info));
+                Next::new(chain, &info, Box::pin(queued)).run().await
+            }
+        };
+        result.map(drop)
+    }
+
+    /// Queues a one-way message, bounded by its timeout.
+    async fn post_once(
+        &self,
+        method: &MethodName,
+        payload: &Bytes,
+        options: &Resolved,
+        info: Option<&CallInfo>,
+    ) -> Result<Bytes, Error> {
+        // Read when this runs: after the middleware set it.
+        let trace = info.and_then(CallInfo::trace);
+        let queued = async {
+            let channel = match &self.inner {
+                Inner::Direct(_) => self.clone(),
+                Inner::Supervised(slot) => slot.current(method, None).await?,
+            };
+            match channel.direct() {
+                Some(shared) => post(shared, method, payload, options.timeout, trace).await,
+                None => Err(Error::Disconnected {
+                    method: method.clone(),
+                    cause: None,
+                }),
+            }
+        };
+        with_timeout(method, options.timeout, queued)
+            .await
+            .map(|()| Bytes::new())
+    }
+
     /// Calls `method` with an encoded request, retrying per `options`, and
     /// returns the encoded response.
     pub(crate) async fn call(
@@ -555,14 +643,7 @@ impl Channel {
         payload: Bytes,
         options: &Resolved,
     ) -> Result<Bytes, Error> {
-        if method.is_empty() || method.len() > MAX_METHOD_LEN {
-            return Err(Error::TooLarge {
-                method: method.clone(),
-                what: "method name",
-                size: method.len(),
-                max: MAX_METHOD_LEN,
-            });
-        }
+        check_method_name(method)?;
         let mut attempt = 1;
         // The connection that died under the previous attempt: a supervised
         // retry waits for its replacement.
@@ -746,6 +827,19 @@ impl Channel {
     }
 }
 
+/// Refuses a message name no `REQUEST` can carry.
+fn check_method_name(method: &MethodName) -> Result<(), Error> {
+    if method.is_empty() || method.len() > MAX_METHOD_LEN {
+        return Err(Error::TooLarge {
+            method: method.clone(),
+            what: "method name",
+            size: method.len(),
+            max: MAX_METHOD_LEN,
+        });
+    }
+    Ok(())
+}
+
 /// How many times an idempotent call is run again on a restarted worker.
 const MAX_CRASH_RETRIES: u32 = 5;
 
@@ -775,17 +869,7 @@ async fn send(
     attempt: u32,
     trace: Option<TraceContext>,
 ) -> Result<Bytes, Error> {
-    let deadline_field = if timeout.is_some() { 8 } else { 0 };
-    let trace_field = if trace.is_some() { 24 } else { 0 };
-    let size = HEADER_LEN + deadline_field + 4 + trace_field + 2 + method.len() + payload.len();
-    if size > shared.max_frame_length {
-        return Err(Error::TooLarge {
-            method: method.clone(),
-            what: "request",
-            size,
-            max: shared.max_frame_length,
-        });
-    }
+    check_request_size(shared, method, payload, timeout, trace)?;
     let call = loop {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
@@ -805,6 +889,77 @@ async fn send(
         }
     };
     call.await.map_err(|failure| failure.into_error(method))
+}
+
+/// Refuses a `REQUEST` longer than the connection's maximum frame length.
+fn check_request_size(
+    shared: &Shared,
+    method: &MethodName,
+    payload: &Bytes,
+    timeout: Option<Duration>,
+    trace: Option<TraceContext>,
+) -> Result<(), Error> {
+    let deadline_field = if timeout.is_some() { 8 } else { 0 };
+    let trace_field = if trace.is_some() { 24 } else { 0 };
+    let size = HEADER_LEN + deadline_field + 4 + trace_field + 2 + method.len() + payload.len();
+    if size > shared.max_frame_length {
+        return Err(Error::TooLarge {
+            method: method.clone(),
+            what: "request",
+            size,
+            max: shared.max_frame_length,
+        });
+    }
+    Ok(())
+}
+
+/// Queues a one-way message on one connection, once there is room for it.
+async fn post(
+    shared: &Shared,
+    method: &MethodName,
+    payload: &Bytes,
+    timeout: Option<Duration>,
+    trace: Option<TraceContext>,
+) -> Result<(), Error> {
+    check_request_size(shared, method, payload, timeout, trace)?;
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let waker = {
+            let mut state = lock(shared);
+            if let Some(reason) = &state.closed {
+                return Err(reason.clone().into_error(method));
+            }
+            // A one-way message holds no slot in the pending table; it only
+            // waits for room in the outbox.
+            let full = state.queued_bytes > 0
+                && state.queued_bytes + payload.len() > shared.max_queued_bytes;
+            if state.closing || full {
+                state.waiting = true;
+                None
+            } else {
+                let id = state.next_id;
+                state.next_id += 1;
+                state.queued_bytes += payload.len();
+                let request = Frame::request(id, method.clone(), timeout, 1, payload.clone())
+                    .with_trace(trace)
+                    .with_one_way(true);
+                log::frame(Direction::HostOut, &request, None);
+                state.outbox.push_back(request);
+                Some(state.link.take())
+            }
+        };
+        match waker {
+            Some(waker) => {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                return Ok(());
+            }
+            None => changed.await,
+        }
+    }
 }
 
 fn start<'a>(
@@ -899,6 +1054,8 @@ impl fmt::Debug for Channel {
 /// channels made from the slot follow every replacement.
 pub(crate) struct WorkerSlot {
     name: String,
+    /// Subscriptions to the events of whichever worker is current.
+    hub: Arc<EventHub>,
     state: Mutex<SlotState>,
     changed: Notify,
     fail_fast: bool,
@@ -921,6 +1078,7 @@ impl WorkerSlot {
     pub(crate) fn new(name: String, fail_fast: bool, max_waiting: usize) -> Arc<WorkerSlot> {
         Arc::new(WorkerSlot {
             name,
+            hub: EventHub::new(),
             state: Mutex::new(SlotState::Starting),
             changed: Notify::new(),
             fail_fast,
@@ -942,6 +1100,14 @@ impl WorkerSlot {
     }
 
     pub(crate) fn set(&self, state: SlotState) {
+        match &state {
+            SlotState::Up(channel) => {
+                self.hub.reopen();
+                channel.use_event_hub(&self.hub);
+            }
+            SlotState::Down(_) => self.hub.close(),
+            SlotState::Starting => {}
+        }
         *self.lock() = state;
         self.changed.notify_waiters();
     }
@@ -1205,6 +1371,9 @@ fn close(shared: &Shared, reason: CloseReason) {
         state.closing = false;
         state.outbox.clear();
         state.queued_bytes = 0;
+        if state.hub_owned {
+            state.hub.close();
+        }
         let wakers = state
             .calls
             .values_mut()
@@ -1286,6 +1455,7 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
         Frame::Response { id, payload } => (id, Ok(payload)),
         Frame::Status { id, status } => (id, Err(Failure::Remote(status))),
         Frame::Item { id, payload } => return route_item(shared, id, payload),
+        Frame::Event { method, payload } => return route_event(shared, method, payload),
         Frame::Credit { id, count } => {
             let waker = lock(shared)
                 .calls
@@ -1326,6 +1496,51 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
     };
     wakers.into_iter().for_each(Waker::wake);
     Ok(())
+}
+
+/// Hands an event to the subscriptions of its service, holding one credit
+/// until they have taken it.
+fn route_event(shared: &Shared, method: MethodName, payload: Bytes) -> Result<(), FrameError> {
+    let hub = {
+        let mut state = lock(shared);
+        if state.events_outstanding >= STREAM_WINDOW {
+            return Err(FrameError::Malformed {
+                kind: "EVENT",
+                reason: "more events than the host's credit allows".into(),
+            });
+        }
+        state.events_outstanding += 1;
+        Arc::clone(&state.hub)
+    };
+    let this = shared.this.clone();
+    let credit = Credit::new(move || {
+        if let Some(shared) = this.upgrade() {
+            event_taken(&shared);
+        }
+    });
+    hub.deliver(method, payload, credit);
+    Ok(())
+}
+
+/// Counts one event taken on the host; returns credit to the worker half a
+/// window at a time.
+fn event_taken(shared: &Shared) {
+    let waker = {
+        let mut state = lock(shared);
+        state.events_taken += 1;
+        if state.events_taken < STREAM_WINDOW / 2 || state.closed.is_some() {
+            return;
+        }
+        let count = std::mem::take(&mut state.events_taken);
+        state.events_outstanding -= count;
+        let credit = Frame::Credit { id: 0, count };
+        log::frame(Direction::HostOut, &credit, None);
+        state.outbox.push_back(credit);
+        state.link.take()
+    };
+    if let Some(waker) = waker {
+        waker.wake();
+    }
 }
 
 /// Hands a response-stream item to the call waiting for it.

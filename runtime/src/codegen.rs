@@ -13,9 +13,10 @@ pub use futures_core::Stream;
 
 pub use crate::client::{CallOptions, Channel, Streaming};
 pub use crate::error::{Error, Status};
+pub use crate::event::Subscription;
 pub use crate::name::MethodName;
 pub use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
-pub use crate::server::{Call, CallStreams, Context, Dispatch, Incoming, StreamSender};
+pub use crate::server::{Call, CallStreams, Context, Dispatch, EventSink, Incoming, StreamSender};
 
 use crate::client::MethodDefaults;
 
@@ -136,6 +137,19 @@ impl Client {
 }
 
 impl Client {
+    /// A one-way message: encode and queue it; the worker answers nothing.
+    pub async fn one_way<Req: Message>(
+        &self,
+        method: &'static MethodDesc,
+        request: Req,
+        options: Option<&CallOptions>,
+    ) -> Result<(), Error> {
+        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
+        let payload = encode(&request);
+        drop(request);
+        self.channel.post(&method.name, payload, &resolved).await
+    }
+
     /// A call whose response is a stream.
     pub async fn server_stream<Req, Resp>(
         &self,
@@ -257,6 +271,31 @@ pub fn decode<M: Message + Default>(
             cx.method()
         ))
     })
+}
+
+/// Subscribes to the events of an events service.
+pub fn subscribe(channel: &Channel, service: &'static ServiceSchema) -> Subscription {
+    channel.subscribe(service)
+}
+
+/// Decodes an event, or says which event failed to decode and why.
+pub fn decode_event<M: Message + Default>(
+    method: MethodName,
+    payload: Bytes,
+    event_type: &'static str,
+) -> Result<M, Error> {
+    M::decode(payload).map_err(|source| Error::Decode {
+        method,
+        message: event_type,
+        source,
+    })
+}
+
+/// An event of a service the subscription did not ask for (never happens:
+/// subscriptions filter by the service's message names).
+pub fn unexpected_event(method: MethodName, service: &ServiceSchema) -> Error {
+    let status = Status::unimplemented(format!("{method} is not an event of {}", service.name()));
+    Error::Remote { method, status }
 }
 
 /// The answer to a message name the service does not have.

@@ -64,6 +64,7 @@ const KIND_SHUTDOWN: u8 = 0x05;
 const KIND_ITEM: u8 = 0x06;
 const KIND_END: u8 = 0x07;
 const KIND_CREDIT: u8 = 0x08;
+const KIND_EVENT: u8 = 0x09;
 
 /// How many `ITEM`s a stream's sender may send before it has any `CREDIT`.
 pub const STREAM_WINDOW: u32 = 32;
@@ -79,6 +80,8 @@ const FLAG_STREAM_REQUEST: u8 = 0x04;
 /// `REQUEST` flag: the host expects a stream of `ITEM`s back before the
 /// final `RESPONSE` or `STATUS`.
 const FLAG_STREAM_RESPONSE: u8 = 0x08;
+/// `REQUEST` flag: a one-way message; the worker sends no answer.
+const FLAG_ONE_WAY: u8 = 0x10;
 
 /// One unit of the protocol.
 ///
@@ -106,6 +109,8 @@ pub enum Frame {
         request_stream: bool,
         /// The host expects a stream of `ITEM`s back.
         response_stream: bool,
+        /// A one-way message: the worker runs it and answers nothing.
+        one_way: bool,
         /// The protobuf-encoded request message (empty for a request stream).
         payload: Bytes,
     },
@@ -144,12 +149,20 @@ pub enum Frame {
         /// The id of the streaming call.
         id: u64,
     },
-    /// The receiver of a stream allows `count` more `ITEM`s.
+    /// The receiver of a stream allows `count` more `ITEM`s (with id 0: the
+    /// host allows `count` more `EVENT`s).
     Credit {
-        /// The id of the streaming call.
+        /// The id of the streaming call, or 0 for events.
         id: u64,
         /// How many more items may be sent.
         count: u32,
+    },
+    /// An event the worker sends its host, unasked. Its id is 0.
+    Event {
+        /// The event's message name, e.g. `indexer.progress`.
+        method: MethodName,
+        /// The protobuf-encoded event message.
+        payload: Bytes,
     },
 }
 
@@ -170,8 +183,18 @@ impl Frame {
             trace: None,
             request_stream: false,
             response_stream: false,
+            one_way: false,
             payload,
         }
+    }
+
+    /// This `REQUEST` as a one-way message (or not); other frames unchanged.
+    #[must_use]
+    pub fn with_one_way(mut self, value: bool) -> Frame {
+        if let Frame::Request { one_way, .. } = &mut self {
+            *one_way = value;
+        }
+        self
     }
 
     /// This `REQUEST` with streams in the given directions; other frames
@@ -210,10 +233,11 @@ impl Frame {
             Frame::Item { .. } => "ITEM",
             Frame::End { .. } => "END",
             Frame::Credit { .. } => "CREDIT",
+            Frame::Event { .. } => "EVENT",
         }
     }
 
-    /// The request id the frame refers to (0 for `SHUTDOWN`).
+    /// The request id the frame refers to (0 for `SHUTDOWN` and `EVENT`).
     pub fn id(&self) -> u64 {
         match self {
             Frame::Request { id, .. }
@@ -223,7 +247,7 @@ impl Frame {
             | Frame::Item { id, .. }
             | Frame::End { id }
             | Frame::Credit { id, .. } => *id,
-            Frame::Shutdown => 0,
+            Frame::Shutdown | Frame::Event { .. } => 0,
         }
     }
 
@@ -252,6 +276,7 @@ impl Frame {
                 Frame::Item { payload, .. } => payload.len(),
                 Frame::Credit { .. } => 4,
                 Frame::Cancel { .. } | Frame::End { .. } | Frame::Shutdown => 0,
+                Frame::Event { method, payload } => 2 + method.len() + payload.len(),
             }
     }
 
@@ -273,6 +298,7 @@ impl Frame {
                 trace,
                 request_stream,
                 response_stream,
+                one_way,
                 payload,
             } => {
                 dst.put_u8(KIND_REQUEST);
@@ -285,6 +311,9 @@ impl Frame {
                 }
                 if *response_stream {
                     flags |= FLAG_STREAM_RESPONSE;
+                }
+                if *one_way {
+                    flags |= FLAG_ONE_WAY;
                 }
                 if trace.is_some() {
                     flags |= FLAG_TRACE;
@@ -325,6 +354,12 @@ impl Frame {
                 put_header(dst, KIND_CREDIT, *id);
                 dst.put_u32(*count);
             }
+            Frame::Event { method, payload } => {
+                put_header(dst, KIND_EVENT, 0);
+                dst.put_u16(method.len() as u16);
+                dst.put_slice(method.as_bytes());
+                dst.put_slice(payload);
+            }
         }
     }
 
@@ -345,13 +380,16 @@ impl Frame {
             KIND_ITEM => "ITEM",
             KIND_END => "END",
             KIND_CREDIT => "CREDIT",
+            KIND_EVENT => "EVENT",
             _ => return Err(FrameError::UnknownKind { kind }),
         };
-        if id == 0 && kind != KIND_SHUTDOWN {
+        // Id 0 is reserved for frames about no call: `SHUTDOWN`, `EVENT`,
+        // and the `CREDIT` for events.
+        if id == 0 && !matches!(kind, KIND_SHUTDOWN | KIND_EVENT | KIND_CREDIT) {
             return Err(malformed(name, "id 0 is reserved".into()));
         }
         let allowed = if kind == KIND_REQUEST {
-            FLAG_DEADLINE | FLAG_TRACE | FLAG_STREAM_REQUEST | FLAG_STREAM_RESPONSE
+            FLAG_DEADLINE | FLAG_TRACE | FLAG_STREAM_REQUEST | FLAG_STREAM_RESPONSE | FLAG_ONE_WAY
         } else {
             0
         };
@@ -364,6 +402,14 @@ impl Frame {
         };
         let frame = match kind {
             KIND_REQUEST => {
+                if flags & FLAG_ONE_WAY != 0
+                    && flags & (FLAG_STREAM_REQUEST | FLAG_STREAM_RESPONSE) != 0
+                {
+                    return Err(malformed(
+                        name,
+                        format!("flags 0x{flags:02x}: a one-way message cannot stream"),
+                    ));
+                }
                 let timeout = if flags & FLAG_DEADLINE != 0 {
                     Some(Duration::from_micros(body.u64("timeout")?))
                 } else {
@@ -376,17 +422,7 @@ impl Frame {
                 } else {
                     None
                 };
-                let method_len = usize::from(body.u16("method length")?);
-                if method_len == 0 || method_len > MAX_METHOD_LEN {
-                    return Err(malformed(
-                        name,
-                        format!(
-                            "method name of {method_len} bytes (must be 1 to {MAX_METHOD_LEN})"
-                        ),
-                    ));
-                }
-                let method = MethodName::from_utf8(body.bytes(method_len, "method name")?)
-                    .map_err(|_| malformed(name, "method name is not UTF-8".into()))?;
+                let method = body.method()?;
                 Frame::Request {
                     id,
                     method,
@@ -395,6 +431,7 @@ impl Frame {
                     trace,
                     request_stream: flags & FLAG_STREAM_REQUEST != 0,
                     response_stream: flags & FLAG_STREAM_RESPONSE != 0,
+                    one_way: flags & FLAG_ONE_WAY != 0,
                     payload: body.rest(),
                 }
             }
@@ -429,6 +466,15 @@ impl Frame {
                 let count = body.u32("count")?;
                 body.end()?;
                 Frame::Credit { id, count }
+            }
+            KIND_EVENT => {
+                if id != 0 {
+                    return Err(malformed(name, format!("id {id} (must be 0)")));
+                }
+                Frame::Event {
+                    method: body.method()?,
+                    payload: body.rest(),
+                }
             }
             _ => {
                 body.end()?;
@@ -499,6 +545,19 @@ impl Reader {
 
     fn rest(self) -> Bytes {
         self.buf
+    }
+
+    /// A `method_len: u16` and the message name it announces.
+    fn method(&mut self) -> Result<MethodName, FrameError> {
+        let method_len = usize::from(self.u16("method length")?);
+        if method_len == 0 || method_len > MAX_METHOD_LEN {
+            return Err(malformed(
+                self.kind,
+                format!("method name of {method_len} bytes (must be 1 to {MAX_METHOD_LEN})"),
+            ));
+        }
+        MethodName::from_utf8(self.bytes(method_len, "method name")?)
+            .map_err(|_| malformed(self.kind, "method name is not UTF-8".into()))
     }
 
     fn end(&self) -> Result<(), FrameError> {
@@ -722,6 +781,25 @@ mod tests {
                 0, 0, 0, 0x0e, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10
             ]
         );
+        let event = Frame::Event {
+            method: MethodName::from_static("w.e"),
+            payload: Bytes::from_static(&[0x08, 0x01]),
+        };
+        assert_eq!(
+            bytes(event),
+            [
+                0, 0, 0, 0x11, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, b'w', b'.', b'e', 0x08, 0x01
+            ]
+        );
+        let one_way = Frame::request(1, MethodName::from_static("w.n"), None, 1, Bytes::new())
+            .with_one_way(true);
+        assert_eq!(
+            bytes(one_way),
+            [
+                0, 0, 0, 0x13, 0x01, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 3, b'w', b'.',
+                b'n'
+            ]
+        );
     }
 
     #[test]
@@ -835,6 +913,22 @@ mod tests {
                 "malformed RESPONSE frame: id 0 is reserved",
             ),
             (
+                &[0x01, 0x14, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, b'a'],
+                "malformed REQUEST frame: flags 0x14: a one-way message cannot stream",
+            ),
+            (
+                &[0x09, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 1, b'a'],
+                "malformed EVENT frame: id 3 (must be 0)",
+            ),
+            (
+                &[0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                "malformed EVENT frame: method name of 0 bytes (must be 1 to 1024)",
+            ),
+            (
+                &[0x07, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                "malformed END frame: id 0 is reserved",
+            ),
+            (
                 &[
                     0x03, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 9, b'x',
                 ],
@@ -900,6 +994,8 @@ mod tests {
                     )
                     .with_trace(trace)
                     .with_streams(attempt % 3 == 0, attempt % 5 == 0)
+                    // A one-way message cannot stream.
+                    .with_one_way(attempt % 15 == 1)
                 }),
             (1..=u64::MAX, payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
             (1..=u64::MAX, arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),
@@ -911,7 +1007,15 @@ mod tests {
                 }
             ),
             (1..=u64::MAX).prop_map(|id| Frame::End { id }),
-            (1..=u64::MAX, any::<u32>()).prop_map(|(id, count)| Frame::Credit { id, count }),
+            (0..=u64::MAX, any::<u32>()).prop_map(|(id, count)| Frame::Credit { id, count }),
+            (
+                "[a-z_.]{1,40}",
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(method, payload)| Frame::Event {
+                    method: MethodName::from(method),
+                    payload: Bytes::from(payload),
+                }),
             Just(Frame::Shutdown),
         ]
     }

@@ -52,6 +52,7 @@ mod client;
 mod control;
 mod driver;
 mod error;
+mod event;
 mod frame;
 mod idmap;
 mod log;
@@ -99,7 +100,7 @@ pub use self::name::MethodName;
 pub use self::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use self::server::{
     Call, CallStreams, Context, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUED_CALLS, Dispatch,
-    Incoming, ServeOptions, StreamSender, serve_transport,
+    EventSink, Incoming, ServeOptions, StreamSender, serve_transport,
 };
 #[cfg(feature = "process")]
 pub use self::startup::{STARTUP_ENV, StartupData, startup_data};

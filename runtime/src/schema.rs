@@ -17,6 +17,9 @@ pub enum MethodKind {
     ClientStreaming,
     /// Streams both ways.
     BidiStreaming,
+    /// One request, no response: sent without waiting (`one_way: true`),
+    /// or an event a worker sends its host.
+    OneWay,
 }
 
 #[cfg(feature = "process")]
@@ -28,6 +31,7 @@ impl MethodKind {
             MethodKind::ServerStreaming => 1,
             MethodKind::ClientStreaming => 2,
             MethodKind::BidiStreaming => 3,
+            MethodKind::OneWay => 4,
         }
     }
 
@@ -38,6 +42,7 @@ impl MethodKind {
             1 => "streams its responses",
             2 => "streams its requests",
             3 => "streams both ways",
+            4 => "is one-way",
             _ => "is of an unknown kind",
         }
     }

@@ -31,13 +31,14 @@ use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_core::Stream;
 use prost::Message;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::control::{self, Detached, Health, Hello, Welcome};
@@ -71,6 +72,7 @@ pub struct Call {
     payload: Bytes,
     context: Context,
     streams: CallStreams,
+    one_way: bool,
 }
 
 impl Call {
@@ -80,6 +82,7 @@ impl Call {
             payload,
             context,
             streams: CallStreams { stream: None },
+            one_way: false,
         }
     }
 
@@ -344,6 +347,8 @@ pub struct Context {
     deadline: Option<tokio::time::Instant>,
     attempt: u32,
     trace: Option<TraceContext>,
+    /// The connection the call came on, for the events its handler sends.
+    connection: Option<Weak<Shared>>,
 }
 
 impl Context {
@@ -356,6 +361,7 @@ impl Context {
             deadline: None,
             attempt: 1,
             trace: None,
+            connection: None,
         }
     }
 
@@ -407,6 +413,111 @@ impl Context {
     /// middleware).
     pub fn trace(&self) -> Option<TraceContext> {
         self.trace
+    }
+
+    /// Where the handler sends events to its host: the connection this call
+    /// came on. Generated emitters (`<Service>Emitter::from_context`) wrap
+    /// it; it may be kept and used after the call, for as long as the host
+    /// stays connected.
+    pub fn events(&self) -> EventSink {
+        EventSink {
+            connection: self.connection.clone(),
+        }
+    }
+}
+
+/// Sends events to the host of a connection; see [`Context::events`].
+///
+/// Each event waits until the host has room for it: the host holds at most
+/// [`STREAM_WINDOW`](crate::STREAM_WINDOW) unread events per connection, so
+/// a host that does not read slows its worker's events down, never fills
+/// memory. Events with nobody subscribed on the host are dropped there.
+#[derive(Clone)]
+pub struct EventSink {
+    connection: Option<Weak<Shared>>,
+}
+
+impl EventSink {
+    /// Sends one event, once the host has room for it. Fails with
+    /// `Unavailable` once the host is gone (or for a [`Context::new`] made
+    /// outside a worker), and with `ResourceExhausted` if the event is over
+    /// the maximum frame length. Generated emitters call it with their
+    /// event's message name and encoded message.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use workerbus::{Code, Context, MethodName};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A handler called directly, as in its unit tests, has no host.
+    /// let cx = Context::new("indexer.index");
+    /// let progress = MethodName::from_static("indexer.progress");
+    /// let error = cx.events().send(&progress, Bytes::new()).await.unwrap_err();
+    /// assert_eq!(error.code(), Code::Unavailable);
+    /// assert_eq!(error.message(), "event indexer.progress not sent: the worker's host is gone");
+    /// # }
+    /// ```
+    pub async fn send(&self, method: &MethodName, mut payload: Bytes) -> Result<(), Status> {
+        let gone = || {
+            Status::unavailable(format!(
+                "event {method} not sent: the worker's host is gone"
+            ))
+        };
+        let Some(shared) = self.connection.as_ref().and_then(Weak::upgrade) else {
+            return Err(gone());
+        };
+        let size = HEADER_LEN + 2 + method.len() + payload.len();
+        if size > shared.max_frame_length {
+            return Err(Status::resource_exhausted(format!(
+                "event {method} is {size} bytes, over the maximum frame length of {} bytes",
+                shared.max_frame_length
+            )));
+        }
+        loop {
+            let room = shared.event_room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let waker = {
+                let mut state = lock(&shared);
+                if state.ended {
+                    return Err(gone());
+                }
+                if state.event_credit > 0 {
+                    state.event_credit -= 1;
+                    let event = Frame::Event {
+                        method: method.clone(),
+                        payload: std::mem::take(&mut payload),
+                    };
+                    log::frame(Direction::WorkerOut, &event, Some(method));
+                    state.outbox.push_back(event);
+                    Some(state.link.take())
+                } else {
+                    None
+                }
+            };
+            match waker {
+                Some(waker) => {
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                    return Ok(());
+                }
+                None => room.await,
+            }
+        }
+    }
+}
+
+impl fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let connected = self
+            .connection
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_some_and(|shared| !lock(&shared).ended);
+        f.debug_struct("EventSink")
+            .field("connected", &connected)
+            .finish()
     }
 }
 
@@ -569,7 +680,11 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
     control: Option<&dyn Control>,
 ) -> Result<Ending, FrameError> {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::default()),
+        state: Mutex::new(State {
+            event_credit: STREAM_WINDOW,
+            ..State::default()
+        }),
+        event_room: Notify::new(),
         max_frame_length: options.max_frame_length,
         processed: std::sync::atomic::AtomicU64::new(0),
     });
@@ -595,6 +710,8 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
 
 struct Shared {
     state: Mutex<State>,
+    /// Notified when the host returns event credit, and when serving ends.
+    event_room: Notify,
     max_frame_length: usize,
     /// Calls whose handler ran to the end (answered, or replaced by a status).
     processed: std::sync::atomic::AtomicU64,
@@ -632,6 +749,10 @@ struct State {
     /// Calls taken from the backlog and being dispatched, not yet running.
     starting: usize,
     next_generation: u64,
+    /// `EVENT`s the worker may still send.
+    event_credit: u32,
+    /// Serving has ended: events can no longer be sent.
+    ended: bool,
 }
 
 struct Running {
@@ -673,6 +794,8 @@ struct TaskEnd {
     generation: u64,
     /// The generation of the call's streams, if it streams.
     stream: Option<u64>,
+    /// A one-way message: nobody awaits an answer.
+    one_way: bool,
 }
 
 impl Drop for TaskEnd {
@@ -830,6 +953,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 trace,
                 request_stream,
                 response_stream,
+                one_way,
                 payload,
             } => {
                 let deadline =
@@ -840,6 +964,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                     deadline,
                     attempt,
                     trace,
+                    connection: Some(Arc::downgrade(&self.shared)),
                 };
                 if self.is_in_flight(id) {
                     return Err(FrameError::DuplicateId { id });
@@ -849,10 +974,11 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                         "{} was not started: the worker is shutting down",
                         context.method
                     ));
-                    self.answer(Frame::Status { id, status });
+                    self.refuse(id, one_way, status);
                     return Ok(());
                 }
                 let mut call = Call::new(payload, context);
+                call.one_way = one_way;
                 if request_stream || response_stream {
                     call.streams.stream =
                         Some(self.open_stream(id, request_stream, response_stream));
@@ -869,7 +995,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                         call.context.method, self.max_concurrent, self.max_queued
                     ));
                     self.close_stream(id);
-                    self.answer(Frame::Status { id, status });
+                    self.refuse(id, call.one_way, status);
                 }
             }
             Frame::Cancel { id } => {
@@ -913,6 +1039,12 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                         waker.wake();
                     }
                 }
+            }
+            Frame::Credit { id: 0, count } => {
+                let mut state = lock(&self.shared);
+                state.event_credit = state.event_credit.saturating_add(count);
+                drop(state);
+                self.shared.event_room.notify_waiters();
             }
             Frame::Credit { id, count } => {
                 if let Some(stream) = lock(&self.shared).streams.get_mut(&id) {
@@ -1063,6 +1195,16 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
         self.queue(frame);
     }
 
+    /// Answers a call that was not started with `status`; a one-way message
+    /// gets no answer, so its loss is logged instead.
+    fn refuse(&self, id: u64, one_way: bool, status: Status) {
+        if one_way {
+            tracing::warn!(id, %status, "one-way message dropped");
+        } else {
+            self.answer(Frame::Status { id, status });
+        }
+    }
+
     fn queue(&self, frame: Frame) {
         let frame = fit(frame, self.shared.max_frame_length);
         lock(&self.shared).outbox.push_back(frame);
@@ -1091,6 +1233,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
             let method = call.context.method.clone();
             let deadline = call.context.deadline;
             let stream_generation = call.streams.stream.as_ref().map(|handle| handle.generation);
+            let one_way = call.one_way;
             let info = self
                 .middleware
                 .as_ref()
@@ -1130,6 +1273,7 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 id,
                 generation,
                 stream: stream_generation,
+                one_way,
             };
             let info_method = method.clone();
             let task = match (&self.middleware, info) {
@@ -1173,6 +1317,7 @@ async fn run_call<F>(
     F: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
     let (shared, id, generation) = (Arc::clone(&end.shared), end.id, end.generation);
+    let one_way = end.one_way;
     let guarded = CatchUnwind { future };
     let outcome = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, guarded).await {
@@ -1181,7 +1326,11 @@ async fn run_call<F>(
                 // The caller set this deadline and its own timer ends the
                 // call there; an answer could only race that timer. Drop the
                 // handler (cancelling it) and answer nothing, as for CANCEL.
-                tracing::debug!(%method, id, "cancelled at its deadline");
+                if one_way {
+                    tracing::warn!(%method, id, "one-way message cancelled at its deadline");
+                } else {
+                    tracing::debug!(%method, id, "cancelled at its deadline");
+                }
                 let waker = {
                     let mut state = lock(&shared);
                     state.finish(id, generation);
@@ -1225,14 +1374,24 @@ async fn run_call<F>(
         .processed
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let frame = fit(frame, shared.max_frame_length);
+    if one_way && let Frame::Status { status, .. } = &frame {
+        // Nobody hears the answer of a one-way message; its failure is
+        // logged here instead.
+        tracing::warn!(%method, id, %status, "one-way message failed");
+    }
     let waker = {
         let mut state = lock(&shared);
         if !state.finish(id, generation) {
             return; // cancelled: the caller no longer waits
         }
-        log::frame(Direction::WorkerOut, &frame, Some(&method));
-        state.outbox.push_back(frame);
-        state.link.take()
+        if one_way {
+            // No answer, but the slot is free: a waiting call may start.
+            state.link.take()
+        } else {
+            log::frame(Direction::WorkerOut, &frame, Some(&method));
+            state.outbox.push_back(frame);
+            state.link.take()
+        }
     };
     if let Some(waker) = waker {
         waker.wake();
@@ -1317,6 +1476,8 @@ impl<S, T> Server<'_, S, T> {
 impl<S, T> Drop for Server<'_, S, T> {
     /// Whether the loop ended or its future was dropped, no call outlives it.
     fn drop(&mut self) {
+        lock(&self.shared).ended = true;
+        self.shared.event_room.notify_waiters();
         self.abort_all();
     }
 }

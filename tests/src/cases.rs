@@ -10,8 +10,9 @@ use workerbus::{Backoff, CallOptions, Channel, Code, Error, ExitReason, STREAM_W
 
 use crate::pb::common::{Order, Page};
 use crate::pb::echo::{
-    CountReply, CountRequest, EchoClient, EchoRequest, FailRequest, FlakyRequest, MissingClient,
-    ObserveRequest, PanicRequest, ProgressRequest, SleepRequest, SleepState, SumRequest,
+    AnnounceRequest, CountReply, CountRequest, EchoClient, EchoEvent, EchoEvents, EchoRequest,
+    FailRequest, FlakyRequest, MissingClient, NoteRequest, ObserveRequest, PanicRequest,
+    ProgressRequest, SleepRequest, SleepState, SumRequest, TickEvent,
 };
 
 fn echo(channel: &Channel) -> EchoClient {
@@ -550,4 +551,157 @@ pub async fn streams(channel: &Channel) {
     request_stream_timeout_cancels_the_handler(channel).await;
     two_way_stream_interleaves(channel).await;
     two_way_stream_carries_many(channel).await;
+}
+
+fn note(tag: &str, text: &str) -> NoteRequest {
+    NoteRequest {
+        tag: tag.to_owned(),
+        text: text.to_owned(),
+        fail: false,
+    }
+}
+
+fn announce(tag: &str, count: u32) -> AnnounceRequest {
+    AnnounceRequest {
+        tag: tag.to_owned(),
+        count,
+    }
+}
+
+/// The next event, which must come.
+async fn next_event(events: &mut EchoEvents) -> EchoEvent {
+    events
+        .next_event()
+        .await
+        .expect("the subscription ended early")
+        .expect("an event that decodes")
+}
+
+/// A one-way message returns once it is queued, holds no slot in the
+/// pending table, and reaches its handler.
+pub async fn one_way_messages_reach_the_handler(channel: &Channel) {
+    let tag = "notes";
+    for i in 0..100 {
+        echo(channel).note(note(tag, &i.to_string())).await.unwrap();
+        assert_settled(channel);
+    }
+    assert_eq!(progress(channel, tag, 100).await, 100);
+}
+
+/// A one-way message whose handler fails has already been delivered as far
+/// as its caller knows; the worker logs the failure and keeps serving.
+pub async fn a_failing_one_way_message_leaves_the_worker_serving(channel: &Channel) {
+    let tag = "failing note";
+    let request = NoteRequest {
+        fail: true,
+        ..note(tag, "fail")
+    };
+    echo(channel).note(request).await.unwrap();
+    assert_eq!(progress(channel, tag, 1).await, 1);
+    unary_round_trip(channel).await;
+}
+
+/// Events reach a subscriber typed, in the order the worker sent them.
+pub async fn events_reach_a_subscriber_in_order(channel: &Channel) {
+    let total = 5 * STREAM_WINDOW;
+    let mut events = EchoEvents::subscribe(channel);
+    let read = async {
+        let mut values = Vec::new();
+        while values.len() < total as usize {
+            match next_event(&mut events).await {
+                EchoEvent::Tick(TickEvent { tag, value }) => {
+                    assert_eq!(tag, "in order");
+                    values.push(value);
+                }
+                other => panic!("expected a tick, got {other:?}"),
+            }
+        }
+        values
+    };
+    let client = echo(channel);
+    let (reply, values) = tokio::join!(client.announce(announce("in order", total)), read);
+    assert_eq!(reply.unwrap().sent, total);
+    assert_eq!(values, (0..total).collect::<Vec<_>>());
+    assert_settled(channel);
+}
+
+/// Events nobody subscribed to are dropped on the host, and never hold the
+/// worker back.
+pub async fn events_nobody_subscribed_to_are_dropped(channel: &Channel) {
+    let reply = echo(channel)
+        .announce(announce("unheard", 10 * STREAM_WINDOW))
+        .await
+        .unwrap();
+    assert_eq!(reply.sent, 10 * STREAM_WINDOW);
+    let mut events = EchoEvents::subscribe(channel);
+    echo(channel).announce(announce("heard", 1)).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        EchoEvent::Tick(TickEvent {
+            tag: "heard".into(),
+            value: 0
+        }),
+        "an event from before the subscription was kept"
+    );
+}
+
+/// A subscriber that does not read holds its worker back: no more than the
+/// window of events waits on the host. Dropping the subscription lets the
+/// worker go on.
+pub async fn unread_events_hold_the_worker_back(channel: &Channel) {
+    let tag = "held back";
+    let events = EchoEvents::subscribe(channel);
+    let client = echo(channel);
+    let total = 10 * STREAM_WINDOW;
+    let call = tokio::spawn(async move { client.announce(announce(tag, total)).await });
+    // Credit comes back half a window at a time, so the worker has at least
+    // half a window's room, and at most a window's.
+    let half = u64::from(STREAM_WINDOW / 2);
+    progress(channel, tag, half).await;
+    round_trips(channel, 20).await;
+    let sent = progress(channel, tag, 0).await;
+    assert!(
+        sent <= u64::from(STREAM_WINDOW),
+        "the worker sent {sent} events, more than the window, while nobody read"
+    );
+    round_trips(channel, 20).await;
+    assert_eq!(
+        progress(channel, tag, 0).await,
+        sent,
+        "the worker was not held back"
+    );
+    drop(events);
+    assert_eq!(call.await.unwrap().unwrap().sent, total);
+    assert_settled(channel);
+}
+
+/// One-way messages and events together: each note comes back as an event.
+pub async fn one_way_notes_come_back_as_events(channel: &Channel) {
+    let mut events = EchoEvents::subscribe(channel);
+    for i in 0..10 {
+        echo(channel)
+            .note(note("echoed", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    let mut texts = Vec::new();
+    for _ in 0..10 {
+        match next_event(&mut events).await {
+            EchoEvent::Noted(note) => texts.push(note.text.parse::<u32>().unwrap()),
+            other => panic!("expected a note, got {other:?}"),
+        }
+    }
+    // Handlers run concurrently, so their events may interleave.
+    texts.sort_unstable();
+    assert_eq!(texts, (0..10).collect::<Vec<_>>());
+}
+
+/// Every one-way and event case, in one go, on a fresh worker.
+pub async fn one_way_and_events(channel: &Channel) {
+    one_way_messages_reach_the_handler(channel).await;
+    a_failing_one_way_message_leaves_the_worker_serving(channel).await;
+    events_reach_a_subscriber_in_order(channel).await;
+    events_nobody_subscribed_to_are_dropped(channel).await;
+    unread_events_hold_the_worker_back(channel).await;
+    one_way_notes_come_back_as_events(channel).await;
 }

@@ -31,9 +31,10 @@ pub mod pb {
 
 use pb::common::Page;
 use pb::echo::{
-    CountReply, CountRequest, EchoHandler, EchoReply, EchoRequest, ExitRequest, FailRequest,
-    FlakyReply, FlakyRequest, ObserveRequest, PanicRequest, ProgressReply, ProgressRequest,
-    SleepRequest, SleepState, StatsReply, SumReply, SumRequest, TraceReply,
+    AnnounceReply, AnnounceRequest, CountReply, CountRequest, EchoEmitter, EchoHandler, EchoReply,
+    EchoRequest, ExitRequest, FailRequest, FlakyReply, FlakyRequest, NoteRequest, ObserveRequest,
+    PanicRequest, ProgressReply, ProgressRequest, SleepRequest, SleepState, StatsReply, SumReply,
+    SumRequest, TickEvent, TraceReply,
 };
 
 /// The `Echo` handler.
@@ -336,6 +337,42 @@ impl EchoHandler for EchoWorker {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn note(&self, request: NoteRequest, cx: &Context) -> Result<(), Status> {
+        let tag = request.tag.clone();
+        let result = if request.fail {
+            Err(Status::invalid_argument(format!(
+                "note {:?} asked to fail",
+                request.text
+            )))
+        } else {
+            EchoEmitter::from_context(cx).noted(request).await
+        };
+        // Counted once its event is queued: a host that has seen the count
+        // has been sent the event.
+        self.state.advance(&tag);
+        result
+    }
+
+    async fn announce(
+        &self,
+        request: AnnounceRequest,
+        cx: &Context,
+    ) -> Result<AnnounceReply, Status> {
+        let events = EchoEmitter::from_context(cx);
+        for value in 0..request.count {
+            events
+                .tick(TickEvent {
+                    tag: request.tag.clone(),
+                    value,
+                })
+                .await?;
+            self.state.advance(&request.tag);
+        }
+        Ok(AnnounceReply {
+            sent: request.count,
+        })
     }
 
     async fn stats(&self, _request: (), _cx: &Context) -> Result<StatsReply, Status> {

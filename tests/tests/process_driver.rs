@@ -17,7 +17,8 @@ use workerbus::{
 };
 use workerbus_tests::cases;
 use workerbus_tests::pb::echo::{
-    CountRequest, EchoClient, EchoRequest, ExitRequest, SleepRequest, SleepState,
+    AnnounceRequest, CountRequest, EchoClient, EchoEvents, EchoRequest, ExitRequest, SleepRequest,
+    SleepState,
 };
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
@@ -99,6 +100,40 @@ async fn a_stream_whose_worker_exits_ends_with_the_exit_after_what_arrived() {
         other => panic!("expected the worker's exit, got {other:?}"),
     }
     assert!(stream.message().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn every_one_way_and_event_case_passes_over_the_process_driver() {
+    let worker = spawn().await;
+    cases::one_way_and_events(&worker.channel()).await;
+    assert_eq!(worker.shutdown().await, ExitReason::Code(0));
+}
+
+#[tokio::test]
+async fn a_subscription_ends_after_what_arrived_when_its_worker_dies() {
+    let worker = spawn().await;
+    let channel = worker.channel();
+    let mut events = EchoEvents::subscribe(&channel);
+    let client = EchoClient::new(channel.clone());
+    let call = tokio::spawn(async move {
+        client
+            .announce(AnnounceRequest {
+                tag: "killed".into(),
+                count: u32::MAX,
+            })
+            .await
+    });
+    // The worker has filled the window and waits for room.
+    cases::progress(&channel, "killed", u64::from(workerbus::STREAM_WINDOW)).await;
+    worker.kill();
+    let mut received = 0;
+    while let Some(event) = events.next_event().await {
+        event.unwrap();
+        received += 1;
+    }
+    assert_eq!(received, workerbus::STREAM_WINDOW);
+    let error = call.await.unwrap().unwrap_err();
+    assert!(matches!(error, Error::WorkerExited { .. }), "{error:?}");
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@ use workerbus::{
     MethodName, ServeOptions, Status, ThreadDriver, serve_transport,
 };
 use workerbus_tests::pb::echo::{
-    EchoClient, EchoRequest, EchoServer, FailRequest, ObserveRequest, SleepRequest, SleepState,
+    EchoClient, EchoRequest, EchoServer, FailRequest, NoteRequest, ObserveRequest, SleepRequest,
+    SleepState,
 };
 use workerbus_tests::{EchoWorker, cases};
 
@@ -405,4 +406,105 @@ async fn an_oversized_status_is_replaced_and_the_connection_survives() {
         "a not found status of 10018 bytes was replaced: over the maximum frame length of 4096 bytes"
     );
     cases::unary_round_trip(&channel).await;
+}
+
+fn one_way_note(id: u64, tag: &str, fail: bool) -> Frame {
+    let message = NoteRequest {
+        tag: tag.into(),
+        text: format!("note {id}"),
+        fail,
+    };
+    request(id, "echo.note", None, &message).with_one_way(true)
+}
+
+/// Frames until the answer to `id`, which must come.
+async fn frames_until_answer(host: &mut MemoryTransport, id: u64) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = next(host).await;
+        let done = matches!(&frame, Frame::Response { id: answered, .. } | Frame::Status { id: answered, .. } if *answered == id);
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_way_messages_are_never_answered() {
+    let (mut host, _served) = serve(ServeOptions::new());
+    // Served, failed, and of an unknown method: no answer to any of them.
+    host.send(one_way_note(1, "answered", false)).await.unwrap();
+    host.send(one_way_note(2, "failed", true)).await.unwrap();
+    let unknown = Frame::request(
+        3,
+        MethodName::from_static("echo.nothing"),
+        None,
+        1,
+        Bytes::new(),
+    )
+    .with_one_way(true);
+    host.send(unknown).await.unwrap();
+    host.send(observe(4, "never", SleepState::Unspecified))
+        .await
+        .unwrap();
+    host.send(Frame::Cancel { id: 4 }).await.unwrap();
+    host.send(echo(5, "after")).await.unwrap();
+    let frames = frames_until_answer(&mut host, 5).await;
+    for frame in &frames {
+        assert!(
+            matches!(frame, Frame::Event { .. } | Frame::Response { id: 5, .. }),
+            "a one-way message was answered: {frame:?}"
+        );
+    }
+    // The served note sent its event.
+    assert!(
+        frames.iter().any(
+            |frame| matches!(frame, Frame::Event { method, .. } if method == "echo_events.noted")
+        ),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_one_way_message_beyond_the_queue_is_dropped_without_an_answer() {
+    let (mut host, _served) = serve(
+        ServeOptions::new()
+            .max_concurrent_calls(1)
+            .max_queued_calls(0),
+    );
+    host.send(sleep(1, "running", 60_000, None)).await.unwrap();
+    host.send(one_way_note(2, "shed", false)).await.unwrap();
+    host.send(Frame::Cancel { id: 1 }).await.unwrap();
+    host.send(echo(3, "after")).await.unwrap();
+    let frames = frames_until_answer(&mut host, 3).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+}
+
+#[tokio::test]
+async fn events_past_the_hosts_credit_end_the_connection() {
+    // A hostile worker: events without credit.
+    let (host, mut worker) = MemoryTransport::pair();
+    let channel = Channel::new(host);
+    let _events = workerbus_tests::pb::echo::EchoEvents::subscribe(&channel);
+    for _ in 0..=workerbus::STREAM_WINDOW {
+        let event = Frame::Event {
+            method: MethodName::from_static("echo_events.noted"),
+            payload: Bytes::new(),
+        };
+        if worker.send(event).await.is_err() {
+            break;
+        }
+    }
+    channel.closed().await;
+    let error = EchoClient::new(channel)
+        .echo(EchoRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("malformed EVENT frame: more events than the host's credit allows"),
+        "{error}"
+    );
 }

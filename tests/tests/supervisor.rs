@@ -578,3 +578,41 @@ async fn shutdown_stops_workers_in_reverse_start_order() {
         assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
     }
 }
+
+#[tokio::test]
+async fn an_event_subscription_follows_its_worker_through_restarts() {
+    use workerbus_tests::pb::echo::{AnnounceRequest, EchoEvent, EchoEvents, TickEvent};
+
+    let supervisor = Supervisor::new();
+    let mut supervisor_events = supervisor.subscribe();
+    let worker = supervisor
+        .supervise("echo", process_driver(), RestartPolicy::new())
+        .await
+        .unwrap();
+    let mut events = EchoEvents::subscribe(&worker.channel());
+    let client = EchoClient::new(worker.channel());
+    let announce = |tag: &str| AnnounceRequest {
+        tag: tag.into(),
+        count: 1,
+    };
+    let tick = |tag: &str| {
+        EchoEvent::Tick(TickEvent {
+            tag: tag.into(),
+            value: 0,
+        })
+    };
+
+    client.announce(announce("first worker")).await.unwrap();
+    let event = events.next_event().await.unwrap().unwrap();
+    assert_eq!(event, tick("first worker"));
+
+    sigkill(worker.pid().expect("a process worker has a pid"));
+    while started(&mut supervisor_events, "echo").await < 1 {}
+    client.announce(announce("second worker")).await.unwrap();
+    let event = events.next_event().await.unwrap().unwrap();
+    assert_eq!(event, tick("second worker"));
+
+    // The subscription ends when the supervisor gives the worker up.
+    supervisor.shutdown().await;
+    assert!(events.next_event().await.is_none());
+}

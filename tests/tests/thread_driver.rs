@@ -6,7 +6,9 @@ use tokio::time::Instant;
 use workerbus::{
     Backoff, CallOptions, Error, ExitReason, ServeOptions, ThreadDriver, ThreadWorker,
 };
-use workerbus_tests::pb::echo::{EchoClient, EchoServer, FlakyRequest, SleepRequest, SleepState};
+use workerbus_tests::pb::echo::{
+    EchoClient, EchoEvents, EchoServer, FlakyRequest, SleepRequest, SleepState,
+};
 use workerbus_tests::{EchoWorker, cases};
 
 async fn spawn() -> ThreadWorker {
@@ -46,6 +48,30 @@ async fn every_streaming_case_passes_on_a_multi_thread_host_and_worker() {
         .await
         .unwrap();
     cases::streams(&worker.channel()).await;
+}
+
+#[tokio::test]
+async fn every_one_way_and_event_case_passes_on_a_current_thread_host() {
+    let worker = spawn().await;
+    cases::one_way_and_events(&worker.channel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_one_way_and_event_case_passes_on_a_multi_thread_host_and_worker() {
+    let worker = ThreadDriver::new()
+        .worker_threads(2)
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    cases::one_way_and_events(&worker.channel()).await;
+}
+
+#[tokio::test]
+async fn a_subscription_ends_when_its_worker_stops() {
+    let worker = spawn().await;
+    let mut events = EchoEvents::subscribe(&worker.channel());
+    worker.shutdown().await;
+    assert!(events.next_event().await.is_none());
 }
 
 #[tokio::test(start_paused = true)]

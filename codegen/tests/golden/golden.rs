@@ -42,6 +42,8 @@ pub mod greeter_service {
     pub const REPEAT: &str = "greeter.repeat";
     /// `greeter.tally`: the message name of `Greeter.Tally`.
     pub const TALLY: &str = "greeter.tally";
+    /// `greeter.forget`: the message name of `Greeter.Forget`.
+    pub const FORGET: &str = "greeter.forget";
     /// The schema of `golden.Greeter` this program was built with: its methods and a fingerprint of their messages.
     pub const SCHEMA: ::workerbus::__codegen::ServiceSchema = ::workerbus::__codegen::service_schema(
         "golden.Greeter",
@@ -94,8 +96,14 @@ pub mod greeter_service {
                 ("google.protobuf.Empty", 15435338329139223363u64),
                 ::workerbus::__codegen::MethodKind::ClientStreaming,
             ),
+            ::workerbus::__codegen::method_schema(
+                "greeter.forget",
+                ("golden.FarewellRequest", 11617958073012166965u64),
+                ("google.protobuf.Empty", 15435338329139223363u64),
+                ::workerbus::__codegen::MethodKind::OneWay,
+            ),
         ],
-        18277933007278432006u64,
+        357142300933446144u64,
     );
 }
 /// Client of the `golden.Greeter` service.
@@ -355,6 +363,30 @@ impl GreeterClient {
             .client_stream(&METHOD, requests, ::core::option::Option::Some(&options))
             .await
     }
+    /// Forgets a person; sent without waiting for an answer.
+    ///
+    /// Message name: `greeter.forget`. One-way: returns once the message is queued for the worker, which answers nothing. Defaults: timeout 1000 ms.
+    pub async fn forget(
+        &self,
+        request: FarewellRequest,
+    ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
+        self.forget_with(request, ::workerbus::__codegen::CallOptions::new()).await
+    }
+    /// [`forget`](Self::forget) with options for this call only.
+    pub async fn forget_with(
+        &self,
+        request: FarewellRequest,
+        options: ::workerbus::__codegen::CallOptions,
+    ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+                "greeter.forget",
+                "google.protobuf.Empty",
+            )
+            .timeout_ms(1000u64);
+        self.inner
+            .one_way(&METHOD, request, ::core::option::Option::Some(&options))
+            .await
+    }
 }
 /// The handler of the `golden.Greeter` service: implement it in the worker
 /// and serve it with [`GreeterServer`].
@@ -453,6 +485,16 @@ pub trait GreeterHandler: ::core::marker::Send + ::core::marker::Sync + 'static 
     fn tally(
         &self,
         requests: ::workerbus::__codegen::Incoming<GreetRequest>,
+        cx: &::workerbus::__codegen::Context,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<(), ::workerbus::__codegen::Status>,
+    > + ::core::marker::Send;
+    /// Forgets a person; sent without waiting for an answer.
+    ///
+    /// Message name: `greeter.forget`.
+    fn forget(
+        &self,
+        request: FarewellRequest,
         cx: &::workerbus::__codegen::Context,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<(), ::workerbus::__codegen::Status>,
@@ -564,6 +606,13 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                     handler.tally(requests, &cx).await?;
                     ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
                 }
+                greeter_service::FORGET => {
+                    let request = ::workerbus::__codegen::decode::<
+                        FarewellRequest,
+                    >(&cx, payload, "golden.FarewellRequest")?;
+                    handler.forget(request, &cx).await?;
+                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
+                }
                 _ => {
                     ::core::result::Result::Err(
                         ::workerbus::__codegen::unimplemented(
@@ -574,6 +623,159 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                 }
             }
         }
+    }
+}
+/// Message names and schema of the `golden.GreeterEvents` service.
+pub mod greeter_events_service {
+    /// `greeter_events.greeted`: the message name of `GreeterEvents.Greeted`.
+    pub const GREETED: &str = "greeter_events.greeted";
+    /// `greeter.locale_changed`: the message name of `GreeterEvents.LocaleChanged`.
+    pub const LOCALE_CHANGED: &str = "greeter.locale_changed";
+    /// The schema of `golden.GreeterEvents` this program was built with: its methods and a fingerprint of their messages.
+    pub const SCHEMA: ::workerbus::__codegen::ServiceSchema = ::workerbus::__codegen::service_schema(
+        "golden.GreeterEvents",
+        &[
+            ::workerbus::__codegen::method_schema(
+                "greeter_events.greeted",
+                ("golden.GreetReply", 5819879599282065983u64),
+                ("google.protobuf.Empty", 15435338329139223363u64),
+                ::workerbus::__codegen::MethodKind::OneWay,
+            ),
+            ::workerbus::__codegen::method_schema(
+                "greeter.locale_changed",
+                ("golden.shared.Locale", 1329294543027952983u64),
+                ("google.protobuf.Empty", 15435338329139223363u64),
+                ::workerbus::__codegen::MethodKind::OneWay,
+            ),
+        ],
+        12166418399850321454u64,
+    );
+}
+/// Sends the events of `golden.GreeterEvents` to the host.
+///
+/// Make one from a handler's context (`from_context`); it may be cloned and
+/// kept beyond the call. Each method waits until the host has room for the
+/// event, and fails with `Unavailable` once the host is gone.
+///
+/// What a greeter tells its host, unasked.
+#[derive(Clone, Debug)]
+pub struct GreeterEmitter {
+    sink: ::workerbus::__codegen::EventSink,
+}
+impl GreeterEmitter {
+    /// An emitter sending through `sink`.
+    pub fn new(sink: ::workerbus::__codegen::EventSink) -> Self {
+        Self { sink }
+    }
+    /// An emitter sending to the host of the connection `cx`'s call
+    /// came on.
+    pub fn from_context(cx: &::workerbus::__codegen::Context) -> Self {
+        Self { sink: cx.events() }
+    }
+    /// Someone was greeted.
+    ///
+    /// Message name: `greeter_events.greeted`.
+    pub async fn greeted(
+        &self,
+        event: GreetReply,
+    ) -> ::core::result::Result<(), ::workerbus::__codegen::Status> {
+        static METHOD: ::workerbus::__codegen::MethodName = ::workerbus::__codegen::MethodName::from_static(
+            "greeter_events.greeted",
+        );
+        self.sink.send(&METHOD, ::workerbus::__codegen::encode(&event)).await
+    }
+    /// The locale changed; travels as `greeter.locale_changed`.
+    ///
+    /// Message name: `greeter.locale_changed`.
+    pub async fn locale_changed(
+        &self,
+        event: shared::Locale,
+    ) -> ::core::result::Result<(), ::workerbus::__codegen::Status> {
+        static METHOD: ::workerbus::__codegen::MethodName = ::workerbus::__codegen::MethodName::from_static(
+            "greeter.locale_changed",
+        );
+        self.sink.send(&METHOD, ::workerbus::__codegen::encode(&event)).await
+    }
+}
+/// An event of `golden.GreeterEvents`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GreeterEvent {
+    /// Someone was greeted.
+    ///
+    /// Message name: `greeter_events.greeted`.
+    Greeted(GreetReply),
+    /// The locale changed; travels as `greeter.locale_changed`.
+    ///
+    /// Message name: `greeter.locale_changed`.
+    LocaleChanged(shared::Locale),
+}
+/// The events of `golden.GreeterEvents` a worker sends, as a stream.
+///
+/// Subscribe before the worker sends: events nobody subscribed to are dropped.
+/// Read it: the worker waits while its host holds a window of unread events.
+/// It ends when the worker is gone for good (a supervised worker: when its
+/// supervisor gives it up).
+#[derive(Debug)]
+pub struct GreeterEvents {
+    inner: ::workerbus::__codegen::Subscription,
+}
+impl GreeterEvents {
+    /// Subscribes to the events the worker at the other end of
+    /// `channel` sends.
+    pub fn subscribe(channel: &::workerbus::__codegen::Channel) -> Self {
+        Self {
+            inner: ::workerbus::__codegen::subscribe(
+                channel,
+                &greeter_events_service::SCHEMA,
+            ),
+        }
+    }
+    /// The next event, `None` once the worker is gone for good.
+    pub async fn next_event(
+        &mut self,
+    ) -> ::core::option::Option<
+        ::core::result::Result<GreeterEvent, ::workerbus::__codegen::Error>,
+    > {
+        ::core::future::poll_fn(|cx| ::workerbus::__codegen::Stream::poll_next(
+                ::core::pin::Pin::new(&mut *self),
+                cx,
+            ))
+            .await
+    }
+}
+impl ::workerbus::__codegen::Stream for GreeterEvents {
+    type Item = ::core::result::Result<GreeterEvent, ::workerbus::__codegen::Error>;
+    fn poll_next(
+        mut self: ::core::pin::Pin<&mut Self>,
+        cx: &mut ::core::task::Context<'_>,
+    ) -> ::core::task::Poll<::core::option::Option<Self::Item>> {
+        self.inner
+            .poll_event(cx)
+            .map(|event| {
+                event
+                    .map(|(method, payload)| match method.as_str() {
+                        greeter_events_service::GREETED => {
+                            ::workerbus::__codegen::decode_event::<
+                                GreetReply,
+                            >(method, payload, "golden.GreetReply")
+                                .map(GreeterEvent::Greeted)
+                        }
+                        greeter_events_service::LOCALE_CHANGED => {
+                            ::workerbus::__codegen::decode_event::<
+                                shared::Locale,
+                            >(method, payload, "golden.shared.Locale")
+                                .map(GreeterEvent::LocaleChanged)
+                        }
+                        _ => {
+                            ::core::result::Result::Err(
+                                ::workerbus::__codegen::unexpected_event(
+                                    method,
+                                    &greeter_events_service::SCHEMA,
+                                ),
+                            )
+                        }
+                    })
+            })
     }
 }
 /// Message names and schema of the `golden.Parting` service.

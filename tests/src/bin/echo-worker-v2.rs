@@ -71,6 +71,12 @@ impl EchoHandler for Unchanged {
     async fn sum(&self, _: Incoming<SumRequest>, _: &Context) -> Result<SumReply, Status> {
         Err(not_here())
     }
+    async fn note(&self, _: NoteRequest, _: &Context) -> Result<(), Status> {
+        Err(not_here())
+    }
+    async fn announce(&self, _: AnnounceRequest, _: &Context) -> Result<AnnounceReply, Status> {
+        Err(not_here())
+    }
     async fn chat(
         &self,
         _: Incoming<EchoRequest>,

@@ -2,7 +2,10 @@
 //! on a thread worker, call it through the typed client.
 
 use workerbus::{CallOptions, Context, Status, ThreadDriver};
-use workerbus_tests::pb::echo::{MissingClient, MissingHandler, MissingServer, echo_service, missing_service};
+use workerbus_tests::pb::echo::{
+    CountRequest, EchoClient, EchoEvents, MissingClient, MissingHandler, MissingServer,
+    NoteRequest, echo_service, missing_service,
+};
 
 struct Nothing;
 
@@ -14,6 +17,28 @@ impl MissingHandler for Nothing {
 }
 
 fn assert_client<T: Clone + Send + Sync + 'static>() {}
+
+fn assert_send<T: Send>(_: &T) {}
+
+fn assert_stream<T: futures_util::Stream + Send + Unpin + 'static>(_: &T) {}
+
+/// Type-checked, never run: the futures of every kind of method are `Send`
+/// (they can be spawned), and the streams are `Stream + Send + Unpin`.
+#[allow(dead_code)]
+async fn every_kind_of_method_is_send(client: EchoClient, channel: workerbus::Channel) {
+    let count = client.count(CountRequest::default());
+    assert_send(&count);
+    let replies = count.await.unwrap();
+    assert_stream(&replies);
+    let sum = client.sum(futures_util::stream::empty());
+    assert_send(&sum);
+    let chat = client.chat(futures_util::stream::empty());
+    assert_send(&chat);
+    let note = client.note(NoteRequest::default());
+    assert_send(&note);
+    let events = EchoEvents::subscribe(&channel);
+    assert_stream(&events);
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), workerbus::Error> {
