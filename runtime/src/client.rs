@@ -1575,14 +1575,53 @@ fn route_item(shared: &Shared, id: u64, payload: Bytes) -> Result<(), FrameError
 
 impl Channel {
     /// Starts a streaming call: sends its `REQUEST` (with `payload`, or
-    /// empty for a request stream) and returns both halves.
+    /// empty for a request stream) and returns both halves. Host middleware
+    /// wraps the opening, up to the request being queued.
     pub(crate) async fn open_stream(
         &self,
         method: &MethodName,
         payload: Bytes,
         options: &Resolved,
         streams: (bool, bool),
+    ) -> Result<Opened, Error> {
+        check_method_name(method)?;
+        // The timeout covers the whole call, from here.
+        let deadline = options
+            .timeout
+            .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+        let Some(chain) = &self.middleware else {
+            return self
+                .open_stream_once(method, &payload, options, streams, deadline, None)
+                .await
+                .map(|(call, send)| Opened::Stream(call, send));
+        };
+        let info = CallInfo::host(method, 1, options.timeout, self.driver(), payload.len());
+        let mut opened = None;
+        let endpoint = async {
+            let halves = self
+                .open_stream_once(method, &payload, options, streams, deadline, Some(&info))
+                .await?;
+            opened = Some(halves);
+            Ok(Bytes::new())
+        };
+        let answer = Next::new(chain, &info, Box::pin(endpoint)).run().await?;
+        Ok(match opened {
+            Some((call, send)) => Opened::Stream(call, send),
+            None => Opened::Answered(answer),
+        })
+    }
+
+    async fn open_stream_once(
+        &self,
+        method: &MethodName,
+        payload: &Bytes,
+        options: &Resolved,
+        streams: (bool, bool),
+        deadline: Option<tokio::time::Instant>,
+        info: Option<&CallInfo>,
     ) -> Result<(StreamCall, StreamSendHalf), Error> {
+        // Read when this runs: after the middleware set it.
+        let trace = info.and_then(CallInfo::trace);
         let open = async {
             let channel = match &self.inner {
                 Inner::Direct(_) => self.clone(),
@@ -1594,11 +1633,12 @@ impl Channel {
                     cause: None,
                 });
             };
+            check_request_size(&shared, method, payload, options.timeout, trace)?;
             let id = loop {
                 let changed = shared.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                match start(&shared, method, &payload, options.timeout, 1, None, streams) {
+                match start(&shared, method, payload, options.timeout, 1, trace, streams) {
                     Start::Sent(mut call) => {
                         // The stream halves take over the slot from here.
                         call.done = true;
@@ -1611,9 +1651,7 @@ impl Channel {
             Ok((channel, shared, id))
         };
         let (channel, shared, id) = with_timeout(method, options.timeout, open).await?;
-        let deadline = options
-            .timeout
-            .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+        let deadline = deadline.map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
         let send = StreamSendHalf {
             shared: Arc::clone(&shared),
             id,
@@ -1630,6 +1668,15 @@ impl Channel {
         };
         Ok((call, send))
     }
+}
+
+/// A streaming call, once its opening went through the host's middleware.
+pub(crate) enum Opened {
+    /// The call is open: its two halves.
+    Stream(StreamCall, StreamSendHalf),
+    /// A middleware answered without opening it: for a request stream, this
+    /// is the response; a response stream is empty.
+    Answered(Bytes),
 }
 
 /// The receiving half of a streaming call on the host: the worker's items,
@@ -1864,15 +1911,23 @@ impl StreamSendHalf {
 /// a slow reader slows the worker down instead of filling memory; dropping
 /// it cancels the call.
 pub struct Streaming<T> {
-    call: StreamCall,
+    /// The call, until it ends (`None` from the start if a middleware
+    /// answered without opening it).
+    call: Option<StreamCall>,
+    method: MethodName,
     message_type: &'static str,
     _message: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T> Streaming<T> {
-    pub(crate) fn new(call: StreamCall, message_type: &'static str) -> Streaming<T> {
+    pub(crate) fn new(
+        method: &MethodName,
+        call: Option<StreamCall>,
+        message_type: &'static str,
+    ) -> Streaming<T> {
         Streaming {
             call,
+            method: method.clone(),
             message_type,
             _message: std::marker::PhantomData,
         }
@@ -1893,25 +1948,30 @@ impl<T: prost::Message + Default> futures_core::Stream for Streaming<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        this.call.poll_item(cx).map(|item| {
-            item.map(|item| {
-                item.and_then(|bytes| {
-                    T::decode(bytes).map_err(|source| Error::Decode {
-                        method: this.call.method.clone(),
-                        message: this.message_type,
-                        source,
-                    })
+        let Some(call) = &mut this.call else {
+            return Poll::Ready(None);
+        };
+        let item = std::task::ready!(call.poll_item(cx));
+        if item.is_none() {
+            this.call = None;
+        }
+        Poll::Ready(item.map(|item| {
+            item.and_then(|bytes| {
+                T::decode(bytes).map_err(|source| Error::Decode {
+                    method: this.method.clone(),
+                    message: this.message_type,
+                    source,
                 })
             })
-        })
+        }))
     }
 }
 
 impl<T> fmt::Debug for Streaming<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Streaming")
-            .field("method", &self.call.method)
-            .field("ended", &self.call.done)
+            .field("method", &self.method)
+            .field("ended", &self.call.as_ref().is_none_or(|call| call.done))
             .finish_non_exhaustive()
     }
 }

@@ -18,7 +18,7 @@ pub use crate::name::MethodName;
 pub use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use crate::server::{Call, CallStreams, Context, Dispatch, EventSink, Incoming, StreamSender};
 
-use crate::client::MethodDefaults;
+use crate::client::{MethodDefaults, Opened};
 
 /// A method as the generated client calls it: name, types and defaults.
 #[derive(Debug)]
@@ -163,11 +163,15 @@ impl Client {
     {
         let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
         let payload = encode(&request);
-        let (call, _) = self
+        let call = match self
             .channel
             .open_stream(&method.name, payload, &resolved, (false, true))
-            .await?;
-        Ok(Streaming::new(call, method.response_type))
+            .await?
+        {
+            Opened::Stream(call, _) => Some(call),
+            Opened::Answered(_) => None,
+        };
+        Ok(Streaming::new(&method.name, call, method.response_type))
     }
 
     /// A call whose request is a stream: sends each message of `requests`
@@ -185,10 +189,14 @@ impl Client {
     {
         let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
         let call = async {
-            let (call, send) = self
+            let (call, send) = match self
                 .channel
                 .open_stream(&method.name, Bytes::new(), &resolved, (true, false))
-                .await?;
+                .await?
+            {
+                Opened::Stream(call, send) => (call, send),
+                Opened::Answered(response) => return Ok(response),
+            };
             let mut requests = std::pin::pin!(requests);
             while let Some(request) =
                 std::future::poll_fn(|cx| requests.as_mut().poll_next(cx)).await
@@ -233,10 +241,16 @@ impl Client {
         S: Stream<Item = Req> + Send + 'static,
     {
         let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
-        let (call, send) = self
+        let (call, send) = match self
             .channel
             .open_stream(&method.name, Bytes::new(), &resolved, (true, true))
-            .await?;
+            .await?
+        {
+            Opened::Stream(call, send) => (call, send),
+            Opened::Answered(_) => {
+                return Ok(Streaming::new(&method.name, None, method.response_type));
+            }
+        };
         tokio::spawn(async move {
             let mut requests = std::pin::pin!(requests);
             while let Some(request) =
@@ -248,7 +262,11 @@ impl Client {
             }
             send.end();
         });
-        Ok(Streaming::new(call, method.response_type))
+        Ok(Streaming::new(
+            &method.name,
+            Some(call),
+            method.response_type,
+        ))
     }
 }
 

@@ -13,7 +13,8 @@ use workerbus::{
 };
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{
-    EchoClient, EchoReply, EchoRequest, EchoServer, FailRequest, SleepRequest,
+    CountRequest, EchoClient, EchoReply, EchoRequest, EchoServer, FailRequest, NoteRequest,
+    SleepRequest, SumReply, SumRequest,
 };
 
 type Journal = Arc<Mutex<Vec<String>>>;
@@ -430,4 +431,118 @@ async fn workerbus_log_traces_every_frame_on_both_sides() {
         .await
         .unwrap();
     detached.shutdown().await;
+}
+
+/// Records the trace context each call arrived with, in the worker.
+#[derive(Clone, Default)]
+struct ReceivedTrace(Arc<Mutex<Option<TraceContext>>>);
+
+impl ServerMiddleware for ReceivedTrace {
+    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+        *self.0.lock().unwrap() = call.trace();
+        next.run().await
+    }
+}
+
+/// Answers a request stream by itself.
+struct AnswerSum;
+
+impl Middleware for AnswerSum {
+    async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<Bytes, Error> {
+        let reply = SumReply {
+            sum: 42,
+            messages: 0,
+        };
+        Ok(Bytes::from(reply.encode_to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn streaming_calls_pass_both_chains_and_carry_the_trace() {
+    let journal = Journal::default();
+    let worker_journal = Journal::default();
+    let received = ReceivedTrace::default();
+    let worker = spawn(
+        ServeOptions::new()
+            .middleware(Note::new("worker", &worker_journal))
+            .middleware(received.clone()),
+    )
+    .await;
+    let sent = SentTrace::default();
+    let channel = worker
+        .channel()
+        .with_middleware(Note::new("host", &journal))
+        .with_middleware(Logging::new())
+        .with_middleware(sent.clone());
+    let request = CountRequest {
+        count: 3,
+        ..CountRequest::default()
+    };
+    let mut stream = EchoClient::new(channel.clone())
+        .count(request.clone())
+        .await
+        .unwrap();
+    // The host's chain wraps the opening of the call.
+    assert_eq!(
+        *journal.lock().unwrap(),
+        ["host in echo.count attempt 1", "host out"]
+    );
+    let mut messages = 0;
+    while stream.message().await.unwrap().is_some() {
+        messages += 1;
+    }
+    assert_eq!(messages, 3);
+    // The worker's chain wraps the handler's whole run.
+    assert_eq!(
+        *worker_journal.lock().unwrap(),
+        ["worker in echo.count", "worker out"]
+    );
+    let sent = sent.0.lock().unwrap().expect("Logging set a trace context");
+    assert_eq!(*received.0.lock().unwrap(), Some(sent), "the trace crossed");
+
+    // A host middleware that answers by itself: a response stream is empty,
+    // and a request stream's answer is the middleware's.
+    let short = EchoClient::new(channel.clone().with_middleware(ShortCircuit));
+    let mut stream = short.count(request).await.unwrap();
+    assert!(stream.message().await.unwrap().is_none());
+    let answered = EchoClient::new(channel.with_middleware(AnswerSum));
+    let reply = answered
+        .sum(futures_util::stream::iter([SumRequest::default()]))
+        .await
+        .unwrap();
+    assert_eq!(reply.sum, 42);
+    assert_eq!(
+        worker_journal.lock().unwrap().len(),
+        2,
+        "the worker saw neither"
+    );
+}
+
+#[tokio::test]
+async fn one_way_messages_pass_both_chains() {
+    let journal = Journal::default();
+    let worker_journal = Journal::default();
+    let worker = spawn(ServeOptions::new().middleware(Note::new("worker", &worker_journal))).await;
+    let channel = worker
+        .channel()
+        .with_middleware(Note::new("host", &journal));
+    let note = NoteRequest {
+        tag: "through middleware".into(),
+        ..NoteRequest::default()
+    };
+    EchoClient::new(channel.clone()).note(note).await.unwrap();
+    assert_eq!(
+        *journal.lock().unwrap(),
+        ["host in echo.note attempt 1", "host out"]
+    );
+    // The note's task started first and runs to its end without yielding,
+    // on the worker's single thread: once a later call is answered, its
+    // middleware has run.
+    workerbus_tests::cases::unary_round_trip(&worker.channel()).await;
+    let seen = worker_journal.lock().unwrap().clone();
+    assert_eq!(
+        &seen[..2],
+        ["worker in echo.note", "worker out"],
+        "{seen:?}"
+    );
 }

@@ -10,6 +10,11 @@
 //! A host middleware wraps each attempt of a call (a retry runs the chain
 //! again, with [`CallInfo::attempt`] one higher); a worker middleware wraps
 //! each run of a handler. A middleware may answer without calling `next`.
+//! For a streaming call, the host's chain wraps its opening (until its
+//! request is queued; an answer without `next` is then the response of a
+//! request stream, and ends a response stream empty), and the worker's
+//! wraps the handler's whole run. A one-way message passes both chains as a
+//! call answered with an empty response once it is queued.
 //! Without middleware, calls take a path with no middleware code and no
 //! allocation for it.
 
