@@ -508,3 +508,67 @@ async fn events_past_the_hosts_credit_end_the_connection() {
         "{error}"
     );
 }
+
+struct Nothing;
+
+impl workerbus_tests::pb::echo::MissingHandler for Nothing {
+    async fn nothing(&self, _request: (), _cx: &workerbus::Context) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_pair_of_services_is_served_by_one_worker() {
+    use workerbus::Dispatch;
+    use workerbus_tests::pb::echo::{MissingClient, MissingServer};
+
+    let services = (
+        EchoServer::new(EchoWorker::new()),
+        MissingServer::new(Nothing),
+    );
+    let names: Vec<&str> = services.schemas().iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["echo.Echo", "echo.Missing"]);
+    let worker = ThreadDriver::new().spawn(services).await.unwrap();
+    cases::unary_round_trip(&worker.channel()).await;
+    MissingClient::new(worker.channel())
+        .nothing(())
+        .await
+        .unwrap();
+
+    // A message name neither has is answered naming both.
+    let (mut host, worker) = MemoryTransport::pair();
+    let _served = tokio::spawn(serve_transport(
+        worker,
+        (
+            EchoServer::new(EchoWorker::new()),
+            MissingServer::new(Nothing),
+        ),
+        ServeOptions::new(),
+    ));
+    let unknown = Frame::request(
+        1,
+        MethodName::from_static("echo.unknown"),
+        None,
+        1,
+        Bytes::new(),
+    );
+    host.send(unknown).await.unwrap();
+    match next(&mut host).await {
+        Frame::Status { id: 1, status } => {
+            assert_eq!(status.code(), Code::Unimplemented);
+            assert!(
+                status.message().starts_with(
+                    "echo.unknown is not a method of any service this worker serves: echo.Echo (echo.echo, "
+                ),
+                "{}",
+                status.message()
+            );
+            assert!(
+                status
+                    .message()
+                    .ends_with("; echo.Missing (missing.nothing)")
+            );
+        }
+        other => panic!("expected Unimplemented, got {other:?}"),
+    }
+}

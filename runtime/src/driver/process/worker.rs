@@ -84,7 +84,11 @@ pub async fn serve_with_options<S: Dispatch>(
     let service = Arc::new(service);
     let shared = Arc::new(WorkerShared {
         name: startup.name().to_owned(),
-        services: vec![ServiceInfo::from(service.schema())],
+        services: service
+            .schemas()
+            .into_iter()
+            .map(ServiceInfo::from)
+            .collect(),
         options: options.clone(),
         secret: Mutex::new(None),
         detached: AtomicBool::new(false),
