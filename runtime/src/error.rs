@@ -534,6 +534,39 @@ fn cause_suffix(cause: &Option<Arc<FrameError>>) -> String {
     }
 }
 
+/// A handler that calls another worker passes a failed call on with `?`:
+/// the status keeps the remote code (or takes the code closest to what
+/// happened: a timeout is [`Code::DeadlineExceeded`], a worker that exited,
+/// disconnected or could not start is [`Code::Unavailable`]) and its message
+/// names the call and the cause.
+///
+/// ```
+/// use std::time::Duration;
+/// use workerbus::{Code, Error, Status};
+///
+/// let error = Error::Timeout {
+///     method: "embedder.embed".into(),
+///     after: Duration::from_secs(1),
+/// };
+/// let status = Status::from(error);
+/// assert_eq!(status.code(), Code::DeadlineExceeded);
+/// assert_eq!(status.message(), "embedder.embed timed out after 1s");
+/// ```
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        let (code, details) = match &error {
+            Error::Remote { status, .. } => (status.code(), status.details().clone()),
+            Error::Timeout { .. } => (Code::DeadlineExceeded, Bytes::new()),
+            Error::Cancelled { .. } => (Code::Cancelled, Bytes::new()),
+            Error::TooLarge { .. } => (Code::ResourceExhausted, Bytes::new()),
+            Error::Decode { .. } => (Code::Internal, Bytes::new()),
+            Error::Handshake { .. } => (Code::FailedPrecondition, Bytes::new()),
+            _ => (Code::Unavailable, Bytes::new()),
+        };
+        Status::new(code, error.to_string()).with_details(details)
+    }
+}
+
 impl Error {
     /// The message name of the call this error belongs to, if it belongs to a call.
     pub fn method(&self) -> Option<&str> {

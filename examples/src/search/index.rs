@@ -1,0 +1,403 @@
+//! The search index: text files cut into passages, each passage with its
+//! vector; kept in memory, stored in one file, searched by cosine
+//! similarity.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use prost::Message;
+
+use crate::worker::{SearchResult, StoredChunk, StoredFile, StoredIndex};
+
+/// The extensions of the files an index takes in a directory walk (a file
+/// named explicitly is taken whatever its extension).
+pub const TEXT_EXTENSIONS: &[&str] = &["md", "rs", "proto", "toml", "txt"];
+
+/// Files larger than this are left out: they are rarely prose or code a
+/// person wants to search.
+pub const MAX_FILE_LEN: u64 = 1 << 20;
+
+/// A passage ends at the first blank line after this many lines…
+const PASSAGE_MIN_LINES: usize = 8;
+/// …and at this many lines in any case.
+const PASSAGE_MAX_LINES: usize = 24;
+/// Snippets are cut to this many characters.
+const SNIPPET_CHARS: usize = 96;
+
+/// A piece of a file that gets one vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passage {
+    /// The first line, 1-based.
+    pub first_line: u32,
+    /// The last line, inclusive.
+    pub last_line: u32,
+    /// The passage's text.
+    pub text: String,
+}
+
+/// The line of `text` that shares the most words with `query` (words
+/// compared by their first five letters, so that "crashed" finds "crash"),
+/// or its first line with text; trimmed and cut short.
+pub fn snippet(text: &str, query: &str) -> String {
+    fn stems(text: &str) -> impl Iterator<Item = String> + '_ {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|word| word.chars().count() >= 3)
+            .map(|word| word.to_lowercase().chars().take(5).collect())
+    }
+    let wanted: Vec<String> = stems(query).collect();
+    let lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let mut best = ("", 0);
+    for line in lines {
+        let matches = stems(line).filter(|stem| wanted.contains(stem)).count();
+        if best.0.is_empty() || matches > best.1 {
+            best = (line, matches);
+        }
+    }
+    match best.0.char_indices().nth(SNIPPET_CHARS) {
+        Some((end, _)) => format!("{}…", &best.0[..end]),
+        None => best.0.to_owned(),
+    }
+}
+
+/// Cuts a text into passages of whole lines, preferring to cut at blank
+/// lines (paragraphs, items of code). Passages with no text are dropped.
+pub fn passages(text: &str) -> Vec<Passage> {
+    let mut passages = Vec::new();
+    let mut lines: Vec<&str> = Vec::new();
+    let mut first = 1;
+    let mut flush = |lines: &mut Vec<&str>, first: &mut usize, next: usize| {
+        if lines.iter().any(|line| !line.trim().is_empty()) {
+            passages.push(Passage {
+                first_line: *first as u32,
+                last_line: (next - 1) as u32,
+                text: lines.join("\n"),
+            });
+        }
+        lines.clear();
+        *first = next;
+    };
+    for (number, line) in text.lines().enumerate().map(|(i, line)| (i + 1, line)) {
+        lines.push(line);
+        let at_paragraph = line.trim().is_empty() && lines.len() >= PASSAGE_MIN_LINES;
+        if at_paragraph || lines.len() >= PASSAGE_MAX_LINES {
+            flush(&mut lines, &mut first, number + 1);
+        }
+    }
+    let end = first + lines.len();
+    flush(&mut lines, &mut first, end);
+    passages
+}
+
+/// What tells a file's versions apart without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The length in bytes.
+    pub len: u64,
+    /// The modification time, in nanoseconds since the Unix epoch.
+    pub modified_ns: u64,
+}
+
+impl Stamp {
+    /// The stamp of a file's metadata.
+    pub fn of(metadata: &std::fs::Metadata) -> Stamp {
+        let modified_ns = metadata
+            .modified()
+            .ok()
+            .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |since| since.as_nanos() as u64);
+        Stamp {
+            len: metadata.len(),
+            modified_ns,
+        }
+    }
+}
+
+/// The files to index under `paths`: files as given, directories walked
+/// recursively for files with a [`TEXT_EXTENSIONS`] extension, skipping
+/// hidden entries and `target` directories. Sorted, without duplicates.
+/// Paths that cannot be read are returned apart, with the reason.
+pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
+    let mut files = Vec::new();
+    let mut unreadable = Vec::new();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(metadata) if metadata.is_dir() => walk(path, &mut files, &mut unreadable),
+            Ok(_) => files.push(path.clone()),
+            Err(error) => unreadable.push((path.clone(), error.to_string())),
+        }
+    }
+    let files = files
+        .into_iter()
+        .map(|file| std::fs::canonicalize(&file).unwrap_or(file))
+        .collect::<std::collections::BTreeSet<_>>();
+    (files.into_iter().collect(), unreadable)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>, unreadable: &mut Vec<(PathBuf, String)>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) => return unreadable.push((dir.to_owned(), error.to_string())),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "target" {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => walk(&path, files, unreadable),
+            Ok(kind) if kind.is_file() => {
+                let wanted = path
+                    .extension()
+                    .and_then(|extension| extension.to_str())
+                    .is_some_and(|extension| TEXT_EXTENSIONS.contains(&extension));
+                if wanted {
+                    files.push(path);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The index: every file's passages and their vectors, made with one model.
+#[derive(Debug, Default)]
+pub struct Index {
+    model: String,
+    files: BTreeMap<String, StoredFile>,
+}
+
+impl Index {
+    /// An empty index for vectors made by `model`.
+    pub fn new(model: impl Into<String>) -> Index {
+        Index {
+            model: model.into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// The index stored at `path`, if it was made with `model`; otherwise
+    /// (no file, or another model's vectors) an empty one.
+    pub fn open(path: &Path, model: &str) -> io::Result<Index> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Index::new(model)),
+            Err(error) => return Err(error),
+        };
+        let stored = StoredIndex::decode(bytes.as_slice()).map_err(|error| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not an index: {error}", path.display()),
+            )
+        })?;
+        if stored.model != model {
+            return Ok(Index::new(model));
+        }
+        let files = stored
+            .files
+            .into_iter()
+            .map(|file| (file.path.clone(), file))
+            .collect();
+        Ok(Index {
+            model: stored.model,
+            files,
+        })
+    }
+
+    /// Stores the index at `path`, whole: it is written beside it, then
+    /// renamed over it, so a crash leaves the previous index intact.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let stored = StoredIndex {
+            model: self.model.clone(),
+            files: self.files.values().cloned().collect(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, stored.encode_to_vec())?;
+        std::fs::rename(&partial, path)
+    }
+
+    /// Whether the index holds `path` as it is now.
+    pub fn is_current(&self, path: &str, stamp: Stamp) -> bool {
+        self.files
+            .get(path)
+            .is_some_and(|file| file.len == stamp.len && file.modified_ns == stamp.modified_ns)
+    }
+
+    /// Puts a file's passages and their vectors in the index, replacing what
+    /// it held for the file.
+    pub fn insert(
+        &mut self,
+        path: String,
+        stamp: Stamp,
+        passages: &[Passage],
+        vectors: Vec<Vec<f32>>,
+    ) {
+        let chunks = passages
+            .iter()
+            .zip(vectors)
+            .map(|(passage, vector)| StoredChunk {
+                first_line: passage.first_line,
+                last_line: passage.last_line,
+                text: passage.text.clone(),
+                vector,
+            })
+            .collect();
+        let file = StoredFile {
+            path: path.clone(),
+            len: stamp.len,
+            modified_ns: stamp.modified_ns,
+            chunks,
+        };
+        self.files.insert(path, file);
+    }
+
+    /// The passages the index holds for `path`.
+    pub fn chunks_of(&self, path: &str) -> usize {
+        self.files.get(path).map_or(0, |file| file.chunks.len())
+    }
+
+    /// The files in the index.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The passages in the index.
+    pub fn chunks(&self) -> usize {
+        self.files.values().map(|file| file.chunks.len()).sum()
+    }
+
+    /// The `limit` passages whose vectors are closest to `vector`, the
+    /// vector of `query`, best first. Vectors are normalised, so the dot
+    /// product is the cosine.
+    pub fn search(&self, query: &str, vector: &[f32], limit: usize) -> Vec<SearchResult> {
+        let mut scored: Vec<(f32, &StoredFile, &StoredChunk)> = self
+            .files
+            .values()
+            .flat_map(|file| file.chunks.iter().map(move |chunk| (file, chunk)))
+            .map(|(file, chunk)| {
+                let score = chunk.vector.iter().zip(vector).map(|(a, b)| a * b).sum();
+                (score, file, chunk)
+            })
+            .collect();
+        let limit = limit.min(scored.len());
+        if limit == 0 {
+            return Vec::new();
+        }
+        // Only the best `limit` need sorting.
+        let best_first = |a: &(f32, _, _), b: &(f32, _, _)| b.0.total_cmp(&a.0);
+        scored.select_nth_unstable_by(limit - 1, best_first);
+        scored.truncate(limit);
+        scored.sort_by(best_first);
+        scored
+            .into_iter()
+            .map(|(score, file, chunk)| SearchResult {
+                path: file.path.clone(),
+                first_line: chunk.first_line,
+                last_line: chunk.last_line,
+                score,
+                snippet: snippet(&chunk.text, query),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passages_cut_at_blank_lines_and_keep_line_numbers() {
+        let mut text = String::new();
+        for i in 1..=10 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        text.push('\n');
+        for i in 12..=14 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        let passages = passages(&text);
+        let spans: Vec<(u32, u32)> = passages
+            .iter()
+            .map(|passage| (passage.first_line, passage.last_line))
+            .collect();
+        assert_eq!(spans, [(1, 11), (12, 14)]);
+        assert_eq!(passages[1].text, "line 12\nline 13\nline 14");
+    }
+
+    #[test]
+    fn long_runs_without_blank_lines_are_cut_too() {
+        let text = "x\n".repeat(PASSAGE_MAX_LINES * 2 + 3);
+        let spans: Vec<(u32, u32)> = passages(&text)
+            .iter()
+            .map(|passage| (passage.first_line, passage.last_line))
+            .collect();
+        let max = PASSAGE_MAX_LINES as u32;
+        assert_eq!(
+            spans,
+            [(1, max), (max + 1, 2 * max), (2 * max + 1, 2 * max + 3)]
+        );
+        assert!(passages("\n\n  \n").is_empty());
+    }
+
+    #[test]
+    fn snippets_are_the_lines_that_match_the_query() {
+        let text = "\n  A supervisor watches workers.\nWhen one crashes, it is restarted.\n";
+        assert_eq!(
+            snippet(text, "restart crashed workers"),
+            "When one crashes, it is restarted."
+        );
+        assert_eq!(snippet(text, "unrelated"), "A supervisor watches workers.");
+        let long = "word ".repeat(40);
+        assert_eq!(snippet(&long, "").chars().count(), SNIPPET_CHARS + 1);
+    }
+
+    #[test]
+    fn search_ranks_by_similarity_and_the_index_round_trips() {
+        let mut index = Index::new("model-a");
+        let stamp = Stamp {
+            len: 3,
+            modified_ns: 7,
+        };
+        let passage = |line: u32, text: &str| Passage {
+            first_line: line,
+            last_line: line,
+            text: text.to_owned(),
+        };
+        index.insert(
+            "a".into(),
+            stamp,
+            &[passage(1, "north"), passage(2, "east")],
+            vec![vec![1.0, 0.0], vec![0.0, 1.0]],
+        );
+        index.insert(
+            "b".into(),
+            stamp,
+            &[passage(1, "north-east")],
+            vec![vec![0.6, 0.8]],
+        );
+        let results = index.search("east", &[0.0, 1.0], 2);
+        let found: Vec<(&str, u32)> = results
+            .iter()
+            .map(|result| (result.path.as_str(), result.first_line))
+            .collect();
+        assert_eq!(found, [("a", 2), ("b", 1)]);
+        assert_eq!(results[1].snippet, "north-east");
+
+        let dir = std::env::temp_dir().join(format!("workerbus-index-test-{}", std::process::id()));
+        let path = dir.join("index.pb");
+        index.save(&path).unwrap();
+        let reopened = Index::open(&path, "model-a").unwrap();
+        assert_eq!((reopened.files(), reopened.chunks()), (2, 3));
+        assert!(reopened.is_current("a", stamp));
+        assert!(!reopened.is_current("a", Stamp { len: 4, ..stamp }));
+        let other_model = Index::open(&path, "model-b").unwrap();
+        assert_eq!(other_model.files(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

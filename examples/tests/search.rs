@@ -1,0 +1,226 @@
+//! The search application end to end: the real embedder process (the
+//! `search-embedder` binary) under a supervisor, the search worker on its
+//! thread, a small corpus on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use workerbus::{Code, Error};
+use workerbus_examples::search::{Chaos, SearchApp, SearchOptions};
+use workerbus_examples::worker::{
+    IndexProgress, IndexRequest, SearchRequest, SearchResult, StatsRequest,
+};
+
+const EMBEDDER: &str = env!("CARGO_BIN_EXE_search-embedder");
+
+/// The corpus's files, one topic each.
+const CORPUS: [&str; 5] = ["bees.md", "bread.md", "chess.md", "comets.md", "tides.md"];
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
+}
+
+/// A data directory of its own for each test, empty.
+fn data_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "workerbus-search-test-{}-{test}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn file_name(path: &str) -> &str {
+    Path::new(path)
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or(path)
+}
+
+/// Runs `worker.index` on `paths` to its end, calling `each` on every report.
+async fn index(
+    app: &SearchApp,
+    paths: &[PathBuf],
+    mut each: impl FnMut(&IndexProgress),
+) -> Vec<IndexProgress> {
+    let paths = paths
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect();
+    let mut stream = app.client().index(IndexRequest { paths }).await.unwrap();
+    let mut reports = Vec::new();
+    while let Some(report) = stream.message().await.unwrap() {
+        each(&report);
+        reports.push(report);
+    }
+    reports
+}
+
+async fn search(app: &SearchApp, query: &str) -> Vec<SearchResult> {
+    let request = SearchRequest {
+        query: query.to_owned(),
+        limit: 3,
+    };
+    app.client().search(request).await.unwrap().results
+}
+
+/// The corpus is indexed in full, every file once, and each query finds
+/// the file about its topic.
+fn assert_indexed_and_searchable(reports: &[IndexProgress]) {
+    let mut names: Vec<&str> = reports
+        .iter()
+        .map(|report| file_name(&report.path))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, CORPUS);
+    for (n, report) in reports.iter().enumerate() {
+        assert_eq!((report.done, report.total), (n as u32 + 1, 5), "{report:?}");
+        assert!(report.error.is_empty() && !report.skipped, "{report:?}");
+        assert!(report.chunks >= 1, "{report:?}");
+    }
+}
+
+async fn assert_finds(app: &SearchApp) {
+    let queries = [
+        ("how long should the dough proof before baking", "bread.md"),
+        ("where do icy comets come from", "comets.md"),
+        ("spring tides at full moon", "tides.md"),
+        ("the queen bee and the honey harvest", "bees.md"),
+    ];
+    for (query, expected) in queries {
+        let results = search(app, query).await;
+        assert_eq!(
+            file_name(&results[0].path),
+            expected,
+            "{query:?} found {results:?}"
+        );
+        assert!(
+            results
+                .windows(2)
+                .all(|pair| pair[0].score >= pair[1].score)
+        );
+        assert!(results[0].score > 0.0 && results[0].score <= 1.0 + 1e-4);
+    }
+}
+
+#[tokio::test]
+async fn indexes_a_corpus_and_finds_what_a_query_means() {
+    let dir = data_dir("plain");
+    let app = SearchApp::start(SearchOptions::new(EMBEDDER, &dir))
+        .await
+        .unwrap();
+
+    let early = app.client().search(SearchRequest {
+        query: "bread".into(),
+        limit: 1,
+    });
+    let status = early.await.unwrap_err().status().cloned().unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("worker.init"), "{status}");
+
+    // The model is missing: init downloads it.
+    let model_path = app.options().model_path();
+    assert!(!model_path.exists());
+    let init = app.init().await.unwrap();
+    assert!(init.ready);
+    assert_eq!(init.indexed, 0);
+    assert!(model_path.exists());
+
+    let reports = index(&app, &[corpus()], |_| {}).await;
+    assert_indexed_and_searchable(&reports);
+    assert_finds(&app).await;
+    // The snippet is the passage's line that best matches the query.
+    let best = &search(&app, "fold the dough every half hour").await[0];
+    assert_eq!(file_name(&best.path), "bread.md");
+    assert_eq!(
+        best.snippet,
+        "dough every half hour for the first two hours. Shape the loaf, then proof it"
+    );
+
+    let stats = app.client().stats(StatsRequest {}).await.unwrap();
+    let chunks: u32 = reports.iter().map(|report| report.chunks).sum();
+    assert_eq!((stats.indexed, stats.chunks), (5, u64::from(chunks)));
+    assert_eq!((stats.queued, stats.processing), (0, 0));
+    assert_eq!(app.embedder().restarts(), 0);
+    let metrics = app.metrics().snapshot();
+    let embeds = metrics
+        .methods()
+        .iter()
+        .find(|method| method.method() == "embedder.embed")
+        .unwrap();
+    // One call per file (each fits in a batch), one per query.
+    assert_eq!((embeds.calls(), embeds.failed()), (5 + 5, 0));
+    app.shutdown().await;
+
+    // The index is stored: a second run finds it, and skips unchanged files.
+    let app = SearchApp::start(SearchOptions::new(EMBEDDER, &dir))
+        .await
+        .unwrap();
+    assert_eq!(app.init().await.unwrap().indexed, 5);
+    let missing = dir.join("no-such-file.md");
+    let again = index(&app, &[corpus(), missing.clone()], |_| {}).await;
+    assert_eq!(again.len(), 6);
+    let failed: Vec<&IndexProgress> = again.iter().filter(|r| !r.error.is_empty()).collect();
+    assert_eq!(failed.len(), 1, "{again:?}");
+    assert_eq!(failed[0].path, missing.display().to_string());
+    assert!(failed[0].error.contains("No such file"), "{:?}", failed[0]);
+    assert!(
+        again
+            .iter()
+            .filter(|r| r.error.is_empty())
+            .all(|r| r.skipped && r.chunks >= 1)
+    );
+    assert_finds(&app).await;
+    app.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_chaos_run_indexes_every_file_though_the_embedder_is_killed() {
+    let dir = data_dir("chaos");
+    let app = SearchApp::start(SearchOptions::new(EMBEDDER, &dir))
+        .await
+        .unwrap();
+    app.init().await.unwrap();
+    let first_pid = app.embedder().pid().unwrap();
+
+    // A kill before the run: its first embedding can only succeed on the
+    // replacement. Then kills after the second and the fourth file, which
+    // land wherever the run has got to.
+    app.embedder().kill();
+    let mut kills = 1;
+    let mut chaos = Chaos::plan(5, 2, 1);
+    assert_eq!(chaos.points(), [2, 4]);
+    let reports = index(&app, &[corpus()], |report| {
+        if chaos.strike(report.done, app.embedder().is_running()) {
+            app.embedder().kill();
+            kills += 1;
+        }
+    })
+    .await;
+
+    assert_indexed_and_searchable(&reports);
+    assert!(app.embedder().restarts() >= 1);
+    assert_ne!(app.embedder().pid(), Some(first_pid));
+    // Every kill is recovered from, the last one perhaps after the run.
+    let all_recovered = app.recovered(kills as usize);
+    tokio::time::timeout(Duration::from_secs(20), all_recovered)
+        .await
+        .unwrap_or_else(|_| panic!("{kills} kills, recovered from {:?}", app.recoveries()));
+    assert_eq!(app.embedder().restarts(), kills);
+    assert_eq!(app.recoveries().len(), kills as usize);
+    assert_finds(&app).await;
+    app.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_embedder_binary_is_named() {
+    let dir = data_dir("missing");
+    let missing = dir.join("no-such-embedder");
+    let error = SearchApp::start(SearchOptions::new(&missing, &dir))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Spawn { .. }), "{error:?}");
+    assert!(error.to_string().contains("no-such-embedder"), "{error}");
+}
