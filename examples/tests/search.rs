@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use workerbus::{Code, Error};
+use workerbus::{Code, Error, HealthCheck, SupervisorEvent};
 use workerbus_examples::search::{Chaos, SearchApp, SearchOptions};
 use workerbus_examples::worker::{
     IndexProgress, IndexRequest, SearchRequest, SearchResult, StatsRequest,
@@ -210,6 +210,45 @@ async fn a_chaos_run_indexes_every_file_though_the_embedder_is_killed() {
     assert_eq!(app.embedder().restarts(), kills);
     assert_eq!(app.recoveries().len(), kills as usize);
     assert_finds(&app).await;
+    app.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_embedder_is_replaced_past_its_threshold_without_a_failed_call() {
+    let dir = data_dir("recycle");
+    let check = HealthCheck::every(Duration::from_millis(10)).recycle_after_processed(3);
+    let options = SearchOptions::new(EMBEDDER, &dir).health_check(check);
+    let app = SearchApp::start(options).await.unwrap();
+    let mut events = app.supervisor().subscribe();
+    let first_pid = app.embedder().pid().unwrap();
+    app.init().await.unwrap();
+    let reports = index(&app, &[corpus()], |_| {}).await;
+    assert_indexed_and_searchable(&reports);
+
+    // init made three calls (check, download, check): the embedder is past
+    // its threshold, and is replaced by a new process.
+    let recycled = async {
+        let mut reason = None;
+        loop {
+            match events.recv().await.unwrap() {
+                SupervisorEvent::Recycling { reason: why, .. } => reason = Some(why),
+                SupervisorEvent::Started { .. } if reason.is_some() => return reason.unwrap(),
+                _ => continue,
+            }
+        }
+    };
+    let reason = tokio::time::timeout(Duration::from_secs(20), recycled)
+        .await
+        .expect("the embedder was never recycled");
+    assert!(reason.contains("processed"), "{reason}");
+    assert_finds(&app).await;
+    assert_ne!(app.embedder().pid(), Some(first_pid));
+    let metrics = app.metrics().snapshot();
+    for method in metrics.methods() {
+        assert_eq!(method.failed(), 0, "{method:?}");
+    }
+    assert!(app.recoveries().is_empty(), "a recycle is not a crash");
     app.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
