@@ -241,6 +241,8 @@ async fn index(app: &SearchApp, args: &Args) -> Result<Indexed, Box<dyn std::err
         .client()
         .index(IndexRequest {
             paths: paths.collect(),
+            // The index is what the command line names, nothing more.
+            replace: true,
         })
         .await?;
     let mut bar = Bar::new();

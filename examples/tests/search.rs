@@ -47,7 +47,11 @@ async fn index(
         .iter()
         .map(|path| path.display().to_string())
         .collect();
-    let mut stream = app.client().index(IndexRequest { paths }).await.unwrap();
+    let request = IndexRequest {
+        paths,
+        replace: false,
+    };
+    let mut stream = app.client().index(request).await.unwrap();
     let mut reports = Vec::new();
     while let Some(report) = stream.message().await.unwrap() {
         each(&report);
@@ -171,6 +175,20 @@ async fn indexes_a_corpus_and_finds_what_a_query_means() {
             .all(|r| r.skipped && r.chunks >= 1)
     );
     assert_finds(&app).await;
+
+    // Replacing: the index then holds just the paths named.
+    let bread = corpus().join("bread.md");
+    let request = IndexRequest {
+        paths: vec![bread.display().to_string()],
+        replace: true,
+    };
+    let mut stream = app.client().index(request).await.unwrap();
+    while stream.message().await.unwrap().is_some() {}
+    let stats = app.client().stats(StatsRequest {}).await.unwrap();
+    assert_eq!(stats.indexed, 1);
+    for result in search(&app, "comets and tides").await {
+        assert_eq!(file_name(&result.path), "bread.md");
+    }
     app.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

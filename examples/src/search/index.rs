@@ -257,6 +257,13 @@ impl Index {
         self.files.insert(path, file);
     }
 
+    /// Forgets the files for which `keep` is false; returns how many.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        let before = self.files.len();
+        self.files.retain(|path, _| keep(path));
+        before - self.files.len()
+    }
+
     /// The passages the index holds for `path`.
     pub fn chunks_of(&self, path: &str) -> usize {
         self.files.get(path).map_or(0, |file| file.chunks.len())
@@ -396,8 +403,11 @@ mod tests {
         assert_eq!((reopened.files(), reopened.chunks()), (2, 3));
         assert!(reopened.is_current("a", stamp));
         assert!(!reopened.is_current("a", Stamp { len: 4, ..stamp }));
-        let other_model = Index::open(&path, "model-b").unwrap();
+        let mut other_model = Index::open(&path, "model-b").unwrap();
         assert_eq!(other_model.files(), 0);
+        other_model = reopened;
+        assert_eq!(other_model.retain(|path| path == "b"), 1);
+        assert_eq!((other_model.files(), other_model.chunks()), (1, 1));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -298,6 +298,13 @@ impl WorkerHandler for SearchWorker {
             changed |= !indexed.skipped && indexed.error.is_empty();
             progress.send(report(indexed)).await?;
         }
+        if request.replace {
+            let wanted: std::collections::HashSet<String> = files
+                .iter()
+                .map(|file| file.display().to_string())
+                .collect();
+            changed |= self.with_index(|index| index.retain(|path| wanted.contains(path)))? > 0;
+        }
         if changed {
             self.save()?;
         }
