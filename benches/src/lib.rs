@@ -1,0 +1,42 @@
+//! What the benchmarks share: the [`Echo`] interface every subject of a
+//! comparison implements (workerbus on each driver, the raw baselines, the
+//! peers), the scenarios run against it, and percentiles of a sample.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// The environment variable that makes a benchmark binary a server process
+/// for a comparison (its value names the role; the first argument is the
+/// socket path). Benchmarks re-run themselves with it, so that client and
+/// server live in separate processes, as they would in production.
+pub const ROLE_ENV: &str = "WORKERBUS_BENCH_ROLE";
+
+/// A connected client of an echo service: every subject of a comparison,
+/// whatever carries its calls.
+pub trait Echo: Clone + Send + Sync + 'static {
+    /// Sends `payload` and returns the answer, a payload of the same length.
+    /// Panics on failure: a failed call invalidates the measurement.
+    fn echo(&self, payload: Bytes) -> impl Future<Output = Bytes> + Send;
+}
+
+/// The `p`-th percentile (0 to 1) of `samples`, by nearest rank.
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// A one-line summary: median, p90, min and max.
+pub fn summary(samples: &[Duration]) -> String {
+    format!(
+        "median {:>8.2?}  p90 {:>8.2?}  min {:>8.2?}  max {:>8.2?}  (n = {})",
+        percentile(samples, 0.5),
+        percentile(samples, 0.9),
+        percentile(samples, 0.0),
+        percentile(samples, 1.0),
+        samples.len()
+    )
+}
