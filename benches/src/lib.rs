@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub mod baselines;
+#[cfg(feature = "peers")]
+pub mod peers;
+pub mod scenarios;
+pub mod subjects;
+
 /// The environment variable that makes a benchmark binary a server process
 /// for a comparison (its value names the role; the first argument is the
 /// socket path). Benchmarks re-run themselves with it, so that client and

@@ -285,8 +285,18 @@ impl Frame {
     /// The caller checks the length and the method name first, as
     /// [`FrameCodec`] does.
     pub(crate) fn encode(&self, dst: &mut BytesMut) {
+        dst.reserve(4 + self.encoded_len());
+        if let Some(payload) = self.encode_head(dst) {
+            dst.put_slice(payload);
+        }
+    }
+
+    /// Appends the frame, length prefix included, to `dst`, except for a
+    /// payload at its end, which it returns for the caller to write after
+    /// (every frame that carries a payload carries it last). The prefix
+    /// counts the payload.
+    pub(crate) fn encode_head(&self, dst: &mut BytesMut) -> Option<&Bytes> {
         let len = self.encoded_len();
-        dst.reserve(4 + len);
         // Lengths above u32::MAX are refused by every codec long before here.
         dst.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
         match self {
@@ -330,35 +340,45 @@ impl Frame {
                 }
                 dst.put_u16(method.len() as u16);
                 dst.put_slice(method.as_bytes());
-                dst.put_slice(payload);
+                Some(payload)
             }
             Frame::Response { id, payload } => {
                 put_header(dst, KIND_RESPONSE, *id);
-                dst.put_slice(payload);
+                Some(payload)
             }
             Frame::Status { id, status } => {
                 put_header(dst, KIND_STATUS, *id);
                 dst.put_u32(status.code().as_u32());
                 dst.put_u32(status.message().len() as u32);
                 dst.put_slice(status.message().as_bytes());
-                dst.put_slice(status.details());
+                Some(status.details())
             }
-            Frame::Cancel { id } => put_header(dst, KIND_CANCEL, *id),
-            Frame::Shutdown => put_header(dst, KIND_SHUTDOWN, 0),
+            Frame::Cancel { id } => {
+                put_header(dst, KIND_CANCEL, *id);
+                None
+            }
+            Frame::Shutdown => {
+                put_header(dst, KIND_SHUTDOWN, 0);
+                None
+            }
             Frame::Item { id, payload } => {
                 put_header(dst, KIND_ITEM, *id);
-                dst.put_slice(payload);
+                Some(payload)
             }
-            Frame::End { id } => put_header(dst, KIND_END, *id),
+            Frame::End { id } => {
+                put_header(dst, KIND_END, *id);
+                None
+            }
             Frame::Credit { id, count } => {
                 put_header(dst, KIND_CREDIT, *id);
                 dst.put_u32(*count);
+                None
             }
             Frame::Event { method, payload } => {
                 put_header(dst, KIND_EVENT, 0);
                 dst.put_u16(method.len() as u16);
                 dst.put_slice(method.as_bytes());
-                dst.put_slice(payload);
+                Some(payload)
             }
         }
     }
@@ -639,11 +659,12 @@ impl Decoder for FrameCodec {
             });
         }
         if src.len() < 4 + len {
-            // Grow with what has arrived (at least 64 KiB at a time), not
-            // with what the prefix announces: a peer that announces a large
-            // frame and sends nothing makes us allocate nothing much.
-            let missing = 4 + len - src.len();
-            src.reserve(missing.min(src.len().max(64 * 1024)));
+            // Room for the whole frame at once, so that a large frame is
+            // read into place rather than copied each time the buffer
+            // grows. It is within the maximum frame length, checked above:
+            // a peer that announces a large frame and sends nothing makes
+            // us allocate at most that.
+            src.reserve(4 + len - src.len());
             return Ok(None);
         }
         src.advance(4);
@@ -665,7 +686,17 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        if let Frame::Request { method, .. } = &frame
+        self.check(&frame)?;
+        frame.encode(dst);
+        Ok(())
+    }
+}
+
+impl FrameCodec {
+    /// Checks that `frame` may be written (its method name, its length) and
+    /// returns its length after the prefix.
+    pub(crate) fn check(&self, frame: &Frame) -> Result<usize, FrameError> {
+        if let Frame::Request { method, .. } = frame
             && (method.is_empty() || method.len() > MAX_METHOD_LEN)
         {
             return Err(malformed(
@@ -683,8 +714,7 @@ impl Encoder<Frame> for FrameCodec {
                 max: self.max_frame_length,
             });
         }
-        frame.encode(dst);
-        Ok(())
+        Ok(len)
     }
 }
 

@@ -13,6 +13,7 @@
 //! only for a worker that is detached or disconnected, in a private
 //! directory, and serves only peers of the same user that know the secret.
 
+mod socket;
 mod sys;
 mod worker;
 
@@ -33,7 +34,6 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
 
 pub use self::worker::{serve, serve_with_options};
 use super::{Spawn, Worker};
@@ -420,7 +420,7 @@ fn std_stdio(stdio: Stdio) -> std::process::Stdio {
     }
 }
 
-type SocketTransport = Framed<tokio::net::UnixStream, FrameCodec>;
+type SocketTransport = socket::SocketTransport<tokio::net::UnixStream>;
 
 fn connect_transport(
     socket: std::os::unix::net::UnixStream,
@@ -428,7 +428,7 @@ fn connect_transport(
 ) -> io::Result<SocketTransport> {
     socket.set_nonblocking(true)?;
     let socket = tokio::net::UnixStream::from_std(socket)?;
-    Ok(Framed::new(
+    Ok(SocketTransport::new(
         socket,
         FrameCodec::new().max_frame_length(options.max_frame_length_value()),
     ))

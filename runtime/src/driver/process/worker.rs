@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::socket::SocketTransport;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
-use tokio_util::codec::Framed;
 
 use super::sys;
 use crate::control::{Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome};
@@ -106,7 +106,7 @@ pub async fn serve_with_options<S: Dispatch>(
         inherited: true,
     };
     let first = serve_connection(
-        Framed::new(socket, codec),
+        SocketTransport::new(socket, codec),
         service,
         &options,
         Some(&control),
@@ -274,7 +274,7 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
                         inherited: false,
                     };
                     let ending = serve_connection(
-                        Framed::new(stream, codec),
+                        SocketTransport::new(stream, codec),
                         service,
                         &shared.options,
                         Some(&control),

@@ -1,0 +1,88 @@
+//! tonic as a subject of the comparison: gRPC unary calls (HTTP/2,
+//! protobuf) over a Unix socket, through the client and server code that
+//! tonic-build generates (see `benches/build.rs`).
+
+use std::path::Path;
+
+use bytes::Bytes;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+
+use self::generated::echo_client::EchoClient;
+use self::generated::echo_server::EchoServer;
+use super::{BoxError, MAX_MESSAGE};
+use crate::Echo;
+
+/// The service code tonic-build generates, left as it is (its modules are
+/// `pub`, in a private module).
+#[allow(unreachable_pub)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/workerbus.bench.Echo.rs"));
+}
+
+/// The request and the response of `/workerbus.bench.Echo/Echo`: what
+/// prost-build makes of `message EchoMessage { bytes payload = 1; }` when
+/// told to use `Bytes` for `bytes` fields.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct EchoMessage {
+    /// The payload, sent back as it came.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub(crate) payload: Bytes,
+}
+
+/// A tonic client of the echo service.
+#[derive(Clone, Debug)]
+pub struct TonicEcho {
+    client: EchoClient<Channel>,
+}
+
+impl Echo for TonicEcho {
+    async fn echo(&self, payload: Bytes) -> Bytes {
+        // A tonic call takes `&mut self`: concurrent calls each use a clone
+        // of the client, which shares its channel (as tonic's docs advise).
+        let mut client = self.client.clone();
+        match client.echo(EchoMessage { payload }).await {
+            Ok(reply) => reply.into_inner().payload,
+            Err(status) => panic!("tonic echo: {status}"),
+        }
+    }
+}
+
+/// Connects to the echo server on `socket` (tonic's own Unix-socket
+/// connector, named by a `unix:` URI).
+pub(super) async fn connect(socket: &Path) -> Result<TonicEcho, tonic::transport::Error> {
+    let path = socket.to_str().expect("a UTF-8 socket path");
+    let channel = Endpoint::from_shared(format!("unix:{path}"))?
+        .connect()
+        .await?;
+    let client = EchoClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    Ok(TonicEcho { client })
+}
+
+/// Serves the echo service on `socket` until the task is dropped.
+pub(super) async fn serve(socket: &Path) -> Result<(), BoxError> {
+    let listener = UnixListener::bind(socket)?;
+    let service = EchoServer::new(EchoService)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    Server::builder()
+        .add_service(service)
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
+
+/// The echo service: the request's payload is the response's.
+#[derive(Clone, Copy, Debug)]
+struct EchoService;
+
+#[tonic::async_trait]
+impl generated::echo_server::Echo for EchoService {
+    async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
+        Ok(Response::new(request.into_inner()))
+    }
+}

@@ -1,0 +1,249 @@
+//! Frames over a Unix socket, written without copying large payloads: the
+//! process driver's transport on both ends.
+//!
+//! `Framed<_, FrameCodec>` would do, but it copies every frame into its
+//! write buffer. Here small frames are coalesced into one buffer, as there,
+//! while a payload of [`VECTORED_MIN`] bytes or more is queued as it is (a
+//! `Bytes` shares the message's buffer) and written with the frames around
+//! it in one vectored write. Reading is `FrameCodec`'s.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_core::Stream;
+use futures_sink::Sink;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Decoder;
+
+use crate::error::FrameError;
+use crate::frame::{Frame, FrameCodec};
+
+/// Payloads at least this large are written from their own buffer rather
+/// than copied behind their frame's header.
+pub(crate) const VECTORED_MIN: usize = 16 * 1024;
+
+/// Queued bytes past which `poll_ready` flushes before taking a frame.
+const BACKPRESSURE: usize = 128 * 1024;
+
+/// Buffers written at most in one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// What a read asks the socket for when the buffer has no room.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Frames over a byte stream (a Unix socket in the process driver).
+#[derive(Debug)]
+pub(crate) struct SocketTransport<T> {
+    io: T,
+    codec: FrameCodec,
+    read: BytesMut,
+    eof: bool,
+    /// Encoded frames not yet written, in order.
+    queue: VecDeque<Bytes>,
+    /// Small frames being coalesced; the queue's last buffer, in effect.
+    small: BytesMut,
+    queued: usize,
+}
+
+impl<T> SocketTransport<T> {
+    pub(crate) fn new(io: T, codec: FrameCodec) -> SocketTransport<T> {
+        SocketTransport {
+            io,
+            codec,
+            read: BytesMut::new(),
+            eof: false,
+            queue: VecDeque::new(),
+            small: BytesMut::new(),
+            queued: 0,
+        }
+    }
+
+    fn seal_small(&mut self) {
+        if !self.small.is_empty() {
+            self.queue.push_back(self.small.split().freeze());
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
+    type Item = Result<Frame, FrameError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            let decoded = if this.eof {
+                this.codec.decode_eof(&mut this.read)
+            } else {
+                this.codec.decode(&mut this.read)
+            };
+            match decoded {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) if this.eof => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(error) => return Poll::Ready(Some(Err(error))),
+            }
+            if this.read.capacity() == this.read.len() {
+                this.read.reserve(READ_CHUNK);
+            }
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.io),
+                cx,
+                &mut this.read
+            ))?;
+            if read == 0 {
+                this.eof = true;
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
+    type Error = FrameError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        if self.queued >= BACKPRESSURE {
+            ready!(self.as_mut().poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), FrameError> {
+        let this = &mut *self;
+        let len = this.codec.check(&frame)?;
+        this.queued += 4 + len;
+        match frame.encode_head(&mut this.small) {
+            Some(payload) if payload.len() >= VECTORED_MIN => {
+                this.seal_small();
+                this.queue.push_back(payload.clone());
+            }
+            Some(payload) => this.small.extend_from_slice(payload),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        let this = &mut *self;
+        this.seal_small();
+        while !this.queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = this
+                .queue
+                .iter()
+                .take(MAX_SLICES)
+                .map(|chunk| IoSlice::new(chunk))
+                .collect();
+            let mut written = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &slices))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+            }
+            this.queued = this.queued.saturating_sub(written);
+            while written > 0 {
+                let front = this.queue.front_mut().expect("written bytes were queued");
+                if written >= front.len() {
+                    written -= front.len();
+                    this.queue.pop_front();
+                } else {
+                    front.advance(written);
+                    written = 0;
+                }
+            }
+        }
+        this.queued = 0;
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        ready!(Pin::new(&mut self.io).poll_shutdown(cx))?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    /// Sends `frames` one way through a socket pair and returns what arrives.
+    async fn through_a_socket(frames: Vec<Frame>) -> Vec<Frame> {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let mut sender = SocketTransport::new(a, FrameCodec::new());
+        let mut receiver = SocketTransport::new(b, FrameCodec::new());
+        let count = frames.len();
+        let send = async move {
+            for frame in frames {
+                std::future::poll_fn(|cx| Pin::new(&mut sender).poll_ready(cx))
+                    .await
+                    .unwrap();
+                Pin::new(&mut sender).start_send(frame).unwrap();
+            }
+            std::future::poll_fn(|cx| Pin::new(&mut sender).poll_close(cx))
+                .await
+                .unwrap();
+        };
+        let receive = async move {
+            let mut received = Vec::new();
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx)).await
+            {
+                received.push(frame.unwrap());
+            }
+            received
+        };
+        let ((), received) = tokio::join!(send, receive);
+        assert_eq!(received.len(), count);
+        received
+    }
+
+    #[tokio::test]
+    async fn small_and_large_frames_arrive_whole_and_in_order() {
+        let sizes = [
+            0,
+            1,
+            100,
+            VECTORED_MIN - 1,
+            VECTORED_MIN,
+            1 << 20,
+            3,
+            5 << 20,
+            7,
+        ];
+        let frames: Vec<Frame> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                let payload = Bytes::from((0..size).map(|b| (b % 251) as u8).collect::<Vec<u8>>());
+                if i % 2 == 0 {
+                    Frame::Response {
+                        id: i as u64 + 1,
+                        payload,
+                    }
+                } else {
+                    let timeout = Some(Duration::from_secs(1));
+                    Frame::request(i as u64 + 1, "bench.echo".into(), timeout, 1, payload)
+                }
+            })
+            .collect();
+        let received = through_a_socket(frames.clone()).await;
+        assert_eq!(received, frames);
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_maximum_is_refused_before_it_is_queued() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let mut sender = SocketTransport::new(a, FrameCodec::new().max_frame_length(1024));
+        let error = Pin::new(&mut sender)
+            .start_send(Frame::Response {
+                id: 1,
+                payload: Bytes::from(vec![0; 2048]),
+            })
+            .unwrap_err();
+        assert!(matches!(error, FrameError::TooLong { .. }), "{error}");
+        assert_eq!(sender.queued, 0);
+    }
+}
