@@ -52,6 +52,23 @@ impl ServerProcess {
     /// Starts the server of `role` and waits until its socket accepts a
     /// connection.
     pub fn start(role: &str) -> ServerProcess {
+        let server = ServerProcess::spawn(role);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.socket.exists() || UnixStream::connect(&server.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the {role} server did not listen on {} within 10 s",
+                server.socket.display()
+            );
+            std::thread::yield_now();
+        }
+        server
+    }
+
+    /// Starts the server of `role` on a new socket in the temporary
+    /// directory, without waiting for it: its clients retry their
+    /// connection.
+    pub fn spawn(role: &str) -> ServerProcess {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let socket = std::env::temp_dir().join(format!(
             "workerbus-bench-{role}-{}-{}.sock",
@@ -64,17 +81,12 @@ impl ServerProcess {
             .arg(&socket)
             .spawn()
             .expect("starting a server process");
-        let server = ServerProcess { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !server.socket.exists() || UnixStream::connect(&server.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the {role} server did not listen on {} within 10 s",
-                server.socket.display()
-            );
-            std::thread::yield_now();
-        }
-        server
+        ServerProcess { child, socket }
+    }
+
+    /// How the child exited, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// The server's socket.

@@ -17,9 +17,8 @@ mod tonic;
 
 use std::fmt::Display;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,6 @@ use tokio::sync::oneshot;
 
 pub use self::tarpc::TarpcEcho;
 pub use self::tonic::TonicEcho;
-use crate::ROLE_ENV;
 
 /// The role of a child process serving the tonic echo service.
 pub const TONIC_SERVER: &str = "tonic-server";
@@ -70,8 +68,8 @@ pub fn serve_role(role: &str, socket: &Path) -> bool {
 ///
 /// If the server does not accept a connection within 10 s, or exits first.
 pub async fn tonic_unix() -> (TonicEcho, ServerProcess) {
-    let mut server = ServerProcess::start(TONIC_SERVER);
-    let socket = server.socket.clone();
+    let mut server = ServerProcess::spawn(TONIC_SERVER);
+    let socket = server.socket().to_owned();
     let client = connect_retrying(
         TONIC_SERVER,
         || self::tonic::connect(&socket),
@@ -88,8 +86,8 @@ pub async fn tonic_unix() -> (TonicEcho, ServerProcess) {
 ///
 /// If the server does not accept a connection within 10 s, or exits first.
 pub async fn tarpc_unix() -> (TarpcEcho, ServerProcess) {
-    let mut server = ServerProcess::start(TARPC_SERVER);
-    let socket = server.socket.clone();
+    let mut server = ServerProcess::spawn(TARPC_SERVER);
+    let socket = server.socket().to_owned();
     let client = connect_retrying(
         TARPC_SERVER,
         || self::tarpc::connect(&socket),
@@ -111,52 +109,7 @@ pub fn tarpc_channel() -> (TarpcEcho, ServerThread) {
     self::tarpc::channel()
 }
 
-/// A server in a child process: this binary run again with [`ROLE_ENV`] set
-/// to its role and the socket path as first argument. The child is killed
-/// and reaped, and its socket removed, on drop.
-#[derive(Debug)]
-pub struct ServerProcess {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl ServerProcess {
-    /// Starts the server of `role` on a new socket in the temporary
-    /// directory. Clients wait for it by retrying their connection.
-    fn start(role: &str) -> ServerProcess {
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let socket = std::env::temp_dir().join(format!(
-            "workerbus-bench-{role}-{}-{}.sock",
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&socket);
-        let child = Command::new(std::env::current_exe().expect("the benchmark's path"))
-            .env(ROLE_ENV, role)
-            .arg(&socket)
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting the {role} server process: {error}"));
-        ServerProcess { child, socket }
-    }
-
-    /// The server's socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// How the child exited, if it has.
-    fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
+pub use crate::baselines::ServerProcess;
 
 /// A server on its own OS thread, with its own current-thread Tokio runtime.
 /// Dropping it stops the server (its tasks are dropped with the runtime) and
@@ -260,6 +213,7 @@ mod tests {
 
     use super::*;
     use crate::Echo;
+    use std::path::PathBuf;
 
     async fn check(client: impl Echo) {
         for len in [64, 1 << 20] {
