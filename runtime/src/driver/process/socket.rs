@@ -129,13 +129,15 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
         let this = &mut *self;
         this.seal_small();
         while !this.queue.is_empty() {
-            let slices: Vec<IoSlice<'_>> = this
-                .queue
-                .iter()
-                .take(MAX_SLICES)
-                .map(|chunk| IoSlice::new(chunk))
-                .collect();
-            let mut written = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &slices))?;
+            // On the stack: a write allocates nothing.
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slice, chunk) in slices.iter_mut().zip(&this.queue) {
+                *slice = IoSlice::new(chunk);
+                count += 1;
+            }
+            let slices = &slices[..count];
+            let mut written = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, slices))?;
             if written == 0 {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
             }
