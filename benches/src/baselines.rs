@@ -178,15 +178,20 @@ fn serve_sink(socket: &Path) {
     }
 }
 
+/// A raw frame: the length, then `size` bytes.
+fn raw_frame(size: usize) -> Vec<u8> {
+    (size as u32)
+        .to_le_bytes()
+        .into_iter()
+        .chain(std::iter::repeat_n(0x5a, size))
+        .collect()
+}
+
 /// Latencies of raw round trips of `size` bytes for `time`, with blocking
 /// std sockets, to a [`STD_ECHO`] server.
 pub fn std_ping_pong(socket: &Path, size: usize, time: Duration) -> Vec<Duration> {
     let mut stream = UnixStream::connect(socket).expect("connect");
-    let frame: Vec<u8> = (size as u32)
-        .to_le_bytes()
-        .into_iter()
-        .chain(std::iter::repeat_n(0x5a, size))
-        .collect();
+    let frame = raw_frame(size);
     let mut answer = vec![0u8; frame.len()];
     let mut samples = Vec::with_capacity(100_000);
     let end = Instant::now() + time;
@@ -207,11 +212,7 @@ pub async fn tokio_ping_pong(socket: &Path, size: usize, time: Duration) -> Vec<
     let mut stream = tokio::net::UnixStream::connect(socket)
         .await
         .expect("connect");
-    let frame: Vec<u8> = (size as u32)
-        .to_le_bytes()
-        .into_iter()
-        .chain(std::iter::repeat_n(0x5a, size))
-        .collect();
+    let frame = raw_frame(size);
     let mut answer = vec![0u8; frame.len()];
     let mut samples = Vec::with_capacity(100_000);
     let end = Instant::now() + time;

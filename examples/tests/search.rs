@@ -41,16 +41,23 @@ fn file_name(path: &str) -> &str {
 async fn index(
     app: &SearchApp,
     paths: &[PathBuf],
+    each: impl FnMut(&IndexProgress),
+) -> Vec<IndexProgress> {
+    index_with(app, paths, false, each).await
+}
+
+/// [`index`], replacing what the index holds with `paths` if `replace`.
+async fn index_with(
+    app: &SearchApp,
+    paths: &[PathBuf],
+    replace: bool,
     mut each: impl FnMut(&IndexProgress),
 ) -> Vec<IndexProgress> {
     let paths = paths
         .iter()
         .map(|path| path.display().to_string())
         .collect();
-    let request = IndexRequest {
-        paths,
-        replace: false,
-    };
+    let request = IndexRequest { paths, replace };
     let mut stream = app.client().index(request).await.unwrap();
     let mut reports = Vec::new();
     while let Some(report) = stream.message().await.unwrap() {
@@ -178,12 +185,8 @@ async fn indexes_a_corpus_and_finds_what_a_query_means() {
 
     // Replacing: the index then holds just the paths named.
     let bread = corpus().join("bread.md");
-    let request = IndexRequest {
-        paths: vec![bread.display().to_string()],
-        replace: true,
-    };
-    let mut stream = app.client().index(request).await.unwrap();
-    while stream.message().await.unwrap().is_some() {}
+    let replaced = index_with(&app, &[bread], true, |_| {}).await;
+    assert_eq!(replaced.len(), 1);
     let stats = app.client().stats(StatsRequest {}).await.unwrap();
     assert_eq!(stats.indexed, 1);
     for result in search(&app, "comets and tides").await {

@@ -267,6 +267,14 @@ impl Chaos {
     }
 }
 
+/// Locks `mutex`, whether or not a panic poisoned it (the data it guards
+/// stays consistent between statements).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A path shown relative to `base` when it lies under it.
 pub fn display_path(path: &str, base: &Path) -> String {
     Path::new(path).strip_prefix(base).map_or_else(

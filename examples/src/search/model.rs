@@ -10,9 +10,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use workerbus::{Context, Status};
+
+use super::lock;
 
 use crate::embedder::{
     EmbedRequest, EmbedResponse, EmbedderHandler, HealthRequest, HealthResponse, Vector,
@@ -151,10 +153,6 @@ impl NgramModel {
     pub fn id(&self) -> String {
         format!("ngram-{:016x}", hash(0, self.to_file().as_bytes()))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The model file's path, from [`MODEL_PATH_ENV`].

@@ -2,12 +2,13 @@
 //! queries, asking the embedder process for vectors.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use workerbus::{Channel, Context, Status, StreamSender};
 
 use super::index::{self, Index, Passage, Stamp};
+use super::lock;
 use crate::embedder::{EmbedRequest, EmbedderClient};
 use crate::model::{CheckRequest, DownloadRequest, ModelClient};
 use crate::worker::{
@@ -45,10 +46,6 @@ pub struct SearchWorker {
 struct Opened {
     index: Index,
     file: PathBuf,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn not_initialised() -> Status {
