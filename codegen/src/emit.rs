@@ -590,7 +590,8 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
                 call: #cg::Call,
             ) -> impl ::core::future::Future<Output = ::core::result::Result<#cg::Bytes, #cg::Status>>
                    + ::core::marker::Send
-                   + 'static {
+                   + 'static
+                   + use<H> {
                 let handler = ::std::sync::Arc::clone(&self.handler);
                 async move {
                     #unpack

@@ -361,10 +361,10 @@ struct Slot {
 impl Slot {
     /// Settles the call and takes whoever waits on it: its reader and, for
     /// a request stream, its sender (which must stop sending).
-    fn settle(&mut self, outcome: Result<Bytes, Failure>) -> impl Iterator<Item = Waker> {
+    fn settle(&mut self, outcome: Result<Bytes, Failure>) -> [Option<Waker>; 2] {
         self.outcome = Some(outcome);
         let sender = self.stream.as_mut().and_then(|stream| stream.sender.take());
-        self.waker.take().into_iter().chain(sender)
+        [self.waker.take(), sender]
     }
 }
 
@@ -644,27 +644,33 @@ impl Channel {
         options: &Resolved,
     ) -> Result<Bytes, Error> {
         check_method_name(method)?;
+        let mut payload = payload;
+        // A call that runs once gives its payload to that attempt instead of
+        // keeping a copy for the next one: a clone of a freshly encoded
+        // buffer costs an allocation.
+        let once = options.retries == 0
+            && !(options.idempotent && matches!(self.inner, Inner::Supervised(_)));
         let mut attempt = 1;
         // The connection that died under the previous attempt: a supervised
         // retry waits for its replacement.
         let mut dead: Option<Channel> = None;
         let mut crash_retries = 0;
         loop {
+            let this = if once {
+                std::mem::take(&mut payload)
+            } else {
+                payload.clone()
+            };
             let result = match &self.middleware {
                 None => {
-                    self.attempt(method, &payload, options, attempt, None, &mut dead)
+                    self.attempt(method, this, options, attempt, None, &mut dead)
                         .await
                 }
                 Some(chain) => {
-                    let info = CallInfo::host(
-                        method,
-                        attempt,
-                        options.timeout,
-                        self.driver(),
-                        payload.len(),
-                    );
+                    let info =
+                        CallInfo::host(method, attempt, options.timeout, self.driver(), this.len());
                     let endpoint =
-                        self.attempt(method, &payload, options, attempt, Some(&info), &mut dead);
+                        self.attempt(method, this, options, attempt, Some(&info), &mut dead);
                     Next::new(chain, &info, Box::pin(endpoint)).run().await
                 }
             };
@@ -700,7 +706,7 @@ impl Channel {
     async fn attempt(
         &self,
         method: &MethodName,
-        payload: &Bytes,
+        payload: Bytes,
         options: &Resolved,
         attempt: u32,
         info: Option<&CallInfo>,
@@ -864,28 +870,41 @@ async fn with_timeout<T>(
 async fn send(
     shared: &Shared,
     method: &MethodName,
-    payload: &Bytes,
+    payload: Bytes,
     timeout: Option<Duration>,
     attempt: u32,
     trace: Option<TraceContext>,
 ) -> Result<Bytes, Error> {
-    check_request_size(shared, method, payload, timeout, trace)?;
-    let call = loop {
-        let changed = shared.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        match start(
+    check_request_size(shared, method, &payload, timeout, trace)?;
+    let mut payload = payload;
+    let mut try_start = || {
+        start(
             shared,
             method,
-            payload,
+            &mut payload,
             timeout,
             attempt,
             trace,
             (false, false),
-        ) {
+        )
+    };
+    // Usually there is room at once; only a caller that must wait listens
+    // for room freeing up (and tries again once listening, not to miss it).
+    let mut started = try_start();
+    let call = loop {
+        match started {
             Start::Sent(call) => break call,
             Start::Closed(reason) => return Err(reason.into_error(method)),
-            Start::Wait => changed.await,
+            Start::Wait => {
+                let changed = shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                started = try_start();
+                if matches!(started, Start::Wait) {
+                    changed.await;
+                    started = try_start();
+                }
+            }
         }
     };
     call.await.map_err(|failure| failure.into_error(method))
@@ -962,10 +981,11 @@ async fn post(
     }
 }
 
+/// Sends a call if there is room; the payload is taken only then.
 fn start<'a>(
     shared: &'a Shared,
     method: &MethodName,
-    payload: &Bytes,
+    payload: &mut Bytes,
     timeout: Option<Duration>,
     attempt: u32,
     trace: Option<TraceContext>,
@@ -1000,7 +1020,8 @@ fn start<'a>(
             },
         );
         state.queued_bytes += payload.len();
-        let request = Frame::request(id, method.clone(), timeout, attempt, payload.clone())
+        let payload = std::mem::take(payload);
+        let request = Frame::request(id, method.clone(), timeout, attempt, payload)
             .with_trace(trace)
             .with_streams(streams.0, streams.1);
         log::frame(Direction::HostOut, &request, None);
@@ -1379,6 +1400,7 @@ fn close(shared: &Shared, reason: CloseReason) {
             .values_mut()
             .filter(|slot| slot.outcome.is_none())
             .flat_map(|slot| slot.settle(Err(Failure::Closed(reason.clone()))))
+            .flatten()
             .collect();
         (reason, wakers)
     };
@@ -1477,24 +1499,24 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
             });
         }
     };
-    let wakers: Vec<Waker> = {
+    let wakers = {
         let mut state = lock(shared);
         match state.calls.get_mut(&id) {
-            Some(slot) if slot.outcome.is_none() => slot.settle(outcome).collect(),
+            Some(slot) if slot.outcome.is_none() => slot.settle(outcome),
             Some(_) => {
                 tracing::debug!(id, "dropping a second answer to one request");
-                Vec::new()
+                [None, None]
             }
             None => {
                 tracing::trace!(
                     id,
                     "dropping an answer nobody awaits (timed out or cancelled)"
                 );
-                Vec::new()
+                [None, None]
             }
         }
     };
-    wakers.into_iter().for_each(Waker::wake);
+    wakers.into_iter().flatten().for_each(Waker::wake);
     Ok(())
 }
 
@@ -1634,11 +1656,20 @@ impl Channel {
                 });
             };
             check_request_size(&shared, method, payload, options.timeout, trace)?;
+            let mut payload = payload.clone();
             let id = loop {
                 let changed = shared.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                match start(&shared, method, payload, options.timeout, 1, trace, streams) {
+                match start(
+                    &shared,
+                    method,
+                    &mut payload,
+                    options.timeout,
+                    1,
+                    trace,
+                    streams,
+                ) {
                     Start::Sent(mut call) => {
                         // The stream halves take over the slot from here.
                         call.done = true;
@@ -1858,6 +1889,8 @@ impl StreamSendHalf {
             if size > max {
                 // Fail the call; its reader cancels it in the worker.
                 slot.settle(Err(Failure::ItemTooLarge { size, max }))
+                    .into_iter()
+                    .flatten()
                     .for_each(Waker::wake);
                 return Poll::Ready(Err(()));
             }

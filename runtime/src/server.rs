@@ -77,8 +77,13 @@ pub trait Dispatch: Send + Sync + 'static {
     }
 
     /// Runs one call: decodes the request, calls the handler and encodes its
-    /// response. The future owns what it needs, so it can run as a task.
-    fn dispatch(&self, call: Call) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static;
+    /// response. The future owns what it needs and borrows nothing from
+    /// `self` (`use<Self>`), so it can run as a task, and the serve loop can
+    /// keep one allocation for every call's future.
+    fn dispatch(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<Self>;
 }
 
 impl<A: Dispatch, B: Dispatch> Dispatch for (A, B) {
@@ -96,7 +101,10 @@ impl<A: Dispatch, B: Dispatch> Dispatch for (A, B) {
         self.0.serves(method) || self.1.serves(method)
     }
 
-    fn dispatch(&self, call: Call) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static {
+    fn dispatch(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<A, B> {
         let method = call.context.method();
         if self.0.serves(method) {
             Either::First {
@@ -777,8 +785,17 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
         max_frame_length: options.max_frame_length,
         processed: std::sync::atomic::AtomicU64::new(0),
     });
+    // A handler on a current-thread runtime gets its first poll in the serve
+    // loop: most answer at once and need no task. On a multi-thread runtime
+    // each call is a task, so that handlers run in parallel.
+    let inline = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+    });
     let mut server = Server {
         service,
+        dispatch: S::dispatch,
+        spare: None,
+        inline,
         shared,
         transport,
         backlog: VecDeque::new(),
@@ -926,8 +943,15 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     shared.state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-struct Server<'c, S, T> {
+struct Server<'c, S, T, F> {
     service: Arc<S>,
+    /// `S::dispatch`, through which the type of its futures is known.
+    dispatch: fn(&S, Call) -> F,
+    /// The place of a call's future while the serve loop polls it, kept for
+    /// the next call when the handler answered at once.
+    spare: Option<Pin<Box<Option<F>>>>,
+    /// Whether handlers get their first poll in the serve loop.
+    inline: bool,
     shared: Arc<Shared>,
     transport: T,
     /// Requests waiting for a free slot, in arrival order.
@@ -948,7 +972,12 @@ struct Server<'c, S, T> {
 
 const READ_BATCH: usize = 128;
 
-impl<S: Dispatch, T: Transport> Server<'_, S, T> {
+impl<S, T, F> Server<'_, S, T, F>
+where
+    S: Dispatch,
+    T: Transport,
+    F: Future<Output = Result<Bytes, Status>> + Send + 'static,
+{
     fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Ending, FrameError>> {
         // Register first, so a task finishing while we work wakes us again.
         {
@@ -1337,22 +1366,40 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
             }
             // Outside the lock: a hand-written `Dispatch` is user code, and a
             // panic here is answered like a handler's.
-            let dispatched =
-                std::panic::catch_unwind(AssertUnwindSafe(|| self.service.dispatch(call)));
-            let mut state = lock(&self.shared);
-            state.starting -= 1;
-            let future = match dispatched {
-                Ok(future) => future,
-                Err(panic) => {
-                    drop(state);
-                    let status = Status::internal(format!(
-                        "the handler for {method} panicked: {}",
-                        panic_message(&*panic)
-                    ));
-                    self.answer(Frame::Status { id, status });
-                    continue;
+            let inline = self.inline && self.middleware.is_none() && stream_generation.is_none();
+            let future = if inline {
+                match self.poll_inline(call) {
+                    Ok(outcome) => {
+                        let frame = answer_of(&self.shared, id, &method, one_way, outcome);
+                        let mut state = lock(&self.shared);
+                        state.starting -= 1;
+                        if !one_way {
+                            log::frame(Direction::WorkerOut, &frame, Some(&method));
+                            state.outbox.push_back(frame);
+                        }
+                        continue;
+                    }
+                    Err(started) => Either::First { future: started },
+                }
+            } else {
+                let dispatch = self.dispatch;
+                let dispatched =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| dispatch(&self.service, call)));
+                match dispatched {
+                    Ok(future) => Either::Second { future },
+                    Err(panic) => {
+                        lock(&self.shared).starting -= 1;
+                        let status = Status::internal(format!(
+                            "the handler for {method} panicked: {}",
+                            panic_message(&*panic)
+                        ));
+                        self.answer(Frame::Status { id, status });
+                        continue;
+                    }
                 }
             };
+            let mut state = lock(&self.shared);
+            state.starting -= 1;
             let generation = state.next_generation;
             state.next_generation += 1;
             // Spawned under the lock, so the task cannot finish and look for
@@ -1384,6 +1431,34 @@ impl<S: Dispatch, T: Transport> Server<'_, S, T> {
                 },
             );
         }
+    }
+
+    /// Dispatches a call and polls its handler once, in a reused place: its
+    /// outcome if it answered at once (or panicked), else the handler, to go
+    /// on in a task.
+    fn poll_inline(&mut self, call: Call) -> Result<Outcome, Started<F>> {
+        let mut place = self.spare.take().unwrap_or_else(|| Box::pin(None));
+        let (dispatch, service) = (self.dispatch, &self.service);
+        // The waker of this first poll is never woken for anything: a
+        // handler that waits is polled again at once by its task.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Unwind safety: after a panic the future is dropped, not polled.
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            // Made in its place: a handler's future may be large.
+            place.set(Some(dispatch(service, call)));
+            match place.as_mut().as_pin_mut() {
+                Some(future) => future.poll(&mut cx),
+                None => Poll::Pending,
+            }
+        }));
+        let outcome = match polled {
+            Ok(Poll::Pending) => return Err(Started { place }),
+            Ok(Poll::Ready(outcome)) => Ok(outcome),
+            Err(panic) => Err(panic),
+        };
+        place.set(None);
+        self.spare = Some(place);
+        Ok(outcome)
     }
 
     /// Writes and flushes queued answers; `Pending` while some cannot be
@@ -1434,6 +1509,39 @@ async fn run_call<F>(
         },
         None => guarded.await,
     };
+    let frame = answer_of(&shared, id, &method, one_way, outcome);
+    let waker = {
+        let mut state = lock(&shared);
+        if !state.finish(id, generation) {
+            return; // cancelled: the caller no longer waits
+        }
+        if one_way {
+            // No answer, but the slot is free: a waiting call may start.
+            state.link.take()
+        } else {
+            log::frame(Direction::WorkerOut, &frame, Some(&method));
+            state.outbox.push_back(frame);
+            state.link.take()
+        }
+    };
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// How a handler ended: its answer, or the payload of its panic.
+type Outcome = Result<Result<Bytes, Status>, Box<dyn Any + Send>>;
+
+/// The frame that answers call `id` from its handler's outcome (counted as
+/// processed); a one-way message's failure is logged here, as nobody hears
+/// its answer.
+fn answer_of(
+    shared: &Shared,
+    id: u64,
+    method: &MethodName,
+    one_way: bool,
+    outcome: Outcome,
+) -> Frame {
     let frame = match outcome {
         Ok(Ok(payload)) => {
             let size = HEADER_LEN + payload.len();
@@ -1468,22 +1576,24 @@ async fn run_call<F>(
         // logged here instead.
         tracing::warn!(%method, id, %status, "one-way message failed");
     }
-    let waker = {
-        let mut state = lock(&shared);
-        if !state.finish(id, generation) {
-            return; // cancelled: the caller no longer waits
+    frame
+}
+
+/// A handler that did not answer at its first poll in the serve loop, in
+/// the place it was polled in, to go on in a task.
+struct Started<F> {
+    place: Pin<Box<Option<F>>>,
+}
+
+impl<F: Future<Output = Result<Bytes, Status>>> Future for Started<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        match self.place.as_mut().as_pin_mut() {
+            Some(future) => future.poll(cx),
+            // Only a started handler is ever put here.
+            None => Poll::Ready(Err(Status::internal("the call's handler was lost"))),
         }
-        if one_way {
-            // No answer, but the slot is free: a waiting call may start.
-            state.link.take()
-        } else {
-            log::frame(Direction::WorkerOut, &frame, Some(&method));
-            state.outbox.push_back(frame);
-            state.link.take()
-        }
-    };
-    if let Some(waker) = waker {
-        waker.wake();
     }
 }
 
@@ -1548,7 +1658,7 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-impl<S, T> Server<'_, S, T> {
+impl<S, T, F> Server<'_, S, T, F> {
     fn abort_all(&mut self) {
         self.backlog.clear();
         let running: Vec<AbortHandle> = lock(&self.shared)
@@ -1562,7 +1672,7 @@ impl<S, T> Server<'_, S, T> {
     }
 }
 
-impl<S, T> Drop for Server<'_, S, T> {
+impl<S, T, F> Drop for Server<'_, S, T, F> {
     /// Whether the loop ended or its future was dropped, no call outlives it.
     fn drop(&mut self) {
         lock(&self.shared).ended = true;
@@ -1571,7 +1681,7 @@ impl<S, T> Drop for Server<'_, S, T> {
     }
 }
 
-impl<S, T> fmt::Debug for Server<'_, S, T> {
+impl<S, T, F> fmt::Debug for Server<'_, S, T, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("queued", &self.backlog.len())

@@ -544,7 +544,7 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
             ::workerbus::__codegen::Bytes,
             ::workerbus::__codegen::Status,
         >,
-    > + ::core::marker::Send + 'static {
+    > + ::core::marker::Send + 'static + use<H> {
         let handler = ::std::sync::Arc::clone(&self.handler);
         async move {
             #[allow(unused_variables)]
@@ -953,7 +953,7 @@ impl<H: PartingHandler> ::workerbus::__codegen::Dispatch for PartingServer<H> {
             ::workerbus::__codegen::Bytes,
             ::workerbus::__codegen::Status,
         >,
-    > + ::core::marker::Send + 'static {
+    > + ::core::marker::Send + 'static + use<H> {
         let handler = ::std::sync::Arc::clone(&self.handler);
         async move {
             #[allow(unused_variables)]

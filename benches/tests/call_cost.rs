@@ -1,0 +1,113 @@
+//! The cost of a call, counted rather than timed so that it holds on a
+//! noisy machine: heap allocations per 64 B echo call in the steady state,
+//! on each driver, against a budget. A change that makes calls allocate more
+//! fails here (and in CI), before any benchmark is run.
+//!
+//! The budgets are what the messages themselves need. On the thread driver:
+//! the encoded request, the encoded response and, as the echo handler
+//! answers with the request's own bytes, the shared header `bytes` gives the
+//! request's buffer once two messages hold it. On the host of a process
+//! worker: the encoded request alone (answers are read out of the
+//! connection's read buffer). Everything of the runtime's own (frames,
+//! pending-table slots, wakers, handler futures, write buffers) is reused.
+#![allow(unsafe_code)] // the counting allocator
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use workerbus_benches::Echo;
+use workerbus_benches::scenarios::payload;
+use workerbus_benches::subjects::{self, WorkerbusEcho};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Calls counted per measurement, after as many to warm up.
+const CALLS: u64 = 2_000;
+
+/// Allocations per call (in every thread of this process) over `CALLS`
+/// sequential calls, after `CALLS` to let buffers and tables reach their
+/// steady-state size.
+async fn allocations_per_call(echo: &WorkerbusEcho) -> f64 {
+    let payload = payload(64);
+    for _ in 0..CALLS {
+        echo.echo(payload.clone()).await;
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..CALLS {
+        echo.echo(payload.clone()).await;
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / CALLS as f64
+}
+
+/// Fails if `measured` is over `budget` (with room for the rare wake-up
+/// that grows a buffer): the cost of a call went up.
+fn check(what: &str, measured: f64, budget: f64) {
+    println!("{what}: {measured:.2} allocations per call (budget {budget})");
+    assert!(
+        measured <= budget + 0.1,
+        "{what}: {measured:.2} heap allocations per 64 B call, over the budget of {budget}: \
+         something on the call path allocates again (profile it with \
+         `cargo build --release -p workerbus-benches --example hot_path` under callgrind)"
+    );
+}
+
+/// A test without the test harness: the allocator counts every thread, so
+/// nothing may run beside it, and the binary is also the process driver's
+/// worker.
+fn main() {
+    if subjects::serve_if_worker() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    runtime.block_on(async {
+        // Host and worker both count here: the worker is a thread of this
+        // process.
+        let worker = subjects::thread_worker().await.expect("a thread worker");
+        let echo = WorkerbusEcho::new(worker.channel());
+        check(
+            "thread driver (host and worker)",
+            allocations_per_call(&echo).await,
+            3.0,
+        );
+        worker.shutdown().await;
+
+        // Only the host counts: the worker is another process.
+        let worker = subjects::process_worker().await.expect("a process worker");
+        let echo = WorkerbusEcho::new(worker.channel());
+        check(
+            "process driver (host only)",
+            allocations_per_call(&echo).await,
+            1.0,
+        );
+        worker.shutdown().await;
+    });
+    println!("a call allocates only its messages: ok");
+}
