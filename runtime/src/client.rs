@@ -17,6 +17,8 @@
 //! status, timeout, cancellation, or the worker's exit) and the table holds
 //! only calls that someone still awaits.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -27,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, Sleep};
 
 use crate::backoff::Backoff;
 use crate::control::{self, Health, HealthReport};
@@ -325,6 +328,15 @@ struct State {
     hub: Arc<EventHub>,
     /// Whether `hub` is the connection's own, to be closed with it.
     hub_owned: bool,
+    /// When each call sent is due, earliest first, as (deadline, id). The
+    /// link's one timer stands for them all: an entry whose call ended is
+    /// dropped when it comes up, or swept once such entries outnumber the
+    /// calls in flight.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// When the link's timer fires; a call due earlier wakes the link.
+    timer_at: Option<Instant>,
+    /// The link task's waker, for a call due before `timer_at`.
+    timer_waker: Option<Waker>,
     /// `EVENT`s received and not yet credited back to the worker.
     events_outstanding: u32,
     /// Of those, the ones taken (or dropped) on the host: credited back in
@@ -352,6 +364,8 @@ enum Start<'a> {
 
 struct Slot {
     method: MethodName,
+    /// The call's timeout, for its error when the link times it out.
+    timeout: Option<Duration>,
     waker: Option<Waker>,
     outcome: Option<Result<Bytes, Failure>>,
     /// The streams of a streaming call.
@@ -397,6 +411,8 @@ enum Failure {
         size: usize,
         max: usize,
     },
+    /// The call's deadline passed (its timeout, for the error).
+    TimedOut(Duration),
 }
 
 impl Failure {
@@ -412,6 +428,10 @@ impl Failure {
                 what: "request stream item",
                 size,
                 max,
+            },
+            Failure::TimedOut(after) => Error::Timeout {
+                method: method.clone(),
+                after,
             },
         }
     }
@@ -484,6 +504,9 @@ impl Channel {
                 detached: false,
                 hub: EventHub::new(),
                 hub_owned: true,
+                deadlines: BinaryHeap::new(),
+                timer_at: None,
+                timer_waker: None,
                 events_outstanding: 0,
                 events_taken: 0,
             }),
@@ -716,38 +739,48 @@ impl Channel {
         let trace = info.and_then(CallInfo::trace);
         match &self.inner {
             Inner::Direct(handle) => {
-                let attempt = send(
+                let due = due(options.timeout);
+                send(
                     &handle.shared,
                     method,
                     payload,
                     options.timeout,
+                    due,
                     attempt,
                     trace,
-                );
-                with_timeout(method, options.timeout, attempt).await
+                )
+                .await
             }
             Inner::Supervised(slot) => {
-                let mut used = None;
-                let attempt = async {
-                    let current = slot.current(method, dead.as_ref()).await?;
-                    let shared = current.direct().map(Arc::clone);
-                    used = Some(current);
-                    match shared {
-                        Some(shared) => {
-                            send(&shared, method, payload, options.timeout, attempt, trace).await
-                        }
-                        // A supervisor only ever holds direct channels.
-                        None => Err(Error::Disconnected {
-                            method: method.clone(),
-                            cause: None,
-                        }),
+                let due = due(options.timeout);
+                let current = until(
+                    method,
+                    options.timeout,
+                    due,
+                    slot.current(method, dead.as_ref()),
+                )
+                .await?;
+                let shared = current.direct().map(Arc::clone);
+                *dead = Some(current);
+                match shared {
+                    Some(shared) => {
+                        send(
+                            &shared,
+                            method,
+                            payload,
+                            options.timeout,
+                            due,
+                            attempt,
+                            trace,
+                        )
+                        .await
                     }
-                };
-                let result = with_timeout(method, options.timeout, attempt).await;
-                if used.is_some() {
-                    *dead = used;
+                    // A supervisor only ever holds direct channels.
+                    None => Err(Error::Disconnected {
+                        method: method.clone(),
+                        cause: None,
+                    }),
                 }
-                result
             }
         }
     }
@@ -866,28 +899,48 @@ async fn with_timeout<T>(
     }
 }
 
-/// One attempt on one connection: waits for room, sends, awaits the answer.
+/// Bounds a wait by a call's deadline: `timeout` after its attempt began.
+async fn until<T>(
+    method: &MethodName,
+    timeout: Option<Duration>,
+    due: Option<Instant>,
+    wait: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match (timeout, due) {
+        (Some(after), Some(due)) => {
+            tokio::time::timeout_at(due, wait)
+                .await
+                .map_err(|_| Error::Timeout {
+                    method: method.clone(),
+                    after,
+                })?
+        }
+        _ => wait.await,
+    }
+}
+
+/// When a call with `timeout` that starts now is due.
+fn due(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|timeout| Instant::now().checked_add(timeout))
+}
+
+/// One attempt on one connection: waits for room (until `due`), sends, and
+/// awaits the answer, which the link times out when `due`.
 async fn send(
     shared: &Shared,
     method: &MethodName,
     payload: Bytes,
     timeout: Option<Duration>,
+    due: Option<Instant>,
     attempt: u32,
     trace: Option<TraceContext>,
 ) -> Result<Bytes, Error> {
     check_request_size(shared, method, &payload, timeout, trace)?;
     let mut payload = payload;
-    let mut try_start = || {
-        start(
-            shared,
-            method,
-            &mut payload,
-            timeout,
-            attempt,
-            trace,
-            (false, false),
-        )
+    let kind = Kind::Unary {
+        due: due.filter(|_| timeout.is_some()),
     };
+    let mut try_start = || start(shared, method, &mut payload, timeout, attempt, trace, kind);
     // Usually there is room at once; only a caller that must wait listens
     // for room freeing up (and tries again once listening, not to miss it).
     let mut started = try_start();
@@ -901,7 +954,11 @@ async fn send(
                 changed.as_mut().enable();
                 started = try_start();
                 if matches!(started, Start::Wait) {
-                    changed.await;
+                    let room = async {
+                        changed.await;
+                        Ok(())
+                    };
+                    until(method, timeout, due, room).await?;
                     started = try_start();
                 }
             }
@@ -981,6 +1038,38 @@ async fn post(
     }
 }
 
+/// What kind of call `start` sends.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// One request, one answer, which the link times out when `due`.
+    Unary { due: Option<Instant> },
+    /// A streaming call: whether the request and the response stream. Its
+    /// halves keep its deadline.
+    Stream(bool, bool),
+}
+
+/// Enters call `id`'s deadline; returns the link's waker if the link must
+/// set its timer earlier for it.
+fn due_at(state: &mut State, id: u64, due: Instant) -> Option<Waker> {
+    let state = &mut *state;
+    state.deadlines.push(Reverse((due, id)));
+    // Most calls end long before they are due: sweep their entries once they
+    // outnumber the calls in flight, so the heap stays the table's size.
+    if state.deadlines.len() > 2 * state.calls.len() + 1024 {
+        let calls = &state.calls;
+        state
+            .deadlines
+            .retain(|Reverse((_, id))| calls.get(id).is_some_and(|slot| slot.outcome.is_none()));
+    }
+    if state.timer_at.is_none_or(|armed| due < armed) {
+        // Set it here, so that the calls behind this one wake the link only
+        // if due earlier still.
+        state.timer_at = Some(due);
+        return state.timer_waker.clone();
+    }
+    None
+}
+
 /// Sends a call if there is room; the payload is taken only then.
 fn start<'a>(
     shared: &'a Shared,
@@ -989,9 +1078,13 @@ fn start<'a>(
     timeout: Option<Duration>,
     attempt: u32,
     trace: Option<TraceContext>,
-    streams: (bool, bool),
+    kind: Kind,
 ) -> Start<'a> {
-    let (id, waker) = {
+    let streams = match kind {
+        Kind::Unary { .. } => (false, false),
+        Kind::Stream(request, response) => (request, response),
+    };
+    let (id, waker, timer) = {
         let mut state = lock(shared);
         if let Some(reason) = &state.closed {
             return Start::Closed(reason.clone());
@@ -1009,6 +1102,7 @@ fn start<'a>(
             id,
             Slot {
                 method: method.clone(),
+                timeout,
                 waker: None,
                 outcome: None,
                 stream: (streams.0 || streams.1).then(|| {
@@ -1026,12 +1120,19 @@ fn start<'a>(
             .with_streams(streams.0, streams.1);
         log::frame(Direction::HostOut, &request, None);
         state.outbox.push_back(request);
-        (id, state.link.take())
+        let timer = match kind {
+            Kind::Unary { due: Some(due) } => due_at(&mut state, id, due),
+            _ => None,
+        };
+        (id, state.link.take(), timer)
     };
     // Only the first caller after the link went idle wakes it; the ones
     // behind it ride along in the same flush.
     if let Some(waker) = waker {
         waker.wake();
+    }
+    if let Some(timer) = timer {
+        timer.wake();
     }
     Start::Sent(PendingCall {
         shared,
@@ -1284,34 +1385,130 @@ fn abandon(shared: &Shared, id: u64) {
             .and_then(|stream| stream.sender.take());
         // Whether the worker still runs the call: it has not answered, and
         // the call was not failed by the worker's side.
+        // (The link withdrew a call it timed out.)
         let running = |outcome: &Option<Result<Bytes, Failure>>| match outcome {
             None | Some(Err(Failure::ItemTooLarge { .. })) => true,
-            Some(Ok(_) | Err(Failure::Remote(_) | Failure::Closed(_))) => false,
+            Some(Ok(_) | Err(Failure::Remote(_) | Failure::Closed(_) | Failure::TimedOut(_))) => {
+                false
+            }
         };
         let waker = match removed {
-            Some(slot) if running(&slot.outcome) && state.closed.is_none() => {
-                let unsent = state.outbox.iter().position(
-                    |frame| matches!(frame, Frame::Request { id: queued, .. } if *queued == id),
-                );
-                match unsent.and_then(|index| state.outbox.remove(index)) {
-                    Some(Frame::Request { payload, .. }) => {
-                        state.queued_bytes -= payload.len();
-                        state.outbox.retain(|frame| frame.id() != id);
-                        None
-                    }
-                    _ => {
-                        let cancel = Frame::Cancel { id };
-                        log::frame(Direction::HostOut, &cancel, Some(&slot.method));
-                        state.outbox.push_back(cancel);
-                        state.link.take()
-                    }
-                }
-            }
+            Some(slot) if running(&slot.outcome) => withdraw(&mut state, id, &slot.method),
             _ => None,
         };
         (waker, sender)
     };
     waker.into_iter().chain(sender).for_each(Waker::wake);
+}
+
+/// Withdraws call `id` from the worker: its request (with its stream items)
+/// if it has not left, else a `CANCEL`. Returns the link's waker if it must
+/// wake to send that.
+fn withdraw(state: &mut State, id: u64, method: &MethodName) -> Option<Waker> {
+    if state.closed.is_some() {
+        return None;
+    }
+    let unsent = state
+        .outbox
+        .iter()
+        .position(|frame| matches!(frame, Frame::Request { id: queued, .. } if *queued == id));
+    match unsent.and_then(|index| state.outbox.remove(index)) {
+        Some(Frame::Request { payload, .. }) => {
+            state.queued_bytes -= payload.len();
+            state.outbox.retain(|frame| frame.id() != id);
+            None
+        }
+        _ => {
+            let cancel = Frame::Cancel { id };
+            log::frame(Direction::HostOut, &cancel, Some(method));
+            state.outbox.push_back(cancel);
+            state.link.take()
+        }
+    }
+}
+
+/// The link's one timer, set for the earliest deadline of the calls in
+/// flight (or earlier: it is moved forward, never back, so that calls ending
+/// in order cost it nothing).
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    fn new() -> Timer {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            armed: None,
+        }
+    }
+
+    /// Fails the calls that are due with a timeout (withdrawing them from
+    /// the worker), and sets the timer for the next.
+    fn poll(&mut self, shared: &Shared, cx: &mut Context<'_>) {
+        let mut wakers = Vec::new();
+        loop {
+            let mut state = lock(shared);
+            let state = &mut *state;
+            if !state
+                .timer_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.timer_waker = Some(cx.waker().clone());
+            }
+            // Entries of calls that ended go as they come up.
+            let next = loop {
+                match state.deadlines.peek() {
+                    Some(Reverse((due, id))) => {
+                        if state
+                            .calls
+                            .get(id)
+                            .is_some_and(|slot| slot.outcome.is_none())
+                        {
+                            break Some(*due);
+                        }
+                        state.deadlines.pop();
+                    }
+                    None => break None,
+                }
+            };
+            let Some(next) = next else {
+                state.timer_at = self.armed;
+                break;
+            };
+            if self.armed.is_none_or(|armed| next < armed) {
+                self.sleep.as_mut().reset(next);
+                self.armed = Some(next);
+            }
+            state.timer_at = self.armed;
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            // The timer fired: fail what is due, then set it again.
+            self.armed = None;
+            let now = Instant::now();
+            while let Some(Reverse((due, id))) = state.deadlines.peek().copied() {
+                if due > now {
+                    break;
+                }
+                state.deadlines.pop();
+                let Some(slot) = state.calls.get_mut(&id) else {
+                    continue;
+                };
+                if slot.outcome.is_some() {
+                    continue;
+                }
+                let failure = Failure::TimedOut(slot.timeout.unwrap_or_default());
+                let method = slot.method.clone();
+                wakers.extend(slot.settle(Err(failure)).into_iter().flatten());
+                tracing::debug!(%method, id, "timed out");
+                // The link is running: it sends the withdrawal on this turn.
+                withdraw(state, id, &method);
+            }
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
 }
 
 /// How the link's connection ended.
@@ -1347,7 +1544,13 @@ impl Drop for CloseOnDrop {
 async fn run_link<T: Transport>(guard: CloseOnDrop, mut transport: T, exit: Option<ExitWatch>) {
     let shared = Arc::clone(&guard.0);
     let mut writer = FrameWriter::default();
-    let end = poll_fn(|cx| poll_link(&shared, &mut transport, &mut writer, cx)).await;
+    let mut timer = Timer::new();
+    let end = poll_fn(|cx| {
+        // Calls that are due fail first; their withdrawals go out below.
+        timer.poll(&shared, cx);
+        poll_link(&shared, &mut transport, &mut writer, cx)
+    })
+    .await;
     if !matches!(end, LinkEnd::Detached) {
         // Until the reason is known, new calls wait instead of queueing into
         // a dead connection.
@@ -1392,6 +1595,7 @@ fn close(shared: &Shared, reason: CloseReason) {
         state.closing = false;
         state.outbox.clear();
         state.queued_bytes = 0;
+        state.deadlines.clear();
         if state.hub_owned {
             state.hub.close();
         }
@@ -1668,7 +1872,7 @@ impl Channel {
                     options.timeout,
                     1,
                     trace,
-                    streams,
+                    Kind::Stream(streams.0, streams.1),
                 ) {
                     Start::Sent(mut call) => {
                         // The stream halves take over the slot from here.
@@ -2092,6 +2296,75 @@ mod tests {
         };
         let (again, ()) = tokio::join!(again, serve);
         assert_eq!(again.unwrap(), "x");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_due_sooner_than_the_others_times_out_on_time() {
+        let (host, mut worker) = MemoryTransport::pair();
+        let channel = Channel::new(host);
+        // A slow call sets the link's timer for a minute from now...
+        let minute = resolved(Some(Duration::from_secs(60)), 0);
+        let slow = channel.call(&ECHO, Bytes::new(), &minute);
+        tokio::pin!(slow);
+        let slow_id = tokio::select! {
+            _ = &mut slow => panic!("the slow call ended unanswered"),
+            (id, _, _) = next_request(&mut worker) => id,
+        };
+        // ...and one due in 50 ms must move it forward.
+        let started = Instant::now();
+        let quick = channel
+            .call(
+                &ECHO,
+                Bytes::new(),
+                &resolved(Some(Duration::from_millis(50)), 0),
+            )
+            .await;
+        assert!(matches!(quick, Err(Error::Timeout { .. })), "{quick:?}");
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        let (quick_id, _, _) = next_request(&mut worker).await;
+        assert_eq!(
+            worker.next().await.unwrap().unwrap(),
+            Frame::Cancel { id: quick_id }
+        );
+        // The slow call still waits for its answer, and gets it.
+        worker
+            .send(Frame::Response {
+                id: slow_id,
+                payload: Bytes::from_static(b"late"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(slow.await.unwrap(), "late");
+        assert_eq!(channel.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn deadlines_of_answered_calls_do_not_pile_up() {
+        let (host, mut worker) = MemoryTransport::pair();
+        let channel = Channel::new(host);
+        let opts = resolved(Some(Duration::from_secs(3600)), 0);
+        let serve = async move {
+            while let Some(Ok(Frame::Request { id, payload, .. })) = worker.next().await {
+                worker.send(Frame::Response { id, payload }).await.unwrap();
+            }
+        };
+        let calls = async {
+            for _ in 0..5_000 {
+                channel.call(&ECHO, Bytes::new(), &opts).await.unwrap();
+            }
+        };
+        tokio::select! {
+            () = calls => {}
+            () = serve => panic!("the worker end closed"),
+        }
+        let shared = channel.direct().unwrap();
+        // Every call is answered and due in an hour: the entries left are
+        // at most those of one sweep's worth.
+        let pending = lock(shared).deadlines.len();
+        assert!(
+            pending <= 1024 + 2,
+            "{pending} deadline entries kept for 5000 answered calls"
+        );
     }
 
     #[tokio::test]
