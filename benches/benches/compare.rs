@@ -15,44 +15,17 @@
 //! The binary is also every server it compares against: started by the
 //! process driver it serves the Echo test service, and started with
 //! `WORKERBUS_BENCH_ROLE` it serves a baseline's or a peer's role.
-#![allow(unsafe_code)] // the counting allocator
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use workerbus::{ConcurrencyLimit, Metrics};
 use workerbus_benches::baselines::{self, MpscEcho, ServerProcess};
+use workerbus_benches::counting::{Counting, allocations};
 use workerbus_benches::scenarios::{in_flight, sequential, transfer};
 use workerbus_benches::subjects::{self, WorkerbusEcho};
 use workerbus_benches::{Echo, ROLE_ENV, percentile};
-
-/// Counts heap allocations, to report them per call.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is passed to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -158,11 +131,11 @@ async fn allocations_per_call<E: Echo>(echo: &E, calls: u64) -> f64 {
     for _ in 0..1_000 {
         echo.echo(payload.clone()).await;
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..calls {
         echo.echo(payload.clone()).await;
     }
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / calls as f64
+    (allocations() - before) as f64 / calls as f64
 }
 
 fn main() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub mod baselines;
+pub mod counting;
 #[cfg(feature = "peers")]
 pub mod peers;
 pub mod scenarios;

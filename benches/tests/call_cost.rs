@@ -10,38 +10,11 @@
 //! worker: the encoded request alone (answers are read out of the
 //! connection's read buffer). Everything of the runtime's own (frames,
 //! pending-table slots, wakers, handler futures, write buffers) is reused.
-#![allow(unsafe_code)] // the counting allocator
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use workerbus_benches::Echo;
+use workerbus_benches::counting::{Counting, allocations};
 use workerbus_benches::scenarios::payload;
 use workerbus_benches::subjects::{self, WorkerbusEcho};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is passed to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -57,11 +30,11 @@ async fn allocations_per_call(echo: &WorkerbusEcho) -> f64 {
     for _ in 0..CALLS {
         echo.echo(payload.clone()).await;
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..CALLS {
         echo.echo(payload.clone()).await;
     }
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / CALLS as f64
+    (allocations() - before) as f64 / CALLS as f64
 }
 
 /// Fails if `measured` is over `budget` (with room for the rare wake-up

@@ -737,52 +737,44 @@ impl Channel {
     ) -> Result<Bytes, Error> {
         // Read when the attempt runs: after the middleware set it.
         let trace = info.and_then(CallInfo::trace);
-        match &self.inner {
-            Inner::Direct(handle) => {
-                let due = due(options.timeout);
-                send(
-                    &handle.shared,
-                    method,
-                    payload,
-                    options.timeout,
-                    due,
-                    attempt,
-                    trace,
-                )
-                .await
-            }
+        let due = due(options.timeout);
+        // The connection this attempt runs on: a supervised channel's
+        // current one, held here while the attempt runs.
+        let current;
+        let shared = match &self.inner {
+            Inner::Direct(handle) => &handle.shared,
             Inner::Supervised(slot) => {
-                let due = due(options.timeout);
-                let current = until(
+                let channel = until(
                     method,
                     options.timeout,
                     due,
                     slot.current(method, dead.as_ref()),
                 )
                 .await?;
-                let shared = current.direct().map(Arc::clone);
-                *dead = Some(current);
-                match shared {
-                    Some(shared) => {
-                        send(
-                            &shared,
-                            method,
-                            payload,
-                            options.timeout,
-                            due,
-                            attempt,
-                            trace,
-                        )
-                        .await
-                    }
+                current = channel.direct().map(Arc::clone);
+                *dead = Some(channel);
+                match &current {
+                    Some(shared) => shared,
                     // A supervisor only ever holds direct channels.
-                    None => Err(Error::Disconnected {
-                        method: method.clone(),
-                        cause: None,
-                    }),
+                    None => {
+                        return Err(Error::Disconnected {
+                            method: method.clone(),
+                            cause: None,
+                        });
+                    }
                 }
             }
-        }
+        };
+        send(
+            shared,
+            method,
+            payload,
+            options.timeout,
+            due,
+            attempt,
+            trace,
+        )
+        .await
     }
 
     /// The driver behind the channel, as middleware sees it.
