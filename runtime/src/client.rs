@@ -653,7 +653,7 @@ impl Channel {
                 }),
             }
         };
-        with_timeout(method, options.timeout, queued)
+        until(method, options.timeout, due(options.timeout), queued)
             .await
             .map(|()| Bytes::new())
     }
@@ -874,23 +874,6 @@ fn check_method_name(method: &MethodName) -> Result<(), Error> {
 /// How many times an idempotent call is run again on a restarted worker.
 const MAX_CRASH_RETRIES: u32 = 5;
 
-/// Bounds an attempt by the call's timeout.
-async fn with_timeout<T>(
-    method: &MethodName,
-    timeout: Option<Duration>,
-    attempt: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match timeout {
-        Some(after) => tokio::time::timeout(after, attempt)
-            .await
-            .map_err(|_| Error::Timeout {
-                method: method.clone(),
-                after,
-            })?,
-        None => attempt.await,
-    }
-}
-
 /// Bounds a wait by a call's deadline: `timeout` after its attempt began.
 async fn until<T>(
     method: &MethodName,
@@ -929,9 +912,7 @@ async fn send(
 ) -> Result<Bytes, Error> {
     check_request_size(shared, method, &payload, timeout, trace)?;
     let mut payload = payload;
-    let kind = Kind::Unary {
-        due: due.filter(|_| timeout.is_some()),
-    };
+    let kind = Kind::Unary { due };
     let mut try_start = || start(shared, method, &mut payload, timeout, attempt, trace, kind);
     // Usually there is room at once; only a caller that must wait listens
     // for room freeing up (and tries again once listening, not to miss it).
@@ -1051,7 +1032,7 @@ fn due_at(state: &mut State, id: u64, due: Instant) -> Option<Waker> {
         let calls = &state.calls;
         state
             .deadlines
-            .retain(|Reverse((_, id))| calls.get(id).is_some_and(|slot| slot.outcome.is_none()));
+            .retain(|Reverse((_, id))| awaits_answer(calls, *id));
     }
     if state.timer_at.is_none_or(|armed| due < armed) {
         // Set it here, so that the calls behind this one wake the link only
@@ -1060,6 +1041,11 @@ fn due_at(state: &mut State, id: u64, due: Instant) -> Option<Waker> {
         return state.timer_waker.clone();
     }
     None
+}
+
+/// Whether call `id` is in flight and unanswered: its deadline still counts.
+fn awaits_answer(calls: &IdMap<Slot>, id: u64) -> bool {
+    calls.get(&id).is_some_and(|slot| slot.outcome.is_none())
 }
 
 /// Sends a call if there is room; the payload is taken only then.
@@ -1375,9 +1361,9 @@ fn abandon(shared: &Shared, id: u64) {
             .as_mut()
             .and_then(|slot| slot.stream.as_mut())
             .and_then(|stream| stream.sender.take());
-        // Whether the worker still runs the call: it has not answered, and
-        // the call was not failed by the worker's side.
-        // (The link withdrew a call it timed out.)
+        // Whether the worker still runs the call: it has not answered, the
+        // call was not failed by the worker's side, and the link did not
+        // withdraw it at its deadline.
         let running = |outcome: &Option<Result<Bytes, Failure>>| match outcome {
             None | Some(Err(Failure::ItemTooLarge { .. })) => true,
             Some(Ok(_) | Err(Failure::Remote(_) | Failure::Closed(_) | Failure::TimedOut(_))) => {
@@ -1453,11 +1439,7 @@ impl Timer {
             let next = loop {
                 match state.deadlines.peek() {
                     Some(Reverse((due, id))) => {
-                        if state
-                            .calls
-                            .get(id)
-                            .is_some_and(|slot| slot.outcome.is_none())
-                        {
+                        if awaits_answer(&state.calls, *id) {
                             break Some(*due);
                         }
                         state.deadlines.pop();
@@ -1485,12 +1467,13 @@ impl Timer {
                     break;
                 }
                 state.deadlines.pop();
-                let Some(slot) = state.calls.get_mut(&id) else {
+                let Some(slot) = state
+                    .calls
+                    .get_mut(&id)
+                    .filter(|slot| slot.outcome.is_none())
+                else {
                     continue;
                 };
-                if slot.outcome.is_some() {
-                    continue;
-                }
                 let failure = Failure::TimedOut(slot.timeout.unwrap_or_default());
                 let method = slot.method.clone();
                 wakers.extend(slot.settle(Err(failure)).into_iter().flatten());
@@ -1877,7 +1860,8 @@ impl Channel {
             };
             Ok((channel, shared, id))
         };
-        let (channel, shared, id) = with_timeout(method, options.timeout, open).await?;
+        let (channel, shared, id) =
+            until(method, options.timeout, due(options.timeout), open).await?;
         let deadline = deadline.map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
         let send = StreamSendHalf {
             shared: Arc::clone(&shared),
