@@ -1643,7 +1643,8 @@ fn poll_link<T: Transport>(
 }
 
 /// Hands an answer to the call waiting for it. Answers to ids nobody waits
-/// for (the call timed out or was cancelled) are dropped.
+/// for (the call timed out or was cancelled) are dropped; a frame for an id
+/// never sent breaks the connection.
 fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
     if log::enabled() {
         let method = lock(shared)
@@ -1652,20 +1653,26 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
             .map(|slot| slot.method.clone());
         log::frame(Direction::HostIn, &frame, method.as_ref());
     }
-    let (id, outcome) = match frame {
-        Frame::Response { id, payload } => (id, Ok(payload)),
-        Frame::Status { id, status } => (id, Err(Failure::Remote(status))),
+    let (kind, id, outcome) = match frame {
+        Frame::Response { id, payload } => ("RESPONSE", id, Ok(payload)),
+        Frame::Status { id, status } => ("STATUS", id, Err(Failure::Remote(status))),
         Frame::Item { id, payload } => return route_item(shared, id, payload),
         Frame::Event { method, payload } => return route_event(shared, method, payload),
         Frame::Credit { id, count } => {
-            let waker = lock(shared)
-                .calls
-                .get_mut(&id)
-                .and_then(|slot| slot.stream.as_mut())
-                .and_then(|stream| {
-                    stream.send_credit = stream.send_credit.saturating_add(count);
-                    stream.sender.take()
-                });
+            let waker = {
+                let mut state = lock(shared);
+                let next_id = state.next_id;
+                match state.calls.get_mut(&id) {
+                    Some(slot) => slot.stream.as_mut().and_then(|stream| {
+                        stream.send_credit = stream.send_credit.saturating_add(count);
+                        stream.sender.take()
+                    }),
+                    None => {
+                        never_sent("CREDIT", id, next_id)?;
+                        None
+                    }
+                }
+            };
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -1680,13 +1687,19 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
     };
     let wakers = {
         let mut state = lock(shared);
+        let next_id = state.next_id;
         match state.calls.get_mut(&id) {
             Some(slot) if slot.outcome.is_none() => slot.settle(outcome),
-            Some(_) => {
-                tracing::debug!(id, "dropping a second answer to one request");
+            Some(slot) => {
+                tracing::warn!(
+                    id,
+                    method = %slot.method,
+                    "the worker answered one request twice; the second answer is dropped"
+                );
                 [None, None]
             }
             None => {
+                never_sent(kind, id, next_id)?;
                 tracing::trace!(
                     id,
                     "dropping an answer nobody awaits (timed out or cancelled)"
@@ -1696,6 +1709,15 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
         }
     };
     wakers.into_iter().flatten().for_each(Waker::wake);
+    Ok(())
+}
+
+/// A frame for `id`, which no call awaits, is late unless the id was never
+/// given to a request (ids count up from 1 and are never reused).
+fn never_sent(kind: &'static str, id: u64, next_id: u64) -> Result<(), FrameError> {
+    if id >= next_id {
+        return Err(FrameError::NeverSent { kind, id });
+    }
     Ok(())
 }
 
@@ -1748,8 +1770,10 @@ fn event_taken(shared: &Shared) {
 fn route_item(shared: &Shared, id: u64, payload: Bytes) -> Result<(), FrameError> {
     let waker = {
         let mut state = lock(shared);
+        let next_id = state.next_id;
         let Some(slot) = state.calls.get_mut(&id) else {
-            return Ok(()); // late: the caller stopped listening
+            // Late, the caller stopped listening; or never sent.
+            return never_sent("ITEM", id, next_id);
         };
         let Some(stream) = slot.stream.as_mut() else {
             return Err(FrameError::Malformed {

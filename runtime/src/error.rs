@@ -338,6 +338,17 @@ pub enum FrameError {
         /// The reused id.
         id: u64,
     },
+    /// An answer, stream item or credit for a request id the host never
+    /// sent. The Rust host numbers its requests 1, 2, 3… and never reuses
+    /// an id, so such a frame is a broken or hostile worker, not a late
+    /// answer.
+    #[error("a {kind} frame refers to request {id}, which was never sent")]
+    NeverSent {
+        /// The frame kind.
+        kind: &'static str,
+        /// The id no request had.
+        id: u64,
+    },
     /// A frame other than the handshake arrived before the handshake.
     #[error("a {kind} frame arrived before the handshake")]
     BeforeHandshake {
