@@ -133,7 +133,7 @@ pub async fn serve_with_options<S: Dispatch>(
     };
     shared.serving.store(false, Ordering::SeqCst);
     if let Some(address) = lock(&shared.address).take() {
-        let _ = std::fs::remove_file(address);
+        remove_socket(&address);
     }
     result
 }
@@ -206,7 +206,7 @@ impl Control for ConnectionControl {
         // No new peer can reach a worker that is shutting down: its socket
         // goes before the connection that asked is closed.
         if let Some(address) = lock(&self.shared.address).take() {
-            let _ = std::fs::remove_file(address);
+            remove_socket(&address);
         }
     }
 
@@ -293,16 +293,35 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
     })
 }
 
-/// Binds a socket only our user can reach: in a directory of mode 0700 that
-/// we own, with mode 0600.
+/// Binds a socket only our user can reach, with mode 0600, in a directory of
+/// this worker's own (mode 0700) inside the user's private directory, so
+/// that removing the worker's files leaves nothing behind.
 fn listen(name: &str) -> io::Result<(PathBuf, std::os::unix::net::UnixListener)> {
-    let dir = private_dir()?;
-    let path = dir.join(format!("{}-{}.sock", sanitize(name), std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let dir = private_dir()?.join(format!("{}-{}", sanitize(name), std::process::id()));
+    match DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        // Left by a killed worker that had our pid.
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(dir.join(SOCKET_NAME));
+        }
+        Err(error) => return Err(error),
+    }
+    let path = dir.join(SOCKET_NAME);
     let listener = std::os::unix::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     Ok((path, listener))
+}
+
+/// The named socket's file name, in the worker's own directory.
+const SOCKET_NAME: &str = "socket";
+
+/// Removes a named socket and the worker's directory that holds it.
+fn remove_socket(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// `$XDG_RUNTIME_DIR/workerbus`, or `<temp>/workerbus-<uid>`: created with
