@@ -105,8 +105,8 @@ pub use self::server::{
 #[cfg(feature = "process")]
 pub use self::startup::{STARTUP_ENV, StartupData, startup_data};
 pub use self::supervisor::{
-    HealthCheck, Restart, RestartPolicy, Strategy, SupervisedWorker, Supervisor, SupervisorEvent,
-    WhileRestarting,
+    DEFAULT_MAX_WAITING_CALLS, HealthCheck, Restart, RestartPolicy, Strategy, SupervisedWorker,
+    Supervisor, SupervisorEvent, WhileRestarting,
 };
 pub use self::trace::TraceContext;
 pub use self::transport::{DEFAULT_MEMORY_CAPACITY, MemoryTransport, Transport};

@@ -29,7 +29,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-pub use self::policy::{HealthCheck, Restart, RestartPolicy, Strategy, WhileRestarting};
+pub use self::policy::{
+    DEFAULT_MAX_WAITING_CALLS, HealthCheck, Restart, RestartPolicy, Strategy, WhileRestarting,
+};
 use crate::client::{Channel, SlotState, WorkerSlot};
 use crate::control::HealthReport;
 use crate::driver::{Spawn, Worker};

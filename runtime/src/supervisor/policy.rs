@@ -36,6 +36,10 @@ pub enum Strategy {
     RestForOne,
 }
 
+/// The default cap on calls waiting for a supervised worker to restart
+/// ([`RestartPolicy::max_waiting_calls`]).
+pub const DEFAULT_MAX_WAITING_CALLS: usize = 10_000;
+
 /// What calls to a worker do while it is being restarted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -196,8 +200,9 @@ impl RestartPolicy {
         self
     }
 
-    /// How many calls may wait for a restart at once; more fail with
-    /// [`Error::Unavailable`](crate::Error::Unavailable).
+    /// How many calls may wait for a restart at once
+    /// ([10,000](DEFAULT_MAX_WAITING_CALLS) by default); more fail at once
+    /// with [`Error::Unavailable`](crate::Error::Unavailable).
     #[must_use]
     pub fn max_waiting_calls(mut self, calls: usize) -> RestartPolicy {
         self.max_waiting_calls = calls;
@@ -235,7 +240,7 @@ impl Default for RestartPolicy {
             within: Duration::from_secs(10),
             health: None,
             while_restarting: WhileRestarting::Wait,
-            max_waiting_calls: 10_000,
+            max_waiting_calls: DEFAULT_MAX_WAITING_CALLS,
             shutdown_timeout: Duration::from_secs(5),
         }
     }
