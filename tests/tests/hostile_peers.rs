@@ -4,17 +4,30 @@
 //! the cause; the host never panics, hangs or delivers one call's answer to
 //! another.
 //!
-//! Hostile *hosts* (a wrong secret or protocol version, garbage, calls before
-//! the handshake) are in `process_driver.rs` (`hostile_peers`) and
-//! `server.rs`.
+//! Broken and hostile hosts, seen from a worker process: peers of its named
+//! socket that greet it properly and then break the protocol. Each is
+//! disconnected; the worker serves the next peer as before. (A wrong secret
+//! or protocol version, garbage and calls before the handshake are in
+//! `process_driver.rs`, `hostile_peers`.)
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use workerbus::{CallOptions, ChannelOptions, Error, ProcessDriver, ProcessWorker};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
+use workerbus::{
+    CallOptions, ChannelOptions, DetachedWorker, Error, ExitReason, Frame, FrameCodec, MethodName,
+    ProcessDriver, ProcessWorker, Secret,
+};
+use workerbus_tests::cases;
 use workerbus_tests::pb::echo::{EchoClient, EchoReply, EchoRequest};
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile-worker");
+const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
 fn driver(mode: &str) -> ProcessDriver {
     ProcessDriver::new(HOSTILE).arg(format!("--mode={mode}"))
@@ -225,4 +238,149 @@ async fn a_welcome_that_does_not_decode_fails_the_spawn() {
         ),
         "{message}"
     );
+}
+
+/// A hostile host's connection to a detached worker, greeted with the right
+/// secret.
+async fn greeted(worker: &DetachedWorker) -> Framed<UnixStream, FrameCodec> {
+    let socket = UnixStream::connect(worker.address())
+        .await
+        .expect("connect");
+    let mut peer = Framed::new(socket, FrameCodec::new());
+    let secret = hex_bytes(&worker.secret().to_hex());
+    let mut hello = vec![0x08, 0x01, 0x12, 32];
+    hello.extend_from_slice(&secret);
+    let method = MethodName::from_static("$workerbus.hello");
+    let greeting = Frame::request(1, method, None, 1, Bytes::from(hello));
+    peer.send(greeting).await.expect("greet");
+    match peer.next().await {
+        Some(Ok(Frame::Response { id: 1, .. })) => peer,
+        other => panic!("the worker did not welcome us: {other:?}"),
+    }
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn echo_frame(id: u64, data: Bytes) -> Frame {
+    let request = EchoRequest {
+        text: format!("request {id}"),
+        data,
+        ..EchoRequest::default()
+    };
+    let method = MethodName::from_static("echo.echo");
+    Frame::request(id, method, None, 1, Bytes::from(request.encode_to_vec()))
+}
+
+/// Writes `bytes` after the greeting and expects the worker to close the
+/// connection without a word.
+async fn closed_after(worker: &DetachedWorker, bytes: &[u8]) {
+    let mut socket = greeted(worker).await.into_inner();
+    socket.write_all(bytes).await.expect("write");
+    let mut rest = Vec::new();
+    let read = socket.read_to_end(&mut rest).await;
+    assert!(
+        read.is_ok() && rest.is_empty(),
+        "after {bytes:02x?} the worker answered {rest:02x?} ({read:?})"
+    );
+}
+
+/// The worker still serves a well-behaved host, and has not grown.
+async fn still_serving(worker: &DetachedWorker, address: &Path, secret: &Secret) -> u64 {
+    let host = ProcessDriver::new(ECHO_WORKER)
+        .connect(address, secret)
+        .await
+        .unwrap_or_else(|error| panic!("{} refused a good host: {error}", worker.pid()));
+    cases::unary_round_trip(&host.channel()).await;
+    let health = host
+        .channel()
+        .health(Duration::from_secs(20))
+        .await
+        .unwrap();
+    health.memory_bytes
+}
+
+#[tokio::test]
+async fn a_worker_disconnects_broken_hosts_and_serves_the_next() {
+    let spawned = ProcessDriver::new(ECHO_WORKER)
+        .spawn()
+        .await
+        .expect("spawn");
+    let worker = spawned.detach().await.expect("detach");
+    let (address, secret) = (worker.address().to_owned(), worker.secret().clone());
+    let memory = still_serving(&worker, &address, &secret).await;
+
+    // A truncated frame: a REQUEST announcing 100 bytes, then the end.
+    let mut peer = greeted(&worker).await.into_inner();
+    peer.write_all(&[0, 0, 0, 100, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2])
+        .await
+        .unwrap();
+    peer.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(peer.read_to_end(&mut rest).await.unwrap(), 0, "{rest:02x?}");
+
+    // A frame announcing 4 GiB: refused without allocating it.
+    closed_after(
+        &worker,
+        &[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+    )
+    .await;
+    // An unknown kind.
+    closed_after(&worker, &[0, 0, 0, 10, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0, 2]).await;
+    // A RESPONSE, which only a host may receive.
+    closed_after(&worker, &[0, 0, 0, 10, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2]).await;
+
+    // A cancellation of a request never sent is a late cancellation, not an
+    // error: the connection goes on serving.
+    let mut peer = greeted(&worker).await;
+    peer.send(Frame::Cancel { id: 999 }).await.unwrap();
+    peer.send(echo_frame(2, Bytes::new())).await.unwrap();
+    match peer.next().await {
+        Some(Ok(Frame::Response { id: 2, payload })) => {
+            assert_eq!(EchoReply::decode(payload).unwrap().text, "request 2");
+        }
+        other => panic!("expected the answer to request 2, got {other:?}"),
+    }
+    drop(peer);
+
+    // A host that sends and never reads: the worker stops reading too once
+    // its answers back up, so what it holds stays bounded.
+    let mut peer = greeted(&worker).await;
+    let data = Bytes::from(vec![1u8; 1 << 20]);
+    let mut sent = 0u64;
+    let flood = async {
+        for id in 2.. {
+            peer.send(echo_frame(id, data.clone())).await.expect("send");
+            sent += 1;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), flood).await;
+    let grown = still_serving(&worker, &address, &secret)
+        .await
+        .saturating_sub(memory);
+    println!(
+        "a host that does not read sent {sent} MiB; the worker grew by {} MiB",
+        grown >> 20
+    );
+    assert!(
+        sent < 1024,
+        "the worker read {sent} MiB from a host that reads none of its answers"
+    );
+    assert!(
+        grown < 128 << 20,
+        "the worker grew by {} MiB for a host that does not read",
+        grown >> 20
+    );
+    drop(peer);
+
+    let last = still_serving(&worker, &address, &secret).await;
+    assert!(last > 0);
+    let host = ProcessDriver::new(ECHO_WORKER)
+        .connect(&address, &secret)
+        .await
+        .expect("reconnect");
+    assert_eq!(host.shutdown().await, ExitReason::Unknown);
 }
