@@ -104,9 +104,17 @@ async fn another_user_cannot_connect_to_a_named_socket() {
         );
         return;
     }
-    let (detached, address) = detached(ProcessDriver::new(ECHO_WORKER)).await;
+    // A runtime directory of this test's own, since it opens the user's
+    // directory up for a moment, which must not disturb other workers.
+    let runtime_dir =
+        std::env::temp_dir().join(format!("workerbus-security-{}", std::process::id()));
+    std::fs::create_dir_all(&runtime_dir).unwrap();
+    set_mode(&runtime_dir, 0o755);
+    let driver = ProcessDriver::new(ECHO_WORKER).env("XDG_RUNTIME_DIR", &runtime_dir);
+    let (detached, address) = detached(driver).await;
     let worker_dir = address.parent().unwrap().to_owned();
     let user_dir = worker_dir.parent().unwrap().to_owned();
+    assert_eq!(user_dir, runtime_dir.join("workerbus"));
     assert_eq!(mode(&user_dir), 0o700, "{}", user_dir.display());
     assert_eq!(mode(&worker_dir), 0o700, "{}", worker_dir.display());
     assert_eq!(mode(&address), 0o600, "{}", address.display());
@@ -131,6 +139,7 @@ async fn another_user_cannot_connect_to_a_named_socket() {
     assert_eq!((code, said.as_str()), (Some(3), "closed by the worker"));
 
     stop(&detached).await;
+    std::fs::remove_dir_all(&runtime_dir).unwrap();
 }
 
 /// The effective uid, from `/proc/self/status` (no `unsafe` libc call).
