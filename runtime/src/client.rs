@@ -660,7 +660,56 @@ impl Channel {
 
     /// Calls `method` with an encoded request, retrying per `options`, and
     /// returns the encoded response.
-    pub(crate) async fn call(
+    pub(crate) fn call<'a>(
+        &'a self,
+        method: &'a MethodName,
+        payload: Bytes,
+        options: &'a Resolved,
+    ) -> CallFuture<'a> {
+        CallFuture {
+            state: CallState::Unstarted {
+                channel: self,
+                method,
+                payload,
+                options,
+            },
+        }
+    }
+
+    /// The first step of a call: most calls are one attempt on a direct
+    /// channel without middleware that finds room at once, and then wait as
+    /// nothing more than their slot in the pending table. Every other call
+    /// (retries, middleware, a supervised channel, no room) runs in full.
+    fn begin<'a>(
+        &'a self,
+        method: &'a MethodName,
+        payload: Bytes,
+        options: &'a Resolved,
+    ) -> Result<CallState<'a>, Error> {
+        let (None, Inner::Direct(handle), 0) = (&self.middleware, &self.inner, options.retries)
+        else {
+            return Ok(CallState::Full(Box::pin(
+                self.call_full(method, payload, options),
+            )));
+        };
+        check_method_name(method)?;
+        let shared = &handle.shared;
+        check_request_size(shared, method, &payload, options.timeout, None)?;
+        let mut payload = payload;
+        let kind = Kind::Unary {
+            due: due(options.timeout),
+        };
+        match start(shared, method, &mut payload, options.timeout, 1, None, kind) {
+            Start::Sent(call) => Ok(CallState::Sent { call, method }),
+            Start::Closed(reason) => Err(reason.into_error(method)),
+            Start::Wait => Ok(CallState::Full(Box::pin(
+                self.call_full(method, payload, options),
+            ))),
+        }
+    }
+
+    /// [`call`](Channel::call), every step of it.
+    async fn call_full(
         &self,
         method: &MethodName,
         payload: Bytes,
@@ -1300,6 +1349,66 @@ impl Drop for Handle {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+}
+
+/// A call made with [`Channel::call`]. It starts when first polled, like
+/// the `async fn` it stands for; it is not one because most calls need only
+/// a small part of what a call can do, and a future as large as everything
+/// a call can do costs a copy of itself at each step of the caller's.
+pub(crate) struct CallFuture<'a> {
+    state: CallState<'a>,
+}
+
+enum CallState<'a> {
+    Unstarted {
+        channel: &'a Channel,
+        method: &'a MethodName,
+        payload: Bytes,
+        options: &'a Resolved,
+    },
+    /// One attempt, sent: waiting for its answer.
+    Sent {
+        call: PendingCall<'a>,
+        method: &'a MethodName,
+    },
+    /// Everything else: retries, middleware, supervision, waiting for room.
+    Full(Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send + 'a>>),
+    Done,
+}
+
+impl Future for CallFuture<'_> {
+    type Output = Result<Bytes, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let CallState::Unstarted { .. } = this.state {
+            let CallState::Unstarted {
+                channel,
+                method,
+                payload,
+                options,
+            } = std::mem::replace(&mut this.state, CallState::Done)
+            else {
+                unreachable!()
+            };
+            match channel.begin(method, payload, options) {
+                Ok(state) => this.state = state,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+        let outcome = match &mut this.state {
+            CallState::Sent { call, method } => {
+                let outcome = std::task::ready!(Pin::new(call).poll(cx));
+                outcome.map_err(|failure| failure.into_error(method))
+            }
+            CallState::Full(call) => std::task::ready!(call.as_mut().poll(cx)),
+            CallState::Unstarted { .. } | CallState::Done => {
+                panic!("a call polled after it completed")
+            }
+        };
+        this.state = CallState::Done;
+        Poll::Ready(outcome)
     }
 }
 
