@@ -18,7 +18,7 @@
 //! only calls that someone still awaits.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -328,11 +328,10 @@ struct State {
     hub: Arc<EventHub>,
     /// Whether `hub` is the connection's own, to be closed with it.
     hub_owned: bool,
-    /// When each call sent is due, earliest first, as (deadline, id). The
-    /// link's one timer stands for them all: an entry whose call ended is
-    /// dropped when it comes up, or swept once such entries outnumber the
-    /// calls in flight.
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// When each call sent is due. The link's one timer stands for them
+    /// all: an entry whose call ended is dropped when it comes up, or swept
+    /// once such entries outnumber the calls in flight.
+    deadlines: Deadlines,
     /// When the link's timer fires; a call due earlier wakes the link.
     timer_at: Option<Instant>,
     /// The link task's waker, for a call due before `timer_at`.
@@ -504,7 +503,7 @@ impl Channel {
                 detached: false,
                 hub: EventHub::new(),
                 hub_owned: true,
-                deadlines: BinaryHeap::new(),
+                deadlines: Deadlines::default(),
                 timer_at: None,
                 timer_waker: None,
                 events_outstanding: 0,
@@ -1074,14 +1073,12 @@ enum Kind {
 /// set its timer earlier for it.
 fn due_at(state: &mut State, id: u64, due: Instant) -> Option<Waker> {
     let state = &mut *state;
-    state.deadlines.push(Reverse((due, id)));
+    state.deadlines.push((due, id));
     // Most calls end long before they are due: sweep their entries once they
     // outnumber the calls in flight, so the heap stays the table's size.
     if state.deadlines.len() > 2 * state.calls.len() + 1024 {
         let calls = &state.calls;
-        state
-            .deadlines
-            .retain(|Reverse((_, id))| awaits_answer(calls, *id));
+        state.deadlines.retain(|(_, id)| awaits_answer(calls, *id));
     }
     if state.timer_at.is_none_or(|armed| due < armed) {
         // Set it here, so that the calls behind this one wake the link only
@@ -1547,9 +1544,9 @@ impl Timer {
             // Entries of calls that ended go as they come up.
             let next = loop {
                 match state.deadlines.peek() {
-                    Some(Reverse((due, id))) => {
-                        if awaits_answer(&state.calls, *id) {
-                            break Some(*due);
+                    Some((due, id)) => {
+                        if awaits_answer(&state.calls, id) {
+                            break Some(due);
                         }
                         state.deadlines.pop();
                     }
@@ -1571,7 +1568,7 @@ impl Timer {
             // The timer fired: fail what is due, then set it again.
             self.armed = None;
             let now = Instant::now();
-            while let Some(Reverse((due, id))) = state.deadlines.peek().copied() {
+            while let Some((due, id)) = state.deadlines.peek() {
                 if due > now {
                     break;
                 }
@@ -1592,6 +1589,66 @@ impl Timer {
             }
         }
         wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// The deadlines of the calls in flight as (deadline, id), earliest first.
+///
+/// Calls made with one timeout come due in the order they were made, so
+/// most entries go on the end of a sorted queue and leave from its front,
+/// in constant time; an entry due before the queue's last goes into a heap
+/// beside it.
+#[derive(Default)]
+struct Deadlines {
+    queue: VecDeque<(Instant, u64)>,
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Deadlines {
+    fn push(&mut self, entry: (Instant, u64)) {
+        if self.queue.back().is_none_or(|last| *last <= entry) {
+            self.queue.push_back(entry);
+        } else {
+            self.heap.push(Reverse(entry));
+        }
+    }
+
+    /// The earliest entry.
+    fn peek(&self) -> Option<(Instant, u64)> {
+        match (self.queue.front(), self.heap.peek()) {
+            (Some(queued), Some(Reverse(heaped))) => Some(*queued.min(heaped)),
+            (Some(queued), None) => Some(*queued),
+            (None, Some(Reverse(heaped))) => Some(*heaped),
+            (None, None) => None,
+        }
+    }
+
+    /// Removes the earliest entry.
+    fn pop(&mut self) {
+        let from_heap = match (self.queue.front(), self.heap.peek()) {
+            (Some(queued), Some(Reverse(heaped))) => heaped < queued,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if from_heap {
+            self.heap.pop();
+        } else {
+            self.queue.pop_front();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len() + self.heap.len()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&(Instant, u64)) -> bool) {
+        self.queue.retain(&mut keep);
+        self.heap.retain(|Reverse(entry)| keep(entry));
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.heap.clear();
     }
 }
 
@@ -2445,6 +2502,30 @@ mod tests {
             .unwrap();
         assert_eq!(slow.await.unwrap(), "late");
         assert_eq!(channel.in_flight(), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn deadlines_leave_earliest_first_whatever_order_they_came_in(
+            steps in proptest::collection::vec((0u64..50, proptest::bool::weighted(0.3)), 0..200),
+        ) {
+            let start = Instant::now();
+            let mut deadlines = Deadlines::default();
+            let mut model: Vec<(Instant, u64)> = Vec::new();
+            for (id, (offset, pop)) in (0u64..).zip(steps) {
+                if pop {
+                    model.sort_unstable();
+                    let earliest = (!model.is_empty()).then(|| model.remove(0));
+                    proptest::prop_assert_eq!(deadlines.peek(), earliest);
+                    deadlines.pop();
+                } else {
+                    let entry = (start + Duration::from_millis(offset), id);
+                    deadlines.push(entry);
+                    model.push(entry);
+                }
+                proptest::prop_assert_eq!(deadlines.len(), model.len());
+            }
+        }
     }
 
     #[tokio::test]
