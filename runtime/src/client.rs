@@ -675,35 +675,49 @@ impl Channel {
         }
     }
 
-    /// The first step of a call: most calls are one attempt on a direct
-    /// channel without middleware that finds room at once, and then wait as
-    /// nothing more than their slot in the pending table. Every other call
-    /// (retries, middleware, a supervised channel, no room) runs in full.
+    /// The first step of a call: most calls are one attempt without
+    /// middleware that finds room at once (on a direct channel, or on a
+    /// supervised channel's current connection when a crash would not run
+    /// the call again), and then wait as nothing more than their slot in the
+    /// pending table. Every other call (retries, middleware, a restart to
+    /// wait for, no room) runs in full.
     fn begin<'a>(
         &'a self,
         method: &'a MethodName,
         payload: Bytes,
         options: &'a Resolved,
     ) -> Result<CallState<'a>, Error> {
-        let (None, Inner::Direct(handle), 0) = (&self.middleware, &self.inner, options.retries)
-        else {
-            return Ok(CallState::Full(Box::pin(
+        let full = |payload| {
+            Ok(CallState::Full(Box::pin(
                 self.call_full(method, payload, options),
-            )));
+            )))
         };
-        check_method_name(method)?;
-        let shared = &handle.shared;
-        check_request_size(shared, method, &payload, options.timeout, None)?;
-        let mut payload = payload;
-        let kind = Kind::Unary {
-            due: due(options.timeout),
-        };
-        match start(shared, method, &mut payload, options.timeout, 1, None, kind) {
-            Start::Sent(call) => Ok(CallState::Sent { call, method }),
-            Start::Closed(reason) => Err(reason.into_error(method)),
-            Start::Wait => Ok(CallState::Full(Box::pin(
-                self.call_full(method, payload, options),
-            ))),
+        if self.middleware.is_some() || options.retries > 0 {
+            return full(payload);
+        }
+        match &self.inner {
+            Inner::Direct(handle) => match send_once(&handle.shared, method, payload, options)? {
+                Ok(call) => Ok(CallState::Sent { call, method }),
+                Err(payload) => full(payload),
+            },
+            // A call that a crash would run again runs in full, and so does
+            // one that must wait for a restart.
+            Inner::Supervised(_) if options.idempotent => full(payload),
+            Inner::Supervised(slot) => {
+                let Some(connection) = slot.up().filter(|up| up.direct().is_some()) else {
+                    return full(payload);
+                };
+                let shared = connection.direct().expect("checked above");
+                let sent = send_once(shared, method, payload, options)?.map(PendingCall::into_id);
+                match sent {
+                    Ok(id) => Ok(CallState::SentOn {
+                        connection,
+                        id,
+                        method,
+                    }),
+                    Err(payload) => full(payload),
+                }
+            }
         }
     }
 
@@ -986,6 +1000,27 @@ async fn send(
         }
     };
     call.await.map_err(|failure| failure.into_error(method))
+}
+
+/// Sends a one-attempt unary call if there is room: the call, or the
+/// payload back when it must wait.
+fn send_once<'s>(
+    shared: &'s Shared,
+    method: &MethodName,
+    payload: Bytes,
+    options: &Resolved,
+) -> Result<Result<PendingCall<'s>, Bytes>, Error> {
+    check_method_name(method)?;
+    check_request_size(shared, method, &payload, options.timeout, None)?;
+    let mut payload = payload;
+    let kind = Kind::Unary {
+        due: due(options.timeout),
+    };
+    match start(shared, method, &mut payload, options.timeout, 1, None, kind) {
+        Start::Sent(call) => Ok(Ok(call)),
+        Start::Closed(reason) => Err(reason.into_error(method)),
+        Start::Wait => Ok(Err(payload)),
+    }
 }
 
 /// Refuses a `REQUEST` longer than the connection's maximum frame length.
@@ -1369,6 +1404,13 @@ enum CallState<'a> {
         call: PendingCall<'a>,
         method: &'a MethodName,
     },
+    /// One attempt, sent on a supervised channel's current connection,
+    /// which this holds while it waits.
+    SentOn {
+        connection: Channel,
+        id: u64,
+        method: &'a MethodName,
+    },
     /// Everything else: retries, middleware, supervision, waiting for room.
     Full(Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send + 'a>>),
     Done,
@@ -1399,6 +1441,17 @@ impl Future for CallFuture<'_> {
                 let outcome = std::task::ready!(Pin::new(call).poll(cx));
                 outcome.map_err(|failure| failure.into_error(method))
             }
+            CallState::SentOn {
+                connection,
+                id,
+                method,
+            } => {
+                let shared = connection
+                    .direct()
+                    .expect("a supervised connection is direct");
+                let outcome = std::task::ready!(poll_answer(shared, *id, cx));
+                outcome.map_err(|failure| failure.into_error(method))
+            }
             CallState::Full(call) => std::task::ready!(call.as_mut().poll(cx)),
             CallState::Unstarted { .. } | CallState::Done => {
                 panic!("a call polled after it completed")
@@ -1406,6 +1459,16 @@ impl Future for CallFuture<'_> {
         };
         this.state = CallState::Done;
         Poll::Ready(outcome)
+    }
+}
+
+impl Drop for CallFuture<'_> {
+    fn drop(&mut self) {
+        if let CallState::SentOn { connection, id, .. } = &self.state
+            && let Some(shared) = connection.direct()
+        {
+            abandon(shared, *id);
+        }
     }
 }
 
@@ -1417,31 +1480,41 @@ struct PendingCall<'a> {
     done: bool,
 }
 
+impl PendingCall<'_> {
+    /// The call's id, now that its caller waits for it some other way.
+    fn into_id(mut self) -> u64 {
+        self.done = true;
+        self.id
+    }
+}
+
 impl Future for PendingCall<'_> {
     type Output = Result<Bytes, Failure>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let shared = self.shared;
-        let mut state = lock(shared);
-        let Some(slot) = state.calls.get_mut(&self.id) else {
-            // Only this future removes its slot; reaching here is a bug, and
-            // a lost connection is the honest report of it.
-            drop(state);
-            self.done = true;
-            return Poll::Ready(Err(Failure::Closed(CloseReason::Lost(None))));
-        };
-        if let Some(outcome) = slot.outcome.take() {
-            state.calls.remove(&self.id);
-            state.room_freed(shared);
-            drop(state);
-            self.done = true;
-            return Poll::Ready(outcome);
-        }
-        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            slot.waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
+        let answer = poll_answer(self.shared, self.id, cx);
+        self.done = answer.is_ready();
+        answer
     }
+}
+
+/// Takes call `id`'s answer and its slot once it has one.
+fn poll_answer(shared: &Shared, id: u64, cx: &mut Context<'_>) -> Poll<Result<Bytes, Failure>> {
+    let mut state = lock(shared);
+    let Some(slot) = state.calls.get_mut(&id) else {
+        // Only the caller removes its slot; reaching here is a bug, and a
+        // lost connection is the honest report of it.
+        return Poll::Ready(Err(Failure::Closed(CloseReason::Lost(None))));
+    };
+    if let Some(outcome) = slot.outcome.take() {
+        state.calls.remove(&id);
+        state.room_freed(shared);
+        return Poll::Ready(outcome);
+    }
+    if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        slot.waker = Some(cx.waker().clone());
+    }
+    Poll::Pending
 }
 
 impl Drop for PendingCall<'_> {
