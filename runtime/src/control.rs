@@ -14,7 +14,11 @@ use std::fs::File;
 use std::io::Read;
 
 use bytes::Bytes;
+#[cfg(feature = "process")]
+use prost::Message;
 
+#[cfg(feature = "process")]
+use crate::error::Status;
 #[cfg(feature = "process")]
 use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
 
@@ -158,6 +162,60 @@ impl From<&MethodSchema> for MethodInfo {
             kind: method.kind().to_wire(),
         }
     }
+}
+
+#[cfg(feature = "process")]
+/// The worker's check of a host's [`Hello`]: the protocol version, then the
+/// secret against the one `known` on this worker.
+///
+/// The first greeting on the inherited socket (`inherited`) sets the secret:
+/// only the host that spawned the worker holds the other end of that socket.
+/// Every other greeting must present the known secret. Shared by the real
+/// handshake and the fuzz entry points, so both run this one check.
+pub(crate) fn check_hello(
+    hello: &Hello,
+    known: &mut Option<Secret>,
+    inherited: bool,
+) -> Result<(), Status> {
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "the host speaks protocol version {}, this worker speaks version {PROTOCOL_VERSION}",
+            hello.protocol
+        )));
+    }
+    let presented = Secret::from_bytes(&hello.secret)
+        .ok_or_else(|| Status::permission_denied("the secret is not 32 bytes"))?;
+    match known.as_ref() {
+        Some(secret) if secret.matches(&hello.secret) => Ok(()),
+        Some(_) => Err(Status::permission_denied("wrong secret")),
+        None if inherited => {
+            *known = Some(presented);
+            Ok(())
+        }
+        None => Err(Status::permission_denied("wrong secret")),
+    }
+}
+
+#[cfg(feature = "process")]
+/// The host's reading of a worker's answer to [`HELLO`]: decodes the
+/// [`Welcome`], checks its protocol version and that the worker serves each
+/// schema in `serves` unchanged. The error is the reason the handshake
+/// fails, as [`Error::Handshake`](crate::Error::Handshake) reports it.
+pub(crate) fn read_welcome(answer: Bytes, serves: &[ServiceSchema]) -> Result<Welcome, String> {
+    let welcome = Welcome::decode(answer)
+        .map_err(|error| format!("the worker's answer to the handshake did not decode: {error}"))?;
+    if welcome.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "the worker speaks protocol version {}, this host speaks version {PROTOCOL_VERSION}",
+            welcome.protocol
+        ));
+    }
+    for expected in serves {
+        if let Some(difference) = schema_difference(expected, &welcome.services) {
+            return Err(format!("schema mismatch: {difference}"));
+        }
+    }
+    Ok(welcome)
 }
 
 #[cfg(feature = "process")]
@@ -354,6 +412,54 @@ mod tests {
         assert_eq!(
             schema_difference(&SCHEMA, &[]).unwrap(),
             "the worker does not serve echo.Echo (it serves: nothing)"
+        );
+    }
+
+    #[test]
+    fn the_first_greeting_on_the_inherited_socket_sets_the_secret() {
+        let hello = |secret: &[u8]| Hello {
+            protocol: PROTOCOL_VERSION,
+            secret: Bytes::copy_from_slice(secret),
+        };
+        let mut known = None;
+        assert!(check_hello(&hello(&[1; 32]), &mut known, false).is_err());
+        assert_eq!(known, None);
+        check_hello(&hello(&[1; 32]), &mut known, true).unwrap();
+        assert_eq!(known, Secret::from_bytes(&[1; 32]));
+        check_hello(&hello(&[1; 32]), &mut known, false).unwrap();
+        let refused = check_hello(&hello(&[2; 32]), &mut known, true).unwrap_err();
+        assert_eq!(refused.message(), "wrong secret");
+        let short = check_hello(&hello(&[1; 31]), &mut None, true).unwrap_err();
+        assert_eq!(short.message(), "the secret is not 32 bytes");
+        let old = Hello {
+            protocol: PROTOCOL_VERSION + 1,
+            ..hello(&[1; 32])
+        };
+        assert!(check_hello(&old, &mut None, true).is_err());
+    }
+
+    #[test]
+    fn the_host_reads_a_welcome_and_checks_each_schema() {
+        let welcome = |services: Vec<ServiceInfo>| {
+            Bytes::from(
+                Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    pid: 7,
+                    services,
+                }
+                .encode_to_vec(),
+            )
+        };
+        let read = read_welcome(welcome(vec![ServiceInfo::from(&SCHEMA)]), &[SCHEMA]).unwrap();
+        assert_eq!(read.pid, 7);
+        assert_eq!(
+            read_welcome(welcome(vec![]), &[SCHEMA]).unwrap_err(),
+            "schema mismatch: the worker does not serve echo.Echo (it serves: nothing)"
+        );
+        assert!(
+            read_welcome(Bytes::from_static(&[0xff]), &[])
+                .unwrap_err()
+                .starts_with("the worker's answer to the handshake did not decode: ")
         );
     }
 

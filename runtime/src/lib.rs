@@ -54,6 +54,9 @@ mod driver;
 mod error;
 mod event;
 mod frame;
+/// Entry points for `cargo fuzz`: compiled only under `cfg(fuzzing)`, not API.
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod idmap;
 mod log;
 mod middleware;

@@ -39,7 +39,7 @@ pub use self::worker::{serve, serve_with_options};
 use super::{Spawn, Worker};
 use crate::backoff::Backoff;
 use crate::client::{Channel, ChannelOptions, ExitWatch, Resolved};
-use crate::control::{self, Detached, Hello, PROTOCOL_VERSION, Secret, Welcome, schema_difference};
+use crate::control::{self, Detached, Hello, PROTOCOL_VERSION, Secret, Welcome};
 use crate::error::{Error, ExitReason};
 use crate::frame::{Frame, FrameCodec};
 use crate::name::MethodName;
@@ -576,28 +576,10 @@ impl ProcessWorker {
                 },
                 other => other,
             })?;
-        let welcome = Welcome::decode(answer).map_err(|error| Error::Handshake {
+        control::read_welcome(answer, serves).map_err(|reason| Error::Handshake {
             worker: self.name.clone(),
-            reason: format!("the worker's answer to the handshake did not decode: {error}"),
-        })?;
-        if welcome.protocol != PROTOCOL_VERSION {
-            return Err(Error::Handshake {
-                worker: self.name.clone(),
-                reason: format!(
-                    "the worker speaks protocol version {}, this host speaks version {PROTOCOL_VERSION}",
-                    welcome.protocol
-                ),
-            });
-        }
-        for expected in serves {
-            if let Some(difference) = schema_difference(expected, &welcome.services) {
-                return Err(Error::Handshake {
-                    worker: self.name.clone(),
-                    reason: format!("schema mismatch: {difference}"),
-                });
-            }
-        }
-        Ok(welcome)
+            reason,
+        })
     }
 
     /// A channel to the worker, for generated clients.

@@ -24,7 +24,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use super::sys;
-use crate::control::{Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome};
+use crate::control::{
+    Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome, check_hello,
+};
 use crate::error::{Error, Status};
 use crate::frame::FrameCodec;
 use crate::server::{Control, Dispatch, Ending, ServeOptions, serve_connection};
@@ -178,23 +180,7 @@ impl Control for ConnectionControl {
     }
 
     fn hello(&self, hello: Hello) -> Result<Welcome, Status> {
-        if hello.protocol != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "the host speaks protocol version {}, this worker speaks version {PROTOCOL_VERSION}",
-                hello.protocol
-            )));
-        }
-        let presented = Secret::from_bytes(&hello.secret)
-            .ok_or_else(|| Status::permission_denied("the secret is not 32 bytes"))?;
-        let mut secret = lock(&self.shared.secret);
-        match secret.as_ref() {
-            Some(known) if known.matches(&hello.secret) => {}
-            Some(_) => return Err(Status::permission_denied("wrong secret")),
-            // Only the host that spawned us holds the other end of the
-            // inherited socket: its secret is the secret.
-            None if self.inherited => *secret = Some(presented),
-            None => return Err(Status::permission_denied("wrong secret")),
-        }
+        check_hello(&hello, &mut lock(&self.shared.secret), self.inherited)?;
         Ok(Welcome {
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),

@@ -1,0 +1,305 @@
+//! Writes the hand-made seeds of each target into `fuzz/corpus/<target>/`,
+//! named `seed-*`: valid frames of every kind, a truncated frame, a frame
+//! announcing 4 GiB, both halves of a valid handshake and ways each can be
+//! wrong. Run it from `fuzz/` with the fuzzing cfg, which the handshake
+//! seeds need (see `fuzz/README.md`):
+//!
+//! ```text
+//! RUSTFLAGS="--cfg fuzzing" cargo run --example seeds
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use tokio_util::codec::Encoder;
+use workerbus::fuzzing::{hello_for, welcome_for};
+use workerbus::{Code, Frame, FrameCodec, MethodName, Status, TraceContext};
+use workerbus_fuzz::server::Config;
+use workerbus_tests::pb::echo::{
+    CountRequest, EchoRequest, PanicRequest, SumRequest, echo_service, missing_service,
+};
+
+fn main() -> std::io::Result<()> {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let mut written = 0;
+    for (target, seeds) in [
+        ("frame_decoder", frame_decoder()),
+        ("handshake", handshake()),
+        ("server_dispatch", server_dispatch()),
+    ] {
+        let dir = corpus.join(target);
+        std::fs::create_dir_all(&dir)?;
+        for (name, bytes) in seeds {
+            std::fs::write(dir.join(format!("seed-{name}")), bytes)?;
+            written += 1;
+        }
+    }
+    println!("wrote {written} seeds under {}", corpus.display());
+    Ok(())
+}
+
+fn encode(frames: impl IntoIterator<Item = Frame>) -> Vec<u8> {
+    let mut codec = FrameCodec::new();
+    let mut out = BytesMut::new();
+    for frame in frames {
+        codec.encode(frame, &mut out).expect("a seed frame encodes");
+    }
+    out.to_vec()
+}
+
+fn request(id: u64, method: &'static str, payload: Vec<u8>) -> Frame {
+    Frame::request(
+        id,
+        MethodName::from_static(method),
+        None,
+        1,
+        Bytes::from(payload),
+    )
+}
+
+/// One of each kind, with every request flag somewhere.
+fn every_kind() -> Vec<Frame> {
+    vec![
+        Frame::request(
+            1,
+            MethodName::from_static("worker.stats"),
+            Some(Duration::from_millis(250)),
+            1,
+            Bytes::from_static(&[0x08, 0x01]),
+        ),
+        request(2, "w.s", vec![])
+            .with_streams(true, true)
+            .with_trace(Some(TraceContext::from_parts(7 << 64 | 9, 3))),
+        request(3, "w.n", vec![]).with_one_way(true),
+        Frame::Response {
+            id: 1,
+            payload: Bytes::from_static(&[0x08, 0x01]),
+        },
+        Frame::Status {
+            id: 1,
+            status: Status::new(Code::NotFound, "gone").with_details(Bytes::from_static(b"d")),
+        },
+        Frame::Cancel { id: 1 },
+        Frame::Shutdown,
+        Frame::Item {
+            id: 2,
+            payload: Bytes::from_static(&[0x08, 0x2a]),
+        },
+        Frame::End { id: 2 },
+        Frame::Credit { id: 2, count: 16 },
+        Frame::Credit { id: 0, count: 1 },
+        Frame::Event {
+            method: MethodName::from_static("w.e"),
+            payload: Bytes::from_static(&[0x08, 0x01]),
+        },
+    ]
+}
+
+/// `[limit, split, stream...]`: see `workerbus_fuzz::decoder`.
+fn frame_decoder() -> Vec<(&'static str, Vec<u8>)> {
+    let with = |limit: u8, split: u8, stream: &[u8]| [&[limit, split][..], stream].concat();
+    let all = encode(every_kind());
+    let request = encode([every_kind().remove(0)]);
+    let mut unknown_code = encode([Frame::Status {
+        id: 9,
+        status: Status::new(Code::NotFound, "gone"),
+    }]);
+    unknown_code[4 + workerbus::HEADER_LEN + 3] = 99;
+    vec![
+        ("empty", with(0, 0, &[])),
+        ("request", with(0, 0, &request)),
+        ("every-kind", with(0, 7, &all)),
+        ("every-kind-bytewise", with(0, 0, &all)),
+        ("truncated", with(0, 3, &request[..request.len() - 5])),
+        (
+            "announces-4gib",
+            with(0, 1, &[0xff, 0xff, 0xff, 0xff, 0x01]),
+        ),
+        // One byte over the smallest maximum (`limit` 1: 256 bytes).
+        ("over-limit", with(1, 1, &[0, 0, 1, 1, 0x02])),
+        (
+            "unknown-kind",
+            with(0, 2, &[0, 0, 0, 10, 0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        ),
+        (
+            "bad-utf8-method",
+            with(
+                0,
+                2,
+                &[0, 0, 0, 13, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+            ),
+        ),
+        ("unknown-status-code", with(0, 5, &unknown_code)),
+    ]
+}
+
+/// `[side, payload...]`: see `workerbus_fuzz::handshake`.
+fn handshake() -> Vec<(&'static str, Vec<u8>)> {
+    let hello = |payload: Vec<u8>| [vec![0], payload].concat();
+    let welcome = |payload: Vec<u8>| [vec![1], payload].concat();
+    let echo = welcome_for(&[echo_service::SCHEMA], 42);
+    let mut other_version = echo.clone();
+    // Field 1 (protocol), a varint: 0x08 then the value.
+    assert_eq!(other_version[..2], [0x08, 0x01]);
+    other_version[1] = 0x02;
+    vec![
+        ("hello", hello(hello_for(1, &[7; 32]))),
+        ("hello-other-version", hello(hello_for(2, &[7; 32]))),
+        ("hello-short-secret", hello(hello_for(1, &[7; 31]))),
+        ("hello-empty", hello(vec![])),
+        ("hello-garbage", hello(vec![0xff, 0xff, 0xff])),
+        ("welcome-echo", welcome(echo.clone())),
+        ("welcome-nothing", welcome(welcome_for(&[], 42))),
+        (
+            "welcome-missing",
+            welcome(welcome_for(&[missing_service::SCHEMA], 42)),
+        ),
+        (
+            "welcome-both",
+            welcome(welcome_for(
+                &[echo_service::SCHEMA, missing_service::SCHEMA],
+                42,
+            )),
+        ),
+        ("welcome-other-version", welcome(other_version)),
+        (
+            "welcome-truncated",
+            welcome(echo[..echo.len() / 2].to_vec()),
+        ),
+    ]
+}
+
+/// Raw inputs: `Config::raw_prefix()` then the bytes a host writes; see
+/// `workerbus_fuzz::server`.
+fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
+    let raw = |frames: Vec<Frame>| [&Config::DEFAULT.raw_prefix()[..], &encode(frames)].concat();
+    let echo = EchoRequest {
+        text: "hi".into(),
+        data: Bytes::from_static(b"\x01"),
+        delay_ms: 5,
+    }
+    .encode_to_vec();
+    let sum = |value, stop| {
+        SumRequest {
+            tag: "t".into(),
+            value,
+            stop,
+            hold_after: 0,
+        }
+        .encode_to_vec()
+    };
+    let count = CountRequest {
+        tag: "t".into(),
+        from: 1,
+        count: 40,
+        delay_ms: 0,
+        fail_code: 0,
+    }
+    .encode_to_vec();
+    let mut truncated = raw(vec![request(1, echo_service::ECHO, echo.clone())]);
+    truncated.truncate(truncated.len() - 3);
+    vec![
+        (
+            "echo",
+            raw(vec![request(1, echo_service::ECHO, echo.clone())]),
+        ),
+        (
+            "echo-then-cancel",
+            raw(vec![
+                request(1, echo_service::ECHO, echo.clone()),
+                Frame::Cancel { id: 1 },
+            ]),
+        ),
+        (
+            "panic",
+            raw(vec![request(
+                1,
+                echo_service::PANIC,
+                PanicRequest {
+                    message: "boom".into(),
+                }
+                .encode_to_vec(),
+            )]),
+        ),
+        (
+            "sum-stream",
+            raw(vec![
+                request(4, echo_service::SUM, vec![]).with_streams(true, false),
+                Frame::Item {
+                    id: 4,
+                    payload: Bytes::from(sum(2, false)),
+                },
+                Frame::Item {
+                    id: 4,
+                    payload: Bytes::from(sum(3, false)),
+                },
+                Frame::End { id: 4 },
+            ]),
+        ),
+        (
+            "count-with-credit",
+            raw(vec![
+                request(5, echo_service::COUNT, count).with_streams(false, true),
+                Frame::Credit { id: 5, count: 8 },
+            ]),
+        ),
+        (
+            "chat",
+            raw(vec![
+                request(6, echo_service::CHAT, vec![]).with_streams(true, true),
+                Frame::Item {
+                    id: 6,
+                    payload: Bytes::from(echo.clone()),
+                },
+                Frame::End { id: 6 },
+            ]),
+        ),
+        (
+            "controls",
+            raw(vec![
+                request(7, "$workerbus.health", vec![]),
+                request(8, "$workerbus.hello", hello_for(1, &[7; 32])),
+                request(9, "$workerbus.detach", vec![]),
+            ]),
+        ),
+        (
+            "unknown-method",
+            raw(vec![
+                request(1, "missing.nothing", vec![]).with_one_way(true),
+            ]),
+        ),
+        (
+            "duplicate-id",
+            raw(vec![
+                request(1, echo_service::SLEEP, vec![0x10, 0x64]),
+                request(1, echo_service::ECHO, echo.clone()),
+            ]),
+        ),
+        (
+            "shutdown",
+            raw(vec![
+                request(1, echo_service::ECHO, echo.clone()),
+                Frame::Shutdown,
+                request(2, echo_service::ECHO, echo),
+            ]),
+        ),
+        (
+            "response-from-host",
+            raw(vec![Frame::Response {
+                id: 1,
+                payload: Bytes::new(),
+            }]),
+        ),
+        ("truncated", truncated),
+        (
+            "announces-4gib",
+            [
+                &Config::DEFAULT.raw_prefix()[..],
+                &[0xff, 0xff, 0xff, 0xff, 0x01],
+            ]
+            .concat(),
+        ),
+    ]
+}

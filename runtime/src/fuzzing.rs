@@ -1,0 +1,73 @@
+//! Entry points for the fuzz targets in `fuzz/`: the handshake's parsers,
+//! which are crate-private.
+//!
+//! This module exists only when the crate is compiled with `--cfg fuzzing`,
+//! as `cargo fuzz` compiles it; no other build has it. It is not API: it
+//! carries no stability promise and may change with the fuzz targets.
+//!
+//! Each function runs the code the real handshake runs, not a copy of it:
+//! [`worker_reads_hello`] the worker's check of a greeting
+//! (`control::check_hello`, which `ConnectionControl::hello` calls), and
+//! [`host_reads_welcome`] the host's reading of the answer
+//! (`control::read_welcome`, which `ProcessWorker::handshake` calls).
+
+#[cfg(feature = "process")]
+use bytes::Bytes;
+#[cfg(feature = "process")]
+use prost::Message;
+
+#[cfg(feature = "process")]
+use crate::control::{self, Hello};
+#[cfg(feature = "process")]
+use crate::{Secret, ServiceSchema, Status};
+
+/// The worker's handling of `payload` as the body of a `$workerbus.hello`
+/// request: decodes the host's `Hello` as the serve loop does, then checks it
+/// against the secret `known` on this worker.
+///
+/// `inherited` says whether the greeting came on the socket the host gave the
+/// worker at birth; there, the first greeting sets `known`. The error is the
+/// status the worker answers with, refusing the peer.
+#[cfg(feature = "process")]
+pub fn worker_reads_hello(
+    payload: &[u8],
+    known: &mut Option<Secret>,
+    inherited: bool,
+) -> Result<(), Status> {
+    // The serve loop's decoding of a `$workerbus.hello` payload.
+    let hello = Hello::decode(Bytes::copy_from_slice(payload))
+        .map_err(|error| Status::invalid_argument(format!("{}: {error}", control::HELLO)))?;
+    control::check_hello(&hello, known, inherited)
+}
+
+/// The host's handling of `answer` as a worker's response to its
+/// `$workerbus.hello`: decodes the `Welcome`, checks its protocol version and
+/// that the worker serves each schema in `serves` unchanged. The error is the
+/// reason the handshake fails.
+#[cfg(feature = "process")]
+pub fn host_reads_welcome(answer: &[u8], serves: &[ServiceSchema]) -> Result<(), String> {
+    control::read_welcome(Bytes::copy_from_slice(answer), serves).map(drop)
+}
+
+/// The bytes a worker serving `served` answers a greeting with: a valid
+/// `Welcome` of this protocol version, for seeds and round-trip checks.
+#[cfg(feature = "process")]
+pub fn welcome_for(served: &[ServiceSchema], pid: u32) -> Vec<u8> {
+    control::Welcome {
+        protocol: control::PROTOCOL_VERSION,
+        pid,
+        services: served.iter().map(control::ServiceInfo::from).collect(),
+    }
+    .encode_to_vec()
+}
+
+/// The bytes of a host's greeting presenting `secret` with `protocol`, for
+/// seeds and round-trip checks.
+#[cfg(feature = "process")]
+pub fn hello_for(protocol: u32, secret: &[u8]) -> Vec<u8> {
+    Hello {
+        protocol,
+        secret: Bytes::copy_from_slice(secret),
+    }
+    .encode_to_vec()
+}
