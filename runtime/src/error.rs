@@ -618,3 +618,457 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL_CODES: [Code; 16] = [
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    fn method() -> MethodName {
+        MethodName::from_static("embedder.embed")
+    }
+
+    fn decode_error() -> prost::DecodeError {
+        // A length-delimited field announcing 5 bytes and carrying none.
+        <String as prost::Message>::decode(&[0x0a, 0x05][..]).unwrap_err()
+    }
+
+    fn io_error() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")
+    }
+
+    /// One error of every variant, with the code its status takes and the
+    /// message name it belongs to.
+    fn every_error() -> Vec<(Error, Code, Option<&'static str>)> {
+        vec![
+            (
+                Error::Timeout {
+                    method: method(),
+                    after: Duration::from_millis(1500),
+                },
+                Code::DeadlineExceeded,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::Cancelled { method: method() },
+                Code::Cancelled,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::WorkerExited {
+                    method: method(),
+                    exit: ExitReason::Signal(9),
+                },
+                Code::Unavailable,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::Disconnected {
+                    method: method(),
+                    cause: Some(Arc::new(FrameError::Closed)),
+                },
+                Code::Unavailable,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::Unavailable {
+                    method: method(),
+                    worker: "embedder".into(),
+                    reason: "it is restarting".into(),
+                },
+                Code::Unavailable,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::Remote {
+                    method: method(),
+                    status: Status::not_found("no document 42"),
+                },
+                Code::NotFound,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::TooLarge {
+                    method: method(),
+                    what: "request",
+                    size: 5000,
+                    max: 4096,
+                },
+                Code::ResourceExhausted,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::Decode {
+                    method: method(),
+                    message: "embedder.Vector",
+                    source: decode_error(),
+                },
+                Code::Internal,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::Worker {
+                    reason: "not started by a workerbus host".into(),
+                    source: None,
+                },
+                Code::Unavailable,
+                None,
+            ),
+            (
+                Error::StartupTimeout {
+                    worker: "embedder".into(),
+                    after: Duration::from_secs(10),
+                },
+                Code::Unavailable,
+                None,
+            ),
+            (
+                Error::ExitedDuringStartup {
+                    worker: "embedder".into(),
+                    exit: ExitReason::Code(3),
+                    stderr: vec!["loading the model failed".into()],
+                },
+                Code::Unavailable,
+                None,
+            ),
+            (
+                Error::Handshake {
+                    worker: "embedder".into(),
+                    reason: "it serves another schema".into(),
+                },
+                Code::FailedPrecondition,
+                None,
+            ),
+            (
+                Error::Connect {
+                    address: "/run/embedder/socket".into(),
+                    source: io_error(),
+                },
+                Code::Unavailable,
+                None,
+            ),
+            (
+                Error::Spawn {
+                    worker: "target/debug/embedder".into(),
+                    reason: "the program does not exist".into(),
+                    source: Some(io_error()),
+                },
+                Code::Unavailable,
+                None,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_code_round_trips_through_its_wire_number() {
+        for (index, code) in ALL_CODES.into_iter().enumerate() {
+            assert_eq!(code.as_u32(), index as u32 + 1, "{code:?}");
+            assert_eq!(Code::from_u32(code.as_u32()), code);
+        }
+        for unknown in [0, 17, 99, u32::MAX] {
+            assert_eq!(Code::from_u32(unknown), Code::Unknown, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn every_code_has_its_own_lower_case_description() {
+        let expected = [
+            "cancelled",
+            "unknown error",
+            "invalid argument",
+            "deadline exceeded",
+            "not found",
+            "already exists",
+            "permission denied",
+            "resource exhausted",
+            "failed precondition",
+            "aborted",
+            "out of range",
+            "unimplemented",
+            "internal error",
+            "unavailable",
+            "data loss",
+            "unauthenticated",
+        ];
+        for (code, description) in ALL_CODES.into_iter().zip(expected) {
+            assert_eq!(code.description(), description);
+            assert_eq!(code.to_string(), description);
+        }
+    }
+
+    #[test]
+    fn each_constructor_makes_a_status_of_its_code() {
+        let made = [
+            Status::cancelled("m"),
+            Status::unknown("m"),
+            Status::invalid_argument("m"),
+            Status::deadline_exceeded("m"),
+            Status::not_found("m"),
+            Status::already_exists("m"),
+            Status::permission_denied("m"),
+            Status::resource_exhausted("m"),
+            Status::failed_precondition("m"),
+            Status::aborted("m"),
+            Status::out_of_range("m"),
+            Status::unimplemented("m"),
+            Status::internal("m"),
+            Status::unavailable("m"),
+            Status::data_loss("m"),
+            Status::unauthenticated("m"),
+        ];
+        for (status, code) in made.iter().zip(ALL_CODES) {
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), "m");
+            assert!(status.details().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_status_without_a_message_displays_its_code_alone() {
+        assert_eq!(Status::new(Code::Aborted, "").to_string(), "aborted");
+        assert_eq!(
+            Status::aborted("a conflicting write").to_string(),
+            "aborted: a conflicting write"
+        );
+    }
+
+    #[test]
+    fn every_error_becomes_the_status_of_its_code_with_its_message() {
+        for (error, code, _) in every_error() {
+            let message = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+            assert!(status.details().is_empty(), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_remote_error_keeps_the_details_of_its_status() {
+        let error = Error::Remote {
+            method: method(),
+            status: Status::aborted("conflict").with_details(&b"\x08\x01"[..]),
+        };
+        let status = Status::from(error);
+        assert_eq!(status.code(), Code::Aborted);
+        assert_eq!(status.message(), "embedder.embed failed: aborted: conflict");
+        assert_eq!(status.details().as_ref(), b"\x08\x01");
+    }
+
+    #[test]
+    fn only_errors_of_a_call_name_its_method() {
+        for (error, _, method) in every_error() {
+            assert_eq!(error.method(), method, "{error}");
+        }
+    }
+
+    #[test]
+    fn only_a_remote_error_has_a_status() {
+        for (error, _, _) in every_error() {
+            match &error {
+                Error::Remote { status, .. } => {
+                    assert_eq!(error.status(), Some(status));
+                }
+                _ => assert_eq!(error.status(), None, "{error}"),
+            }
+        }
+    }
+
+    #[test]
+    fn timeouts_exits_disconnections_and_unavailable_workers_are_retryable() {
+        for (error, _, _) in every_error() {
+            let expected = matches!(
+                error,
+                Error::Timeout { .. } | Error::WorkerExited { .. } | Error::Disconnected { .. }
+            );
+            assert_eq!(error.is_retryable(), expected, "{error}");
+        }
+        let unavailable = Error::Remote {
+            method: method(),
+            status: Status::unavailable("shutting down"),
+        };
+        assert!(unavailable.is_retryable());
+        let cancelled = Error::Remote {
+            method: method(),
+            status: Status::cancelled("by the handler"),
+        };
+        assert!(!cancelled.is_retryable());
+    }
+
+    #[test]
+    fn error_messages_name_the_call_and_the_cause() {
+        let messages: Vec<String> = every_error()
+            .into_iter()
+            .map(|(error, _, _)| error.to_string())
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "embedder.embed timed out after 1.5s",
+                "embedder.embed was cancelled",
+                "embedder.embed failed: the worker was killed by signal 9 (SIGKILL)",
+                "embedder.embed failed: disconnected from the worker: the connection is closed",
+                "embedder.embed failed: worker embedder is unavailable: it is restarting",
+                "embedder.embed failed: not found: no document 42",
+                "embedder.embed failed: request of 5000 bytes exceeds the maximum frame length of 4096 bytes",
+                "embedder.embed failed: the response did not decode as embedder.Vector",
+                "cannot serve as a worker: not started by a workerbus host",
+                "worker embedder did not complete its handshake within 10s; it was killed",
+                "worker embedder exited with code 3 before completing its handshake; its stderr ended with:\nloading the model failed",
+                "worker embedder: it serves another schema",
+                "cannot connect to the worker at /run/embedder/socket: no such file",
+                "failed to spawn worker target/debug/embedder: the program does not exist",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_exit_during_startup_without_stderr_adds_nothing() {
+        let error = Error::ExitedDuringStartup {
+            worker: "embedder".into(),
+            exit: ExitReason::Signal(6),
+            stderr: Vec::new(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "worker embedder was killed by signal 6 (SIGABRT) before completing its handshake"
+        );
+    }
+
+    #[test]
+    fn a_disconnection_without_a_cause_says_only_that() {
+        let error = Error::Disconnected {
+            method: method(),
+            cause: None,
+        };
+        assert_eq!(
+            error.to_string(),
+            "embedder.embed failed: disconnected from the worker"
+        );
+        assert!(std::error::Error::source(&error).is_none());
+    }
+
+    #[test]
+    fn every_exit_reason_reads_after_the_worker() {
+        let named = [
+            (1, "SIGHUP"),
+            (2, "SIGINT"),
+            (3, "SIGQUIT"),
+            (4, "SIGILL"),
+            (6, "SIGABRT"),
+            (7, "SIGBUS"),
+            (8, "SIGFPE"),
+            (9, "SIGKILL"),
+            (11, "SIGSEGV"),
+            (13, "SIGPIPE"),
+            (14, "SIGALRM"),
+            (15, "SIGTERM"),
+        ];
+        for (signal, name) in named {
+            assert_eq!(
+                ExitReason::Signal(signal).to_string(),
+                format!("was killed by signal {signal} ({name})")
+            );
+        }
+        for unnamed in [5, 10, 12, 64] {
+            assert_eq!(
+                ExitReason::Signal(unnamed).to_string(),
+                format!("was killed by signal {unnamed}")
+            );
+        }
+        assert_eq!(ExitReason::Code(0).to_string(), "exited with code 0");
+        assert_eq!(
+            ExitReason::Panicked("index out of bounds".into()).to_string(),
+            "panicked: index out of bounds"
+        );
+        assert_eq!(ExitReason::Stopped.to_string(), "stopped");
+        assert_eq!(ExitReason::Killed.to_string(), "was killed");
+        assert_eq!(
+            ExitReason::Unknown.to_string(),
+            "ended (exit status unknown)"
+        );
+    }
+
+    #[test]
+    fn frame_errors_say_what_was_wrong() {
+        let cases = [
+            (
+                FrameError::TooLong {
+                    len: 5000,
+                    max: 4096,
+                },
+                "frame of 5000 bytes exceeds the maximum frame length of 4096 bytes",
+            ),
+            (
+                FrameError::TooShort { len: 3 },
+                "frame of 3 bytes is shorter than the 10-byte header",
+            ),
+            (
+                FrameError::Malformed {
+                    kind: "ITEM",
+                    reason: "no payload".into(),
+                },
+                "malformed ITEM frame: no payload",
+            ),
+            (
+                FrameError::UnknownKind { kind: 0x2a },
+                "unknown frame kind 0x2a",
+            ),
+            (
+                FrameError::Unexpected {
+                    kind: "REQUEST",
+                    peer: "worker",
+                },
+                "unexpected REQUEST frame from the worker",
+            ),
+            (
+                FrameError::Truncated { buffered: 7 },
+                "the connection closed in the middle of a frame (7 bytes received)",
+            ),
+            (
+                FrameError::DuplicateId { id: 5 },
+                "request id 5 is already in flight",
+            ),
+            (
+                FrameError::NeverSent {
+                    kind: "CREDIT",
+                    id: 9,
+                },
+                "a CREDIT frame refers to request 9, which was never sent",
+            ),
+            (
+                FrameError::BeforeHandshake { kind: "CANCEL" },
+                "a CANCEL frame arrived before the handshake",
+            ),
+            (
+                FrameError::Refused {
+                    reason: "wrong secret".into(),
+                },
+                "the peer was refused: wrong secret",
+            ),
+            (FrameError::Closed, "the connection is closed"),
+            (FrameError::from(io_error()), "i/o error: no such file"),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
+    }
+}
