@@ -318,4 +318,44 @@ mod tests {
         histogram.record(Duration::from_secs(1_000));
         assert_eq!(histogram.quantile(1.0), None, "beyond the last bucket");
     }
+
+    #[test]
+    fn an_empty_histogram_has_no_quantile_no_mean_and_empty_buckets() {
+        let histogram = Histogram::default();
+        assert_eq!(histogram.quantile(0.5), None);
+        assert_eq!(histogram.mean(), None);
+        assert!(histogram.buckets().all(|(_, count)| count == 0));
+    }
+
+    #[test]
+    fn buckets_count_each_duration_under_the_first_bound_above_it() {
+        let mut histogram = Histogram::default();
+        for elapsed in [
+            Duration::from_micros(3),
+            Duration::from_micros(5),
+            Duration::from_micros(6),
+            Duration::from_secs(1_000),
+        ] {
+            histogram.record(elapsed);
+        }
+        let buckets: Vec<(Option<Duration>, u64)> = histogram.buckets().collect();
+        assert_eq!(buckets.len(), BOUNDS_US.len() + 1);
+        assert_eq!(buckets[0], (Some(Duration::from_micros(1)), 0));
+        assert_eq!(buckets[2], (Some(Duration::from_micros(5)), 2));
+        assert_eq!(buckets[3], (Some(Duration::from_micros(10)), 1));
+        assert_eq!(buckets[BOUNDS_US.len()], (None, 1), "beyond 100 s");
+        let bounds: Vec<Duration> = buckets.iter().filter_map(|(bound, _)| *bound).collect();
+        assert!(bounds.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(bounds.last(), Some(&Duration::from_secs(100)));
+        let total: u64 = buckets.iter().map(|(_, count)| count).sum();
+        assert_eq!(total, histogram.count());
+    }
+
+    #[test]
+    fn method_metrics_name_their_side_and_message() {
+        let entry = MethodMetrics::new(Side::Worker, "embedder.embed");
+        assert_eq!(entry.side(), Side::Worker);
+        assert_eq!(entry.method(), "embedder.embed");
+        assert_eq!((entry.calls(), entry.ok(), entry.failed()), (0, 0, 0));
+    }
 }
