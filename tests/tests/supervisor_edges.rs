@@ -1,0 +1,417 @@
+//! Supervision at its edges: recycling on demand, workers that outlast their
+//! shutdown timeout, starts that fail (the first, a restart, a recycle's),
+//! restarts falling out of the intensity period, and a supervisor that is
+//! gone (shut down, or every handle dropped).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use workerbus::{
+    Backoff, Error, ExitReason, ProcessDriver, RestartPolicy, Spawn, Supervisor, SupervisorEvent,
+    ThreadDriver,
+};
+use workerbus_tests::EchoWorker;
+use workerbus_tests::pb::echo::{
+    EchoClient, EchoRequest, EchoServer, ObserveRequest, SleepRequest, SleepState,
+};
+
+const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+
+fn thread_spawner() -> impl Spawn {
+    ThreadDriver::new().spawner(|| EchoServer::new(EchoWorker::new()))
+}
+
+/// Restarts at once, at most `max` times within `within`.
+fn policy(max: u32, within: Duration) -> RestartPolicy {
+    RestartPolicy::new()
+        .backoff(Backoff::constant(Duration::ZERO))
+        .intensity(max, within)
+}
+
+/// Waits for the first event `pick` accepts, failing the test after 20 s.
+async fn expect<T>(
+    events: &mut broadcast::Receiver<SupervisorEvent>,
+    what: &str,
+    mut pick: impl FnMut(&SupervisorEvent) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            let event = events.recv().await.expect("the supervisor's events");
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} event within 20 s"))
+}
+
+/// The delay and attempt of the next restart.
+async fn restarting(events: &mut broadcast::Receiver<SupervisorEvent>) -> (Duration, u32) {
+    expect(events, "Restarting", |event| match event {
+        SupervisorEvent::Restarting { delay, attempt, .. } => Some((*delay, *attempt)),
+        _ => None,
+    })
+    .await
+}
+
+async fn started(events: &mut broadcast::Receiver<SupervisorEvent>) -> u32 {
+    expect(events, "Started", |event| match event {
+        SupervisorEvent::Started { restarts, .. } => Some(*restarts),
+        _ => None,
+    })
+    .await
+}
+
+async fn echo(client: &EchoClient) -> Result<String, Error> {
+    let request = EchoRequest {
+        text: "ping".into(),
+        ..EchoRequest::default()
+    };
+    client.echo(request).await.map(|reply| reply.text)
+}
+
+/// A sleep of `ms` on the worker behind `client`, once it has started there.
+async fn sleeping(
+    client: &EchoClient,
+    tag: &str,
+    ms: u64,
+) -> impl Future<Output = Result<(), Error>> + use<> {
+    let sleep = SleepRequest {
+        tag: tag.into(),
+        ms,
+        blocking: false,
+    };
+    let client_for_sleep = client.clone();
+    let mut call = Box::pin(async move { client_for_sleep.sleep(sleep).await });
+    let started = ObserveRequest {
+        tag: tag.into(),
+        state: SleepState::Started.into(),
+    };
+    tokio::select! {
+        biased; // the sleep is sent first
+        result = &mut call => panic!("the sleep ended before it was observed: {result:?}"),
+        result = client.observe(started) => result.expect("the sleep started"),
+    }
+    call
+}
+
+#[tokio::test]
+async fn recycling_on_demand_replaces_the_worker_without_failing_its_calls() {
+    let supervisor = Supervisor::default();
+    let mut events = supervisor.subscribe();
+    let worker = supervisor
+        .supervise(
+            "recycled",
+            ProcessDriver::new(ECHO_WORKER),
+            RestartPolicy::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(worker.name(), "recycled");
+    assert_eq!(started(&mut events).await, 0);
+    let old = worker.pid().expect("a process worker has a pid");
+    let client = EchoClient::new(worker.channel());
+    let call = sleeping(&client, "in flight", 2_000).await;
+    tokio::pin!(call);
+
+    worker.recycle();
+    let reason = expect(&mut events, "Recycling", |event| match event {
+        SupervisorEvent::Recycling { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "asked to");
+    tokio::select! {
+        biased;
+        restarts = started(&mut events) => assert_eq!(restarts, 1),
+        result = &mut call => panic!("the call ended before the replacement started: {result:?}"),
+    }
+    let new = worker.pid().unwrap();
+    assert_ne!(new, old, "a new process took over");
+    assert_eq!(echo(&client).await.unwrap(), "ping");
+    // The old worker finished the call it had before it stopped.
+    call.await.expect("the call in flight was not failed");
+    assert_eq!(worker.restarts(), 1);
+    assert!(worker.is_running());
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_recycled_worker_that_outlasts_its_shutdown_timeout_is_killed() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let worker = supervisor
+        .supervise(
+            "stubborn",
+            ProcessDriver::new(ECHO_WORKER),
+            RestartPolicy::new().shutdown_timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+    started(&mut events).await;
+    let client = EchoClient::new(worker.channel());
+    let call = sleeping(&client, "stubborn", 60_000).await;
+    worker.recycle();
+    assert_eq!(started(&mut events).await, 1);
+    let result = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the old worker is killed within 20 s");
+    match result {
+        Err(Error::WorkerExited { exit, .. }) => assert_eq!(exit, ExitReason::Signal(9)),
+        other => panic!("expected the old worker's death, got {other:?}"),
+    }
+    assert_eq!(echo(&client).await.unwrap(), "ping");
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shutdown_kills_a_worker_that_outlasts_its_shutdown_timeout() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let worker = supervisor
+        .supervise(
+            "stubborn",
+            ProcessDriver::new(ECHO_WORKER),
+            RestartPolicy::new().shutdown_timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+    started(&mut events).await;
+    let client = EchoClient::new(worker.channel());
+    let call = sleeping(&client, "stubborn", 60_000).await;
+    tokio::time::timeout(Duration::from_secs(20), supervisor.shutdown())
+        .await
+        .expect("the shutdown ends within 20 s");
+    let exit = expect(&mut events, "Exited", |event| match event {
+        SupervisorEvent::Exited { exit, .. } => Some(exit.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(exit, ExitReason::Signal(9));
+    let result = call.await;
+    assert!(
+        matches!(
+            &result,
+            Err(Error::WorkerExited {
+                exit: ExitReason::Signal(9),
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(worker.is_down());
+}
+
+#[tokio::test]
+async fn a_worker_whose_first_start_fails_is_not_supervised() {
+    let supervisor = Supervisor::new();
+    let error = supervisor
+        .supervise(
+            "missing",
+            ProcessDriver::new("/nonexistent/worker"),
+            RestartPolicy::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "failed to spawn worker /nonexistent/worker: the program does not exist"
+    );
+    // The supervisor goes on supervising others.
+    let worker = supervisor
+        .supervise("present", thread_spawner(), RestartPolicy::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        echo(&EchoClient::new(worker.channel())).await.unwrap(),
+        "ping"
+    );
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_supervisor_that_shut_down_supervises_nothing_more() {
+    let supervisor = Supervisor::new();
+    let worker = supervisor
+        .supervise("early", thread_spawner(), RestartPolicy::new())
+        .await
+        .unwrap();
+    supervisor.shutdown().await;
+    let error = supervisor
+        .supervise("late", thread_spawner(), RestartPolicy::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Spawn { .. }), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "failed to spawn worker late: its supervisor has shut down"
+    );
+    // Asking a worker of a gone supervisor for anything does nothing.
+    worker.kill();
+    worker.recycle();
+    assert!(worker.is_down());
+    let error = echo(&EchoClient::new(worker.channel())).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "echo.echo failed: worker early is unavailable: its supervisor shut it down"
+    );
+}
+
+#[tokio::test]
+async fn dropping_every_handle_to_a_supervisor_stops_its_workers() {
+    let supervisor = Supervisor::new();
+    let worker = supervisor
+        .supervise("orphan", thread_spawner(), RestartPolicy::new())
+        .await
+        .unwrap();
+    let channel = worker.channel();
+    drop(supervisor);
+    tokio::time::timeout(Duration::from_secs(20), channel.closed())
+        .await
+        .expect("the worker is stopped within 20 s");
+    assert!(worker.is_down());
+    let error = echo(&EchoClient::new(channel)).await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+}
+
+/// Starts workers with `inner` as long as `allowed` says, then fails.
+struct Limited<S> {
+    inner: S,
+    starts: Arc<AtomicU32>,
+    allowed: u32,
+}
+
+impl<S: Spawn> Spawn for Limited<S> {
+    type Worker = S::Worker;
+
+    fn spawn(&self) -> impl Future<Output = Result<S::Worker, Error>> + Send {
+        let start = self.starts.fetch_add(1, Ordering::SeqCst);
+        let spawn = (start < self.allowed).then(|| self.inner.spawn());
+        async move {
+            match spawn {
+                Some(spawn) => spawn.await,
+                None => Err(Error::Spawn {
+                    worker: "limited".into(),
+                    reason: format!("start {} is not allowed", start + 1),
+                    source: None,
+                }),
+            }
+        }
+    }
+}
+
+fn limited(allowed: u32) -> (Limited<impl Spawn>, Arc<AtomicU32>) {
+    let starts = Arc::new(AtomicU32::new(0));
+    let spawn = Limited {
+        inner: thread_spawner(),
+        starts: Arc::clone(&starts),
+        allowed,
+    };
+    (spawn, starts)
+}
+
+#[tokio::test]
+async fn failed_restarts_count_against_the_intensity_until_the_supervisor_gives_up() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let (spawn, starts) = limited(1);
+    let worker = supervisor
+        .supervise("limited", spawn, policy(2, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    worker.kill();
+    let mut failures = Vec::new();
+    let restarts = loop {
+        match expect(&mut events, "StartFailed or GaveUp", |event| match event {
+            SupervisorEvent::StartFailed { error, .. } => Some(Err(error.clone())),
+            SupervisorEvent::GaveUp { restarts, .. } => Some(Ok(*restarts)),
+            _ => None,
+        })
+        .await
+        {
+            Err(error) => failures.push(error),
+            Ok(restarts) => break restarts,
+        }
+    };
+    assert_eq!(
+        failures,
+        [
+            "failed to spawn worker limited: start 2 is not allowed",
+            "failed to spawn worker limited: start 3 is not allowed",
+        ]
+    );
+    assert_eq!(restarts, 2);
+    assert_eq!(starts.load(Ordering::SeqCst), 3);
+    assert!(worker.is_down());
+    let error = echo(&EchoClient::new(worker.channel())).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "echo.echo failed: worker limited is unavailable: its supervisor gave up after 2 \
+         restarts within 60s; it last ended (exit status unknown)"
+    );
+}
+
+#[tokio::test]
+async fn a_recycle_whose_start_fails_keeps_the_current_worker() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let (spawn, starts) = limited(1);
+    let worker = supervisor
+        .supervise("kept", spawn, RestartPolicy::new())
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    worker.recycle();
+    let error = expect(&mut events, "StartFailed", |event| match event {
+        SupervisorEvent::StartFailed { error, .. } => Some(error.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        error,
+        "failed to spawn worker limited: start 2 is not allowed"
+    );
+    assert_eq!(starts.load(Ordering::SeqCst), 2);
+    assert_eq!(worker.restarts(), 0, "a failed recycle is not a restart");
+    assert!(worker.is_running());
+    assert_eq!(echo(&client).await.unwrap(), "ping");
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn restarts_older_than_the_intensity_period_no_longer_count() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let within = Duration::from_millis(300);
+    let worker = supervisor
+        .supervise(
+            "steady",
+            thread_spawner(),
+            RestartPolicy::new()
+                .backoff(Backoff::constant(Duration::from_secs(3600)))
+                .intensity(1, within),
+        )
+        .await
+        .unwrap();
+    started(&mut events).await;
+    worker.kill();
+    assert_eq!(restarting(&mut events).await, (Duration::ZERO, 1));
+    assert_eq!(started(&mut events).await, 1);
+    // Time must pass for the restart to fall out of the period (and for the
+    // worker to have stayed up longer than it).
+    tokio::time::sleep(within + Duration::from_millis(100)).await;
+    worker.kill();
+    // Within the intensity again, and a new run of restarts: no backoff.
+    assert_eq!(restarting(&mut events).await, (Duration::ZERO, 1));
+    assert_eq!(started(&mut events).await, 2);
+    assert_eq!(
+        echo(&EchoClient::new(worker.channel())).await.unwrap(),
+        "ping"
+    );
+    supervisor.shutdown().await;
+}
