@@ -3,7 +3,9 @@
 //! `/proc/<pid>`), its name (in its startup data and its named socket's
 //! directory), its forwarded stderr; and the handle's operations that depend
 //! on how it was started: reconnecting without a named socket, killing a
-//! worker reached by its address, a program that cannot be started.
+//! worker reached by its address, a program that cannot be started; and a
+//! worker binary run by hand, whose startup variable decides whether it
+//! serves.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -298,5 +300,58 @@ async fn programs_that_cannot_be_started_are_spawn_errors_naming_them() {
     assert!(
         std::error::Error::source(&error).is_some(),
         "the OS error is the source"
+    );
+}
+
+/// Runs the worker binary by hand with `WORKERBUS_WORKER` set to `startup`:
+/// its exit code and what it printed.
+async fn by_hand(startup: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(ECHO_WORKER)
+        .args(args)
+        .env(workerbus::STARTUP_ENV, startup)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run the worker binary");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_worker_started_by_hand_serves_only_what_its_startup_variable_allows() {
+    let here = std::process::id();
+    // Marked as a worker of this process, but without the socket a host
+    // leaves it: it says so and fails.
+    let (code, _, stderr) = by_hand(&format!("1;3;{here};by hand"), &[]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "echo-worker: cannot serve as a worker: cannot take the socket from the host"
+    );
+    // Marked as the worker of another process (a descendant of a worker
+    // inherits the variable): not a worker, so the binary is a CLI.
+    let (code, stdout, _) = by_hand("1;3;1;inherited", &[]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        stdout,
+        "echo-worker: not started by a workerbus host; nothing to serve"
+    );
+    // Asked to serve anyway, it says why it cannot.
+    let (code, _, stderr) = by_hand("1;3;1;inherited", &["--serve-anyway"]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        "echo-worker: cannot serve as a worker: this program was not started by a workerbus \
+         host (WORKERBUS_WORKER is not set for it)"
+    );
+    let (code, _, stderr) = by_hand("garbage", &["--serve-anyway"]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        "echo-worker: cannot serve as a worker: WORKERBUS_WORKER=\"garbage\" has startup \
+         format version garbage, this program reads version 1"
     );
 }
