@@ -305,6 +305,9 @@ impl<T: Message> StreamSender<T> {
         let mut payload = Some(payload);
         let waker = poll_fn(|cx| {
             let mut state = lock(&handle.shared);
+            if !state.ended && state.sends_full(cx) {
+                return Poll::Pending;
+            }
             let Some(stream) = state
                 .streams
                 .get_mut(&handle.id)
@@ -320,9 +323,11 @@ impl<T: Message> StreamSender<T> {
                 return Poll::Pending;
             }
             stream.send_credit -= 1;
+            let payload = payload.take().unwrap_or_default();
+            state.sent_bytes += payload.len() + SEND_OVERHEAD;
             let item = Frame::Item {
                 id: handle.id,
-                payload: payload.take().unwrap_or_default(),
+                payload,
             };
             log::frame(Direction::WorkerOut, &item, Some(&self.method));
             state.outbox.push_back(item);
@@ -570,6 +575,15 @@ impl EventSink {
                 shared.max_frame_length
             )));
         }
+        // Behind the sends already queued, if too many are.
+        poll_fn(|cx| {
+            let mut state = lock(&shared);
+            if !state.ended && state.sends_full(cx) {
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        })
+        .await;
         loop {
             let room = shared.event_room.notified();
             tokio::pin!(room);
@@ -581,6 +595,7 @@ impl EventSink {
                 }
                 if state.event_credit > 0 {
                     state.event_credit -= 1;
+                    state.sent_bytes += payload.len() + SEND_OVERHEAD;
                     let event = Frame::Event {
                         method: method.clone(),
                         payload: std::mem::take(&mut payload),
@@ -836,9 +851,23 @@ fn resident_memory() -> Option<u64> {
     Some(kilobytes * 1024)
 }
 
+/// Handlers' sends (stream items, events) wait once about this many bytes
+/// of them are queued for the host and not yet taken by the writer: a host
+/// that grants credit without reading holds the handler back, not the
+/// worker's memory.
+const SENDS_HIGH_WATER: usize = 1 << 20;
+
+/// What a queued item or event counts for besides its payload, so that many
+/// small ones also reach [`SENDS_HIGH_WATER`].
+const SEND_OVERHEAD: usize = 64;
+
 #[derive(Default)]
 struct State {
     outbox: VecDeque<Frame>,
+    /// Bytes of handlers' sends in `outbox` (see [`SENDS_HIGH_WATER`]).
+    sent_bytes: usize,
+    /// Handlers waiting for the writer to take the outbox.
+    send_waiters: Vec<Waker>,
     /// The serve loop's waker, present while it waits for work.
     link: Option<Waker>,
     /// Calls running as tasks. A task answers only if it can remove its own
@@ -869,6 +898,18 @@ struct Running {
 }
 
 impl State {
+    /// Whether a handler's send must wait for the writer to take the
+    /// outbox; if so, it is woken when it has.
+    fn sends_full(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.sent_bytes < SENDS_HIGH_WATER {
+            return false;
+        }
+        if !self.send_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            self.send_waiters.push(cx.waker().clone());
+        }
+        true
+    }
+
     /// Removes the entry of the task of `generation`, if it is still there;
     /// wakes the serve loop, which may start a waiting call in its place.
     fn finish(&mut self, id: u64, generation: u64) -> bool {
@@ -1467,7 +1508,13 @@ where
         let shared = &self.shared;
         self.writer
             .poll_write(&mut self.transport, cx, |sending, _| {
-                std::mem::swap(&mut lock(shared).outbox, sending);
+                let waiters = {
+                    let mut state = lock(shared);
+                    std::mem::swap(&mut state.outbox, sending);
+                    state.sent_bytes = 0;
+                    std::mem::take(&mut state.send_waiters)
+                };
+                waiters.into_iter().for_each(Waker::wake);
             })
     }
 }
@@ -1675,7 +1722,12 @@ impl<S, T, F> Server<'_, S, T, F> {
 impl<S, T, F> Drop for Server<'_, S, T, F> {
     /// Whether the loop ended or its future was dropped, no call outlives it.
     fn drop(&mut self) {
-        lock(&self.shared).ended = true;
+        let waiters = {
+            let mut state = lock(&self.shared);
+            state.ended = true;
+            std::mem::take(&mut state.send_waiters)
+        };
+        waiters.into_iter().for_each(Waker::wake);
         self.shared.event_room.notify_waiters();
         self.abort_all();
     }

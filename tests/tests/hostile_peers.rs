@@ -24,7 +24,7 @@ use workerbus::{
     ProcessDriver, ProcessWorker, Secret,
 };
 use workerbus_tests::cases;
-use workerbus_tests::pb::echo::{EchoClient, EchoReply, EchoRequest};
+use workerbus_tests::pb::echo::{AnnounceRequest, EchoClient, EchoReply, EchoRequest};
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile-worker");
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
@@ -240,6 +240,18 @@ async fn a_welcome_that_does_not_decode_fails_the_spawn() {
     );
 }
 
+/// Kills a detached worker when dropped, so that a failing test leaves no
+/// worker behind (a detached worker outlives its host).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// A hostile host's connection to a detached worker, greeted with the right
 /// secret.
 async fn greeted(worker: &DetachedWorker) -> Framed<UnixStream, FrameCodec> {
@@ -310,6 +322,7 @@ async fn a_worker_disconnects_broken_hosts_and_serves_the_next() {
         .await
         .expect("spawn");
     let worker = spawned.detach().await.expect("detach");
+    let _kill = KillOnDrop(worker.pid());
     let (address, secret) = (worker.address().to_owned(), worker.secret().clone());
     let memory = still_serving(&worker, &address, &secret).await;
 
@@ -382,5 +395,61 @@ async fn a_worker_disconnects_broken_hosts_and_serves_the_next() {
         .connect(&address, &secret)
         .await
         .expect("reconnect");
+    assert_eq!(host.shutdown().await, ExitReason::Unknown);
+}
+
+#[tokio::test]
+async fn a_host_that_grants_credit_and_never_reads_holds_the_handler_back() {
+    let spawned = ProcessDriver::new(ECHO_WORKER)
+        .spawn()
+        .await
+        .expect("spawn");
+    let worker = spawned.detach().await.expect("detach");
+    let _kill = KillOnDrop(worker.pid());
+    let (address, secret) = (worker.address().to_owned(), worker.secret().clone());
+    let memory = still_serving(&worker, &address, &secret).await;
+
+    // Ten million events asked for, credit for four billion, and nothing
+    // read: the handler may only run as far as the worker's send queue.
+    let mut peer = greeted(&worker).await;
+    let request = AnnounceRequest {
+        tag: "flood".into(),
+        count: 10_000_000,
+    };
+    let method = MethodName::from_static("echo.announce");
+    let payload = Bytes::from(request.encode_to_vec());
+    peer.send(Frame::request(2, method, None, 1, payload))
+        .await
+        .unwrap();
+    peer.send(Frame::Credit {
+        id: 0,
+        count: u32::MAX,
+    })
+    .await
+    .unwrap();
+
+    let host = ProcessDriver::new(ECHO_WORKER)
+        .connect(&address, &secret)
+        .await
+        .expect("a second host");
+    cases::progress(&host.channel(), "flood", 1).await;
+    // Time for a handler that is not held back to run far ahead.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = cases::progress(&host.channel(), "flood", 0).await;
+    let grown = host
+        .channel()
+        .health(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .memory_bytes
+        .saturating_sub(memory);
+    println!(
+        "events queued for a host that does not read: {sent}; the worker grew by {} MiB",
+        grown >> 20
+    );
+    assert!(sent < 200_000, "the handler sent {sent} events nobody read");
+    assert!(grown < 64 << 20, "the worker grew by {} MiB", grown >> 20);
+
+    drop(peer);
     assert_eq!(host.shutdown().await, ExitReason::Unknown);
 }
