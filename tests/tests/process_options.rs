@@ -3,7 +3,8 @@
 //! `/proc/<pid>`), its name (in its startup data and its named socket's
 //! directory), its forwarded stderr; and the handle's operations that depend
 //! on how it was started: reconnecting without a named socket, killing a
-//! worker reached by its address, a program that cannot be started; and a
+//! worker reached by its address, connecting to a socket that never
+//! completes the handshake, a program that cannot be started; and a
 //! worker binary run by hand, whose startup variable decides whether it
 //! serves.
 
@@ -354,4 +355,54 @@ async fn a_worker_started_by_hand_serves_only_what_its_startup_variable_allows()
         "echo-worker: cannot serve as a worker: WORKERBUS_WORKER=\"garbage\" has startup \
          format version garbage, this program reads version 1"
     );
+}
+
+/// A socket of this user that accepts connections and never answers: a
+/// worker that hangs before its handshake.
+fn silent_socket(name: &str) -> (PathBuf, tokio::task::JoinHandle<()>) {
+    let path = scratch(name).join("socket");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (path, silent)
+}
+
+#[tokio::test]
+async fn connecting_to_a_socket_that_never_completes_the_handshake_times_out() {
+    let (path, silent) = silent_socket("silent");
+    let secret = workerbus::Secret::generate().unwrap();
+    let error = ProcessDriver::new(ECHO_WORKER)
+        .name("silent")
+        .startup_timeout(Duration::from_millis(200))
+        .connect(&path, &secret)
+        .await
+        .unwrap_err();
+    match &error {
+        Error::StartupTimeout { worker, after } => {
+            assert_eq!(worker, "silent");
+            assert_eq!(*after, Duration::from_millis(200));
+        }
+        other => panic!("expected a startup timeout, got {other:?}"),
+    }
+    silent.abort();
+}
+
+#[tokio::test]
+#[ignore = "bug: a connect() whose handshake times out reports that the worker \"was killed\", but a worker reached by its address is not killed"]
+async fn a_connect_that_times_out_does_not_claim_the_worker_was_killed() {
+    let (path, silent) = silent_socket("silent-message");
+    let secret = workerbus::Secret::generate().unwrap();
+    let error = ProcessDriver::new(ECHO_WORKER)
+        .startup_timeout(Duration::from_millis(200))
+        .connect(&path, &secret)
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(!message.contains("killed"), "{message}");
+    silent.abort();
 }
