@@ -923,10 +923,9 @@ impl Channel {
 /// Refuses a message name no `REQUEST` can carry.
 fn check_method_name(method: &MethodName) -> Result<(), Error> {
     if method.is_empty() || method.len() > MAX_METHOD_LEN {
-        return Err(Error::TooLarge {
+        return Err(Error::InvalidMethodName {
             method: method.clone(),
-            what: "method name",
-            size: method.len(),
+            len: method.len(),
             max: MAX_METHOD_LEN,
         });
     }
@@ -2186,6 +2185,24 @@ impl StreamCall {
         abandon(&self.shared, self.id);
     }
 
+    /// Ends a call that has its answer: its slot goes and nothing is sent
+    /// (a request stream's sender still waiting learns the call is over).
+    fn answered(&mut self) {
+        self.done = true;
+        let sender = {
+            let mut state = lock(&self.shared);
+            let sender = state
+                .calls
+                .remove(&self.id)
+                .and_then(|mut slot| slot.stream.as_mut()?.sender.take());
+            state.room_freed(&self.shared);
+            sender
+        };
+        if let Some(sender) = sender {
+            sender.wake();
+        }
+    }
+
     /// The next item of the worker's stream; `Ok(None)` once it ended with
     /// a `RESPONSE`, an error if it ended otherwise.
     pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
@@ -2247,8 +2264,9 @@ impl StreamCall {
                 Poll::Pending => Poll::Pending,
             },
             Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
+            // The worker's answer ended the stream.
             end => {
-                self.finish();
+                self.answered();
                 end
             }
         }
@@ -2277,7 +2295,7 @@ impl StreamCall {
             };
             match outcome {
                 Some(outcome) => {
-                    self.finish();
+                    self.answered();
                     Poll::Ready(outcome)
                 }
                 None => match self.poll_deadline(cx) {

@@ -454,6 +454,19 @@ pub enum Error {
         max: usize,
     },
 
+    /// The message name cannot be sent: a name has 1 to
+    /// [`MAX_METHOD_LEN`](crate::MAX_METHOD_LEN) bytes. Generated clients
+    /// never make such a call.
+    #[error("{method:?} cannot be sent: a message name has 1 to {max} bytes, this one has {len}")]
+    InvalidMethodName {
+        /// The name.
+        method: MethodName,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest name a frame carries.
+        max: usize,
+    },
+
     /// The response did not decode as the expected message type.
     #[error("{method} failed: the response did not decode as {message}")]
     Decode {
@@ -570,6 +583,7 @@ impl From<Error> for Status {
             Error::Timeout { .. } => (Code::DeadlineExceeded, Bytes::new()),
             Error::Cancelled { .. } => (Code::Cancelled, Bytes::new()),
             Error::TooLarge { .. } => (Code::ResourceExhausted, Bytes::new()),
+            Error::InvalidMethodName { .. } => (Code::InvalidArgument, Bytes::new()),
             Error::Decode { .. } => (Code::Internal, Bytes::new()),
             Error::Handshake { .. } => (Code::FailedPrecondition, Bytes::new()),
             _ => (Code::Unavailable, Bytes::new()),
@@ -588,6 +602,7 @@ impl Error {
             | Error::Disconnected { method, .. }
             | Error::Remote { method, .. }
             | Error::TooLarge { method, .. }
+            | Error::InvalidMethodName { method, .. }
             | Error::Decode { method, .. }
             | Error::Unavailable { method, .. } => Some(method),
             Error::Spawn { .. }
@@ -714,6 +729,15 @@ mod tests {
                 },
                 Code::ResourceExhausted,
                 Some("embedder.embed"),
+            ),
+            (
+                Error::InvalidMethodName {
+                    method: MethodName::from_static(""),
+                    len: 0,
+                    max: 1024,
+                },
+                Code::InvalidArgument,
+                Some(""),
             ),
             (
                 Error::Decode {
@@ -929,6 +953,7 @@ mod tests {
                 "embedder.embed failed: worker embedder is unavailable: it is restarting",
                 "embedder.embed failed: not found: no document 42",
                 "embedder.embed failed: request of 5000 bytes exceeds the maximum frame length of 4096 bytes",
+                "\"\" cannot be sent: a message name has 1 to 1024 bytes, this one has 0",
                 "embedder.embed failed: the response did not decode as embedder.Vector",
                 "cannot serve as a worker: not started by a workerbus host",
                 "worker embedder did not complete its handshake within 10s; it was killed",

@@ -369,19 +369,27 @@ impl ProcessDriver {
     ///
     /// Only a socket owned by this process's user is accepted. The worker is
     /// not this process's child: its exit status cannot be known, so its
-    /// end is reported as [`ExitReason::Unknown`].
+    /// end is reported as [`ExitReason::Unknown`]. Connecting and the
+    /// handshake must finish within the startup timeout, or the result is
+    /// [`Error::Connect`] or [`Error::Handshake`] (the worker is left as
+    /// it is).
     pub async fn connect(
         &self,
         address: impl AsRef<Path>,
         secret: &Secret,
     ) -> Result<ProcessWorker, Error> {
         let address = address.as_ref();
+        // A worker reached by its address is not ours to kill: running out
+        // of time is a failure to connect or to greet, not a startup timeout.
         let (channel, exit) =
             tokio::time::timeout(self.startup_timeout, connect_named(address, &self.channel))
                 .await
-                .map_err(|_| Error::StartupTimeout {
-                    worker: address.display().to_string(),
-                    after: self.startup_timeout,
+                .map_err(|_| Error::Connect {
+                    address: address.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {:?}", self.startup_timeout),
+                    ),
                 })??;
         let mut worker = ProcessWorker {
             name: self.worker_name(),
@@ -404,9 +412,12 @@ impl ProcessDriver {
                 Ok(worker)
             }
             Ok(Err(error)) => Err(error),
-            Err(_) => Err(Error::StartupTimeout {
+            Err(_) => Err(Error::Handshake {
                 worker: worker.name.clone(),
-                after: self.startup_timeout,
+                reason: format!(
+                    "no answer to the handshake within {:?}",
+                    self.startup_timeout
+                ),
             }),
         }
     }
