@@ -6,6 +6,7 @@
 //! cases run unchanged whether the worker is a thread or a process.
 
 pub mod cases;
+pub mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -20,6 +20,7 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, CountRequest, EchoClient, EchoEvents, EchoRequest, ExitRequest, SleepRequest,
     SleepState,
 };
+use workerbus_tests::support::sigkill;
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -29,15 +30,6 @@ fn driver() -> ProcessDriver {
 
 async fn spawn() -> ProcessWorker {
     driver().spawn().await.expect("spawn the echo worker")
-}
-
-/// Sends SIGKILL to a process, as an outside event (an OOM kill, a crash).
-fn sigkill(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
 }
 
 fn sleep_request(tag: &str, ms: u64) -> SleepRequest {

@@ -48,6 +48,7 @@ use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{
     EchoClient, EchoReply, EchoRequest, EchoServer, ExitRequest, SleepRequest,
 };
+use workerbus_tests::support::sigkill;
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -718,14 +719,6 @@ async fn next_event<T>(
             "no {what} event for {worker} within {PATIENCE:?} ({lagged} events missed by lagging)"
         ),
     }
-}
-
-fn sigkill(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
 }
 
 // ---------------------------------------------------------------------------

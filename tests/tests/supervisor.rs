@@ -2,7 +2,6 @@
 //! backoff, graceful recycling past thresholds, wedged workers, group
 //! strategies, shutdown order.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -11,6 +10,7 @@ use workerbus::{
     Strategy, SupervisedWorker, Supervisor, SupervisorEvent, ThreadDriver, WhileRestarting,
 };
 use workerbus_tests::pb::echo::{EchoClient, EchoRequest, EchoServer, ExitRequest, SleepRequest};
+use workerbus_tests::support::{expect, sigkill};
 use workerbus_tests::{EchoWorker, cases};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
@@ -21,33 +21,6 @@ fn process_driver() -> ProcessDriver {
 
 fn thread_spawner() -> workerbus::ThreadSpawner<impl Fn() -> EchoServer<EchoWorker> + Send + Sync> {
     ThreadDriver::new().spawner(|| EchoServer::new(EchoWorker::new()))
-}
-
-fn sigkill(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
-}
-
-/// Waits for the first event `pick` accepts, failing the test after 20 s.
-async fn expect<T>(
-    events: &mut broadcast::Receiver<SupervisorEvent>,
-    what: &str,
-    mut pick: impl FnMut(&SupervisorEvent) -> Option<T>,
-) -> T {
-    let wait = async {
-        loop {
-            let event = events.recv().await.expect("the supervisor's events");
-            if let Some(found) = pick(&event) {
-                return found;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} event within 20 s"))
 }
 
 async fn started(events: &mut broadcast::Receiver<SupervisorEvent>, name: &str) -> u32 {

@@ -17,6 +17,7 @@ use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{
     EchoClient, EchoRequest, EchoServer, ObserveRequest, SleepRequest, SleepState,
 };
+use workerbus_tests::support::expect;
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -29,25 +30,6 @@ fn policy(max: u32, within: Duration) -> RestartPolicy {
     RestartPolicy::new()
         .backoff(Backoff::constant(Duration::ZERO))
         .intensity(max, within)
-}
-
-/// Waits for the first event `pick` accepts, failing the test after 20 s.
-async fn expect<T>(
-    events: &mut broadcast::Receiver<SupervisorEvent>,
-    what: &str,
-    mut pick: impl FnMut(&SupervisorEvent) -> Option<T>,
-) -> T {
-    let wait = async {
-        loop {
-            let event = events.recv().await.expect("the supervisor's events");
-            if let Some(found) = pick(&event) {
-                return found;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} event within 20 s"))
 }
 
 /// The delay and attempt of the next restart.

@@ -1,0 +1,36 @@
+//! Helpers the integration tests share: killing a worker process outright,
+//! and waiting for a supervisor's event.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use workerbus::SupervisorEvent;
+
+/// Sends SIGKILL to `pid`, failing the test if `kill` fails.
+pub fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -KILL {pid} failed");
+}
+
+/// Waits for the first event `pick` accepts, failing the test after 20 s.
+pub async fn expect<T>(
+    events: &mut broadcast::Receiver<SupervisorEvent>,
+    what: &str,
+    mut pick: impl FnMut(&SupervisorEvent) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            let event = events.recv().await.expect("the supervisor's events");
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} event within 20 s"))
+}
