@@ -388,8 +388,10 @@ pub enum Error {
         after: Duration,
     },
 
-    /// The call was cancelled before it could complete, e.g. because the
-    /// worker was killed on purpose.
+    /// The call was cancelled before it could complete. The runtime does
+    /// not produce it (a killed worker's calls end with
+    /// [`WorkerExited`](Error::WorkerExited)); it is for middleware that
+    /// gives up on a call on purpose.
     #[error("{method} was cancelled")]
     Cancelled {
         /// The message name.
