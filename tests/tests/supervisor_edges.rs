@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use workerbus::{
-    Backoff, Error, ExitReason, ProcessDriver, RestartPolicy, Spawn, Supervisor, SupervisorEvent,
-    ThreadDriver,
+    Backoff, Error, ExitReason, ProcessDriver, RestartPolicy, Spawn, SupervisedWorker, Supervisor,
+    SupervisorEvent, ThreadDriver,
 };
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{
@@ -123,8 +123,15 @@ async fn recycling_on_demand_replaces_the_worker_without_failing_its_calls() {
     supervisor.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_recycled_worker_that_outlasts_its_shutdown_timeout_is_killed() {
+/// A supervised process worker with a short shutdown timeout, started, and
+/// a call it is running that would outlast that timeout.
+async fn stubborn() -> (
+    Supervisor,
+    broadcast::Receiver<SupervisorEvent>,
+    SupervisedWorker,
+    EchoClient,
+    impl Future<Output = Result<(), Error>>,
+) {
     let supervisor = Supervisor::new();
     let mut events = supervisor.subscribe();
     let worker = supervisor
@@ -138,6 +145,12 @@ async fn a_recycled_worker_that_outlasts_its_shutdown_timeout_is_killed() {
     started(&mut events).await;
     let client = EchoClient::new(worker.channel());
     let call = sleeping(&client, "stubborn", 60_000).await;
+    (supervisor, events, worker, client, call)
+}
+
+#[tokio::test]
+async fn a_recycled_worker_that_outlasts_its_shutdown_timeout_is_killed() {
+    let (supervisor, mut events, worker, client, call) = stubborn().await;
     worker.recycle();
     assert_eq!(started(&mut events).await, 1);
     let result = tokio::time::timeout(Duration::from_secs(20), call)
@@ -153,19 +166,7 @@ async fn a_recycled_worker_that_outlasts_its_shutdown_timeout_is_killed() {
 
 #[tokio::test]
 async fn a_shutdown_kills_a_worker_that_outlasts_its_shutdown_timeout() {
-    let supervisor = Supervisor::new();
-    let mut events = supervisor.subscribe();
-    let worker = supervisor
-        .supervise(
-            "stubborn",
-            ProcessDriver::new(ECHO_WORKER),
-            RestartPolicy::new().shutdown_timeout(Duration::from_millis(200)),
-        )
-        .await
-        .unwrap();
-    started(&mut events).await;
-    let client = EchoClient::new(worker.channel());
-    let call = sleeping(&client, "stubborn", 60_000).await;
+    let (supervisor, mut events, worker, _client, call) = stubborn().await;
     tokio::time::timeout(Duration::from_secs(20), supervisor.shutdown())
         .await
         .expect("the shutdown ends within 20 s");
