@@ -697,26 +697,34 @@ impl Channel {
         }
         match &self.inner {
             Inner::Direct(handle) => match send_once(&handle.shared, method, payload, options)? {
-                Ok(call) => Ok(CallState::Sent { call, method }),
-                Err(payload) => full(payload),
+                SentOnce::Sent(call) => Ok(CallState::Sent { call, method }),
+                SentOnce::Wait(payload) => full(payload),
+                SentOnce::Closed(reason, _) => Err(reason.into_error(method)),
             },
             // A call that a crash would run again runs in full, and so does
             // one that must wait for a restart.
             Inner::Supervised(_) if options.idempotent => full(payload),
             Inner::Supervised(slot) => {
-                let Some(connection) = slot.up().filter(|up| up.direct().is_some()) else {
+                let Some(connection) = slot
+                    .up()
+                    .filter(|up| up.direct().is_some() && !up.is_closed())
+                else {
                     return full(payload);
                 };
                 let shared = connection.direct().expect("checked above");
-                let sent = send_once(shared, method, payload, options)?.map(PendingCall::into_id);
-                match sent {
-                    Ok(id) => Ok(CallState::SentOn {
-                        connection,
-                        id,
-                        method,
-                    }),
-                    Err(payload) => full(payload),
-                }
+                let id = match send_once(shared, method, payload, options)? {
+                    SentOnce::Sent(call) => call.into_id(),
+                    // A connection that closed before the supervisor
+                    // noticed: the full path waits for its replacement.
+                    SentOnce::Wait(payload) | SentOnce::Closed(_, payload) => {
+                        return full(payload);
+                    }
+                };
+                Ok(CallState::SentOn {
+                    connection,
+                    id,
+                    method,
+                })
             }
         }
     }
@@ -1002,24 +1010,34 @@ async fn send(
 }
 
 /// Sends a one-attempt unary call if there is room: the call, or the
-/// payload back when it must wait.
+/// payload back when it must wait (or, on a closed connection, the reason
+/// with the payload).
 fn send_once<'s>(
     shared: &'s Shared,
     method: &MethodName,
     payload: Bytes,
     options: &Resolved,
-) -> Result<Result<PendingCall<'s>, Bytes>, Error> {
+) -> Result<SentOnce<'s>, Error> {
     check_method_name(method)?;
     check_request_size(shared, method, &payload, options.timeout, None)?;
     let mut payload = payload;
     let kind = Kind::Unary {
         due: due(options.timeout),
     };
-    match start(shared, method, &mut payload, options.timeout, 1, None, kind) {
-        Start::Sent(call) => Ok(Ok(call)),
-        Start::Closed(reason) => Err(reason.into_error(method)),
-        Start::Wait => Ok(Err(payload)),
-    }
+    Ok(
+        match start(shared, method, &mut payload, options.timeout, 1, None, kind) {
+            Start::Sent(call) => SentOnce::Sent(call),
+            Start::Wait => SentOnce::Wait(payload),
+            Start::Closed(reason) => SentOnce::Closed(reason, payload),
+        },
+    )
+}
+
+/// What [`send_once`] did.
+enum SentOnce<'s> {
+    Sent(PendingCall<'s>),
+    Wait(Bytes),
+    Closed(CloseReason, Bytes),
 }
 
 /// Refuses a `REQUEST` longer than the connection's maximum frame length.
@@ -2138,6 +2156,7 @@ impl Channel {
             deadline,
             timeout: options.timeout,
             done: false,
+            failed_here: false,
         };
         Ok((call, send))
     }
@@ -2163,6 +2182,9 @@ pub(crate) struct StreamCall {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Option<Duration>,
     done: bool,
+    /// The call ended on this side while the worker still runs it: a
+    /// request item too large to send. Ending it must cancel it.
+    failed_here: bool,
 }
 
 impl StreamCall {
@@ -2183,6 +2205,17 @@ impl StreamCall {
     fn finish(&mut self) {
         self.done = true;
         abandon(&self.shared, self.id);
+    }
+
+    /// Ends a call whose outcome was taken: answered by the worker, it ends
+    /// without a word; failed here while the worker runs it, it is
+    /// cancelled.
+    fn ended(&mut self) {
+        if self.failed_here {
+            self.finish();
+        } else {
+            self.answered();
+        }
     }
 
     /// Ends a call that has its answer: its slot goes and nothing is sent
@@ -2241,10 +2274,13 @@ impl StreamCall {
                 }
                 None => match slot.outcome.take() {
                     Some(Ok(_)) => (Poll::Ready(None), None),
-                    Some(Err(failure)) => (
-                        Poll::Ready(Some(Err(failure.into_error(&self.method)))),
-                        None,
-                    ),
+                    Some(Err(failure)) => {
+                        self.failed_here = matches!(failure, Failure::ItemTooLarge { .. });
+                        (
+                            Poll::Ready(Some(Err(failure.into_error(&self.method)))),
+                            None,
+                        )
+                    }
                     None => {
                         slot.waker = Some(cx.waker().clone());
                         (Poll::Pending, None)
@@ -2264,9 +2300,9 @@ impl StreamCall {
                 Poll::Pending => Poll::Pending,
             },
             Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
-            // The worker's answer ended the stream.
+            // The worker's answer (or a failure here) ended the stream.
             end => {
-                self.answered();
+                self.ended();
                 end
             }
         }
@@ -2284,6 +2320,7 @@ impl StreamCall {
                     })),
                     Some(slot) => match slot.outcome.take() {
                         Some(outcome) => {
+                            self.failed_here = matches!(outcome, Err(Failure::ItemTooLarge { .. }));
                             Some(outcome.map_err(|failure| failure.into_error(&self.method)))
                         }
                         None => {
@@ -2295,7 +2332,7 @@ impl StreamCall {
             };
             match outcome {
                 Some(outcome) => {
-                    self.answered();
+                    self.ended();
                     Poll::Ready(outcome)
                 }
                 None => match self.poll_deadline(cx) {

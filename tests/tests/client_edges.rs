@@ -416,6 +416,51 @@ async fn a_request_stream_item_over_the_maximum_frame_length_fails_the_call() {
 }
 
 #[tokio::test]
+async fn a_request_stream_item_too_large_to_send_cancels_the_call_in_the_worker() {
+    let (host, mut worker) = MemoryTransport::pair();
+    let channel = Channel::with_options(host, ChannelOptions::new().max_frame_length(256));
+    let client = EchoClient::new(channel.clone());
+    let item = SumRequest {
+        tag: "t".repeat(300),
+        value: 1,
+        stop: false,
+        hold_after: 0,
+    };
+    // The item comes once the worker has the request, so that the call is
+    // running there (an unsent request would just be withdrawn).
+    let (go, ready) = tokio::sync::oneshot::channel::<()>();
+    let items = futures_util::stream::once(async move {
+        ready.await.expect("the script says go");
+        item
+    });
+    let call = client.sum(items);
+    let script = async {
+        let id = request_id(&mut worker).await;
+        go.send(()).unwrap();
+        // The worker still runs the call: it must learn that it is over,
+        // not find its request stream ended as if complete.
+        let mut after = Vec::new();
+        loop {
+            match sent(&mut worker).await {
+                Frame::Cancel { id: cancelled } => {
+                    assert_eq!(cancelled, id);
+                    break;
+                }
+                other => after.push(other),
+            }
+        }
+        after
+    };
+    let (result, after) = tokio::join!(call, script);
+    assert!(matches!(result, Err(Error::TooLarge { .. })), "{result:?}");
+    assert!(
+        after.iter().all(|frame| matches!(frame, Frame::End { .. })),
+        "before the CANCEL: {after:?}"
+    );
+    assert_eq!(channel.in_flight(), 0);
+}
+
+#[tokio::test]
 async fn a_request_stream_cut_off_by_a_lost_connection_fails_the_call() {
     let (host, mut worker) = MemoryTransport::pair();
     let channel = Channel::new(host);

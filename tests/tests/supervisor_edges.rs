@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use workerbus::{
-    Backoff, Error, ExitReason, ProcessDriver, RestartPolicy, Spawn, SupervisedWorker, Supervisor,
-    SupervisorEvent, ThreadDriver,
+    Backoff, Error, ExitReason, ProcessDriver, RestartPolicy, Spawn, Strategy, SupervisedWorker,
+    Supervisor, SupervisorEvent, ThreadDriver,
 };
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{
@@ -396,5 +396,36 @@ async fn restarts_older_than_the_intensity_period_no_longer_count() {
         echo(&EchoClient::new(worker.channel())).await.unwrap(),
         "ping"
     );
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_made_while_a_dead_worker_still_looks_up_waits_for_its_restart() {
+    // One for all: a's restart waits for b's graceful stop, and b is busy,
+    // so for a while a's slot still holds its closed connection.
+    let supervisor = Supervisor::with_strategy(Strategy::OneForAll);
+    let mut events = supervisor.subscribe();
+    let a = supervisor
+        .supervise("a", thread_spawner(), RestartPolicy::new())
+        .await
+        .unwrap();
+    let b = supervisor
+        .supervise("b", thread_spawner(), RestartPolicy::new())
+        .await
+        .unwrap();
+    started(&mut events).await;
+    started(&mut events).await;
+    let busy = sleeping(&EchoClient::new(b.channel()), "busy", 1_000).await;
+    a.kill();
+    expect(&mut events, "Exited", |event| match event {
+        SupervisorEvent::Exited { worker, .. } if worker == "a" => Some(()),
+        _ => None,
+    })
+    .await;
+    // Not idempotent, so not run again after a crash: it must not be sent
+    // on the dead connection either.
+    let reply = echo(&EchoClient::new(a.channel())).await;
+    assert_eq!(reply.expect("the call waited for the restart"), "ping");
+    busy.await.expect("b finished its call before stopping");
     supervisor.shutdown().await;
 }
