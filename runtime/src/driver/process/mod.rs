@@ -369,10 +369,10 @@ impl ProcessDriver {
     ///
     /// Only a socket owned by this process's user is accepted. The worker is
     /// not this process's child: its exit status cannot be known, so its
-    /// end is reported as [`ExitReason::Unknown`]. Connecting and the
-    /// handshake must finish within the startup timeout, or the result is
-    /// [`Error::Connect`] or [`Error::Handshake`] (the worker is left as
-    /// it is).
+    /// end is reported as [`ExitReason::Unknown`]. Connecting, and then the
+    /// handshake, must each finish within the startup timeout, or the
+    /// result is [`Error::Connect`] or [`Error::Handshake`] (the worker is
+    /// left as it is).
     pub async fn connect(
         &self,
         address: impl AsRef<Path>,
