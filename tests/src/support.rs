@@ -1,5 +1,6 @@
-//! Helpers the integration tests share: killing a worker process outright,
-//! and waiting for a supervisor's event.
+//! Helpers the integration tests share: killing a worker process outright
+//! (now, or when a test ends however it ends), and waiting for a
+//! supervisor's event.
 
 use std::process::Command;
 use std::time::Duration;
@@ -14,6 +15,19 @@ pub fn sigkill(pid: u32) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -KILL {pid} failed");
+}
+
+/// Kills a detached worker when dropped, so that a failing test leaves no
+/// worker behind (a detached worker outlives its host).
+#[derive(Debug)]
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
 }
 
 /// Waits for the first event `pick` accepts, failing the test after 20 s.

@@ -25,6 +25,7 @@ use workerbus::{
 };
 use workerbus_tests::cases;
 use workerbus_tests::pb::echo::{AnnounceRequest, EchoClient, EchoReply, EchoRequest};
+use workerbus_tests::support::KillOnDrop;
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile-worker");
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
@@ -238,18 +239,6 @@ async fn a_welcome_that_does_not_decode_fails_the_spawn() {
         ),
         "{message}"
     );
-}
-
-/// Kills a detached worker when dropped, so that a failing test leaves no
-/// worker behind (a detached worker outlives its host).
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
-    }
 }
 
 /// A hostile host's connection to a detached worker, greeted with the right

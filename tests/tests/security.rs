@@ -15,6 +15,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry};
 use workerbus::{DetachedWorker, ExitReason, ProcessDriver, ProcessWorker, Stdio};
 use workerbus_tests::cases;
+use workerbus_tests::support::KillOnDrop;
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 const CONNECT_PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
@@ -53,12 +54,14 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
     }
 }
 
-/// A worker detached to a named socket, and the address of that socket.
-async fn detached(driver: ProcessDriver) -> (DetachedWorker, PathBuf) {
+/// A worker detached to a named socket, the address of that socket, and a
+/// guard that kills the worker if the test fails before stopping it.
+async fn detached(driver: ProcessDriver) -> (DetachedWorker, PathBuf, KillOnDrop) {
     let worker = driver.spawn().await.expect("spawn");
     let detached = worker.detach().await.expect("detach");
     let address = detached.address().to_owned();
-    (detached, address)
+    let guard = KillOnDrop(detached.pid());
+    (detached, address, guard)
 }
 
 /// Connects to a detached worker and stops it.
@@ -125,7 +128,7 @@ async fn another_user_cannot_connect_to_a_named_socket() {
         return;
     }
     let driver = ProcessDriver::new(ECHO_WORKER).env("XDG_RUNTIME_DIR", &runtime_dir);
-    let (detached, address) = detached(driver).await;
+    let (detached, address, _kill) = detached(driver).await;
     let worker_dir = address.parent().unwrap().to_owned();
     let user_dir = worker_dir.parent().unwrap().to_owned();
     assert_eq!(user_dir, runtime_dir.join("workerbus"));
@@ -181,6 +184,7 @@ async fn the_secret_is_in_no_command_line_environment_or_log() {
     let pid = worker.pid();
     cases::unary_round_trip(&worker.channel()).await;
     let detached = worker.detach().await.expect("detach");
+    let _kill = KillOnDrop(detached.pid());
     let secret = detached.secret().to_hex();
     let secret_bytes = hex_bytes(&secret);
 
@@ -246,7 +250,7 @@ fn assert_absent(place: &str, content: &[u8], hex: &str, raw: &[u8]) {
 
 #[tokio::test]
 async fn a_worker_that_stops_removes_its_socket_and_directory() {
-    let (detached, address) = detached(ProcessDriver::new(ECHO_WORKER)).await;
+    let (detached, address, _kill) = detached(ProcessDriver::new(ECHO_WORKER)).await;
     let worker_dir = address.parent().unwrap().to_owned();
     assert!(address.exists(), "{} is missing", address.display());
     let worker = stop(&detached).await;
