@@ -695,12 +695,15 @@ impl Channel {
         if self.middleware.is_some() || options.retries > 0 {
             return full(payload);
         }
+        let mut payload = payload;
         match &self.inner {
-            Inner::Direct(handle) => match send_once(&handle.shared, method, payload, options)? {
-                SentOnce::Sent(call) => Ok(CallState::Sent { call, method }),
-                SentOnce::Wait(payload) => full(payload),
-                SentOnce::Closed(reason, _) => Err(reason.into_error(method)),
-            },
+            Inner::Direct(handle) => {
+                match send_once(&handle.shared, method, &mut payload, options)? {
+                    Start::Sent(call) => Ok(CallState::Sent { call, method }),
+                    Start::Wait => full(payload),
+                    Start::Closed(reason) => Err(reason.into_error(method)),
+                }
+            }
             // A call that a crash would run again runs in full, and so does
             // one that must wait for a restart.
             Inner::Supervised(_) if options.idempotent => full(payload),
@@ -712,13 +715,11 @@ impl Channel {
                     return full(payload);
                 };
                 let shared = connection.direct().expect("checked above");
-                let id = match send_once(shared, method, payload, options)? {
-                    SentOnce::Sent(call) => call.into_id(),
+                let id = match send_once(shared, method, &mut payload, options)? {
+                    Start::Sent(call) => call.into_id(),
                     // A connection that closed before the supervisor
                     // noticed: the full path waits for its replacement.
-                    SentOnce::Wait(payload) | SentOnce::Closed(_, payload) => {
-                        return full(payload);
-                    }
+                    Start::Wait | Start::Closed(_) => return full(payload),
                 };
                 Ok(CallState::SentOn {
                     connection,
@@ -1009,35 +1010,28 @@ async fn send(
     call.await.map_err(|failure| failure.into_error(method))
 }
 
-/// Sends a one-attempt unary call if there is room: the call, or the
-/// payload back when it must wait (or, on a closed connection, the reason
-/// with the payload).
+/// Sends a one-attempt unary call if there is room; the payload is taken
+/// only then (as by [`start`]), so a caller that must wait still has it.
 fn send_once<'s>(
     shared: &'s Shared,
     method: &MethodName,
-    payload: Bytes,
+    payload: &mut Bytes,
     options: &Resolved,
-) -> Result<SentOnce<'s>, Error> {
+) -> Result<Start<'s>, Error> {
     check_method_name(method)?;
-    check_request_size(shared, method, &payload, options.timeout, None)?;
-    let mut payload = payload;
+    check_request_size(shared, method, payload, options.timeout, None)?;
     let kind = Kind::Unary {
         due: due(options.timeout),
     };
-    Ok(
-        match start(shared, method, &mut payload, options.timeout, 1, None, kind) {
-            Start::Sent(call) => SentOnce::Sent(call),
-            Start::Wait => SentOnce::Wait(payload),
-            Start::Closed(reason) => SentOnce::Closed(reason, payload),
-        },
-    )
-}
-
-/// What [`send_once`] did.
-enum SentOnce<'s> {
-    Sent(PendingCall<'s>),
-    Wait(Bytes),
-    Closed(CloseReason, Bytes),
+    Ok(start(
+        shared,
+        method,
+        payload,
+        options.timeout,
+        1,
+        None,
+        kind,
+    ))
 }
 
 /// Refuses a `REQUEST` longer than the connection's maximum frame length.
@@ -1547,6 +1541,13 @@ impl Drop for PendingCall<'_> {
 /// answered yet its request is withdrawn (with its stream items) when it has
 /// not left, or cancelled when it has.
 fn abandon(shared: &Shared, id: u64) {
+    release(shared, id, None);
+}
+
+/// Removes call `id`'s slot, withdrawing the call from the worker if the
+/// worker still runs it: as `running` says when the caller took the outcome
+/// and knows, else as the slot's outcome says.
+fn release(shared: &Shared, id: u64, running: Option<bool>) {
     let (waker, sender) = {
         let mut state = lock(shared);
         let mut removed = state.calls.remove(&id);
@@ -1557,22 +1558,25 @@ fn abandon(shared: &Shared, id: u64) {
             .as_mut()
             .and_then(|slot| slot.stream.as_mut())
             .and_then(|stream| stream.sender.take());
-        // Whether the worker still runs the call: it has not answered, the
-        // call was not failed by the worker's side, and the link did not
-        // withdraw it at its deadline.
-        let running = |outcome: &Option<Result<Bytes, Failure>>| match outcome {
-            None | Some(Err(Failure::ItemTooLarge { .. })) => true,
-            Some(Ok(_) | Err(Failure::Remote(_) | Failure::Closed(_) | Failure::TimedOut(_))) => {
-                false
-            }
-        };
         let waker = match removed {
-            Some(slot) if running(&slot.outcome) => withdraw(&mut state, id, &slot.method),
+            Some(slot) if running.unwrap_or_else(|| worker_runs(slot.outcome.as_ref())) => {
+                withdraw(&mut state, id, &slot.method)
+            }
             _ => None,
         };
         (waker, sender)
     };
     waker.into_iter().chain(sender).for_each(Waker::wake);
+}
+
+/// Whether the worker still runs a call with this outcome: it has not
+/// answered, the call was not failed by the worker's side, and the link did
+/// not withdraw it at its deadline.
+fn worker_runs(outcome: Option<&Result<Bytes, Failure>>) -> bool {
+    match outcome {
+        None | Some(Err(Failure::ItemTooLarge { .. })) => true,
+        Some(Ok(_) | Err(Failure::Remote(_) | Failure::Closed(_) | Failure::TimedOut(_))) => false,
+    }
 }
 
 /// Withdraws call `id` from the worker: its request (with its stream items)
@@ -2156,7 +2160,7 @@ impl Channel {
             deadline,
             timeout: options.timeout,
             done: false,
-            failed_here: false,
+            worker_runs: false,
         };
         Ok((call, send))
     }
@@ -2182,9 +2186,10 @@ pub(crate) struct StreamCall {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Option<Duration>,
     done: bool,
-    /// The call ended on this side while the worker still runs it: a
-    /// request item too large to send. Ending it must cancel it.
-    failed_here: bool,
+    /// Whether the worker still runs the call, judged from the outcome this
+    /// stream took: a request item too large to send fails the call here
+    /// while the worker runs it, and ending the call must then cancel it.
+    worker_runs: bool,
 }
 
 impl StreamCall {
@@ -2207,33 +2212,12 @@ impl StreamCall {
         abandon(&self.shared, self.id);
     }
 
-    /// Ends a call whose outcome was taken: answered by the worker, it ends
+    /// Ends a call whose outcome this stream took: answered, it ends
     /// without a word; failed here while the worker runs it, it is
     /// cancelled.
     fn ended(&mut self) {
-        if self.failed_here {
-            self.finish();
-        } else {
-            self.answered();
-        }
-    }
-
-    /// Ends a call that has its answer: its slot goes and nothing is sent
-    /// (a request stream's sender still waiting learns the call is over).
-    fn answered(&mut self) {
         self.done = true;
-        let sender = {
-            let mut state = lock(&self.shared);
-            let sender = state
-                .calls
-                .remove(&self.id)
-                .and_then(|mut slot| slot.stream.as_mut()?.sender.take());
-            state.room_freed(&self.shared);
-            sender
-        };
-        if let Some(sender) = sender {
-            sender.wake();
-        }
+        release(&self.shared, self.id, Some(self.worker_runs));
     }
 
     /// The next item of the worker's stream; `Ok(None)` once it ended with
@@ -2272,20 +2256,21 @@ impl StreamCall {
                     });
                     (Poll::Ready(Some(Ok(item))), waker)
                 }
-                None => match slot.outcome.take() {
-                    Some(Ok(_)) => (Poll::Ready(None), None),
-                    Some(Err(failure)) => {
-                        self.failed_here = matches!(failure, Failure::ItemTooLarge { .. });
-                        (
+                None => {
+                    let outcome = slot.outcome.take();
+                    self.worker_runs = worker_runs(outcome.as_ref());
+                    match outcome {
+                        Some(Ok(_)) => (Poll::Ready(None), None),
+                        Some(Err(failure)) => (
                             Poll::Ready(Some(Err(failure.into_error(&self.method)))),
                             None,
-                        )
+                        ),
+                        None => {
+                            slot.waker = Some(cx.waker().clone());
+                            (Poll::Pending, None)
+                        }
                     }
-                    None => {
-                        slot.waker = Some(cx.waker().clone());
-                        (Poll::Pending, None)
-                    }
-                },
+                }
             }
         };
         if let Some(waker) = waker {
@@ -2320,7 +2305,7 @@ impl StreamCall {
                     })),
                     Some(slot) => match slot.outcome.take() {
                         Some(outcome) => {
-                            self.failed_here = matches!(outcome, Err(Failure::ItemTooLarge { .. }));
+                            self.worker_runs = worker_runs(Some(&outcome));
                             Some(outcome.map_err(|failure| failure.into_error(&self.method)))
                         }
                         None => {
