@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use workerbus::SupervisorEvent;
+use workerbus::{Secret, SupervisorEvent};
 
 /// Sends SIGKILL to `pid`, failing the test if `kill` fails.
 pub fn sigkill(pid: u32) {
@@ -28,6 +28,15 @@ impl Drop for KillOnDrop {
             .args(["-KILL", &self.0.to_string()])
             .status();
     }
+}
+
+/// A worker's secret as the bytes a greeting carries (from its hex form,
+/// the only one the API shows).
+pub fn secret_bytes(secret: &Secret) -> Vec<u8> {
+    let hex = secret.to_hex();
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digits"))
+        .collect()
 }
 
 /// Waits for the first event `pick` accepts, failing the test after 20 s.

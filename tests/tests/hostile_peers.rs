@@ -25,7 +25,7 @@ use workerbus::{
 };
 use workerbus_tests::cases;
 use workerbus_tests::pb::echo::{AnnounceRequest, EchoClient, EchoReply, EchoRequest};
-use workerbus_tests::support::KillOnDrop;
+use workerbus_tests::support::{KillOnDrop, secret_bytes};
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile-worker");
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
@@ -248,7 +248,7 @@ async fn greeted(worker: &DetachedWorker) -> Framed<UnixStream, FrameCodec> {
         .await
         .expect("connect");
     let mut peer = Framed::new(socket, FrameCodec::new());
-    let secret = hex_bytes(&worker.secret().to_hex());
+    let secret = secret_bytes(worker.secret());
     let mut hello = vec![0x08, 0x01, 0x12, 32];
     hello.extend_from_slice(&secret);
     let method = MethodName::from_static("$workerbus.hello");
@@ -258,12 +258,6 @@ async fn greeted(worker: &DetachedWorker) -> Framed<UnixStream, FrameCodec> {
         Some(Ok(Frame::Response { id: 1, .. })) => peer,
         other => panic!("the worker did not welcome us: {other:?}"),
     }
-}
-
-fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
 }
 
 fn echo_frame(id: u64, data: Bytes) -> Frame {

@@ -20,7 +20,7 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, CountRequest, EchoClient, EchoEvents, EchoRequest, ExitRequest, SleepRequest,
     SleepState,
 };
-use workerbus_tests::support::sigkill;
+use workerbus_tests::support::{secret_bytes, sigkill};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -497,9 +497,7 @@ async fn hostile_peers(address: &Path, secret: &Secret) {
             Bytes::from(payload),
         )
     };
-    let secret_bytes: Vec<u8> = (0..32)
-        .map(|i| u8::from_str_radix(&secret.to_hex()[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
+    let secret_bytes = secret_bytes(secret);
 
     // Another protocol version: refused with a status that says why.
     let mut peer = connect().await;

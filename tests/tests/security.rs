@@ -15,7 +15,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry};
 use workerbus::{DetachedWorker, ExitReason, ProcessDriver, ProcessWorker, Stdio};
 use workerbus_tests::cases;
-use workerbus_tests::support::KillOnDrop;
+use workerbus_tests::support::{KillOnDrop, secret_bytes};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 const CONNECT_PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
@@ -186,7 +186,7 @@ async fn the_secret_is_in_no_command_line_environment_or_log() {
     let detached = worker.detach().await.expect("detach");
     let _kill = KillOnDrop(detached.pid());
     let secret = detached.secret().to_hex();
-    let secret_bytes = hex_bytes(&secret);
+    let secret_bytes = secret_bytes(detached.secret());
 
     let read = |path: String| std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let places = [
@@ -231,12 +231,6 @@ async fn the_secret_is_in_no_command_line_environment_or_log() {
         &secret,
         &secret_bytes,
     );
-}
-
-fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
 }
 
 fn assert_absent(place: &str, content: &[u8], hex: &str, raw: &[u8]) {

@@ -25,6 +25,7 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, EchoClient, EchoReply, EchoRequest, EchoServer, MissingServer, NoteRequest,
     ObserveRequest, SleepRequest, SleepState, SumRequest,
 };
+use workerbus_tests::support::secret_bytes;
 
 type Served = tokio::task::JoinHandle<Result<(), FrameError>>;
 
@@ -661,10 +662,7 @@ async fn greeted(worker: &workerbus::DetachedWorker) -> Framed<UnixStream, Frame
         .await
         .expect("connect");
     let mut peer = Framed::new(socket, FrameCodec::new());
-    let secret = worker.secret().to_hex();
-    let secret: Vec<u8> = (0..secret.len() / 2)
-        .map(|i| u8::from_str_radix(&secret[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
+    let secret = secret_bytes(worker.secret());
     let mut hello = vec![0x08, 0x01, 0x12, 32];
     hello.extend_from_slice(&secret);
     let method = MethodName::from_static("$workerbus.hello");
