@@ -99,7 +99,19 @@ fn probe(dir: &Path, address: &Path, uid: Option<u32>) -> (Option<i32>, String) 
     if let Some(uid) = uid {
         command.uid(uid).gid(uid);
     }
-    let output = command.output().expect("run connect-probe");
+    // A child forked by another test while the copy was open for writing
+    // holds that descriptor until it execs, and the kernel refuses to run a
+    // file open for writing ("text file busy"): that passes in moments.
+    let mut busy = 0;
+    let output = loop {
+        match command.output() {
+            Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy && busy < 100 => {
+                busy += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => break result.expect("run connect-probe"),
+        }
+    };
     let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     (output.status.code(), said)
 }
