@@ -679,13 +679,14 @@ impl Channel {
     /// middleware that finds room at once (on a direct channel, or on a
     /// supervised channel's current connection when a crash would not run
     /// the call again), and then wait as nothing more than their slot in the
-    /// pending table. Every other call (retries, middleware, a restart to
-    /// wait for, no room) runs in full.
+    /// pending table, woken through `waker`. Every other call (retries,
+    /// middleware, a restart to wait for, no room) runs in full.
     fn begin<'a>(
         &'a self,
         method: &'a MethodName,
         payload: Bytes,
         options: &'a Resolved,
+        waker: &Waker,
     ) -> Result<CallState<'a>, Error> {
         let full = |payload| {
             Ok(CallState::Full(Box::pin(
@@ -698,7 +699,7 @@ impl Channel {
         let mut payload = payload;
         match &self.inner {
             Inner::Direct(handle) => {
-                match send_once(&handle.shared, method, &mut payload, options)? {
+                match send_once(&handle.shared, method, &mut payload, options, waker)? {
                     Start::Sent(call) => Ok(CallState::Sent { call, method }),
                     Start::Wait => full(payload),
                     Start::Closed(reason) => Err(reason.into_error(method)),
@@ -715,7 +716,7 @@ impl Channel {
                     return full(payload);
                 };
                 let shared = connection.direct().expect("checked above");
-                let id = match send_once(shared, method, &mut payload, options)? {
+                let id = match send_once(shared, method, &mut payload, options, waker)? {
                     Start::Sent(call) => call.into_id(),
                     // A connection that closed before the supervisor
                     // noticed: the full path waits for its replacement.
@@ -983,7 +984,14 @@ async fn send(
     check_request_size(shared, method, &payload, timeout, trace)?;
     let mut payload = payload;
     let kind = Kind::Unary { due };
-    let mut try_start = || start(shared, method, &mut payload, timeout, attempt, trace, kind);
+    let sent = Attempt {
+        method,
+        timeout,
+        number: attempt,
+        trace,
+        kind,
+    };
+    let mut try_start = || start(shared, &sent, &mut payload, None);
     // Usually there is room at once; only a caller that must wait listens
     // for room freeing up (and tries again once listening, not to miss it).
     let mut started = try_start();
@@ -1010,28 +1018,29 @@ async fn send(
     call.await.map_err(|failure| failure.into_error(method))
 }
 
-/// Sends a one-attempt unary call if there is room; the payload is taken
-/// only then (as by [`start`]), so a caller that must wait still has it.
+/// Sends a one-attempt unary call if there is room, its slot woken through
+/// `waker`; the payload is taken only then (as by [`start`]), so a caller
+/// that must wait still has it.
 fn send_once<'s>(
     shared: &'s Shared,
     method: &MethodName,
     payload: &mut Bytes,
     options: &Resolved,
+    waker: &Waker,
 ) -> Result<Start<'s>, Error> {
     check_method_name(method)?;
     check_request_size(shared, method, payload, options.timeout, None)?;
     let kind = Kind::Unary {
         due: due(options.timeout),
     };
-    Ok(start(
-        shared,
+    let attempt = Attempt {
         method,
-        payload,
-        options.timeout,
-        1,
-        None,
+        timeout: options.timeout,
+        number: 1,
+        trace: None,
         kind,
-    ))
+    };
+    Ok(start(shared, &attempt, payload, Some(waker)))
 }
 
 /// Refuses a `REQUEST` longer than the connection's maximum frame length.
@@ -1140,16 +1149,33 @@ fn awaits_answer(calls: &IdMap<Slot>, id: u64) -> bool {
     calls.get(&id).is_some_and(|slot| slot.outcome.is_none())
 }
 
-/// Sends a call if there is room; the payload is taken only then.
-fn start<'a>(
-    shared: &'a Shared,
-    method: &MethodName,
-    payload: &mut Bytes,
+/// One attempt of a call, as [`start`] sends it (all but the payload, which
+/// it takes only when it sends).
+struct Attempt<'m> {
+    method: &'m MethodName,
     timeout: Option<Duration>,
-    attempt: u32,
+    /// 1 for the first attempt.
+    number: u32,
     trace: Option<TraceContext>,
     kind: Kind,
+}
+
+/// Sends a call if there is room; the payload is taken only then. `waker`,
+/// if given, is woken when the call is answered (else its first poll
+/// registers one).
+fn start<'a>(
+    shared: &'a Shared,
+    attempt: &Attempt<'_>,
+    payload: &mut Bytes,
+    waker: Option<&Waker>,
 ) -> Start<'a> {
+    let Attempt {
+        method,
+        timeout,
+        number,
+        trace,
+        kind,
+    } = *attempt;
     let streams = match kind {
         Kind::Unary { .. } => (false, false),
         Kind::Stream(request, response) => (request, response),
@@ -1173,7 +1199,7 @@ fn start<'a>(
             Slot {
                 method: method.clone(),
                 timeout,
-                waker: None,
+                waker: waker.cloned(),
                 outcome: None,
                 stream: (streams.0 || streams.1).then(|| {
                     Box::new(SlotStream {
@@ -1185,7 +1211,7 @@ fn start<'a>(
         );
         state.queued_bytes += payload.len();
         let payload = std::mem::take(payload);
-        let request = Frame::request(id, method.clone(), timeout, attempt, payload)
+        let request = Frame::request(id, method.clone(), timeout, number, payload)
             .with_trace(trace)
             .with_streams(streams.0, streams.1);
         log::frame(Direction::HostOut, &request, None);
@@ -1442,7 +1468,13 @@ impl Future for CallFuture<'_> {
             else {
                 unreachable!()
             };
-            match channel.begin(method, payload, options) {
+            match channel.begin(method, payload, options, cx.waker()) {
+                // Sent with this task's waker in its slot: nothing to poll
+                // until the answer wakes it.
+                Ok(state @ (CallState::Sent { .. } | CallState::SentOn { .. })) => {
+                    this.state = state;
+                    return Poll::Pending;
+                }
                 Ok(state) => this.state = state,
                 Err(error) => return Poll::Ready(Err(error)),
             }
@@ -2124,15 +2156,14 @@ impl Channel {
                 let changed = shared.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                match start(
-                    &shared,
+                let attempt = Attempt {
                     method,
-                    &mut payload,
-                    options.timeout,
-                    1,
+                    timeout: options.timeout,
+                    number: 1,
                     trace,
-                    Kind::Stream(streams.0, streams.1),
-                ) {
+                    kind: Kind::Stream(streams.0, streams.1),
+                };
+                match start(&shared, &attempt, &mut payload, None) {
                     Start::Sent(mut call) => {
                         // The stream halves take over the slot from here.
                         call.done = true;

@@ -1142,9 +1142,13 @@ where
                     call.streams.stream =
                         Some(self.open_stream(id, request_stream, response_stream));
                 }
-                self.backlog.push_back((id, call));
                 // Start it now if a slot is free: only calls that really wait
                 // count against the queue.
+                if self.backlog.is_empty() && self.reserve_slot() {
+                    self.start(id, call);
+                    return Ok(());
+                }
+                self.backlog.push_back((id, call));
                 self.start_backlog();
                 if self.backlog.len() > self.max_queued
                     && let Some((id, call)) = self.backlog.pop_back()
@@ -1378,100 +1382,113 @@ where
 
     fn start_backlog(&mut self) {
         while !self.backlog.is_empty() {
-            {
-                let mut state = lock(&self.shared);
-                if state.running.len() + state.starting >= self.max_concurrent {
-                    return;
-                }
-                state.starting += 1;
+            if !self.reserve_slot() {
+                return;
             }
             let Some((id, call)) = self.backlog.pop_front() else {
                 lock(&self.shared).starting -= 1;
                 return;
             };
-            let method = call.context.method.clone();
-            let deadline = call.context.deadline;
-            let stream_generation = call.streams.stream.as_ref().map(|handle| handle.generation);
-            let one_way = call.one_way;
-            let info = self
-                .middleware
-                .as_ref()
-                .map(|_| CallInfo::worker(&call.context, self.driver, call.payload.len()));
-            if deadline.is_some_and(|deadline| deadline <= tokio::time::Instant::now()) {
-                // Its caller gave up while it waited; answer nothing, as at
-                // any deadline.
-                tracing::debug!(%method, id, "dropped unstarted: its deadline passed while it waited");
-                lock(&self.shared).starting -= 1;
-                self.close_stream(id);
-                continue;
-            }
-            // Outside the lock: a hand-written `Dispatch` is user code, and a
-            // panic here is answered like a handler's.
-            let inline = self.inline && self.middleware.is_none() && stream_generation.is_none();
-            let future = if inline {
-                match self.poll_inline(call) {
-                    Ok(outcome) => {
-                        let frame = answer_of(&self.shared, id, &method, one_way, outcome);
-                        let mut state = lock(&self.shared);
-                        state.starting -= 1;
-                        if !one_way {
-                            log::frame(Direction::WorkerOut, &frame, Some(&method));
-                            state.outbox.push_back(frame);
-                        }
-                        continue;
-                    }
-                    Err(started) => Either::First { future: started },
-                }
-            } else {
-                let dispatch = self.dispatch;
-                let dispatched =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| dispatch(&self.service, call)));
-                match dispatched {
-                    Ok(future) => Either::Second { future },
-                    Err(panic) => {
-                        lock(&self.shared).starting -= 1;
-                        let status = Status::internal(format!(
-                            "the handler for {method} panicked: {}",
-                            panic_message(&*panic)
-                        ));
-                        self.answer(Frame::Status { id, status });
-                        continue;
-                    }
-                }
-            };
-            let mut state = lock(&self.shared);
-            state.starting -= 1;
-            let generation = state.next_generation;
-            state.next_generation += 1;
-            // Spawned under the lock, so the task cannot finish and look for
-            // its entry before the entry exists.
-            let end = TaskEnd {
-                shared: Arc::clone(&self.shared),
-                id,
-                generation,
-                stream: stream_generation,
-                one_way,
-            };
-            let info_method = method.clone();
-            let task = match (&self.middleware, info) {
-                (Some(chain), Some(info)) => {
-                    let chain = Arc::clone(chain);
-                    let handled =
-                        async move { ServerNext::new(&chain, &info, Box::pin(future)).run().await };
-                    tokio::spawn(run_call(end, method, deadline, handled))
-                }
-                _ => tokio::spawn(run_call(end, method, deadline, future)),
-            };
-            state.running.insert(
-                id,
-                Running {
-                    generation,
-                    task: task.abort_handle(),
-                    deadline,
-                    method: info_method,
-                },
-            );
+            self.start(id, call);
         }
+    }
+
+    /// Takes a slot for a call about to start, if one is free: counted as
+    /// `starting` until the call runs or has answered.
+    fn reserve_slot(&mut self) -> bool {
+        let mut state = lock(&self.shared);
+        if state.running.len() + state.starting >= self.max_concurrent {
+            return false;
+        }
+        state.starting += 1;
+        true
+    }
+
+    /// Starts a call whose slot is reserved: answers it at once if its
+    /// handler does, else runs it as a task.
+    fn start(&mut self, id: u64, call: Call) {
+        let method = call.context.method.clone();
+        let deadline = call.context.deadline;
+        let stream_generation = call.streams.stream.as_ref().map(|handle| handle.generation);
+        let one_way = call.one_way;
+        let info = self
+            .middleware
+            .as_ref()
+            .map(|_| CallInfo::worker(&call.context, self.driver, call.payload.len()));
+        if deadline.is_some_and(|deadline| deadline <= tokio::time::Instant::now()) {
+            // Its caller gave up while it waited; answer nothing, as at
+            // any deadline.
+            tracing::debug!(%method, id, "dropped unstarted: its deadline passed while it waited");
+            lock(&self.shared).starting -= 1;
+            self.close_stream(id);
+            return;
+        }
+        // Outside the lock: a hand-written `Dispatch` is user code, and a
+        // panic here is answered like a handler's.
+        let inline = self.inline && self.middleware.is_none() && stream_generation.is_none();
+        let future = if inline {
+            match self.poll_inline(call) {
+                Ok(outcome) => {
+                    let frame = answer_of(&self.shared, id, &method, one_way, outcome);
+                    let mut state = lock(&self.shared);
+                    state.starting -= 1;
+                    if !one_way {
+                        log::frame(Direction::WorkerOut, &frame, Some(&method));
+                        state.outbox.push_back(frame);
+                    }
+                    return;
+                }
+                Err(started) => Either::First { future: started },
+            }
+        } else {
+            let dispatch = self.dispatch;
+            let dispatched =
+                std::panic::catch_unwind(AssertUnwindSafe(|| dispatch(&self.service, call)));
+            match dispatched {
+                Ok(future) => Either::Second { future },
+                Err(panic) => {
+                    lock(&self.shared).starting -= 1;
+                    let status = Status::internal(format!(
+                        "the handler for {method} panicked: {}",
+                        panic_message(&*panic)
+                    ));
+                    self.answer(Frame::Status { id, status });
+                    return;
+                }
+            }
+        };
+        let mut state = lock(&self.shared);
+        state.starting -= 1;
+        let generation = state.next_generation;
+        state.next_generation += 1;
+        // Spawned under the lock, so the task cannot finish and look for
+        // its entry before the entry exists.
+        let end = TaskEnd {
+            shared: Arc::clone(&self.shared),
+            id,
+            generation,
+            stream: stream_generation,
+            one_way,
+        };
+        let info_method = method.clone();
+        let task = match (&self.middleware, info) {
+            (Some(chain), Some(info)) => {
+                let chain = Arc::clone(chain);
+                let handled =
+                    async move { ServerNext::new(&chain, &info, Box::pin(future)).run().await };
+                tokio::spawn(run_call(end, method, deadline, handled))
+            }
+            _ => tokio::spawn(run_call(end, method, deadline, future)),
+        };
+        state.running.insert(
+            id,
+            Running {
+                generation,
+                task: task.abort_handle(),
+                deadline,
+                method: info_method,
+            },
+        );
     }
 
     /// Dispatches a call and polls its handler once, in a reused place: its

@@ -20,20 +20,26 @@ tokio::task_local! {
 /// carries the same trace id one level down.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceContext {
-    trace_id: u128,
+    /// The trace id's high and low halves: two `u64`s rather than a `u128`,
+    /// whose 16-byte alignment would grow every frame and call that carries
+    /// a context.
+    trace_id: [u64; 2],
     span_id: u64,
 }
 
 impl TraceContext {
     /// A context with these ids.
     pub const fn from_parts(trace_id: u128, span_id: u64) -> TraceContext {
-        TraceContext { trace_id, span_id }
+        TraceContext {
+            trace_id: [(trace_id >> 64) as u64, trace_id as u64],
+            span_id,
+        }
     }
 
     /// The first span of a new trace.
     pub fn new_root() -> TraceContext {
         TraceContext {
-            trace_id: (u128::from(random()) << 64) | u128::from(random()),
+            trace_id: [random(), random()],
             span_id: random(),
         }
     }
@@ -48,7 +54,7 @@ impl TraceContext {
 
     /// The trace's id, shared by every span of the call tree.
     pub fn trace_id(&self) -> u128 {
-        self.trace_id
+        (u128::from(self.trace_id[0]) << 64) | u128::from(self.trace_id[1])
     }
 
     /// This span's id.
@@ -73,7 +79,8 @@ impl fmt::Debug for TraceContext {
         write!(
             f,
             "TraceContext({:032x}/{:016x})",
-            self.trace_id, self.span_id
+            self.trace_id(),
+            self.span_id
         )
     }
 }
