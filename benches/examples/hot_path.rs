@@ -1,5 +1,6 @@
-//! A fixed number of 64 B echo calls on one driver, for profilers that count
-//! rather than time (callgrind, the counting allocator's tests):
+//! A fixed number of echo calls (64 B unless told) on one driver, for
+//! profilers that count rather than time (callgrind, the counting
+//! allocator's tests, page-fault and system-call counts):
 //!
 //! ```text
 //! cargo build --release -p workerbus-benches --example hot_path
@@ -7,8 +8,8 @@
 //!     target/release/examples/hot_path thread 20000 64
 //! ```
 //!
-//! Arguments: the driver (`thread` or `process`), the number of calls, and
-//! how many are in flight at a time.
+//! Arguments: the driver (`thread` or `process`), the number of calls, how
+//! many are in flight at a time, and the payload's size in bytes.
 
 use workerbus_benches::Echo;
 use workerbus_benches::scenarios::payload;
@@ -26,6 +27,9 @@ fn main() {
     let in_flight: usize = args
         .next()
         .map_or(64, |n| n.parse().expect("a number in flight"));
+    let size: usize = args
+        .next()
+        .map_or(64, |n| n.parse().expect("a payload size in bytes"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -48,7 +52,7 @@ fn main() {
             let echo = echo.clone();
             let share = calls / in_flight + usize::from(task < calls % in_flight);
             tasks.spawn(async move {
-                let payload = payload(64);
+                let payload = payload(size);
                 for _ in 0..share {
                     echo.echo(payload.clone()).await;
                 }

@@ -227,10 +227,23 @@ pub async fn tokio_ping_pong(socket: &Path, size: usize, time: Duration) -> Vec<
     }
 }
 
+/// The send buffer workerbus's process driver asks of its sockets, for the
+/// streaming baseline that uses the same.
+pub const WORKERBUS_SEND_BUFFER: usize = 1024 * 1024;
+
 /// Bytes per second streamed to a [`SINK`] server in writes of `write`
-/// bytes for `time`, until the server has read them all.
-pub fn stream_to_sink(socket: &Path, write: usize, time: Duration) -> f64 {
+/// bytes for `time`, until the server has read them all; with the socket's
+/// send buffer at `send_buffer` bytes, or at the system's default.
+pub fn stream_to_sink(
+    socket: &Path,
+    write: usize,
+    send_buffer: Option<usize>,
+    time: Duration,
+) -> f64 {
     let mut stream = UnixStream::connect(socket).expect("connect");
+    if let Some(bytes) = send_buffer {
+        set_send_buffer(&stream, bytes);
+    }
     let chunk = vec![0x5a; write];
     let start = Instant::now();
     let end = start + time;
@@ -246,6 +259,28 @@ pub fn stream_to_sink(socket: &Path, write: usize, time: Duration) -> f64 {
     stream.read_exact(&mut count).expect("the sink's count");
     assert_eq!(u64::from_le_bytes(count), sent as u64);
     sent as f64 / start.elapsed().as_secs_f64()
+}
+
+#[allow(unsafe_code)] // setsockopt has no safe wrapper in std
+fn set_send_buffer(stream: &UnixStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).expect("a buffer size that fits a c_int");
+    // SAFETY: `value` outlives the call, and the length given is its size.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        set,
+        0,
+        "setsockopt(SO_SNDBUF): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A request and the way back for its answer.

@@ -439,7 +439,7 @@ fn connect_transport(
 ) -> io::Result<SocketTransport> {
     socket.set_nonblocking(true)?;
     let socket = tokio::net::UnixStream::from_std(socket)?;
-    Ok(SocketTransport::new(
+    Ok(SocketTransport::unix(
         socket,
         FrameCodec::new().max_frame_length(options.max_frame_length_value()),
     ))

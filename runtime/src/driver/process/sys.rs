@@ -126,3 +126,49 @@ pub(crate) fn kill(pid: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Asks for a send buffer of `bytes` on a socket. The kernel may cap it
+/// (Linux at `net.core.wmem_max`, and doubles what it grants, for its
+/// bookkeeping).
+pub(crate) fn set_send_buffer(socket: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` is a c_int that outlives the call, and the length
+    // given is its size.
+    let set = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const value).cast(),
+            SOCKLEN_OF_INT,
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The send buffer the kernel granted a socket.
+#[cfg(test)]
+pub(crate) fn send_buffer(socket: RawFd) -> io::Result<usize> {
+    let mut value: libc::c_int = 0;
+    let mut len = SOCKLEN_OF_INT;
+    // SAFETY: `value` and `len` outlive the call, and `len` is `value`'s size.
+    let got = unsafe {
+        libc::getsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(value).unwrap_or(0))
+}
+
+/// The size of a `c_int` option, as socket calls take it (4, which fits).
+const SOCKLEN_OF_INT: libc::socklen_t = size_of::<libc::c_int>() as libc::socklen_t;

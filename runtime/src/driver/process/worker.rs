@@ -108,7 +108,7 @@ pub async fn serve_with_options<S: Dispatch>(
         inherited: true,
     };
     let first = serve_connection(
-        SocketTransport::new(socket, codec),
+        SocketTransport::unix(socket, codec),
         service,
         &options,
         Some(&control),
@@ -260,7 +260,7 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
                         inherited: false,
                     };
                     let ending = serve_connection(
-                        SocketTransport::new(stream, codec),
+                        SocketTransport::unix(stream, codec),
                         service,
                         &shared.options,
                         Some(&control),
