@@ -58,6 +58,15 @@ impl Results {
         entry.1.push(value);
     }
 
+    fn merge(&mut self, other: Results) {
+        for key in other.order {
+            let (unit, values) = &other.figures[&key];
+            for value in values {
+                self.record(&key.0, &key.1, unit, *value);
+            }
+        }
+    }
+
     fn median(&self, scenario: &str, subject: &str) -> Option<f64> {
         let (_, values) = self
             .figures
@@ -89,6 +98,7 @@ const SPAWN: &str = "spawn to first answer";
 
 const THREAD: &str = "workerbus thread driver";
 const PROCESS: &str = "workerbus process driver";
+const PROCESS_MULTI: &str = "workerbus process driver, multi-thread host";
 
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
@@ -189,6 +199,7 @@ async fn run(config: Config) -> Results {
             .with_middleware(ConcurrencyLimit::new(1024)),
     );
     let mpsc = MpscEcho::start();
+    let multi = wanted(PROCESS_MULTI).then(|| MultiThreadHost::start(config));
     #[cfg(feature = "peers")]
     let peers = Peers::start().await;
 
@@ -196,6 +207,9 @@ async fn run(config: Config) -> Results {
         eprintln!("round {round} of {}", config.rounds);
         echo_scenarios(&mut results, THREAD, &on_thread, config).await;
         echo_scenarios(&mut results, PROCESS, &in_process, config).await;
+        if let Some(multi) = &multi {
+            results.merge(multi.round());
+        }
         echo_scenarios(&mut results, "tokio mpsc + oneshot", &mpsc, config).await;
         #[cfg(feature = "peers")]
         peers.run(&mut results, config).await;
@@ -280,6 +294,52 @@ async fn run(config: Config) -> Results {
     thread.shutdown().await;
     process.shutdown().await;
     results
+}
+
+/// The process driver with its host on a multi-thread runtime (two worker
+/// threads), where a call's task and the connection's link task may run on
+/// different threads. The runtime lives on a thread of its own, since one
+/// runtime cannot block on another.
+struct MultiThreadHost {
+    rounds: std::sync::mpsc::Sender<()>,
+    results: std::sync::mpsc::Receiver<Results>,
+}
+
+impl MultiThreadHost {
+    fn start(config: Config) -> MultiThreadHost {
+        let (rounds, next_round) = std::sync::mpsc::channel::<()>();
+        let (done, results) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a multi-thread Tokio runtime");
+            let worker = runtime
+                .block_on(subjects::process_worker())
+                .expect("a process worker");
+            let echo = WorkerbusEcho::new(worker.channel());
+            while next_round.recv().is_ok() {
+                let mut results = Results::default();
+                runtime.block_on(echo_scenarios(&mut results, PROCESS_MULTI, &echo, config));
+                if done.send(results).is_err() {
+                    break;
+                }
+            }
+            runtime.block_on(worker.shutdown());
+        });
+        MultiThreadHost { rounds, results }
+    }
+
+    /// Runs the echo scenarios once; the caller's runtime waits meanwhile.
+    fn round(&self) -> Results {
+        self.rounds
+            .send(())
+            .expect("the multi-thread host is running");
+        self.results
+            .recv()
+            .expect("the multi-thread host's results")
+    }
 }
 
 #[cfg(feature = "peers")]
