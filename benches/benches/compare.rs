@@ -98,7 +98,8 @@ const SPAWN: &str = "spawn to first answer";
 
 const THREAD: &str = "workerbus thread driver";
 const PROCESS: &str = "workerbus process driver";
-const PROCESS_MULTI: &str = "workerbus process driver, multi-thread host";
+// Not a name that contains `PROCESS`, so that `SUBJECTS` can pick either.
+const PROCESS_MULTI: &str = "workerbus process, multi-thread host";
 
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
@@ -293,6 +294,9 @@ async fn run(config: Config) -> Results {
     }
     thread.shutdown().await;
     process.shutdown().await;
+    if let Some(multi) = multi {
+        multi.stop();
+    }
     results
 }
 
@@ -303,13 +307,16 @@ async fn run(config: Config) -> Results {
 struct MultiThreadHost {
     rounds: std::sync::mpsc::Sender<()>,
     results: std::sync::mpsc::Receiver<Results>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl MultiThreadHost {
+    /// Starts the runtime and its worker, and returns once the worker is up
+    /// (so that starting it does not fall into another subject's figures).
     fn start(config: Config) -> MultiThreadHost {
         let (rounds, next_round) = std::sync::mpsc::channel::<()>();
         let (done, results) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -319,6 +326,9 @@ impl MultiThreadHost {
                 .block_on(subjects::process_worker())
                 .expect("a process worker");
             let echo = WorkerbusEcho::new(worker.channel());
+            if done.send(Results::default()).is_err() {
+                return;
+            }
             while next_round.recv().is_ok() {
                 let mut results = Results::default();
                 runtime.block_on(echo_scenarios(&mut results, PROCESS_MULTI, &echo, config));
@@ -328,7 +338,14 @@ impl MultiThreadHost {
             }
             runtime.block_on(worker.shutdown());
         });
-        MultiThreadHost { rounds, results }
+        results
+            .recv()
+            .expect("the multi-thread host's worker is up");
+        MultiThreadHost {
+            rounds,
+            results,
+            thread,
+        }
     }
 
     /// Runs the echo scenarios once; the caller's runtime waits meanwhile.
@@ -339,6 +356,12 @@ impl MultiThreadHost {
         self.results
             .recv()
             .expect("the multi-thread host's results")
+    }
+
+    /// Shuts its worker down and waits for its thread to end.
+    fn stop(self) {
+        drop(self.rounds);
+        self.thread.join().expect("the multi-thread host's thread");
     }
 }
 
@@ -399,7 +422,7 @@ fn print(results: &Results) {
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         println!(
-            "  {:<34} median {:>12}   min {:>12}   max {:>12}",
+            "  {:<38} median {:>12}   min {:>12}   max {:>12}",
             key.1,
             figure(median(values)),
             figure(min),

@@ -1448,11 +1448,14 @@ where
                 Ok(future) => Either::Second { future },
                 Err(panic) => {
                     lock(&self.shared).starting -= 1;
-                    let status = Status::internal(format!(
-                        "the handler for {method} panicked: {}",
-                        panic_message(&*panic)
-                    ));
-                    self.answer(Frame::Status { id, status });
+                    let message = panic_message(&*panic);
+                    tracing::error!(%method, id, panic = %message, "dispatch panicked");
+                    let status =
+                        Status::internal(format!("the handler for {method} panicked: {message}"));
+                    // As for a handler's panic: its streams end, and a one-way
+                    // message is not answered.
+                    self.close_stream(id);
+                    self.refuse(id, one_way, status);
                     return;
                 }
             }

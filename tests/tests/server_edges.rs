@@ -508,6 +508,20 @@ async fn panics_are_answered_as_internal_errors() {
     ));
 }
 
+/// A one-way message is never answered, even when its dispatch panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_message_whose_dispatch_panics_is_not_answered() {
+    let (mut host, _served) = serve_with(panicking(), ServeOptions::new());
+    host.send(request(1, "echo.fail", &()).with_one_way(true))
+        .await
+        .unwrap();
+    host.send(request(2, "echo.echo", &())).await.unwrap();
+    assert!(matches!(
+        next(&mut host).await,
+        Frame::Response { id: 2, .. }
+    ));
+}
+
 /// On a current-thread runtime the serve loop polls a handler first itself.
 #[tokio::test]
 async fn a_handler_panicking_in_its_first_poll_is_an_internal_error_naming_the_payload() {

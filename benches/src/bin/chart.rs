@@ -123,11 +123,11 @@ impl Kind {
 }
 
 // The geometry, in pixels. The labels' column fits the longest subject
-// name ("workerbus process driver, multi-thread host"); the room right of
+// name ("raw streaming, 1 MiB writes, 1 MiB buffer"); the room right of
 // the scale fits a printed value with its unit.
 const WIDTH: f64 = 900.0;
 const MARGIN: f64 = 20.0;
-const BAR_X: f64 = 320.0;
+const BAR_X: f64 = 300.0;
 const VALUE_ROOM: f64 = 130.0;
 const BAR_HEIGHT: f64 = 16.0;
 const ROW: f64 = 24.0;

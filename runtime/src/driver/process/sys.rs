@@ -1,7 +1,8 @@
 //! The few system calls the process driver needs that the standard library
 //! does not offer safely: giving a child its socket at a fixed descriptor,
 //! adopting that descriptor in the child, waiting for a peer to hang up
-//! without reading, and the process's user id.
+//! without reading, the process's user id, killing a worker by its pid, and
+//! a socket's send buffer.
 //!
 //! This is the only module of the crate with `unsafe` code.
 #![allow(unsafe_code)]
