@@ -200,7 +200,8 @@ async fn run(config: Config) -> Results {
             .with_middleware(ConcurrencyLimit::new(1024)),
     );
     let mpsc = MpscEcho::start();
-    let multi = wanted(PROCESS_MULTI).then(|| MultiThreadHost::start(config));
+    let multi = wanted(PROCESS_MULTI)
+        .then(|| MultiThreadHost::start(config, tokio_echo.socket().to_owned()));
     #[cfg(feature = "peers")]
     let peers = Peers::start().await;
 
@@ -313,7 +314,10 @@ struct MultiThreadHost {
 impl MultiThreadHost {
     /// Starts the runtime and its worker, and returns once the worker is up
     /// (so that starting it does not fall into another subject's figures).
-    fn start(config: Config) -> MultiThreadHost {
+    /// Its rounds also time raw Tokio ping-pong on the same runtime, against
+    /// the echo server at `raw_echo`: what a multi-thread host costs any
+    /// design, beside what it costs workerbus.
+    fn start(config: Config, raw_echo: PathBuf) -> MultiThreadHost {
         let (rounds, next_round) = std::sync::mpsc::channel::<()>();
         let (done, results) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -332,6 +336,11 @@ impl MultiThreadHost {
             while next_round.recv().is_ok() {
                 let mut results = Results::default();
                 runtime.block_on(echo_scenarios(&mut results, PROCESS_MULTI, &echo, config));
+                let samples =
+                    runtime.block_on(baselines::tokio_ping_pong(&raw_echo, 64, config.time));
+                let subject = "raw tokio Unix socket, multi-thread";
+                results.record(SEQ_P50, subject, "µs", micros(percentile(&samples, 0.5)));
+                results.record(SEQ_P99, subject, "µs", micros(percentile(&samples, 0.99)));
                 if done.send(results).is_err() {
                     break;
                 }
