@@ -923,6 +923,7 @@ impl Channel {
         let answer = self.call(&HEALTH, Bytes::new(), &options).await?;
         let health = Health::decode(answer).map_err(|source| Error::Decode {
             method: HEALTH.clone(),
+            what: "response",
             message: "workerbus.Health",
             source,
         })?;
@@ -2506,6 +2507,7 @@ impl<T: prost::Message + Default> futures_core::Stream for Streaming<T> {
             item.and_then(|bytes| {
                 T::decode(bytes).map_err(|source| Error::Decode {
                     method: this.method.clone(),
+                    what: "response stream item",
                     message: this.message_type,
                     source,
                 })

@@ -130,6 +130,7 @@ impl Client {
         let response = self.channel.call(&method.name, payload, &resolved).await?;
         Resp::decode(response).map_err(|source| Error::Decode {
             method: method.name.clone(),
+            what: "response",
             message: method.response_type,
             source,
         })
@@ -222,6 +223,7 @@ impl Client {
         };
         Resp::decode(response).map_err(|source| Error::Decode {
             method: method.name.clone(),
+            what: "response",
             message: method.response_type,
             source,
         })
@@ -304,6 +306,7 @@ pub fn decode_event<M: Message + Default>(
 ) -> Result<M, Error> {
     M::decode(payload).map_err(|source| Error::Decode {
         method,
+        what: "event",
         message: event_type,
         source,
     })

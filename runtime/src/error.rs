@@ -469,11 +469,15 @@ pub enum Error {
         max: usize,
     },
 
-    /// The response did not decode as the expected message type.
-    #[error("{method} failed: the response did not decode as {message}")]
+    /// A message from the worker (a response, a stream item, an event) did
+    /// not decode as the expected message type.
+    #[error("{method} failed: the {what} did not decode as {message}")]
     Decode {
         /// The message name.
         method: MethodName,
+        /// What did not decode: `"response"`, `"response stream item"` or
+        /// `"event"`.
+        what: &'static str,
         /// The protobuf message type that was expected.
         message: &'static str,
         /// The decoder's error.
@@ -744,6 +748,7 @@ mod tests {
             (
                 Error::Decode {
                     method: method(),
+                    what: "response",
                     message: "embedder.Vector",
                     source: decode_error(),
                 },

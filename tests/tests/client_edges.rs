@@ -252,7 +252,7 @@ async fn answers_that_do_not_decode_fail_naming_the_message_expected() {
     assert!(matches!(error, Error::Decode { .. }), "{error:?}");
     assert_eq!(
         error.to_string(),
-        "echo.count failed: the response did not decode as echo.CountReply"
+        "echo.count failed: the response stream item did not decode as echo.CountReply"
     );
 
     // The response to a request stream (of no messages).
@@ -280,7 +280,7 @@ async fn answers_that_do_not_decode_fail_naming_the_message_expected() {
         .expect("the subscription is open");
     assert_eq!(
         event.unwrap_err().to_string(),
-        "echo_events.noted failed: the response did not decode as echo.NoteRequest"
+        "echo_events.noted failed: the event did not decode as echo.NoteRequest"
     );
 
     // A health report.

@@ -137,6 +137,7 @@ async fn each_way_a_call_fails_has_its_own_outcome_on_the_host() {
         },
         Error::Decode {
             method: method(),
+            what: "response",
             message: "echo.EchoReply",
             source: decode_error,
         },
