@@ -20,7 +20,7 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, CountRequest, EchoClient, EchoEvents, EchoRequest, ExitRequest, SleepRequest,
     SleepState,
 };
-use workerbus_tests::support::{secret_bytes, sigkill};
+use workerbus_tests::support::{KillOnDrop, secret_bytes, sigkill};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -477,6 +477,46 @@ async fn a_detached_worker_outlives_its_host_and_another_host_reconnects() {
     // A detached worker stops when a host asks it to; its socket goes too.
     assert_eq!(worker.shutdown().await, ExitReason::Unknown);
     assert!(!Path::new(&address).exists(), "the socket is left behind");
+}
+
+#[tokio::test]
+async fn a_worker_making_its_named_socket_removes_those_of_workers_that_are_gone() {
+    let first = spawn().await.detach().await.expect("detach");
+    let _first_guard = KillOnDrop(first.pid());
+    let private = first.address().parent().unwrap().parent().unwrap();
+    // What a worker killed by a signal leaves: its socket, bound and never
+    // removed, in a directory named after its pid, which no process has now.
+    let mut exited = Command::new("true").spawn().expect("run true");
+    let gone = exited.id();
+    exited.wait().unwrap();
+    let left = private.join(format!("killed-{gone}"));
+    std::fs::create_dir(&left).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(left.join("socket")).unwrap());
+    // A directory of a process that runs (this one) stays, socket or not.
+    let running = private.join(format!("running-{}", std::process::id()));
+    std::fs::create_dir(&running).unwrap();
+    std::fs::write(running.join("socket"), b"").unwrap();
+
+    let second = spawn().await.detach().await.expect("detach");
+    let _second_guard = KillOnDrop(second.pid());
+
+    assert!(!left.exists(), "{} is left behind", left.display());
+    assert!(
+        running.join("socket").exists(),
+        "a running process's socket was removed"
+    );
+    assert!(
+        first.address().exists(),
+        "a live worker's socket was removed"
+    );
+    std::fs::remove_dir_all(&running).unwrap();
+    for detached in [first, second] {
+        let worker = driver()
+            .connect(detached.address(), detached.secret())
+            .await
+            .expect("reconnect");
+        worker.shutdown().await;
+    }
 }
 
 /// Peers that speak the protocol wrong get a clear refusal and are

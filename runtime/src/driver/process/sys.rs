@@ -173,3 +173,21 @@ pub(crate) fn send_buffer(socket: RawFd) -> io::Result<usize> {
 
 /// The size of a `c_int` option, as socket calls take it (4, which fits).
 const SOCKLEN_OF_INT: libc::socklen_t = size_of::<libc::c_int>() as libc::socklen_t;
+
+/// Whether a process with this id exists (signal 0 checks without sending
+/// anything). Ids that cannot name one process, such as 0, which would name
+/// our process group, count as existing, so that nothing is done about them.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: kill has no memory-safety preconditions; signal 0 is not sent.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    // EPERM: it exists, as another user's.
+    io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}

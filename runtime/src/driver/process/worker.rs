@@ -283,7 +283,9 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
 /// this worker's own (mode 0700) inside the user's private directory, so
 /// that removing the worker's files leaves nothing behind.
 fn listen(name: &str) -> io::Result<(PathBuf, std::os::unix::net::UnixListener)> {
-    let dir = private_dir()?.join(format!("{}-{}", sanitize(name), std::process::id()));
+    let private = private_dir()?;
+    sweep_gone(&private);
+    let dir = private.join(format!("{}-{}", sanitize(name), std::process::id()));
     match DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         // Left by a killed worker that had our pid.
@@ -301,6 +303,42 @@ fn listen(name: &str) -> io::Result<(PathBuf, std::os::unix::net::UnixListener)>
 
 /// The named socket's file name, in the worker's own directory.
 const SOCKET_NAME: &str = "socket";
+
+/// Removes what workers that are gone left in the user's private directory:
+/// a worker killed by a signal cannot remove its socket, so each worker that
+/// makes one first removes the sockets (and then empty directories) of the
+/// `<name>-<pid>` directories whose process no longer exists and whose
+/// socket refuses connections (a process in another pid namespace sharing
+/// the directory is not taken for gone).
+fn sweep_gone(private: &Path) {
+    let Ok(entries) = std::fs::read_dir(private) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || sys::process_exists(pid) {
+            continue;
+        }
+        let socket = entry.path().join(SOCKET_NAME);
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                ) => {}
+            _ => continue,
+        }
+        tracing::debug!(socket = %socket.display(), pid, "removing the socket of a worker that is gone");
+        remove_socket(&socket);
+    }
+}
 
 /// Removes a named socket and the worker's directory that holds it.
 fn remove_socket(path: &Path) {
