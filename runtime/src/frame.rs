@@ -591,6 +591,21 @@ impl Reader {
     }
 }
 
+/// Frames of at least this many bytes make the decoder reserve room for
+/// [`LARGE_READ`] bytes when they have not fully arrived.
+const LARGE_FRAME: usize = 16 * 1024;
+
+/// The least room reserved for a large frame that has not fully arrived.
+/// Each decoded frame keeps the buffer it was read into (its payload is not
+/// copied out), so a buffer that fits one frame exactly is never reused: the
+/// next frame needs a new allocation, and its first bytes a copy. With room
+/// for several, the frames that follow arrive in the same allocation, and
+/// allocations this size stay out of the allocator's way (glibc's malloc,
+/// freeing them, raises the threshold at which it returns memory to the
+/// system, instead of trimming and faulting pages in again for every other
+/// frame).
+const LARGE_READ: usize = 256 * 1024;
+
 /// Encodes and decodes [`Frame`]s on a byte stream, with an explicit maximum
 /// frame length.
 ///
@@ -663,8 +678,13 @@ impl Decoder for FrameCodec {
             // read into place rather than copied each time the buffer
             // grows. It is within the maximum frame length, checked above:
             // a peer that announces a large frame and sends nothing makes
-            // us allocate at most that.
-            src.reserve(4 + len - src.len());
+            // us allocate at most that (or `LARGE_READ`).
+            let need = 4 + len - src.len();
+            if len >= LARGE_FRAME {
+                src.reserve(need.max(LARGE_READ));
+            } else {
+                src.reserve(need);
+            }
             return Ok(None);
         }
         src.advance(4);
@@ -851,6 +871,26 @@ mod tests {
             codec.decode_eof(&mut partial),
             Err(FrameError::Truncated { buffered }) if buffered == full.len() - 1
         ));
+    }
+
+    #[test]
+    fn a_large_frame_not_yet_arrived_gets_room_for_the_frames_after_it() {
+        let mut codec = FrameCodec::new();
+        let head_of = |size: usize| {
+            let mut encoded = BytesMut::new();
+            let payload = Bytes::from(vec![7; size]);
+            FrameCodec::new()
+                .encode(Frame::Response { id: 1, payload }, &mut encoded)
+                .unwrap();
+            BytesMut::from(&encoded[..100])
+        };
+        let mut large = head_of(64 * 1024);
+        assert_eq!(codec.decode(&mut large).unwrap(), None);
+        assert!(large.capacity() >= LARGE_READ, "{}", large.capacity());
+        // A small frame gets the room it needs, no more.
+        let mut small = head_of(1000);
+        assert_eq!(codec.decode(&mut small).unwrap(), None);
+        assert!(small.capacity() < 4 * 1024, "{}", small.capacity());
     }
 
     #[test]
