@@ -595,15 +595,17 @@ impl Reader {
 /// [`LARGE_READ`] bytes when they have not fully arrived.
 const LARGE_FRAME: usize = 16 * 1024;
 
-/// The least room reserved for a large frame that has not fully arrived.
-/// Each decoded frame keeps the buffer it was read into (its payload is not
-/// copied out), so a buffer that fits one frame exactly is never reused: the
-/// next frame needs a new allocation, and its first bytes a copy. With room
-/// for several, the frames that follow arrive in the same allocation, and
-/// allocations this size stay out of the allocator's way (glibc's malloc,
-/// freeing them, raises the threshold at which it returns memory to the
-/// system, instead of trimming and faulting pages in again for every other
-/// frame).
+/// The least room reserved for a large frame that has not fully arrived
+/// (when the buffer lacks room for it, and the maximum frame length allows
+/// as much). Each decoded frame keeps the buffer it was read into (its
+/// payload is not copied out), so a buffer that fits one frame exactly is
+/// never reused: the next frame needs a new allocation, and its first bytes
+/// a copy. With room for several, the frames that follow arrive in the same
+/// allocation, and allocations this size stay out of the allocator's way
+/// (glibc's malloc, freeing them, raises the threshold at which it returns
+/// memory to the system, instead of trimming and faulting pages in again for
+/// every other frame). The price: a frame kept long keeps the whole
+/// allocation it shares, up to this size, alive.
 const LARGE_READ: usize = 256 * 1024;
 
 /// Encodes and decodes [`Frame`]s on a byte stream, with an explicit maximum
@@ -678,12 +680,16 @@ impl Decoder for FrameCodec {
             // read into place rather than copied each time the buffer
             // grows. It is within the maximum frame length, checked above:
             // a peer that announces a large frame and sends nothing makes
-            // us allocate at most that (or `LARGE_READ`).
+            // us allocate at most that (or `LARGE_READ`, if the maximum
+            // allows it).
             let need = 4 + len - src.len();
-            if len >= LARGE_FRAME {
-                src.reserve(need.max(LARGE_READ));
-            } else {
-                src.reserve(need);
+            if src.capacity() - src.len() < need {
+                let room = if len >= LARGE_FRAME {
+                    need.max(LARGE_READ.min(4 + self.max_frame_length))
+                } else {
+                    need
+                };
+                src.reserve(room);
             }
             return Ok(None);
         }
@@ -891,6 +897,44 @@ mod tests {
         let mut small = head_of(1000);
         assert_eq!(codec.decode(&mut small).unwrap(), None);
         assert!(small.capacity() < 4 * 1024, "{}", small.capacity());
+        // Nor more than the maximum frame length allows.
+        let mut limited = FrameCodec::new().max_frame_length(32 * 1024);
+        let mut capped = head_of(20 * 1024);
+        assert_eq!(limited.decode(&mut capped).unwrap(), None);
+        assert!(capped.capacity() < 40 * 1024, "{}", capped.capacity());
+    }
+
+    /// Read as a socket delivers it, in pieces into the room the decoder
+    /// made, a frame of 1 MiB takes one buffer of its size, grown once.
+    #[test]
+    fn a_large_frame_arriving_in_pieces_is_read_into_one_buffer_of_its_size() {
+        let mut encoded = BytesMut::new();
+        let payload = Bytes::from(vec![7; 1024 * 1024]);
+        FrameCodec::new()
+            .encode(Frame::Response { id: 1, payload }, &mut encoded)
+            .unwrap();
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        let (mut read, mut largest) = (0, 0);
+        let frame = loop {
+            if let Some(frame) = codec.decode(&mut buf).unwrap() {
+                break frame;
+            }
+            if buf.capacity() == buf.len() {
+                buf.reserve(16 * 1024);
+            }
+            let piece = (buf.capacity() - buf.len())
+                .min(16 * 1024)
+                .min(encoded.len() - read);
+            buf.extend_from_slice(&encoded[read..read + piece]);
+            read += piece;
+            largest = largest.max(buf.capacity());
+        };
+        assert!(matches!(frame, Frame::Response { id: 1, .. }));
+        assert!(
+            largest < 1024 * 1024 + 64 * 1024,
+            "the buffer grew to {largest} bytes"
+        );
     }
 
     #[test]

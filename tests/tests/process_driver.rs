@@ -489,13 +489,21 @@ async fn a_worker_making_its_named_socket_removes_those_of_workers_that_are_gone
     let mut exited = Command::new("true").spawn().expect("run true");
     let gone = exited.id();
     exited.wait().unwrap();
+    // Made under a name no sweep reads (workers of other tests sweep too),
+    // then moved into place.
     let left = private.join(format!("killed-{gone}"));
-    std::fs::create_dir(&left).unwrap();
-    drop(std::os::unix::net::UnixListener::bind(left.join("socket")).unwrap());
-    // A directory of a process that runs (this one) stays, socket or not.
+    let making = private.join(format!("killed-{gone}.making"));
+    std::fs::create_dir(&making).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(making.join("socket")).unwrap());
+    std::fs::rename(&making, &left).unwrap();
+    // A directory of a process that runs (this one) stays.
     let running = private.join(format!("running-{}", std::process::id()));
     std::fs::create_dir(&running).unwrap();
-    std::fs::write(running.join("socket"), b"").unwrap();
+    drop(std::os::unix::net::UnixListener::bind(running.join("socket")).unwrap());
+    // So does a `socket` that is not one, whoever made it.
+    let not_a_socket = private.join(format!("file-{gone}"));
+    std::fs::create_dir(&not_a_socket).unwrap();
+    std::fs::write(not_a_socket.join("socket"), b"").unwrap();
 
     let second = spawn().await.detach().await.expect("detach");
     let _second_guard = KillOnDrop(second.pid());
@@ -506,10 +514,15 @@ async fn a_worker_making_its_named_socket_removes_those_of_workers_that_are_gone
         "a running process's socket was removed"
     );
     assert!(
+        not_a_socket.join("socket").exists(),
+        "a file that is not a socket was removed"
+    );
+    assert!(
         first.address().exists(),
         "a live worker's socket was removed"
     );
     std::fs::remove_dir_all(&running).unwrap();
+    std::fs::remove_dir_all(&not_a_socket).unwrap();
     for detached in [first, second] {
         let worker = driver()
             .connect(detached.address(), detached.secret())

@@ -179,7 +179,7 @@ const SOCKLEN_OF_INT: libc::socklen_t = size_of::<libc::c_int>() as libc::sockle
 /// our process group, count as existing, so that nothing is done about them.
 pub(crate) fn process_exists(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
+        return true;
     };
     if pid <= 0 {
         return true;

@@ -13,7 +13,7 @@
 
 use std::fs::DirBuilder;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -306,10 +306,13 @@ const SOCKET_NAME: &str = "socket";
 
 /// Removes what workers that are gone left in the user's private directory:
 /// a worker killed by a signal cannot remove its socket, so each worker that
-/// makes one first removes the sockets (and then empty directories) of the
-/// `<name>-<pid>` directories whose process no longer exists and whose
-/// socket refuses connections (a process in another pid namespace sharing
-/// the directory is not taken for gone).
+/// makes one first removes the sockets (and then the directories, once
+/// empty) of the `<name>-<pid>` directories whose process no longer exists
+/// and whose socket refuses connections (a worker in another pid namespace
+/// sharing the directory is not taken for gone once it listens). Only real
+/// directories holding a socket are touched: no symbolic link is followed,
+/// and a directory without a socket (a worker between making its directory
+/// and binding) is left alone.
 fn sweep_gone(private: &Path) {
     let Ok(entries) = std::fs::read_dir(private) else {
         return;
@@ -326,13 +329,17 @@ fn sweep_gone(private: &Path) {
         if pid == std::process::id() || sys::process_exists(pid) {
             continue;
         }
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
         let socket = entry.path().join(SOCKET_NAME);
+        let is_socket =
+            std::fs::symlink_metadata(&socket).is_ok_and(|meta| meta.file_type().is_socket());
+        if !is_socket {
+            continue;
+        }
         match std::os::unix::net::UnixStream::connect(&socket) {
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
-                ) => {}
+            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {}
             _ => continue,
         }
         tracing::debug!(socket = %socket.display(), pid, "removing the socket of a worker that is gone");
