@@ -601,11 +601,9 @@ const LARGE_FRAME: usize = 16 * 1024;
 /// payload is not copied out), so a buffer that fits one frame exactly is
 /// never reused: the next frame needs a new allocation, and its first bytes
 /// a copy. With room for several, the frames that follow arrive in the same
-/// allocation, and allocations this size stay out of the allocator's way
-/// (glibc's malloc, freeing them, raises the threshold at which it returns
-/// memory to the system, instead of trimming and faulting pages in again for
-/// every other frame). The price: a frame kept long keeps the whole
-/// allocation it shares, up to this size, alive.
+/// allocation: fewer allocations, fewer copies, and fewer fresh pages to
+/// fault in (half as many, with 64 KiB frames). The price: a frame kept long
+/// keeps the whole allocation it shares, up to this size, alive.
 const LARGE_READ: usize = 256 * 1024;
 
 /// Encodes and decodes [`Frame`]s on a byte stream, with an explicit maximum
