@@ -375,23 +375,3 @@ fn comment_lines(comments: &prost_build::Comments) -> Vec<String> {
     lines.extend(comments.trailing.iter().cloned());
     lines
 }
-
-#[cfg(test)]
-mod tests {
-    /// The workspace keeps a copy of the built-in file beside the example
-    /// schemas, for readers; the crate's own copy is the one served.
-    #[test]
-    fn the_workspace_copy_of_options_proto_is_the_built_in_one() {
-        let copy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../proto/workerbus/options.proto");
-        match std::fs::read_to_string(&copy) {
-            Ok(copy) => assert_eq!(
-                copy,
-                super::OPTIONS_PROTO,
-                "proto/workerbus/options.proto differs from codegen/proto/workerbus/options.proto"
-            ),
-            // Outside the workspace (a packaged crate) there is no copy.
-            Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}"),
-        }
-    }
-}
