@@ -1,12 +1,16 @@
 //! Helpers the integration tests share: killing a worker process outright
-//! (now, or when a test ends however it ends), and waiting for a
-//! supervisor's event.
+//! (now, or when a test ends however it ends), waiting for a supervisor's
+//! event, and connecting to a detached worker as a host would.
 
 use std::process::Command;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
 use tokio::sync::broadcast;
-use workerbus::{Secret, SupervisorEvent};
+use tokio_util::codec::Framed;
+use workerbus::{DetachedWorker, Frame, FrameCodec, MethodName, Secret, SupervisorEvent};
 
 /// Sends SIGKILL to `pid`, failing the test if `kill` fails.
 pub fn sigkill(pid: u32) {
@@ -56,4 +60,23 @@ pub async fn expect<T>(
     tokio::time::timeout(Duration::from_secs(20), wait)
         .await
         .unwrap_or_else(|_| panic!("no {what} event within 20 s"))
+}
+
+/// A host's connection to a detached worker, greeted with the right secret:
+/// what a hostile host needs to reach the worker's serve loop.
+pub async fn greeted(worker: &DetachedWorker) -> Framed<UnixStream, FrameCodec> {
+    let socket = UnixStream::connect(worker.address())
+        .await
+        .expect("connect");
+    let mut peer = Framed::new(socket, FrameCodec::new());
+    let secret = secret_bytes(worker.secret());
+    let mut hello = vec![0x08, 0x01, 0x12, 32];
+    hello.extend_from_slice(&secret);
+    let method = MethodName::from_static("$workerbus.hello");
+    let greeting = Frame::request(1, method, None, 1, Bytes::from(hello));
+    peer.send(greeting).await.expect("greet");
+    match peer.next().await {
+        Some(Ok(Frame::Response { id: 1, .. })) => peer,
+        other => panic!("the worker did not welcome us: {other:?}"),
+    }
 }

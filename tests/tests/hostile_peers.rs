@@ -17,15 +17,13 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio_util::codec::Framed;
 use workerbus::{
-    CallOptions, ChannelOptions, DetachedWorker, Error, ExitReason, Frame, FrameCodec, MethodName,
+    CallOptions, ChannelOptions, DetachedWorker, Error, ExitReason, Frame, MethodName,
     ProcessDriver, ProcessWorker, Secret,
 };
 use workerbus_tests::cases;
 use workerbus_tests::pb::echo::{AnnounceRequest, EchoClient, EchoReply, EchoRequest};
-use workerbus_tests::support::{KillOnDrop, secret_bytes};
+use workerbus_tests::support::{KillOnDrop, greeted};
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile-worker");
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
@@ -239,25 +237,6 @@ async fn a_welcome_that_does_not_decode_fails_the_spawn() {
         ),
         "{message}"
     );
-}
-
-/// A hostile host's connection to a detached worker, greeted with the right
-/// secret.
-async fn greeted(worker: &DetachedWorker) -> Framed<UnixStream, FrameCodec> {
-    let socket = UnixStream::connect(worker.address())
-        .await
-        .expect("connect");
-    let mut peer = Framed::new(socket, FrameCodec::new());
-    let secret = secret_bytes(worker.secret());
-    let mut hello = vec![0x08, 0x01, 0x12, 32];
-    hello.extend_from_slice(&secret);
-    let method = MethodName::from_static("$workerbus.hello");
-    let greeting = Frame::request(1, method, None, 1, Bytes::from(hello));
-    peer.send(greeting).await.expect("greet");
-    match peer.next().await {
-        Some(Ok(Frame::Response { id: 1, .. })) => peer,
-        other => panic!("the worker did not welcome us: {other:?}"),
-    }
 }
 
 fn echo_frame(id: u64, data: Bytes) -> Frame {

@@ -25,7 +25,7 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, EchoClient, EchoReply, EchoRequest, EchoServer, MissingServer, NoteRequest,
     ObserveRequest, SleepRequest, SleepState, SumRequest,
 };
-use workerbus_tests::support::secret_bytes;
+use workerbus_tests::support::greeted;
 
 type Served = tokio::task::JoinHandle<Result<(), FrameError>>;
 
@@ -667,26 +667,6 @@ async fn a_context_has_the_deadline_it_is_given_and_no_host_outside_a_worker() {
         format!("{:?}", cx.events()),
         "EventSink { connected: false }"
     );
-}
-
-/// A hostile host's connection to a detached worker, greeted with the right
-/// secret.
-async fn greeted(worker: &workerbus::DetachedWorker) -> Framed<UnixStream, FrameCodec> {
-    let socket = UnixStream::connect(worker.address())
-        .await
-        .expect("connect");
-    let mut peer = Framed::new(socket, FrameCodec::new());
-    let secret = secret_bytes(worker.secret());
-    let mut hello = vec![0x08, 0x01, 0x12, 32];
-    hello.extend_from_slice(&secret);
-    let method = MethodName::from_static("$workerbus.hello");
-    peer.send(Frame::request(1, method, None, 1, Bytes::from(hello)))
-        .await
-        .expect("greet");
-    match peer.next().await {
-        Some(Ok(Frame::Response { id: 1, .. })) => peer,
-        other => panic!("the worker did not welcome us: {other:?}"),
-    }
 }
 
 async fn answer(peer: &mut Framed<UnixStream, FrameCodec>) -> Frame {
