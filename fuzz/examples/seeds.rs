@@ -88,8 +88,16 @@ fn every_kind() -> Vec<Frame> {
             payload: Bytes::from_static(&[0x08, 0x2a]),
         },
         Frame::End { id: 2 },
-        Frame::Credit { id: 2, count: 16 },
-        Frame::Credit { id: 0, count: 1 },
+        Frame::Credit {
+            id: 2,
+            count: 16,
+            bytes: 1 << 20,
+        },
+        Frame::Credit {
+            id: 0,
+            count: 1,
+            bytes: 0,
+        },
         Frame::Event {
             method: MethodName::from_static("w.e"),
             payload: Bytes::from_static(&[0x08, 0x01]),
@@ -187,6 +195,7 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
             value,
             stop,
             hold_after: 0,
+            padding: Default::default(),
         }
         .encode_to_vec()
     };
@@ -196,6 +205,7 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
         count: 40,
         delay_ms: 0,
         fail_code: 0,
+        padding: 0,
     }
     .encode_to_vec();
     let mut truncated = raw(vec![request(1, echo_service::ECHO, echo.clone())]);
@@ -242,7 +252,11 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
             "count-with-credit",
             raw(vec![
                 request(5, echo_service::COUNT, count).with_streams(false, true),
-                Frame::Credit { id: 5, count: 8 },
+                Frame::Credit {
+                    id: 5,
+                    count: 8,
+                    bytes: 0,
+                },
             ]),
         ),
         (

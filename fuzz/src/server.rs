@@ -460,7 +460,7 @@ pub enum Op {
     /// The `END` of a request stream.
     End { id: Id },
     /// `CREDIT` for a response stream (id 0: for events).
-    Credit { id: Id, count: u32 },
+    Credit { id: Id, count: u32, bytes: u32 },
     /// `SHUTDOWN`.
     Shutdown,
     /// A frame only a worker sends: the worker must refuse it.
@@ -645,6 +645,7 @@ impl Payload {
                 count: u32::from(*count),
                 delay_ms: u32::from(*delay_ms),
                 fail_code: u32::from(*fail_code),
+                padding: 0,
             }
             .encode_to_vec(),
             Payload::Progress { tag: t, at_least } => ProgressRequest {
@@ -662,6 +663,7 @@ impl Payload {
                 value: *value,
                 stop: *stop,
                 hold_after: u32::from(*hold_after),
+                padding: Bytes::new(),
             }
             .encode_to_vec(),
             Payload::Note { tag: t, text, fail } => NoteRequest {
@@ -673,6 +675,7 @@ impl Payload {
             Payload::Announce { tag: t, count } => AnnounceRequest {
                 tag: tag(t),
                 count: u32::from(*count),
+                padding: 0,
             }
             .encode_to_vec(),
             Payload::Page { limit, cursor } => Page {
@@ -728,9 +731,10 @@ fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
                 payload: payload.encode(),
             },
             Op::End { id } => Frame::End { id: id.get() },
-            Op::Credit { id, count } => Frame::Credit {
+            Op::Credit { id, count, bytes } => Frame::Credit {
                 id: id.get(),
                 count: *count,
+                bytes: *bytes,
             },
             Op::Shutdown => Frame::Shutdown,
             Op::Response { id, payload } => Frame::Response {

@@ -35,15 +35,14 @@ use crate::backoff::Backoff;
 use crate::control::{self, Health, HealthReport};
 use crate::error::{Error, ExitReason, FrameError, Status};
 use crate::event::{Credit, EventHub, Subscription};
-use crate::frame::{
-    DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH, STREAM_WINDOW,
-};
+use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, Chain, DynMiddleware, Middleware, Next, append};
 use crate::name::MethodName;
 use crate::trace::TraceContext;
 use crate::transport::{FrameWriter, Transport};
+use crate::window::{ReceiveWindow, SendCredit, Window};
 
 /// The timeout of a call when neither the caller nor the schema sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -206,6 +205,7 @@ pub struct ChannelOptions {
     max_frame_length: usize,
     max_in_flight: usize,
     max_queued_bytes: usize,
+    window: Window,
 }
 
 /// The default cap on calls in flight on one channel.
@@ -251,6 +251,16 @@ impl ChannelOptions {
         self
     }
 
+    /// The window the host grants each response stream, and the worker's
+    /// events on this connection (default [`Window::DEFAULT`]: 32 messages
+    /// and 4 MiB): what the host holds at most, unread, of each, plus one
+    /// message.
+    #[must_use]
+    pub fn window(mut self, window: Window) -> ChannelOptions {
+        self.window = window;
+        self
+    }
+
     #[cfg(feature = "process")]
     pub(crate) fn max_frame_length_value(&self) -> usize {
         self.max_frame_length
@@ -263,6 +273,7 @@ impl Default for ChannelOptions {
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            window: Window::DEFAULT,
         }
     }
 }
@@ -302,6 +313,8 @@ struct Shared {
     max_frame_length: usize,
     max_in_flight: usize,
     max_queued_bytes: usize,
+    /// What the host grants each response stream and the events.
+    window: Window,
     /// Notified when the connection closes, and when room frees up for
     /// callers that wait for it.
     changed: Notify,
@@ -336,11 +349,8 @@ struct State {
     timer_at: Option<Instant>,
     /// The link task's waker, for a call due before `timer_at`.
     timer_waker: Option<Waker>,
-    /// `EVENT`s received and not yet credited back to the worker.
-    events_outstanding: u32,
-    /// Of those, the ones taken (or dropped) on the host: credited back in
-    /// batches.
-    events_taken: u32,
+    /// The worker's events: received, taken, and credited back in batches.
+    events: ReceiveWindow,
 }
 
 impl State {
@@ -382,14 +392,13 @@ impl Slot {
 }
 
 /// A streaming call's state on the host.
-#[derive(Default)]
 struct SlotStream {
     /// The worker's `ITEM`s not yet taken.
     items: std::collections::VecDeque<Bytes>,
-    /// Items taken since the last `CREDIT` sent.
-    consumed: u32,
-    /// `ITEM`s the host may still send.
-    send_credit: u32,
+    /// The response stream's window: items received, taken, credited back.
+    receive: ReceiveWindow,
+    /// What the host may still send of its request stream.
+    send: SendCredit,
     /// The sending half, waiting for credit.
     sender: Option<Waker>,
 }
@@ -506,12 +515,12 @@ impl Channel {
                 deadlines: Deadlines::default(),
                 timer_at: None,
                 timer_waker: None,
-                events_outstanding: 0,
-                events_taken: 0,
+                events: ReceiveWindow::new(options.window),
             }),
             max_frame_length: options.max_frame_length,
             max_in_flight: options.max_in_flight,
             max_queued_bytes: options.max_queued_bytes,
+            window: options.window,
             changed: Notify::new(),
         });
         tokio::spawn(run_link(CloseOnDrop(Arc::clone(&shared)), transport, exit));
@@ -1204,8 +1213,10 @@ fn start<'a>(
                 outcome: None,
                 stream: (streams.0 || streams.1).then(|| {
                     Box::new(SlotStream {
-                        send_credit: STREAM_WINDOW,
-                        ..SlotStream::default()
+                        items: std::collections::VecDeque::new(),
+                        receive: ReceiveWindow::new(shared.window),
+                        send: SendCredit::new(),
+                        sender: None,
                     })
                 }),
             },
@@ -1951,13 +1962,13 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
         Frame::Status { id, status } => ("STATUS", id, Err(Failure::Remote(status))),
         Frame::Item { id, payload } => return route_item(shared, id, payload),
         Frame::Event { method, payload } => return route_event(shared, method, payload),
-        Frame::Credit { id, count } => {
+        Frame::Credit { id, count, bytes } => {
             let waker = {
                 let mut state = lock(shared);
                 let next_id = state.next_id;
                 match state.calls.get_mut(&id) {
                     Some(slot) => slot.stream.as_mut().and_then(|stream| {
-                        stream.send_credit = stream.send_credit.saturating_add(count);
+                        stream.send.grant(count, bytes);
                         stream.sender.take()
                     }),
                     None => {
@@ -2017,39 +2028,44 @@ fn never_sent(kind: &'static str, id: u64, next_id: u64) -> Result<(), FrameErro
 /// Hands an event to the subscriptions of its service, holding one credit
 /// until they have taken it.
 fn route_event(shared: &Shared, method: MethodName, payload: Bytes) -> Result<(), FrameError> {
+    let size = payload.len();
     let hub = {
         let mut state = lock(shared);
-        if state.events_outstanding >= STREAM_WINDOW {
+        if let Err(overrun) = state.events.receive(size) {
             return Err(FrameError::Malformed {
                 kind: "EVENT",
-                reason: "more events than the host's credit allows".into(),
+                reason: format!(
+                    "more {} than the host's credit allows",
+                    overrun.of("events")
+                ),
             });
         }
-        state.events_outstanding += 1;
         Arc::clone(&state.hub)
     };
     let this = shared.this.clone();
     let credit = Credit::new(move || {
         if let Some(shared) = this.upgrade() {
-            event_taken(&shared);
+            event_taken(&shared, size);
         }
     });
     hub.deliver(method, payload, credit);
     Ok(())
 }
 
-/// Counts one event taken on the host; returns credit to the worker half a
-/// window at a time.
-fn event_taken(shared: &Shared) {
+/// Counts one event of `size` bytes taken on the host; returns credit to
+/// the worker half a window at a time.
+fn event_taken(shared: &Shared, size: usize) {
     let waker = {
         let mut state = lock(shared);
-        state.events_taken += 1;
-        if state.events_taken < STREAM_WINDOW / 2 || state.closed.is_some() {
+        let credit = state.events.take(size);
+        let Some((count, bytes)) = credit.filter(|_| state.closed.is_none()) else {
             return;
-        }
-        let count = std::mem::take(&mut state.events_taken);
-        state.events_outstanding -= count;
-        let credit = Frame::Credit { id: 0, count };
+        };
+        let credit = Frame::Credit {
+            id: 0,
+            count,
+            bytes,
+        };
         log::frame(Direction::HostOut, &credit, None);
         state.outbox.push_back(credit);
         state.link.take()
@@ -2074,15 +2090,18 @@ fn route_item(shared: &Shared, id: u64, payload: Bytes) -> Result<(), FrameError
                 reason: format!("request {id} is not a streaming call"),
             });
         };
-        stream.items.push_back(payload);
-        // Items buffered plus items taken but not yet credited back never
-        // exceed the window, unless the worker ignored its credit.
-        if stream.items.len() + stream.consumed as usize > STREAM_WINDOW as usize {
+        // Items buffered never exceed the window, unless the worker ignored
+        // its credit.
+        if let Err(overrun) = stream.receive.receive(payload.len()) {
             return Err(FrameError::Malformed {
                 kind: "ITEM",
-                reason: format!("more items for request {id} than its credit allows"),
+                reason: format!(
+                    "more {} for request {id} than its credit allows",
+                    overrun.of("items")
+                ),
             });
         }
+        stream.items.push_back(payload);
         slot.waker.take()
     };
     if let Some(waker) = waker {
@@ -2271,17 +2290,13 @@ impl StreamCall {
             };
             let item = slot.stream.as_mut().and_then(|stream| {
                 let item = stream.items.pop_front()?;
-                stream.consumed += 1;
-                Some((
-                    item,
-                    (stream.consumed >= STREAM_WINDOW / 2)
-                        .then(|| std::mem::take(&mut stream.consumed)),
-                ))
+                let credit = stream.receive.take(item.len());
+                Some((item, credit))
             });
             match item {
                 Some((item, credit)) => {
-                    let waker = credit.and_then(|count| {
-                        let frame = Frame::Credit { id, count };
+                    let waker = credit.and_then(|(count, bytes)| {
+                        let frame = Frame::Credit { id, count, bytes };
                         log::frame(Direction::HostOut, &frame, Some(&self.method));
                         state.outbox.push_back(frame);
                         state.link.take()
@@ -2412,14 +2427,15 @@ impl StreamSendHalf {
             let Some(stream) = slot.stream.as_mut() else {
                 return Poll::Ready(Err(()));
             };
-            if stream.send_credit == 0 {
+            if !stream.send.ready() {
                 stream.sender = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            stream.send_credit -= 1;
+            let payload = payload.take().unwrap_or_default();
+            stream.send.spend(payload.len());
             let item = Frame::Item {
                 id: self.id,
-                payload: payload.take().unwrap_or_default(),
+                payload,
             };
             log::frame(Direction::HostOut, &item, Some(&self.method));
             state.outbox.push_back(item);

@@ -32,7 +32,7 @@ pub(crate) const DETACH: &str = "$workerbus.detach";
 pub(crate) const HEALTH: &str = "$workerbus.health";
 
 /// The version of the protocol in `docs/PROTOCOL.md`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The host's half of the handshake.
 #[derive(Clone, PartialEq, prost::Message)]

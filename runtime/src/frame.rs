@@ -29,7 +29,8 @@
 //! | 0x05 | `SHUTDOWN` | empty; id is 0                                                    |
 //! | 0x06 | `ITEM`     | payload: one message of a stream                                  |
 //! | 0x07 | `END`      | empty: the host's request stream is complete                      |
-//! | 0x08 | `CREDIT`   | `count: u32`: the receiver allows `count` more items              |
+//! | 0x08 | `CREDIT`   | `count: u32`, `bytes: u32`: the receiver allows `count` more items and `bytes` more payload bytes (id 0: events) |
+//! | 0x09 | `EVENT`    | `method_len: u16`, method (UTF-8), payload; id is 0               |
 //!
 //! A payload is one protobuf-encoded message and runs to the end of the frame.
 //! Payloads are never copied on decode: they are slices of the read buffer.
@@ -149,13 +150,15 @@ pub enum Frame {
         /// The id of the streaming call.
         id: u64,
     },
-    /// The receiver of a stream allows `count` more `ITEM`s (with id 0: the
-    /// host allows `count` more `EVENT`s).
+    /// The receiver of a stream allows `count` more `ITEM`s and `bytes` more
+    /// bytes of their payloads (with id 0: the host allows more `EVENT`s).
     Credit {
         /// The id of the streaming call, or 0 for events.
         id: u64,
         /// How many more items may be sent.
         count: u32,
+        /// How many more payload bytes may be sent.
+        bytes: u32,
     },
     /// An event the worker sends its host, unasked. Its id is 0.
     Event {
@@ -274,7 +277,7 @@ impl Frame {
                     4 + 4 + status.message().len() + status.details().len()
                 }
                 Frame::Item { payload, .. } => payload.len(),
-                Frame::Credit { .. } => 4,
+                Frame::Credit { .. } => 8,
                 Frame::Cancel { .. } | Frame::End { .. } | Frame::Shutdown => 0,
                 Frame::Event { method, payload } => 2 + method.len() + payload.len(),
             }
@@ -369,9 +372,10 @@ impl Frame {
                 put_header(dst, KIND_END, *id);
                 None
             }
-            Frame::Credit { id, count } => {
+            Frame::Credit { id, count, bytes } => {
                 put_header(dst, KIND_CREDIT, *id);
                 dst.put_u32(*count);
+                dst.put_u32(*bytes);
                 None
             }
             Frame::Event { method, payload } => {
@@ -484,8 +488,9 @@ impl Frame {
             }
             KIND_CREDIT => {
                 let count = body.u32("count")?;
+                let bytes = body.u32("bytes")?;
                 body.end()?;
-                Frame::Credit { id, count }
+                Frame::Credit { id, count, bytes }
             }
             KIND_EVENT => {
                 if id != 0 {
@@ -830,9 +835,13 @@ mod tests {
             [0, 0, 0, 0x0a, 0x07, 0, 0, 0, 0, 0, 0, 0, 0, 7]
         );
         assert_eq!(
-            bytes(Frame::Credit { id: 7, count: 16 }),
+            bytes(Frame::Credit {
+                id: 7,
+                count: 16,
+                bytes: 0x0020_0000
+            }),
             [
-                0, 0, 0, 0x0e, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10
+                0, 0, 0, 0x12, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10, 0, 0x20, 0, 0
             ]
         );
         let event = Frame::Event {
@@ -1119,7 +1128,8 @@ mod tests {
                 }
             ),
             (1..=u64::MAX).prop_map(|id| Frame::End { id }),
-            (0..=u64::MAX, any::<u32>()).prop_map(|(id, count)| Frame::Credit { id, count }),
+            (0..=u64::MAX, any::<u32>(), any::<u32>())
+                .prop_map(|(id, count, bytes)| Frame::Credit { id, count, bytes }),
             (
                 "[a-z_.]{1,40}",
                 proptest::collection::vec(any::<u8>(), 0..64)

@@ -43,7 +43,7 @@ use tokio::task::AbortHandle;
 
 use crate::control::{self, Detached, Health, Hello, Welcome};
 use crate::error::{FrameError, Status};
-use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH, STREAM_WINDOW};
+use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, Frame, HEADER_LEN, MIN_FRAME_LENGTH};
 use crate::idmap::IdMap;
 use crate::log::{self, Direction};
 use crate::middleware::{
@@ -53,6 +53,7 @@ use crate::name::MethodName;
 use crate::schema::ServiceSchema;
 use crate::trace::TraceContext;
 use crate::transport::{FrameWriter, Transport};
+use crate::window::{ReceiveWindow, SendCredit, Window};
 
 /// A service a worker can serve. Generated `<Service>Server` types implement
 /// it; you pass them to a driver or to [`serve_transport`].
@@ -256,16 +257,16 @@ impl CallStreams {
 /// The state of one call's streams, in the serve loop.
 struct StreamState {
     generation: u64,
-    /// `ITEM`s the handler may still send.
-    send_credit: u32,
+    /// What the handler may still send.
+    send: SendCredit,
     /// The handler, waiting for credit.
     sender: Option<Waker>,
     /// The host's `ITEM`s not yet taken by the handler.
     inbound: VecDeque<Bytes>,
     /// The host's request stream has ended.
     ended: bool,
-    /// `ITEM`s taken since the last `CREDIT` sent.
-    consumed: u32,
+    /// The request stream's window: items received, taken, credited back.
+    receive: ReceiveWindow,
     /// The handler, waiting for an item.
     receiver: Option<Waker>,
 }
@@ -318,19 +319,19 @@ impl<T: Message> StreamSender<T> {
                     self.method
                 ))));
             };
-            if stream.send_credit == 0 {
+            if !stream.send.ready() {
                 stream.sender = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            stream.send_credit -= 1;
             let payload = payload.take().unwrap_or_default();
+            stream.send.spend(payload.len());
             state.sent_bytes += payload.len() + SEND_OVERHEAD;
             let item = Frame::Item {
                 id: handle.id,
                 payload,
             };
             log::frame(Direction::WorkerOut, &item, Some(&self.method));
-            state.outbox.push_back(item);
+            state.outbox.push_send(item, handle.id);
             Poll::Ready(Ok(state.link.take()))
         })
         .await?;
@@ -393,17 +394,16 @@ impl<T: Message + Default> Stream for Incoming<T> {
             };
             match stream.inbound.pop_front() {
                 Some(item) => {
-                    stream.consumed += 1;
-                    // Grant room in batches of half a window.
-                    let credit = (stream.consumed >= STREAM_WINDOW / 2)
-                        .then(|| std::mem::take(&mut stream.consumed));
-                    let waker = credit.and_then(|count| {
+                    // Room is granted in batches of half a window.
+                    let credit = stream.receive.take(item.len());
+                    let waker = credit.and_then(|(count, bytes)| {
                         let frame = Frame::Credit {
                             id: handle.id,
                             count,
+                            bytes,
                         };
                         log::frame(Direction::WorkerOut, &frame, Some(&self.method));
-                        state.outbox.push_back(frame);
+                        state.outbox.push(frame);
                         state.link.take()
                     });
                     (item, waker)
@@ -524,6 +524,7 @@ impl Context {
     pub fn events(&self) -> EventSink {
         EventSink {
             connection: self.connection.clone(),
+            call: self.id,
         }
     }
 }
@@ -531,12 +532,16 @@ impl Context {
 /// Sends events to the host of a connection; see [`Context::events`].
 ///
 /// Each event waits until the host has room for it: the host holds at most
-/// [`STREAM_WINDOW`](crate::STREAM_WINDOW) unread events per connection, so
-/// a host that does not read slows its worker's events down, never fills
-/// memory. Events with nobody subscribed on the host are dropped there.
+/// its [`Window`] of unread events per connection ([`STREAM_WINDOW`](crate::STREAM_WINDOW)
+/// events, and [`STREAM_WINDOW_BYTES`](crate::STREAM_WINDOW_BYTES) plus one
+/// event, by default), so a host that does not read slows its worker's
+/// events down, never fills memory. Events with nobody subscribed on the host are dropped there.
 #[derive(Clone)]
 pub struct EventSink {
     connection: Option<Weak<Shared>>,
+    /// The call whose handler made the sink: its answer is written after
+    /// the events it sent.
+    call: u64,
 }
 
 impl EventSink {
@@ -593,15 +598,15 @@ impl EventSink {
                 if state.ended {
                     return Err(gone());
                 }
-                if state.event_credit > 0 {
-                    state.event_credit -= 1;
+                if state.event_credit.ready() {
+                    state.event_credit.spend(payload.len());
                     state.sent_bytes += payload.len() + SEND_OVERHEAD;
                     let event = Frame::Event {
                         method: method.clone(),
                         payload: std::mem::take(&mut payload),
                     };
                     log::frame(Direction::WorkerOut, &event, Some(method));
-                    state.outbox.push_back(event);
+                    state.outbox.push_send(event, self.call);
                     Some(state.link.take())
                 } else {
                     None
@@ -645,6 +650,7 @@ pub struct ServeOptions {
     max_concurrent_calls: usize,
     max_queued_calls: usize,
     max_frame_length: usize,
+    window: Window,
     middleware: Chain<dyn DynServerMiddleware>,
     /// The driver serving, as middleware sees it.
     driver: &'static str,
@@ -656,6 +662,7 @@ impl fmt::Debug for ServeOptions {
             .field("max_concurrent_calls", &self.max_concurrent_calls)
             .field("max_queued_calls", &self.max_queued_calls)
             .field("max_frame_length", &self.max_frame_length)
+            .field("window", &self.window)
             .field(
                 "middleware",
                 &self.middleware.as_ref().map_or(0, |chain| chain.len()),
@@ -699,6 +706,15 @@ impl ServeOptions {
         self.max_frame_length = max.max(MIN_FRAME_LENGTH);
         self
     }
+
+    /// The window the worker grants each request stream (default
+    /// [`Window::DEFAULT`]: 32 messages and 4 MiB): what it holds at most,
+    /// unread by the handler, plus one message.
+    #[must_use]
+    pub fn window(mut self, window: Window) -> ServeOptions {
+        self.window = window;
+        self
+    }
 }
 
 impl ServeOptions {
@@ -730,6 +746,7 @@ impl Default for ServeOptions {
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             max_queued_calls: DEFAULT_MAX_QUEUED_CALLS,
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            window: Window::DEFAULT,
             middleware: None,
             driver: "transport",
         }
@@ -792,10 +809,7 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
     control: Option<&dyn Control>,
 ) -> Result<Ending, FrameError> {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            event_credit: STREAM_WINDOW,
-            ..State::default()
-        }),
+        state: Mutex::new(State::default()),
         event_room: Notify::new(),
         max_frame_length: options.max_frame_length,
         processed: std::sync::atomic::AtomicU64::new(0),
@@ -818,6 +832,7 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
         shutting_down: false,
         max_concurrent: options.max_concurrent_calls,
         max_queued: options.max_queued_calls,
+        window: options.window,
         middleware: options.middleware.clone(),
         driver: options.driver,
         greeted: !control.is_some_and(Control::requires_hello),
@@ -861,9 +876,53 @@ const SENDS_HIGH_WATER: usize = 1 << 20;
 /// small ones also reach [`SENDS_HIGH_WATER`].
 const SEND_OVERHEAD: usize = 64;
 
+/// Frames queued for the host, in the order the writer takes them: answers
+/// (and credit) first, then handlers' sends (stream items, events), so that
+/// a flood of large events or items does not hold up every call's answer.
+/// A call's answer still goes behind the sends of its own handler queued
+/// before it: a stream's items precede its end, and events a handler sent
+/// before answering arrive before its answer.
+#[derive(Default)]
+struct Outbox {
+    answers: VecDeque<Frame>,
+    sends: VecDeque<Frame>,
+    /// The calls with frames in `sends`: their answers queue there too.
+    senders: IdMap<()>,
+}
+
+impl Outbox {
+    /// Queues an answer, a credit or a status.
+    fn push(&mut self, frame: Frame) {
+        if !self.senders.is_empty() && self.senders.contains_key(&frame.id()) {
+            self.sends.push_back(frame);
+        } else {
+            self.answers.push_back(frame);
+        }
+    }
+
+    /// Queues a stream item or an event sent by the handler of `call`.
+    fn push_send(&mut self, frame: Frame, call: u64) {
+        self.senders.insert(call, ());
+        self.sends.push_back(frame);
+    }
+
+    /// Moves everything queued to the writer's empty buffer, answers first.
+    fn take_into(&mut self, sending: &mut VecDeque<Frame>) {
+        std::mem::swap(&mut self.answers, sending);
+        if !self.sends.is_empty() {
+            sending.extend(self.sends.drain(..));
+            self.senders.clear();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.sends.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct State {
-    outbox: VecDeque<Frame>,
+    outbox: Outbox,
     /// Bytes of handlers' sends in `outbox` (see [`SENDS_HIGH_WATER`]).
     sent_bytes: usize,
     /// Handlers waiting for the writer to take the outbox.
@@ -884,8 +943,8 @@ struct State {
     /// Calls taken from the backlog and being dispatched, not yet running.
     starting: usize,
     next_generation: u64,
-    /// `EVENT`s the worker may still send.
-    event_credit: u32,
+    /// What the worker may still send of its events.
+    event_credit: SendCredit,
     /// Serving has ended: events can no longer be sent.
     ended: bool,
 }
@@ -1001,6 +1060,8 @@ struct Server<'c, S, T, F> {
     shutting_down: bool,
     max_concurrent: usize,
     max_queued: usize,
+    /// What the worker grants each request stream.
+    window: Window,
     middleware: Chain<dyn DynServerMiddleware>,
     driver: &'static str,
     control: Option<&'c dyn Control>,
@@ -1180,16 +1241,18 @@ where
                             reason: format!("an item for request {id} after its END"),
                         });
                     }
-                    stream.inbound.push_back(payload);
-                    // Items buffered plus items taken but not yet credited
-                    // back never exceed the window, unless the host ignored
-                    // its credit.
-                    if stream.inbound.len() + stream.consumed as usize > STREAM_WINDOW as usize {
+                    // Items buffered never exceed the window, unless the host
+                    // ignored its credit.
+                    if let Err(overrun) = stream.receive.receive(payload.len()) {
                         return Err(FrameError::Malformed {
                             kind: "ITEM",
-                            reason: format!("more items for request {id} than its credit allows"),
+                            reason: format!(
+                                "more {} for request {id} than its credit allows",
+                                overrun.of("items")
+                            ),
                         });
                     }
+                    stream.inbound.push_back(payload);
                     if let Some(waker) = stream.receiver.take() {
                         waker.wake();
                     }
@@ -1203,15 +1266,17 @@ where
                     }
                 }
             }
-            Frame::Credit { id: 0, count } => {
-                let mut state = lock(&self.shared);
-                state.event_credit = state.event_credit.saturating_add(count);
-                drop(state);
+            Frame::Credit {
+                id: 0,
+                count,
+                bytes,
+            } => {
+                lock(&self.shared).event_credit.grant(count, bytes);
                 self.shared.event_room.notify_waiters();
             }
-            Frame::Credit { id, count } => {
+            Frame::Credit { id, count, bytes } => {
                 if let Some(stream) = lock(&self.shared).streams.get_mut(&id) {
-                    stream.send_credit = stream.send_credit.saturating_add(count);
+                    stream.send.grant(count, bytes);
                     if let Some(waker) = stream.sender.take() {
                         waker.wake();
                     }
@@ -1242,11 +1307,11 @@ where
             id,
             StreamState {
                 generation,
-                send_credit: STREAM_WINDOW,
+                send: SendCredit::new(),
                 sender: None,
                 inbound: VecDeque::new(),
                 ended: !request,
-                consumed: 0,
+                receive: ReceiveWindow::new(self.window),
                 receiver: None,
             },
         );
@@ -1370,7 +1435,7 @@ where
 
     fn queue(&self, frame: Frame) {
         let frame = fit(frame, self.shared.max_frame_length);
-        lock(&self.shared).outbox.push_back(frame);
+        lock(&self.shared).outbox.push(frame);
     }
 
     /// Whether a request with this id is running or waiting. A second
@@ -1434,7 +1499,7 @@ where
                     state.starting -= 1;
                     if !one_way {
                         log::frame(Direction::WorkerOut, &frame, Some(&method));
-                        state.outbox.push_back(frame);
+                        state.outbox.push(frame);
                     }
                     return;
                 }
@@ -1530,7 +1595,7 @@ where
             .poll_write(&mut self.transport, cx, |sending, _| {
                 let waiters = {
                     let mut state = lock(shared);
-                    std::mem::swap(&mut state.outbox, sending);
+                    state.outbox.take_into(sending);
                     state.sent_bytes = 0;
                     std::mem::take(&mut state.send_waiters)
                 };
@@ -1587,7 +1652,7 @@ async fn run_call<F>(
             state.link.take()
         } else {
             log::frame(Direction::WorkerOut, &frame, Some(&method));
-            state.outbox.push_back(frame);
+            state.outbox.push(frame);
             state.link.take()
         }
     };

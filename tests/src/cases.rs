@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use workerbus::{Backoff, CallOptions, Channel, Code, Error, ExitReason, STREAM_WINDOW, Streaming};
+use workerbus::{
+    Backoff, CallOptions, Channel, Code, Error, ExitReason, STREAM_WINDOW, STREAM_WINDOW_BYTES,
+    Streaming,
+};
 
 use crate::pb::common::{Order, Page};
 use crate::pb::echo::{
@@ -375,6 +378,40 @@ pub async fn stalled_reader_bounds_the_handler(channel: &Channel) {
     assert_settled(channel);
 }
 
+/// A megabyte: large messages for the byte windows.
+const MIB: u32 = 1 << 20;
+
+/// How many messages of `size` bytes a sender gets out on a fresh window:
+/// while any byte credit is left, so the last may overrun it.
+fn fit_in_window(size: u32) -> u64 {
+    u64::from(STREAM_WINDOW_BYTES.div_ceil(size)).min(u64::from(STREAM_WINDOW))
+}
+
+/// A response stream of large messages that nobody reads holds its handler
+/// back by bytes, long before the window's count of messages.
+pub async fn stalled_reader_bounds_the_handler_in_bytes(channel: &Channel) {
+    let tag = "stalled reader, bytes";
+    let total = 3 * STREAM_WINDOW_BYTES / MIB;
+    let request = CountRequest {
+        padding: MIB,
+        ..count(tag, 0, total)
+    };
+    let mut stream = echo(channel).count(request).await.unwrap();
+    let window = fit_in_window(MIB + 16);
+    assert!(window < u64::from(STREAM_WINDOW));
+    assert_eq!(progress(channel, tag, window).await, window);
+    round_trips(channel, 20).await;
+    assert_eq!(
+        progress(channel, tag, 0).await,
+        window,
+        "the handler sent more than the window's bytes while nobody read"
+    );
+    let (values, error) = read_counts(&mut stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(values.len(), total as usize);
+    assert_settled(channel);
+}
+
 /// Dropping a response stream cancels its handler.
 pub async fn dropping_a_response_stream_cancels_the_handler(channel: &Channel) {
     let tag = "dropped stream";
@@ -475,6 +512,38 @@ pub async fn stalled_handler_bounds_the_caller(channel: &Channel) {
     assert_settled(channel);
 }
 
+/// A handler that stops reading holds a caller sending large messages back
+/// by bytes.
+pub async fn stalled_handler_bounds_the_caller_in_bytes(channel: &Channel) {
+    let tag = "stalled handler, bytes";
+    let (pulled, mut watch) = tokio::sync::watch::channel(0_u64);
+    let padding = Bytes::from(vec![0x5a; MIB as usize]);
+    let requests = stream::iter(1..).map(move |value| {
+        pulled.send_modify(|pulled| *pulled += 1);
+        SumRequest {
+            hold_after: 1,
+            padding: padding.clone(),
+            ..sum(tag, value)
+        }
+    });
+    let client = echo(channel);
+    let call = tokio::spawn(async move { client.sum(requests).await });
+    // The window's worth was sent, and one more taken that waits for room.
+    let window = fit_in_window(MIB + 16);
+    watch.wait_for(|pulled| *pulled > window).await.unwrap();
+    assert_eq!(progress(channel, tag, 1).await, 1);
+    round_trips(channel, 20).await;
+    assert_eq!(
+        *watch.borrow(),
+        window + 1,
+        "the caller sent more than the window's bytes while the handler read nothing"
+    );
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    observe(channel, tag, SleepState::Cancelled).await;
+    assert_settled(channel);
+}
+
 /// A request stream that outlives its call's timeout fails the call with
 /// `Timeout`, and the handler is cancelled.
 pub async fn request_stream_timeout_cancels_the_handler(channel: &Channel) {
@@ -543,11 +612,13 @@ pub async fn streams(channel: &Channel) {
     response_stream_in_order(channel).await;
     response_stream_error_follows_its_messages(channel).await;
     stalled_reader_bounds_the_handler(channel).await;
+    stalled_reader_bounds_the_handler_in_bytes(channel).await;
     dropping_a_response_stream_cancels_the_handler(channel).await;
     response_stream_timeout_cancels_the_handler(channel).await;
     request_stream_round_trip(channel).await;
     handler_may_answer_a_request_stream_early(channel).await;
     stalled_handler_bounds_the_caller(channel).await;
+    stalled_handler_bounds_the_caller_in_bytes(channel).await;
     request_stream_timeout_cancels_the_handler(channel).await;
     two_way_stream_interleaves(channel).await;
     two_way_stream_carries_many(channel).await;
@@ -565,6 +636,7 @@ fn announce(tag: &str, count: u32) -> AnnounceRequest {
     AnnounceRequest {
         tag: tag.to_owned(),
         count,
+        padding: 0,
     }
 }
 
@@ -609,7 +681,7 @@ pub async fn events_reach_a_subscriber_in_order(channel: &Channel) {
         let mut values = Vec::new();
         while values.len() < total as usize {
             match next_event(&mut events).await {
-                EchoEvent::Tick(TickEvent { tag, value }) => {
+                EchoEvent::Tick(TickEvent { tag, value, .. }) => {
                     assert_eq!(tag, "in order");
                     values.push(value);
                 }
@@ -639,7 +711,8 @@ pub async fn events_nobody_subscribed_to_are_dropped(channel: &Channel) {
         next_event(&mut events).await,
         EchoEvent::Tick(TickEvent {
             tag: "heard".into(),
-            value: 0
+            value: 0,
+            padding: Bytes::new(),
         }),
         "an event from before the subscription was kept"
     );
@@ -675,6 +748,38 @@ pub async fn unread_events_hold_the_worker_back(channel: &Channel) {
     assert_settled(channel);
 }
 
+/// Large events that nobody reads hold the worker back by bytes: the host
+/// holds no more than the window's bytes, plus one event.
+pub async fn unread_large_events_hold_the_worker_back_in_bytes(channel: &Channel) {
+    let tag = "held back, bytes";
+    let mut events = EchoEvents::subscribe(channel);
+    let client = echo(channel);
+    let total = 3 * STREAM_WINDOW_BYTES / MIB;
+    let request = AnnounceRequest {
+        padding: MIB,
+        ..announce(tag, total)
+    };
+    let call = tokio::spawn(async move { client.announce(request).await });
+    let window = fit_in_window(MIB + 32);
+    progress(channel, tag, window).await;
+    round_trips(channel, 20).await;
+    assert_eq!(
+        progress(channel, tag, 0).await,
+        window,
+        "the worker sent more than the window's bytes of events while nobody read"
+    );
+    for value in 0..total {
+        match next_event(&mut events).await {
+            EchoEvent::Tick(tick) => {
+                assert_eq!((tick.value, tick.padding.len()), (value, MIB as usize));
+            }
+            other => panic!("expected a tick, got {other:?}"),
+        }
+    }
+    assert_eq!(call.await.unwrap().unwrap().sent, total);
+    assert_settled(channel);
+}
+
 /// One-way messages and events together: each note comes back as an event.
 pub async fn one_way_notes_come_back_as_events(channel: &Channel) {
     let mut events = EchoEvents::subscribe(channel);
@@ -703,5 +808,6 @@ pub async fn one_way_and_events(channel: &Channel) {
     events_reach_a_subscriber_in_order(channel).await;
     events_nobody_subscribed_to_are_dropped(channel).await;
     unread_events_hold_the_worker_back(channel).await;
+    unread_large_events_hold_the_worker_back_in_bytes(channel).await;
     one_way_notes_come_back_as_events(channel).await;
 }

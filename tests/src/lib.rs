@@ -270,11 +270,13 @@ impl EchoHandler for EchoWorker {
         _cx: &Context,
     ) -> Result<(), Status> {
         let mut guard = SleepGuard::start(&self.state, request.tag);
+        let padding = bytes::Bytes::from(vec![0x5a; request.padding as usize]);
         for value in (request.from..).take(request.count as usize) {
             if request.delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
             }
-            responses.send(CountReply { value }).await?;
+            let padding = padding.clone();
+            responses.send(CountReply { value, padding }).await?;
             self.state.advance(&guard.tag);
         }
         guard.finished = true;
@@ -362,11 +364,13 @@ impl EchoHandler for EchoWorker {
         cx: &Context,
     ) -> Result<AnnounceReply, Status> {
         let events = EchoEmitter::from_context(cx);
+        let padding = bytes::Bytes::from(vec![0x5a; request.padding as usize]);
         for value in 0..request.count {
             events
                 .tick(TickEvent {
                     tag: request.tag.clone(),
                     value,
+                    padding: padding.clone(),
                 })
                 .await?;
             self.state.advance(&request.tag);

@@ -70,7 +70,7 @@ pub async fn greeted(worker: &DetachedWorker) -> Framed<UnixStream, FrameCodec> 
         .expect("connect");
     let mut peer = Framed::new(socket, FrameCodec::new());
     let secret = secret_bytes(worker.secret());
-    let mut hello = vec![0x08, 0x01, 0x12, 32];
+    let mut hello = vec![0x08, workerbus::PROTOCOL_VERSION as u8, 0x12, 32];
     hello.extend_from_slice(&secret);
     let method = MethodName::from_static("$workerbus.hello");
     let greeting = Frame::request(1, method, None, 1, Bytes::from(hello));

@@ -35,6 +35,7 @@ fn count_request(count: u32) -> CountRequest {
         count,
         delay_ms: 0,
         fail_code: 0,
+        padding: 0,
     }
 }
 
@@ -75,7 +76,14 @@ async fn closed_with(channel: &Channel) -> String {
 #[tokio::test]
 async fn frames_for_requests_never_sent_break_the_connection_naming_the_frame() {
     let frames = [
-        ("CREDIT", Frame::Credit { id: 5, count: 1 }),
+        (
+            "CREDIT",
+            Frame::Credit {
+                id: 5,
+                count: 1,
+                bytes: 0,
+            },
+        ),
         (
             "ITEM",
             Frame::Item {
@@ -134,7 +142,14 @@ async fn a_credit_for_a_call_that_ended_is_late_and_ignored() {
     };
     let (first, id) = tokio::join!(client.echo(echo_request("first")), script);
     assert_eq!(first.unwrap().text, "first");
-    worker.send(Frame::Credit { id, count: 16 }).await.unwrap();
+    worker
+        .send(Frame::Credit {
+            id,
+            count: 16,
+            bytes: 0,
+        })
+        .await
+        .unwrap();
     let script = async {
         let id = request_id(&mut worker).await;
         worker
@@ -175,6 +190,41 @@ async fn an_item_for_a_unary_call_breaks_the_connection() {
 }
 
 #[tokio::test]
+async fn item_bytes_beyond_the_window_break_the_connection() {
+    let (host, mut worker) = MemoryTransport::pair();
+    let channel = Channel::new(host);
+    let client = EchoClient::new(channel.clone());
+    let mut stream = client.count(count_request(100)).await.unwrap();
+    let id = request_id(&mut worker).await;
+    // A window's bytes in one item is within the credit; one more item is
+    // not, while nothing is read on the host.
+    let large = CountReply {
+        value: 1,
+        padding: Bytes::from(vec![0; workerbus::STREAM_WINDOW_BYTES as usize]),
+    };
+    for item in [large, CountReply::default()] {
+        worker
+            .send(Frame::Item {
+                id,
+                payload: item.encode_to_vec().into(),
+            })
+            .await
+            .unwrap();
+    }
+    channel.closed().await;
+    assert_eq!(
+        stream.message().await.unwrap().map(|item| item.value),
+        Some(1)
+    );
+    let error = stream.message().await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "echo.count failed: disconnected from the worker: malformed ITEM frame: more bytes \
+         of items for request 1 than its credit allows"
+    );
+}
+
+#[tokio::test]
 async fn items_beyond_the_window_break_the_connection() {
     let (host, mut worker) = MemoryTransport::pair();
     let channel = Channel::new(host);
@@ -185,6 +235,7 @@ async fn items_beyond_the_window_break_the_connection() {
     for value in 0..=workerbus::STREAM_WINDOW {
         let item = CountReply {
             value: value.into(),
+            padding: Bytes::new(),
         };
         worker
             .send(Frame::Item {
@@ -302,7 +353,10 @@ async fn a_streaming_call_that_ends_with_its_answer_sends_no_cancel() {
     let (_channel, client, mut worker) = scripted();
     let mut stream = client.count(count_request(1)).await.unwrap();
     let id = request_id(&mut worker).await;
-    let item = CountReply { value: 7 };
+    let item = CountReply {
+        value: 7,
+        padding: Bytes::new(),
+    };
     let payload = Bytes::from(item.encode_to_vec());
     worker.send(Frame::Item { id, payload }).await.unwrap();
     let payload = Bytes::new();
@@ -399,6 +453,7 @@ async fn a_request_stream_item_over_the_maximum_frame_length_fails_the_call() {
         value: 1,
         stop: false,
         hold_after: 0,
+        padding: Bytes::new(),
     };
     let error = client
         .sum(futures_util::stream::iter([item]))
@@ -425,6 +480,7 @@ async fn a_request_stream_item_too_large_to_send_cancels_the_call_in_the_worker(
         value: 1,
         stop: false,
         hold_after: 0,
+        padding: Bytes::new(),
     };
     // The item comes once the worker has the request, so that the call is
     // running there (an unsent request would just be withdrawn).
@@ -551,12 +607,21 @@ async fn calls_wait_for_room_within_their_timeout_and_fail_at_once_when_closed()
         .unwrap();
     let script = async {
         let id = request_id(&mut worker).await;
-        let item = CountReply { value: 9 };
+        let item = CountReply {
+            value: 9,
+            padding: Bytes::new(),
+        };
         let payload = Bytes::from(item.encode_to_vec());
         worker.send(Frame::Item { id, payload }).await.unwrap();
     };
     let (item, ()) = tokio::join!(stream.message(), script);
-    assert_eq!(item.unwrap(), Some(CountReply { value: 9 }));
+    assert_eq!(
+        item.unwrap(),
+        Some(CountReply {
+            value: 9,
+            padding: Bytes::new(),
+        })
+    );
     drop(stream);
 
     // On a closed channel, streams and one-way messages fail at once.

@@ -152,6 +152,7 @@ async fn a_subscription_is_a_stream_of_its_services_events() {
     let request = AnnounceRequest {
         tag: "door".into(),
         count: 2,
+        padding: 0,
     };
     EchoClient::new(worker.channel())
         .announce(request)

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use workerbus::{
     CallInfo, Channel, ChannelOptions, Error, Frame, FrameCodec, Logging, MemoryTransport,
     MethodName, Middleware, Next, ProcessDriver, RestartPolicy, ServeOptions, ServerMiddleware,
-    ServerNext, Status, Supervisor, ThreadDriver, TraceContext, Worker, serve_transport,
+    ServerNext, Status, Supervisor, ThreadDriver, TraceContext, Window, Worker, serve_transport,
 };
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{CountRequest, EchoClient, EchoEvents, EchoRequest, EchoServer};
@@ -40,11 +40,12 @@ fn names_traces_frames_and_options_describe_themselves() {
     let options = ServeOptions::new()
         .max_concurrent_calls(8)
         .max_frame_length(4096)
+        .window(Window::new(4, 1 << 20))
         .middleware(Logging::new());
     assert_eq!(
         format!("{options:?}"),
         "ServeOptions { max_concurrent_calls: 8, max_queued_calls: 1024, \
-         max_frame_length: 4096, middleware: 1 }"
+         max_frame_length: 4096, window: Window(4 messages, 1048576 bytes), middleware: 1 }"
     );
 }
 
@@ -83,7 +84,15 @@ fn every_frame_kind_has_its_wire_name_and_id() {
             7,
         ),
         (Frame::End { id: 8 }, "END", 8),
-        (Frame::Credit { id: 9, count: 1 }, "CREDIT", 9),
+        (
+            Frame::Credit {
+                id: 9,
+                count: 1,
+                bytes: 0,
+            },
+            "CREDIT",
+            9,
+        ),
         (
             Frame::Event {
                 method: MethodName::from_static("a.e"),

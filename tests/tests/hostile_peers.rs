@@ -220,9 +220,14 @@ async fn a_worker_that_stops_reading_makes_calls_wait_and_then_time_out() {
 async fn a_worker_speaking_another_protocol_version_fails_the_spawn() {
     let error = driver("wrong-protocol").spawn().await.unwrap_err();
     assert!(matches!(error, Error::Handshake { .. }), "{error:?}");
+    let ours = workerbus::PROTOCOL_VERSION;
     assert_eq!(
         error.to_string(),
-        "worker hostile-worker: the worker speaks protocol version 2, this host speaks version 1"
+        format!(
+            "worker hostile-worker: the worker speaks protocol version {}, this host speaks \
+             version {ours}",
+            ours + 1
+        )
     );
 }
 
@@ -377,6 +382,7 @@ async fn a_host_that_grants_credit_and_never_reads_holds_the_handler_back() {
     let request = AnnounceRequest {
         tag: "flood".into(),
         count: 10_000_000,
+        padding: 0,
     };
     let method = MethodName::from_static("echo.announce");
     let payload = Bytes::from(request.encode_to_vec());
@@ -386,6 +392,7 @@ async fn a_host_that_grants_credit_and_never_reads_holds_the_handler_back() {
     peer.send(Frame::Credit {
         id: 0,
         count: u32::MAX,
+        bytes: u32::MAX,
     })
     .await
     .unwrap();

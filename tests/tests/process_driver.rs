@@ -112,6 +112,7 @@ async fn a_subscription_ends_after_what_arrived_when_its_worker_dies() {
             .announce(AnnounceRequest {
                 tag: "killed".into(),
                 count: u32::MAX,
+                padding: 0,
             })
             .await
     });
@@ -554,13 +555,17 @@ async fn hostile_peers(address: &Path, secret: &Secret) {
 
     // Another protocol version: refused with a status that says why.
     let mut peer = connect().await;
-    peer.send(hello(2, &secret_bytes)).await.unwrap();
+    let ours = workerbus::PROTOCOL_VERSION as u8;
+    peer.send(hello(ours + 1, &secret_bytes)).await.unwrap();
     match peer.next().await {
         Some(Ok(Frame::Status { id: 1, status })) => {
             assert_eq!(status.code(), Code::FailedPrecondition);
             assert_eq!(
                 status.message(),
-                "the host speaks protocol version 2, this worker speaks version 1"
+                format!(
+                    "the host speaks protocol version {}, this worker speaks version {ours}",
+                    ours + 1
+                )
             );
         }
         other => panic!("expected a refusal, got {other:?}"),

@@ -77,6 +77,7 @@ fn sum_item(id: u64, value: i64, hold_after: u32) -> Frame {
         value,
         stop: false,
         hold_after,
+        padding: Bytes::new(),
     };
     Frame::Item {
         id,
@@ -168,6 +169,27 @@ async fn items_within_the_window_are_taken_and_one_beyond_it_ends_serving() {
 }
 
 #[tokio::test]
+async fn item_bytes_beyond_the_window_end_serving() {
+    let (mut host, served) = serve(ServeOptions::new());
+    host.send(sum(1)).await.unwrap();
+    // The handler reads one message, then stops reading: no credit comes back.
+    host.send(sum_item(1, 5, 1)).await.unwrap();
+    // One item as large as the window's bytes is within the rules, since
+    // the host had credit left: the worker still serves.
+    let large = Frame::Item {
+        id: 1,
+        payload: Bytes::from(vec![0; workerbus::STREAM_WINDOW_BYTES as usize]),
+    };
+    host.send(large).await.unwrap();
+    still_serving(&mut host, 2).await;
+    host.send(sum_item(1, 1, 1)).await.unwrap();
+    assert_eq!(
+        ended_with(served).await,
+        "malformed ITEM frame: more bytes of items for request 1 than its credit allows"
+    );
+}
+
+#[tokio::test]
 async fn an_item_for_a_call_whose_request_does_not_stream_ends_serving() {
     let (mut host, served) = serve(ServeOptions::new());
     // `count` streams its response only: its request stream is over from
@@ -181,6 +203,7 @@ async fn an_item_for_a_call_whose_request_does_not_stream_ends_serving() {
             count: 1_000,
             delay_ms: 60_000,
             fail_code: 0,
+            padding: 0,
         },
     )
     .with_streams(false, true);
@@ -232,7 +255,13 @@ async fn a_unary_method_asked_for_a_response_stream_answers_with_its_response_al
         other => panic!("expected the response alone, got {other:?}"),
     }
     // The call's stream is gone with it: credit for it is late, not wrong.
-    host.send(Frame::Credit { id: 1, count: 16 }).await.unwrap();
+    host.send(Frame::Credit {
+        id: 1,
+        count: 16,
+        bytes: 0,
+    })
+    .await
+    .unwrap();
     still_serving(&mut host, 2).await;
 }
 
@@ -377,6 +406,7 @@ async fn an_event_over_the_maximum_frame_length_fails_its_handler() {
     let announce = AnnounceRequest {
         tag: "x".repeat(300),
         count: 1,
+        padding: 0,
     };
     host.send(request(1, "echo.announce", &announce))
         .await

@@ -567,11 +567,13 @@ async fn an_event_subscription_follows_its_worker_through_restarts() {
     let announce = |tag: &str| AnnounceRequest {
         tag: tag.into(),
         count: 1,
+        padding: 0,
     };
     let tick = |tag: &str| {
         EchoEvent::Tick(TickEvent {
             tag: tag.into(),
             value: 0,
+            padding: Default::default(),
         })
     };
 

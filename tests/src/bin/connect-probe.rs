@@ -27,7 +27,7 @@ fn main() {
         }
     };
     // `$workerbus.hello` with protocol 1 and a secret of 32 zero bytes.
-    let mut hello = vec![0x08, 0x01, 0x12, 32];
+    let mut hello = vec![0x08, workerbus::PROTOCOL_VERSION as u8, 0x12, 32];
     hello.extend_from_slice(&[0; 32]);
     let frame = Frame::request(
         1,

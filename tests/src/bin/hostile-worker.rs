@@ -51,7 +51,11 @@ async fn main() {
     let socket = UnixStream::from_std(socket).expect("a tokio socket");
     let mut peer = Framed::new(socket, FrameCodec::new());
 
-    let protocol = if mode == "wrong-protocol" { 2 } else { 1 };
+    let protocol = if mode == "wrong-protocol" {
+        workerbus::PROTOCOL_VERSION + 1
+    } else {
+        workerbus::PROTOCOL_VERSION
+    };
     let hello = next_request(&mut peer).await;
     let welcome = if mode == "bad-welcome" {
         Bytes::from_static(&[0xff, 0xff, 0xff])
