@@ -414,6 +414,13 @@ pub(crate) enum CloseReason {
 enum Failure {
     Remote(Status),
     Closed(CloseReason),
+    /// The connection closed before the request was handed to the
+    /// transport: the worker never received it. Its payload comes back, so
+    /// that a supervised call can send it to the next worker.
+    Undelivered {
+        reason: CloseReason,
+        payload: Bytes,
+    },
     /// An item of the request stream was over the maximum frame length.
     ItemTooLarge {
         size: usize,
@@ -430,7 +437,9 @@ impl Failure {
                 method: method.clone(),
                 status,
             },
-            Failure::Closed(reason) => reason.into_error(method),
+            Failure::Closed(reason) | Failure::Undelivered { reason, .. } => {
+                reason.into_error(method)
+            }
             Failure::ItemTooLarge { size, max } => Error::TooLarge {
                 method: method.clone(),
                 what: "request stream item",
@@ -735,6 +744,8 @@ impl Channel {
                     connection,
                     id,
                     method,
+                    channel: self,
+                    options,
                 })
             }
         }
@@ -819,43 +830,62 @@ impl Channel {
         // Read when the attempt runs: after the middleware set it.
         let trace = info.and_then(CallInfo::trace);
         let due = due(options.timeout);
-        // The connection this attempt runs on: a supervised channel's
-        // current one, held here while the attempt runs.
-        let current;
-        let shared = match &self.inner {
-            Inner::Direct(handle) => &handle.shared,
-            Inner::Supervised(slot) => {
-                let channel = until(
+        let slot = match &self.inner {
+            Inner::Direct(handle) => {
+                let sent = send(
+                    &handle.shared,
                     method,
+                    payload,
                     options.timeout,
                     due,
-                    slot.current(method, dead.as_ref()),
-                )
-                .await?;
-                current = channel.direct().map(Arc::clone);
-                *dead = Some(channel);
-                match &current {
-                    Some(shared) => shared,
-                    // A supervisor only ever holds direct channels.
-                    None => {
-                        return Err(Error::Disconnected {
-                            method: method.clone(),
-                            cause: None,
-                        });
-                    }
+                    attempt,
+                    trace,
+                );
+                return sent.await.map_err(|error| match error {
+                    SendError::Undelivered { reason, .. } => reason.into_error(method),
+                    SendError::Failed(error) => error,
+                });
+            }
+            Inner::Supervised(slot) => slot,
+        };
+        // A request that never reached a worker goes to the next one, within
+        // the attempt's deadline, however idempotent its method.
+        let mut payload = payload;
+        loop {
+            let channel = until(
+                method,
+                options.timeout,
+                due,
+                slot.current(method, dead.as_ref()),
+            )
+            .await?;
+            // The connection this attempt runs on, held while it runs.
+            let Some(shared) = channel.direct().map(Arc::clone) else {
+                // A supervisor only ever holds direct channels.
+                return Err(Error::Disconnected {
+                    method: method.clone(),
+                    cause: None,
+                });
+            };
+            *dead = Some(channel);
+            let sent = send(
+                &shared,
+                method,
+                payload,
+                options.timeout,
+                due,
+                attempt,
+                trace,
+            );
+            match sent.await {
+                Ok(answer) => return Ok(answer),
+                Err(SendError::Failed(error)) => return Err(error),
+                Err(SendError::Undelivered { payload: back, .. }) => {
+                    tracing::debug!(%method, "the worker ended before the request left; sending it to the next");
+                    payload = back;
                 }
             }
-        };
-        send(
-            shared,
-            method,
-            payload,
-            options.timeout,
-            due,
-            attempt,
-            trace,
-        )
-        .await
+        }
     }
 
     /// The driver behind the channel, as middleware sees it.
@@ -980,6 +1010,21 @@ fn due(timeout: Option<Duration>) -> Option<Instant> {
     timeout.and_then(|timeout| Instant::now().checked_add(timeout))
 }
 
+/// Why an attempt on one connection failed.
+enum SendError {
+    /// The connection closed before the request left: the worker never
+    /// received it. Here is the payload back.
+    Undelivered { reason: CloseReason, payload: Bytes },
+    /// Anything else.
+    Failed(Error),
+}
+
+impl From<Error> for SendError {
+    fn from(error: Error) -> SendError {
+        SendError::Failed(error)
+    }
+}
+
 /// One attempt on one connection: waits for room (until `due`), sends, and
 /// awaits the answer, which the link times out when `due`.
 async fn send(
@@ -990,7 +1035,7 @@ async fn send(
     due: Option<Instant>,
     attempt: u32,
     trace: Option<TraceContext>,
-) -> Result<Bytes, Error> {
+) -> Result<Bytes, SendError> {
     check_request_size(shared, method, &payload, timeout, trace)?;
     let mut payload = payload;
     let kind = Kind::Unary { due };
@@ -1008,7 +1053,7 @@ async fn send(
     let call = loop {
         match started {
             Start::Sent(call) => break call,
-            Start::Closed(reason) => return Err(reason.into_error(method)),
+            Start::Closed(reason) => return Err(SendError::Undelivered { reason, payload }),
             Start::Wait => {
                 let changed = shared.changed.notified();
                 tokio::pin!(changed);
@@ -1025,7 +1070,10 @@ async fn send(
             }
         }
     };
-    call.await.map_err(|failure| failure.into_error(method))
+    call.await.map_err(|failure| match failure {
+        Failure::Undelivered { reason, payload } => SendError::Undelivered { reason, payload },
+        failure => SendError::Failed(failure.into_error(method)),
+    })
 }
 
 /// Sends a one-attempt unary call if there is room, its slot woken through
@@ -1459,6 +1507,9 @@ enum CallState<'a> {
         connection: Channel,
         id: u64,
         method: &'a MethodName,
+        /// For a request the connection never delivered: sent again in full.
+        channel: &'a Channel,
+        options: &'a Resolved,
     },
     /// Everything else: retries, middleware, supervision, waiting for room.
     Full(Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send + 'a>>),
@@ -1491,25 +1542,38 @@ impl Future for CallFuture<'_> {
                 Err(error) => return Poll::Ready(Err(error)),
             }
         }
-        let outcome = match &mut this.state {
-            CallState::Sent { call, method } => {
-                let outcome = std::task::ready!(Pin::new(call).poll(cx));
-                outcome.map_err(|failure| failure.into_error(method))
-            }
-            CallState::SentOn {
-                connection,
-                id,
-                method,
-            } => {
-                let shared = connection
-                    .direct()
-                    .expect("a supervised connection is direct");
-                let outcome = std::task::ready!(poll_answer(shared, *id, cx));
-                outcome.map_err(|failure| failure.into_error(method))
-            }
-            CallState::Full(call) => std::task::ready!(call.as_mut().poll(cx)),
-            CallState::Unstarted { .. } | CallState::Done => {
-                panic!("a call polled after it completed")
+        let outcome = loop {
+            match &mut this.state {
+                CallState::Sent { call, method } => {
+                    let outcome = std::task::ready!(Pin::new(call).poll(cx));
+                    break outcome.map_err(|failure| failure.into_error(method));
+                }
+                CallState::SentOn {
+                    connection,
+                    id,
+                    method,
+                    channel,
+                    options,
+                } => {
+                    let shared = connection
+                        .direct()
+                        .expect("a supervised connection is direct");
+                    match std::task::ready!(poll_answer(shared, *id, cx)) {
+                        // The worker ended before the request left: it goes
+                        // to the next worker, as a call that waited for it.
+                        Err(Failure::Undelivered { payload, .. }) => {
+                            let (channel, method, options) = (*channel, *method, *options);
+                            this.state = CallState::Full(Box::pin(
+                                channel.call_full(method, payload, options),
+                            ));
+                        }
+                        outcome => break outcome.map_err(|failure| failure.into_error(method)),
+                    }
+                }
+                CallState::Full(call) => break std::task::ready!(call.as_mut().poll(cx)),
+                CallState::Unstarted { .. } | CallState::Done => {
+                    panic!("a call polled after it completed")
+                }
             }
         };
         this.state = CallState::Done;
@@ -1619,7 +1683,13 @@ fn release(shared: &Shared, id: u64, running: Option<bool>) {
 fn worker_runs(outcome: Option<&Result<Bytes, Failure>>) -> bool {
     match outcome {
         None | Some(Err(Failure::ItemTooLarge { .. })) => true,
-        Some(Ok(_) | Err(Failure::Remote(_) | Failure::Closed(_) | Failure::TimedOut(_))) => false,
+        Some(Ok(_))
+        | Some(Err(
+            Failure::Remote(_)
+            | Failure::Closed(_)
+            | Failure::Undelivered { .. }
+            | Failure::TimedOut(_),
+        )) => false,
     }
 }
 
@@ -1830,10 +1900,24 @@ async fn run_link<T: Transport>(guard: CloseOnDrop, mut transport: T, exit: Opti
         poll_link(&shared, &mut transport, &mut writer, cx)
     })
     .await;
+    // Frames the transport could not write, and those the writer never
+    // handed it, go back in front of the queue: their requests provably
+    // never reached the worker.
+    let (end, unwritten) = match end {
+        LinkEnd::Broken(FrameError::Unwritten { source, frames }) => {
+            (LinkEnd::Broken(FrameError::Io(source)), frames)
+        }
+        end => (end, Vec::new()),
+    };
     if !matches!(end, LinkEnd::Detached) {
         // Until the reason is known, new calls wait instead of queueing into
         // a dead connection.
-        lock(&shared).closing = true;
+        let unsent = writer.take_unsent();
+        let mut state = lock(&shared);
+        state.closing = true;
+        for frame in unwritten.into_iter().chain(unsent).rev() {
+            state.outbox.push_front(frame);
+        }
     }
     let reason = match end {
         LinkEnd::Detached => {
@@ -1872,19 +1956,37 @@ fn close(shared: &Shared, reason: CloseReason) {
         // stream that follows it.
         let reason = state.closed.get_or_insert(reason).clone();
         state.closing = false;
-        state.outbox.clear();
+        let outbox = std::mem::take(&mut state.outbox);
         state.queued_bytes = 0;
         state.deadlines.clear();
         if state.hub_owned {
             state.hub.close();
         }
-        let wakers = state
-            .calls
-            .values_mut()
-            .filter(|slot| slot.outcome.is_none())
-            .flat_map(|slot| slot.settle(Err(Failure::Closed(reason.clone()))))
-            .flatten()
-            .collect();
+        let mut wakers: Vec<Waker> = Vec::new();
+        // Requests still queued never reached the worker: their calls learn
+        // so, and get their payloads back. (A stream's request is not sent
+        // again, whatever its fate: its items are gone.)
+        for frame in outbox {
+            if let Frame::Request { id, payload, .. } = frame
+                && let Some(slot) = state.calls.get_mut(&id)
+                && slot.outcome.is_none()
+                && slot.stream.is_none()
+            {
+                let undelivered = Failure::Undelivered {
+                    reason: reason.clone(),
+                    payload,
+                };
+                wakers.extend(slot.settle(Err(undelivered)).into_iter().flatten());
+            }
+        }
+        wakers.extend(
+            state
+                .calls
+                .values_mut()
+                .filter(|slot| slot.outcome.is_none())
+                .flat_map(|slot| slot.settle(Err(Failure::Closed(reason.clone()))))
+                .flatten(),
+        );
         (reason, wakers)
     };
     shared.changed.notify_waiters();

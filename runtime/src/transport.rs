@@ -312,6 +312,12 @@ impl FrameWriter {
         }
     }
 
+    /// The frames taken from the owner's queue and never handed to the
+    /// transport, in order.
+    pub(crate) fn take_unsent(&mut self) -> VecDeque<Frame> {
+        std::mem::take(&mut self.sending)
+    }
+
     /// Whether everything handed to the writer has been written and flushed.
     pub(crate) fn is_idle(&self) -> bool {
         self.sending.is_empty() && !self.unflushed

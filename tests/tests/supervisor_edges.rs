@@ -429,3 +429,61 @@ async fn a_call_made_while_a_dead_worker_still_looks_up_waits_for_its_restart() 
     busy.await.expect("b finished its call before stopping");
     supervisor.shutdown().await;
 }
+
+/// Waits until process `pid` has died: every thread of it has ended, so its
+/// descriptors are closed (its main thread may linger as a zombie until its
+/// parent reaps it). No event tells a process other than the parent, so
+/// `/proc` is read until it says so.
+async fn dead(pid: u32) {
+    let gone = || {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return true;
+        };
+        // The state follows the command name, which is in parentheses.
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+        zombie && threads <= 1
+    };
+    let died = async {
+        while !gone() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), died)
+        .await
+        .unwrap_or_else(|_| panic!("process {pid} still runs 20 s after SIGKILL"));
+}
+
+#[tokio::test]
+async fn a_call_made_right_after_a_kill_waits_for_the_restart_whatever_its_idempotency() {
+    // `echo.echo` is not idempotent: had its request reached the killed
+    // worker, it would fail. Made after the kill and before the host has
+    // replaced the worker, it never reached one, and goes to the next.
+    let supervisor = Supervisor::new();
+    let worker = supervisor
+        .supervise(
+            "echo",
+            ProcessDriver::new(ECHO_WORKER),
+            policy(100, Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    let mut events = supervisor.subscribe();
+    for round in 1..=30 {
+        echo(&client).await.unwrap();
+        let pid = worker.pid().expect("a process worker has a pid");
+        workerbus_tests::support::sigkill(pid);
+        dead(pid).await;
+        let answer = echo(&client).await;
+        assert_eq!(
+            answer.as_deref().map_err(ToString::to_string),
+            Ok("ping"),
+            "round {round}: a call that never reached the killed worker failed"
+        );
+        assert_eq!(started(&mut events).await, round);
+    }
+    supervisor.shutdown().await;
+}

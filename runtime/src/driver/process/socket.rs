@@ -60,6 +60,15 @@ pub(crate) struct SocketTransport<T> {
     /// Small frames being coalesced; the queue's last buffer, in effect.
     small: BytesMut,
     queued: usize,
+    /// The `REQUEST`s given since the last complete flush, each with where
+    /// its bytes start among the bytes given since then: if writing fails,
+    /// those whose bytes the socket never took are handed back
+    /// ([`FrameError::Unwritten`]), their peer never received them.
+    requests: VecDeque<(usize, Frame)>,
+    /// Bytes given since the last complete flush.
+    given: usize,
+    /// Of those, the bytes the socket took.
+    taken: usize,
 }
 
 impl SocketTransport<tokio::net::UnixStream> {
@@ -84,6 +93,26 @@ impl<T> SocketTransport<T> {
             queue: VecDeque::new(),
             small: BytesMut::new(),
             queued: 0,
+            requests: VecDeque::new(),
+            given: 0,
+            taken: 0,
+        }
+    }
+
+    /// The error for a write that failed: the requests whose bytes the
+    /// socket never took come back with it.
+    fn write_failed(&mut self, source: io::Error) -> FrameError {
+        let taken = self.taken;
+        let frames: Vec<Frame> = self
+            .requests
+            .drain(..)
+            .filter(|(start, _)| *start >= taken)
+            .map(|(_, frame)| frame)
+            .collect();
+        if frames.is_empty() {
+            FrameError::Io(source)
+        } else {
+            FrameError::Unwritten { source, frames }
         }
     }
 
@@ -148,6 +177,10 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
             Some(payload) => this.small.extend_from_slice(payload),
             None => {}
         }
+        if matches!(frame, Frame::Request { .. }) {
+            this.requests.push_back((this.given, frame));
+        }
+        this.given += 4 + len;
         Ok(())
     }
 
@@ -163,10 +196,15 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
                 count += 1;
             }
             let slices = &slices[..count];
-            let mut written = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, slices))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-            }
+            let mut written = match ready!(Pin::new(&mut this.io).poll_write_vectored(cx, slices)) {
+                Ok(0) => {
+                    let error = io::Error::from(io::ErrorKind::WriteZero);
+                    return Poll::Ready(Err(this.write_failed(error)));
+                }
+                Ok(written) => written,
+                Err(error) => return Poll::Ready(Err(this.write_failed(error))),
+            };
+            this.taken += written;
             this.queued = this.queued.saturating_sub(written);
             while written > 0 {
                 let front = this.queue.front_mut().expect("written bytes were queued");
@@ -180,6 +218,10 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
             }
         }
         this.queued = 0;
+        // Every byte given is the socket's now.
+        this.requests.clear();
+        this.given = 0;
+        this.taken = 0;
         ready!(Pin::new(&mut this.io).poll_flush(cx))?;
         Poll::Ready(Ok(()))
     }
@@ -278,6 +320,35 @@ mod tests {
         );
         if cap > default {
             assert!(granted > default, "granted {granted}, the default");
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_the_socket_never_took_come_back_with_the_error() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let mut sender = SocketTransport::new(a, FrameCodec::new());
+        let request =
+            |id| Frame::request(id, "echo.echo".into(), None, 1, Bytes::from_static(b"ping"));
+        // Written and read: the next flush starts afresh.
+        Pin::new(&mut sender).start_send(request(1)).unwrap();
+        std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
+            .await
+            .unwrap();
+        drop(b);
+        Pin::new(&mut sender).start_send(request(2)).unwrap();
+        Pin::new(&mut sender)
+            .start_send(Frame::Cancel { id: 1 })
+            .unwrap();
+        Pin::new(&mut sender).start_send(request(3)).unwrap();
+        let error = std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
+            .await
+            .unwrap_err();
+        match error {
+            FrameError::Unwritten { source, frames } => {
+                assert_eq!(source.kind(), io::ErrorKind::BrokenPipe);
+                assert_eq!(frames, [request(2), request(3)]);
+            }
+            other => panic!("expected the unwritten requests back, got {other:?}"),
         }
     }
 
