@@ -1,6 +1,6 @@
-//! Supervision: restarts after crashes (real processes, SIGKILL), intensity,
-//! backoff, graceful recycling past thresholds, wedged workers, group
-//! strategies, shutdown order.
+//! Supervision: restarts after crashes (real processes, SIGKILL), the pid
+//! of each new worker, intensity, backoff, graceful recycling past
+//! thresholds, wedged workers, group strategies, shutdown order.
 
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,44 @@ async fn a_killed_process_worker_is_restarted_and_the_same_client_keeps_working(
     assert_eq!(worker.restarts(), 1);
     assert_eq!(worker.last_exit(), Some(ExitReason::Signal(9)));
     assert_ne!(worker.pid(), Some(first_pid));
+    supervisor.shutdown().await;
+}
+
+/// On a multi-thread runtime, so that the supervisor's task and the calls
+/// run in parallel: a call that reached the new worker while the
+/// supervisor had yet to record its pid would see the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_names_the_process_that_answers_from_the_first_call_after_each_restart() {
+    let supervisor = Supervisor::new();
+    let policy = RestartPolicy::new()
+        .intensity(1_000, Duration::from_secs(60))
+        .backoff(Backoff::constant(Duration::ZERO));
+    let worker = supervisor
+        .supervise("pid", process_driver(), policy)
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    // Sent to the killed worker before its death is seen, a call runs again
+    // on the new one.
+    let idempotent = CallOptions::new().idempotent(true);
+    let mut pid = client.stats(()).await.unwrap().pid;
+    assert_eq!(worker.pid(), Some(pid));
+    for round in 0..50 {
+        sigkill(pid);
+        let answered_by = client.stats_with((), idempotent.clone()).await.unwrap().pid;
+        let recorded = worker.pid();
+        assert_ne!(
+            answered_by, pid,
+            "round {round}: the killed process answered"
+        );
+        assert_eq!(
+            recorded,
+            Some(answered_by),
+            "round {round}: pid() names another process than the one answering"
+        );
+        pid = answered_by;
+    }
+    assert_eq!(worker.restarts(), 50);
     supervisor.shutdown().await;
 }
 

@@ -130,9 +130,10 @@ impl HealthCheck {
 ///
 /// The defaults: [`Restart::Permanent`]; the first restart in a row at
 /// once, then a [`Backoff`] from 10 ms doubling to 2 s with 20 % jitter;
-/// more than 5 restarts within 10 s and the supervisor gives up on the
-/// worker; no health checks; calls wait during a restart, at most 10,000 at
-/// a time; 5 s for a graceful shutdown before a kill.
+/// more than 5 restarts within 10 s, or 5 failed starts in a row, and the
+/// supervisor gives up on the worker; no health checks; calls wait during a
+/// restart, at most 10,000 at a time; 5 s for a graceful shutdown before a
+/// kill.
 ///
 /// ```
 /// use std::time::Duration;
@@ -178,7 +179,13 @@ impl RestartPolicy {
     }
 
     /// Gives up on the worker (reports it, stops restarting it) when it would
-    /// be restarted more than `max_restarts` times within `within`.
+    /// be restarted more than `max_restarts` times within `within`, or when
+    /// `max_restarts` starts in a row have failed, however long they took: a
+    /// worker that never starts is given up after that many attempts, even if
+    /// each takes longer than the period (a start that times out).
+    ///
+    /// A failed start counts as a restart within the period, and in the run
+    /// of failed starts; a start that succeeds ends the run.
     #[must_use]
     pub fn intensity(mut self, max_restarts: u32, within: Duration) -> RestartPolicy {
         self.max_restarts = max_restarts;
