@@ -1,6 +1,7 @@
 //! Supervision: restarts after crashes (real processes, SIGKILL), the pid
 //! of each new worker, intensity, backoff, graceful recycling past
-//! thresholds, wedged workers, group strategies, shutdown order.
+//! thresholds, wedged and stopped workers, workers whose connection broke,
+//! group strategies, shutdown order.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use workerbus::{
     Strategy, SupervisedWorker, Supervisor, SupervisorEvent, ThreadDriver, WhileRestarting,
 };
 use workerbus_tests::pb::echo::{EchoClient, EchoRequest, EchoServer, ExitRequest, SleepRequest};
-use workerbus_tests::support::{expect, sigkill};
+use workerbus_tests::support::{KillOnDrop, expect, sigkill, signal};
 use workerbus_tests::{EchoWorker, cases};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
@@ -152,6 +153,71 @@ async fn pid_names_the_process_that_answers_from_the_first_call_after_each_resta
         pid = answered_by;
     }
     assert_eq!(worker.restarts(), 50);
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_connection_broke_while_its_process_lives_is_replaced() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let driver = process_driver().arg("--close-socket-on-sigusr1");
+    let worker = supervisor
+        .supervise("severed", driver, RestartPolicy::new())
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    assert_eq!(client.echo(echo("before")).await.unwrap().text, "before");
+    let old = worker.pid().expect("a process worker has a pid");
+    let guard = KillOnDrop(old);
+    signal(old, "USR1"); // the worker shuts its socket down and lives on
+    expect(&mut events, "ConnectionLost", |event| match event {
+        SupervisorEvent::ConnectionLost { worker } if worker == "severed" => Some(()),
+        _ => None,
+    })
+    .await;
+    let exit = expect(&mut events, "Exited", |event| match event {
+        SupervisorEvent::Exited { exit, .. } => Some(exit.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(exit, ExitReason::Signal(9), "the supervisor killed it");
+    guard.disarm();
+    assert_eq!(started(&mut events, "severed").await, 1);
+    assert_eq!(client.echo(echo("after")).await.unwrap().text, "after");
+    assert_ne!(worker.pid(), Some(old));
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stopped_worker_is_replaced_with_default_settings() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let worker = supervisor
+        .supervise("frozen", process_driver(), RestartPolicy::new())
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    echo_ok(&worker).await;
+    let old = worker.pid().expect("a process worker has a pid");
+    let guard = KillOnDrop(old);
+    signal(old, "STOP");
+    // The default check misses three answers in a row, then kills it.
+    let mut missed = Vec::new();
+    let exit = expect(&mut events, "Exited", |event| match event {
+        SupervisorEvent::Unresponsive { missed: n, .. } => {
+            missed.push(*n);
+            None
+        }
+        SupervisorEvent::Exited { exit, .. } => Some(exit.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(missed.ends_with(&[1, 2, 3]), "{missed:?}");
+    assert_eq!(exit, ExitReason::Signal(9));
+    guard.disarm();
+    assert_eq!(started(&mut events, "frozen").await, 1);
+    assert_eq!(client.echo(echo("thawed")).await.unwrap().text, "thawed");
+    assert_ne!(worker.pid(), Some(old));
     supervisor.shutdown().await;
 }
 

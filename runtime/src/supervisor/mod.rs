@@ -5,12 +5,13 @@
 //! (`central/`). It never waits: whatever takes time runs in a task of its
 //! own and reports back, naming the worker and its generation, so a report
 //! about a worker already replaced is ignored. A watcher per worker
-//! (`watch.rs`) waits for its exit and for failed health checks; each start,
-//! stop and backoff is a task too:
+//! (`watch.rs`) waits for its exit, for its connection to end under a worker
+//! that lives on, and for failed health checks; each start, stop and backoff
+//! is a task too:
 //!
 //! ```text
-//!  watcher ──Exited, Unhealthy,──────▶ ┌────────────────┐ ──Restarting, Started, GaveUp…──▶ events
-//!           Recycle                     │                │
+//!  watcher ──Exited, ConnectionLost,──▶ ┌────────────────┐ ──Restarting, Started, GaveUp…──▶ events
+//!           Unhealthy, Recycle          │                │
 //!  start   ──Started(worker | error)──▶ │ supervisor task│ ──launches──▶ starts, stops, backoffs
 //!  stop    ──Stopped(exit)────────────▶ │   (decides)    │ ──kill──▶ workers
 //!  backoff ──Due──────────────────────▶ └────────────────┘ ──Up(channel) / Starting / Down──▶ worker slots
@@ -35,7 +36,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use self::central::{Child, Command};
 pub use self::policy::{
-    DEFAULT_MAX_WAITING_CALLS, HealthCheck, Restart, RestartPolicy, Strategy, WhileRestarting,
+    DEFAULT_CONNECTION_LOST_GRACE, DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_MAX_WAITING_CALLS,
+    HealthCheck, Restart, RestartPolicy, Strategy, WhileRestarting,
 };
 use crate::client::{Channel, WorkerSlot};
 use crate::control::HealthReport;
@@ -102,6 +104,14 @@ pub enum SupervisorEvent {
         worker: String,
         /// What it reported.
         report: HealthReport,
+    },
+    /// A worker's connection ended while the worker lived on, and it did not
+    /// end within the policy's
+    /// [`connection_lost_grace`](RestartPolicy::connection_lost_grace): it
+    /// is killed, then restarted like any worker that ends.
+    ConnectionLost {
+        /// The worker's name.
+        worker: String,
     },
     /// A worker missed a health check, or has a call stuck past its deadline.
     Unresponsive {
@@ -292,9 +302,10 @@ impl SupervisedWorker {
         Some(self.stats.pid.load(Ordering::Acquire)).filter(|&pid| pid != 0)
     }
 
-    /// Whether a worker is running now (not between restarts, not down).
+    /// Whether a worker is running now (not between restarts, not down, and
+    /// its connection open).
     pub fn is_running(&self) -> bool {
-        self.slot.up().is_some()
+        self.slot.up().is_some_and(|channel| !channel.is_closed())
     }
 
     /// Whether the worker is down for good: its supervisor gave up on it,

@@ -1,6 +1,14 @@
 //! The watcher of one supervised worker: reports to the supervisor's task
-//! when the worker ends, and when it fails its health checks or passes a
-//! threshold.
+//! when the worker ends, when its connection ends and the worker does not,
+//! and when it fails its health checks or passes a threshold.
+//!
+//! A worker that crashes ends with its connection, and its exit (reaped, so
+//! it carries its status) comes within moments; a worker whose connection
+//! broke while it lives on can serve nothing. So an ended connection is
+//! reported only if the worker has not ended within the policy's grace, and
+//! the supervisor then kills it: its exit, reported next, restarts it.
+
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
@@ -17,6 +25,8 @@ pub(super) struct Watch {
     pub(super) generation: u64,
     pub(super) name: String,
     pub(super) check: Option<HealthCheck>,
+    /// How long a worker whose connection ended may take to end too.
+    pub(super) grace: Duration,
     pub(super) reports: mpsc::UnboundedSender<Report>,
     pub(super) events: broadcast::Sender<SupervisorEvent>,
 }
@@ -28,24 +38,40 @@ pub(super) fn spawn(worker: &dyn AnyWorker, watch: Watch) -> AbortHandle {
     let channel = worker.channel();
     tokio::spawn(async move {
         let (index, generation) = (watch.index, watch.generation);
+        let lost = async {
+            channel.closed().await;
+            tokio::time::sleep(watch.grace).await;
+        };
         let health = async {
             if let Some(check) = &watch.check {
                 check_health(&channel, check, &watch).await;
             }
             std::future::pending::<()>().await;
         };
+        tokio::pin!(exit);
         tokio::select! {
-            exit = exit => {
+            exit = &mut exit => {
                 let _ = watch.reports.send(Report::Exited { index, generation, exit });
+                return;
+            }
+            () = lost => {
+                let _ = watch.reports.send(Report::ConnectionLost { index, generation });
             }
             () = health => {}
         }
+        let exit = exit.await;
+        let _ = watch.reports.send(Report::Exited {
+            index,
+            generation,
+            exit,
+        });
     })
     .abort_handle()
 }
 
 /// Checks one worker's health until it fails a check or passes a threshold,
-/// and reports that; returns then.
+/// and reports that; returns then, or when the connection has ended (which
+/// the watcher reports itself).
 async fn check_health(channel: &Channel, check: &HealthCheck, watch: &Watch) {
     let (index, generation, name) = (watch.index, watch.generation, &watch.name);
     let report = |report: Report| {
@@ -95,6 +121,8 @@ async fn check_health(channel: &Channel, check: &HealthCheck, watch: &Watch) {
                     return;
                 }
             }
+            // Not a missed check: the worker's connection is gone.
+            Err(_) if channel.is_closed() => return,
             Err(error) => {
                 missed += 1;
                 tracing::warn!(worker = %name, missed, %error, "health check missed");

@@ -62,6 +62,8 @@ pub(super) enum Report {
         generation: u64,
         exit: ExitReason,
     },
+    /// A worker's connection ended and the worker did not, within its grace.
+    ConnectionLost { index: usize, generation: u64 },
     /// A worker missed its health checks, or has a call stuck.
     Unhealthy {
         index: usize,
@@ -114,6 +116,9 @@ pub(super) struct Child {
     streak: u32,
     /// Starts that failed in a row, for the intensity.
     failed_starts: u32,
+    /// The current worker was killed on purpose: its connection ending before
+    /// it does is no news.
+    killed: bool,
     started_at: Instant,
     /// The current worker's watcher.
     watch: Option<AbortHandle>,
@@ -139,6 +144,7 @@ impl Child {
             restart_times: VecDeque::new(),
             streak: 0,
             failed_starts: 0,
+            killed: false,
             started_at: Instant::now(),
             watch: None,
         }
@@ -277,8 +283,10 @@ impl Central {
                 });
             }
             Command::Kill { index } => {
-                if let State::Up(worker) = &self.children[index].state {
+                let child = &mut self.children[index];
+                if let State::Up(worker) = &child.state {
                     worker.kill();
+                    child.killed = true;
                 }
             }
             Command::Recycle { index, reason } => self.recycle(index, None, reason),
@@ -296,6 +304,16 @@ impl Central {
                 generation,
                 exit,
             } => self.exited(index, generation, exit),
+            Report::ConnectionLost { index, generation } => {
+                if let Some(worker) = self.current(index, generation)
+                    && !self.children[index].killed
+                {
+                    worker.kill();
+                    self.children[index].killed = true;
+                    let worker = self.children[index].name.clone();
+                    self.emit(SupervisorEvent::ConnectionLost { worker });
+                }
+            }
             Report::Unhealthy {
                 index,
                 generation,
@@ -305,6 +323,7 @@ impl Central {
                     let name = &self.children[index].name;
                     tracing::warn!(worker = %name, missed, "killing an unresponsive worker");
                     worker.kill();
+                    self.children[index].killed = true;
                 }
             }
             Report::Recycle {
@@ -373,6 +392,7 @@ impl Central {
         child.generation += 1;
         child.started_at = Instant::now();
         child.failed_starts = 0;
+        child.killed = false;
         child
             .stats
             .pid
@@ -385,6 +405,7 @@ impl Central {
                 generation: child.generation,
                 name: child.name.clone(),
                 check: child.policy.health.clone(),
+                grace: child.policy.connection_lost_grace,
                 reports: self.reports.clone(),
                 events: self.events.clone(),
             },
@@ -637,6 +658,9 @@ impl Central {
             } => tracing::error!(%worker, restarts, ?within, %reason, "gave up restarting worker"),
             SupervisorEvent::Health { worker, report } => {
                 tracing::debug!(%worker, ?report, "worker health")
+            }
+            SupervisorEvent::ConnectionLost { worker } => {
+                tracing::warn!(%worker, "killing a worker whose connection ended");
             }
             SupervisorEvent::Unresponsive { worker, missed } => {
                 tracing::warn!(%worker, missed, "worker unresponsive");
