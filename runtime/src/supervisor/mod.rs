@@ -3,11 +3,11 @@
 //!
 //! One task per supervisor makes every decision, in the order things happen
 //! (`central/`). It never waits: whatever takes time runs in a task of its
-//! own and reports back, naming the worker and its generation, so a report
-//! about a worker already replaced is ignored. A watcher per worker
-//! (`watch.rs`) waits for its exit, for its connection to end under a worker
-//! that lives on, and for failed health checks; each start, stop and backoff
-//! is a task too:
+//! own and reports back. A watcher per worker (`watch.rs`) waits for its
+//! exit, for its connection to end under a worker that lives on, and for
+//! failed health checks, and names the worker's generation in its reports,
+//! so a report about a worker already replaced is ignored; each start, stop
+//! and backoff is a task too:
 //!
 //! ```text
 //!  watcher ──Exited, ConnectionLost,──▶ ┌────────────────┐ ──Restarting, Started, GaveUp…──▶ events
@@ -186,7 +186,9 @@ impl Supervisor {
     /// Fails, and supervises nothing, if the first start fails: a
     /// misconfigured worker is reported, not restarted in a loop. The start
     /// runs apart from the supervisor's other work: workers already
-    /// supervised are restarted meanwhile as they need.
+    /// supervised are restarted meanwhile as they need. Workers supervised
+    /// at once (not one `supervise` after another) start side by side, and
+    /// take their place in the start order as they come up.
     pub async fn supervise<S: Spawn>(
         &self,
         name: impl Into<String>,

@@ -50,6 +50,7 @@ pub(super) fn spawn(worker: &dyn AnyWorker, watch: Watch) -> AbortHandle {
         };
         tokio::pin!(exit);
         tokio::select! {
+            biased; // an exit that has come is reported, not a lost connection
             exit = &mut exit => {
                 let _ = watch.reports.send(Report::Exited { index, generation, exit });
                 return;
