@@ -109,8 +109,9 @@ pub use self::server::{
 #[cfg(feature = "process")]
 pub use self::startup::{STARTUP_ENV, StartupData, startup_data};
 pub use self::supervisor::{
-    DEFAULT_MAX_WAITING_CALLS, HealthCheck, Restart, RestartPolicy, Strategy, SupervisedWorker,
-    Supervisor, SupervisorEvent, WhileRestarting,
+    DEFAULT_CONNECTION_LOST_GRACE, DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_MAX_WAITING_CALLS,
+    HealthCheck, Restart, RestartPolicy, Strategy, SupervisedWorker, Supervisor, SupervisorEvent,
+    WhileRestarting,
 };
 pub use self::trace::TraceContext;
 pub use self::transport::{DEFAULT_MEMORY_CAPACITY, MemoryTransport, Transport};

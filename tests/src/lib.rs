@@ -384,6 +384,7 @@ impl EchoHandler for EchoWorker {
         Ok(StatsReply {
             peak_concurrency: self.state.peak.load(Ordering::SeqCst),
             sleeps_cancelled: self.state.cancelled.load(Ordering::SeqCst),
+            pid: std::process::id(),
         })
     }
 }

@@ -1,6 +1,6 @@
-//! Helpers the integration tests share: killing a worker process outright
-//! (now, or when a test ends however it ends), waiting for a supervisor's
-//! event, and connecting to a detached worker as a host would.
+//! Helpers the integration tests share: signalling or killing a worker
+//! process (now, or when a test ends however it ends), waiting for a
+//! supervisor's event, and connecting to a detached worker as a host would.
 
 use std::process::Command;
 use std::time::Duration;
@@ -14,17 +14,32 @@ use workerbus::{DetachedWorker, Frame, FrameCodec, MethodName, Secret, Superviso
 
 /// Sends SIGKILL to `pid`, failing the test if `kill` fails.
 pub fn sigkill(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
+    signal(pid, "KILL");
 }
 
-/// Kills a detached worker when dropped, so that a failing test leaves no
-/// worker behind (a detached worker outlives its host).
+/// Sends the signal named `name` (`KILL`, `STOP`, `USR1`...) to `pid`,
+/// failing the test if `kill` fails.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Kills a worker process when dropped, so that a failing test leaves no
+/// worker behind (a detached worker outlives its host; a stopped one never
+/// notices its host is gone).
 #[derive(Debug)]
 pub struct KillOnDrop(pub u32);
+
+impl KillOnDrop {
+    /// Forgets the process, which has ended: its pid may name another
+    /// process by the time the guard would drop.
+    pub fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -1,6 +1,7 @@
-//! Supervision: restarts after crashes (real processes, SIGKILL), intensity,
-//! backoff, graceful recycling past thresholds, wedged workers, group
-//! strategies, shutdown order.
+//! Supervision: restarts after crashes (real processes, SIGKILL), the pid
+//! of each new worker, intensity, backoff, graceful recycling past
+//! thresholds, wedged and stopped workers, workers whose connection broke,
+//! group strategies, shutdown order.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use workerbus::{
     Strategy, SupervisedWorker, Supervisor, SupervisorEvent, ThreadDriver, WhileRestarting,
 };
 use workerbus_tests::pb::echo::{EchoClient, EchoRequest, EchoServer, ExitRequest, SleepRequest};
-use workerbus_tests::support::{expect, sigkill};
+use workerbus_tests::support::{KillOnDrop, expect, sigkill, signal};
 use workerbus_tests::{EchoWorker, cases};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
@@ -114,6 +115,109 @@ async fn a_killed_process_worker_is_restarted_and_the_same_client_keeps_working(
     assert_eq!(worker.restarts(), 1);
     assert_eq!(worker.last_exit(), Some(ExitReason::Signal(9)));
     assert_ne!(worker.pid(), Some(first_pid));
+    supervisor.shutdown().await;
+}
+
+/// On a multi-thread runtime, so that the supervisor's task and the calls
+/// run in parallel: a call that reached the new worker while the
+/// supervisor had yet to record its pid would see the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_names_the_process_that_answers_from_the_first_call_after_each_restart() {
+    let supervisor = Supervisor::new();
+    let policy = RestartPolicy::new()
+        .intensity(1_000, Duration::from_secs(60))
+        .backoff(Backoff::constant(Duration::ZERO));
+    let worker = supervisor
+        .supervise("pid", process_driver(), policy)
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    // Sent to the killed worker before its death is seen, a call runs again
+    // on the new one.
+    let idempotent = CallOptions::new().idempotent(true);
+    let mut pid = client.stats(()).await.unwrap().pid;
+    assert_eq!(worker.pid(), Some(pid));
+    for round in 0..50 {
+        sigkill(pid);
+        let answered_by = client.stats_with((), idempotent.clone()).await.unwrap().pid;
+        let recorded = worker.pid();
+        assert_ne!(
+            answered_by, pid,
+            "round {round}: the killed process answered"
+        );
+        assert_eq!(
+            recorded,
+            Some(answered_by),
+            "round {round}: pid() names another process than the one answering"
+        );
+        pid = answered_by;
+    }
+    assert_eq!(worker.restarts(), 50);
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_connection_broke_while_its_process_lives_is_replaced() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let driver = process_driver().arg("--close-socket-on-sigusr1");
+    let worker = supervisor
+        .supervise("severed", driver, RestartPolicy::new())
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    assert_eq!(client.echo(echo("before")).await.unwrap().text, "before");
+    let old = worker.pid().expect("a process worker has a pid");
+    let guard = KillOnDrop(old);
+    signal(old, "USR1"); // the worker shuts its socket down and lives on
+    expect(&mut events, "ConnectionLost", |event| match event {
+        SupervisorEvent::ConnectionLost { worker } if worker == "severed" => Some(()),
+        _ => None,
+    })
+    .await;
+    let exit = expect(&mut events, "Exited", |event| match event {
+        SupervisorEvent::Exited { exit, .. } => Some(exit.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(exit, ExitReason::Signal(9), "the supervisor killed it");
+    guard.disarm();
+    assert_eq!(started(&mut events, "severed").await, 1);
+    assert_eq!(client.echo(echo("after")).await.unwrap().text, "after");
+    assert_ne!(worker.pid(), Some(old));
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stopped_worker_is_replaced_with_default_settings() {
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let worker = supervisor
+        .supervise("frozen", process_driver(), RestartPolicy::new())
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    echo_ok(&worker).await;
+    let old = worker.pid().expect("a process worker has a pid");
+    let guard = KillOnDrop(old);
+    signal(old, "STOP");
+    // The default check misses three answers in a row, then kills it.
+    let mut missed = Vec::new();
+    let exit = expect(&mut events, "Exited", |event| match event {
+        SupervisorEvent::Unresponsive { missed: n, .. } => {
+            missed.push(*n);
+            None
+        }
+        SupervisorEvent::Exited { exit, .. } => Some(exit.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(missed.ends_with(&[1, 2, 3]), "{missed:?}");
+    assert_eq!(exit, ExitReason::Signal(9));
+    guard.disarm();
+    assert_eq!(started(&mut events, "frozen").await, 1);
+    assert_eq!(client.echo(echo("thawed")).await.unwrap().text, "thawed");
+    assert_ne!(worker.pid(), Some(old));
     supervisor.shutdown().await;
 }
 

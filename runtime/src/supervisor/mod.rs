@@ -1,23 +1,30 @@
 //! [`Supervisor`]: restarts workers that end, checks their health, and keeps
 //! one [`Channel`] per worker valid across every restart.
 //!
-//! One task per supervisor makes every decision, in the order things happen;
-//! small tasks per worker only watch (for its exit, for its health) and
-//! report to it:
+//! One task per supervisor makes every decision, in the order things happen
+//! (`central/`). It never waits: whatever takes time runs in a task of its
+//! own and reports back. A watcher per worker (`watch.rs`) waits for its
+//! exit, for its connection to end under a worker that lives on, and for
+//! failed health checks, and names the worker's generation in its reports,
+//! so a report about a worker already replaced is ignored; each start, stop
+//! and backoff is a task too:
 //!
 //! ```text
-//!  exit watcher ──Exited──▶ ┌────────────────┐ ──Restarting, Started──▶ events
-//!  health check ──Recycle──▶│ supervisor task│ ──spawn / shutdown / kill──▶ workers
-//!               ─Unhealthy─▶└────────────────┘ ──Up(channel) / Down──▶ worker slots
+//!  watcher ──Exited, ConnectionLost,──▶ ┌────────────────┐ ──Restarting, Started, GaveUp…──▶ events
+//!           Unhealthy, Recycle          │                │
+//!  start   ──Started(worker | error)──▶ │ supervisor task│ ──launches──▶ starts, stops, backoffs
+//!  stop    ──Stopped(exit)────────────▶ │   (decides)    │ ──kill──▶ workers
+//!  backoff ──Due──────────────────────▶ └────────────────┘ ──Up(channel) / Starting / Down──▶ worker slots
 //! ```
 //!
 //! A caller holds a channel to the worker's slot, not to one worker: while
 //! the slot is being refilled its calls wait (or fail fast), and an
 //! idempotent call cut short by a crash runs again on the replacement.
 
+mod central;
 mod policy;
+mod watch;
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,13 +33,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::AbortHandle;
-use tokio::time::Instant;
 
+use self::central::{Child, Command};
 pub use self::policy::{
-    DEFAULT_MAX_WAITING_CALLS, HealthCheck, Restart, RestartPolicy, Strategy, WhileRestarting,
+    DEFAULT_CONNECTION_LOST_GRACE, DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_MAX_WAITING_CALLS,
+    HealthCheck, Restart, RestartPolicy, Strategy, WhileRestarting,
 };
-use crate::client::{Channel, SlotState, WorkerSlot};
+use crate::client::{Channel, WorkerSlot};
 use crate::control::HealthReport;
 use crate::driver::{Spawn, Worker};
 use crate::error::{Error, ExitReason};
@@ -68,23 +75,28 @@ pub enum SupervisorEvent {
         /// Which restart of the current run this is (1 for the first).
         attempt: u32,
     },
-    /// Starting a worker again failed; it will be retried within the
-    /// policy's intensity.
+    /// Starting a worker again (or its replacement, when recycling) failed;
+    /// a restart is retried within the policy's intensity.
     StartFailed {
         /// The worker's name.
         worker: String,
-        /// The error.
+        /// The error, with its causes.
         error: String,
     },
-    /// The worker was restarted too often; it stays down and its calls fail
-    /// with [`Error::Unavailable`].
+    /// The worker was restarted too often, or failed to start too many times
+    /// in a row; it stays down and its calls fail with
+    /// [`Error::Unavailable`].
     GaveUp {
         /// The worker's name.
         worker: String,
-        /// The restarts in the period.
+        /// The restarts counted: within the period, or the failed starts in
+        /// a row.
         restarts: u32,
         /// The intensity period.
         within: Duration,
+        /// Why, as calls see it: the rule the worker broke, and how it last
+        /// ended or the error of its last start.
+        reason: String,
     },
     /// A worker answered a health check.
     Health {
@@ -92,6 +104,14 @@ pub enum SupervisorEvent {
         worker: String,
         /// What it reported.
         report: HealthReport,
+    },
+    /// A worker's connection ended while the worker lived on, and it did not
+    /// end within the policy's
+    /// [`connection_lost_grace`](RestartPolicy::connection_lost_grace): it
+    /// is killed, then restarted like any worker that ends.
+    ConnectionLost {
+        /// The worker's name.
+        worker: String,
     },
     /// A worker missed a health check, or has a call stuck past its deadline.
     Unresponsive {
@@ -156,22 +176,19 @@ impl Supervisor {
     /// A supervisor of a group with `strategy`. Call it within a tokio
     /// runtime.
     pub fn with_strategy(strategy: Strategy) -> Supervisor {
-        let (commands, receiver) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let central = Central {
-            strategy,
-            children: Vec::new(),
-            commands: commands.downgrade(),
-            events: events.clone(),
-        };
-        tokio::spawn(central.run(receiver));
+        let commands = central::spawn(strategy, events.clone());
         Supervisor { commands, events }
     }
 
     /// Starts a worker with `spawn` and supervises it under `policy`.
     ///
     /// Fails, and supervises nothing, if the first start fails: a
-    /// misconfigured worker is reported, not restarted in a loop.
+    /// misconfigured worker is reported, not restarted in a loop. The start
+    /// runs apart from the supervisor's other work: workers already
+    /// supervised are restarted meanwhile as they need. Workers supervised
+    /// at once (not one `supervise` after another) start side by side, and
+    /// take their place in the start order as they come up.
     pub async fn supervise<S: Spawn>(
         &self,
         name: impl Into<String>,
@@ -186,21 +203,13 @@ impl Supervisor {
         );
         let stats = Arc::new(Stats::default());
         let (reply, started) = oneshot::channel();
-        let child = Child {
-            name: name.clone(),
-            spawn: Box::new(spawn),
+        let child = Child::new(
+            name.clone(),
+            Arc::new(spawn),
             policy,
-            slot: Arc::clone(&slot),
-            stats: Arc::clone(&stats),
-            worker: None,
-            generation: 0,
-            restart_times: VecDeque::new(),
-            streak: 0,
-            started_at: Instant::now(),
-            health: None,
-            pending: false,
-            down: false,
-        };
+            Arc::clone(&slot),
+            Arc::clone(&stats),
+        );
         self.commands
             .send(Command::Add {
                 child: Box::new(child),
@@ -225,7 +234,9 @@ impl Supervisor {
 
     /// Stops every worker, in reverse start order, each gracefully within its
     /// policy's shutdown timeout; their channels then fail with
-    /// [`Error::Unavailable`].
+    /// [`Error::Unavailable`]. A worker being started is waited for (within
+    /// its driver's startup timeout) and then stopped in its turn, so that no
+    /// worker outlives the shutdown.
     pub async fn shutdown(&self) {
         let (reply, done) = oneshot::channel();
         if self.commands.send(Command::Shutdown { reply }).is_ok() {
@@ -240,6 +251,7 @@ impl Default for Supervisor {
     }
 }
 
+/// The error of a supervisor that is no longer there.
 fn gone(name: &str) -> Error {
     Error::Spawn {
         worker: name.to_owned(),
@@ -286,14 +298,16 @@ impl SupervisedWorker {
     }
 
     /// The current worker's process id, if it runs in a process of its own
-    /// (the last one's, between restarts).
+    /// (the last one's, between restarts). A new worker's id is recorded
+    /// before the worker takes its first call.
     pub fn pid(&self) -> Option<u32> {
-        Some(self.stats.pid.load(Ordering::Relaxed)).filter(|&pid| pid != 0)
+        Some(self.stats.pid.load(Ordering::Acquire)).filter(|&pid| pid != 0)
     }
 
-    /// Whether a worker is running now (not between restarts, not down).
+    /// Whether a worker is running now (not between restarts, not down, and
+    /// its connection open).
     pub fn is_running(&self) -> bool {
-        self.slot.up().is_some()
+        self.slot.up().is_some_and(|channel| !channel.is_closed())
     }
 
     /// Whether the worker is down for good: its supervisor gave up on it,
@@ -321,7 +335,6 @@ impl SupervisedWorker {
         if let Some(commands) = self.commands.upgrade() {
             let _ = commands.send(Command::Recycle {
                 index: self.index,
-                generation: None,
                 reason: "asked to".into(),
             });
         }
@@ -394,507 +407,44 @@ impl<S: Spawn> AnySpawn for S {
     }
 }
 
-enum Command {
-    Add {
-        child: Box<Child>,
-        reply: oneshot::Sender<Result<usize, Error>>,
-    },
-    Exited {
-        index: usize,
-        generation: u64,
-        exit: ExitReason,
-    },
-    /// Restart these children, in this order (their delay has passed).
-    Restart {
-        indices: Vec<usize>,
-    },
-    Unhealthy {
-        index: usize,
-        generation: u64,
-        missed: u32,
-    },
-    Recycle {
-        index: usize,
-        /// `None`: whatever worker is current.
-        generation: Option<u64>,
-        reason: String,
-    },
-    Kill {
-        index: usize,
-    },
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
+/// An error's text followed by each of its causes that the text does not
+/// already name: what the supervisor reports of a failed start, so that the
+/// cause (an OS error, say) reaches events and give-up reasons.
+fn full_text(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
-struct Child {
-    name: String,
-    spawn: Box<dyn AnySpawn>,
-    policy: RestartPolicy,
-    slot: Arc<WorkerSlot>,
-    stats: Arc<Stats>,
-    worker: Option<Arc<dyn AnyWorker>>,
-    /// Bumped whenever a worker is installed or stopped on purpose, so that
-    /// reports about an older worker are recognised and ignored.
-    generation: u64,
-    /// When the restarts within the intensity period happened.
-    restart_times: VecDeque<Instant>,
-    /// Restarts in a row, for the backoff.
-    streak: u32,
-    started_at: Instant,
-    health: Option<AbortHandle>,
-    /// A restart is scheduled.
-    pending: bool,
-    /// Not coming back.
-    down: bool,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-struct Central {
-    strategy: Strategy,
-    children: Vec<Child>,
-    commands: mpsc::WeakUnboundedSender<Command>,
-    events: broadcast::Sender<SupervisorEvent>,
-}
-
-impl Central {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        while let Some(command) = commands.recv().await {
-            match command {
-                Command::Add { child, reply } => {
-                    self.children.push(*child);
-                    let index = self.children.len() - 1;
-                    match self.start(index).await {
-                        Ok(()) => {
-                            let _ = reply.send(Ok(index));
-                        }
-                        Err(error) => {
-                            self.children.pop();
-                            let _ = reply.send(Err(error));
-                        }
-                    }
-                }
-                Command::Exited {
-                    index,
-                    generation,
-                    exit,
-                } => self.exited(index, generation, exit).await,
-                Command::Restart { indices } => {
-                    for index in indices {
-                        if self.children[index].pending && !self.children[index].down {
-                            self.restart_now(index).await;
-                        }
-                    }
-                }
-                Command::Unhealthy {
-                    index,
-                    generation,
-                    missed,
-                } => {
-                    let child = &self.children[index];
-                    if child.generation == generation
-                        && let Some(worker) = &child.worker
-                    {
-                        tracing::warn!(worker = %child.name, missed, "killing an unresponsive worker");
-                        worker.kill();
-                    }
-                }
-                Command::Recycle {
-                    index,
-                    generation,
-                    reason,
-                } => {
-                    let child = &self.children[index];
-                    if child.worker.is_some() && generation.is_none_or(|g| g == child.generation) {
-                        self.recycle(index, reason).await;
-                    }
-                }
-                Command::Kill { index } => {
-                    if let Some(worker) = &self.children[index].worker {
-                        worker.kill();
-                    }
-                }
-                Command::Shutdown { reply } => {
-                    self.shutdown_all().await;
-                    let _ = reply.send(());
-                    return;
-                }
-            }
-        }
-        // Every handle to the supervisor is gone.
-        self.shutdown_all().await;
-    }
-
-    fn emit(&self, event: SupervisorEvent) {
-        match &event {
-            SupervisorEvent::Started { worker, restarts } => {
-                tracing::info!(%worker, restarts, "worker started");
-            }
-            SupervisorEvent::Exited { worker, exit } => {
-                tracing::warn!(%worker, %exit, "worker ended")
-            }
-            SupervisorEvent::Restarting {
-                worker,
-                delay,
-                attempt,
-            } => tracing::info!(%worker, ?delay, attempt, "restarting worker"),
-            SupervisorEvent::StartFailed { worker, error } => {
-                tracing::error!(%worker, %error, "restarting worker failed");
-            }
-            SupervisorEvent::GaveUp {
-                worker,
-                restarts,
-                within,
-            } => tracing::error!(%worker, restarts, ?within, "gave up restarting worker"),
-            SupervisorEvent::Health { worker, report } => {
-                tracing::debug!(%worker, ?report, "worker health")
-            }
-            SupervisorEvent::Unresponsive { worker, missed } => {
-                tracing::warn!(%worker, missed, "worker unresponsive");
-            }
-            SupervisorEvent::Recycling { worker, reason } => {
-                tracing::info!(%worker, %reason, "replacing worker gracefully");
-            }
-            SupervisorEvent::Stopped { worker } => {
-                tracing::info!(%worker, "worker stopped for good")
-            }
-        }
-        let _ = self.events.send(event);
-    }
-
-    /// Spawns a worker for child `index` and installs it; leaves everything
-    /// as it was if the spawn fails.
-    async fn start(&mut self, index: usize) -> Result<(), Error> {
-        let worker = self.children[index].spawn.spawn().await?;
-        let child = &mut self.children[index];
-        child.generation += 1;
-        child.pending = false;
-        child.started_at = Instant::now();
-        child.slot.set(SlotState::Up(worker.channel()));
-        child
-            .stats
-            .pid
-            .store(worker.pid().unwrap_or(0), Ordering::Relaxed);
-        let generation = child.generation;
-        let exit = worker.watch_exit();
-        let commands = self.commands.clone();
-        tokio::spawn(async move {
-            let exit = exit.await;
-            if let Some(commands) = commands.upgrade() {
-                let _ = commands.send(Command::Exited {
-                    index,
-                    generation,
-                    exit,
-                });
-            }
-        });
-        if let Some(check) = child.policy.health.clone() {
-            let task = tokio::spawn(check_health(
-                worker.channel(),
-                check,
-                index,
-                generation,
-                child.name.clone(),
-                self.commands.clone(),
-                self.events.clone(),
-            ));
-            if let Some(previous) = child.health.replace(task.abort_handle()) {
-                previous.abort();
-            }
-        }
-        child.worker = Some(worker);
-        let event = SupervisorEvent::Started {
-            worker: child.name.clone(),
-            restarts: child.stats.restarts.load(Ordering::Relaxed),
-        };
-        self.emit(event);
-        Ok(())
-    }
-
-    async fn exited(&mut self, index: usize, generation: u64, exit: ExitReason) {
-        let child = &mut self.children[index];
-        if child.generation != generation {
-            return; // a worker stopped on purpose, already replaced
-        }
-        child.worker = None;
-        if let Some(health) = child.health.take() {
-            health.abort();
-        }
-        *child
-            .stats
-            .last_exit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(exit.clone());
-        let abnormal = !matches!(exit, ExitReason::Code(0) | ExitReason::Stopped);
-        let restart = match child.policy.restart {
-            Restart::Permanent => true,
-            Restart::Transient => abnormal,
-            Restart::Temporary => false,
-        };
-        let name = child.name.clone();
-        self.emit(SupervisorEvent::Exited {
-            worker: name.clone(),
-            exit: exit.clone(),
-        });
-        if !restart {
-            let child = &mut self.children[index];
-            child.down = true;
-            child.slot.set(SlotState::Down(format!(
-                "it {exit} and its policy does not restart it"
-            )));
-            self.emit(SupervisorEvent::Stopped { worker: name });
-            return;
-        }
-        let group: Vec<usize> = match self.strategy {
-            Strategy::OneForOne => vec![index],
-            Strategy::OneForAll => (0..self.children.len()).collect(),
-            Strategy::RestForOne => (index..self.children.len()).collect(),
-        };
-        let group: Vec<usize> = group
-            .into_iter()
-            .filter(|&j| j == index || !self.children[j].down)
-            .collect();
-        // The others stop first, in reverse start order.
-        for &j in group.iter().rev().filter(|&&j| j != index) {
-            self.stop(j, SlotState::Starting).await;
-            self.children[j].pending = true;
-            self.children[j]
-                .stats
-                .restarts
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let Some(delay) = self.count_restart(index, &exit) else {
-            // Gave up on the failed worker; the others start again anyway.
-            let others: Vec<usize> = group.into_iter().filter(|&j| j != index).collect();
-            self.schedule(others, Duration::ZERO);
-            return;
-        };
-        self.children[index].pending = true;
-        self.schedule(group, delay);
-    }
-
-    /// Records a restart of child `index` against its intensity: the delay
-    /// before it, or `None` (and the child down) if that is one too many.
-    fn count_restart(&mut self, index: usize, exit: &ExitReason) -> Option<Duration> {
-        let now = Instant::now();
-        let child = &mut self.children[index];
-        let within = child.policy.within;
-        while child
-            .restart_times
-            .front()
-            .is_some_and(|&at| now.duration_since(at) >= within)
-        {
-            child.restart_times.pop_front();
-        }
-        if child.restart_times.len() >= child.policy.max_restarts as usize {
-            child.down = true;
-            child.pending = false;
-            let restarts = child.restart_times.len() as u32;
-            child.slot.set(SlotState::Down(format!(
-                "its supervisor gave up after {restarts} restarts within {within:?}; it last {exit}"
-            )));
-            let event = SupervisorEvent::GaveUp {
-                worker: child.name.clone(),
-                restarts,
-                within,
-            };
-            self.emit(event);
-            return None;
-        }
-        child.restart_times.push_back(now);
-        if child.started_at.elapsed() > within {
-            child.streak = 0;
-        }
-        child.streak += 1;
-        child.stats.restarts.fetch_add(1, Ordering::Relaxed);
-        child.slot.set(SlotState::Starting);
-        let delay = child.policy.restart_delay(child.streak);
-        let event = SupervisorEvent::Restarting {
-            worker: child.name.clone(),
-            delay,
-            attempt: child.streak,
-        };
-        self.emit(event);
-        Some(delay)
-    }
-
-    /// Restarts `indices`, in order, after `delay`, without holding up the
-    /// supervisor meanwhile.
-    fn schedule(&self, indices: Vec<usize>, delay: Duration) {
-        if indices.is_empty() {
-            return;
-        }
-        let commands = self.commands.clone();
-        tokio::spawn(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            if let Some(commands) = commands.upgrade() {
-                let _ = commands.send(Command::Restart { indices });
-            }
-        });
-    }
-
-    /// Starts child `index` again; a failed start counts as another restart.
-    async fn restart_now(&mut self, index: usize) {
-        if let Err(error) = self.start(index).await {
-            let name = self.children[index].name.clone();
-            self.emit(SupervisorEvent::StartFailed {
-                worker: name,
-                error: error.to_string(),
-            });
-            let exit = ExitReason::Unknown;
-            if let Some(delay) = self.count_restart(index, &exit) {
-                self.schedule(vec![index], delay);
-            }
+    fn spawn_error(reason: &str) -> Error {
+        Error::Spawn {
+            worker: "/bin/worker".into(),
+            reason: reason.into(),
+            source: Some(std::io::Error::from_raw_os_error(2)),
         }
     }
 
-    /// Replaces child `index` gracefully: the new worker is installed before
-    /// the old one is asked to finish its calls and stop.
-    async fn recycle(&mut self, index: usize, reason: String) {
-        let name = self.children[index].name.clone();
-        self.emit(SupervisorEvent::Recycling {
-            worker: name.clone(),
-            reason,
-        });
-        let old = self.children[index].worker.take();
-        let stats = Arc::clone(&self.children[index].stats);
-        stats.restarts.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = self.start(index).await {
-            stats.restarts.fetch_sub(1, Ordering::Relaxed);
-            self.children[index].worker = old;
-            self.emit(SupervisorEvent::StartFailed {
-                worker: name,
-                error: error.to_string(),
-            });
-            return;
-        }
-        if let Some(old) = old {
-            let timeout = self.children[index].policy.shutdown_timeout;
-            tokio::spawn(async move {
-                if tokio::time::timeout(timeout, old.shutdown()).await.is_err() {
-                    old.kill();
-                }
-            });
-        }
-    }
-
-    /// Stops child `index` on purpose (gracefully within its shutdown
-    /// timeout), leaving its slot in `state`.
-    async fn stop(&mut self, index: usize, state: SlotState) {
-        let child = &mut self.children[index];
-        child.generation += 1;
-        if let Some(health) = child.health.take() {
-            health.abort();
-        }
-        child.slot.set(state);
-        let Some(worker) = child.worker.take() else {
-            return;
-        };
-        let exit =
-            match tokio::time::timeout(child.policy.shutdown_timeout, worker.shutdown()).await {
-                Ok(exit) => exit,
-                Err(_) => {
-                    worker.kill();
-                    tokio::time::timeout(Duration::from_secs(1), worker.watch_exit())
-                        .await
-                        .unwrap_or(ExitReason::Unknown)
-                }
-            };
-        let name = child.name.clone();
-        self.emit(SupervisorEvent::Exited { worker: name, exit });
-    }
-
-    async fn shutdown_all(&mut self) {
-        for index in (0..self.children.len()).rev() {
-            if self.children[index].down {
-                continue;
-            }
-            self.children[index].down = true;
-            self.stop(index, SlotState::Down("its supervisor shut it down".into()))
-                .await;
-            let name = self.children[index].name.clone();
-            self.emit(SupervisorEvent::Stopped { worker: name });
-        }
-    }
-}
-
-/// Checks one worker's health until it fails a check or passes a threshold,
-/// and reports that to the supervisor.
-async fn check_health(
-    channel: Channel,
-    check: HealthCheck,
-    index: usize,
-    generation: u64,
-    name: String,
-    commands: mpsc::WeakUnboundedSender<Command>,
-    events: broadcast::Sender<SupervisorEvent>,
-) {
-    let send = |command: Command| {
-        if let Some(commands) = commands.upgrade() {
-            let _ = commands.send(command);
-        }
-    };
-    let mut missed = 0;
-    let mut ticks = tokio::time::interval_at(Instant::now() + check.interval, check.interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match channel.health(check.timeout).await {
-            Ok(report) => {
-                missed = 0;
-                let _ = events.send(SupervisorEvent::Health {
-                    worker: name.clone(),
-                    report: report.clone(),
-                });
-                if report.stalled > 0 {
-                    let _ = events.send(SupervisorEvent::Unresponsive {
-                        worker: name.clone(),
-                        missed: 0,
-                    });
-                    send(Command::Unhealthy {
-                        index,
-                        generation,
-                        missed,
-                    });
-                    return;
-                }
-                let passed = match (check.max_memory, check.max_processed) {
-                    (Some(max), _) if report.memory_bytes > max => Some(format!(
-                        "its resident memory, {} bytes, is above {max}",
-                        report.memory_bytes
-                    )),
-                    (_, Some(max)) if report.processed >= max => Some(format!(
-                        "it has processed {} calls (threshold {max})",
-                        report.processed
-                    )),
-                    _ => None,
-                };
-                if let Some(reason) = passed {
-                    send(Command::Recycle {
-                        index,
-                        generation: Some(generation),
-                        reason,
-                    });
-                    return;
-                }
-            }
-            Err(error) => {
-                missed += 1;
-                tracing::warn!(worker = %name, missed, %error, "health check missed");
-                let _ = events.send(SupervisorEvent::Unresponsive {
-                    worker: name.clone(),
-                    missed,
-                });
-                if missed >= check.max_missed {
-                    send(Command::Unhealthy {
-                        index,
-                        generation,
-                        missed,
-                    });
-                    return;
-                }
-            }
-        }
+    #[test]
+    fn a_failed_start_is_reported_with_its_cause() {
+        let os_error = std::io::Error::from_raw_os_error(2).to_string();
+        assert_eq!(
+            full_text(&spawn_error("the program does not exist")),
+            format!("failed to spawn worker /bin/worker: the program does not exist: {os_error}")
+        );
+        // Named once, should the error's own text already name its cause.
+        let named = spawn_error(&format!("the program does not exist ({os_error})"));
+        assert_eq!(full_text(&named), named.to_string());
     }
 }

@@ -60,6 +60,13 @@ pub enum WhileRestarting {
 /// worker past a threshold is replaced gracefully: the new worker takes new
 /// calls while the old one finishes its own, so no call is lost.
 ///
+/// Every [`RestartPolicy`] checks its worker with
+/// [`HealthCheck::default()`] unless told otherwise: every second, each check
+/// waiting a second, so a worker that answers no check for about three
+/// seconds (stopped by a signal, or a handler blocking its only thread) is
+/// replaced. [`RestartPolicy::health_check`] sets another check, and
+/// [`RestartPolicy::without_health_check`] turns checking off.
+///
 /// The plan this library grew from restarts its embedder above 300 MB or
 /// after 200 embeddings:
 ///
@@ -126,13 +133,32 @@ impl HealthCheck {
     }
 }
 
+/// The check every [`RestartPolicy`] starts with: every second, each check
+/// waiting a second for its answer, three missed in a row and the worker is
+/// wedged; no recycling thresholds.
+impl Default for HealthCheck {
+    fn default() -> HealthCheck {
+        HealthCheck::every(DEFAULT_HEALTH_CHECK_INTERVAL)
+    }
+}
+
+/// The interval of [`HealthCheck::default()`], which is also each check's
+/// timeout.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The default of [`RestartPolicy::connection_lost_grace`].
+pub const DEFAULT_CONNECTION_LOST_GRACE: Duration = Duration::from_secs(1);
+
 /// How a [`Supervisor`](crate::Supervisor) treats one worker.
 ///
 /// The defaults: [`Restart::Permanent`]; the first restart in a row at
 /// once, then a [`Backoff`] from 10 ms doubling to 2 s with 20 % jitter;
-/// more than 5 restarts within 10 s and the supervisor gives up on the
-/// worker; no health checks; calls wait during a restart, at most 10,000 at
-/// a time; 5 s for a graceful shutdown before a kill.
+/// more than 5 restarts within 10 s, or 5 failed starts in a row, and the
+/// supervisor gives up on the worker; the [default health
+/// check](HealthCheck::default) (a worker that answers none for about three
+/// seconds is replaced); a worker whose connection ended is killed if it has
+/// not ended itself within 1 s; calls wait during a restart, at most 10,000
+/// at a time; 5 s for a graceful shutdown before a kill.
 ///
 /// ```
 /// use std::time::Duration;
@@ -152,6 +178,7 @@ pub struct RestartPolicy {
     pub(crate) max_restarts: u32,
     pub(crate) within: Duration,
     pub(crate) health: Option<HealthCheck>,
+    pub(crate) connection_lost_grace: Duration,
     pub(crate) while_restarting: WhileRestarting,
     pub(crate) max_waiting_calls: usize,
     pub(crate) shutdown_timeout: Duration,
@@ -178,7 +205,13 @@ impl RestartPolicy {
     }
 
     /// Gives up on the worker (reports it, stops restarting it) when it would
-    /// be restarted more than `max_restarts` times within `within`.
+    /// be restarted more than `max_restarts` times within `within`, or when
+    /// `max_restarts` starts in a row have failed, however long they took: a
+    /// worker that never starts is given up after that many attempts, even if
+    /// each takes longer than the period (a start that times out).
+    ///
+    /// A failed start counts as a restart within the period, and in the run
+    /// of failed starts; a start that succeeds ends the run.
     #[must_use]
     pub fn intensity(mut self, max_restarts: u32, within: Duration) -> RestartPolicy {
         self.max_restarts = max_restarts;
@@ -186,10 +219,39 @@ impl RestartPolicy {
         self
     }
 
-    /// Checks the worker's health periodically.
+    /// Checks the worker's health with `check` instead of
+    /// [`HealthCheck::default()`].
     #[must_use]
     pub fn health_check(mut self, check: HealthCheck) -> RestartPolicy {
         self.health = Some(check);
+        self
+    }
+
+    /// Checks nothing of the worker's health: a worker that stops answering
+    /// (stopped by a signal, or wedged in a handler) is not replaced until it
+    /// ends.
+    ///
+    /// ```
+    /// use workerbus::RestartPolicy;
+    ///
+    /// let policy = RestartPolicy::new().without_health_check();
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn without_health_check(mut self) -> RestartPolicy {
+        self.health = None;
+        self
+    }
+
+    /// How long a worker whose connection ended may take to end by itself
+    /// before it is killed (and then restarted like any worker that ends):
+    /// [1 s](DEFAULT_CONNECTION_LOST_GRACE) by default. A worker that
+    /// crashes ends with its connection, and is restarted at once, whatever
+    /// this grace; it is for a worker whose connection broke while it lives
+    /// on, which can serve no call.
+    #[must_use]
+    pub fn connection_lost_grace(mut self, grace: Duration) -> RestartPolicy {
+        self.connection_lost_grace = grace;
         self
     }
 
@@ -238,7 +300,8 @@ impl Default for RestartPolicy {
                 .jitter(0.2),
             max_restarts: 5,
             within: Duration::from_secs(10),
-            health: None,
+            health: Some(HealthCheck::default()),
+            connection_lost_grace: DEFAULT_CONNECTION_LOST_GRACE,
             while_restarting: WhileRestarting::Wait,
             max_waiting_calls: DEFAULT_MAX_WAITING_CALLS,
             shutdown_timeout: Duration::from_secs(5),
