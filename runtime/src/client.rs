@@ -1916,6 +1916,11 @@ async fn run_link<T: Transport>(guard: CloseOnDrop, mut transport: T, exit: Opti
         let mut state = lock(&shared);
         state.closing = true;
         for frame in unwritten.into_iter().chain(unsent).rev() {
+            // Counted again as queued: a caller that gives up meanwhile
+            // withdraws its request from the queue, uncounting it.
+            if let Frame::Request { payload, .. } = &frame {
+                state.queued_bytes += payload.len();
+            }
             state.outbox.push_front(frame);
         }
     }
@@ -2670,6 +2675,82 @@ mod tests {
             } => (id, attempt, payload),
             other => panic!("expected a request, got {other:?}"),
         }
+    }
+
+    /// A transport whose writes all fail, handing back as unwritten the
+    /// frames it was given; it never receives anything.
+    #[derive(Default)]
+    struct Refusing {
+        given: Vec<Frame>,
+    }
+
+    impl futures_core::Stream for Refusing {
+        type Item = Result<Frame, FrameError>;
+
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Pending
+        }
+    }
+
+    impl futures_sink::Sink<Frame> for Refusing {
+        type Error = FrameError;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), FrameError> {
+            self.given.push(frame);
+            Ok(())
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), FrameError>> {
+            let frames = std::mem::take(&mut self.given);
+            if frames.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let source = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+            Poll::Ready(Err(FrameError::Unwritten { source, frames }))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_handed_back_unwritten_can_be_given_up_while_the_link_learns_why() {
+        // The exit is never reported: the link waits a second to learn it,
+        // with the request it could not write queued again meanwhile.
+        let (_exit, watch) = watch::channel(None);
+        let channel = Channel::connect(
+            Refusing::default(),
+            ChannelOptions::new(),
+            Some(watch),
+            "test",
+        );
+        let options = resolved(Some(Duration::from_secs(10)), 0);
+        let payload = Bytes::from_static(b"never written");
+        {
+            let call = channel.call(&ECHO, payload.clone(), &options);
+            tokio::pin!(call);
+            let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+            // The link writes, fails, and queues the request again.
+            while !lock(channel.direct().unwrap()).closing {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(lock(channel.direct().unwrap()).queued_bytes, payload.len());
+        }
+        // Given up: withdrawn from the queue, and uncounted.
+        let shared = channel.direct().unwrap();
+        assert_eq!(lock(shared).queued_bytes, 0);
+        assert!(lock(shared).outbox.is_empty());
+        channel.closed().await;
+        assert_eq!(channel.in_flight(), 0);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! cases run unchanged whether the worker is a thread or a process.
 
 pub mod cases;
+pub mod heap;
 pub mod support;
 
 use std::collections::HashMap;

@@ -44,13 +44,17 @@ use workerbus::{
     Backoff, CallOptions, Error, ExitReason, ProcessDriver, RestartPolicy, SupervisedWorker,
     Supervisor, SupervisorEvent, ThreadDriver,
 };
-use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{
     EchoClient, EchoReply, EchoRequest, EchoServer, ExitRequest, SleepRequest,
 };
 use workerbus_tests::support::sigkill;
+use workerbus_tests::{EchoWorker, heap};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+
+/// Counts the heap in use, to tell a leak from the allocator's keeping.
+#[global_allocator]
+static HEAP: workerbus_tests::heap::LiveBytes = workerbus_tests::heap::LiveBytes;
 
 /// The seed when `WORKERBUS_SOAK_SEED` is unset.
 const DEFAULT_SEED: u64 = 0x5eed_c4a0_5000;
@@ -64,8 +68,13 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const MAX_GROWTH: u64 = 32 << 20;
 
 /// In long mode, resident memory may grow this much in the load's second
-/// half: a leak proportional to calls grows it as much as the first half.
-const MAX_SECOND_HALF_GROWTH: u64 = 8 << 20;
+/// half, as a fraction of what it was halfway (ledger excluded): a leak
+/// proportional to calls grows it as much as the first half.
+const MAX_SECOND_HALF_GROWTH: f64 = 0.02;
+
+/// In long mode, resident memory is sampled this often (or four times in
+/// a shorter load).
+const SAMPLE_EVERY: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -894,27 +903,44 @@ async fn chaos_soak_every_call_ends_once_with_its_own_answer_and_workers_recover
         })
         .collect();
 
-    // Memory: after the warm-up, halfway through the rest, and at the end of
-    // the load (these sleeps pace measurements; nothing waits on them).
+    // Memory: after the warm-up, then (in long mode) every SAMPLE_EVERY,
+    // halfway through the rest, and at the end of the load (these sleeps
+    // pace measurements; nothing waits on them).
+    let sample = || {
+        (
+            resident_bytes(page_size),
+            soak.ledger.bytes(),
+            soak.ledger.len(),
+        )
+    };
     tokio::time::sleep(config.warm_up).await;
-    let memory_warm = (
-        resident_bytes(page_size),
-        soak.ledger.bytes(),
-        soak.ledger.len(),
-    );
-    let half = (config.load - config.warm_up) / 2;
-    tokio::time::sleep(half).await;
-    let memory_half = (
-        resident_bytes(page_size),
-        soak.ledger.bytes(),
-        soak.ledger.len(),
-    );
-    tokio::time::sleep(config.load - config.warm_up - half).await;
-    let memory_end = (
-        resident_bytes(page_size),
-        soak.ledger.bytes(),
-        soak.ledger.len(),
-    );
+    let memory_warm = sample();
+    let rest = config.load - config.warm_up;
+    let half = rest / 2;
+    let every = if config.long {
+        SAMPLE_EVERY.min(rest / 4)
+    } else {
+        half
+    };
+    let mut samples = vec![(config.warm_up, memory_warm, heap::live_bytes())];
+    let mut memory_half = None;
+    let mut elapsed = Duration::ZERO;
+    while elapsed < rest {
+        let next = if memory_half.is_none() {
+            (elapsed + every).min(half)
+        } else {
+            (elapsed + every).min(rest)
+        };
+        tokio::time::sleep(next - elapsed).await;
+        elapsed = next;
+        let memory = sample();
+        samples.push((config.warm_up + elapsed, memory, heap::live_bytes()));
+        if elapsed == half {
+            memory_half = Some(memory);
+        }
+    }
+    let memory_half = memory_half.expect("a sample halfway");
+    let memory_end = sample();
     soak.stop.store(true, Ordering::Relaxed);
     let load_time = load_began.elapsed();
 
@@ -1153,6 +1179,23 @@ async fn chaos_soak_every_call_ends_once_with_its_own_answer_and_workers_recover
         memory_end.2,
         mib(memory_end.1)
     );
+    if config.long {
+        let series: Vec<String> = samples
+            .iter()
+            .map(|(at, (rss, ledger, _), heap)| {
+                format!(
+                    "{}s {:.1}/{:.1}",
+                    at.as_secs(),
+                    mib(rss.saturating_sub(*ledger)),
+                    mib(heap.saturating_sub(*ledger))
+                )
+            })
+            .collect();
+        println!(
+            "  memory samples   {} (MiB resident/heap in use, ledger excluded)",
+            series.join(", ")
+        );
+    }
     for note in &notes {
         println!("  note: {note}");
     }
@@ -1243,16 +1286,23 @@ async fn chaos_soak_every_call_ends_once_with_its_own_answer_and_workers_recover
             .0
             .saturating_sub(memory_half.0)
             .saturating_sub(second_ledger);
+        let at_half = memory_half.0.saturating_sub(memory_half.1) as f64;
+        let share = second as f64 / at_half;
         println!(
-            "  memory halves    first {first:+.1} MiB, second {:+.1} MiB (ledger excluded)",
-            mib(second)
+            "  memory halves    first {first:+.1} MiB, second {:+.1} MiB ({:+.2}% of {:.1} MiB; \
+             ledger excluded)",
+            mib(second),
+            100.0 * share,
+            mib(at_half as u64)
         );
         assert!(
-            second < MAX_SECOND_HALF_GROWTH,
-            "resident memory grew {:.1} MiB in the second half of the load ({} calls; the first \
-             half: {first:+.1} MiB): it grows with the calls",
+            share < MAX_SECOND_HALF_GROWTH,
+            "resident memory grew {:.1} MiB ({:.2}%) in the second half of the load ({} calls; \
+             the first half: {first:+.1} MiB): more than {}%, it grows with the calls",
             mib(second),
-            memory_end.2 - memory_half.2
+            100.0 * share,
+            memory_end.2 - memory_half.2,
+            100.0 * MAX_SECOND_HALF_GROWTH
         );
     }
 
