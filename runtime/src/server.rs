@@ -639,12 +639,33 @@ pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
 /// The default cap on calls waiting for a free slot.
 pub const DEFAULT_MAX_QUEUED_CALLS: usize = 1024;
 
+/// The default limit on the frames a process worker reads from a peer that
+/// has not completed the handshake: 4 KiB, room for any greeting (a host's
+/// is about 100 bytes).
+pub const DEFAULT_MAX_GREETING_FRAME_LENGTH: usize = 4 * 1024;
+
 /// Options of a worker's serve loop.
+///
+/// Besides the serve loop's own limits, a process worker applies one to
+/// peers that have not yet completed the handshake (proved that they know
+/// the worker's secret): the largest frame it reads from them.
+///
+/// ```no_run
+/// use workerbus::{Dispatch, ServeOptions};
+///
+/// async fn worker_main(server: impl Dispatch) -> Result<(), workerbus::Error> {
+///     let options = ServeOptions::new()
+///         .max_concurrent_calls(64)
+///         .max_greeting_frame_length(1024);
+///     workerbus::serve_with_options(server, options).await
+/// }
+/// ```
 #[derive(Clone)]
 pub struct ServeOptions {
     max_concurrent_calls: usize,
     max_queued_calls: usize,
     max_frame_length: usize,
+    max_greeting_frame_length: usize,
     middleware: Chain<dyn DynServerMiddleware>,
     /// The driver serving, as middleware sees it.
     driver: &'static str,
@@ -656,6 +677,7 @@ impl fmt::Debug for ServeOptions {
             .field("max_concurrent_calls", &self.max_concurrent_calls)
             .field("max_queued_calls", &self.max_queued_calls)
             .field("max_frame_length", &self.max_frame_length)
+            .field("max_greeting_frame_length", &self.max_greeting_frame_length)
             .field(
                 "middleware",
                 &self.middleware.as_ref().map_or(0, |chain| chain.len()),
@@ -666,8 +688,9 @@ impl fmt::Debug for ServeOptions {
 
 impl ServeOptions {
     /// The defaults: [1024](DEFAULT_MAX_CONCURRENT_CALLS) concurrent calls,
-    /// [1024](DEFAULT_MAX_QUEUED_CALLS) waiting, and a
-    /// [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame length.
+    /// [1024](DEFAULT_MAX_QUEUED_CALLS) waiting, a
+    /// [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame length; before the
+    /// handshake, frames of at most [4 KiB](DEFAULT_MAX_GREETING_FRAME_LENGTH).
     pub fn new() -> ServeOptions {
         ServeOptions::default()
     }
@@ -699,12 +722,32 @@ impl ServeOptions {
         self.max_frame_length = max.max(MIN_FRAME_LENGTH);
         self
     }
+
+    /// The largest frame a process worker reads from a peer that has not
+    /// completed the handshake (at least
+    /// [`MIN_FRAME_LENGTH`](crate::MIN_FRAME_LENGTH), at most the
+    /// [maximum frame length](ServeOptions::max_frame_length)). Such a peer
+    /// may send nothing but its greeting, and until it has been accepted the
+    /// worker reserves no memory ahead of the bytes that arrive: a peer that
+    /// has not proved it knows the secret cannot make the worker allocate
+    /// what it announces. A longer frame closes the connection with
+    /// [`FrameError::GreetingTooLong`].
+    #[must_use]
+    pub fn max_greeting_frame_length(mut self, max: usize) -> ServeOptions {
+        self.max_greeting_frame_length = max.max(MIN_FRAME_LENGTH);
+        self
+    }
 }
 
+#[cfg(feature = "process")]
 impl ServeOptions {
-    #[cfg(feature = "process")]
     pub(crate) fn max_frame_length_value(&self) -> usize {
         self.max_frame_length
+    }
+
+    /// The largest frame read from a peer before its greeting is accepted.
+    pub(crate) fn greeting_frame_length_value(&self) -> usize {
+        self.max_greeting_frame_length.min(self.max_frame_length)
     }
 }
 
@@ -730,6 +773,7 @@ impl Default for ServeOptions {
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             max_queued_calls: DEFAULT_MAX_QUEUED_CALLS,
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            max_greeting_frame_length: DEFAULT_MAX_GREETING_FRAME_LENGTH,
             middleware: None,
             driver: "transport",
         }

@@ -13,6 +13,7 @@
 //! only for a worker that is detached or disconnected, in a private
 //! directory, and serves only peers of the same user that know the secret.
 
+mod admission;
 mod socket;
 mod sys;
 mod worker;

@@ -5,7 +5,9 @@
 //! first peer to greet it on that inherited socket sets the secret (only the
 //! host that spawned it holds the other end); after a `$workerbus.detach` it
 //! also listens on a named socket in a private directory, where a peer must
-//! run under the same user and present the same secret.
+//! run under the same user and present the same secret. Until a peer has
+//! greeted, its frames are held to the greeting's small limit, with no
+//! memory reserved ahead of what it sends.
 //!
 //! A worker stops when its host asks it to (`SHUTDOWN`) or, unless detached,
 //! when its host goes away: the serve loop sees the end of the connection,
@@ -23,6 +25,7 @@ use super::socket::SocketTransport;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
+use super::admission::Greeting;
 use super::sys;
 use crate::control::{
     Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome, check_hello,
@@ -102,13 +105,18 @@ pub async fn serve_with_options<S: Dispatch>(
     *lock(&shared.accept) = Some(accept_loop(Arc::clone(&service), Arc::clone(&shared)));
     spawn_watchdog(watched, Arc::clone(&shared));
 
-    let codec = FrameCodec::new().max_frame_length(options.max_frame_length_value());
+    let greeting = Greeting::new();
     let control = ConnectionControl {
         shared: Arc::clone(&shared),
         inherited: true,
+        greeting: Arc::clone(&greeting),
     };
     let first = serve_connection(
-        SocketTransport::unix(socket, codec),
+        transport(
+            SocketTransport::unix(socket, codec(&options)),
+            &options,
+            greeting,
+        ),
         service,
         &options,
         Some(&control),
@@ -144,6 +152,21 @@ fn worker_error(reason: String, source: Option<io::Error>) -> Error {
     Error::Worker { reason, source }
 }
 
+/// The codec of a connection to the worker once its peer has greeted.
+fn codec(options: &ServeOptions) -> FrameCodec {
+    FrameCodec::new().max_frame_length(options.max_frame_length_value())
+}
+
+/// A connection's transport in the worker: read with the greeting's limit,
+/// and no room reserved ahead of what arrives, until `greeting` is done.
+fn transport<T>(
+    transport: SocketTransport<T>,
+    options: &ServeOptions,
+    greeting: Arc<Greeting>,
+) -> SocketTransport<T> {
+    transport.until_greeted(options.greeting_frame_length_value(), greeting)
+}
+
 type AcceptLoop = Box<dyn Fn(UnixListener) + Send + Sync>;
 
 struct WorkerShared {
@@ -172,6 +195,8 @@ struct ConnectionControl {
     shared: Arc<WorkerShared>,
     /// The socket the host gave at birth, as opposed to the named socket.
     inherited: bool,
+    /// Where the connection stands with its greeting.
+    greeting: Arc<Greeting>,
 }
 
 impl Control for ConnectionControl {
@@ -181,6 +206,7 @@ impl Control for ConnectionControl {
 
     fn hello(&self, hello: Hello) -> Result<Welcome, Status> {
         check_hello(&hello, &mut lock(&self.shared.secret), self.inherited)?;
+        self.greeting.done();
         Ok(Welcome {
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),
@@ -253,14 +279,15 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
                 let service = Arc::clone(&service);
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    let codec =
-                        FrameCodec::new().max_frame_length(shared.options.max_frame_length_value());
+                    let greeting = Greeting::new();
                     let control = ConnectionControl {
                         shared: Arc::clone(&shared),
                         inherited: false,
+                        greeting: Arc::clone(&greeting),
                     };
+                    let socket = SocketTransport::unix(stream, codec(&shared.options));
                     let ending = serve_connection(
-                        SocketTransport::unix(stream, codec),
+                        transport(socket, &shared.options, greeting),
                         service,
                         &shared.options,
                         Some(&control),
