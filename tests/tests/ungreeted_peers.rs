@@ -1,18 +1,28 @@
 //! Peers of a worker's named socket that never prove they know the secret:
 //! anyone running as the worker's user can connect, and such peers must
-//! cost a worker little. Real worker processes (`echo-worker`, detached),
-//! measured from `/proc/<pid>/status`. A worker is given an address-space
-//! limit by starting it through `/bin/sh -c 'ulimit ...; exec "$0" "$@"'`,
-//! which keeps its pid, its parent and descriptor 3.
+//! cost a worker little and keep no host out. Real worker processes
+//! (`echo-worker`, detached), measured from `/proc/<pid>`: their memory
+//! (`status`), CPU time (`stat`) and open descriptors (`fd`). A worker is
+//! given a low descriptor or address-space limit by starting it through
+//! `/bin/sh -c 'ulimit ...; exec "$0" "$@"'`, which keeps its pid, its
+//! parent and descriptor 3.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use workerbus::{DetachedWorker, ProcessDriver, Secret};
+use tokio_util::codec::{Decoder, Encoder, Framed};
+use workerbus::{
+    DEFAULT_MAX_UNGREETED_CONNECTIONS, DetachedWorker, Frame, FrameCodec, MethodName,
+    ProcessDriver, Secret,
+};
 use workerbus_tests::cases;
-use workerbus_tests::support::KillOnDrop;
+use workerbus_tests::support::{KillOnDrop, greeted, secret_bytes};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -48,7 +58,7 @@ async fn host_served(address: &Path, secret: &Secret) -> workerbus::ProcessWorke
     host
 }
 
-/// A line of `/proc/<pid>/status`, in KiB (`VmRSS`, `VmSize`).
+/// A line of `/proc/<pid>/status`, in KiB (`VmRSS`).
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     let line = status
@@ -56,6 +66,71 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find(|line| line.starts_with(field))
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The CPU time a process has used (user and system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // After the command name, in parentheses: state is field 3, utime 14.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Clock ticks per second, as `/proc/<pid>/stat` counts them.
+fn ticks_per_second() -> u64 {
+    let output = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The address space a process can use, in KiB: its mappings that allow
+/// any access. Unlike `VmSize`, it leaves out what is only reserved, such as
+/// the 64 MiB glibc reserves for the heap of a thread's first allocation
+/// (the worker's watchdog thread's, whenever that comes).
+fn accessible_kib(pid: u32) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    let mut bytes = 0;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if perms.starts_with("---") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        bytes += u64::from_str_radix(end, 16).unwrap() - u64::from_str_radix(start, 16).unwrap();
+    }
+    bytes / 1024
+}
+
+/// How many descriptors a process has open.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read the worker's descriptors")
+        .count()
+}
+
+/// The bytes of `frame` on the wire.
+fn encoded(frame: Frame) -> Vec<u8> {
+    let mut bytes = BytesMut::new();
+    FrameCodec::new().encode(frame, &mut bytes).unwrap();
+    bytes.to_vec()
+}
+
+/// A host's greeting with `secret`.
+fn hello(secret: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0x01, 0x12, 32];
+    payload.extend_from_slice(secret);
+    let method = MethodName::from_static("$workerbus.hello");
+    encoded(Frame::request(1, method, None, 1, Bytes::from(payload)))
 }
 
 /// A prefix announcing a `REQUEST` of `len` bytes and its header.
@@ -89,10 +164,11 @@ async fn all_closed(peers: Vec<UnixStream>, bound: Duration, what: &str) {
 
 #[tokio::test]
 async fn peers_that_have_not_greeted_cannot_make_a_worker_allocate_what_they_announce() {
-    let (worker, _kill) = detached("", &[]).await;
+    // Time enough that no peer is closed for its delay while the test runs.
+    let (worker, _kill) = detached("", &["--greeting-timeout-ms=600000"]).await;
     let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
     drop(host_served(address, secret).await);
-    let (rss, size) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmSize"));
+    let (rss, size) = (status_kib(pid, "VmRSS"), accessible_kib(pid));
 
     // 32 peers announce 16 MiB frames and send nothing more: each is
     // refused on its length prefix, with nothing allocated for it.
@@ -115,9 +191,9 @@ async fn peers_that_have_not_greeted_cannot_make_a_worker_allocate_what_they_ann
     // been accepted and read.
     let host = host_served(address, secret).await;
     let grown_rss = status_kib(pid, "VmRSS").saturating_sub(rss);
-    let grown_size = status_kib(pid, "VmSize").saturating_sub(size);
+    let grown_size = accessible_kib(pid).saturating_sub(size);
     println!(
-        "64 peers that did not greet: the worker grew by {grown_rss} KiB resident, {grown_size} KiB virtual"
+        "64 peers that did not greet: the worker grew by {grown_rss} KiB resident, {grown_size} KiB of address space"
     );
     assert!(
         grown_size < 16 * 1024,
@@ -152,9 +228,285 @@ async fn under_an_address_space_limit_a_worker_outlives_peers_announcing_large_f
     }
     host_served(address, secret).await;
     println!(
-        "after 500 peers announcing 16 MiB: {} KiB virtual, {} KiB resident",
-        status_kib(pid, "VmSize"),
+        "after 500 peers announcing 16 MiB: {} KiB of address space, {} KiB resident",
+        accessible_kib(pid),
         status_kib(pid, "VmRSS")
     );
     all_closed(peers, Duration::from_secs(20), "16 MiB frames").await;
+}
+
+#[tokio::test]
+async fn a_host_connects_in_under_a_second_while_1000_silent_connections_are_open() {
+    // Time enough that no peer is closed for its delay while the test runs,
+    // and too few descriptors for a worker that would hold 1,000 connections.
+    let args = ["--greeting-timeout-ms=600000"];
+    let (worker, _kill) = detached("ulimit -n 256", &args).await;
+    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
+    let descriptors = open_descriptors(pid);
+    let mut silent = Vec::new();
+    for _ in 0..1000 {
+        silent.push(UnixStream::connect(address).await.unwrap());
+    }
+    let started = Instant::now();
+    let host = host_served(address, secret).await;
+    let took = started.elapsed();
+    println!("a host connected and called in {took:?} behind 1,000 silent connections");
+    assert!(
+        took < Duration::from_secs(1),
+        "a host took {took:?} to connect and call"
+    );
+    // Only the newest connections wait to greet: the host's pushed one more
+    // out, and left the line when it greeted. The oldest were closed.
+    let waiting = DEFAULT_MAX_UNGREETED_CONNECTIONS - 1;
+    let newest = silent.split_off(silent.len() - waiting);
+    all_closed(silent, Duration::from_secs(20), "the oldest silent peers").await;
+    for peer in &newest {
+        let mut byte = [0];
+        assert!(
+            matches!(peer.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "one of the newest silent peers was closed"
+        );
+    }
+    let held = open_descriptors(pid) - descriptors;
+    assert!(
+        held <= DEFAULT_MAX_UNGREETED_CONNECTIONS + 1,
+        "the worker holds {held} connections"
+    );
+    cases::unary_round_trip(&host.channel()).await;
+}
+
+#[tokio::test]
+async fn connections_that_do_not_greet_in_time_are_closed_and_greeted_ones_stay() {
+    let timeout = Duration::from_millis(300);
+    let args = [format!("--greeting-timeout-ms={}", timeout.as_millis())];
+    let (worker, _kill) = detached("", &[args[0].as_str()]).await;
+    let (address, secret) = (worker.address(), worker.secret());
+    let started = Instant::now();
+    let silent = UnixStream::connect(address).await.unwrap();
+    let mut partial = UnixStream::connect(address).await.unwrap();
+    let greeting = hello(&secret_bytes(secret));
+    partial.write_all(&greeting[..20]).await.unwrap();
+    // A greeting that trickles in, a byte every 20 ms: too slow to finish.
+    let mut trickling = UnixStream::connect(address).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for byte in greeting {
+            if trickling.write_all(&[byte]).await.is_err() {
+                return closed(trickling).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "the worker read a whole greeting sent over {:?}",
+            started.elapsed()
+        );
+    });
+    let host = host_served(address, secret).await;
+    let host_connected = Instant::now();
+
+    all_closed(
+        vec![silent, partial],
+        Duration::from_secs(20),
+        "peers that did not greet",
+    )
+    .await;
+    let trickled = tokio::time::timeout(Duration::from_secs(20), trickle)
+        .await
+        .expect("the trickling peer was not closed within 20 s")
+        .unwrap();
+    assert!(trickled.is_empty(), "the worker answered {trickled:02x?}");
+    assert!(
+        started.elapsed() >= timeout,
+        "closed after {:?}, before the greeting timeout",
+        started.elapsed()
+    );
+    // Past its own greeting timeout, the host that greeted is served.
+    tokio::time::sleep_until((host_connected + 2 * timeout).into()).await;
+    cases::unary_round_trip(&host.channel()).await;
+}
+
+#[tokio::test]
+async fn at_the_descriptor_limit_a_worker_waits_for_a_free_descriptor_without_spinning() {
+    let limit = 48;
+    let (worker, _kill) = detached(&format!("ulimit -n {limit}"), &[]).await;
+    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
+    // Greeted connections, which no limit closes, take every descriptor left.
+    let mut peers = Vec::new();
+    while open_descriptors(pid) < limit {
+        peers.push(greeted(&worker).await);
+    }
+    // One more connects; the worker cannot accept it.
+    let waiting = UnixStream::connect(address).await.unwrap();
+    let before = cpu_ticks(pid);
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - before;
+    let ticks = ticks_per_second() as f64 * window.elapsed().as_secs_f64();
+    println!(
+        "at its limit of {limit} descriptors, the worker used {used} of {ticks:.0} clock ticks"
+    );
+    assert!(
+        (used as f64) < ticks / 4.0,
+        "at its descriptor limit the worker used {used} of {ticks:.0} clock ticks"
+    );
+    // Descriptors free up: the waiting peer is accepted and greeted, and a
+    // host connects.
+    peers.truncate(peers.len() - 2);
+    let mut waiting = Framed::new(waiting, FrameCodec::new());
+    let greeting = hello(&secret_bytes(secret));
+    waiting.get_mut().write_all(&greeting).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting.next())
+        .await
+        .expect("the waiting peer was not greeted within 20 s");
+    assert!(
+        matches!(answer, Some(Ok(Frame::Response { id: 1, .. }))),
+        "{answer:?}"
+    );
+    host_served(address, secret).await;
+    waiting.send(Frame::Shutdown).await.unwrap();
+}
+
+/// What a peer that never greets does.
+#[derive(Clone, Debug)]
+enum Stranger {
+    /// Connects and says nothing.
+    Silent,
+    /// Sends part of a length prefix.
+    PartialPrefix(Vec<u8>),
+    /// Announces a `REQUEST` of `len` bytes and sends `sent` bytes of it.
+    Announces { len: u32, sent: u16 },
+    /// Sends bytes that are no frame.
+    Garbage(Vec<u8>),
+    /// Sends the first bytes of a real greeting, and no more.
+    PartialGreeting(usize),
+    /// Greets with a wrong secret.
+    WrongSecret,
+}
+
+impl Stranger {
+    /// What it writes, knowing what the worker's greeting looks like.
+    fn bytes(&self, greeting: &[u8]) -> Vec<u8> {
+        match self {
+            Stranger::Silent => Vec::new(),
+            Stranger::PartialPrefix(bytes) | Stranger::Garbage(bytes) => bytes.clone(),
+            Stranger::Announces { len, sent } => {
+                let mut bytes = announcing(*len);
+                bytes.resize(4 + usize::from(*sent).min(*len as usize), 0);
+                bytes
+            }
+            Stranger::PartialGreeting(cut) => greeting[..(*cut).min(greeting.len() - 1)].to_vec(),
+            Stranger::WrongSecret => hello(&[0x5a; 32]),
+        }
+    }
+}
+
+fn stranger() -> impl Strategy<Value = Stranger> {
+    prop_oneof![
+        Just(Stranger::Silent),
+        prop::collection::vec(any::<u8>(), 1..4).prop_map(Stranger::PartialPrefix),
+        // Within the greeting's limit, within the maximum frame length, any.
+        (
+            prop_oneof![0u32..=4096, 4097u32..=16 << 20, any::<u32>()],
+            0u16..5000
+        )
+            .prop_map(|(len, sent)| Stranger::Announces { len, sent }),
+        prop::collection::vec(any::<u8>(), 1..256).prop_map(Stranger::Garbage),
+        (1usize..100).prop_map(Stranger::PartialGreeting),
+        Just(Stranger::WrongSecret),
+    ]
+}
+
+/// The limits of the worker the property runs against: a short greeting
+/// timeout and a small line, so that a case sees both at work, and fewer
+/// descriptors than a case has peers.
+const PROPERTY_TIMEOUT: Duration = Duration::from_millis(500);
+const PROPERTY_LINE: usize = 16;
+
+/// Many peers that never greet, all at once, against one worker across
+/// every case: a host still connects at once; what they make the worker
+/// hold stays within a few MiB; each is closed (at the latest when its
+/// greeting timeout passes) and none is welcomed; and once they are gone the
+/// worker holds nothing of theirs.
+#[test]
+fn strangers_never_cost_a_worker_more_than_the_greeting_limits_allow() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let args = [
+        format!("--greeting-timeout-ms={}", PROPERTY_TIMEOUT.as_millis()),
+        format!("--max-ungreeted-connections={PROPERTY_LINE}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (worker, _kill) = runtime.block_on(detached("ulimit -n 128", &args));
+    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
+    let greeting = hello(&secret_bytes(secret));
+    let (rss, size, descriptors) = runtime.block_on(async {
+        drop(host_served(address, secret).await);
+        let rss = status_kib(pid, "VmRSS");
+        (rss, accessible_kib(pid), open_descriptors(pid))
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 12,
+        max_shrink_iters: 32,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strangers = prop::collection::vec(stranger(), 1..150);
+    let outcome = runner.run(&strangers, |strangers| {
+        runtime.block_on(async {
+            let mut peers = Vec::new();
+            for stranger in &strangers {
+                let mut peer = UnixStream::connect(address).await.unwrap();
+                // The worker may have closed it already.
+                let _ = peer.write_all(&stranger.bytes(&greeting)).await;
+                peers.push(peer);
+            }
+            let started = Instant::now();
+            let host = host_served(address, secret).await;
+            let took = started.elapsed();
+            prop_assert!(took < Duration::from_secs(2), "a host took {took:?}");
+            let grown_rss = status_kib(pid, "VmRSS").saturating_sub(rss);
+            let grown_size = accessible_kib(pid).saturating_sub(size);
+            prop_assert!(grown_rss < 4 * 1024, "grew by {grown_rss} KiB resident");
+            prop_assert!(
+                grown_size < 16 * 1024,
+                "grew by {grown_size} KiB of address space"
+            );
+            // Strangers wait in a line of PROPERTY_LINE, the host's
+            // connection having pushed the oldest out before it greeted.
+            let held = open_descriptors(pid);
+            prop_assert!(
+                held < descriptors + PROPERTY_LINE + 1,
+                "the worker holds {held} descriptors, {descriptors} before the strangers came"
+            );
+
+            let answers = futures_util::future::join_all(peers.into_iter().map(closed));
+            let bound = PROPERTY_TIMEOUT + Duration::from_secs(10);
+            let Ok(answers) = tokio::time::timeout(bound, answers).await else {
+                return Err(TestCaseError::fail(format!(
+                    "peers that never greeted were still connected after {bound:?}"
+                )));
+            };
+            for answer in answers {
+                let mut answer = BytesMut::from(&answer[..]);
+                while let Ok(Some(frame)) = FrameCodec::new().decode(&mut answer) {
+                    prop_assert!(
+                        matches!(frame, Frame::Status { .. }),
+                        "a stranger was answered {frame:?}"
+                    );
+                }
+            }
+            let held = open_descriptors(pid);
+            prop_assert!(
+                held <= descriptors + 1,
+                "the worker holds {held} descriptors, {descriptors} before and a host now"
+            );
+            drop(host);
+            Ok(())
+        })
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+    runtime.block_on(async { drop(host_served(address, secret).await) });
 }

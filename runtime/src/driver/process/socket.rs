@@ -350,7 +350,7 @@ mod tests {
     async fn before_the_greeting_a_frame_over_its_limit_is_refused_unread() {
         use tokio::io::AsyncWriteExt;
         let (mut host, worker) = tokio::net::UnixStream::pair().unwrap();
-        let greeting = Greeting::new();
+        let greeting = Greeting::inherited();
         let mut worker =
             SocketTransport::new(worker, FrameCodec::new()).until_greeted(4096, greeting);
         // 16 MiB announced (the full maximum): refused on its prefix.
@@ -378,7 +378,7 @@ mod tests {
     async fn before_the_greeting_the_buffer_grows_only_with_what_arrives() {
         use tokio::io::AsyncWriteExt;
         let (mut host, worker) = tokio::net::UnixStream::pair().unwrap();
-        let greeting = Greeting::new();
+        let greeting = Greeting::inherited();
         let mut worker = SocketTransport::new(worker, FrameCodec::new())
             .until_greeted(4096, Arc::clone(&greeting));
         // A frame of 4,000 bytes announced, 100 sent.

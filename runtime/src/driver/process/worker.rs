@@ -6,8 +6,10 @@
 //! host that spawned it holds the other end); after a `$workerbus.detach` it
 //! also listens on a named socket in a private directory, where a peer must
 //! run under the same user and present the same secret. Until a peer has
-//! greeted, its frames are held to the greeting's small limit, with no
-//! memory reserved ahead of what it sends.
+//! greeted, its frames are held to the greeting's small limit, and on the
+//! named socket it must greet in time and in a bounded line (`admission`).
+//! Accepting pauses, with a growing delay, while the process is out of
+//! descriptors or memory.
 //!
 //! A worker stops when its host asks it to (`SHUTDOWN`) or, unless detached,
 //! when its host goes away: the serve loop sees the end of the connection,
@@ -22,15 +24,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::socket::SocketTransport;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
-use super::admission::Greeting;
+use super::admission::{Admission, Greeting, Ungreeted, accept_pause};
 use super::sys;
 use crate::control::{
     Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome, check_hello,
 };
-use crate::error::{Error, Status};
+use crate::error::{Error, FrameError, Status};
 use crate::frame::FrameCodec;
 use crate::server::{Control, Dispatch, Ending, ServeOptions, serve_connection};
 use crate::startup::StartupData;
@@ -105,7 +108,7 @@ pub async fn serve_with_options<S: Dispatch>(
     *lock(&shared.accept) = Some(accept_loop(Arc::clone(&service), Arc::clone(&shared)));
     spawn_watchdog(watched, Arc::clone(&shared));
 
-    let greeting = Greeting::new();
+    let greeting = Greeting::inherited();
     let control = ConnectionControl {
         shared: Arc::clone(&shared),
         inherited: true,
@@ -247,18 +250,45 @@ impl Control for ConnectionControl {
 }
 
 /// Serves each peer of the named socket that runs as our user; the peer
-/// must still pass the handshake with the secret.
+/// must still pass the handshake with the secret, in time and before newer
+/// connections push it out (`admission`). While accepting fails (out of
+/// descriptors or memory), it pauses (`admission::ACCEPT_BACKOFF`) rather
+/// than spin.
 fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> AcceptLoop {
     Box::new(move |listener: UnixListener| {
         let service = Arc::clone(&service);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let uid = sys::user_id();
+            let admission = Admission::new(
+                shared.options.max_ungreeted_connections_value(),
+                shared.options.greeting_timeout_value(),
+            );
+            let mut failures = 0;
             loop {
                 let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => {
+                        if failures > 0 {
+                            tracing::info!(
+                                failures,
+                                "accepting on the worker's named socket again"
+                            );
+                            failures = 0;
+                        }
+                        stream
+                    }
                     Err(error) => {
-                        tracing::warn!(%error, "accepting on the worker's named socket failed");
+                        let Some(pause) = accept_pause(&error, failures + 1) else {
+                            tracing::debug!(%error, "a connection to the worker's named socket failed before it was accepted");
+                            continue;
+                        };
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(%error, ?pause, "accepting on the worker's named socket failed (out of descriptors or memory?); pausing");
+                        } else {
+                            tracing::debug!(%error, ?pause, failures, "accepting on the worker's named socket failed again");
+                        }
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
                 };
@@ -276,34 +306,74 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
                         continue;
                     }
                 }
-                let service = Arc::clone(&service);
+                let greeting = admission.admit();
+                let transport = SocketTransport::unix(stream, codec(&shared.options));
+                let served = serve_peer(
+                    transport,
+                    Arc::clone(&service),
+                    Arc::clone(&shared),
+                    greeting,
+                );
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    let greeting = Greeting::new();
-                    let control = ConnectionControl {
-                        shared: Arc::clone(&shared),
-                        inherited: false,
-                        greeting: Arc::clone(&greeting),
-                    };
-                    let socket = SocketTransport::unix(stream, codec(&shared.options));
-                    let ending = serve_connection(
-                        transport(socket, &shared.options, greeting),
-                        service,
-                        &shared.options,
-                        Some(&control),
-                    )
-                    .await;
-                    match ending {
+                    match served.await {
                         Ok(Ending::Shutdown) => shared.shutdown.notify_one(),
                         Ok(Ending::Closed) => {}
-                        Err(error) => {
+                        Err(PeerError::Ungreeted(why @ Ungreeted::TimedOut(_))) => {
+                            tracing::warn!(%why, "closed a connection to the worker's named socket");
+                        }
+                        Err(PeerError::Ungreeted(why)) => {
+                            tracing::debug!(%why, "closed a connection to the worker's named socket");
+                        }
+                        Err(PeerError::Frame(error)) => {
                             tracing::warn!(%error, "a connection to the worker's named socket ended")
                         }
                     }
                 });
+                // Let the new connection read its greeting, which a host
+                // sends as it connects, before the next connection may push
+                // it out of the line.
+                tokio::task::yield_now().await;
             }
         });
     })
+}
+
+/// Why a connection to the named socket ended, other than as asked.
+#[derive(Debug)]
+enum PeerError {
+    /// The serve loop ended with an error.
+    Frame(FrameError),
+    /// The worker closed it: its peer had not greeted in time, or newer
+    /// connections pushed it out of the line.
+    Ungreeted(Ungreeted),
+}
+
+/// Serves one peer of the named socket, which must greet before
+/// `greeting` says it is unwelcome.
+async fn serve_peer<S, T>(
+    socket: SocketTransport<T>,
+    service: Arc<S>,
+    shared: Arc<WorkerShared>,
+    greeting: Arc<Greeting>,
+) -> Result<Ending, PeerError>
+where
+    S: Dispatch,
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let control = ConnectionControl {
+        shared: Arc::clone(&shared),
+        inherited: false,
+        greeting: Arc::clone(&greeting),
+    };
+    let transport = transport(socket, &shared.options, Arc::clone(&greeting));
+    let serve = serve_connection(transport, service, &shared.options, Some(&control));
+    tokio::select! {
+        // The serve loop first: it is where a greeting is accepted.
+        biased;
+        ending = serve => ending.map_err(PeerError::Frame),
+        why = greeting.unwelcome() => Err(PeerError::Ungreeted(why)),
+    }
 }
 
 /// Binds a socket only our user can reach, with mode 0600, in a directory of
