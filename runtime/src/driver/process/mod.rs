@@ -36,6 +36,8 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+#[cfg(fuzzing)]
+pub(crate) use self::worker::serve_fuzzed_peer;
 pub use self::worker::{serve, serve_with_options};
 use super::{Spawn, Worker};
 use crate::backoff::Backoff;

@@ -228,15 +228,21 @@ impl Control for ConnectionControl {
     fn detach(&self) -> Result<Detached, Status> {
         let mut address = lock(&self.shared.address);
         if address.is_none() {
+            // Without an accept loop (a peer served for the fuzz targets),
+            // no socket is made.
+            let accept = lock(&self.shared.accept);
+            let Some(start) = accept.as_ref() else {
+                return Err(Status::unavailable(
+                    "this worker cannot serve a named socket".to_owned(),
+                ));
+            };
             let (path, listener) = listen(&self.shared.name).map_err(|error| {
                 Status::unavailable(format!("cannot listen on a named socket: {error}"))
             })?;
             let listener = UnixListener::from_std(listener).map_err(|error| {
                 Status::unavailable(format!("cannot listen on a named socket: {error}"))
             })?;
-            if let Some(start) = lock(&self.shared.accept).as_ref() {
-                start(listener);
-            }
+            start(listener);
             *address = Some(path);
         }
         self.shared.detached.store(true, Ordering::SeqCst);
@@ -373,6 +379,52 @@ where
         biased;
         ending = serve => ending.map_err(PeerError::Frame),
         why = greeting.unwelcome() => Err(PeerError::Ungreeted(why)),
+    }
+}
+
+/// Serves `io` as a worker whose secret is `secret` serves a peer of its
+/// named socket, with `options`' limits on a peer that has not greeted: the
+/// code the accept loop runs for each connection, for the fuzz targets
+/// (`workerbus::fuzzing::serve_named_peer`). A detach is refused: there is
+/// no accept loop, and no socket is made.
+#[cfg(fuzzing)]
+pub(crate) async fn serve_fuzzed_peer<S, T>(
+    io: T,
+    service: S,
+    options: ServeOptions,
+    secret: Secret,
+) -> crate::fuzzing::PeerEnd
+where
+    S: Dispatch,
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    use crate::fuzzing::PeerEnd;
+    let options = options.driver("process");
+    let shared = Arc::new(WorkerShared {
+        name: "fuzzed".into(),
+        services: service
+            .schemas()
+            .into_iter()
+            .map(ServiceInfo::from)
+            .collect(),
+        options: options.clone(),
+        secret: Mutex::new(Some(secret)),
+        detached: AtomicBool::new(true),
+        serving: AtomicBool::new(true),
+        address: Mutex::new(None),
+        shutdown: Notify::new(),
+        accept: Mutex::new(None),
+    });
+    let admission = Admission::new(
+        options.max_ungreeted_connections_value(),
+        options.greeting_timeout_value(),
+    );
+    let socket = SocketTransport::new(io, codec(&options));
+    match serve_peer(socket, Arc::new(service), shared, admission.admit()).await {
+        Ok(Ending::Closed) => PeerEnd::Closed,
+        Ok(Ending::Shutdown) => PeerEnd::Shutdown,
+        Err(PeerError::Frame(error)) => PeerEnd::Error(error),
+        Err(PeerError::Ungreeted(why)) => PeerEnd::Ungreeted(why.to_string()),
     }
 }
 
