@@ -271,6 +271,8 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
                 shared.options.greeting_timeout_value(),
             );
             let mut failures = 0;
+            let yield_every = (shared.options.max_ungreeted_connections_value() / 2).max(1);
+            let mut admitted = 0;
             loop {
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => {
@@ -336,10 +338,16 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
                         }
                     }
                 });
-                // Let the new connection read its greeting, which a host
-                // sends as it connects, before the next connection may push
-                // it out of the line.
-                tokio::task::yield_now().await;
+                // Let the connections admitted read their greetings, which a
+                // host sends as it connects, before enough newer ones come to
+                // push them out of the line: the accept loop yields after half
+                // a line of them (while connections keep coming; else it
+                // waits for the next anyway).
+                admitted += 1;
+                if admitted >= yield_every {
+                    admitted = 0;
+                    tokio::task::yield_now().await;
+                }
             }
         });
     })
