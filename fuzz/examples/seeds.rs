@@ -1,7 +1,7 @@
 //! Writes the hand-made seeds of each target into `fuzz/corpus/<target>/`,
 //! named `seed-*`: valid frames of every kind, a truncated frame, a frame
 //! announcing 4 GiB, both halves of a valid handshake and ways each can be
-//! wrong. Run it from `fuzz/` with the fuzzing cfg, which the handshake
+//! wrong, and peers of a named socket that greet in every way. Run it from `fuzz/` with the fuzzing cfg, which the handshake
 //! seeds need (see `fuzz/README.md`):
 //!
 //! ```text
@@ -15,7 +15,8 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::Encoder;
 use workerbus::fuzzing::{hello_for, welcome_for};
-use workerbus::{Code, Frame, FrameCodec, MethodName, Status, TraceContext};
+use workerbus::{Code, Frame, FrameCodec, MethodName, PROTOCOL_VERSION, Status, TraceContext};
+use workerbus_fuzz::named_peer::{PeerConfig, raw_prefix};
 use workerbus_fuzz::server::Config;
 use workerbus_tests::pb::echo::{
     CountRequest, EchoRequest, PanicRequest, SumRequest, echo_service, missing_service,
@@ -28,6 +29,7 @@ fn main() -> std::io::Result<()> {
         ("frame_decoder", frame_decoder()),
         ("handshake", handshake()),
         ("server_dispatch", server_dispatch()),
+        ("named_peer", named_peer()),
     ] {
         let dir = corpus.join(target);
         std::fs::create_dir_all(&dir)?;
@@ -140,6 +142,13 @@ fn frame_decoder() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("unknown-status-code", with(0, 5, &unknown_code)),
+        // The greeting's decoder (bit 2 of `limit`).
+        ("greeting-every-kind", with(4, 7, &all)),
+        (
+            "greeting-announces-16mib",
+            with(4, 1, &[0x01, 0x00, 0x00, 0x00, 0x01]),
+        ),
+        ("greeting-over-limit", with(5, 1, &[0, 0, 1, 1, 0x02])),
     ]
 }
 
@@ -150,12 +159,12 @@ fn handshake() -> Vec<(&'static str, Vec<u8>)> {
     let echo = welcome_for(&[echo_service::SCHEMA], 42);
     let mut other_version = echo.clone();
     // Field 1 (protocol), a varint: 0x08 then the value.
-    assert_eq!(other_version[..2], [0x08, 0x01]);
-    other_version[1] = 0x02;
+    assert_eq!(other_version[..2], [0x08, PROTOCOL_VERSION as u8]);
+    other_version[1] = PROTOCOL_VERSION as u8 + 1;
     vec![
-        ("hello", hello(hello_for(1, &[7; 32]))),
-        ("hello-other-version", hello(hello_for(2, &[7; 32]))),
-        ("hello-short-secret", hello(hello_for(1, &[7; 31]))),
+        ("hello", hello(hello_for(PROTOCOL_VERSION, &[7; 32]))),
+        ("hello-other-version", hello(hello_for(PROTOCOL_VERSION + 1, &[7; 32]))),
+        ("hello-short-secret", hello(hello_for(PROTOCOL_VERSION, &[7; 31]))),
         ("hello-empty", hello(vec![])),
         ("hello-garbage", hello(vec![0xff, 0xff, 0xff])),
         ("welcome-echo", welcome(echo.clone())),
@@ -274,7 +283,7 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
             "controls",
             raw(vec![
                 request(7, "$workerbus.health", vec![]),
-                request(8, "$workerbus.hello", hello_for(1, &[7; 32])),
+                request(8, "$workerbus.hello", hello_for(PROTOCOL_VERSION, &[7; 32])),
                 request(9, "$workerbus.detach", vec![]),
             ]),
         ),
@@ -315,5 +324,58 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
             ]
             .concat(),
         ),
+    ]
+}
+
+/// `PeerConfig` then raw bytes; see `workerbus_fuzz::named_peer`.
+fn named_peer() -> Vec<(&'static str, Vec<u8>)> {
+    let peer = |greeting_limit: u8, first: u8, cut: u8, frames: Vec<Frame>| {
+        let config = PeerConfig {
+            serve: Config::DEFAULT,
+            greeting_limit,
+            first,
+            cut,
+        };
+        [raw_prefix(&config), encode(frames)].concat()
+    };
+    let echo = |id, size: usize| {
+        let payload = EchoRequest {
+            text: "hi".into(),
+            data: Bytes::from(vec![7; size]),
+            delay_ms: 0,
+        }
+        .encode_to_vec();
+        request(id, echo_service::ECHO, payload)
+    };
+    vec![
+        ("silent", peer(0, 0, 0, vec![])),
+        ("call-before-greeting", peer(0, 0, 0, vec![echo(2, 1)])),
+        ("greeting-then-echo", peer(0, 1, 0, vec![echo(2, 1)])),
+        (
+            "greeting-then-controls",
+            peer(
+                0,
+                1,
+                0,
+                vec![
+                    request(2, "$workerbus.health", vec![]),
+                    request(3, "$workerbus.hello", hello_for(PROTOCOL_VERSION, &[0x5e; 32])),
+                    request(4, "$workerbus.detach", vec![]),
+                    Frame::Shutdown,
+                ],
+            ),
+        ),
+        // 8 KiB: over the greeting's limit, allowed once greeted.
+        (
+            "greeting-then-large-echo",
+            peer(0, 1, 0, vec![echo(2, 8192)]),
+        ),
+        ("wrong-secret", peer(0, 2, 0, vec![echo(2, 1)])),
+        ("partial-greeting", peer(0, 3, 30, vec![])),
+        ("slow-greeting", peer(0, 4, 50, vec![echo(2, 1)])),
+        ("too-slow-greeting", peer(0, 4, 120, vec![echo(2, 1)])),
+        ("announces-over-limit", peer(0, 5, 100, vec![])),
+        ("announces-over-smallest-limit", peer(1, 5, 5, vec![])),
+        ("announces-within-limit", peer(0, 5, 2, vec![echo(2, 1)])),
     ]
 }

@@ -2,13 +2,18 @@
 //! and in pieces.
 //!
 //! An input is `[limit, split, stream...]`: `limit` picks the codec's maximum
-//! frame length, `split` seeds how `stream` is cut into the pieces a socket
-//! might deliver (0: one byte at a time), and `stream` is what arrives.
+//! frame length (its two lowest bits) and whether it is the decoder a worker
+//! reads a peer with until its greeting succeeds, which reserves nothing
+//! ahead of the bytes that arrive (bit 2); `split` seeds how `stream` is cut
+//! into the pieces a socket might deliver (0: one byte at a time), and
+//! `stream` is what arrives.
 //!
 //! Checked, for every input:
 //!
 //! - decoding never panics;
 //! - `Ok(None)` (incomplete) consumes nothing;
+//! - the greeting's decoder never grows the buffer, whatever length a
+//!   prefix announces: it grows only as bytes are put in;
 //! - the frames and the final outcome (the first error, or a clean or
 //!   truncated end) are the same whole and in pieces: a decoder that waits
 //!   for more bytes must not decide differently once they come;
@@ -19,6 +24,7 @@
 
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
+use workerbus::fuzzing::greeting_codec;
 use workerbus::{DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, MIN_FRAME_LENGTH};
 
 /// The maximum frame lengths an input's first byte chooses from. None is
@@ -41,11 +47,17 @@ pub fn check(data: &[u8]) {
     let [limit, split, stream @ ..] = data else {
         return;
     };
-    let limit = LIMITS[usize::from(*limit) % LIMITS.len()];
-    let codec = FrameCodec::new().max_frame_length(limit);
+    let greeting = limit & 0b100 != 0;
+    let limit = LIMITS[usize::from(limit & 0b11)];
+    let codec = if greeting {
+        greeting_codec(limit)
+    } else {
+        FrameCodec::new().max_frame_length(limit)
+    };
+    let room = if greeting { Room::Arrived } else { Room::Any };
 
-    let (whole, whole_end) = decode(&codec, [stream]);
-    let (pieces, pieces_end) = decode(&codec, Pieces::new(stream, *split));
+    let (whole, whole_end) = decode(&codec, room, [stream]);
+    let (pieces, pieces_end) = decode(&codec, room, Pieces::new(stream, *split));
     assert_eq!(whole, pieces, "the frames differ when the input is split");
     assert_eq!(
         whole_end, pieces_end,
@@ -55,7 +67,7 @@ pub fn check(data: &[u8]) {
     let mut offset = 0;
     for frame in whole {
         let mut encoded = BytesMut::new();
-        let mut encoder = codec.clone();
+        let mut encoder = FrameCodec::new().max_frame_length(limit);
         encoder
             .encode(frame.clone(), &mut encoded)
             .unwrap_or_else(|error| panic!("a decoded frame does not encode: {error}: {frame:?}"));
@@ -80,9 +92,22 @@ pub fn check(data: &[u8]) {
     }
 }
 
+/// The room a decoder may make in its buffer.
+#[derive(Clone, Copy)]
+enum Room {
+    /// Any (within the maximum frame length, as configured).
+    Any,
+    /// None beyond what the bytes put in took.
+    Arrived,
+}
+
 /// Decodes the pieces in order as they arrive, as a framed reader does;
 /// stops at the first error.
-fn decode<'a>(codec: &FrameCodec, pieces: impl IntoIterator<Item = &'a [u8]>) -> (Vec<Frame>, End) {
+fn decode<'a>(
+    codec: &FrameCodec,
+    room: Room,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<Frame>, End) {
     let mut codec = codec.clone();
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
@@ -90,7 +115,16 @@ fn decode<'a>(codec: &FrameCodec, pieces: impl IntoIterator<Item = &'a [u8]>) ->
         buf.extend_from_slice(piece);
         loop {
             let before = buf.len();
-            match codec.decode(&mut buf) {
+            let capacity = buf.capacity();
+            let decoded = codec.decode(&mut buf);
+            if let Room::Arrived = room {
+                assert!(
+                    buf.capacity() <= capacity,
+                    "the greeting's decoder grew its buffer from {capacity} to {} bytes",
+                    buf.capacity()
+                );
+            }
+            match decoded {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => {
                     assert_eq!(buf.len(), before, "an incomplete frame consumed bytes");

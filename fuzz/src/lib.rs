@@ -7,4 +7,5 @@
 
 pub mod decoder;
 pub mod handshake;
+pub mod named_peer;
 pub mod server;

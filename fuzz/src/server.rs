@@ -21,7 +21,7 @@
 //! - nothing in the runtime panics (handler panics are the handler's: the
 //!   runtime turns them into a status, see [`install_panic_hook`]);
 //! - the serve ends once the host has closed its end, within an hour of the
-//!   paused clock (`serve_transport did not end`); a serve loop that spins
+//!   paused clock (`the serve did not end`); a serve loop that spins
 //!   without letting the clock move is caught by libFuzzer's `-timeout`;
 //! - what the worker wrote is a whole sequence of valid frames, of the kinds
 //!   a worker sends, about requests the host made (or id 0 for events).
@@ -51,18 +51,18 @@ use workerbus_tests::pb::echo::{
 
 /// How long, on the paused clock, the serve may take after the host closed
 /// its end.
-const BOUND: Duration = Duration::from_secs(3600);
+pub(crate) const BOUND: Duration = Duration::from_secs(3600);
 
 /// How long, on the paused clock, the host waits after its input before it
 /// closes its end: long enough for handlers' short delays and deadlines.
-const SETTLE: Duration = Duration::from_secs(60);
+pub(crate) const SETTLE: Duration = Duration::from_secs(60);
 
 /// The most a structured input's pauses add up to, on the paused clock.
 const MAX_WAITS: Duration = Duration::from_secs(600);
 
 /// What the host writes: bytes, and pauses between them.
 #[derive(Debug)]
-enum Step {
+pub(crate) enum Step {
     Write(Vec<u8>),
     Wait(Duration),
 }
@@ -94,9 +94,15 @@ pub fn describe(data: &[u8]) -> String {
     let Ok(config) = Config::arbitrary(&mut u) else {
         return "too short for a configuration".into();
     };
-    let mut out = format!("{config:?}\n");
+    format!("{config:?}\n") + &describe_rest(u, config.max_frame_length())
+}
+
+/// What the rest of an input means, after its configuration: its raw frames
+/// (up to the first the decoder refuses) or its structured steps.
+pub(crate) fn describe_rest(mut u: Unstructured<'_>, limit: usize) -> String {
+    let mut out = String::new();
     if u.arbitrary::<bool>().unwrap_or(true) {
-        let mut codec = FrameCodec::new().max_frame_length(config.max_frame_length());
+        let mut codec = FrameCodec::new().max_frame_length(limit);
         let mut buf = BytesMut::from(u.take_rest());
         loop {
             match codec.decode(&mut buf) {
@@ -143,7 +149,7 @@ impl Config {
         limit: 0,
     };
 
-    fn max_frame_length(&self) -> usize {
+    pub(crate) fn max_frame_length(&self) -> usize {
         match self.limit % 3 {
             0 => DEFAULT_MAX_FRAME_LENGTH,
             1 => MIN_FRAME_LENGTH,
@@ -151,7 +157,7 @@ impl Config {
         }
     }
 
-    fn options(&self) -> ServeOptions {
+    pub(crate) fn options(&self) -> ServeOptions {
         let mut options = ServeOptions::new().max_frame_length(self.max_frame_length());
         match self.concurrent % 5 {
             0 => {}
@@ -174,21 +180,53 @@ impl Config {
 /// Serves the `Echo` service on a byte transport while a host writes the
 /// steps into it, closes its end and reads everything the worker writes.
 fn serve(config: &Config, steps: Vec<Step>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
     let limit = config.max_frame_length();
-    let input: Vec<u8> = steps
+    let sent = request_ids(&written(&steps), limit);
+    let run = host(steps, |worker| {
+        let transport = Framed::new(worker, FrameCodec::new().max_frame_length(limit));
+        let service = EchoServer::new(Guarded(EchoWorker::new()));
+        serve_transport(transport, service, config.options())
+    });
+    check_output(&run.output, &sent, run.served.is_ok());
+}
+
+/// Everything the steps write, in order.
+pub(crate) fn written(steps: &[Step]) -> Vec<u8> {
+    steps
         .iter()
         .filter_map(|step| match step {
             Step::Write(bytes) => Some(&bytes[..]),
             Step::Wait(_) => None,
         })
         .collect::<Vec<_>>()
-        .concat();
-    let sent = request_ids(&input, limit);
+        .concat()
+}
+
+/// How a connection served while a host wrote into it went.
+pub(crate) struct Run<O> {
+    /// Everything the worker wrote.
+    pub(crate) output: Vec<u8>,
+    /// What the serve returned.
+    pub(crate) served: O,
+    /// When it returned, from the start, on the paused clock.
+    pub(crate) ended: Duration,
+}
+
+/// Runs the serve that `serve` makes of the worker's end of a connection,
+/// on a current-thread runtime whose clock is paused, while a host writes
+/// the steps into the other end, waits [`SETTLE`], closes its end, and reads
+/// all the while. Panics if the serve has not ended [`BOUND`] after the
+/// host closed.
+pub(crate) fn host<F, S>(steps: Vec<Step>, serve: F) -> Run<S::Output>
+where
+    F: FnOnce(tokio::io::DuplexStream) -> S,
+    S: Future,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
     let waits: Duration = steps
         .iter()
         .map(|step| match step {
@@ -196,10 +234,10 @@ fn serve(config: &Config, steps: Vec<Step>) {
             Step::Wait(pause) => *pause,
         })
         .sum();
-    let (output, served) = runtime.block_on(async {
+    runtime.block_on(async {
+        let started = tokio::time::Instant::now();
         let (host, worker) = tokio::io::duplex(64 * 1024);
-        let transport = Framed::new(worker, FrameCodec::new().max_frame_length(limit));
-        let service = EchoServer::new(Guarded(EchoWorker::new()));
+        let serving = serve(worker);
         let (mut from_worker, mut to_worker) = tokio::io::split(host);
         let write = async move {
             for step in steps {
@@ -220,25 +258,28 @@ fn serve(config: &Config, steps: Vec<Step>) {
             let _ = from_worker.read_to_end(&mut output).await;
             output
         };
+        let serve = async {
+            let served = serving.await;
+            (served, started.elapsed())
+        };
         let all = async {
-            let (served, (), output) = tokio::join!(
-                serve_transport(transport, service, config.options()),
-                write,
-                read
-            );
-            (output, served)
+            let ((served, ended), (), output) = tokio::join!(serve, write, read);
+            Run {
+                output,
+                served,
+                ended,
+            }
         };
         match tokio::time::timeout(waits + SETTLE + BOUND, all).await {
-            Ok(done) => done,
-            Err(_) => panic!("serve_transport did not end within {BOUND:?} after the host closed"),
+            Ok(run) => run,
+            Err(_) => panic!("the serve did not end within {BOUND:?} after the host closed"),
         }
-    });
-    check_output(&output, &sent, served.is_ok());
+    })
 }
 
 /// The ids of the requests in `input`, as the worker decodes it (up to the
 /// first frame it refuses).
-fn request_ids(input: &[u8], limit: usize) -> HashSet<u64> {
+pub(crate) fn request_ids(input: &[u8], limit: usize) -> HashSet<u64> {
     let mut codec = FrameCodec::new().max_frame_length(limit);
     let mut buf = BytesMut::from(input);
     let mut ids = HashSet::new();
@@ -252,7 +293,7 @@ fn request_ids(input: &[u8], limit: usize) -> HashSet<u64> {
 
 /// What the worker wrote: valid frames, of a worker's kinds, about the host's
 /// requests.
-fn check_output(output: &[u8], sent: &HashSet<u64>, clean: bool) {
+pub(crate) fn check_output(output: &[u8], sent: &HashSet<u64>, clean: bool) {
     let mut codec = FrameCodec::new();
     let mut buf = BytesMut::from(output);
     loop {
@@ -286,7 +327,7 @@ fn check_output(output: &[u8], sent: &HashSet<u64>, clean: bool) {
 /// catches them and answers with a status (`echo.panic` panics on purpose,
 /// and `echo.sum` overflows on sums that do); any other panic goes to the
 /// hook libFuzzer installed, which reports a crash.
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let fuzzer = std::panic::take_hook();
@@ -312,7 +353,7 @@ fn install_panic_hook() {
 /// credit it grants (see `fuzz/README.md`, the finding this target made);
 /// the bound here keeps each input fast and the harness's copy of the
 /// worker's output small.
-struct Guarded(EchoWorker);
+pub(crate) struct Guarded(pub(crate) EchoWorker);
 
 /// The largest status message `echo.fail` may build.
 const MAX_FAIL_MESSAGE: usize = 1 << 20;
@@ -693,7 +734,7 @@ impl Payload {
 /// between them (up to [`MAX_WAITS`] in all). A frame the encoder refuses
 /// (an empty or too long name, too long a frame) is left out, as a host
 /// could not send it either.
-fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
+pub(crate) fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
     let mut codec = FrameCodec::new().max_frame_length(limit);
     let mut steps = Vec::new();
     let mut out = BytesMut::new();

@@ -295,6 +295,17 @@ pub enum FrameError {
         /// The maximum frame length in force.
         max: usize,
     },
+    /// A frame announced a length above what a worker reads from a peer
+    /// that has not completed the handshake (the greeting's limit,
+    /// `ServeOptions::max_greeting_frame_length`). Nothing of that size was
+    /// allocated.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes before the handshake")]
+    GreetingTooLong {
+        /// The announced length.
+        len: usize,
+        /// The limit before the handshake.
+        max: usize,
+    },
     /// A frame too short to hold the fixed header.
     #[error("frame of {len} bytes is shorter than the 10-byte header")]
     TooShort {
@@ -1062,6 +1073,13 @@ mod tests {
                     max: 4096,
                 },
                 "frame of 5000 bytes exceeds the maximum frame length of 4096 bytes",
+            ),
+            (
+                FrameError::GreetingTooLong {
+                    len: 16_777_216,
+                    max: 4096,
+                },
+                "frame of 16777216 bytes exceeds the maximum of 4096 bytes before the handshake",
             ),
             (
                 FrameError::TooShort { len: 3 },

@@ -602,7 +602,8 @@ const LARGE_FRAME: usize = 16 * 1024;
 
 /// The least room reserved for a large frame that has not fully arrived
 /// (when the buffer lacks room for it, and the maximum frame length allows
-/// as much). Each decoded frame keeps the buffer it was read into (its
+/// as much), by a codec that reserves room at all: not one growing with
+/// arrivals, which reads peers that have not greeted. Each decoded frame keeps the buffer it was read into (its
 /// payload is not copied out), so a buffer that fits one frame exactly is
 /// never reused: the next frame needs a new allocation, and its first bytes
 /// a copy. With room for several, the frames that follow arrive in the same
@@ -633,6 +634,20 @@ const LARGE_READ: usize = 256 * 1024;
 #[derive(Clone, Debug)]
 pub struct FrameCodec {
     max_frame_length: usize,
+    room: Room,
+}
+
+/// How the decoder makes room for a frame that has not fully arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Room {
+    /// Room for the whole frame at once (and for [`LARGE_READ`] bytes if it
+    /// is large), so that it is read into place: for a peer that may send
+    /// frames up to the maximum anyway.
+    Frame,
+    /// None: the buffer grows only as its reader brings bytes in, so a
+    /// length prefix alone allocates nothing. For a peer that has not proved
+    /// who it is.
+    Arrived,
 }
 
 impl FrameCodec {
@@ -640,7 +655,16 @@ impl FrameCodec {
     pub fn new() -> FrameCodec {
         FrameCodec {
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            room: Room::Frame,
         }
+    }
+
+    /// This codec, reserving nothing ahead of the bytes that arrive: the
+    /// process driver reads a peer that has not greeted the worker with it.
+    #[cfg_attr(not(any(feature = "process", fuzzing)), allow(dead_code))]
+    pub(crate) fn growing_with_arrivals(mut self) -> FrameCodec {
+        self.room = Room::Arrived;
+        self
     }
 
     /// Sets the largest frame (in bytes after the length prefix) the codec
@@ -684,9 +708,11 @@ impl Decoder for FrameCodec {
             // grows. It is within the maximum frame length, checked above:
             // a peer that announces a large frame and sends nothing makes
             // us allocate at most that (or `LARGE_READ`, if the maximum
-            // allows it).
+            // allows it). A codec growing with arrivals reserves nothing:
+            // its peer has proved nothing, and what it announces is no
+            // reason to allocate.
             let need = 4 + len - src.len();
-            if src.capacity() - src.len() < need {
+            if self.room == Room::Frame && src.capacity() - src.len() < need {
                 let room = if len >= LARGE_FRAME {
                     need.max(LARGE_READ.min(4 + self.max_frame_length))
                 } else {
@@ -909,6 +935,39 @@ mod tests {
         let mut capped = head_of(20 * 1024);
         assert_eq!(limited.decode(&mut capped).unwrap(), None);
         assert!(capped.capacity() < 40 * 1024, "{}", capped.capacity());
+    }
+
+    #[test]
+    fn a_codec_growing_with_arrivals_reserves_nothing_ahead_of_the_bytes() {
+        let mut codec = FrameCodec::new().growing_with_arrivals();
+        for announced in [DEFAULT_MAX_FRAME_LENGTH, LARGE_READ, 64 * 1024, 1000] {
+            let mut buf = BytesMut::with_capacity(64);
+            buf.extend_from_slice(&u32::try_from(announced).unwrap().to_be_bytes());
+            buf.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            assert_eq!(codec.decode(&mut buf).unwrap(), None);
+            assert_eq!(buf.capacity(), 64, "announcing {announced} bytes");
+        }
+        // It decodes what arrives all the same, piece by piece.
+        let mut encoded = BytesMut::new();
+        let payload = Bytes::from(vec![7; 100 * 1024]);
+        let frame = Frame::Response { id: 1, payload };
+        FrameCodec::new()
+            .encode(frame.clone(), &mut encoded)
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let mut pieces = encoded.chunks(1000);
+        let decoded = loop {
+            if let Some(frame) = codec.decode(&mut buf).unwrap() {
+                break frame;
+            }
+            buf.extend_from_slice(pieces.next().expect("a frame before the end"));
+            assert!(
+                buf.capacity() <= 2 * buf.len().max(1000),
+                "{}",
+                buf.capacity()
+            );
+        };
+        assert_eq!(decoded, frame);
     }
 
     /// Read as a socket delivers it, in pieces into the room the decoder

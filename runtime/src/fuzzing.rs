@@ -7,19 +7,70 @@
 //!
 //! Each function runs the code the real handshake runs, not a copy of it:
 //! [`worker_reads_hello`] the worker's check of a greeting
-//! (`control::check_hello`, which `ConnectionControl::hello` calls), and
+//! (`control::check_hello`, which `ConnectionControl::hello` calls),
 //! [`host_reads_welcome`] the host's reading of the answer
-//! (`control::read_welcome`, which `ProcessWorker::handshake` calls).
+//! (`control::read_welcome`, which `ProcessWorker::handshake` calls),
+//! [`serve_named_peer`] what a worker's accept loop runs for each connection
+//! to its named socket (the greeting's frame limit and timeout, then the serve
+//! loop), and [`greeting_codec`] the decoder of a peer that has not greeted.
 
 #[cfg(feature = "process")]
 use bytes::Bytes;
 #[cfg(feature = "process")]
 use prost::Message;
+#[cfg(feature = "process")]
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::FrameCodec;
 #[cfg(feature = "process")]
 use crate::control::{self, Hello};
 #[cfg(feature = "process")]
-use crate::{Secret, ServiceSchema, Status};
+use crate::{Dispatch, FrameError, Secret, ServeOptions, ServiceSchema, Status};
+
+/// The decoder a process worker reads a peer with until its greeting
+/// succeeds: frames of at most `max` bytes, and no room reserved ahead of
+/// the bytes that arrive (the buffer grows only as its reader brings them
+/// in).
+pub fn greeting_codec(max: usize) -> FrameCodec {
+    FrameCodec::new()
+        .max_frame_length(max)
+        .growing_with_arrivals()
+}
+
+/// How a connection served by [`serve_named_peer`] ended.
+#[cfg(feature = "process")]
+#[derive(Debug)]
+pub enum PeerEnd {
+    /// The peer closed its end.
+    Closed,
+    /// The peer asked for a shutdown, and every call was answered.
+    Shutdown,
+    /// The serve loop ended with an error: a frame it refused, a peer whose
+    /// greeting it refused, a frame over the greeting's limit...
+    Error(FrameError),
+    /// The worker closed the connection because the peer had not greeted in
+    /// time; the reason, as the worker logs it.
+    Ungreeted(String),
+}
+
+/// Serves `io` as a process worker whose secret is `secret` serves a peer of
+/// its named socket, under `options` (among them the greeting's frame limit
+/// and timeout): the code its accept loop runs for each connection, a
+/// transport over `io` included. A `$workerbus.detach` is refused: no socket
+/// is made.
+#[cfg(feature = "process")]
+pub async fn serve_named_peer<S, T>(
+    io: T,
+    service: S,
+    options: ServeOptions,
+    secret: Secret,
+) -> PeerEnd
+where
+    S: Dispatch,
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    crate::driver::process::serve_fuzzed_peer(io, service, options, secret).await
+}
 
 /// The worker's handling of `payload` as the body of a `$workerbus.hello`
 /// request: decodes the host's `Hello` as the serve loop does, then checks it

@@ -103,8 +103,9 @@ pub use self::middleware::{
 pub use self::name::MethodName;
 pub use self::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use self::server::{
-    Call, CallStreams, Context, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUED_CALLS, Dispatch,
-    EventSink, Incoming, ServeOptions, StreamSender, serve_transport,
+    Call, CallStreams, Context, DEFAULT_GREETING_TIMEOUT, DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_GREETING_FRAME_LENGTH, DEFAULT_MAX_QUEUED_CALLS, DEFAULT_MAX_UNGREETED_CONNECTIONS,
+    Dispatch, EventSink, Incoming, ServeOptions, StreamSender, serve_transport,
 };
 #[cfg(feature = "process")]
 pub use self::startup::{STARTUP_ENV, StartupData, startup_data};

@@ -644,13 +644,48 @@ pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
 /// The default cap on calls waiting for a free slot.
 pub const DEFAULT_MAX_QUEUED_CALLS: usize = 1024;
 
+/// The default limit on the frames a process worker reads from a peer that
+/// has not completed the handshake: 4 KiB, room for any greeting (a host's
+/// is about 100 bytes).
+pub const DEFAULT_MAX_GREETING_FRAME_LENGTH: usize = 4 * 1024;
+
+/// The default time a peer of a process worker's named socket has to
+/// complete the handshake before the worker closes its connection.
+pub const DEFAULT_GREETING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default number of connections to a process worker's named socket
+/// that may wait, at once, to complete the handshake.
+pub const DEFAULT_MAX_UNGREETED_CONNECTIONS: usize = 64;
+
 /// Options of a worker's serve loop.
+///
+/// Besides the serve loop's own limits, a process worker applies three to
+/// peers that have not yet completed the handshake (proved that they know
+/// the worker's secret): the largest frame it reads from them, and, on its
+/// named socket, how long and how many of them may wait.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use workerbus::{Dispatch, ServeOptions};
+///
+/// async fn worker_main(server: impl Dispatch) -> Result<(), workerbus::Error> {
+///     let options = ServeOptions::new()
+///         .max_concurrent_calls(64)
+///         .max_greeting_frame_length(1024)
+///         .greeting_timeout(Duration::from_secs(2))
+///         .max_ungreeted_connections(16);
+///     workerbus::serve_with_options(server, options).await
+/// }
+/// ```
 #[derive(Clone)]
 pub struct ServeOptions {
     max_concurrent_calls: usize,
     max_queued_calls: usize,
     max_frame_length: usize,
     window: Window,
+    max_greeting_frame_length: usize,
+    greeting_timeout: Duration,
+    max_ungreeted_connections: usize,
     middleware: Chain<dyn DynServerMiddleware>,
     /// The driver serving, as middleware sees it.
     driver: &'static str,
@@ -663,6 +698,9 @@ impl fmt::Debug for ServeOptions {
             .field("max_queued_calls", &self.max_queued_calls)
             .field("max_frame_length", &self.max_frame_length)
             .field("window", &self.window)
+            .field("max_greeting_frame_length", &self.max_greeting_frame_length)
+            .field("greeting_timeout", &self.greeting_timeout)
+            .field("max_ungreeted_connections", &self.max_ungreeted_connections)
             .field(
                 "middleware",
                 &self.middleware.as_ref().map_or(0, |chain| chain.len()),
@@ -673,8 +711,11 @@ impl fmt::Debug for ServeOptions {
 
 impl ServeOptions {
     /// The defaults: [1024](DEFAULT_MAX_CONCURRENT_CALLS) concurrent calls,
-    /// [1024](DEFAULT_MAX_QUEUED_CALLS) waiting, and a
-    /// [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame length.
+    /// [1024](DEFAULT_MAX_QUEUED_CALLS) waiting, a
+    /// [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame length; before the
+    /// handshake, frames of at most [4 KiB](DEFAULT_MAX_GREETING_FRAME_LENGTH),
+    /// [10 s](DEFAULT_GREETING_TIMEOUT) to greet and
+    /// [64](DEFAULT_MAX_UNGREETED_CONNECTIONS) connections waiting to.
     pub fn new() -> ServeOptions {
         ServeOptions::default()
     }
@@ -715,12 +756,62 @@ impl ServeOptions {
         self.window = window;
         self
     }
+
+    /// The largest frame a process worker reads from a peer that has not
+    /// completed the handshake (at least
+    /// [`MIN_FRAME_LENGTH`](crate::MIN_FRAME_LENGTH), at most the
+    /// [maximum frame length](ServeOptions::max_frame_length)). Such a peer
+    /// may send nothing but its greeting, and until it has been accepted the
+    /// worker reserves no memory ahead of the bytes that arrive: a peer that
+    /// has not proved it knows the secret cannot make the worker allocate
+    /// what it announces. A longer frame closes the connection with
+    /// [`FrameError::GreetingTooLong`].
+    #[must_use]
+    pub fn max_greeting_frame_length(mut self, max: usize) -> ServeOptions {
+        self.max_greeting_frame_length = max.max(MIN_FRAME_LENGTH);
+        self
+    }
+
+    /// How long a peer of a process worker's named socket has, from the
+    /// moment the worker accepts its connection, to complete the handshake;
+    /// the worker then closes a connection that has not. (The host that
+    /// started the worker, on the socket it was born with, has no such
+    /// limit.)
+    #[must_use]
+    pub fn greeting_timeout(mut self, timeout: Duration) -> ServeOptions {
+        self.greeting_timeout = timeout;
+        self
+    }
+
+    /// How many connections to a process worker's named socket may wait to
+    /// complete the handshake at once (at least 1). A connection beyond that
+    /// closes the oldest that waits, so that peers holding connections open
+    /// without greeting cannot keep a host out: a host greets as soon as it
+    /// connects.
+    #[must_use]
+    pub fn max_ungreeted_connections(mut self, max: usize) -> ServeOptions {
+        self.max_ungreeted_connections = max.max(1);
+        self
+    }
 }
 
+#[cfg(feature = "process")]
 impl ServeOptions {
-    #[cfg(feature = "process")]
     pub(crate) fn max_frame_length_value(&self) -> usize {
         self.max_frame_length
+    }
+
+    /// The largest frame read from a peer before its greeting is accepted.
+    pub(crate) fn greeting_frame_length_value(&self) -> usize {
+        self.max_greeting_frame_length.min(self.max_frame_length)
+    }
+
+    pub(crate) fn greeting_timeout_value(&self) -> Duration {
+        self.greeting_timeout
+    }
+
+    pub(crate) fn max_ungreeted_connections_value(&self) -> usize {
+        self.max_ungreeted_connections
     }
 }
 
@@ -747,6 +838,9 @@ impl Default for ServeOptions {
             max_queued_calls: DEFAULT_MAX_QUEUED_CALLS,
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
             window: Window::DEFAULT,
+            max_greeting_frame_length: DEFAULT_MAX_GREETING_FRAME_LENGTH,
+            greeting_timeout: DEFAULT_GREETING_TIMEOUT,
+            max_ungreeted_connections: DEFAULT_MAX_UNGREETED_CONNECTIONS,
             middleware: None,
             driver: "transport",
         }

@@ -49,6 +49,15 @@ async fn main() {
     if args.iter().any(|arg| arg == "--logging") {
         options = options.middleware(workerbus::Logging::new());
     }
+    for arg in &args {
+        if let Some(ms) = arg.strip_prefix("--greeting-timeout-ms=") {
+            let ms = ms.parse().expect("milliseconds");
+            options = options.greeting_timeout(Duration::from_millis(ms));
+        }
+        if let Some(max) = arg.strip_prefix("--max-ungreeted-connections=") {
+            options = options.max_ungreeted_connections(max.parse().expect("a number"));
+        }
+    }
     let server = EchoServer::new(EchoWorker::in_process());
     let served = workerbus::serve_with_options(server, options).await;
     if close_on_signal {

@@ -13,6 +13,7 @@
 //! only for a worker that is detached or disconnected, in a private
 //! directory, and serves only peers of the same user that know the secret.
 
+mod admission;
 mod socket;
 mod sys;
 mod worker;
@@ -35,6 +36,8 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+#[cfg(fuzzing)]
+pub(crate) use self::worker::serve_fuzzed_peer;
 pub use self::worker::{serve, serve_with_options};
 use super::{Spawn, Worker};
 use crate::backoff::Backoff;

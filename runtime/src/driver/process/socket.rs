@@ -5,12 +5,15 @@
 //! write buffer. Here small frames are coalesced into one buffer, as there,
 //! while a payload of [`VECTORED_MIN`] bytes or more is queued as it is (a
 //! `Bytes` shares the message's buffer) and written with the frames around
-//! it in one vectored write. Reading is `FrameCodec`'s.
+//! it in one vectored write. Reading is `FrameCodec`'s; until a worker has
+//! accepted its peer's greeting, with the greeting's small limit and no
+//! memory reserved ahead of the bytes that arrive.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,6 +22,7 @@ use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Decoder;
 
+use super::admission::Greeting;
 use super::sys;
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameCodec};
@@ -48,11 +52,19 @@ const MAX_SLICES: usize = 64;
 /// What a read asks the socket for when the buffer has no room.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// What a read asks for when the buffer has no room, before the peer's
+/// greeting is accepted: room for a host's whole greeting (about 100 bytes).
+/// The buffer doubles as it fills, so it holds at most about twice what the
+/// peer sent.
+const GREETING_READ: usize = 256;
+
 /// Frames over a byte stream (a Unix socket in the process driver).
 #[derive(Debug)]
 pub(crate) struct SocketTransport<T> {
     io: T,
     codec: FrameCodec,
+    /// How the peer is read until its greeting is accepted, if it must greet.
+    before_greeting: Option<BeforeGreeting>,
     read: BytesMut,
     eof: bool,
     /// Encoded frames not yet written, in order.
@@ -83,11 +95,20 @@ impl SocketTransport<tokio::net::UnixStream> {
     }
 }
 
+/// How a worker reads a peer that has not greeted it.
+#[derive(Debug)]
+struct BeforeGreeting {
+    /// The greeting's limit; nothing reserved ahead of the bytes.
+    codec: FrameCodec,
+    greeting: Arc<Greeting>,
+}
+
 impl<T> SocketTransport<T> {
     pub(crate) fn new(io: T, codec: FrameCodec) -> SocketTransport<T> {
         SocketTransport {
             io,
             codec,
+            before_greeting: None,
             read: BytesMut::new(),
             eof: false,
             queue: VecDeque::new(),
@@ -116,6 +137,19 @@ impl<T> SocketTransport<T> {
         }
     }
 
+    /// This transport, reading frames of at most `max` bytes, with no
+    /// memory reserved ahead of the bytes that arrive, until `greeting` is
+    /// done; then as its codec says.
+    pub(crate) fn until_greeted(mut self, max: usize, greeting: Arc<Greeting>) -> Self {
+        self.before_greeting = Some(BeforeGreeting {
+            codec: FrameCodec::new()
+                .max_frame_length(max)
+                .growing_with_arrivals(),
+            greeting,
+        });
+        self
+    }
+
     fn seal_small(&mut self) {
         if !self.small.is_empty() {
             self.queue.push_back(self.small.split().freeze());
@@ -128,20 +162,41 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // The serve loop accepts a greeting between two frames: the frame
+        // after it is read as a greeted peer's.
+        if this
+            .before_greeting
+            .as_ref()
+            .is_some_and(|before| before.greeting.is_done())
+        {
+            this.before_greeting = None;
+            // From here the peer is read as any greeted one, from a buffer
+            // with the room a greeted connection's first read has.
+            if this.read.capacity() - this.read.len() < READ_CHUNK {
+                this.read.reserve(READ_CHUNK);
+            }
+        }
         loop {
+            let (codec, chunk) = match &mut this.before_greeting {
+                Some(before) => (&mut before.codec, GREETING_READ),
+                None => (&mut this.codec, READ_CHUNK),
+            };
             let decoded = if this.eof {
-                this.codec.decode_eof(&mut this.read)
+                codec.decode_eof(&mut this.read)
             } else {
-                this.codec.decode(&mut this.read)
+                codec.decode(&mut this.read)
             };
             match decoded {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) if this.eof => return Poll::Ready(None),
                 Ok(None) => {}
+                Err(FrameError::TooLong { len, max }) if this.before_greeting.is_some() => {
+                    return Poll::Ready(Some(Err(FrameError::GreetingTooLong { len, max })));
+                }
                 Err(error) => return Poll::Ready(Some(Err(error))),
             }
             if this.read.capacity() == this.read.len() {
-                this.read.reserve(READ_CHUNK);
+                this.read.reserve(chunk);
             }
             let read = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut this.io),
@@ -237,6 +292,8 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
 mod tests {
     use super::*;
 
+    use tokio_util::codec::Encoder;
+
     use std::time::Duration;
 
     /// Sends `frames` one way through a socket pair and returns what arrives.
@@ -321,6 +378,104 @@ mod tests {
         if cap > default {
             assert!(granted > default, "granted {granted}, the default");
         }
+    }
+
+    /// Polls `transport` once for a frame.
+    fn poll_frame<T: AsyncRead + Unpin>(
+        transport: &mut SocketTransport<T>,
+    ) -> Poll<Option<Result<Frame, FrameError>>> {
+        let waker = std::task::Waker::noop();
+        Pin::new(transport).poll_next(&mut Context::from_waker(waker))
+    }
+
+    #[tokio::test]
+    async fn before_the_greeting_a_frame_over_its_limit_is_refused_unread() {
+        use tokio::io::AsyncWriteExt;
+        let (mut host, worker) = tokio::net::UnixStream::pair().unwrap();
+        let greeting = Greeting::inherited();
+        let mut worker =
+            SocketTransport::new(worker, FrameCodec::new()).until_greeted(4096, greeting);
+        // 16 MiB announced (the full maximum): refused on its prefix.
+        host.write_all(&(16u32 << 20).to_be_bytes()).await.unwrap();
+        worker.io.readable().await.unwrap();
+        let Poll::Ready(Some(Err(error))) = poll_frame(&mut worker) else {
+            panic!("a frame over the greeting's limit was not refused on its prefix");
+        };
+        assert!(
+            matches!(error, FrameError::GreetingTooLong { len, max: 4096 } if len == 16 << 20),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "frame of 16777216 bytes exceeds the maximum of 4096 bytes before the handshake"
+        );
+        assert!(
+            worker.read.capacity() <= GREETING_READ,
+            "{}",
+            worker.read.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn before_the_greeting_the_buffer_grows_only_with_what_arrives() {
+        use tokio::io::AsyncWriteExt;
+        let (mut host, worker) = tokio::net::UnixStream::pair().unwrap();
+        let greeting = Greeting::inherited();
+        let mut worker = SocketTransport::new(worker, FrameCodec::new())
+            .until_greeted(4096, Arc::clone(&greeting));
+        // A frame of 4,000 bytes announced, 100 sent.
+        let mut partial = 4000u32.to_be_bytes().to_vec();
+        partial.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        partial.resize(104, 7);
+        host.write_all(&partial).await.unwrap();
+        host.flush().await.unwrap();
+        worker.io.readable().await.unwrap();
+        assert!(poll_frame(&mut worker).is_pending());
+        assert_eq!(worker.read.len(), 104);
+        assert!(
+            worker.read.capacity() <= GREETING_READ,
+            "{}",
+            worker.read.capacity()
+        );
+
+        // Greeted, the peer is read as the codec says: the rest of that
+        // frame, then a frame of 1 MiB. Its reads have a greeted
+        // connection's room: a buffer left at the greeting's size would stay
+        // that small, reused for each partial frame, with a read per few
+        // frames.
+        greeting.done();
+        assert!(poll_frame(&mut worker).is_pending());
+        assert!(
+            worker.read.capacity() - worker.read.len() >= READ_CHUNK,
+            "{}",
+            worker.read.capacity()
+        );
+        let mut rest = vec![7; 3900];
+        let mut encoded = BytesMut::new();
+        FrameCodec::new()
+            .encode(
+                Frame::Response {
+                    id: 2,
+                    payload: Bytes::from(vec![9; 1 << 20]),
+                },
+                &mut encoded,
+            )
+            .unwrap();
+        rest.extend_from_slice(&encoded);
+        let write = async move { host.write_all(&rest).await.unwrap() };
+        let read = async {
+            let mut frames = Vec::new();
+            for _ in 0..2 {
+                let frame = std::future::poll_fn(|cx| Pin::new(&mut worker).poll_next(cx));
+                frames.push(frame.await.unwrap().unwrap());
+            }
+            frames
+        };
+        let ((), frames) = tokio::join!(write, read);
+        assert!(matches!(&frames[0], Frame::Response { id: 1, payload } if payload.len() == 3990));
+        assert!(
+            matches!(&frames[1], Frame::Response { id: 2, payload } if payload.len() == 1 << 20)
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,11 @@
 //! first peer to greet it on that inherited socket sets the secret (only the
 //! host that spawned it holds the other end); after a `$workerbus.detach` it
 //! also listens on a named socket in a private directory, where a peer must
-//! run under the same user and present the same secret.
+//! run under the same user and present the same secret. Until a peer has
+//! greeted, its frames are held to the greeting's small limit, and on the
+//! named socket it must greet in time and in a bounded line (`admission`).
+//! Accepting pauses, with a growing delay, while the process is out of
+//! descriptors or memory.
 //!
 //! A worker stops when its host asks it to (`SHUTDOWN`) or, unless detached,
 //! when its host goes away: the serve loop sees the end of the connection,
@@ -20,14 +24,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::socket::SocketTransport;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
+use super::admission::{Admission, Greeting, Ungreeted, accept_pause};
 use super::sys;
 use crate::control::{
     Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome, check_hello,
 };
-use crate::error::{Error, Status};
+use crate::error::{Error, FrameError, Status};
 use crate::frame::FrameCodec;
 use crate::server::{Control, Dispatch, Ending, ServeOptions, serve_connection};
 use crate::startup::StartupData;
@@ -102,13 +108,18 @@ pub async fn serve_with_options<S: Dispatch>(
     *lock(&shared.accept) = Some(accept_loop(Arc::clone(&service), Arc::clone(&shared)));
     spawn_watchdog(watched, Arc::clone(&shared));
 
-    let codec = FrameCodec::new().max_frame_length(options.max_frame_length_value());
+    let greeting = Greeting::inherited();
     let control = ConnectionControl {
         shared: Arc::clone(&shared),
         inherited: true,
+        greeting: Arc::clone(&greeting),
     };
     let first = serve_connection(
-        SocketTransport::unix(socket, codec),
+        transport(
+            SocketTransport::unix(socket, codec(&options)),
+            &options,
+            greeting,
+        ),
         service,
         &options,
         Some(&control),
@@ -144,6 +155,21 @@ fn worker_error(reason: String, source: Option<io::Error>) -> Error {
     Error::Worker { reason, source }
 }
 
+/// The codec of a connection to the worker once its peer has greeted.
+fn codec(options: &ServeOptions) -> FrameCodec {
+    FrameCodec::new().max_frame_length(options.max_frame_length_value())
+}
+
+/// A connection's transport in the worker: read with the greeting's limit,
+/// and no room reserved ahead of what arrives, until `greeting` is done.
+fn transport<T>(
+    transport: SocketTransport<T>,
+    options: &ServeOptions,
+    greeting: Arc<Greeting>,
+) -> SocketTransport<T> {
+    transport.until_greeted(options.greeting_frame_length_value(), greeting)
+}
+
 type AcceptLoop = Box<dyn Fn(UnixListener) + Send + Sync>;
 
 struct WorkerShared {
@@ -172,6 +198,8 @@ struct ConnectionControl {
     shared: Arc<WorkerShared>,
     /// The socket the host gave at birth, as opposed to the named socket.
     inherited: bool,
+    /// Where the connection stands with its greeting.
+    greeting: Arc<Greeting>,
 }
 
 impl Control for ConnectionControl {
@@ -181,6 +209,7 @@ impl Control for ConnectionControl {
 
     fn hello(&self, hello: Hello) -> Result<Welcome, Status> {
         check_hello(&hello, &mut lock(&self.shared.secret), self.inherited)?;
+        self.greeting.done();
         Ok(Welcome {
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),
@@ -199,15 +228,21 @@ impl Control for ConnectionControl {
     fn detach(&self) -> Result<Detached, Status> {
         let mut address = lock(&self.shared.address);
         if address.is_none() {
+            // Without an accept loop (a peer served for the fuzz targets),
+            // no socket is made.
+            let accept = lock(&self.shared.accept);
+            let Some(start) = accept.as_ref() else {
+                return Err(Status::unavailable(
+                    "this worker cannot serve a named socket".to_owned(),
+                ));
+            };
             let (path, listener) = listen(&self.shared.name).map_err(|error| {
                 Status::unavailable(format!("cannot listen on a named socket: {error}"))
             })?;
             let listener = UnixListener::from_std(listener).map_err(|error| {
                 Status::unavailable(format!("cannot listen on a named socket: {error}"))
             })?;
-            if let Some(start) = lock(&self.shared.accept).as_ref() {
-                start(listener);
-            }
+            start(listener);
             *address = Some(path);
         }
         self.shared.detached.store(true, Ordering::SeqCst);
@@ -221,18 +256,47 @@ impl Control for ConnectionControl {
 }
 
 /// Serves each peer of the named socket that runs as our user; the peer
-/// must still pass the handshake with the secret.
+/// must still pass the handshake with the secret, in time and before newer
+/// connections push it out (`admission`). While accepting fails (out of
+/// descriptors or memory), it pauses (`admission::ACCEPT_BACKOFF`) rather
+/// than spin.
 fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> AcceptLoop {
     Box::new(move |listener: UnixListener| {
         let service = Arc::clone(&service);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let uid = sys::user_id();
+            let admission = Admission::new(
+                shared.options.max_ungreeted_connections_value(),
+                shared.options.greeting_timeout_value(),
+            );
+            let mut failures = 0;
+            let yield_every = (shared.options.max_ungreeted_connections_value() / 2).max(1);
+            let mut admitted = 0;
             loop {
                 let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => {
+                        if failures > 0 {
+                            tracing::info!(
+                                failures,
+                                "accepting on the worker's named socket again"
+                            );
+                            failures = 0;
+                        }
+                        stream
+                    }
                     Err(error) => {
-                        tracing::warn!(%error, "accepting on the worker's named socket failed");
+                        let Some(pause) = accept_pause(&error, failures + 1) else {
+                            tracing::debug!(%error, "a connection to the worker's named socket failed before it was accepted");
+                            continue;
+                        };
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(%error, ?pause, "accepting on the worker's named socket failed (out of descriptors or memory?); pausing");
+                        } else {
+                            tracing::debug!(%error, ?pause, failures, "accepting on the worker's named socket failed again");
+                        }
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
                 };
@@ -250,33 +314,126 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
                         continue;
                     }
                 }
-                let service = Arc::clone(&service);
+                let greeting = admission.admit();
+                let transport = SocketTransport::unix(stream, codec(&shared.options));
+                let served = serve_peer(
+                    transport,
+                    Arc::clone(&service),
+                    Arc::clone(&shared),
+                    greeting,
+                );
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    let codec =
-                        FrameCodec::new().max_frame_length(shared.options.max_frame_length_value());
-                    let control = ConnectionControl {
-                        shared: Arc::clone(&shared),
-                        inherited: false,
-                    };
-                    let ending = serve_connection(
-                        SocketTransport::unix(stream, codec),
-                        service,
-                        &shared.options,
-                        Some(&control),
-                    )
-                    .await;
-                    match ending {
+                    match served.await {
                         Ok(Ending::Shutdown) => shared.shutdown.notify_one(),
                         Ok(Ending::Closed) => {}
-                        Err(error) => {
+                        Err(PeerError::Ungreeted(why @ Ungreeted::TimedOut(_))) => {
+                            tracing::warn!(%why, "closed a connection to the worker's named socket");
+                        }
+                        Err(PeerError::Ungreeted(why)) => {
+                            tracing::debug!(%why, "closed a connection to the worker's named socket");
+                        }
+                        Err(PeerError::Frame(error)) => {
                             tracing::warn!(%error, "a connection to the worker's named socket ended")
                         }
                     }
                 });
+                // Let the connections admitted read their greetings, which a
+                // host sends as it connects, before enough newer ones come to
+                // push them out of the line: the accept loop yields after half
+                // a line of them (while connections keep coming; else it
+                // waits for the next anyway).
+                admitted += 1;
+                if admitted >= yield_every {
+                    admitted = 0;
+                    tokio::task::yield_now().await;
+                }
             }
         });
     })
+}
+
+/// Why a connection to the named socket ended, other than as asked.
+#[derive(Debug)]
+enum PeerError {
+    /// The serve loop ended with an error.
+    Frame(FrameError),
+    /// The worker closed it: its peer had not greeted in time, or newer
+    /// connections pushed it out of the line.
+    Ungreeted(Ungreeted),
+}
+
+/// Serves one peer of the named socket, which must greet before
+/// `greeting` says it is unwelcome.
+async fn serve_peer<S, T>(
+    socket: SocketTransport<T>,
+    service: Arc<S>,
+    shared: Arc<WorkerShared>,
+    greeting: Arc<Greeting>,
+) -> Result<Ending, PeerError>
+where
+    S: Dispatch,
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let control = ConnectionControl {
+        shared: Arc::clone(&shared),
+        inherited: false,
+        greeting: Arc::clone(&greeting),
+    };
+    let transport = transport(socket, &shared.options, Arc::clone(&greeting));
+    let serve = serve_connection(transport, service, &shared.options, Some(&control));
+    tokio::select! {
+        // The serve loop first: it is where a greeting is accepted.
+        biased;
+        ending = serve => ending.map_err(PeerError::Frame),
+        why = greeting.unwelcome() => Err(PeerError::Ungreeted(why)),
+    }
+}
+
+/// Serves `io` as a worker whose secret is `secret` serves a peer of its
+/// named socket, with `options`' limits on a peer that has not greeted: the
+/// code the accept loop runs for each connection, for the fuzz targets
+/// (`workerbus::fuzzing::serve_named_peer`). A detach is refused: there is
+/// no accept loop, and no socket is made.
+#[cfg(fuzzing)]
+pub(crate) async fn serve_fuzzed_peer<S, T>(
+    io: T,
+    service: S,
+    options: ServeOptions,
+    secret: Secret,
+) -> crate::fuzzing::PeerEnd
+where
+    S: Dispatch,
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    use crate::fuzzing::PeerEnd;
+    let options = options.driver("process");
+    let shared = Arc::new(WorkerShared {
+        name: "fuzzed".into(),
+        services: service
+            .schemas()
+            .into_iter()
+            .map(ServiceInfo::from)
+            .collect(),
+        options: options.clone(),
+        secret: Mutex::new(Some(secret)),
+        detached: AtomicBool::new(true),
+        serving: AtomicBool::new(true),
+        address: Mutex::new(None),
+        shutdown: Notify::new(),
+        accept: Mutex::new(None),
+    });
+    let admission = Admission::new(
+        options.max_ungreeted_connections_value(),
+        options.greeting_timeout_value(),
+    );
+    let socket = SocketTransport::new(io, codec(&options));
+    match serve_peer(socket, Arc::new(service), shared, admission.admit()).await {
+        Ok(Ending::Closed) => PeerEnd::Closed,
+        Ok(Ending::Shutdown) => PeerEnd::Shutdown,
+        Err(PeerError::Frame(error)) => PeerEnd::Error(error),
+        Err(PeerError::Ungreeted(why)) => PeerEnd::Ungreeted(why.to_string()),
+    }
 }
 
 /// Binds a socket only our user can reach, with mode 0600, in a directory of
