@@ -1,6 +1,7 @@
 //! Helpers the integration tests share: killing a worker process outright
 //! (now, or when a test ends however it ends), waiting for a supervisor's
-//! event, and connecting to a detached worker as a host would.
+//! event, connecting to a detached worker as a host would, and running a
+//! program short of file descriptors.
 
 use std::process::Command;
 use std::time::Duration;
@@ -19,6 +20,27 @@ pub fn sigkill(pid: u32) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -KILL {pid} failed");
+}
+
+/// Runs `program` with `args` under a limit of 64 open files (`ulimit -n`,
+/// in a shell that then becomes the program), failing the test if it
+/// fails: what it printed on stdout, trimmed.
+pub fn with_few_files(program: &str, args: &[&str]) -> String {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" "$@""#)
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("run sh");
+    let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed ({}): {said} {stderr}",
+        output.status
+    );
+    said
 }
 
 /// Kills a detached worker when dropped, so that a failing test leaves no

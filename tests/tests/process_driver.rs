@@ -20,7 +20,7 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, CountRequest, EchoClient, EchoEvents, EchoRequest, ExitRequest, SleepRequest,
     SleepState,
 };
-use workerbus_tests::support::{KillOnDrop, secret_bytes, sigkill};
+use workerbus_tests::support::{KillOnDrop, secret_bytes, sigkill, with_few_files};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -136,7 +136,8 @@ async fn a_missing_program_is_a_spawn_error_naming_the_path() {
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "failed to spawn worker /nonexistent/echo-worker: the program does not exist"
+        "failed to spawn worker /nonexistent/echo-worker: the program does not exist: \
+         No such file or directory (os error 2)"
     );
 }
 
@@ -150,11 +151,25 @@ async fn a_program_that_is_not_executable_is_a_spawn_error_naming_the_path() {
     assert_eq!(
         error.to_string(),
         format!(
-            "failed to spawn worker {}: the program is not executable (permission denied)",
+            "failed to spawn worker {}: the program is not executable: \
+             Permission denied (os error 13)",
             path.display()
         )
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_spawn_short_of_file_descriptors_is_a_spawn_error_naming_the_os_error() {
+    // In a process of its own, which holds every descriptor it may open.
+    let said = with_few_files(env!("CARGO_BIN_EXE_fd-starved"), &["process", ECHO_WORKER]);
+    assert_eq!(
+        said,
+        format!(
+            "failed to spawn worker {ECHO_WORKER}: cannot create a socket pair: \
+             Too many open files (os error 24)"
+        )
+    );
 }
 
 #[tokio::test]

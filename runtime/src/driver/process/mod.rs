@@ -275,9 +275,7 @@ impl ProcessDriver {
         let mut child = command.spawn().map_err(|error| {
             let reason = match error.kind() {
                 io::ErrorKind::NotFound => "the program does not exist".to_owned(),
-                io::ErrorKind::PermissionDenied => {
-                    "the program is not executable (permission denied)".to_owned()
-                }
+                io::ErrorKind::PermissionDenied => "the program is not executable".to_owned(),
                 _ => "the program could not be started".to_owned(),
             };
             spawn_error(reason, Some(error))
