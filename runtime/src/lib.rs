@@ -65,6 +65,7 @@ mod schema;
 mod server;
 #[cfg(feature = "process")]
 mod startup;
+mod stderr;
 mod supervisor;
 mod trace;
 mod transport;

@@ -20,7 +20,7 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, CountRequest, EchoClient, EchoEvents, EchoRequest, ExitRequest, SleepRequest,
     SleepState,
 };
-use workerbus_tests::support::{KillOnDrop, secret_bytes, sigkill, with_few_files};
+use workerbus_tests::support::{KillOnDrop, fill_pipe, secret_bytes, sigkill, with_few_files};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -362,57 +362,114 @@ async fn dropping_every_handle_ends_the_worker_and_reaps_it() {
     );
 }
 
+/// Where an orphaned worker's stderr goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum OrphanStderr {
+    /// The host's, which this test reads to its end.
+    Inherited,
+    /// Copied by the host to its own (the driver's default): once the host
+    /// is killed, a write to it fails.
+    Forwarded,
+    /// Forwarded, with the frame log on (`WORKERBUS_LOG=1`) in both.
+    ForwardedAndLogged,
+    /// The host's, a pipe this test fills and then never reads: a write to
+    /// it waits for good.
+    Unread,
+}
+
 /// Runs orphan-host, waits until its worker is up (and, if `busy`, wedged
 /// in a blocking handler), SIGKILLs the host, and returns how long the
-/// worker took to notice: its stderr (inherited from the host) reaches end
-/// of file only when the worker has exited.
-fn orphan_worker_lifetime(busy: bool) -> Duration {
-    let mut host = Command::new(env!("CARGO_BIN_EXE_orphan-host"))
+/// worker took to notice: the worker shares the host's stdout, which
+/// reaches end of file only when the worker has exited too.
+fn orphan_worker_lifetime(busy: bool, stderr: OrphanStderr) -> Duration {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orphan-host"));
+    command
         .arg(ECHO_WORKER)
         .args(busy.then_some("--busy"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start orphan-host");
+        .stdout(std::process::Stdio::piped());
+    if stderr != OrphanStderr::Inherited && stderr != OrphanStderr::Unread {
+        command.arg("--stderr=forward");
+    }
+    if stderr == OrphanStderr::ForwardedAndLogged {
+        command.env(workerbus::LOG_ENV, "1");
+    }
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    let filler = writer.try_clone().expect("dup the pipe's end");
+    command.stderr(writer);
+    let mut host = command.spawn().expect("start orphan-host");
+    drop(command);
     let mut pid = String::new();
-    BufReader::new(host.stdout.take().unwrap())
-        .read_line(&mut pid)
-        .unwrap();
+    let mut stdout = BufReader::new(host.stdout.take().unwrap());
+    stdout.read_line(&mut pid).unwrap();
     let worker_pid: u32 = pid.trim().parse().expect("the worker's pid");
-    let mut stderr = BufReader::new(host.stderr.take().unwrap());
+    let guard = KillOnDrop(worker_pid);
+    let mut stderr_lines = BufReader::new(reader);
     if busy {
         let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        assert!(line.contains("blocks its thread"), "{line:?}");
+        while !line.contains("blocks its thread") {
+            line.clear();
+            let read = stderr_lines.read_line(&mut line).unwrap();
+            assert!(
+                read > 0,
+                "the host's stderr ended before the worker was busy"
+            );
+        }
     }
+    if stderr == OrphanStderr::Unread {
+        // Only the wedged handler's thread has written, and it sleeps.
+        fill_pipe(&filler);
+    }
+    drop(filler);
     sigkill(host.id());
     host.wait().unwrap();
     let killed = Instant::now();
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        let _ = done.send(rest);
+        let _ = stdout.read_to_string(&mut rest);
+        let _ = done.send(killed.elapsed());
     });
-    let rest = finished
+    let lifetime = finished
         .recv_timeout(Duration::from_secs(20))
         .unwrap_or_else(|_| panic!("worker {worker_pid} outlived its host by 20 s"));
-    if busy {
+    // Gone: its pid may name another process by now.
+    std::mem::forget(guard);
+    if busy && stderr == OrphanStderr::Inherited {
+        let mut rest = String::new();
+        stderr_lines.read_to_string(&mut rest).unwrap();
         assert!(rest.contains("the host went away"), "{rest:?}");
     }
-    killed.elapsed()
+    lifetime
 }
 
 #[test]
 fn a_worker_exits_when_its_host_is_killed() {
-    let lifetime = orphan_worker_lifetime(false);
+    let lifetime = orphan_worker_lifetime(false, OrphanStderr::Inherited);
     assert!(lifetime < Duration::from_secs(5), "{lifetime:?}");
 }
 
 #[test]
 fn a_worker_wedged_in_a_handler_still_exits_when_its_host_is_killed() {
-    let lifetime = orphan_worker_lifetime(true);
-    assert!(lifetime < Duration::from_secs(10), "{lifetime:?}");
+    let lifetime = orphan_worker_lifetime(true, OrphanStderr::Inherited);
+    assert!(lifetime < Duration::from_secs(2), "{lifetime:?}");
+}
+
+#[test]
+fn a_wedged_worker_whose_stderr_was_forwarded_by_its_killed_host_still_exits() {
+    let lifetime = orphan_worker_lifetime(true, OrphanStderr::Forwarded);
+    assert!(lifetime < Duration::from_secs(2), "{lifetime:?}");
+}
+
+#[test]
+fn a_wedged_worker_logging_frames_to_its_killed_hosts_stderr_still_exits() {
+    let lifetime = orphan_worker_lifetime(true, OrphanStderr::ForwardedAndLogged);
+    assert!(lifetime < Duration::from_secs(2), "{lifetime:?}");
+}
+
+#[test]
+fn a_wedged_worker_whose_stderr_is_a_full_pipe_nobody_reads_still_exits() {
+    let lifetime = orphan_worker_lifetime(true, OrphanStderr::Unread);
+    assert!(lifetime < Duration::from_secs(2), "{lifetime:?}");
 }
 
 #[tokio::test]
@@ -492,6 +549,80 @@ async fn a_detached_worker_outlives_its_host_and_another_host_reconnects() {
     // A detached worker stops when a host asks it to; its socket goes too.
     assert_eq!(worker.shutdown().await, ExitReason::Unknown);
     assert!(!Path::new(&address).exists(), "the socket is left behind");
+}
+
+/// Runs detach-host with `args` and `env`, whose stderr is `stderr`; what
+/// it printed: the detached worker's address, secret and pid.
+fn run_detach_host(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (String, Secret, u32) {
+    let mut host = Command::new(env!("CARGO_BIN_EXE_detach-host"))
+        .arg(ECHO_WORKER)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("run detach-host");
+    let mut stdout = host.stdout.take().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = stdout.read_to_string(&mut line);
+        let _ = done.send(line);
+    });
+    let Ok(line) = finished.recv_timeout(Duration::from_secs(20)) else {
+        let _ = host.kill();
+        panic!("detach-host did not finish within 20 s");
+    };
+    let status = host.wait().unwrap();
+    assert!(status.success(), "detach-host failed: {status}");
+    let mut fields = line.split_whitespace();
+    (
+        fields.next().expect("an address").to_owned(),
+        Secret::from_hex(fields.next().expect("a secret")).unwrap(),
+        fields.next().expect("a pid").parse::<u32>().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_detached_worker_logging_frames_serves_the_hosts_after_the_one_it_logged_to() {
+    // The worker's stderr is forwarded by the first host, which exits: the
+    // worker's frame log then writes to a pipe nobody will read again.
+    let (address, secret, pid) = run_detach_host(
+        &["--stderr=forward"],
+        &[(workerbus::LOG_ENV, "1")],
+        std::process::Stdio::null(),
+    );
+    let _kill = KillOnDrop(pid);
+    for _ in 0..2 {
+        let host = driver()
+            .connect(&address, &secret)
+            .await
+            .expect("a later host connects");
+        cases::unary_round_trip(&host.channel()).await;
+    }
+    let host = driver().connect(&address, &secret).await.expect("connect");
+    assert_eq!(host.shutdown().await, ExitReason::Unknown);
+}
+
+#[tokio::test]
+async fn a_host_whose_stderr_is_full_still_serves_its_calls_and_forwards_without_blocking() {
+    // The host logs frames and forwards its worker's log into a pipe that
+    // is full before it starts, and that nobody reads.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    fill_pipe(&writer);
+    let (address, secret, pid) = run_detach_host(
+        &["--stderr=forward"],
+        &[(workerbus::LOG_ENV, "1")],
+        writer.into(),
+    );
+    let _kill = KillOnDrop(pid);
+    let host = driver().connect(&address, &secret).await.expect("connect");
+    assert_eq!(host.shutdown().await, ExitReason::Unknown);
+    drop(reader);
 }
 
 #[tokio::test]

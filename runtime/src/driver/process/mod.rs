@@ -506,7 +506,11 @@ async fn reap(
 }
 
 /// Copies a worker's stderr to the host's, line by line, keeping the last
-/// lines for error messages.
+/// lines for error messages. A line longer than [`FORWARDED_LINE_MAX`] is
+/// passed on in pieces of that size, so a worker writing without newlines
+/// cannot make the host buffer without bound. The lines go through
+/// [`crate::stderr`]: a host's stderr that is closed or not read never
+/// panics or blocks the host.
 fn forward_stderr(
     stderr: ChildStderr,
     name: String,
@@ -516,21 +520,43 @@ fn forward_stderr(
         let mut reader = tokio::io::BufReader::new(stderr);
         let mut line = Vec::new();
         loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            let read = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(read) => read,
+            };
+            let room = FORWARDED_LINE_MAX - line.len();
+            let (taken, ended) = match read.iter().take(room).position(|&byte| byte == b'\n') {
+                Some(newline) => (newline + 1, true),
+                None => {
+                    let taken = read.len().min(room);
+                    (taken, line.len() + taken == FORWARDED_LINE_MAX)
+                }
+            };
+            line.extend_from_slice(&read[..taken]);
+            reader.consume(taken);
+            if ended {
+                forward_line(&line, &name, &tail);
+                line.clear();
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\n', '\r']);
-            eprintln!("[{name}] {text}");
-            let mut tail = lock(&tail);
-            if tail.len() == STDERR_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(text.chars().take(STDERR_LINE_MAX).collect());
+        }
+        if !line.is_empty() {
+            forward_line(&line, &name, &tail);
         }
     })
+}
+
+/// The longest line of a worker's stderr the host copies whole.
+const FORWARDED_LINE_MAX: usize = 64 * 1024;
+
+fn forward_line(line: &[u8], name: &str, tail: &Mutex<VecDeque<String>>) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\n', '\r']);
+    crate::stderr::line(format!("[{name}] {text}"));
+    let mut tail = lock(tail);
+    if tail.len() == STDERR_TAIL_LINES {
+        tail.pop_front();
+    }
+    tail.push_back(text.chars().take(STDERR_LINE_MAX).collect());
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

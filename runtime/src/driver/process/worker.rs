@@ -137,8 +137,14 @@ pub async fn serve_with_options<S: Dispatch>(
     if let Some(address) = lock(&shared.address).take() {
         remove_socket(&address);
     }
+    // Lines still queued for a slow stderr (the frame log's) get a moment
+    // before the program, likely, exits.
+    crate::stderr::flush(FLUSH_GRACE);
     result
 }
+
+/// How long a worker that stops waits for its lines to reach stderr.
+const FLUSH_GRACE: Duration = Duration::from_millis(100);
 
 fn worker_error(reason: String, source: Option<io::Error>) -> Error {
     Error::Worker { reason, source }
@@ -415,11 +421,15 @@ fn spawn_watchdog(socket: std::os::unix::net::UnixStream, shared: Arc<WorkerShar
             }
             std::thread::sleep(HANGUP_GRACE);
             if shared.serving.load(Ordering::SeqCst) && !shared.detached.load(Ordering::SeqCst) {
-                eprintln!(
+                // Handed over, not written here: the host's end of a
+                // forwarded stderr is gone (a write would fail) and an unread
+                // pipe may be full (a write would wait for good). The line
+                // gets a moment, then the process ends whatever happened.
+                crate::stderr::line(format!(
                     "workerbus: worker {:?}: the host went away and the worker did not stop within {HANGUP_GRACE:?}; exiting",
                     shared.name
-                );
-                std::process::exit(1);
+                ));
+                sys::exit_now(1);
             }
         });
     if let Err(error) = spawned {
