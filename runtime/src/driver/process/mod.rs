@@ -379,7 +379,7 @@ impl ProcessDriver {
         let address = address.as_ref();
         // A worker reached by its address is not ours to kill: running out
         // of time is a failure to connect or to greet, not a startup timeout.
-        let (channel, exit) =
+        let (channel, exit, peer) =
             tokio::time::timeout(self.startup_timeout, connect_named(address, &self.channel))
                 .await
                 .map_err(|_| Error::Connect {
@@ -389,12 +389,12 @@ impl ProcessDriver {
                         format!("no connection within {:?}", self.startup_timeout),
                     ),
                 })??;
-        let mut worker = ProcessWorker {
+        let worker = ProcessWorker {
             name: self.worker_name(),
-            pid: 0,
+            pid: peer.pid,
             channel,
             exit,
-            process: Process::Connected,
+            process: Process::Connected(peer.handle),
             shutdown_grace: self.shutdown_grace,
             stdout: None,
             stderr: None,
@@ -404,11 +404,9 @@ impl ProcessDriver {
             driver: self.clone(),
         };
         let deadline = Instant::now() + self.startup_timeout;
+        // The pid the worker's welcome claims is not taken: the kernel's is.
         match tokio::time::timeout_at(deadline, worker.handshake(&self.serves)).await {
-            Ok(Ok(welcome)) => {
-                worker.pid = welcome.pid;
-                Ok(worker)
-            }
+            Ok(Ok(_)) => Ok(worker),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::Handshake {
                 worker: worker.name.clone(),
@@ -443,12 +441,20 @@ fn connect_transport(
     ))
 }
 
+/// The process serving a named socket, as the kernel names it.
+struct NamedPeer {
+    /// Its process id in this host's pid namespace (0 if it has none here).
+    pid: u32,
+    /// Its pidfd, if this system has them.
+    handle: Option<sys::ProcessHandle>,
+}
+
 /// Connects to a named socket, after checking it belongs to our user; the
 /// exit watch reports [`ExitReason::Unknown`] once the connection ends.
 async fn connect_named(
     address: &Path,
     options: &ChannelOptions,
-) -> Result<(Channel, ExitWatch), Error> {
+) -> Result<(Channel, ExitWatch, NamedPeer), Error> {
     let connect_error = |source: io::Error| Error::Connect {
         address: address.to_owned(),
         source,
@@ -463,6 +469,17 @@ async fn connect_named(
             format!("the socket is served by uid {}, not this user", peer.uid()),
         )));
     }
+    let pid = peer
+        .pid()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .unwrap_or(0);
+    let handle = match sys::peer_process(socket.as_raw_fd(), pid) {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::debug!(address = %address.display(), pid, %error, "no pidfd for the worker: it cannot be killed from here");
+            None
+        }
+    };
     let socket = socket.into_std().map_err(connect_error)?;
     let transport = connect_transport(socket, options).map_err(connect_error)?;
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -472,7 +489,7 @@ async fn connect_named(
         closed.await;
         exit_tx.send_replace(Some(ExitReason::Unknown));
     });
-    Ok((channel, exit_rx))
+    Ok((channel, exit_rx, NamedPeer { pid, handle }))
 }
 
 /// Owns the child: waits for it to end (killing it when asked) and reports
@@ -565,10 +582,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// How the host holds the worker's process.
 enum Process {
-    /// Our child: the reaper kills it when notified.
+    /// Our child: the reaper kills it when notified (it cannot have been
+    /// reaped, and its pid reused, before).
     Child(Arc<Notify>),
-    /// A worker we connected to by its address.
-    Connected,
+    /// A worker we connected to by its address: its pidfd, if the system
+    /// gave one. Never its pid alone, which another process may have by
+    /// the time it is used.
+    Connected(Option<sys::ProcessHandle>),
 }
 
 /// A worker running in another process, started by [`ProcessDriver::spawn`]
@@ -627,7 +647,11 @@ impl ProcessWorker {
         &self.name
     }
 
-    /// The worker's process id.
+    /// The worker's process id, as the kernel gives it: the child's, or,
+    /// for a worker reached by [`connect`](ProcessDriver::connect), the
+    /// process serving the socket (`SO_PEERCRED`), never the id its
+    /// greeting claims. 0 if that process has no id in this host's pid
+    /// namespace.
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -687,13 +711,25 @@ impl ProcessWorker {
 
     /// Kills the worker now (SIGKILL). Calls in flight fail with
     /// [`Error::WorkerExited`] carrying the signal.
+    ///
+    /// A signal can never reach another process given the worker's id: a
+    /// child is signalled before it is reaped, and a worker reached by
+    /// [`connect`](ProcessDriver::connect) through the pidfd of the process
+    /// serving its socket, taken when connecting (Linux). Without a pidfd
+    /// (other systems), or if that process's id is 0 or 1, such a worker is
+    /// not killed, and a warning is logged.
     pub fn kill(&self) {
         match &self.process {
             Process::Child(kill) => kill.notify_one(),
-            Process::Connected => {
-                if let Err(error) = sys::kill(self.pid) {
+            // Pid 0 (a process this host cannot see) and 1 (init) are never
+            // signalled, even through a pidfd.
+            Process::Connected(Some(handle)) if self.pid > 1 => {
+                if let Err(error) = handle.kill() {
                     tracing::warn!(worker = %self.name, pid = self.pid, %error, "could not kill the worker");
                 }
+            }
+            Process::Connected(_) => {
+                tracing::warn!(worker = %self.name, pid = self.pid, "not killing a worker this host did not start and holds no pidfd for");
             }
         }
     }
@@ -741,12 +777,18 @@ impl ProcessWorker {
                         .into(),
             });
         };
-        let (channel, _) = connect_named(&address, &self.driver.channel).await?;
+        let (channel, _, peer) = connect_named(&address, &self.driver.channel).await?;
         let previous = std::mem::replace(&mut self.channel, channel);
         let serves = self.driver.serves.clone();
         if let Err(error) = self.handshake(&serves).await {
             self.channel = previous;
             return Err(error);
+        }
+        // A worker this host did not start is whatever process serves the
+        // address now.
+        if let Process::Connected(handle) = &mut self.process {
+            self.pid = peer.pid;
+            *handle = peer.handle;
         }
         Ok(())
     }
