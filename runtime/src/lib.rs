@@ -107,7 +107,7 @@ pub use self::server::{
     EventSink, Incoming, ServeOptions, StreamSender, serve_transport,
 };
 #[cfg(feature = "process")]
-pub use self::startup::{STARTUP_ENV, StartupData, startup_data};
+pub use self::startup::{SOCKET_DIR_ENV, STARTUP_ENV, StartupData, startup_data};
 pub use self::supervisor::{
     DEFAULT_MAX_WAITING_CALLS, HealthCheck, Restart, RestartPolicy, Strategy, SupervisedWorker,
     Supervisor, SupervisorEvent, WhileRestarting,

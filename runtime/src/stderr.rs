@@ -37,6 +37,7 @@ pub(crate) fn line(line: impl Into<String>) {
 
 /// Waits until every line handed over so far is written, or `within` has
 /// passed; says whether they were.
+#[cfg(feature = "process")]
 pub(crate) fn flush(within: Duration) -> bool {
     process().flush(within)
 }
@@ -127,6 +128,7 @@ impl LineWriter {
         }
     }
 
+    #[cfg(any(feature = "process", test))]
     pub(crate) fn flush(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let mut state = self.shared.lock();

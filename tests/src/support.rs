@@ -15,11 +15,20 @@ use workerbus::{DetachedWorker, Frame, FrameCodec, MethodName, Secret, Superviso
 
 /// Sends SIGKILL to `pid`, failing the test if `kill` fails.
 pub fn sigkill(pid: u32) {
+    signal(pid, "KILL");
+}
+
+/// Sends SIGTERM to `pid`, failing the test if `kill` fails.
+pub fn sigterm(pid: u32) {
+    signal(pid, "TERM");
+}
+
+fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .expect("run kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// Runs `program` with `args` under a limit of 64 open files (`ulimit -n`,

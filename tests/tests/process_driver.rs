@@ -20,7 +20,9 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, CountRequest, EchoClient, EchoEvents, EchoRequest, ExitRequest, SleepRequest,
     SleepState,
 };
-use workerbus_tests::support::{KillOnDrop, fill_pipe, secret_bytes, sigkill, with_few_files};
+use workerbus_tests::support::{
+    KillOnDrop, fill_pipe, secret_bytes, sigkill, sigterm, with_few_files,
+};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -551,13 +553,19 @@ async fn a_detached_worker_outlives_its_host_and_another_host_reconnects() {
     assert!(!Path::new(&address).exists(), "the socket is left behind");
 }
 
-/// Runs detach-host with `args` and `env`, whose stderr is `stderr`; what
-/// it printed: the detached worker's address, secret and pid.
-fn run_detach_host(
-    args: &[&str],
-    env: &[(&str, &str)],
-    stderr: std::process::Stdio,
-) -> (String, Secret, u32) {
+/// A worker detached by a detach-host that has exited: how to reach it,
+/// and the rest of the host's stdout, which the worker holds if started
+/// with `--stdout=inherit`.
+struct Orphaned {
+    address: String,
+    secret: Secret,
+    pid: u32,
+    stdout: std::process::ChildStdout,
+}
+
+/// Runs detach-host with `args` and `env`, whose stderr is `stderr`, until
+/// it has detached its worker and exited.
+fn run_detach_host(args: &[&str], env: &[(&str, &str)], stderr: std::process::Stdio) -> Orphaned {
     let mut host = Command::new(env!("CARGO_BIN_EXE_detach-host"))
         .arg(ECHO_WORKER)
         .args(args)
@@ -566,37 +574,39 @@ fn run_detach_host(
         .stderr(stderr)
         .spawn()
         .expect("run detach-host");
-    let mut stdout = host.stdout.take().unwrap();
+    let mut stdout = BufReader::new(host.stdout.take().unwrap());
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
-        let _ = stdout.read_to_string(&mut line);
-        let _ = done.send(line);
+        let _ = stdout.read_line(&mut line);
+        let _ = done.send((line, stdout));
     });
-    let Ok(line) = finished.recv_timeout(Duration::from_secs(20)) else {
+    let Ok((line, stdout)) = finished.recv_timeout(Duration::from_secs(20)) else {
         let _ = host.kill();
-        panic!("detach-host did not finish within 20 s");
+        panic!("detach-host did not detach its worker within 20 s");
     };
     let status = host.wait().unwrap();
     assert!(status.success(), "detach-host failed: {status}");
     let mut fields = line.split_whitespace();
-    (
-        fields.next().expect("an address").to_owned(),
-        Secret::from_hex(fields.next().expect("a secret")).unwrap(),
-        fields.next().expect("a pid").parse::<u32>().unwrap(),
-    )
+    Orphaned {
+        address: fields.next().expect("an address").to_owned(),
+        secret: Secret::from_hex(fields.next().expect("a secret")).unwrap(),
+        pid: fields.next().expect("a pid").parse::<u32>().unwrap(),
+        stdout: stdout.into_inner(),
+    }
 }
 
 #[tokio::test]
 async fn a_detached_worker_logging_frames_serves_the_hosts_after_the_one_it_logged_to() {
     // The worker's stderr is forwarded by the first host, which exits: the
     // worker's frame log then writes to a pipe nobody will read again.
-    let (address, secret, pid) = run_detach_host(
+    let worker = run_detach_host(
         &["--stderr=forward"],
         &[(workerbus::LOG_ENV, "1")],
         std::process::Stdio::null(),
     );
-    let _kill = KillOnDrop(pid);
+    let (address, secret) = (worker.address, worker.secret);
+    let _kill = KillOnDrop(worker.pid);
     for _ in 0..2 {
         let host = driver()
             .connect(&address, &secret)
@@ -614,15 +624,77 @@ async fn a_host_whose_stderr_is_full_still_serves_its_calls_and_forwards_without
     // is full before it starts, and that nobody reads.
     let (reader, writer) = std::io::pipe().expect("a pipe");
     fill_pipe(&writer);
-    let (address, secret, pid) = run_detach_host(
+    let worker = run_detach_host(
         &["--stderr=forward"],
         &[(workerbus::LOG_ENV, "1")],
         writer.into(),
     );
-    let _kill = KillOnDrop(pid);
-    let host = driver().connect(&address, &secret).await.expect("connect");
+    let _kill = KillOnDrop(worker.pid);
+    let host = driver()
+        .connect(&worker.address, &worker.secret)
+        .await
+        .expect("connect");
     assert_eq!(host.shutdown().await, ExitReason::Unknown);
     drop(reader);
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_worker_as_a_shutdown_does() {
+    let worker = spawn().await;
+    let channel = worker.channel();
+    let client = EchoClient::new(channel.clone());
+    let call = client.sleep(sleep_request("terminated", 200));
+    let terminate = async {
+        cases::observe(&channel, "terminated", SleepState::Started).await;
+        sigterm(worker.pid());
+        tokio::time::timeout(Duration::from_secs(20), worker.exited())
+            .await
+            .expect("the worker ends within 20 s of SIGTERM")
+    };
+    let (result, exit) = tokio::join!(call, terminate);
+    result.expect("the call in flight finishes");
+    assert_eq!(exit, ExitReason::Code(0));
+}
+
+#[test]
+fn sigterm_ends_a_detached_worker_and_removes_its_socket_and_directory() {
+    let mut worker = run_detach_host(&["--stdout=inherit"], &[], std::process::Stdio::inherit());
+    let guard = KillOnDrop(worker.pid);
+    let address = Path::new(&worker.address).to_owned();
+    assert!(address.exists());
+    sigterm(worker.pid);
+    // The worker shares the stdout its host had, which ends when it does.
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = worker.stdout.read_to_end(&mut rest);
+        let _ = done.send(());
+    });
+    ended
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the worker ends within 20 s of SIGTERM");
+    std::mem::forget(guard);
+    assert!(!address.exists(), "{} is left behind", address.display());
+    assert!(
+        !address.parent().unwrap().exists(),
+        "its directory is left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_disconnected_worker_killed_by_its_host_leaves_no_socket_behind() {
+    let mut worker = spawn().await;
+    worker.disconnect().await.expect("disconnect");
+    let address = worker.address().expect("a named socket");
+    assert!(address.exists());
+    worker.kill();
+    // Reported once the host has removed what the worker could not.
+    assert_eq!(worker.exited().await, ExitReason::Signal(9));
+    assert!(!address.exists(), "{} is left behind", address.display());
+    assert!(
+        !address.parent().unwrap().exists(),
+        "its directory is left behind"
+    );
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@
 
 mod socket;
 mod sys;
+mod terminate;
 mod worker;
 
 use std::collections::VecDeque;
@@ -44,7 +45,7 @@ use crate::error::{Error, ExitReason};
 use crate::frame::{Frame, FrameCodec};
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
-use crate::startup::{SOCKET_FD, STARTUP_ENV, StartupData};
+use crate::startup::{SOCKET_DIR_ENV, SOCKET_FD, STARTUP_ENV, StartupData};
 
 /// The default time a worker has to start and complete its handshake.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,6 +103,7 @@ pub struct ProcessDriver {
     env: Vec<(OsString, Option<OsString>)>,
     env_clear: bool,
     current_dir: Option<PathBuf>,
+    socket_dir: Option<PathBuf>,
     stdout: Stdio,
     stderr: Stdio,
     name: Option<String>,
@@ -120,6 +122,7 @@ impl ProcessDriver {
             env: Vec::new(),
             env_clear: false,
             current_dir: None,
+            socket_dir: None,
             stdout: Stdio::Inherit,
             stderr: Stdio::Forward,
             name: None,
@@ -165,6 +168,34 @@ impl ProcessDriver {
     /// The worker's working directory.
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> ProcessDriver {
         self.current_dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// The directory in which the worker makes its named socket, once
+    /// [detached](ProcessWorker::detach) or
+    /// [disconnected](ProcessWorker::disconnect): in a directory of its own
+    /// there, `<name>-<pid>/socket`. It must belong to the worker's user and
+    /// have mode 0700, and is made so if it does not exist (a relative path
+    /// is taken from this process's working directory). Passed to the worker
+    /// in [`SOCKET_DIR_ENV`](crate::SOCKET_DIR_ENV).
+    ///
+    /// By default the directory is `$XDG_RUNTIME_DIR/workerbus`, or, without
+    /// `XDG_RUNTIME_DIR`, `<temporary directory>/workerbus-<uid>`, a name
+    /// anyone can predict: another user of a shared temporary directory who
+    /// makes it first keeps every worker of this user from detaching (the
+    /// worker refuses a directory that is not its user's alone, so it is
+    /// never exposed). Name a private directory here to get around that.
+    ///
+    /// ```no_run
+    /// use workerbus::ProcessDriver;
+    ///
+    /// let driver = ProcessDriver::new("target/debug/embedder")
+    ///     .socket_dir("/home/me/.cache/embedder/sockets");
+    /// # drop(driver);
+    /// ```
+    pub fn socket_dir(mut self, dir: impl AsRef<Path>) -> ProcessDriver {
+        let dir = dir.as_ref();
+        self.socket_dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()));
         self
     }
 
@@ -261,6 +292,9 @@ impl ProcessDriver {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
+        if let Some(dir) = &self.socket_dir {
+            command.env(SOCKET_DIR_ENV, dir);
+        }
         command.env(
             STARTUP_ENV,
             StartupData::new(SOCKET_FD, std::process::id(), name.clone()).encode(),
@@ -295,7 +329,14 @@ impl ProcessDriver {
         };
         let (exit_tx, exit_rx) = watch::channel(None);
         let kill = Arc::new(Notify::new());
-        tokio::spawn(reap(child, Arc::clone(&kill), exit_tx, name.clone()));
+        let address: NamedSocket = Arc::default();
+        tokio::spawn(reap(
+            child,
+            Arc::clone(&kill),
+            exit_tx,
+            name.clone(),
+            Arc::clone(&address),
+        ));
 
         let connected = connect_transport(host_end, &self.channel).map(|transport| {
             Channel::connect(
@@ -326,7 +367,7 @@ impl ProcessDriver {
             stderr,
             stderr_tail: tail,
             secret,
-            address: None,
+            address,
             driver: self.clone(),
         };
         match tokio::time::timeout_at(deadline, worker.handshake(&self.serves)).await {
@@ -400,7 +441,7 @@ impl ProcessDriver {
             stderr: None,
             stderr_tail: Arc::default(),
             secret: secret.clone(),
-            address: Some(address.to_owned()),
+            address: Arc::new(Mutex::new(Some(address.to_owned()))),
             driver: self.clone(),
         };
         let deadline = Instant::now() + self.startup_timeout;
@@ -492,14 +533,22 @@ async fn connect_named(
     Ok((channel, exit_rx, NamedPeer { pid, handle }))
 }
 
+/// The path of a worker's named socket, once it has one: shared by its
+/// handle and its reaper.
+type NamedSocket = Arc<Mutex<Option<PathBuf>>>;
+
 /// Owns the child: waits for it to end (killing it when asked) and reports
 /// how, so that no worker is left a zombie and every death has a status.
+/// A worker that had a named socket and could not remove it (killed by a
+/// signal) has it removed before its death is reported.
 async fn reap(
     mut child: Child,
     kill: Arc<Notify>,
     exit: watch::Sender<Option<ExitReason>>,
     name: String,
+    address: NamedSocket,
 ) {
+    let pid = child.id();
     let status = tokio::select! {
         status = child.wait() => status,
         () = kill.notified() => {
@@ -519,7 +568,40 @@ async fn reap(
         }
     };
     tracing::debug!(worker = %name, exit = %reason, "worker process ended");
+    let address = lock(&address).take();
+    if let (Some(address), Some(pid)) = (address, pid) {
+        remove_dead_socket(&address, pid).await;
+    }
     exit.send_replace(Some(reason));
+}
+
+/// Removes the named socket of the worker that had process id `pid`, and
+/// its directory, if the path is laid out as `docs/PROTOCOL.md` 9.4 says
+/// (`<name>-<pid>/socket`: nothing else the worker named is touched) and
+/// the socket is still there and refuses connections: the worker is gone,
+/// and no other has taken the path since.
+async fn remove_dead_socket(address: &Path, pid: u32) {
+    use std::os::unix::fs::FileTypeExt;
+
+    let laid_out = address.file_name() == Some(worker::SOCKET_NAME.as_ref())
+        && address
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|dir| dir.to_str())
+            .and_then(|dir| dir.rsplit_once('-'))
+            .is_some_and(|(_, of)| of == pid.to_string());
+    let is_socket = laid_out
+        && std::fs::symlink_metadata(address).is_ok_and(|meta| meta.file_type().is_socket());
+    if !is_socket {
+        return;
+    }
+    match tokio::net::UnixStream::connect(address).await {
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::debug!(socket = %address.display(), "removing the socket of a worker that is gone");
+            worker::remove_socket(address);
+        }
+        _ => {}
+    }
 }
 
 /// Copies a worker's stderr to the host's, line by line, keeping the last
@@ -609,7 +691,7 @@ pub struct ProcessWorker {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     secret: Secret,
     /// The worker's named socket, once it has one.
-    address: Option<PathBuf>,
+    address: NamedSocket,
     driver: ProcessDriver,
 }
 
@@ -679,6 +761,13 @@ impl ProcessWorker {
         }
     }
 
+    /// The path of the worker's named socket, once it has one: after
+    /// [`disconnect`](Self::disconnect) or [`detach`](Self::detach), or the
+    /// address it was [reached at](ProcessDriver::connect).
+    pub fn address(&self) -> Option<PathBuf> {
+        lock(&self.address).clone()
+    }
+
     /// The last lines the worker wrote to its stderr, if it is
     /// [forwarded](Stdio::Forward).
     pub fn stderr_tail(&self) -> Vec<String> {
@@ -746,6 +835,7 @@ impl ProcessWorker {
     /// [`Stdio::Inherit`] from a terminal or file that outlives the host.
     pub async fn detach(self) -> Result<DetachedWorker, Error> {
         let address = self.listen().await?;
+        *lock(&self.address) = Some(address.clone());
         Ok(DetachedWorker {
             name: self.name.clone(),
             pid: self.pid,
@@ -760,7 +850,7 @@ impl ProcessWorker {
     /// While disconnected, the worker does not exit when this host does.
     pub async fn disconnect(&mut self) -> Result<(), Error> {
         let address = self.listen().await?;
-        self.address = Some(address);
+        *lock(&self.address) = Some(address);
         self.channel
             .terminate(crate::client::CloseReason::Lost(None));
         Ok(())
@@ -769,7 +859,7 @@ impl ProcessWorker {
     /// Connects again to a worker that was [disconnected](Self::disconnect),
     /// replacing the channel: [`channel`](Self::channel) returns the new one.
     pub async fn reconnect(&mut self) -> Result<(), Error> {
-        let Some(address) = self.address.clone() else {
+        let Some(address) = self.address() else {
             return Err(Error::Handshake {
                 worker: self.name.clone(),
                 reason:
@@ -795,8 +885,8 @@ impl ProcessWorker {
 
     /// Asks the worker for its named socket.
     async fn listen(&self) -> Result<PathBuf, Error> {
-        if let Some(address) = &self.address {
-            return Ok(address.clone());
+        if let Some(address) = self.address() {
+            return Ok(address);
         }
         let answer = self
             .channel
@@ -827,7 +917,7 @@ impl fmt::Debug for ProcessWorker {
             .field("name", &self.name)
             .field("pid", &self.pid)
             .field("exit", &*self.exit.borrow())
-            .field("address", &self.address)
+            .field("address", &self.address())
             .field("channel", &self.channel)
             .finish_non_exhaustive()
     }
