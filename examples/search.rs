@@ -16,7 +16,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use workerbus::{Metrics, Side, SupervisorEvent};
-use workerbus_examples::search::{Chaos, SearchApp, SearchOptions, display_path, serve_embedder};
+use workerbus_examples::search::{
+    Chaos, DataLock, SearchApp, SearchOptions, display_path, serve_embedder,
+};
 use workerbus_examples::worker::{IndexProgress, IndexRequest, SearchRequest, StatsRequest};
 
 const USAGE: &str = "\
@@ -148,13 +150,20 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let options = SearchOptions::new(std::env::current_exe()?, &args.data);
+    // Runs on one data directory take turns.
+    if DataLock::try_acquire(&args.data)?.is_none() {
+        eprintln!(
+            "search: waiting for another search using {}",
+            args.data.display()
+        );
+    }
+    let app = SearchApp::start(options).await?;
     if args.fresh {
-        match std::fs::remove_dir_all(options.index_dir()) {
+        match std::fs::remove_dir_all(app.options().index_dir()) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
             _ => {}
         }
     }
-    let app = SearchApp::start(options).await?;
     let init = app.init().await?;
     println!(
         "embedder: pid {}; index: {} ({} files stored)",

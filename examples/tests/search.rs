@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use workerbus::{Code, Error, HealthCheck, SupervisorEvent};
-use workerbus_examples::search::{Chaos, SearchApp, SearchOptions};
+use workerbus_examples::search::{Chaos, DataLock, SearchApp, SearchOptions};
 use workerbus_examples::worker::{
     IndexProgress, IndexRequest, SearchRequest, SearchResult, StatsRequest,
 };
@@ -193,6 +193,28 @@ async fn indexes_a_corpus_and_finds_what_a_query_means() {
         assert_eq!(file_name(&result.path), "bread.md");
     }
     app.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn two_runs_on_one_data_directory_take_turns() {
+    let dir = data_dir("turns");
+    let first = SearchApp::start(SearchOptions::new(EMBEDDER, &dir))
+        .await
+        .unwrap();
+    let second = tokio::spawn(SearchApp::start(SearchOptions::new(EMBEDDER, &dir)));
+    assert!(DataLock::try_acquire(&dir).unwrap().is_none());
+    first.init().await.unwrap();
+    let reports = index(&first, &[corpus()], |_| {}).await;
+    assert_indexed_and_searchable(&reports);
+    // The first run holds the directory: the second waits for it to end.
+    assert!(!second.is_finished(), "two runs share one data directory");
+    first.shutdown().await;
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.data_lock().dir(), dir);
+    assert_eq!(second.init().await.unwrap().indexed, 5);
+    assert_finds(&second).await;
+    second.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 

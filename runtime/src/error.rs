@@ -510,8 +510,9 @@ pub enum Error {
         source: prost::DecodeError,
     },
 
-    /// This process cannot serve as a worker (see `workerbus::serve`).
-    #[error("cannot serve as a worker: {reason}")]
+    /// This process cannot serve as a worker (see `workerbus::serve`). The
+    /// message ends with the operating system's error, if there is one.
+    #[error("cannot serve as a worker: {reason}{}", io_suffix(.source))]
     Worker {
         /// What is wrong.
         reason: String,
@@ -561,8 +562,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A worker could not be started.
-    #[error("failed to spawn worker {worker}: {reason}")]
+    /// A worker could not be started. The message ends with the operating
+    /// system's error, if there is one (e.g. `Too many open files (os error
+    /// 24)`).
+    #[error("failed to spawn worker {worker}: {reason}{}", io_suffix(.source))]
     Spawn {
         /// The worker's name (a thread name or an executable path).
         worker: String,
@@ -579,6 +582,13 @@ fn stderr_suffix(stderr: &[String]) -> String {
         String::new()
     } else {
         format!("; its stderr ended with:\n{}", stderr.join("\n"))
+    }
+}
+
+fn io_suffix(source: &Option<std::io::Error>) -> String {
+    match source {
+        Some(source) => format!(": {source}"),
+        None => String::new(),
     }
 }
 
@@ -992,7 +1002,7 @@ mod tests {
                 "worker embedder exited with code 3 before completing its handshake; its stderr ended with:\nloading the model failed",
                 "worker embedder: it serves another schema",
                 "cannot connect to the worker at /run/embedder/socket: no such file",
-                "failed to spawn worker target/debug/embedder: the program does not exist",
+                "failed to spawn worker target/debug/embedder: the program does not exist: no such file",
             ]
         );
     }

@@ -65,6 +65,7 @@ mod schema;
 mod server;
 #[cfg(feature = "process")]
 mod startup;
+mod stderr;
 mod supervisor;
 mod trace;
 mod transport;
@@ -108,7 +109,7 @@ pub use self::server::{
     Dispatch, EventSink, Incoming, ServeOptions, StreamSender, serve_transport,
 };
 #[cfg(feature = "process")]
-pub use self::startup::{STARTUP_ENV, StartupData, startup_data};
+pub use self::startup::{SOCKET_DIR_ENV, STARTUP_ENV, StartupData, startup_data};
 pub use self::supervisor::{
     DEFAULT_CONNECTION_LOST_GRACE, DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_MAX_WAITING_CALLS,
     HealthCheck, Restart, RestartPolicy, Strategy, SupervisedWorker, Supervisor, SupervisorEvent,

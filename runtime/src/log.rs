@@ -5,6 +5,9 @@
 //! Stderr, not `tracing`, so that it works without a subscriber, and so that
 //! a process worker's lines reach the host's terminal through its forwarded
 //! stderr: one request can be followed from host to worker to sub-worker.
+//! The lines go through [`crate::stderr`], so a stderr that is gone or full
+//! (a detached worker's, once its host has exited) never panics or blocks
+//! the connection that logs.
 
 use std::sync::OnceLock;
 
@@ -51,12 +54,12 @@ pub(crate) fn frame(direction: Direction, frame: &Frame, method: Option<&MethodN
         Frame::Request { method, .. } => Some(method),
         _ => method,
     };
-    eprintln!(
+    crate::stderr::line(format!(
         "workerbus[{}] {arrow} {} #{} {} {} B",
         std::process::id(),
         frame.kind_name(),
         frame.id(),
         method.map_or("-", |method| method.as_str()),
         frame.encoded_len() + 4,
-    );
+    ));
 }

@@ -1485,9 +1485,13 @@ where
             };
         };
         let outcome = match method.as_str() {
-            control::HELLO => match Hello::decode(payload) {
-                Err(error) => Err(Status::invalid_argument(format!("{method}: {error}"))),
-                Ok(hello) => match control.hello(hello) {
+            // A greeting that does not decode is refused like a wrong one:
+            // the peer is answered, then disconnected (PROTOCOL.md 9.2).
+            control::HELLO => {
+                let greeted = Hello::decode(payload)
+                    .map_err(|error| Status::invalid_argument(format!("{method}: {error}")))
+                    .and_then(|hello| control.hello(hello));
+                match greeted {
                     Ok(welcome) => {
                         self.greeted = true;
                         Ok(welcome.encode_to_vec())
@@ -1496,8 +1500,8 @@ where
                         self.refused = Some(status.to_string());
                         Err(status)
                     }
-                },
-            },
+                }
+            }
             control::DETACH => control.detach().map(|detached| detached.encode_to_vec()),
             _ => Err(Status::unimplemented(format!(
                 "{method} is not a control exchange this worker knows"

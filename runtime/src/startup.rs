@@ -11,6 +11,14 @@ use std::fmt;
 /// The environment variable that marks a process as a workerbus worker.
 pub const STARTUP_ENV: &str = "WORKERBUS_WORKER";
 
+/// The environment variable naming the directory in which a worker makes
+/// its named socket (in a directory of its own, `<name>-<pid>`), instead of
+/// `$XDG_RUNTIME_DIR/workerbus` or `<temporary directory>/workerbus-<uid>`
+/// (`docs/PROTOCOL.md` 9.4). The directory must be the worker's user's,
+/// with mode 0700; it is made so if it does not exist.
+/// [`ProcessDriver::socket_dir`](crate::ProcessDriver::socket_dir) sets it.
+pub const SOCKET_DIR_ENV: &str = "WORKERBUS_SOCKET_DIR";
+
 /// The file descriptor at which a worker finds its connected socket.
 pub(crate) const SOCKET_FD: i32 = 3;
 

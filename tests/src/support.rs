@@ -1,6 +1,7 @@
 //! Helpers the integration tests share: signalling or killing a worker
 //! process (now, or when a test ends however it ends), waiting for a
-//! supervisor's event, and connecting to a detached worker as a host would.
+//! supervisor's event, connecting to a detached worker as a host would,
+//! running a program short of file descriptors, and filling a pipe.
 
 use std::process::Command;
 use std::time::Duration;
@@ -15,6 +16,72 @@ use workerbus::{DetachedWorker, Frame, FrameCodec, MethodName, Secret, Superviso
 /// Sends SIGKILL to `pid`, failing the test if `kill` fails.
 pub fn sigkill(pid: u32) {
     signal(pid, "KILL");
+}
+
+/// Sends SIGTERM to `pid`, failing the test if `kill` fails.
+pub fn sigterm(pid: u32) {
+    signal(pid, "TERM");
+}
+
+/// Runs `program` with `args` under a limit of 64 open files (`ulimit -n`,
+/// in a shell that then becomes the program), failing the test if it
+/// fails: what it printed on stdout, trimmed.
+pub fn with_few_files(program: &str, args: &[&str]) -> String {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" "$@""#)
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("run sh");
+    let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed ({}): {said} {stderr}",
+        output.status
+    );
+    said
+}
+
+/// Fills the pipe `writer` writes to, so that the next write to it (by any
+/// process holding it) waits until someone reads. Its end is made
+/// non-blocking while it is filled, which every holder of that end shares,
+/// and blocking again before this returns: nobody else may write meanwhile.
+pub fn fill_pipe(writer: &std::io::PipeWriter) {
+    use std::io::Write;
+
+    let end = std::os::fd::OwnedFd::from(writer.try_clone().expect("dup the pipe's end"));
+    // On a thread of its own: the caller may be on a runtime already.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .expect("a runtime");
+            let _runtime = runtime.enter();
+            // Tokio's pipe end sets O_NONBLOCK on the end, and clears it when
+            // made blocking again: the standard library has no call for
+            // either.
+            let nonblocking = tokio::net::unix::pipe::Sender::from_owned_fd(end).expect("a pipe");
+            // Pages, then bytes: a write of a page does not fit in what is
+            // left of a page.
+            for chunk in [&[b'.'; 4096][..], b"."] {
+                loop {
+                    match (&*writer).write(chunk) {
+                        Ok(_) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(error) => panic!("filling the pipe: {error}"),
+                    }
+                }
+            }
+            drop(
+                nonblocking
+                    .into_blocking_fd()
+                    .expect("make the pipe blocking again"),
+            );
+        });
+    });
 }
 
 /// Sends the signal named `name` (`KILL`, `STOP`, `USR1`...) to `pid`,

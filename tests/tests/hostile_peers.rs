@@ -10,6 +10,7 @@
 //! or protocol version, garbage and calls before the handshake are in
 //! `process_driver.rs`, `hostile_peers`.)
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -214,6 +215,59 @@ async fn a_worker_that_stops_reading_makes_calls_wait_and_then_time_out() {
         started.elapsed()
     );
     assert_eq!(worker.channel().in_flight(), 0);
+}
+
+#[test]
+fn a_worker_claiming_another_process_id_gets_itself_killed_and_nobody_else() {
+    // Runs as long as this test: a live process some worker claims to be.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("run sleep");
+    let dir = std::env::temp_dir().join(format!("workerbus-claims-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 0 is the greeting's default (a worker that leaves it out), and names
+    // the signaller's own process group; 1 is init.
+    for claimed in [0, 1, bystander.id()] {
+        let address = dir.join(format!("claims-{claimed}"));
+        // In a process group of its own, which a signal to pid 0 would end.
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_claim-host"))
+            .arg(HOSTILE)
+            .arg(&address)
+            .arg(claimed.to_string())
+            .process_group(0)
+            .output()
+            .expect("run claim-host");
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the host of a worker claiming pid {claimed} ended with {}: {said} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut lines = said.lines();
+        let pids: Vec<u32> = lines
+            .next()
+            .expect("the pids")
+            .split_whitespace()
+            .map(|pid| pid.parse().expect("a pid"))
+            .collect();
+        assert_eq!(
+            pids[1], pids[0],
+            "the connected worker's pid is the process serving the socket, not its claim"
+        );
+        assert_ne!(pids[1], claimed);
+        assert_eq!(lines.next(), Some("killed"), "{said}");
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "the process whose pid was claimed was killed"
+        );
+        assert!(Path::new("/proc/1").exists());
+        let _ = std::fs::remove_file(&address);
+    }
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]

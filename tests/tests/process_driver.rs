@@ -20,7 +20,9 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, CountRequest, EchoClient, EchoEvents, EchoRequest, ExitRequest, SleepRequest,
     SleepState,
 };
-use workerbus_tests::support::{KillOnDrop, secret_bytes, sigkill};
+use workerbus_tests::support::{
+    KillOnDrop, fill_pipe, secret_bytes, sigkill, sigterm, with_few_files,
+};
 
 const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
@@ -137,7 +139,8 @@ async fn a_missing_program_is_a_spawn_error_naming_the_path() {
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "failed to spawn worker /nonexistent/echo-worker: the program does not exist"
+        "failed to spawn worker /nonexistent/echo-worker: the program does not exist: \
+         No such file or directory (os error 2)"
     );
 }
 
@@ -151,11 +154,25 @@ async fn a_program_that_is_not_executable_is_a_spawn_error_naming_the_path() {
     assert_eq!(
         error.to_string(),
         format!(
-            "failed to spawn worker {}: the program is not executable (permission denied)",
+            "failed to spawn worker {}: the program is not executable: \
+             Permission denied (os error 13)",
             path.display()
         )
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_spawn_short_of_file_descriptors_is_a_spawn_error_naming_the_os_error() {
+    // In a process of its own, which holds every descriptor it may open.
+    let said = with_few_files(env!("CARGO_BIN_EXE_fd-starved"), &["process", ECHO_WORKER]);
+    assert_eq!(
+        said,
+        format!(
+            "failed to spawn worker {ECHO_WORKER}: cannot create a socket pair: \
+             Too many open files (os error 24)"
+        )
+    );
 }
 
 #[tokio::test]
@@ -348,57 +365,114 @@ async fn dropping_every_handle_ends_the_worker_and_reaps_it() {
     );
 }
 
+/// Where an orphaned worker's stderr goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum OrphanStderr {
+    /// The host's, which this test reads to its end.
+    Inherited,
+    /// Copied by the host to its own (the driver's default): once the host
+    /// is killed, a write to it fails.
+    Forwarded,
+    /// Forwarded, with the frame log on (`WORKERBUS_LOG=1`) in both.
+    ForwardedAndLogged,
+    /// The host's, a pipe this test fills and then never reads: a write to
+    /// it waits for good.
+    Unread,
+}
+
 /// Runs orphan-host, waits until its worker is up (and, if `busy`, wedged
 /// in a blocking handler), SIGKILLs the host, and returns how long the
-/// worker took to notice: its stderr (inherited from the host) reaches end
-/// of file only when the worker has exited.
-fn orphan_worker_lifetime(busy: bool) -> Duration {
-    let mut host = Command::new(env!("CARGO_BIN_EXE_orphan-host"))
+/// worker took to notice: the worker shares the host's stdout, which
+/// reaches end of file only when the worker has exited too.
+fn orphan_worker_lifetime(busy: bool, stderr: OrphanStderr) -> Duration {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orphan-host"));
+    command
         .arg(ECHO_WORKER)
         .args(busy.then_some("--busy"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start orphan-host");
+        .stdout(std::process::Stdio::piped());
+    if stderr != OrphanStderr::Inherited && stderr != OrphanStderr::Unread {
+        command.arg("--stderr=forward");
+    }
+    if stderr == OrphanStderr::ForwardedAndLogged {
+        command.env(workerbus::LOG_ENV, "1");
+    }
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    let filler = writer.try_clone().expect("dup the pipe's end");
+    command.stderr(writer);
+    let mut host = command.spawn().expect("start orphan-host");
+    drop(command);
     let mut pid = String::new();
-    BufReader::new(host.stdout.take().unwrap())
-        .read_line(&mut pid)
-        .unwrap();
+    let mut stdout = BufReader::new(host.stdout.take().unwrap());
+    stdout.read_line(&mut pid).unwrap();
     let worker_pid: u32 = pid.trim().parse().expect("the worker's pid");
-    let mut stderr = BufReader::new(host.stderr.take().unwrap());
+    let guard = KillOnDrop(worker_pid);
+    let mut stderr_lines = BufReader::new(reader);
     if busy {
         let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        assert!(line.contains("blocks its thread"), "{line:?}");
+        while !line.contains("blocks its thread") {
+            line.clear();
+            let read = stderr_lines.read_line(&mut line).unwrap();
+            assert!(
+                read > 0,
+                "the host's stderr ended before the worker was busy"
+            );
+        }
     }
+    if stderr == OrphanStderr::Unread {
+        // Only the wedged handler's thread has written, and it sleeps.
+        fill_pipe(&filler);
+    }
+    drop(filler);
     sigkill(host.id());
     host.wait().unwrap();
     let killed = Instant::now();
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        let _ = done.send(rest);
+        let _ = stdout.read_to_string(&mut rest);
+        let _ = done.send(killed.elapsed());
     });
-    let rest = finished
+    let lifetime = finished
         .recv_timeout(Duration::from_secs(20))
         .unwrap_or_else(|_| panic!("worker {worker_pid} outlived its host by 20 s"));
-    if busy {
+    // Gone: its pid may name another process by now.
+    std::mem::forget(guard);
+    if busy && stderr == OrphanStderr::Inherited {
+        let mut rest = String::new();
+        stderr_lines.read_to_string(&mut rest).unwrap();
         assert!(rest.contains("the host went away"), "{rest:?}");
     }
-    killed.elapsed()
+    lifetime
 }
 
 #[test]
 fn a_worker_exits_when_its_host_is_killed() {
-    let lifetime = orphan_worker_lifetime(false);
+    let lifetime = orphan_worker_lifetime(false, OrphanStderr::Inherited);
     assert!(lifetime < Duration::from_secs(5), "{lifetime:?}");
 }
 
 #[test]
 fn a_worker_wedged_in_a_handler_still_exits_when_its_host_is_killed() {
-    let lifetime = orphan_worker_lifetime(true);
-    assert!(lifetime < Duration::from_secs(10), "{lifetime:?}");
+    let lifetime = orphan_worker_lifetime(true, OrphanStderr::Inherited);
+    assert!(lifetime < Duration::from_secs(2), "{lifetime:?}");
+}
+
+#[test]
+fn a_wedged_worker_whose_stderr_was_forwarded_by_its_killed_host_still_exits() {
+    let lifetime = orphan_worker_lifetime(true, OrphanStderr::Forwarded);
+    assert!(lifetime < Duration::from_secs(2), "{lifetime:?}");
+}
+
+#[test]
+fn a_wedged_worker_logging_frames_to_its_killed_hosts_stderr_still_exits() {
+    let lifetime = orphan_worker_lifetime(true, OrphanStderr::ForwardedAndLogged);
+    assert!(lifetime < Duration::from_secs(2), "{lifetime:?}");
+}
+
+#[test]
+fn a_wedged_worker_whose_stderr_is_a_full_pipe_nobody_reads_still_exits() {
+    let lifetime = orphan_worker_lifetime(true, OrphanStderr::Unread);
+    assert!(lifetime < Duration::from_secs(2), "{lifetime:?}");
 }
 
 #[tokio::test]
@@ -478,6 +552,150 @@ async fn a_detached_worker_outlives_its_host_and_another_host_reconnects() {
     // A detached worker stops when a host asks it to; its socket goes too.
     assert_eq!(worker.shutdown().await, ExitReason::Unknown);
     assert!(!Path::new(&address).exists(), "the socket is left behind");
+}
+
+/// A worker detached by a detach-host that has exited: how to reach it,
+/// and the rest of the host's stdout, which the worker holds if started
+/// with `--stdout=inherit`.
+struct Orphaned {
+    address: String,
+    secret: Secret,
+    pid: u32,
+    stdout: std::process::ChildStdout,
+}
+
+/// Runs detach-host with `args` and `env`, whose stderr is `stderr`, until
+/// it has detached its worker and exited.
+fn run_detach_host(args: &[&str], env: &[(&str, &str)], stderr: std::process::Stdio) -> Orphaned {
+    let mut host = Command::new(env!("CARGO_BIN_EXE_detach-host"))
+        .arg(ECHO_WORKER)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("run detach-host");
+    let mut stdout = BufReader::new(host.stdout.take().unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let _ = done.send((line, stdout));
+    });
+    let Ok((line, stdout)) = finished.recv_timeout(Duration::from_secs(20)) else {
+        let _ = host.kill();
+        panic!("detach-host did not detach its worker within 20 s");
+    };
+    let status = host.wait().unwrap();
+    assert!(status.success(), "detach-host failed: {status}");
+    let mut fields = line.split_whitespace();
+    Orphaned {
+        address: fields.next().expect("an address").to_owned(),
+        secret: Secret::from_hex(fields.next().expect("a secret")).unwrap(),
+        pid: fields.next().expect("a pid").parse::<u32>().unwrap(),
+        stdout: stdout.into_inner(),
+    }
+}
+
+#[tokio::test]
+async fn a_detached_worker_logging_frames_serves_the_hosts_after_the_one_it_logged_to() {
+    // The worker's stderr is forwarded by the first host, which exits: the
+    // worker's frame log then writes to a pipe nobody will read again.
+    let worker = run_detach_host(
+        &["--stderr=forward"],
+        &[(workerbus::LOG_ENV, "1")],
+        std::process::Stdio::null(),
+    );
+    let (address, secret) = (worker.address, worker.secret);
+    let _kill = KillOnDrop(worker.pid);
+    for _ in 0..2 {
+        let host = driver()
+            .connect(&address, &secret)
+            .await
+            .expect("a later host connects");
+        cases::unary_round_trip(&host.channel()).await;
+    }
+    let host = driver().connect(&address, &secret).await.expect("connect");
+    assert_eq!(host.shutdown().await, ExitReason::Unknown);
+}
+
+#[tokio::test]
+async fn a_host_whose_stderr_is_full_still_serves_its_calls_and_forwards_without_blocking() {
+    // The host logs frames and forwards its worker's log into a pipe that
+    // is full before it starts, and that nobody reads.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    fill_pipe(&writer);
+    let worker = run_detach_host(
+        &["--stderr=forward"],
+        &[(workerbus::LOG_ENV, "1")],
+        writer.into(),
+    );
+    let _kill = KillOnDrop(worker.pid);
+    let host = driver()
+        .connect(&worker.address, &worker.secret)
+        .await
+        .expect("connect");
+    assert_eq!(host.shutdown().await, ExitReason::Unknown);
+    drop(reader);
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_worker_as_a_shutdown_does() {
+    let worker = spawn().await;
+    let channel = worker.channel();
+    let client = EchoClient::new(channel.clone());
+    let call = client.sleep(sleep_request("terminated", 200));
+    let terminate = async {
+        cases::observe(&channel, "terminated", SleepState::Started).await;
+        sigterm(worker.pid());
+        tokio::time::timeout(Duration::from_secs(20), worker.exited())
+            .await
+            .expect("the worker ends within 20 s of SIGTERM")
+    };
+    let (result, exit) = tokio::join!(call, terminate);
+    result.expect("the call in flight finishes");
+    assert_eq!(exit, ExitReason::Code(0));
+}
+
+#[test]
+fn sigterm_ends_a_detached_worker_and_removes_its_socket_and_directory() {
+    let mut worker = run_detach_host(&["--stdout=inherit"], &[], std::process::Stdio::inherit());
+    let guard = KillOnDrop(worker.pid);
+    let address = Path::new(&worker.address).to_owned();
+    assert!(address.exists());
+    sigterm(worker.pid);
+    // The worker shares the stdout its host had, which ends when it does.
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = worker.stdout.read_to_end(&mut rest);
+        let _ = done.send(());
+    });
+    ended
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the worker ends within 20 s of SIGTERM");
+    std::mem::forget(guard);
+    assert!(!address.exists(), "{} is left behind", address.display());
+    assert!(
+        !address.parent().unwrap().exists(),
+        "its directory is left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_disconnected_worker_killed_by_its_host_leaves_no_socket_behind() {
+    let mut worker = spawn().await;
+    worker.disconnect().await.expect("disconnect");
+    let address = worker.address().expect("a named socket");
+    assert!(address.exists());
+    worker.kill();
+    // Reported once the host has removed what the worker could not.
+    assert_eq!(worker.exited().await, ExitReason::Signal(9));
+    assert!(!address.exists(), "{} is left behind", address.display());
+    assert!(
+        !address.parent().unwrap().exists(),
+        "its directory is left behind"
+    );
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use workerbus_tests::pb::echo::{
     AnnounceRequest, EchoClient, EchoReply, EchoRequest, EchoServer, MissingServer, NoteRequest,
     ObserveRequest, SleepRequest, SleepState, SumRequest,
 };
-use workerbus_tests::support::greeted;
+use workerbus_tests::support::{KillOnDrop, greeted};
 
 type Served = tokio::task::JoinHandle<Result<(), FrameError>>;
 
@@ -708,7 +708,7 @@ async fn answer(peer: &mut Framed<UnixStream, FrameCodec>) -> Frame {
 }
 
 #[tokio::test]
-async fn a_worker_process_refuses_unknown_control_exchanges_and_undecodable_greetings() {
+async fn a_worker_process_refuses_unknown_control_exchanges_and_closes_on_undecodable_greetings() {
     const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
     let detached = ProcessDriver::new(ECHO_WORKER)
         .stderr(workerbus::Stdio::Null)
@@ -718,6 +718,7 @@ async fn a_worker_process_refuses_unknown_control_exchanges_and_undecodable_gree
         .detach()
         .await
         .expect("detach");
+    let _kill = KillOnDrop(detached.pid());
     let mut peer = greeted(&detached).await;
 
     let unknown = MethodName::from_static("$workerbus.nonsense");
@@ -733,11 +734,21 @@ async fn a_worker_process_refuses_unknown_control_exchanges_and_undecodable_gree
             ),
         }
     );
+    // An unknown control exchange does not break the connection.
+    peer.send(echo(3, "after")).await.unwrap();
+    match answer(&mut peer).await {
+        Frame::Response { id: 3, payload } => {
+            assert_eq!(EchoReply::decode(payload).unwrap().text, "after");
+        }
+        other => panic!("expected the echo, got {other:?}"),
+    }
 
-    // A greeting whose payload is a truncated varint.
+    // A greeting whose payload is a truncated varint is refused, as a wrong
+    // one is, and the worker closes the connection (PROTOCOL.md 9.2), even
+    // one that was greeted before.
     let hello = MethodName::from_static("$workerbus.hello");
     peer.send(Frame::request(
-        3,
+        4,
         hello,
         None,
         1,
@@ -746,7 +757,7 @@ async fn a_worker_process_refuses_unknown_control_exchanges_and_undecodable_gree
     .await
     .unwrap();
     match answer(&mut peer).await {
-        Frame::Status { id: 3, status } => {
+        Frame::Status { id: 4, status } => {
             assert_eq!(status.code(), Code::InvalidArgument);
             assert!(
                 status
@@ -758,16 +769,10 @@ async fn a_worker_process_refuses_unknown_control_exchanges_and_undecodable_gree
         }
         other => panic!("expected a status for the greeting, got {other:?}"),
     }
-
-    // Neither breaks the connection: the worker still serves this peer.
-    peer.send(echo(4, "after")).await.unwrap();
-    match answer(&mut peer).await {
-        Frame::Response { id: 4, payload } => {
-            assert_eq!(EchoReply::decode(payload).unwrap().text, "after");
-        }
-        other => panic!("expected the echo, got {other:?}"),
-    }
-    drop(peer);
+    let after = tokio::time::timeout(Duration::from_secs(20), peer.next())
+        .await
+        .expect("the worker closes within 20 s");
+    assert!(after.is_none(), "the refused peer got {after:?}");
 
     let host = ProcessDriver::new(ECHO_WORKER)
         .connect(detached.address(), detached.secret())

@@ -206,7 +206,8 @@ async fn a_worker_whose_first_start_fails_is_not_supervised() {
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "failed to spawn worker /nonexistent/worker: the program does not exist"
+        "failed to spawn worker /nonexistent/worker: the program does not exist: \
+         No such file or directory (os error 2)"
     );
     // The supervisor goes on supervising others.
     let worker = supervisor

@@ -266,3 +266,15 @@ async fn a_health_check_reports_processed_calls_and_memory() {
         assert!(report.memory_bytes > 0);
     }
 }
+
+#[test]
+fn a_worker_whose_runtime_cannot_be_built_is_a_spawn_error_naming_the_os_error() {
+    // In a process of its own, which holds every descriptor it may open.
+    let said =
+        workerbus_tests::support::with_few_files(env!("CARGO_BIN_EXE_fd-starved"), &["thread"]);
+    assert_eq!(
+        said,
+        "failed to spawn worker starved: could not build its tokio runtime: \
+         Too many open files (os error 24)"
+    );
+}

@@ -207,19 +207,15 @@ impl Index {
         })
     }
 
-    /// Stores the index at `path`, whole: it is written beside it, then
-    /// renamed over it, so a crash leaves the previous index intact.
+    /// Stores the index at `path`, whole: it is written beside it under a
+    /// name of its own, then renamed over it, so a crash leaves the
+    /// previous index intact ([`write_whole`](super::data::write_whole)).
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let stored = StoredIndex {
             model: self.model.clone(),
             files: self.files.values().cloned().collect(),
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, stored.encode_to_vec())?;
-        std::fs::rename(&partial, path)
+        super::data::write_whole(path, &stored.encode_to_vec())
     }
 
     /// Whether the index holds `path` as it is now.
@@ -408,6 +404,21 @@ mod tests {
         other_model = reopened;
         assert_eq!(other_model.retain(|path| path == "b"), 1);
         assert_eq!((other_model.files(), other_model.chunks()), (1, 1));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_index_is_saved_whatever_another_writer_has_at_a_temporary_name() {
+        let dir = std::env::temp_dir().join(format!(
+            "workerbus-index-partial-test-{}",
+            std::process::id()
+        ));
+        let path = dir.join("index.pb");
+        // Another run's temporary file, were there one name for all: here
+        // a directory, which no write replaces.
+        std::fs::create_dir_all(path.with_extension("partial")).unwrap();
+        Index::new("model-a").save(&path).unwrap();
+        assert_eq!(Index::open(&path, "model-a").unwrap().files(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

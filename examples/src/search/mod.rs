@@ -11,12 +11,14 @@
 //!   `Embedder` and `Model` services);
 //! - [`index`]: passages, vectors and the stored index;
 //! - [`worker`]: the `Worker` service, run on a thread of the host;
+//! - [`data`]: the data directory's lock, and files written whole;
 //! - this module: [`SearchApp`], which starts and wires the two workers,
 //!   and [`Chaos`], the plan of the `--chaos` run.
 //!
 //! `examples/search.rs` is the command line; `examples/tests/search.rs` runs
 //! the same pieces end to end.
 
+pub mod data;
 pub mod index;
 pub mod model;
 pub mod worker;
@@ -35,6 +37,7 @@ use crate::embedder::EmbedderClient;
 use crate::model::ModelClient;
 use crate::worker::{InitRequest, InitResponse, WorkerClient, WorkerServer};
 
+pub use self::data::DataLock;
 pub use self::model::{MODEL_PATH_ENV, serve_embedder};
 pub use self::worker::SearchWorker;
 
@@ -85,10 +88,12 @@ impl SearchOptions {
 }
 
 /// The running application: a supervised embedder process and the search
-/// worker's thread, with one [`Metrics`] middleware on both channels.
+/// worker's thread, with one [`Metrics`] middleware on both channels. It
+/// holds its data directory's [`DataLock`] while it runs.
 #[derive(Debug)]
 pub struct SearchApp {
     options: SearchOptions,
+    lock: DataLock,
     supervisor: Supervisor,
     embedder: SupervisedWorker,
     worker: ThreadWorker,
@@ -98,9 +103,20 @@ pub struct SearchApp {
 }
 
 impl SearchApp {
-    /// Starts the embedder under a supervisor, then the search worker on a
+    /// Takes the data directory (waiting while another run has it), then
+    /// starts the embedder under a supervisor and the search worker on a
     /// thread, connected to it.
     pub async fn start(options: SearchOptions) -> Result<SearchApp, Error> {
+        let lock = DataLock::acquire(&options.data_dir)
+            .await
+            .map_err(|error| Error::Spawn {
+                worker: "search".into(),
+                reason: format!(
+                    "cannot lock the data directory {}",
+                    options.data_dir.display()
+                ),
+                source: Some(error),
+            })?;
         let supervisor = Supervisor::new();
         let (recovered, recoveries) = watch::channel(Vec::new());
         tokio::spawn(time_recoveries(supervisor.subscribe(), recovered));
@@ -124,6 +140,7 @@ impl SearchApp {
         let client = WorkerClient::new(worker.channel().with_middleware(metrics.clone()));
         Ok(SearchApp {
             options,
+            lock,
             supervisor,
             embedder,
             worker,
@@ -181,6 +198,11 @@ impl SearchApp {
     /// The options it was started with.
     pub fn options(&self) -> &SearchOptions {
         &self.options
+    }
+
+    /// The lock it holds on its data directory.
+    pub fn data_lock(&self) -> &DataLock {
+        &self.lock
     }
 
     /// Stops the search worker, then the embedder.

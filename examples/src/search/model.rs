@@ -280,16 +280,9 @@ impl ModelHandler for ModelFiles {
         } else {
             PathBuf::from(&request.path)
         };
-        // Written whole, then renamed: a crash never leaves half a model.
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let partial = path.with_extension("partial");
-            std::fs::write(&partial, NgramModel::default().to_file())?;
-            std::fs::rename(&partial, &path)
-        };
-        Ok(match write() {
+        // Written whole: a crash never leaves half a model.
+        let written = super::data::write_whole(&path, NgramModel::default().to_file().as_bytes());
+        Ok(match written {
             Ok(()) => DownloadResponse {
                 success: true,
                 error: String::new(),

@@ -1,7 +1,16 @@
 //! A host process that starts an echo worker, calls it, detaches it, prints
 //! how to reach it (address, secret, pid) and exits, leaving it running.
 //!
-//! Usage: `detach-host <path of echo-worker>`
+//! Usage: `detach-host <path of echo-worker> [--stderr=forward]
+//! [--stdout=inherit]`
+//!
+//! The worker's stdout and stderr are discarded, as they should be for a
+//! worker that will outlive its host, unless `--stderr=forward`: then its
+//! stderr is copied to this host's (the driver's default), and written to
+//! a pipe whose reader is gone once this host has exited. With
+//! `--stdout=inherit` the worker shares this host's stdout (and writes
+//! nothing to it): whoever reads it sees its end only once the worker has
+//! exited too.
 
 use workerbus::{ProcessDriver, Stdio};
 use workerbus_tests::pb::echo::{EchoClient, EchoRequest};
@@ -9,12 +18,20 @@ use workerbus_tests::pb::echo::{EchoClient, EchoRequest};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), workerbus::Error> {
     let program = std::env::args().nth(1).expect("the path of echo-worker");
-    // A worker that will outlive its host must not write to streams the
-    // host owns.
+    let stderr = if std::env::args().any(|arg| arg == "--stderr=forward") {
+        Stdio::Forward
+    } else {
+        Stdio::Null
+    };
+    let stdout = if std::env::args().any(|arg| arg == "--stdout=inherit") {
+        Stdio::Inherit
+    } else {
+        Stdio::Null
+    };
     let worker = ProcessDriver::new(program)
         .serves(EchoClient::SCHEMA)
-        .stdout(Stdio::Null)
-        .stderr(Stdio::Null)
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .await?;
     let reply = EchoClient::new(worker.channel())

@@ -6,7 +6,9 @@
 //!
 //! Modes: `garbage`, `truncated`, `huge`, `unknown-kind`, `unknown-id`,
 //! `duplicate`, `stops-reading`, `wrong-protocol`, `bad-welcome`,
-//! `unexpected-request`.
+//! `unexpected-request`, and `claim-pid`: answers the host's detach with a
+//! socket of its own at `--listen=<path>`, and welcomes every host there
+//! with the process id `--pid=<n>`, not its own.
 
 use std::os::fd::FromRawFd;
 use std::time::Duration;
@@ -28,6 +30,13 @@ struct Welcome {
     protocol: u32,
     #[prost(uint32, tag = "2")]
     pid: u32,
+}
+
+/// The answer to `$workerbus.detach` (section 9.1).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Detached {
+    #[prost(string, tag = "1")]
+    address: String,
 }
 
 type Peer = Framed<UnixStream, FrameCodec>;
@@ -128,6 +137,7 @@ async fn main() {
             .await;
         }
         "duplicate" => answer_twice(&mut peer).await,
+        "claim-pid" => claim_pid(&mut peer).await,
         // Greeted, then never reads again: whatever the host writes fills the
         // socket's buffers.
         "stops-reading" => {}
@@ -172,6 +182,53 @@ async fn answer_twice(peer: &mut Peer) {
         .await;
     }
     std::process::exit(0);
+}
+
+/// The value of the argument `--<name>=<value>`.
+fn arg(name: &str) -> String {
+    let prefix = format!("--{name}=");
+    std::env::args()
+        .find_map(|arg| arg.strip_prefix(&prefix).map(str::to_owned))
+        .unwrap_or_else(|| panic!("hostile-worker needs {prefix}<value>"))
+}
+
+/// Answers the host's `$workerbus.detach` with a socket of its own, where
+/// it welcomes every host with a process id that is not its own, and then
+/// leaves the connection open and unanswered.
+async fn claim_pid(peer: &mut Peer) {
+    let address = arg("listen");
+    let claimed: u32 = arg("pid").parse().expect("--pid=<process id>");
+    let detach = next_request(peer).await;
+    let listener = tokio::net::UnixListener::bind(&address).expect("bind --listen");
+    let answer = Detached {
+        address: address.clone(),
+    };
+    send(
+        peer,
+        Frame::Response {
+            id: detach,
+            payload: Bytes::from(answer.encode_to_vec()),
+        },
+    )
+    .await;
+    loop {
+        let (stream, _) = listener.accept().await.expect("accept");
+        tokio::spawn(async move {
+            let mut host = Framed::new(stream, FrameCodec::new());
+            let Some(Ok(Frame::Request { id, .. })) = host.next().await else {
+                return;
+            };
+            let welcome = Welcome {
+                protocol: workerbus::PROTOCOL_VERSION,
+                pid: claimed,
+            };
+            let payload = Bytes::from(welcome.encode_to_vec());
+            if host.send(Frame::Response { id, payload }).await.is_err() {
+                return;
+            }
+            while let Some(Ok(_)) = host.next().await {}
+        });
+    }
 }
 
 fn echo_reply(text: &str) -> Vec<u8> {

@@ -16,6 +16,7 @@
 mod admission;
 mod socket;
 mod sys;
+mod terminate;
 mod worker;
 
 use std::collections::VecDeque;
@@ -47,7 +48,7 @@ use crate::error::{Error, ExitReason};
 use crate::frame::{Frame, FrameCodec};
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
-use crate::startup::{SOCKET_FD, STARTUP_ENV, StartupData};
+use crate::startup::{SOCKET_DIR_ENV, SOCKET_FD, STARTUP_ENV, StartupData};
 
 /// The default time a worker has to start and complete its handshake.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,6 +106,7 @@ pub struct ProcessDriver {
     env: Vec<(OsString, Option<OsString>)>,
     env_clear: bool,
     current_dir: Option<PathBuf>,
+    socket_dir: Option<PathBuf>,
     stdout: Stdio,
     stderr: Stdio,
     name: Option<String>,
@@ -123,6 +125,7 @@ impl ProcessDriver {
             env: Vec::new(),
             env_clear: false,
             current_dir: None,
+            socket_dir: None,
             stdout: Stdio::Inherit,
             stderr: Stdio::Forward,
             name: None,
@@ -168,6 +171,34 @@ impl ProcessDriver {
     /// The worker's working directory.
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> ProcessDriver {
         self.current_dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// The directory in which the worker makes its named socket, once
+    /// [detached](ProcessWorker::detach) or
+    /// [disconnected](ProcessWorker::disconnect): in a directory of its own
+    /// there, `<name>-<pid>/socket`. It must belong to the worker's user and
+    /// have mode 0700, and is made so if it does not exist (a relative path
+    /// is taken from this process's working directory). Passed to the worker
+    /// in [`SOCKET_DIR_ENV`](crate::SOCKET_DIR_ENV).
+    ///
+    /// By default the directory is `$XDG_RUNTIME_DIR/workerbus`, or, without
+    /// `XDG_RUNTIME_DIR`, `<temporary directory>/workerbus-<uid>`, a name
+    /// anyone can predict: another user of a shared temporary directory who
+    /// makes it first keeps every worker of this user from detaching (the
+    /// worker refuses a directory that is not its user's alone, so it is
+    /// never exposed). Name a private directory here to get around that.
+    ///
+    /// ```no_run
+    /// use workerbus::ProcessDriver;
+    ///
+    /// let driver = ProcessDriver::new("target/debug/embedder")
+    ///     .socket_dir("/home/me/.cache/embedder/sockets");
+    /// # drop(driver);
+    /// ```
+    pub fn socket_dir(mut self, dir: impl AsRef<Path>) -> ProcessDriver {
+        let dir = dir.as_ref();
+        self.socket_dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()));
         self
     }
 
@@ -264,6 +295,9 @@ impl ProcessDriver {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
+        if let Some(dir) = &self.socket_dir {
+            command.env(SOCKET_DIR_ENV, dir);
+        }
         command.env(
             STARTUP_ENV,
             StartupData::new(SOCKET_FD, std::process::id(), name.clone()).encode(),
@@ -278,9 +312,7 @@ impl ProcessDriver {
         let mut child = command.spawn().map_err(|error| {
             let reason = match error.kind() {
                 io::ErrorKind::NotFound => "the program does not exist".to_owned(),
-                io::ErrorKind::PermissionDenied => {
-                    "the program is not executable (permission denied)".to_owned()
-                }
+                io::ErrorKind::PermissionDenied => "the program is not executable".to_owned(),
                 _ => "the program could not be started".to_owned(),
             };
             spawn_error(reason, Some(error))
@@ -300,7 +332,14 @@ impl ProcessDriver {
         };
         let (exit_tx, exit_rx) = watch::channel(None);
         let kill = Arc::new(Notify::new());
-        tokio::spawn(reap(child, Arc::clone(&kill), exit_tx, name.clone()));
+        let address: NamedSocket = Arc::default();
+        tokio::spawn(reap(
+            child,
+            Arc::clone(&kill),
+            exit_tx,
+            name.clone(),
+            Arc::clone(&address),
+        ));
 
         let connected = connect_transport(host_end, &self.channel).map(|transport| {
             Channel::connect(
@@ -331,7 +370,7 @@ impl ProcessDriver {
             stderr,
             stderr_tail: tail,
             secret,
-            address: None,
+            address,
             driver: self.clone(),
         };
         match tokio::time::timeout_at(deadline, worker.handshake(&self.serves)).await {
@@ -384,7 +423,7 @@ impl ProcessDriver {
         let address = address.as_ref();
         // A worker reached by its address is not ours to kill: running out
         // of time is a failure to connect or to greet, not a startup timeout.
-        let (channel, exit) =
+        let (channel, exit, peer) =
             tokio::time::timeout(self.startup_timeout, connect_named(address, &self.channel))
                 .await
                 .map_err(|_| Error::Connect {
@@ -394,26 +433,24 @@ impl ProcessDriver {
                         format!("no connection within {:?}", self.startup_timeout),
                     ),
                 })??;
-        let mut worker = ProcessWorker {
+        let worker = ProcessWorker {
             name: self.worker_name(),
-            pid: 0,
+            pid: peer.pid,
             channel,
             exit,
-            process: Process::Connected,
+            process: Process::Connected(peer.handle),
             shutdown_grace: self.shutdown_grace,
             stdout: None,
             stderr: None,
             stderr_tail: Arc::default(),
             secret: secret.clone(),
-            address: Some(address.to_owned()),
+            address: Arc::new(Mutex::new(Some(address.to_owned()))),
             driver: self.clone(),
         };
         let deadline = Instant::now() + self.startup_timeout;
+        // The pid the worker's welcome claims is not taken: the kernel's is.
         match tokio::time::timeout_at(deadline, worker.handshake(&self.serves)).await {
-            Ok(Ok(welcome)) => {
-                worker.pid = welcome.pid;
-                Ok(worker)
-            }
+            Ok(Ok(_)) => Ok(worker),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::Handshake {
                 worker: worker.name.clone(),
@@ -448,12 +485,20 @@ fn connect_transport(
     ))
 }
 
+/// The process serving a named socket, as the kernel names it.
+struct NamedPeer {
+    /// Its process id in this host's pid namespace (0 if it has none here).
+    pid: u32,
+    /// Its pidfd, if this system has them.
+    handle: Option<sys::ProcessHandle>,
+}
+
 /// Connects to a named socket, after checking it belongs to our user; the
 /// exit watch reports [`ExitReason::Unknown`] once the connection ends.
 async fn connect_named(
     address: &Path,
     options: &ChannelOptions,
-) -> Result<(Channel, ExitWatch), Error> {
+) -> Result<(Channel, ExitWatch, NamedPeer), Error> {
     let connect_error = |source: io::Error| Error::Connect {
         address: address.to_owned(),
         source,
@@ -468,6 +513,17 @@ async fn connect_named(
             format!("the socket is served by uid {}, not this user", peer.uid()),
         )));
     }
+    let pid = peer
+        .pid()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .unwrap_or(0);
+    let handle = match sys::peer_process(socket.as_raw_fd(), pid) {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::debug!(address = %address.display(), pid, %error, "no pidfd for the worker: it cannot be killed from here");
+            None
+        }
+    };
     let socket = socket.into_std().map_err(connect_error)?;
     let transport = connect_transport(socket, options).map_err(connect_error)?;
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -477,17 +533,25 @@ async fn connect_named(
         closed.await;
         exit_tx.send_replace(Some(ExitReason::Unknown));
     });
-    Ok((channel, exit_rx))
+    Ok((channel, exit_rx, NamedPeer { pid, handle }))
 }
+
+/// The path of a worker's named socket, once it has one: shared by its
+/// handle and its reaper.
+type NamedSocket = Arc<Mutex<Option<PathBuf>>>;
 
 /// Owns the child: waits for it to end (killing it when asked) and reports
 /// how, so that no worker is left a zombie and every death has a status.
+/// A worker that had a named socket and could not remove it (killed by a
+/// signal) has it removed before its death is reported.
 async fn reap(
     mut child: Child,
     kill: Arc<Notify>,
     exit: watch::Sender<Option<ExitReason>>,
     name: String,
+    address: NamedSocket,
 ) {
+    let pid = child.id();
     let status = tokio::select! {
         status = child.wait() => status,
         () = kill.notified() => {
@@ -507,11 +571,48 @@ async fn reap(
         }
     };
     tracing::debug!(worker = %name, exit = %reason, "worker process ended");
+    let address = lock(&address).take();
+    if let (Some(address), Some(pid)) = (address, pid) {
+        remove_dead_socket(&address, pid).await;
+    }
     exit.send_replace(Some(reason));
 }
 
+/// Removes the named socket of the worker that had process id `pid`, and
+/// its directory, if the path is laid out as `docs/PROTOCOL.md` 9.4 says
+/// (`<name>-<pid>/socket`: nothing else the worker named is touched) and
+/// the socket is still there and refuses connections: the worker is gone,
+/// and no other has taken the path since.
+async fn remove_dead_socket(address: &Path, pid: u32) {
+    use std::os::unix::fs::FileTypeExt;
+
+    let laid_out = address.file_name() == Some(worker::SOCKET_NAME.as_ref())
+        && address
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|dir| dir.to_str())
+            .and_then(|dir| dir.rsplit_once('-'))
+            .is_some_and(|(_, of)| of == pid.to_string());
+    let is_socket = laid_out
+        && std::fs::symlink_metadata(address).is_ok_and(|meta| meta.file_type().is_socket());
+    if !is_socket {
+        return;
+    }
+    match tokio::net::UnixStream::connect(address).await {
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::debug!(socket = %address.display(), "removing the socket of a worker that is gone");
+            worker::remove_socket(address);
+        }
+        _ => {}
+    }
+}
+
 /// Copies a worker's stderr to the host's, line by line, keeping the last
-/// lines for error messages.
+/// lines for error messages. A line longer than [`FORWARDED_LINE_MAX`] is
+/// passed on in pieces of that size, so a worker writing without newlines
+/// cannot make the host buffer without bound. The lines go through
+/// [`crate::stderr`]: a host's stderr that is closed or not read never
+/// panics or blocks the host.
 fn forward_stderr(
     stderr: ChildStderr,
     name: String,
@@ -521,21 +622,43 @@ fn forward_stderr(
         let mut reader = tokio::io::BufReader::new(stderr);
         let mut line = Vec::new();
         loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            let read = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(read) => read,
+            };
+            let room = FORWARDED_LINE_MAX - line.len();
+            let (taken, ended) = match read.iter().take(room).position(|&byte| byte == b'\n') {
+                Some(newline) => (newline + 1, true),
+                None => {
+                    let taken = read.len().min(room);
+                    (taken, line.len() + taken == FORWARDED_LINE_MAX)
+                }
+            };
+            line.extend_from_slice(&read[..taken]);
+            reader.consume(taken);
+            if ended {
+                forward_line(&line, &name, &tail);
+                line.clear();
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\n', '\r']);
-            eprintln!("[{name}] {text}");
-            let mut tail = lock(&tail);
-            if tail.len() == STDERR_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(text.chars().take(STDERR_LINE_MAX).collect());
+        }
+        if !line.is_empty() {
+            forward_line(&line, &name, &tail);
         }
     })
+}
+
+/// The longest line of a worker's stderr the host copies whole.
+const FORWARDED_LINE_MAX: usize = 64 * 1024;
+
+fn forward_line(line: &[u8], name: &str, tail: &Mutex<VecDeque<String>>) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\n', '\r']);
+    crate::stderr::line(format!("[{name}] {text}"));
+    let mut tail = lock(tail);
+    if tail.len() == STDERR_TAIL_LINES {
+        tail.pop_front();
+    }
+    tail.push_back(text.chars().take(STDERR_LINE_MAX).collect());
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -544,10 +667,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// How the host holds the worker's process.
 enum Process {
-    /// Our child: the reaper kills it when notified.
+    /// Our child: the reaper kills it when notified (it cannot have been
+    /// reaped, and its pid reused, before).
     Child(Arc<Notify>),
-    /// A worker we connected to by its address.
-    Connected,
+    /// A worker we connected to by its address: its pidfd, if the system
+    /// gave one. Never its pid alone, which another process may have by
+    /// the time it is used.
+    Connected(Option<sys::ProcessHandle>),
 }
 
 /// A worker running in another process, started by [`ProcessDriver::spawn`]
@@ -568,7 +694,7 @@ pub struct ProcessWorker {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     secret: Secret,
     /// The worker's named socket, once it has one.
-    address: Option<PathBuf>,
+    address: NamedSocket,
     driver: ProcessDriver,
 }
 
@@ -606,7 +732,11 @@ impl ProcessWorker {
         &self.name
     }
 
-    /// The worker's process id.
+    /// The worker's process id, as the kernel gives it: the child's, or,
+    /// for a worker reached by [`connect`](ProcessDriver::connect), the
+    /// process serving the socket (`SO_PEERCRED`), never the id its
+    /// greeting claims. 0 if that process has no id in this host's pid
+    /// namespace.
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -632,6 +762,13 @@ impl ProcessWorker {
                 .and_then(|reason| reason.clone())
                 .unwrap_or(ExitReason::Unknown)
         }
+    }
+
+    /// The path of the worker's named socket, once it has one: after
+    /// [`disconnect`](Self::disconnect) or [`detach`](Self::detach), or the
+    /// address it was [reached at](ProcessDriver::connect).
+    pub fn address(&self) -> Option<PathBuf> {
+        lock(&self.address).clone()
     }
 
     /// The last lines the worker wrote to its stderr, if it is
@@ -666,13 +803,25 @@ impl ProcessWorker {
 
     /// Kills the worker now (SIGKILL). Calls in flight fail with
     /// [`Error::WorkerExited`] carrying the signal.
+    ///
+    /// A signal can never reach another process given the worker's id: a
+    /// child is signalled before it is reaped, and a worker reached by
+    /// [`connect`](ProcessDriver::connect) through the pidfd of the process
+    /// serving its socket, taken when connecting (Linux). Without a pidfd
+    /// (other systems), or if that process's id is 0 or 1, such a worker is
+    /// not killed, and a warning is logged.
     pub fn kill(&self) {
         match &self.process {
             Process::Child(kill) => kill.notify_one(),
-            Process::Connected => {
-                if let Err(error) = sys::kill(self.pid) {
+            // Pid 0 (a process this host cannot see) and 1 (init) are never
+            // signalled, even through a pidfd.
+            Process::Connected(Some(handle)) if self.pid > 1 => {
+                if let Err(error) = handle.kill() {
                     tracing::warn!(worker = %self.name, pid = self.pid, %error, "could not kill the worker");
                 }
+            }
+            Process::Connected(_) => {
+                tracing::warn!(worker = %self.name, pid = self.pid, "not killing a worker this host did not start and holds no pidfd for");
             }
         }
     }
@@ -689,6 +838,7 @@ impl ProcessWorker {
     /// [`Stdio::Inherit`] from a terminal or file that outlives the host.
     pub async fn detach(self) -> Result<DetachedWorker, Error> {
         let address = self.listen().await?;
+        *lock(&self.address) = Some(address.clone());
         Ok(DetachedWorker {
             name: self.name.clone(),
             pid: self.pid,
@@ -703,7 +853,7 @@ impl ProcessWorker {
     /// While disconnected, the worker does not exit when this host does.
     pub async fn disconnect(&mut self) -> Result<(), Error> {
         let address = self.listen().await?;
-        self.address = Some(address);
+        *lock(&self.address) = Some(address);
         self.channel
             .terminate(crate::client::CloseReason::Lost(None));
         Ok(())
@@ -712,7 +862,7 @@ impl ProcessWorker {
     /// Connects again to a worker that was [disconnected](Self::disconnect),
     /// replacing the channel: [`channel`](Self::channel) returns the new one.
     pub async fn reconnect(&mut self) -> Result<(), Error> {
-        let Some(address) = self.address.clone() else {
+        let Some(address) = self.address() else {
             return Err(Error::Handshake {
                 worker: self.name.clone(),
                 reason:
@@ -720,20 +870,26 @@ impl ProcessWorker {
                         .into(),
             });
         };
-        let (channel, _) = connect_named(&address, &self.driver.channel).await?;
+        let (channel, _, peer) = connect_named(&address, &self.driver.channel).await?;
         let previous = std::mem::replace(&mut self.channel, channel);
         let serves = self.driver.serves.clone();
         if let Err(error) = self.handshake(&serves).await {
             self.channel = previous;
             return Err(error);
         }
+        // A worker this host did not start is whatever process serves the
+        // address now.
+        if let Process::Connected(handle) = &mut self.process {
+            self.pid = peer.pid;
+            *handle = peer.handle;
+        }
         Ok(())
     }
 
     /// Asks the worker for its named socket.
     async fn listen(&self) -> Result<PathBuf, Error> {
-        if let Some(address) = &self.address {
-            return Ok(address.clone());
+        if let Some(address) = self.address() {
+            return Ok(address);
         }
         let answer = self
             .channel
@@ -764,7 +920,7 @@ impl fmt::Debug for ProcessWorker {
             .field("name", &self.name)
             .field("pid", &self.pid)
             .field("exit", &*self.exit.borrow())
-            .field("address", &self.address)
+            .field("address", &self.address())
             .field("channel", &self.channel)
             .finish_non_exhaustive()
     }

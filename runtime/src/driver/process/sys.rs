@@ -1,8 +1,9 @@
 //! The few system calls the process driver needs that the standard library
 //! does not offer safely: giving a child its socket at a fixed descriptor,
 //! adopting that descriptor in the child, waiting for a peer to hang up
-//! without reading, the process's user id, killing a worker by its pid, and
-//! a socket's send buffer.
+//! without reading, the process's user id, a pidfd for a socket's peer and
+//! killing it through that, ending the process at once, and a socket's send
+//! buffer.
 //!
 //! This is the only module of the crate with `unsafe` code.
 #![allow(unsafe_code)]
@@ -109,23 +110,144 @@ pub(crate) fn wait_for_hangup(socket: &UnixStream) -> io::Result<()> {
     }
 }
 
+/// Ends the process at once with `code`, running nothing first: no
+/// `atexit` handler, no flush of the standard streams (a full stdout or
+/// stderr pipe would wait for good), no destructor.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it ends the process without
+    // returning, and the kernel releases everything the process holds.
+    unsafe { libc::_exit(code) }
+}
+
 /// The real user id of this process.
 pub(crate) fn user_id() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
 
-/// Sends SIGKILL to a process that is not our child (a worker we connected
-/// to by its address). The pid came from the worker itself, in the
-/// handshake.
-pub(crate) fn kill(pid: u32) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, libc::SIGKILL) } < 0 {
+/// A process that is not this host's child (a worker it connected to by
+/// its address), held by a pidfd: a signal sent through it reaches that
+/// process, or none once it has ended, never a process given its id later.
+/// Only Linux has pidfds; elsewhere there is no handle, and such a worker
+/// cannot be signalled.
+#[derive(Debug)]
+pub(crate) struct ProcessHandle {
+    #[cfg(target_os = "linux")]
+    pidfd: OwnedFd,
+}
+
+/// The process at the other end of the connected Unix socket `socket`,
+/// whose id the kernel gave as `pid` (`SO_PEERCRED`).
+///
+/// Linux 6.5 and later give its pidfd (`SO_PEERPIDFD`). Before, a pidfd is
+/// opened by the id, and kept only if the peer still holds its end of the
+/// socket after that: a process that holds it has not ended, so its id
+/// cannot have gone to another.
+pub(crate) fn peer_process(socket: RawFd, pid: u32) -> io::Result<ProcessHandle> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut fd: libc::c_int = -1;
+        let mut len = SOCKLEN_OF_INT;
+        // SAFETY: `fd` and `len` outlive the call, and `len` is `fd`'s size.
+        let got = unsafe {
+            libc::getsockopt(
+                socket,
+                libc::SOL_SOCKET,
+                libc::SO_PEERPIDFD,
+                (&raw mut fd).cast(),
+                &raw mut len,
+            )
+        };
+        if got == 0 && fd >= 0 {
+            // SAFETY: the kernel opened this descriptor for us just now;
+            // nothing else owns it.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+            return Ok(ProcessHandle { pidfd });
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ENOPROTOOPT) {
+            return Err(error);
+        }
+        let pid = libc::pid_t::try_from(pid)
+            .ok()
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| {
+                io::Error::other(format!("the peer has no usable process id ({pid})"))
+            })?;
+        // SAFETY: pidfd_open takes a process id and flags, and returns a new
+        // descriptor or -1; it touches no memory of ours.
+        let opened = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if opened < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = RawFd::try_from(opened).map_err(io::Error::other)?;
+        // SAFETY: pidfd_open opened this descriptor for us just now; nothing
+        // else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if hung_up(socket)? {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the peer closed its end of the socket",
+            ));
+        }
+        Ok(ProcessHandle { pidfd })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (socket, pid);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this system has no pidfds",
+        ))
+    }
+}
+
+/// Whether the peer of `socket` has closed its end, now, without waiting.
+#[cfg(target_os = "linux")]
+fn hung_up(socket: RawFd) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: socket,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call, which does not
+    // wait (timeout 0).
+    if unsafe { libc::poll(&mut poll, 1, 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
+}
+
+impl ProcessHandle {
+    /// Sends SIGKILL to the process; one that has already ended is not an
+    /// error.
+    pub(crate) fn kill(&self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: pidfd_send_signal takes a pidfd we own, a signal, a null
+            // siginfo (the kernel fills in the usual one) and flags 0.
+            let sent = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            if sent < 0 {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        }
+    }
 }
 
 /// Asks for a send buffer of `bytes` on a socket. The kernel may cap it

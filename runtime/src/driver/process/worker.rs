@@ -11,15 +11,17 @@
 //! Accepting pauses, with a growing delay, while the process is out of
 //! descriptors or memory.
 //!
-//! A worker stops when its host asks it to (`SHUTDOWN`) or, unless detached,
-//! when its host goes away: the serve loop sees the end of the connection,
-//! and a watchdog thread ends a worker whose handlers are too busy to notice.
+//! A worker stops when its host asks it to (`SHUTDOWN`), when it receives
+//! SIGTERM (which each connection takes for a `SHUTDOWN`: see
+//! `terminate.rs`) or, unless detached, when its host goes away: the serve
+//! loop sees the end of the connection, and a watchdog thread ends a worker
+//! whose handlers are too busy to notice.
 
 use std::fs::DirBuilder;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,13 +32,14 @@ use tokio::sync::Notify;
 
 use super::admission::{Admission, Greeting, Ungreeted, accept_pause};
 use super::sys;
+use super::terminate::{Stop, Stoppable};
 use crate::control::{
     Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome, check_hello,
 };
 use crate::error::{Error, FrameError, Status};
 use crate::frame::FrameCodec;
 use crate::server::{Control, Dispatch, Ending, ServeOptions, serve_connection};
-use crate::startup::StartupData;
+use crate::startup::{SOCKET_DIR_ENV, StartupData};
 
 /// How long a worker whose host went away lets its serve loop stop by itself
 /// before the watchdog ends the process.
@@ -48,6 +51,12 @@ const HANGUP_GRACE: Duration = Duration::from_secs(1);
 /// Call it from the worker's `main`. It fails at once, with a message that
 /// says so, if the program was not started by a workerbus host (see
 /// [`startup_data`](crate::startup_data)).
+///
+/// While it serves, SIGTERM stops the worker as a host's shutdown does: its
+/// named socket, if it has one, is removed, new calls are refused, and
+/// `serve` returns `Ok` once the calls in flight have finished. (Tokio keeps
+/// its SIGTERM handler for the life of the process: a program that goes on
+/// after `serve` has returned handles SIGTERM itself.)
 ///
 /// A worker's `main` is typically
 /// `workerbus::serve(EmbedderServer::new(MyEmbedder)).await`, on a
@@ -104,9 +113,18 @@ pub async fn serve_with_options<S: Dispatch>(
         address: Mutex::new(None),
         shutdown: Notify::new(),
         accept: Mutex::new(None),
+        stop: Arc::default(),
+        connections: AtomicUsize::new(1),
     });
     *lock(&shared.accept) = Some(accept_loop(Arc::clone(&service), Arc::clone(&shared)));
     spawn_watchdog(watched, Arc::clone(&shared));
+    // Handled from now on, not from the task's first turn.
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|error| {
+            tracing::warn!(%error, "cannot handle SIGTERM: it will end the worker without its shutdown");
+        })
+        .ok()
+        .map(|signal| tokio::spawn(stop_on_sigterm(signal, Arc::clone(&shared))));
 
     let greeting = Greeting::inherited();
     let control = ConnectionControl {
@@ -114,16 +132,19 @@ pub async fn serve_with_options<S: Dispatch>(
         inherited: true,
         greeting: Arc::clone(&greeting),
     };
-    let first = serve_connection(
-        transport(
-            SocketTransport::unix(socket, codec(&options)),
-            &options,
-            greeting,
-        ),
-        service,
-        &options,
-        Some(&control),
-    );
+    let first = async {
+        let transport = Stoppable::new(
+            transport(
+                SocketTransport::unix(socket, codec(&options)),
+                &options,
+                greeting,
+            ),
+            Arc::clone(&shared.stop),
+        );
+        let ending = serve_connection(transport, service, &options, Some(&control)).await;
+        shared.connection_ended();
+        ending
+    };
     let result = tokio::select! {
         ending = first => match ending {
             Ok(Ending::Shutdown) => Ok(()),
@@ -144,12 +165,21 @@ pub async fn serve_with_options<S: Dispatch>(
         // A host on the named socket asked for a shutdown.
         () = shared.shutdown.notified() => Ok(()),
     };
+    if let Some(terminate) = terminate {
+        terminate.abort();
+    }
     shared.serving.store(false, Ordering::SeqCst);
     if let Some(address) = lock(&shared.address).take() {
         remove_socket(&address);
     }
+    // Lines still queued for a slow stderr (the frame log's) get a moment
+    // before the program, likely, exits.
+    crate::stderr::flush(FLUSH_GRACE);
     result
 }
+
+/// How long a worker that stops waits for its lines to reach stderr.
+const FLUSH_GRACE: Duration = Duration::from_millis(100);
 
 fn worker_error(reason: String, source: Option<io::Error>) -> Error {
     Error::Worker { reason, source }
@@ -187,6 +217,38 @@ struct WorkerShared {
     shutdown: Notify,
     /// Starts serving the named socket; knows the service's type.
     accept: Mutex<Option<AcceptLoop>>,
+    /// Set by SIGTERM: every connection then takes a `SHUTDOWN`.
+    stop: Arc<Stop>,
+    /// Connections being served, the inherited one included.
+    connections: AtomicUsize,
+}
+
+impl WorkerShared {
+    /// Counts a connection out; the last to end after a SIGTERM ends the
+    /// worker (with none left, the SIGTERM does).
+    fn connection_ended(&self) {
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+        if self.stop.is_requested() {
+            self.shutdown.notify_one();
+        }
+    }
+}
+
+/// Waits for SIGTERM, then stops the worker as a host's `SHUTDOWN` does:
+/// its named socket goes first, so that no new peer reaches it, then every
+/// connection takes a `SHUTDOWN` of its own and ends once its calls have.
+async fn stop_on_sigterm(mut terminate: tokio::signal::unix::Signal, shared: Arc<WorkerShared>) {
+    if terminate.recv().await.is_none() {
+        return;
+    }
+    tracing::info!(worker = %shared.name, "SIGTERM: shutting down");
+    if let Some(address) = lock(&shared.address).take() {
+        remove_socket(&address);
+    }
+    shared.stop.request();
+    if shared.connections.load(Ordering::SeqCst) == 0 {
+        shared.shutdown.notify_one();
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -323,8 +385,11 @@ fn accept_loop<S: Dispatch>(service: Arc<S>, shared: Arc<WorkerShared>) -> Accep
                     greeting,
                 );
                 let shared = Arc::clone(&shared);
+                shared.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    match served.await {
+                    let ending = served.await;
+                    shared.connection_ended();
+                    match ending {
                         Ok(Ending::Shutdown) => shared.shutdown.notify_one(),
                         Ok(Ending::Closed) => {}
                         Err(PeerError::Ungreeted(why @ Ungreeted::TimedOut(_))) => {
@@ -380,7 +445,10 @@ where
         inherited: false,
         greeting: Arc::clone(&greeting),
     };
-    let transport = transport(socket, &shared.options, Arc::clone(&greeting));
+    let transport = Stoppable::new(
+        transport(socket, &shared.options, Arc::clone(&greeting)),
+        Arc::clone(&shared.stop),
+    );
     let serve = serve_connection(transport, service, &shared.options, Some(&control));
     tokio::select! {
         // The serve loop first: it is where a greeting is accepted.
@@ -422,6 +490,8 @@ where
         address: Mutex::new(None),
         shutdown: Notify::new(),
         accept: Mutex::new(None),
+        stop: Arc::default(),
+        connections: AtomicUsize::new(1),
     });
     let admission = Admission::new(
         options.max_ungreeted_connections_value(),
@@ -459,7 +529,7 @@ fn listen(name: &str) -> io::Result<(PathBuf, std::os::unix::net::UnixListener)>
 }
 
 /// The named socket's file name, in the worker's own directory.
-const SOCKET_NAME: &str = "socket";
+pub(super) const SOCKET_NAME: &str = "socket";
 
 /// Removes what workers that are gone left in the user's private directory:
 /// a worker killed by a signal cannot remove its socket, so each worker that
@@ -505,22 +575,28 @@ fn sweep_gone(private: &Path) {
 }
 
 /// Removes a named socket and the worker's directory that holds it.
-fn remove_socket(path: &Path) {
+pub(super) fn remove_socket(path: &Path) {
     let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
         let _ = std::fs::remove_dir(dir);
     }
 }
 
-/// `$XDG_RUNTIME_DIR/workerbus`, or `<temp>/workerbus-<uid>`: created with
+/// The directory named by `WORKERBUS_SOCKET_DIR`, else
+/// `$XDG_RUNTIME_DIR/workerbus`, else `<temp>/workerbus-<uid>`: created with
 /// mode 0700, and refused if it exists but is not ours and private.
 pub(crate) fn private_dir() -> io::Result<PathBuf> {
     let uid = sys::user_id();
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(runtime) if Path::new(&runtime).is_dir() => Path::new(&runtime).join("workerbus"),
+    let dir = match (
+        std::env::var_os(SOCKET_DIR_ENV),
+        std::env::var_os("XDG_RUNTIME_DIR"),
+    ) {
+        (Some(dir), _) if !dir.is_empty() => PathBuf::from(dir),
+        (_, Some(runtime)) if Path::new(&runtime).is_dir() => Path::new(&runtime).join("workerbus"),
         _ => std::env::temp_dir().join(format!("workerbus-{uid}")),
     };
-    match DirBuilder::new().mode(0o700).create(&dir) {
+    // With its parents, for a directory named by the user.
+    match DirBuilder::new().mode(0o700).recursive(true).create(&dir) {
         Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
         Err(error) => return Err(error),
@@ -530,7 +606,8 @@ pub(crate) fn private_dir() -> io::Result<PathBuf> {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} must be a directory owned by uid {uid} with mode 0700 (it has uid {} and mode {:o})",
+                "{} must be a directory owned by uid {uid} with mode 0700 (it has uid {} and mode {:o}); \
+                 name another with ProcessDriver::socket_dir ({SOCKET_DIR_ENV})",
                 dir.display(),
                 meta.uid(),
                 meta.mode() & 0o7777
@@ -572,11 +649,15 @@ fn spawn_watchdog(socket: std::os::unix::net::UnixStream, shared: Arc<WorkerShar
             }
             std::thread::sleep(HANGUP_GRACE);
             if shared.serving.load(Ordering::SeqCst) && !shared.detached.load(Ordering::SeqCst) {
-                eprintln!(
+                // Handed over, not written here: the host's end of a
+                // forwarded stderr is gone (a write would fail) and an unread
+                // pipe may be full (a write would wait for good). The line
+                // gets a moment, then the process ends whatever happened.
+                crate::stderr::line(format!(
                     "workerbus: worker {:?}: the host went away and the worker did not stop within {HANGUP_GRACE:?}; exiting",
                     shared.name
-                );
-                std::process::exit(1);
+                ));
+                sys::exit_now(1);
             }
         });
     if let Err(error) = spawned {
