@@ -65,7 +65,7 @@ pub(crate) fn service(def: &ServiceDef, options: &EmitOptions) -> Result<TokenSt
 }
 
 fn names_module(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
-    let module = format_ident!("{}_service", def.snake_name);
+    let module = ident(&def.module);
     let doc = format!(
         " Message names and schema of the `{}` service.",
         def.full_name
@@ -75,7 +75,7 @@ fn names_module(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, Strin
         let value = &method.message_name;
         let doc = format!(
             " `{value}`: the message name of `{}.{}`.",
-            def.name, method.proto_name
+            def.proto_name, method.proto_name
         );
         quote! {
             #[doc = #doc]
@@ -111,8 +111,8 @@ fn names_module(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, Strin
 }
 
 fn client(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
-    let client = format_ident!("{}Client", def.name);
-    let module = format_ident!("{}_service", def.snake_name);
+    let client = format_ident!("{}Client", def.base);
+    let module = ident(&def.module);
     let mut docs = vec![
         format!(" Client of the `{}` service.", def.full_name),
         String::new(),
@@ -164,9 +164,9 @@ fn client(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
 
 fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, String> {
     let name = ident(&method.rust_name);
-    let name_with = format_ident!("{}_with", method.rust_name.trim_start_matches("r#"));
-    let request = parse_type(&method.request.rust_type)?;
-    let response = parse_type(&method.response.rust_type)?;
+    let name_with = ident(&method.rust_name_with);
+    let request = message_type(&method.request.rust_type)?;
+    let response = message_type(&method.response.rust_type)?;
     let message_name = &method.message_name;
     let response_proto = &method.response.proto_name;
     let mut desc = quote!(#cg::MethodDesc::new(#message_name, #response_proto));
@@ -284,19 +284,9 @@ fn defaults_note(method: &MethodDef) -> String {
     }
 }
 
-/// The base of an events service's type names: its name without a trailing
-/// `Events` (`IndexerEvents` gives `IndexerEvent`, `IndexerEvents` and
-/// `IndexerEmitter`).
-fn events_base(def: &ServiceDef) -> &str {
-    match def.name.strip_suffix("Events") {
-        Some(base) if !base.is_empty() => base,
-        _ => &def.name,
-    }
-}
-
 /// `<Svc>Emitter`: how a worker sends the events of an events service.
 fn emitter(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
-    let emitter = format_ident!("{}Emitter", events_base(def));
+    let emitter = format_ident!("{}Emitter", def.base);
     let mut docs = vec![
         format!(" Sends the events of `{}` to the host.", def.full_name),
         String::new(),
@@ -311,7 +301,7 @@ fn emitter(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
     let mut methods = Vec::new();
     for method in &def.methods {
         let name = ident(&method.rust_name);
-        let event = parse_type(&method.request.rust_type)?;
+        let event = message_type(&method.request.rust_type)?;
         let message_name = &method.message_name;
         let mut method_docs = method.docs.clone();
         if !method_docs.is_empty() {
@@ -353,14 +343,14 @@ fn emitter(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
 /// `<Svc>Event` and `<Svc>Events`: how a host receives the events of an
 /// events service.
 fn event_stream(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
-    let event = format_ident!("{}Event", events_base(def));
-    let events = format_ident!("{}Events", events_base(def));
-    let module = format_ident!("{}_service", def.snake_name);
+    let event = format_ident!("{}Event", def.base);
+    let events = format_ident!("{}Events", def.base);
+    let module = ident(&def.module);
     let mut variants = Vec::new();
     let mut arms = Vec::new();
     for method in &def.methods {
-        let variant = format_ident!("{}", method.proto_name);
-        let message = parse_type(&method.request.rust_type)?;
+        let variant = ident(&method.variant);
+        let message = message_type(&method.request.rust_type)?;
         let constant = format_ident!("{}", method.const_name);
         let proto = &method.request.proto_name;
         let mut docs = method.docs.clone();
@@ -376,6 +366,19 @@ fn event_stream(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, Strin
             #module::#constant => #cg::decode_event::<#message>(method, payload, #proto).map(#event::#variant),
         });
     }
+    // An events service without events matches nothing.
+    let decode = if arms.is_empty() {
+        quote! {
+            |(method, _payload)| ::core::result::Result::Err(#cg::unexpected_event(method, &#module::SCHEMA))
+        }
+    } else {
+        quote! {
+            |(method, payload)| match method.as_str() {
+                #(#arms)*
+                _ => ::core::result::Result::Err(#cg::unexpected_event(method, &#module::SCHEMA)),
+            }
+        }
+    };
     let event_doc = format!(" An event of `{}`.", def.full_name);
     let events_docs = [
         format!(
@@ -422,10 +425,7 @@ fn event_stream(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, Strin
                 cx: &mut ::core::task::Context<'_>,
             ) -> ::core::task::Poll<::core::option::Option<Self::Item>> {
                 self.inner.poll_event(cx).map(|event| {
-                    event.map(|(method, payload)| match method.as_str() {
-                        #(#arms)*
-                        _ => ::core::result::Result::Err(#cg::unexpected_event(method, &#module::SCHEMA)),
-                    })
+                    event.map(#decode)
                 })
             }
         }
@@ -433,9 +433,9 @@ fn event_stream(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, Strin
 }
 
 fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
-    let handler = format_ident!("{}Handler", def.name);
-    let server = format_ident!("{}Server", def.name);
-    let module = format_ident!("{}_service", def.snake_name);
+    let handler = format_ident!("{}Handler", def.base);
+    let server = format_ident!("{}Server", def.base);
+    let module = ident(&def.module);
     let mut handler_docs = vec![
         format!(
             " The handler of the `{}` service: implement it in the worker",
@@ -451,8 +451,8 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
     let mut arms = Vec::new();
     for method in &def.methods {
         let name = ident(&method.rust_name);
-        let request = parse_type(&method.request.rust_type)?;
-        let response = parse_type(&method.response.rust_type)?;
+        let request = message_type(&method.request.rust_type)?;
+        let response = message_type(&method.response.rust_type)?;
         let mut docs = method.docs.clone();
         if !docs.is_empty() {
             docs.push(String::new());
@@ -505,7 +505,9 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
             prepare.extend(quote!(let responses = streams.sender::<#response>(&cx)?;));
             arguments.extend(quote!(responses,));
         }
-        let call = quote!(handler.#name(#arguments &cx).await?);
+        // A path call: a method call on the `Arc` could find one of its own
+        // methods (an rpc `clone`) first.
+        let call = quote!(<H as #handler>::#name(&*handler, #arguments &cx).await?);
         let finish = if method.kind.streams_responses() {
             // The stream's items went out as the handler sent them; an empty
             // RESPONSE ends the stream.
@@ -531,11 +533,47 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
             }
         });
     }
-    // Not every service reads the payload (all its requests may stream) or
-    // has streams.
-    let unpack = quote! {
-        #[allow(unused_variables)]
-        let (payload, cx, streams) = call.into_parts();
+    // Bind only what some method reads: a service whose requests all stream
+    // never reads the payload, one without streams never reads the streams,
+    // and one without methods reads only the context.
+    let payload = if def
+        .methods
+        .iter()
+        .any(|method| !method.kind.streams_requests())
+    {
+        quote!(payload)
+    } else {
+        quote!(_)
+    };
+    let streams = if def
+        .methods
+        .iter()
+        .any(|method| method.kind.streams_requests() || method.kind.streams_responses())
+    {
+        quote!(streams)
+    } else {
+        quote!(_)
+    };
+    let unimplemented =
+        quote!(::core::result::Result::Err(#cg::unimplemented(&cx, &#module::SCHEMA)));
+    let body = if def.methods.is_empty() {
+        quote! {
+            async move {
+                let (_, cx, _) = call.into_parts();
+                #unimplemented
+            }
+        }
+    } else {
+        quote! {
+            let handler = ::std::sync::Arc::clone(&self.handler);
+            async move {
+                let (#payload, cx, #streams) = call.into_parts();
+                match cx.method() {
+                    #(#arms)*
+                    _ => #unimplemented,
+                }
+            }
+        }
     };
     let server_doc = format!(
         " Serves a [`{handler}`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function."
@@ -592,14 +630,7 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
                    + ::core::marker::Send
                    + 'static
                    + use<H> {
-                let handler = ::std::sync::Arc::clone(&self.handler);
-                async move {
-                    #unpack
-                    match cx.method() {
-                        #(#arms)*
-                        _ => ::core::result::Result::Err(#cg::unimplemented(&cx, &#module::SCHEMA)),
-                    }
-                }
+                #body
             }
         }
     })
@@ -613,8 +644,15 @@ fn ident(name: &str) -> syn::Ident {
     }
 }
 
-fn parse_type(rust_type: &str) -> Result<syn::Type, String> {
-    syn::parse_str(rust_type)
+/// A request or response type. A message named like one of the generic
+/// parameters of generated items (`H` of servers, `S` of request streams) is
+/// named through `self::`, which a generic parameter cannot shadow.
+fn message_type(rust_type: &str) -> Result<syn::Type, String> {
+    let path = match rust_type {
+        "H" | "S" => format!("self::{rust_type}"),
+        _ => rust_type.to_owned(),
+    };
+    syn::parse_str(&path)
         .map_err(|error| format!("cannot parse the Rust type `{rust_type}`: {error}"))
 }
 
@@ -638,9 +676,10 @@ mod tests {
             fingerprint: 7,
         };
         ServiceDef {
-            name: "Greeter".into(),
+            proto_name: "Greeter".into(),
             full_name: "hello.Greeter".into(),
-            snake_name: "greeter".into(),
+            base: "Greeter".into(),
+            module: "greeter_service".into(),
             docs: vec![" Says hello.".into()],
             fingerprint: 42,
             events: false,
@@ -648,8 +687,10 @@ mod tests {
                 MethodDef {
                     proto_name: "Greet".into(),
                     rust_name: "greet".into(),
+                    rust_name_with: "greet_with".into(),
                     message_name: "greeter.greet".into(),
                     const_name: "GREET".into(),
+                    variant: "Greet".into(),
                     docs: vec![],
                     request: message("GreetRequest", "hello.GreetRequest"),
                     response: message("GreetReply", "hello.GreetReply"),
@@ -664,8 +705,10 @@ mod tests {
                 MethodDef {
                     proto_name: "Type".into(),
                     rust_name: "r#type".into(),
+                    rust_name_with: "type_with".into(),
                     message_name: "greeter.type".into(),
                     const_name: "TYPE".into(),
+                    variant: "Type".into(),
                     docs: vec![],
                     request: message("()", "google.protobuf.Empty"),
                     response: message("super::common::Kind", "common.Kind"),
@@ -718,7 +761,8 @@ mod tests {
     #[test]
     fn an_events_service_gets_an_emitter_and_an_event_stream_only() {
         let mut def = def();
-        def.name = "GreeterEvents".into();
+        def.proto_name = "GreeterEvents".into();
+        def.base = "Greeter".into();
         def.events = true;
         def.methods.truncate(1);
         def.methods[0].options = MethodOptions::default();

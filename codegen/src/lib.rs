@@ -39,7 +39,11 @@
 
 mod docs;
 mod emit;
+mod include;
 mod model;
+mod names;
+mod output;
+mod parse;
 mod schema;
 
 use std::cell::RefCell;
@@ -49,16 +53,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use protox::file::{
-    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
-};
-
 use crate::emit::EmitOptions;
+use crate::include::PackageFile;
 use crate::model::{MessageRef, MethodDef, ServiceDef};
-use crate::schema::{OPTIONS_FILE, ServiceInfo};
-
-/// The source of `workerbus/options.proto`, served to every compilation.
-const OPTIONS_PROTO: &str = include_str!("../proto/workerbus/options.proto");
+use crate::output::{DocMarkers, Staging};
+use crate::schema::{OPTIONS_FILE, RustNames, ServiceInfo};
 
 /// Compiles `protos` (paths of `.proto` files) with the default options,
 /// resolving imports in `includes`, and writes one `<package>.rs` per
@@ -82,6 +81,8 @@ pub fn configure() -> Builder {
         runtime_path: "::workerbus".to_owned(),
         prost: None,
         emit_rerun_if_changed: true,
+        include_file: include::DEFAULT_INCLUDE_FILE.to_owned(),
+        rust_names: RustNames::new(),
     }
 }
 
@@ -105,6 +106,8 @@ pub struct Builder {
     runtime_path: String,
     prost: Option<prost_build::Config>,
     emit_rerun_if_changed: bool,
+    include_file: String,
+    rust_names: RustNames,
 }
 
 impl Builder {
@@ -135,8 +138,10 @@ impl Builder {
     }
 
     /// Generates the messages with this prost-build configuration (attributes,
-    /// extern paths, `include_file`...). Its service generator and output
-    /// directory are replaced by this builder's.
+    /// extern paths, `include_file`...). Its service generator, output
+    /// directory and `default_package_filename` are replaced by this
+    /// builder's (the file of the schemas without a package is `_.rs`), and
+    /// the comments it copies into code are cleaned as this builder's are.
     pub fn prost_config(mut self, config: prost_build::Config) -> Builder {
         self.prost = Some(config);
         self
@@ -150,13 +155,67 @@ impl Builder {
         self
     }
 
+    /// Names the include file, written beside the packages' files, that
+    /// holds every package as a tree of modules (default
+    /// `workerbus-protos.rs`, which `workerbus::include_protos!()` reads).
+    /// A build script that compiles twice into one directory gives each
+    /// compilation an include file of its own, and includes it with
+    /// `workerbus::include_protos!("name.rs")`.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// workerbus_build::configure()
+    ///     .include_file("admin-protos.rs")
+    ///     .compile_protos(&["proto/admin.proto"], &["proto"])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn include_file(mut self, name: impl Into<String>) -> Builder {
+        self.include_file = name.into();
+        self
+    }
+
+    /// Chooses the Rust name of an rpc or a service, by its full protobuf
+    /// name, without changing the schema: for a schema shared with other
+    /// programs, whose names clash with what workerbus generates.
+    ///
+    /// For an rpc (`"pkg.Service.Rpc"`), `name` is its method name in snake
+    /// case, which also names its message-name constant (`CREATE`) and, in
+    /// an events service, its event variant (`Create`). For a service
+    /// (`"pkg.Service"`), `name` replaces the service's name in upper camel
+    /// case in its generated items (`SearchApiClient`, `search_api_service`).
+    /// The message name that travels on the wire stays the rpc's
+    /// (`service.new`).
+    ///
+    /// Without an override, a name that is taken gets a suffix (an rpc `New`
+    /// becomes the methods `new_rpc` and `new_rpc_with`, since `new` is the
+    /// client's constructor). A name given here is never changed: if it is
+    /// taken, or names no service or rpc of the compiled files, compilation
+    /// fails with an error that names it.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// workerbus_build::configure()
+    ///     .rust_name("accounts.Accounts.New", "create")    // AccountsClient::create
+    ///     .rust_name("accounts.Accounts", "AccountsApi")   // AccountsApiClient
+    ///     .compile_protos(&["proto/accounts.proto"], &["proto"])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn rust_name(mut self, proto_name: impl AsRef<str>, name: impl Into<String>) -> Builder {
+        let proto_name = proto_name.as_ref();
+        let proto_name = proto_name.strip_prefix('.').unwrap_or(proto_name);
+        self.rust_names.insert(proto_name.to_owned(), name.into());
+        self
+    }
+
     /// Compiles `protos`, resolving imports in `includes`, and writes one
-    /// `<package>.rs` per protobuf package.
+    /// `<package>.rs` per protobuf package and the include file that holds
+    /// them all ([`include_file`](Self::include_file)).
     ///
     /// Errors name the file and the service or method at fault: a syntax
-    /// error, an unresolved import, an invalid `(workerbus.method)` option
-    /// (e.g. `retries` on a streaming rpc), or a method whose generated name
-    /// would clash.
+    /// error, an unresolved import, an option in a form workerbus does not
+    /// define, an invalid `(workerbus.method)` option (e.g. `retries` on a
+    /// streaming rpc), or a [`rust_name`](Self::rust_name) that cannot be
+    /// used. Nothing is written unless everything compiled.
     pub fn compile_protos(
         self,
         protos: &[impl AsRef<Path>],
@@ -175,17 +234,12 @@ impl Builder {
             })?,
         };
 
-        let mut resolver = ChainFileResolver::new();
-        resolver.add(OptionsResolver);
-        for include in includes {
-            resolver.add(IncludeFileResolver::new(include.as_ref().to_owned()));
-        }
-        resolver.add(GoogleFileResolver::new());
-        let mut compiler = protox::Compiler::with_file_resolver(resolver);
+        let includes: Vec<PathBuf> = includes.iter().map(|i| i.as_ref().to_owned()).collect();
+        let mut compiler = protox::Compiler::with_file_resolver(parse::resolver(&includes));
         compiler.include_imports(true).include_source_info(true);
         compiler
             .open_files(protos.iter().map(AsRef::as_ref))
-            .map_err(|error| invalid(describe_protox_error(&error)))?;
+            .map_err(|error| invalid(parse::describe_error(&error, &includes)))?;
 
         if self.emit_rerun_if_changed {
             for file in compiler.files() {
@@ -195,15 +249,21 @@ impl Builder {
             }
         }
 
-        let services = schema::analyze(&compiler.descriptor_pool()).map_err(invalid)?;
+        let services =
+            schema::analyze(&compiler.descriptor_pool(), &self.rust_names).map_err(invalid)?;
         let mut fds = compiler.file_descriptor_set();
         // Nothing references the option messages' Rust types; don't generate them.
         fds.file.retain(|file| file.name() != OPTIONS_FILE);
+        let packages = package_files(&fds);
+        let markers = DocMarkers::insert(&mut fds);
 
+        std::fs::create_dir_all(&out_dir)?;
+        let staging = Staging::new(&out_dir)?;
         let failure = Rc::new(RefCell::new(None));
         let mut config = self.prost.unwrap_or_default();
         config
-            .out_dir(&out_dir)
+            .out_dir(staging.path())
+            .default_package_filename(DEFAULT_PACKAGE_FILE)
             .bytes(["."])
             .service_generator(Box::new(Generator {
                 services,
@@ -215,11 +275,52 @@ impl Builder {
                 failure: Rc::clone(&failure),
             }));
         config.compile_fds(fds)?;
-        match failure.take() {
-            Some(message) => Err(invalid(message)),
-            None => Ok(()),
+        if let Some(message) = failure.take() {
+            return Err(invalid(message));
         }
+
+        let mut files = staging.files()?;
+        for contents in files.values_mut() {
+            *contents = markers.expand(contents);
+        }
+        let generated: Vec<PackageFile> = packages
+            .into_iter()
+            .filter(|package| files.contains_key(&package.file_name))
+            .collect();
+        if files.contains_key(&self.include_file) {
+            return Err(invalid(format!(
+                "include file {:?}: prost-build wrote a file of that name; choose another with include_file",
+                self.include_file
+            )));
+        }
+        files.insert(self.include_file.clone(), include::render(&generated));
+        for (name, contents) in &files {
+            output::write_if_changed(&out_dir.join(name), contents)?;
+        }
+        Ok(())
     }
+}
+
+/// The name prost-build gives the file of the schemas without a package.
+const DEFAULT_PACKAGE_FILE: &str = "_";
+
+/// Each package of `fds` with its Rust module and its file's name, as
+/// prost-build makes them, in a stable order.
+fn package_files(fds: &prost_types::FileDescriptorSet) -> Vec<PackageFile> {
+    let mut packages: Vec<&str> = fds.file.iter().map(|file| file.package()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    packages
+        .into_iter()
+        .map(|package| {
+            let module = prost_build::Module::from_protobuf_package_name(package);
+            PackageFile {
+                package: package.to_owned(),
+                module: module.parts().map(str::to_owned).collect(),
+                file_name: module.to_file_name_or(DEFAULT_PACKAGE_FILE),
+            }
+        })
+        .collect()
 }
 
 impl fmt::Debug for Builder {
@@ -231,30 +332,9 @@ impl fmt::Debug for Builder {
             .field("runtime_path", &self.runtime_path)
             .field("prost_config", &self.prost.as_ref().map(|_| ".."))
             .field("emit_rerun_if_changed", &self.emit_rerun_if_changed)
+            .field("include_file", &self.include_file)
+            .field("rust_names", &self.rust_names)
             .finish()
-    }
-}
-
-/// A parse or import error as `file:line:column: message`, with as much of
-/// the location as the compiler knows.
-fn describe_protox_error(error: &protox::Error) -> String {
-    use miette::Diagnostic;
-
-    let mut location = error.file().map(str::to_owned);
-    let labels = error.labels().into_iter().flatten();
-    if let (Some(source), Some(label)) = (error.source_code(), labels.into_iter().next())
-        && let Ok(span) = source.read_span(label.inner(), 0, 0)
-    {
-        let file = span
-            .name()
-            .map(str::to_owned)
-            .or(location.take())
-            .unwrap_or_default();
-        location = Some(format!("{file}:{}:{}", span.line() + 1, span.column() + 1));
-    }
-    match location {
-        Some(location) => format!("{location}: {error}"),
-        None => error.to_string(),
     }
 }
 
@@ -263,19 +343,6 @@ fn invalid(message: String) -> io::Error {
         io::ErrorKind::InvalidInput,
         format!("workerbus-build: {message}"),
     )
-}
-
-/// Serves the built-in `workerbus/options.proto`, so users need not copy it.
-struct OptionsResolver;
-
-impl FileResolver for OptionsResolver {
-    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
-        if name == OPTIONS_FILE {
-            File::from_source(name, OPTIONS_PROTO)
-        } else {
-            Err(protox::Error::file_not_found(name))
-        }
-    }
 }
 
 /// prost-build's hook: emits each service's code after its messages.
@@ -317,8 +384,9 @@ impl prost_build::ServiceGenerator for Generator {
     }
 }
 
-/// Joins prost-build's view of a service (Rust types, comments) with ours
-/// (names, options, fingerprints) into the emitter's description.
+/// Joins prost-build's view of a service (the Rust types of its messages)
+/// with ours (names, docs, options, fingerprints) into the emitter's
+/// description.
 fn assemble(
     service: &prost_build::Service,
     full_name: &str,
@@ -338,10 +406,12 @@ fn assemble(
             })?;
         methods.push(MethodDef {
             proto_name: method.proto_name.clone(),
-            rust_name: info.rust_name.clone(),
+            rust_name: info.names.method.clone(),
+            rust_name_with: info.names.method_with.clone(),
             message_name: info.message_name.clone(),
-            const_name: info.const_name.clone(),
-            docs: docs::rustdoc_lines(&comment_lines(&method.comments)),
+            const_name: info.names.constant.clone(),
+            variant: info.names.variant.clone(),
+            docs: with_note(&info.docs, info.names.note.as_deref()),
             request: MessageRef {
                 rust_type: method.input_type.clone(),
                 proto_name: info.request.0.clone(),
@@ -357,21 +427,25 @@ fn assemble(
         });
     }
     Ok(ServiceDef {
-        name: service.name.clone(),
+        proto_name: info.proto_name.clone(),
         full_name: full_name.to_owned(),
-        snake_name: info.snake_name.clone(),
-        docs: docs::rustdoc_lines(&comment_lines(&service.comments)),
+        base: info.names.base.clone(),
+        module: info.names.module.clone(),
+        docs: with_note(&info.docs, info.names.note.as_deref()),
         fingerprint: info.fingerprint,
         events: info.events,
         methods,
     })
 }
 
-fn comment_lines(comments: &prost_build::Comments) -> Vec<String> {
-    let mut lines = comments.leading.clone();
-    if !lines.is_empty() && !comments.trailing.is_empty() {
-        lines.push(String::new());
+/// Docs, and a paragraph saying why an item is not named after the schema.
+fn with_note(docs: &[String], note: Option<&str>) -> Vec<String> {
+    let mut docs = docs.to_vec();
+    if let Some(note) = note {
+        if !docs.is_empty() {
+            docs.push(String::new());
+        }
+        docs.push(format!(" {note}"));
     }
-    lines.extend(comments.trailing.iter().cloned());
-    lines
+    docs
 }

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 /// The root `.proto` of the golden schema, relative to [`proto_dir`].
 const GOLDEN_PROTO: &str = "golden/greeter.proto";
 
-/// The files the golden schema must generate, one per protobuf package.
-const EXPECTED_FILES: &[&str] = &["golden.rs", "golden.shared.rs"];
+/// The files the golden schema must generate: one per protobuf package, and
+/// the include file that holds them all.
+const EXPECTED_FILES: &[&str] = &["golden.rs", "golden.shared.rs", "workerbus-protos.rs"];
 
 fn proto_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proto")
@@ -85,7 +86,7 @@ fn generated_code_matches_the_golden_files() {
     assert_eq!(
         generated.keys().map(String::as_str).collect::<Vec<_>>(),
         EXPECTED_FILES,
-        "the golden schema should generate one file per package"
+        "the golden schema should generate one file per package and the include file"
     );
 
     let golden = golden_dir();
