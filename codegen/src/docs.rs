@@ -3,10 +3,11 @@
 //!
 //! Every comment that reaches generated code passes here: those of services
 //! and rpcs (emitted by `emit.rs`), and those of messages, fields, oneofs,
-//! enums and enum values (written by prost-build, see `prost.rs`).
+//! enums and enum values (written by prost-build, see `output.rs`).
 
-/// Turns the lines of a proto comment into rustdoc lines (each empty or
-/// starting with a space).
+/// The rustdoc lines (each empty or starting with a space) of a
+/// declaration's leading and trailing comments: each loses its own
+/// decoration, then they are one text, a blank line between.
 ///
 /// - The comment's own decoration goes: the common indentation, the `*` of a
 ///   `/** ... */` opener, the third slash of `///` comments, control
@@ -21,8 +22,26 @@
 ///   tag is escaped (so `<b>` and `Vec<T>` are text); bare URLs are wrapped
 ///   in `<...>`, as rustdoc asks; a leading `>` is escaped (a quote could
 ///   hold a code block); code spans are left as written.
-pub(crate) fn rustdoc_lines(lines: &[String]) -> Vec<String> {
-    let lines = normalize(lines);
+pub(crate) fn rustdoc_comment(leading: Option<&str>, trailing: Option<&str>) -> Vec<String> {
+    let part = |comment: Option<&str>| {
+        let lines: Vec<String> = comment
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        normalize(&lines)
+    };
+    let mut lines = part(leading);
+    let trailing = part(trailing);
+    if lines.iter().any(|line| !line.is_empty()) && trailing.iter().any(|line| !line.is_empty()) {
+        lines.push(String::new());
+    }
+    lines.extend(trailing);
+    blocks(&lines)
+}
+
+/// Normalized lines as rustdoc lines: code blocks made text, prose escaped.
+fn blocks(lines: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < lines.len() {
@@ -82,31 +101,12 @@ pub(crate) fn location_docs(
     source_info
         .and_then(|info| info.location.iter().find(|location| location.path == path))
         .map(|location| {
-            rustdoc_lines(&comment_lines(
+            rustdoc_comment(
                 location.leading_comments.as_deref(),
                 location.trailing_comments.as_deref(),
-            ))
+            )
         })
         .unwrap_or_default()
-}
-
-/// A leading and a trailing comment as one comment, a blank line between.
-pub(crate) fn comment_lines(leading: Option<&str>, trailing: Option<&str>) -> Vec<String> {
-    let mut lines: Vec<String> = leading
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let trailing: Vec<String> = trailing
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    if !lines.is_empty() && !trailing.is_empty() {
-        lines.push(String::new());
-    }
-    lines.extend(trailing);
-    lines
 }
 
 /// A code line as a doc line: verbatim, after the space that `///` takes.
@@ -131,12 +131,16 @@ fn normalize(lines: &[String]) -> Vec<String> {
             expand_tabs(line.trim_end())
         })
         .collect();
-    // `/** ... */` leaves a first line of stars, `/// ...` a slash on each line.
+    // `/** ... */` leaves a first line of stars (or, on one line, a star
+    // before the text), `/// ...` a slash on each line.
     if lines.first().is_some_and(|first| {
         let first = first.trim();
         !first.is_empty() && first.chars().all(|c| c == '*')
     }) {
         lines.remove(0);
+    } else if lines.len() == 1 && lines[0].trim_start().starts_with("* ") {
+        let star = lines[0].find('*').unwrap_or(0);
+        lines[0].replace_range(..=star, "");
     }
     if lines.iter().any(|line| !line.trim().is_empty())
         && lines
@@ -500,7 +504,9 @@ mod tests {
     use super::*;
 
     fn lines(text: &[&str]) -> Vec<String> {
-        rustdoc_lines(&text.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        blocks(&normalize(
+            &text.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ))
     }
 
     #[test]
@@ -667,11 +673,26 @@ mod tests {
             lines(&["      Deep.", "      Deeper."]),
             [" Deep.", " Deeper."]
         );
+        // `/** One line. */`
+        assert_eq!(lines(&["* One line. "]), [" One line."]);
         // Control characters and text-direction overrides.
         assert_eq!(
             lines(&[" a\rb\u{202E}c\u{7}", "\tTabbed"]),
             [" abc", "    Tabbed"]
         );
+    }
+
+    #[test]
+    fn leading_and_trailing_comments_lose_their_decoration_apart() {
+        assert_eq!(
+            rustdoc_comment(Some("/ Three slashes.\n"), Some(" Trailing.\n")),
+            [" Three slashes.", "", " Trailing."]
+        );
+        assert_eq!(
+            rustdoc_comment(None, Some(" Only trailing.")),
+            [" Only trailing."]
+        );
+        assert_eq!(rustdoc_comment(Some("\n"), Some(" T.")), [" T."]);
     }
 
     #[test]

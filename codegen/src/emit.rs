@@ -236,13 +236,16 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
     } else {
         quote!(request)
     };
+    let lints = method_lints(&method.rust_name);
     Ok(quote! {
         #(#[doc = #docs])*
+        #lints
         pub async fn #name #generics(&self, #argument) -> ::core::result::Result<#result, #cg::Error> #bound {
             self.#name_with(#forwarded, #cg::CallOptions::new()).await
         }
 
         #[doc = #with_doc]
+        #lints
         pub async fn #name_with #generics(
             &self,
             #argument,
@@ -308,31 +311,39 @@ fn emitter(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
             method_docs.push(String::new());
         }
         method_docs.push(format!(" Message name: `{message_name}`."));
+        let lints = method_lints(&method.rust_name);
         methods.push(quote! {
             #(#[doc = #method_docs])*
+            #lints
             pub async fn #name(&self, event: #event) -> ::core::result::Result<(), #cg::Status> {
                 static METHOD: #cg::MethodName = #cg::MethodName::from_static(#message_name);
                 self.sink.send(&METHOD, #cg::encode(&event)).await
             }
         });
     }
+    // An emitter of no events never reads its sink.
+    let (sink, new) = if def.methods.is_empty() {
+        (format_ident!("_sink"), quote!(Self { _sink: sink }))
+    } else {
+        (format_ident!("sink"), quote!(Self { sink }))
+    };
     Ok(quote! {
         #(#[doc = #docs])*
         #[derive(Clone, Debug)]
         pub struct #emitter {
-            sink: #cg::EventSink,
+            #sink: #cg::EventSink,
         }
 
         impl #emitter {
             /// An emitter sending through `sink`.
             pub fn new(sink: #cg::EventSink) -> Self {
-                Self { sink }
+                #new
             }
 
             /// An emitter sending to the host of the connection `cx`'s call
             /// came on.
             pub fn from_context(cx: &#cg::Context) -> Self {
-                Self { sink: cx.events() }
+                Self { #sink: cx.events() }
             }
 
             #(#methods)*
@@ -473,8 +484,10 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
                 quote!(()),
             ),
         };
+        let lints = method_lints(&method.rust_name);
         trait_methods.push(quote! {
             #(#[doc = #docs])*
+            #lints
             fn #name(
                 &self,
                 #arguments
@@ -636,6 +649,18 @@ fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
     })
 }
 
+/// Lints a method's name draws from Clippy in the user's crate: an rpc
+/// `FromJson` is a method `from_json(&self, ..)`, which `wrong_self_convention`
+/// expects to take no `self`.
+fn method_lints(name: &str) -> TokenStream {
+    let name = name.trim_start_matches("r#");
+    if name.starts_with("from_") || name.starts_with("into_") {
+        quote!(#[allow(clippy::wrong_self_convention)])
+    } else {
+        TokenStream::new()
+    }
+}
+
 /// An identifier, raw if the name is a Rust keyword.
 fn ident(name: &str) -> syn::Ident {
     match name.strip_prefix("r#") {
@@ -719,6 +744,14 @@ mod tests {
         }
     }
 
+    fn options() -> EmitOptions {
+        EmitOptions {
+            client: true,
+            server: true,
+            runtime: syn::parse_str("::workerbus").unwrap(),
+        }
+    }
+
     fn emit(client: bool, server: bool) -> String {
         let options = EmitOptions {
             client,
@@ -791,6 +824,86 @@ mod tests {
         ] {
             assert!(!code.contains(unexpected), "{unexpected:?} in:\n{code}");
         }
+    }
+
+    #[test]
+    fn an_empty_service_binds_nothing_it_does_not_read() {
+        let mut def = def();
+        def.methods.clear();
+        let code = format(service(&def, &options()).unwrap()).unwrap();
+        assert!(
+            code.contains("let (_, cx, _) = call.into_parts();"),
+            "{code}"
+        );
+        assert!(!code.contains("let handler"), "{code}");
+        assert!(!code.contains("match cx.method()"), "{code}");
+
+        // Only streams: no payload to read.
+        let mut def = self::def();
+        def.methods.remove(0);
+        def.methods[0].kind = RpcKind::BidiStreaming;
+        let code = format(service(&def, &options()).unwrap()).unwrap();
+        assert!(
+            code.contains("let (_, cx, streams) = call.into_parts();"),
+            "{code}"
+        );
+
+        // No streams.
+        let mut def = self::def();
+        def.methods.truncate(1);
+        let code = format(service(&def, &options()).unwrap()).unwrap();
+        assert!(
+            code.contains("let (payload, cx, _) = call.into_parts();"),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn an_events_service_without_events_never_reads_its_sink() {
+        let mut def = def();
+        def.events = true;
+        def.methods.clear();
+        let code = format(service(&def, &options()).unwrap()).unwrap();
+        assert!(
+            code.contains("_sink: ::workerbus::__codegen::EventSink"),
+            "{code}"
+        );
+        assert!(!code.contains("match method.as_str()"), "{code}");
+    }
+
+    #[test]
+    fn handlers_are_called_by_path() {
+        let code = emit(false, true);
+        assert!(
+            code.contains("<H as GreeterHandler>::greet(&*handler, request, &cx)"),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn messages_named_like_generic_parameters_are_named_through_self() {
+        let mut def = def();
+        def.methods[0].request.rust_type = "H".into();
+        def.methods[0].response.rust_type = "S".into();
+        def.methods[0].kind = RpcKind::ClientStreaming;
+        let code = format(service(&def, &options()).unwrap()).unwrap();
+        assert!(code.contains("Item = self::H"), "{code}");
+        assert!(code.contains("incoming::<self::H>"), "{code}");
+        assert!(code.contains("Result<self::S,"), "{code}");
+    }
+
+    #[test]
+    fn conversion_names_allow_clippys_convention() {
+        let mut def = def();
+        def.methods[0].rust_name = "from_json".into();
+        def.methods[0].rust_name_with = "from_json_with".into();
+        let code = format(service(&def, &options()).unwrap()).unwrap();
+        assert_eq!(
+            code.matches("#[allow(clippy::wrong_self_convention)]")
+                .count(),
+            3,
+            "{code}"
+        );
     }
 
     #[test]

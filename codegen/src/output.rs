@@ -42,10 +42,10 @@ impl DocMarkers {
                 if location.leading_comments.is_none() && location.trailing_comments.is_none() {
                     continue;
                 }
-                let lines = docs::rustdoc_lines(&docs::comment_lines(
+                let lines = docs::rustdoc_comment(
                     location.leading_comments.as_deref(),
                     location.trailing_comments.as_deref(),
-                ));
+                );
                 location.trailing_comments = None;
                 location.leading_comments = if lines.is_empty() {
                     None
