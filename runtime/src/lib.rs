@@ -148,7 +148,9 @@ macro_rules! include_proto {
 /// `corp::x::a`), so that types of one package used in another resolve.
 ///
 /// ```ignore
-/// // `corp/x/a.proto` (package corp.x.a) uses `corp.x.b.Thing`
+/// // Needs a build script's OUT_DIR, so it is compiled by the fixture
+/// // crates of `tests/fixtures/corpus`, not here.
+/// // `corp/x/a.proto` (package corp.x.a) uses `corp.x.b.Thing`:
 /// pub mod protos {
 ///     workerbus::include_protos!();
 /// }
