@@ -172,6 +172,13 @@ fn normalize(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// A comment prost-build writes as a plain `//` comment (a detached one),
+/// without the characters rustc denies in any comment: those that reorder
+/// text.
+pub(crate) fn plain_comment(comment: &str) -> String {
+    comment.chars().filter(|&c| !is_bidi_control(c)).collect()
+}
+
 /// Characters that reorder text: rustc denies them in comments
 /// (`text_direction_codepoint_in_comment`).
 fn is_bidi_control(c: char) -> bool {
@@ -673,6 +680,7 @@ mod tests {
             lines(&["      Deep.", "      Deeper."]),
             [" Deep.", " Deeper."]
         );
+        assert_eq!(plain_comment("a\u{2066}b\u{202A}c"), "abc");
         // `/** One line. */`
         assert_eq!(lines(&["* One line. "]), [" One line."]);
         // Control characters and text-direction overrides.

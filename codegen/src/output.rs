@@ -31,7 +31,7 @@ impl DocMarkers {
     /// Replaces every comment prost-build would copy into code (a
     /// declaration's leading and trailing comments) by a marker, and keeps
     /// the comment, cleaned. Detached comments, which prost-build writes as
-    /// plain `//` comments, stay.
+    /// plain `//` comments, stay, without what rustc denies in a comment.
     pub(crate) fn insert(fds: &mut FileDescriptorSet) -> DocMarkers {
         let mut markers = DocMarkers::default();
         for file in &mut fds.file {
@@ -39,6 +39,9 @@ impl DocMarkers {
                 continue;
             };
             for location in &mut info.location {
+                for detached in &mut location.leading_detached_comments {
+                    *detached = docs::plain_comment(detached);
+                }
                 if location.leading_comments.is_none() && location.trailing_comments.is_none() {
                     continue;
                 }
