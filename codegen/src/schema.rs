@@ -247,24 +247,20 @@ fn analyze_service(
     }
     assign_message_names(&mut methods)?;
 
-    let rpc_names: Vec<(String, Option<String>)> = service
-        .methods()
+    let rpcs: Vec<(&str, Option<&str>)> = methods
+        .iter()
         .map(|method| {
-            let chosen = context.rust_names.get(method.full_name()).cloned();
+            let path = format!("{}.{}", service.full_name(), method.proto_name);
+            let chosen = context.rust_names.get(&path).map(String::as_str);
             if chosen.is_some() {
-                used.insert(method.full_name().to_owned());
+                used.insert(path);
             }
-            (method.name().to_owned(), chosen)
+            (method.proto_name.as_str(), chosen)
         })
         .collect();
-    let borrowed: Vec<(&str, Option<&str>)> = rpc_names
-        .iter()
-        .map(|(name, chosen)| (name.as_str(), chosen.as_deref()))
-        .collect();
-    let method_names = names::name_methods(&borrowed, |rpc| {
+    let method_names = names::name_methods(&rpcs, |rpc| {
         let path = format!("{}.{rpc}", service.full_name());
-        let name = &context.rust_names[&path];
-        override_call(&path, name)
+        override_call(&path, &context.rust_names[&path])
     })?;
     for (method, names) in methods.iter_mut().zip(method_names) {
         method.names = names;
