@@ -2,7 +2,7 @@
 //! doctests, links or HTML.
 //!
 //! Every comment that reaches generated code passes here: those of services
-//! and rpcs (emitted by `emit.rs`), and those of messages, fields, oneofs,
+//! and rpcs (emitted by `emit/`), and those of messages, fields, oneofs,
 //! enums and enum values (written by prost-build, see `output.rs`).
 
 /// The rustdoc lines (each empty or starting with a space) of a

@@ -1,7 +1,9 @@
 //! Reads what prost-build cannot: the `(workerbus.method)` and
-//! `(workerbus.service)` options (prost-build drops extensions) and the
-//! structure of every message, from the compiled descriptor pool; validates
-//! them and derives message names and fingerprints.
+//! `(workerbus.service)` options (prost-build drops extensions), the
+//! comments of services and rpcs, the names prost-build takes in each
+//! package's module, and the structure of every message, from the compiled
+//! descriptor pool; validates them and derives message names, Rust names
+//! (with `names.rs`) and fingerprints.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
