@@ -7,14 +7,17 @@
 /// A `service` of a `.proto` file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServiceDef {
-    /// The service name as declared, e.g. `Embedder`; the base of the
-    /// generated type names (`EmbedderClient`...).
-    pub(crate) name: String,
+    /// The service name as declared, e.g. `Embedder`.
+    pub(crate) proto_name: String,
     /// The full protobuf name, e.g. `embedder.Embedder`.
     pub(crate) full_name: String,
-    /// The service name in lower snake case, e.g. `embedder`; names the
-    /// `<snake>_service` module.
-    pub(crate) snake_name: String,
+    /// The base of the generated type names: `Embedder` gives
+    /// `EmbedderClient`, `EmbedderHandler`, `EmbedderServer`; for an events
+    /// service, `Indexer` gives `IndexerEmitter`, `IndexerEvent`,
+    /// `IndexerEvents`.
+    pub(crate) base: String,
+    /// The module of message names and schema, e.g. `embedder_service`.
+    pub(crate) module: String,
     /// Doc comment lines from the `.proto`, sanitized for rustdoc.
     pub(crate) docs: Vec<String>,
     /// The hash of every method's name, kind and message fingerprints.
@@ -31,10 +34,14 @@ pub(crate) struct MethodDef {
     pub(crate) proto_name: String,
     /// The Rust method name, e.g. `embed` (raw if a keyword).
     pub(crate) rust_name: String,
+    /// The client's method with options, e.g. `embed_with`.
+    pub(crate) rust_name_with: String,
     /// The message name the method travels under, e.g. `embedder.embed`.
     pub(crate) message_name: String,
     /// The name of the message-name constant, e.g. `EMBED`.
     pub(crate) const_name: String,
+    /// The variant of an events service's event enum, e.g. `Embed`.
+    pub(crate) variant: String,
     pub(crate) docs: Vec<String>,
     pub(crate) request: MessageRef,
     pub(crate) response: MessageRef,

@@ -1,17 +1,21 @@
 //! Reads what prost-build cannot: the `(workerbus.method)` and
-//! `(workerbus.service)` options (prost-build drops extensions) and the
-//! structure of every message, from the compiled descriptor pool; validates
-//! them and derives message names and fingerprints.
+//! `(workerbus.service)` options (prost-build drops extensions), the
+//! comments of services and rpcs, the names prost-build takes in each
+//! package's module, and the structure of every message, from the compiled
+//! descriptor pool; validates them and derives message names, Rust names
+//! (with `names.rs`) and fingerprints.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use heck::{ToShoutySnakeCase, ToSnakeCase};
+use heck::{ToSnakeCase, ToUpperCamelCase};
 use prost_reflect::{
     Cardinality, DescriptorPool, DynamicMessage, EnumDescriptor, ExtensionDescriptor, Kind,
     MessageDescriptor, MethodDescriptor, ServiceDescriptor, Value,
 };
 
+use crate::docs;
 use crate::model::{MethodOptions, RpcKind};
+use crate::names::{self, MethodNames, ServiceNames};
 
 /// The name of `options.proto` in the include namespace.
 pub(crate) const OPTIONS_FILE: &str = "workerbus/options.proto";
@@ -19,7 +23,11 @@ pub(crate) const OPTIONS_FILE: &str = "workerbus/options.proto";
 /// Everything derived from the pool for one service.
 #[derive(Clone, Debug)]
 pub(crate) struct ServiceInfo {
-    pub(crate) snake_name: String,
+    /// The service's name as declared, e.g. `Greeter`.
+    pub(crate) proto_name: String,
+    pub(crate) names: ServiceNames,
+    /// Its comment, as rustdoc lines.
+    pub(crate) docs: Vec<String>,
     /// `(workerbus.service).events`: the rpcs are events the worker sends.
     pub(crate) events: bool,
     pub(crate) fingerprint: u64,
@@ -31,36 +39,45 @@ pub(crate) struct ServiceInfo {
 pub(crate) struct MethodInfo {
     pub(crate) kind: RpcKind,
     pub(crate) proto_name: String,
-    pub(crate) rust_name: String,
+    pub(crate) names: MethodNames,
     pub(crate) message_name: String,
-    pub(crate) const_name: String,
+    /// The message name set by the `name` option, if any.
+    pub(crate) explicit_name: Option<String>,
+    /// Its comment, as rustdoc lines.
+    pub(crate) docs: Vec<String>,
     pub(crate) request: (String, u64),
     pub(crate) response: (String, u64),
     pub(crate) options: MethodOptions,
 }
 
-/// Names the generated client already uses for its own methods.
-const CLIENT_METHODS: &[&str] = &[
-    "new",
-    "with_options",
-    "channel",
-    "clone",
-    "fmt",
-    "from_context",
-];
+/// The Rust names chosen in the build script (`Builder::rust_name`), by the
+/// full name of a service or an rpc (`pkg.Svc`, `pkg.Svc.Rpc`).
+pub(crate) type RustNames = BTreeMap<String, String>;
 
 /// Analyzes every service in the pool, keyed by full name.
-pub(crate) fn analyze(pool: &DescriptorPool) -> Result<HashMap<String, ServiceInfo>, String> {
+pub(crate) fn analyze(
+    pool: &DescriptorPool,
+    rust_names: &RustNames,
+) -> Result<HashMap<String, ServiceInfo>, String> {
     let method_ext = pool.get_extension_by_name("workerbus.method");
     let service_ext = pool.get_extension_by_name("workerbus.service");
     let mut fingerprints = Fingerprints::default();
+    let mut taken = taken_type_names(pool)?;
+    let mut used = BTreeSet::new();
     let mut services = HashMap::new();
     for service in pool.services() {
+        let context = Context {
+            method_ext: method_ext.as_ref(),
+            service_ext: service_ext.as_ref(),
+            rust_names,
+        };
+        let package_taken = taken.entry(service.package_name().to_owned()).or_default();
         let info = analyze_service(
             &service,
-            method_ext.as_ref(),
-            service_ext.as_ref(),
+            &context,
+            package_taken,
             &mut fingerprints,
+            &mut used,
         )
         .map_err(|problem| {
             format!(
@@ -71,16 +88,128 @@ pub(crate) fn analyze(pool: &DescriptorPool) -> Result<HashMap<String, ServiceIn
         })?;
         services.insert(service.full_name().to_owned(), info);
     }
+    if let Some((path, name)) = rust_names.iter().find(|(path, _)| !used.contains(*path)) {
+        return Err(format!(
+            "{}: no service or rpc of the compiled files is named {path}",
+            override_call(path, name)
+        ));
+    }
     Ok(services)
+}
+
+/// What every service's analysis reads.
+struct Context<'a> {
+    method_ext: Option<&'a ExtensionDescriptor>,
+    service_ext: Option<&'a ExtensionDescriptor>,
+    rust_names: &'a RustNames,
+}
+
+/// How an override appears in errors: as the build script wrote it.
+fn override_call(path: &str, name: &str) -> String {
+    format!("rust_name({path:?}, {name:?})")
+}
+
+/// The type-namespace names prost-build and the include file take in each
+/// package's module, before any service is named: the messages' and enums'
+/// types, the modules of messages with nested types or oneofs, and the
+/// modules of child packages. Refuses two messages or enums that prost-build
+/// would give one Rust name.
+fn taken_type_names(pool: &DescriptorPool) -> Result<HashMap<String, HashSet<String>>, String> {
+    let mut taken: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut owners: HashMap<(String, String), String> = HashMap::new();
+    let packages: BTreeSet<String> = pool
+        .files()
+        .map(|file| file.package_name().to_owned())
+        .collect();
+    for file in pool.files() {
+        let package = file.package_name().to_owned();
+        let mut claim = |name: String, what: String| -> Result<(), String> {
+            if let Some(first) = owners.get(&(package.clone(), name.clone())) {
+                return Err(format!(
+                    "{}: {what} and {first} both become `{name}` in Rust (prost-build names types in upper camel case and modules in snake case); rename one",
+                    file.name()
+                ));
+            }
+            owners.insert((package.clone(), name.clone()), what);
+            taken.entry(package.clone()).or_default().insert(name);
+            Ok(())
+        };
+        for message in file.messages() {
+            claim(
+                prost_type_name(message.name()),
+                format!("message {}", message.full_name()),
+            )?;
+            let nested = message.child_messages().any(|child| !child.is_map_entry())
+                || message.child_enums().next().is_some()
+                || message.oneofs().any(|oneof| !oneof.is_synthetic());
+            if nested {
+                claim(
+                    prost_module_name(message.name()),
+                    format!(
+                        "the module of message {}'s nested types",
+                        message.full_name()
+                    ),
+                )?;
+            }
+        }
+        for en in file.enums() {
+            claim(
+                prost_type_name(en.name()),
+                format!("enum {}", en.full_name()),
+            )?;
+        }
+    }
+    for package in &packages {
+        for child in &packages {
+            let segment = match package.as_str() {
+                "" => child.split('.').next(),
+                _ => child
+                    .strip_prefix(package)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .and_then(|rest| rest.split('.').next()),
+            };
+            if let Some(segment) = segment.filter(|segment| !segment.is_empty()) {
+                taken
+                    .entry(package.clone())
+                    .or_default()
+                    .insert(prost_module_name(segment));
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// A message's or an enum's Rust type name, as prost-build makes it.
+fn prost_type_name(name: &str) -> String {
+    let camel = name.to_upper_camel_case();
+    if camel == "Self" {
+        "Self_".to_owned()
+    } else {
+        camel
+    }
+}
+
+/// A module name as prost-build makes it from a message or package name:
+/// snake case, raw if a keyword.
+fn prost_module_name(name: &str) -> String {
+    let snake = name.to_snake_case();
+    match snake.as_str() {
+        "self" | "super" | "crate" | "extern" | "_" => format!("{snake}_"),
+        _ if syn::parse_str::<syn::Ident>(&snake).is_err() || snake == "gen" => {
+            format!("r#{snake}")
+        }
+        _ => snake,
+    }
 }
 
 fn analyze_service(
     service: &ServiceDescriptor,
-    method_ext: Option<&ExtensionDescriptor>,
-    service_ext: Option<&ExtensionDescriptor>,
+    context: &Context<'_>,
+    taken: &mut HashSet<String>,
     fingerprints: &mut Fingerprints,
+    used: &mut BTreeSet<String>,
 ) -> Result<ServiceInfo, String> {
-    let service_options = extension(&service.options(), service_ext);
+    let service_options = extension(&service.options(), context.service_ext);
     let events = service_options
         .as_ref()
         .and_then(|options| field(options, "events"))
@@ -98,11 +227,16 @@ fn analyze_service(
         },
         None => service.name().to_snake_case(),
     };
+
+    let chosen = context.rust_names.get(service.full_name()).map(|name| {
+        used.insert(service.full_name().to_owned());
+        (name.as_str(), override_call(service.full_name(), name))
+    });
+    let service_names = names::name_service(service.name(), events, chosen, taken)?;
+
     let mut methods = Vec::new();
-    let mut message_names = HashSet::new();
-    let mut rust_names = HashSet::new();
     for method in service.methods() {
-        let info = analyze_method(&method, &prefix, method_ext, fingerprints)
+        let info = analyze_method(&method, &prefix, context.method_ext, fingerprints)
             .and_then(|info| {
                 if events {
                     check_event(&method, info)
@@ -111,36 +245,29 @@ fn analyze_service(
                 }
             })
             .map_err(|problem| format!("rpc {}: {problem}", method.name()))?;
-        if info.const_name == "SCHEMA"
-            || methods
-                .iter()
-                .any(|m: &MethodInfo| m.const_name == info.const_name)
-        {
-            return Err(format!(
-                "rpc {}: its message-name constant would be `{}`, a name already taken in the `{}_service` module; rename the rpc",
-                method.name(),
-                info.const_name,
-                service.name().to_snake_case()
-            ));
-        }
-        if !message_names.insert(info.message_name.clone()) {
-            return Err(format!(
-                "rpc {}: the message name {:?} is already used by another method of the service",
-                method.name(),
-                info.message_name
-            ));
-        }
-        let base = info.rust_name.trim_start_matches("r#");
-        for name in [base.to_owned(), format!("{base}_with")] {
-            if CLIENT_METHODS.contains(&name.as_str()) || !rust_names.insert(name.clone()) {
-                return Err(format!(
-                    "rpc {}: the generated client would have two methods named `{name}`; rename the rpc",
-                    method.name()
-                ));
-            }
-        }
         methods.push(info);
     }
+    assign_message_names(&mut methods)?;
+
+    let rpcs: Vec<(&str, Option<&str>)> = methods
+        .iter()
+        .map(|method| {
+            let path = format!("{}.{}", service.full_name(), method.proto_name);
+            let chosen = context.rust_names.get(&path).map(String::as_str);
+            if chosen.is_some() {
+                used.insert(path);
+            }
+            (method.proto_name.as_str(), chosen)
+        })
+        .collect();
+    let method_names = names::name_methods(&rpcs, |rpc| {
+        let path = format!("{}.{rpc}", service.full_name());
+        override_call(&path, &context.rust_names[&path])
+    })?;
+    for (method, names) in methods.iter_mut().zip(method_names) {
+        method.names = names;
+    }
+
     let mut hasher = Fnv::new();
     hasher.write_str(service.full_name());
     for method in &methods {
@@ -152,12 +279,65 @@ fn analyze_service(
     if events {
         hasher.write_str("events");
     }
+    let source_info = service
+        .parent_file()
+        .file_descriptor_proto()
+        .source_code_info
+        .clone();
     Ok(ServiceInfo {
+        proto_name: service.name().to_owned(),
+        names: service_names,
+        docs: docs::location_docs(source_info.as_ref(), service.path()),
         events,
-        snake_name: service.name().to_snake_case(),
         fingerprint: hasher.finish(),
         methods,
     })
+}
+
+/// Gives each method its message name: the `name` option's, else
+/// `<prefix>.<rpc in snake case>`. Two rpcs whose names meet in snake case
+/// (`GetHTTP`, `GetHttp`) are told apart in declaration order, as their Rust
+/// names are (`svc.get_http`, `svc.get_http_rpc`); a `name` option that
+/// another method's name already has is refused.
+fn assign_message_names(methods: &mut [MethodInfo]) -> Result<(), String> {
+    let chosen: Vec<Option<String>> = methods.iter().map(|m| m.explicit_name.clone()).collect();
+    let defaults: Vec<String> = methods.iter().map(|m| m.message_name.clone()).collect();
+    for (i, method) in methods.iter().enumerate() {
+        let Some(name) = &chosen[i] else { continue };
+        let clash = chosen
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j < i && other.as_ref() == Some(name))
+            || defaults
+                .iter()
+                .enumerate()
+                .any(|(j, default)| j != i && chosen[j].is_none() && default == name);
+        if clash {
+            return Err(format!(
+                "rpc {}: the message name {name:?} is already used by another method of the service; give this one another `name`",
+                method.proto_name
+            ));
+        }
+    }
+    let mut taken: HashSet<String> = chosen.iter().flatten().cloned().collect();
+    for method in methods.iter_mut() {
+        if method.explicit_name.is_some() {
+            continue;
+        }
+        let mut name = method.message_name.clone();
+        let mut n = 1;
+        while taken.contains(&name) {
+            name = if n == 1 {
+                format!("{}_rpc", method.message_name)
+            } else {
+                format!("{}_rpc{n}", method.message_name)
+            };
+            n += 1;
+        }
+        taken.insert(name.clone());
+        method.message_name = name;
+    }
+    Ok(())
 }
 
 /// Checks an rpc of an events service: one message in, nothing out, no
@@ -195,13 +375,13 @@ fn analyze_method(
 ) -> Result<MethodInfo, String> {
     let mut kind = RpcKind::new(method.is_client_streaming(), method.is_server_streaming());
     let mut options = MethodOptions::default();
-    let mut message_name = format!("{prefix}.{}", method.name().to_snake_case());
+    let mut explicit_name = None;
     if let Some(ext) = extension(&method.options(), method_ext) {
         if let Some(name) = string_field(&ext, "name") {
             check_message_name(&name).map_err(|problem| {
                 format!("option (workerbus.method).name = {name:?}: {problem}")
             })?;
-            message_name = name;
+            explicit_name = Some(name);
         }
         options.timeout_ms = field(&ext, "timeout_ms").and_then(|v| v.as_u64());
         options.retries = field(&ext, "retries").and_then(|v| v.as_u32());
@@ -248,31 +428,27 @@ fn analyze_method(
             ));
         }
     }
-    let rust_name = rust_ident(&method.name().to_snake_case());
     let input = method.input();
     let output = method.output();
+    let source_info = method
+        .parent_file()
+        .file_descriptor_proto()
+        .source_code_info
+        .clone();
     Ok(MethodInfo {
         kind,
         proto_name: method.name().to_owned(),
-        const_name: method.name().to_shouty_snake_case(),
-        rust_name,
-        message_name,
+        // Named with the other rpcs of the service, by `names::name_methods`.
+        names: MethodNames::default(),
+        message_name: explicit_name
+            .clone()
+            .unwrap_or_else(|| format!("{prefix}.{}", method.name().to_snake_case())),
+        explicit_name,
+        docs: docs::location_docs(source_info.as_ref(), method.path()),
         request: (input.full_name().to_owned(), fingerprints.message(&input)),
         response: (output.full_name().to_owned(), fingerprints.message(&output)),
         options,
     })
-}
-
-/// A method name as a Rust identifier: raw if it is a keyword, with a
-/// trailing underscore if it is one of the keywords that cannot be raw.
-fn rust_ident(name: &str) -> String {
-    match name {
-        "self" | "super" | "crate" | "Self" => format!("{name}_"),
-        // Reserved in edition 2024, which syn does not know by default.
-        "gen" => format!("r#{name}"),
-        _ if syn::parse_str::<syn::Ident>(name).is_err() => format!("r#{name}"),
-        _ => name.to_owned(),
-    }
 }
 
 /// Message names travel in frames and appear in logs: printable, no spaces.

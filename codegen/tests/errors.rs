@@ -10,6 +10,11 @@ use std::path::Path;
 /// compilation succeeds, or if the refusal is not `InvalidInput`, lacks the
 /// `workerbus-build:` prefix, or left files behind.
 fn compile_error(files: &[(&str, &str)]) -> String {
+    compile_error_with(workerbus_build::configure(), files)
+}
+
+/// [`compile_error`] with the options of `builder`.
+fn compile_error_with(builder: workerbus_build::Builder, files: &[(&str, &str)]) -> String {
     let include = tempfile::tempdir().expect("a temporary directory");
     let out = tempfile::tempdir().expect("a temporary directory");
     for (name, source) in files {
@@ -20,7 +25,7 @@ fn compile_error(files: &[(&str, &str)]) -> String {
         fs::write(&path, source).expect("writing a proto file");
     }
     let (root, _) = files.first().expect("at least one file");
-    let result = workerbus_build::configure()
+    let result = builder
         .out_dir(out.path())
         .emit_rerun_if_changed(false)
         .compile_protos(&[include.path().join(root)], &[include.path()]);
@@ -207,34 +212,84 @@ fn message_names_must_be_unique_within_a_service() {
 }
 
 #[test]
-fn an_rpc_cannot_take_the_clients_new() {
-    let message = compile_error(&[(
-        "bad.proto",
-        &schema(
-            "service Worker {
-               rpc New(Ping) returns (Ping);
-             }",
-        ),
-    )]);
+fn a_rust_name_that_is_taken_is_refused_by_name() {
+    let builder = workerbus_build::configure().rust_name("bad.Worker.Get", "channel");
+    let message = compile_error_with(
+        builder,
+        &[(
+            "bad.proto",
+            &schema(
+                "service Worker {
+                   rpc Get(Ping) returns (Ping);
+                 }",
+            ),
+        )],
+    );
     assert_mentions(
         &message,
-        &["bad.proto", "service bad.Worker", "rpc New", "`new`"],
+        &[
+            "bad.proto",
+            "service bad.Worker",
+            "rpc Get",
+            "rust_name(\"bad.Worker.Get\", \"channel\")",
+            "`channel` is a method of clients",
+        ],
     );
 }
 
 #[test]
-fn an_rpc_cannot_take_the_schema_constant() {
+fn a_rust_name_must_be_a_name_of_its_kind() {
+    let builder = workerbus_build::configure().rust_name("bad.Worker", "worker_api");
+    let message = compile_error_with(
+        builder,
+        &[(
+            "bad.proto",
+            &schema("service Worker { rpc Get(Ping) returns (Ping); }"),
+        )],
+    );
+    assert_mentions(
+        &message,
+        &[
+            "bad.proto",
+            "service bad.Worker",
+            "rust_name(\"bad.Worker\", \"worker_api\")",
+            "upper camel case",
+        ],
+    );
+}
+
+#[test]
+fn a_rust_name_for_nothing_is_refused() {
+    let builder = workerbus_build::configure().rust_name(".bad.Worker.Gte", "fetch");
+    let message = compile_error_with(
+        builder,
+        &[(
+            "bad.proto",
+            &schema("service Worker { rpc Get(Ping) returns (Ping); }"),
+        )],
+    );
+    assert_mentions(
+        &message,
+        &[
+            "rust_name(\"bad.Worker.Gte\", \"fetch\")",
+            "no service or rpc of the compiled files is named bad.Worker.Gte",
+        ],
+    );
+}
+
+#[test]
+fn types_prost_build_would_name_alike_are_refused() {
     let message = compile_error(&[(
         "bad.proto",
-        &schema(
-            "service Worker {
-               rpc Schema(Ping) returns (Ping);
-             }",
-        ),
+        "syntax = \"proto3\";\n\npackage bad;\n\nmessage user_id {}\nmessage UserId {}\n",
     )]);
     assert_mentions(
         &message,
-        &["bad.proto", "service bad.Worker", "rpc Schema", "`SCHEMA`"],
+        &[
+            "bad.proto",
+            "message bad.UserId and message bad.user_id",
+            "`UserId`",
+        ],
     );
 }
 
@@ -355,6 +410,80 @@ fn errors_in_imported_files_name_the_imported_file() {
             "service bad.Worker",
             "rpc Now",
             "timeout_ms = 0",
+        ],
+    );
+}
+
+#[test]
+fn options_in_a_form_workerbus_does_not_define_get_the_right_form() {
+    const METHOD_FORM: &str =
+        "`option (workerbus.method) = { timeout_ms: 5000, retries: 2, idempotent: true };`";
+    const SERVICE_FORM: &str = "`option (workerbus.service) = { name: \"search\" };`";
+    for (service, location, problem, form) in [
+        (
+            "service Worker {\n  rpc Get(Ping) returns (Ping) {\n    option (workerbus.timeout_ms) = 5000;\n  }\n}",
+            "bad.proto:14:5: service bad.Worker: rpc Get: ",
+            "'workerbus.timeout_ms' resolves to 'workerbus.timeout_ms', which is not defined",
+            METHOD_FORM,
+        ),
+        (
+            "service Worker {\n  rpc Get(Ping) returns (Ping) {\n    option (workerbus.method) = { timeout: 5000 };\n  }\n}",
+            "bad.proto:14:5: service bad.Worker: rpc Get: ",
+            "invalid value of type 'workerbus.MethodOptions'",
+            "(its fields: name, timeout_ms, retries, idempotent, one_way)",
+        ),
+        (
+            "service Worker {\n  rpc Get(Ping) returns (Ping) {\n    option (workerbus.method).timeout = 5000;\n  }\n}",
+            "bad.proto:14:5: service bad.Worker: rpc Get: ",
+            "option field '(workerbus.method).timeout' is not defined",
+            METHOD_FORM,
+        ),
+        (
+            "service Worker {\n  option (workerbus.method) = { name: \"w\" };\n  rpc Get(Ping) returns (Ping);\n}",
+            "bad.proto:13:3: service bad.Worker: ",
+            "but 'workerbus.method' extends 'google.protobuf.MethodOptions'",
+            SERVICE_FORM,
+        ),
+        (
+            "service Worker {\n  option (workerbus.service) = { timeout_ms: 5 };\n  rpc Get(Ping) returns (Ping);\n}",
+            "bad.proto:13:3: service bad.Worker: ",
+            "invalid value of type 'workerbus.ServiceOptions'",
+            "(its fields: name, events)",
+        ),
+    ] {
+        let message = compile_error(&[("bad.proto", &schema(service))]);
+        assert_mentions(&message, &[location, problem, form]);
+    }
+}
+
+#[test]
+fn the_options_need_their_import() {
+    let message = compile_error(&[(
+        "bad.proto",
+        "syntax = \"proto3\";\npackage bad;\nmessage Ping {}\nservice Worker {\n  rpc Get(Ping) returns (Ping) {\n    option (workerbus.method) = { timeout_ms: 5 };\n  }\n}\n",
+    )]);
+    assert_mentions(
+        &message,
+        &[
+            "bad.proto:6:5: service bad.Worker: rpc Get: ",
+            "name 'workerbus.method' is not defined",
+            "`import \"workerbus/options.proto\";`",
+        ],
+    );
+}
+
+#[test]
+fn editions_are_refused_with_the_reason() {
+    let message = compile_error(&[(
+        "bad.proto",
+        "edition = \"2023\";\n\npackage bad;\n\nmessage Ping {}\n",
+    )]);
+    assert_mentions(
+        &message,
+        &[
+            "bad.proto:1:1: ",
+            "protobuf editions (`edition = \"2023\"`) are not supported",
+            "`syntax = \"proto3\";`",
         ],
     );
 }

@@ -1,6 +1,7 @@
 //! Golden-file tests of the generator: the code generated for
 //! `tests/proto/golden/` must match `tests/golden/` byte for byte, and
-//! generating it twice must give the same bytes.
+//! generating it, or the schema corpus of `tests/corpus/`, twice must give
+//! the same bytes.
 //!
 //! When the output changes, the test rewrites the golden files and fails;
 //! review the diff (`git diff codegen/tests/golden`) and rerun.
@@ -12,8 +13,9 @@ use std::path::{Path, PathBuf};
 /// The root `.proto` of the golden schema, relative to [`proto_dir`].
 const GOLDEN_PROTO: &str = "golden/greeter.proto";
 
-/// The files the golden schema must generate, one per protobuf package.
-const EXPECTED_FILES: &[&str] = &["golden.rs", "golden.shared.rs"];
+/// The files the golden schema must generate: one per protobuf package, and
+/// the include file that holds them all.
+const EXPECTED_FILES: &[&str] = &["golden.rs", "golden.shared.rs", "workerbus-protos.rs"];
 
 fn proto_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proto")
@@ -85,7 +87,7 @@ fn generated_code_matches_the_golden_files() {
     assert_eq!(
         generated.keys().map(String::as_str).collect::<Vec<_>>(),
         EXPECTED_FILES,
-        "the golden schema should generate one file per package"
+        "the golden schema should generate one file per package and the include file"
     );
 
     let golden = golden_dir();
@@ -137,6 +139,66 @@ fn generation_is_deterministic() {
         assert!(
             *bytes == second[name],
             "{name} differs between two generations of the same schema"
+        );
+    }
+}
+
+/// Every `.proto` file under `dir`, sorted.
+fn protos_under(dir: &Path) -> Vec<PathBuf> {
+    let mut protos = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in
+            fs::read_dir(&dir).unwrap_or_else(|error| panic!("reading {}: {error}", dir.display()))
+        {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "proto") {
+                protos.push(path);
+            }
+        }
+    }
+    protos.sort();
+    protos
+}
+
+/// The schema corpus, which the fixture crates `tests/fixtures/corpus/`
+/// compile and test: generated twice, with their build script's options, it
+/// gives the same bytes (hash maps met on the way must not leak their
+/// order).
+#[test]
+fn the_corpus_generates_deterministically() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let protos = protos_under(&corpus);
+    assert!(
+        protos.len() >= 20,
+        "the corpus has {} schemas",
+        protos.len()
+    );
+    let generate = |out: &Path| {
+        workerbus_build::configure()
+            .out_dir(out)
+            .emit_rerun_if_changed(false)
+            .rust_name("collisions.generated.Greeter.Create", "create_card")
+            .rust_name("collisions.generated.Directory", "Lookup")
+            .compile_protos(&protos, &[&corpus])
+            .unwrap_or_else(|error| panic!("the corpus does not compile: {error}"));
+        read_rs_files(out)
+    };
+    let first = tempfile::tempdir().expect("a temporary directory");
+    let second = tempfile::tempdir().expect("a temporary directory");
+    let first = generate(first.path());
+    let second = generate(second.path());
+    assert!(first.contains_key("workerbus-protos.rs") && first.contains_key("_.rs"));
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        second.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &first {
+        assert!(
+            *bytes == second[name],
+            "{name} differs between two generations of the corpus"
         );
     }
 }

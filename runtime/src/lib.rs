@@ -130,11 +130,47 @@ pub use self::window::{STREAM_WINDOW_BYTES, Window};
 /// ```
 ///
 /// The argument is the package name as written in the `.proto` file
-/// (`package embedder;`). The generated file is read from `OUT_DIR`, where
+/// (`package embedder;`), each part in snake case and a keyword raw
+/// (`corp.r#type.v1` for `package corp.type.v1;`); `_` for the files
+/// without a package. The generated file is read from `OUT_DIR`, where
 /// `workerbus_build::compile_protos` wrote it.
+///
+/// A package whose messages use another package's (`super::common::Page`)
+/// needs that package's module where prost-build expects it;
+/// [`include_protos!`] lays every package out that way.
 #[macro_export]
 macro_rules! include_proto {
     ($package:tt) => {
         include!(concat!(env!("OUT_DIR"), "/", $package, ".rs"));
+    };
+}
+
+/// Includes everything `workerbus-build` generated in a build: every
+/// protobuf package, as a tree of modules by package (`corp.x.a` in
+/// `corp::x::a`), so that types of one package used in another resolve.
+///
+/// ```ignore
+/// // Needs a build script's OUT_DIR, so it is compiled by the fixture
+/// // crates of `tests/fixtures/corpus`, not here.
+/// // `corp/x/a.proto` (package corp.x.a) uses `corp.x.b.Thing`:
+/// pub mod protos {
+///     workerbus::include_protos!();
+/// }
+/// use protos::corp::x::a::{LookupClient, LookupRequest};
+/// use protos::corp::x::b::Thing;
+/// ```
+///
+/// The files of schemas without a package are included at the top. Without
+/// an argument it reads `workerbus-protos.rs` from `OUT_DIR`, the include
+/// file `workerbus_build::compile_protos` writes; with one, the include file
+/// named by `workerbus_build::Builder::include_file`
+/// (`include_protos!("admin-protos.rs")`).
+#[macro_export]
+macro_rules! include_protos {
+    () => {
+        include!(concat!(env!("OUT_DIR"), "/workerbus-protos.rs"));
+    };
+    ($include_file:tt) => {
+        include!(concat!(env!("OUT_DIR"), "/", $include_file));
     };
 }

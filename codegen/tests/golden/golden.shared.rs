@@ -10,7 +10,12 @@ pub struct Locale {
 #[repr(i32)]
 pub enum Formality {
     Unspecified = 0,
+    /// Among friends: \[hey\].
     Casual = 1,
+    /// At work:
+    /// ```text
+    /// Dear Ada,
+    /// ```
     Formal = 2,
 }
 impl Formality {

@@ -1,0 +1,185 @@
+//! `<Svc>Client`: a typed client over a `Channel`, a method and a `_with`
+//! method (options for one call) per rpc.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use super::{ident, message_type, method_lints};
+use crate::model::{MethodDef, RpcKind, ServiceDef};
+
+pub(super) fn client(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, String> {
+    let client = format_ident!("{}Client", def.base);
+    let module = ident(&def.module);
+    let mut docs = vec![
+        format!(" Client of the `{}` service.", def.full_name),
+        String::new(),
+        " Cheap to clone; clones share the channel. Each method sends one call and".into(),
+        " waits for its answer, its timeout, or its worker's exit.".into(),
+    ];
+    if !def.docs.is_empty() {
+        docs.push(String::new());
+        docs.extend(def.docs.iter().cloned());
+    }
+    let methods = def
+        .methods
+        .iter()
+        .map(|method| client_method(method, cg))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(quote! {
+        #(#[doc = #docs])*
+        #[derive(Clone, Debug)]
+        pub struct #client {
+            inner: #cg::Client,
+        }
+
+        impl #client {
+            /// The schema this client was generated from.
+            pub const SCHEMA: #cg::ServiceSchema = #module::SCHEMA;
+
+            /// A client that calls the worker at the other end of `channel`.
+            pub fn new(channel: #cg::Channel) -> Self {
+                Self { inner: #cg::Client::new(channel) }
+            }
+
+            /// Sets options for every call through this client. A call's own
+            /// options (the `*_with` methods) still take precedence; unset
+            /// fields fall back to the schema's defaults.
+            #[must_use]
+            pub fn with_options(self, options: #cg::CallOptions) -> Self {
+                Self { inner: self.inner.with_options(options) }
+            }
+
+            /// The channel this client calls through.
+            pub fn channel(&self) -> &#cg::Channel {
+                self.inner.channel()
+            }
+
+            #(#methods)*
+        }
+    })
+}
+
+fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, String> {
+    let name = ident(&method.rust_name);
+    let name_with = ident(&method.rust_name_with);
+    let request = message_type(&method.request.rust_type)?;
+    let response = message_type(&method.response.rust_type)?;
+    let message_name = &method.message_name;
+    let response_proto = &method.response.proto_name;
+    let mut desc = quote!(#cg::MethodDesc::new(#message_name, #response_proto));
+    if let Some(timeout_ms) = method.options.timeout_ms {
+        desc = quote!(#desc.timeout_ms(#timeout_ms));
+    }
+    if let Some(retries) = method.options.retries {
+        desc = quote!(#desc.retries(#retries));
+    }
+    if method.options.idempotent {
+        desc = quote!(#desc.idempotent());
+    }
+    let mut docs = method.docs.clone();
+    if !docs.is_empty() {
+        docs.push(String::new());
+    }
+    docs.push(format!(
+        " Message name: `{message_name}`.{}",
+        defaults_note(method)
+    ));
+    let with_doc = format!(
+        " [`{}`](Self::{}) with options for this call only.",
+        method.rust_name.trim_start_matches("r#"),
+        method.rust_name.trim_start_matches("r#")
+    );
+    let options = quote!(::core::option::Option::Some(&options));
+    // The argument, the result, and the runtime call, by kind.
+    let (generics, argument, bound, result, call) = match method.kind {
+        RpcKind::Unary => (
+            quote!(),
+            quote!(request: #request),
+            quote!(),
+            quote!(#response),
+            quote!(self.inner.unary(&METHOD, request, #options).await),
+        ),
+        RpcKind::ServerStreaming => (
+            quote!(),
+            quote!(request: #request),
+            quote!(),
+            quote!(#cg::Streaming<#response>),
+            quote!(self.inner.server_stream(&METHOD, request, #options).await),
+        ),
+        RpcKind::ClientStreaming => (
+            quote!(<S>),
+            quote!(requests: S),
+            quote!(where S: #cg::Stream<Item = #request> + ::core::marker::Send + 'static),
+            quote!(#response),
+            quote!(self.inner.client_stream(&METHOD, requests, #options).await),
+        ),
+        RpcKind::BidiStreaming => (
+            quote!(<S>),
+            quote!(requests: S),
+            quote!(where S: #cg::Stream<Item = #request> + ::core::marker::Send + 'static),
+            quote!(#cg::Streaming<#response>),
+            quote!(self.inner.bidi_stream(&METHOD, requests, #options).await),
+        ),
+        RpcKind::OneWay => (
+            quote!(),
+            quote!(request: #request),
+            quote!(),
+            quote!(()),
+            quote!(self.inner.one_way(&METHOD, request, #options).await),
+        ),
+    };
+    let forwarded = if method.kind.streams_requests() {
+        quote!(requests)
+    } else {
+        quote!(request)
+    };
+    let lints = method_lints(&method.rust_name);
+    Ok(quote! {
+        #(#[doc = #docs])*
+        #lints
+        pub async fn #name #generics(&self, #argument) -> ::core::result::Result<#result, #cg::Error> #bound {
+            self.#name_with(#forwarded, #cg::CallOptions::new()).await
+        }
+
+        #[doc = #with_doc]
+        #lints
+        pub async fn #name_with #generics(
+            &self,
+            #argument,
+            options: #cg::CallOptions,
+        ) -> ::core::result::Result<#result, #cg::Error> #bound {
+            static METHOD: #cg::MethodDesc = #desc;
+            #call
+        }
+    })
+}
+
+/// The schema's call defaults in words, for the method's rustdoc.
+fn defaults_note(method: &MethodDef) -> String {
+    let options = &method.options;
+    let mut parts = Vec::new();
+    if let Some(timeout_ms) = options.timeout_ms {
+        parts.push(format!("timeout {timeout_ms} ms"));
+    }
+    if let Some(retries) = options.retries {
+        parts.push(format!(
+            "{retries} {}",
+            if retries == 1 { "retry" } else { "retries" }
+        ));
+    }
+    if options.idempotent {
+        parts.push("idempotent".to_owned());
+    }
+    let defaults = if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" Defaults: {}.", parts.join(", "))
+    };
+    if method.kind == RpcKind::OneWay {
+        format!(
+            " One-way: returns once the message is queued for the worker, which answers nothing.{defaults}"
+        )
+    } else {
+        defaults
+    }
+}
