@@ -351,6 +351,9 @@ struct State {
     timer_waker: Option<Waker>,
     /// The worker's events: received, taken, and credited back in batches.
     events: ReceiveWindow,
+    /// Requests the transport handed back unwritten when the connection
+    /// broke: their calls end as never sent when it closes.
+    unwritten: Vec<(u64, Bytes)>,
 }
 
 impl State {
@@ -525,6 +528,7 @@ impl Channel {
                 timer_at: None,
                 timer_waker: None,
                 events: ReceiveWindow::new(options.window),
+                unwritten: Vec::new(),
             }),
             max_frame_length: options.max_frame_length,
             max_in_flight: options.max_in_flight,
@@ -1900,12 +1904,11 @@ async fn run_link<T: Transport>(guard: CloseOnDrop, mut transport: T, exit: Opti
         poll_link(&shared, &mut transport, &mut writer, cx)
     })
     .await;
-    // Frames the transport could not write, and those the writer never
-    // handed it, go back in front of the queue: their requests provably
-    // never reached the worker.
+    // The requests the transport could not write, and the frames the
+    // writer never handed it, provably never reached the worker.
     let (end, unwritten) = match end {
-        LinkEnd::Broken(FrameError::Unwritten { source, frames }) => {
-            (LinkEnd::Broken(FrameError::Io(source)), frames)
+        LinkEnd::Broken(FrameError::Unwritten { source, requests }) => {
+            (LinkEnd::Broken(FrameError::Io(source)), requests)
         }
         end => (end, Vec::new()),
     };
@@ -1915,7 +1918,8 @@ async fn run_link<T: Transport>(guard: CloseOnDrop, mut transport: T, exit: Opti
         let unsent = writer.take_unsent();
         let mut state = lock(&shared);
         state.closing = true;
-        for frame in unwritten.into_iter().chain(unsent).rev() {
+        state.unwritten = unwritten;
+        for frame in unsent.into_iter().rev() {
             // Counted again as queued: a caller that gives up meanwhile
             // withdraws its request from the queue, uncounting it.
             if let Frame::Request { payload, .. } = &frame {
@@ -1968,12 +1972,17 @@ fn close(shared: &Shared, reason: CloseReason) {
             state.hub.close();
         }
         let mut wakers: Vec<Waker> = Vec::new();
-        // Requests still queued never reached the worker: their calls learn
-        // so, and get their payloads back. (A stream's request is not sent
-        // again, whatever its fate: its items are gone.)
-        for frame in outbox {
-            if let Frame::Request { id, payload, .. } = frame
-                && let Some(slot) = state.calls.get_mut(&id)
+        // Requests still queued, or handed back unwritten, never reached the
+        // worker: their calls learn so, and get their payloads back. (A
+        // stream's request is not sent again, whatever its fate: its items
+        // are gone.)
+        let queued = outbox.into_iter().filter_map(|frame| match frame {
+            Frame::Request { id, payload, .. } => Some((id, payload)),
+            _ => None,
+        });
+        let unwritten = std::mem::take(&mut state.unwritten);
+        for (id, payload) in unwritten.into_iter().chain(queued) {
+            if let Some(slot) = state.calls.get_mut(&id)
                 && slot.outcome.is_none()
                 && slot.stream.is_none()
             {
@@ -2678,7 +2687,7 @@ mod tests {
     }
 
     /// A transport whose writes all fail, handing back as unwritten the
-    /// frames it was given; it never receives anything.
+    /// requests it was given; it never receives anything.
     #[derive(Default)]
     struct Refusing {
         given: Vec<Frame>,
@@ -2708,12 +2717,18 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Result<(), FrameError>> {
-            let frames = std::mem::take(&mut self.given);
-            if frames.is_empty() {
+            let requests: Vec<(u64, Bytes)> = std::mem::take(&mut self.given)
+                .into_iter()
+                .filter_map(|frame| match frame {
+                    Frame::Request { id, payload, .. } => Some((id, payload)),
+                    _ => None,
+                })
+                .collect();
+            if requests.is_empty() {
                 return Poll::Ready(Ok(()));
             }
             let source = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-            Poll::Ready(Err(FrameError::Unwritten { source, frames }))
+            Poll::Ready(Err(FrameError::Unwritten { source, requests }))
         }
 
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
@@ -2722,9 +2737,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_request_handed_back_unwritten_can_be_given_up_while_the_link_learns_why() {
+    async fn a_request_handed_back_unwritten_ends_as_never_sent_or_given_up_meanwhile() {
         // The exit is never reported: the link waits a second to learn it,
-        // with the request it could not write queued again meanwhile.
+        // holding the requests it could not write meanwhile.
         let (_exit, watch) = watch::channel(None);
         let channel = Channel::connect(
             Refusing::default(),
@@ -2732,25 +2747,38 @@ mod tests {
             Some(watch),
             "test",
         );
+        let shared = Arc::clone(channel.direct().unwrap());
         let options = resolved(Some(Duration::from_secs(10)), 0);
         let payload = Bytes::from_static(b"never written");
+        let kept = channel.call(&ECHO, payload.clone(), &options);
+        tokio::pin!(kept);
         {
-            let call = channel.call(&ECHO, payload.clone(), &options);
-            tokio::pin!(call);
-            let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-            assert!(polled.is_pending());
-            // The link writes, fails, and queues the request again.
-            while !lock(channel.direct().unwrap()).closing {
+            let given_up = channel.call(&ECHO, payload.clone(), &options);
+            tokio::pin!(given_up);
+            for mut call in [kept.as_mut(), given_up.as_mut()] {
+                let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+                assert!(polled.is_pending());
+            }
+            // The link writes, fails, and learns which requests were not
+            // written.
+            while !lock(&shared).closing {
                 tokio::task::yield_now().await;
             }
-            assert_eq!(lock(channel.direct().unwrap()).queued_bytes, payload.len());
+            assert_eq!(lock(&shared).unwritten.len(), 2);
+            assert_eq!(lock(&shared).queued_bytes, 0);
         }
-        // Given up: withdrawn from the queue, and uncounted.
-        let shared = channel.direct().unwrap();
-        assert_eq!(lock(shared).queued_bytes, 0);
-        assert!(lock(shared).outbox.is_empty());
-        channel.closed().await;
-        assert_eq!(channel.in_flight(), 0);
+        // The one given up meanwhile is gone; the other ends with the
+        // connection, as never sent: its payload comes back.
+        wait_closed(&shared).await;
+        let outcome = match &lock(&shared).calls.get(&1).expect("the call kept").outcome {
+            Some(Err(Failure::Undelivered { payload, .. })) => payload.clone(),
+            other => panic!("expected the request back, got {other:?}"),
+        };
+        assert_eq!(outcome, payload);
+        assert_eq!(lock(&shared).calls.len(), 1);
+        assert_eq!(lock(&shared).queued_bytes, 0);
+        let error = kept.await.unwrap_err();
+        assert!(matches!(error, Error::Disconnected { .. }), "{error:?}");
     }
 
     #[tokio::test]

@@ -379,10 +379,10 @@ pub enum FrameError {
     /// Reading or writing the underlying socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
-    /// Writing to the connection failed before these frames were written,
-    /// so the peer never received them. A transport that knows which of the
-    /// frames it was given it did not write hands them back this way (the
-    /// process driver's does, for `REQUEST`s): the host then treats those
+    /// Writing to the connection failed before these requests were
+    /// written, so the peer never received them. A transport that knows
+    /// which of the `REQUEST`s it was given it did not write hands them back
+    /// this way (the process driver's does): the host then treats those
     /// calls as never sent, and a supervised channel sends them to the
     /// worker's replacement.
     #[error("i/o error: {source}")]
@@ -390,8 +390,9 @@ pub enum FrameError {
         /// Why the write failed.
         #[source]
         source: std::io::Error,
-        /// The frames not written, in the order they were given.
-        frames: Vec<crate::frame::Frame>,
+        /// The id and payload of each `REQUEST` not written, in the order
+        /// they were given.
+        requests: Vec<(u64, bytes::Bytes)>,
     },
 }
 

@@ -73,10 +73,11 @@ pub(crate) struct SocketTransport<T> {
     small: BytesMut,
     queued: usize,
     /// The `REQUEST`s given since the last complete flush, each with where
-    /// its bytes start among the bytes given since then: if writing fails,
-    /// those whose bytes the socket never took are handed back
-    /// ([`FrameError::Unwritten`]), their peer never received them.
-    requests: VecDeque<(usize, Frame)>,
+    /// its bytes start among the bytes given since then, its id and its
+    /// payload: if writing fails, those whose bytes the socket never took
+    /// are handed back ([`FrameError::Unwritten`]), their peer never
+    /// received them.
+    requests: VecDeque<(usize, u64, Bytes)>,
     /// Bytes given since the last complete flush.
     given: usize,
     /// Of those, the bytes the socket took.
@@ -124,16 +125,16 @@ impl<T> SocketTransport<T> {
     /// socket never took come back with it.
     fn write_failed(&mut self, source: io::Error) -> FrameError {
         let taken = self.taken;
-        let frames: Vec<Frame> = self
+        let requests: Vec<(u64, Bytes)> = self
             .requests
             .drain(..)
-            .filter(|(start, _)| *start >= taken)
-            .map(|(_, frame)| frame)
+            .filter(|(start, _, _)| *start >= taken)
+            .map(|(_, id, payload)| (id, payload))
             .collect();
-        if frames.is_empty() {
+        if requests.is_empty() {
             FrameError::Io(source)
         } else {
-            FrameError::Unwritten { source, frames }
+            FrameError::Unwritten { source, requests }
         }
     }
 
@@ -232,8 +233,8 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
             Some(payload) => this.small.extend_from_slice(payload),
             None => {}
         }
-        if matches!(frame, Frame::Request { .. }) {
-            this.requests.push_back((this.given, frame));
+        if let Frame::Request { id, payload, .. } = frame {
+            this.requests.push_back((this.given, id, payload));
         }
         this.given += 4 + len;
         Ok(())
@@ -499,9 +500,10 @@ mod tests {
             .await
             .unwrap_err();
         match error {
-            FrameError::Unwritten { source, frames } => {
+            FrameError::Unwritten { source, requests } => {
                 assert_eq!(source.kind(), io::ErrorKind::BrokenPipe);
-                assert_eq!(frames, [request(2), request(3)]);
+                let ping = Bytes::from_static(b"ping");
+                assert_eq!(requests, [(2, ping.clone()), (3, ping)]);
             }
             other => panic!("expected the unwritten requests back, got {other:?}"),
         }
