@@ -168,7 +168,11 @@ fn user_id() -> u32 {
 
 #[tokio::test]
 async fn a_socket_directory_taken_by_another_is_refused_and_socket_dir_names_another() {
-    let temp = scratch("socket-dir");
+    // In the system's temporary directory, not the build's: a socket's path
+    // must fit in 108 bytes, which a checkout's build directory may not.
+    let temp = std::env::temp_dir().join(format!("wb-socket-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&temp).expect("create a scratch directory");
+    let temp = temp.canonicalize().unwrap();
     // Without XDG_RUNTIME_DIR, the worker's sockets go in
     // <temp>/workerbus-<uid>: a name anyone can predict, here made first
     // and left open to all, as another user could.
