@@ -67,6 +67,7 @@ mod server;
 mod startup;
 mod stderr;
 mod supervisor;
+mod sync;
 mod trace;
 mod transport;
 mod window;

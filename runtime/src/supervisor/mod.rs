@@ -23,6 +23,7 @@
 
 mod central;
 mod policy;
+pub(crate) mod slot;
 mod watch;
 
 use std::fmt;
@@ -39,10 +40,11 @@ pub use self::policy::{
     DEFAULT_CONNECTION_LOST_GRACE, DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_MAX_WAITING_CALLS,
     HealthCheck, Restart, RestartPolicy, Strategy, WhileRestarting,
 };
-use crate::client::{Channel, WorkerSlot};
+use crate::client::Channel;
 use crate::control::HealthReport;
 use crate::driver::{Spawn, Worker};
 use crate::error::{Error, ExitReason};
+use crate::supervisor::slot::WorkerSlot;
 
 /// How many events a subscriber may fall behind before it misses some.
 const EVENT_CAPACITY: usize = 1024;

@@ -30,8 +30,8 @@ use super::watch::{self, Watch};
 use super::{
     AnySpawn, AnyWorker, Restart, RestartPolicy, Stats, Strategy, SupervisorEvent, full_text, gone,
 };
-use crate::client::{SlotState, WorkerSlot};
 use crate::error::{Error, ExitReason};
+use crate::supervisor::slot::{SlotState, WorkerSlot};
 
 /// What a supervisor's handles ask of its task.
 pub(super) enum Command {

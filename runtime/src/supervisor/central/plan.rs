@@ -23,9 +23,9 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::{AnyWorker, Busy, Central, Report, State};
-use crate::client::SlotState;
 use crate::error::ExitReason;
 use crate::supervisor::SupervisorEvent;
+use crate::supervisor::slot::SlotState;
 
 /// One step of a plan (see the table above).
 #[derive(Clone, Copy)]

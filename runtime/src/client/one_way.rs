@@ -1,0 +1,118 @@
+//! One-way messages: queued for the worker, never answered.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::frame::Frame;
+use crate::log::{self, Direction};
+use crate::middleware::{CallInfo, Next};
+use crate::name::MethodName;
+use crate::trace::TraceContext;
+
+use super::call::check_request_size;
+use super::channel::{Channel, Inner, check_method_name};
+use super::deadline::{due, until};
+use super::options::Resolved;
+use super::pending::{Shared, lock};
+
+/// Queues a one-way message on one connection, once there is room for it.
+pub(super) async fn post(
+    shared: &Shared,
+    method: &MethodName,
+    payload: &Bytes,
+    timeout: Option<Duration>,
+    trace: Option<TraceContext>,
+) -> Result<(), Error> {
+    check_request_size(shared, method, payload, timeout, trace)?;
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let waker = {
+            let mut state = lock(shared);
+            if let Some(reason) = &state.closed {
+                return Err(reason.clone().into_error(method));
+            }
+            // A one-way message holds no slot in the pending table; it only
+            // waits for room in the outbox.
+            let full = state.queued_bytes > 0
+                && state.queued_bytes + payload.len() > shared.max_queued_bytes;
+            if state.closing || full {
+                state.waiting = true;
+                None
+            } else {
+                let id = state.next_id;
+                state.next_id += 1;
+                state.queued_bytes += payload.len();
+                let request = Frame::request(id, method.clone(), timeout, 1, payload.clone())
+                    .with_trace(trace)
+                    .with_one_way(true);
+                log::frame(Direction::HostOut, &request, None);
+                state.outbox.push_back(request);
+                Some(state.link.take())
+            }
+        };
+        match waker {
+            Some(waker) => {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                return Ok(());
+            }
+            None => changed.await,
+        }
+    }
+}
+
+impl Channel {
+    /// Sends `method` as a one-way message: returns once it is queued for
+    /// the worker, which answers nothing. Host middleware sees it as a call
+    /// answered with an empty response.
+    pub(crate) async fn post(
+        &self,
+        method: &MethodName,
+        payload: Bytes,
+        options: &Resolved,
+    ) -> Result<(), Error> {
+        check_method_name(method)?;
+        let result = match &self.middleware {
+            None => self.post_once(method, &payload, options, None).await,
+            Some(chain) => {
+                let info = CallInfo::host(method, 1, options.timeout, self.driver(), payload.len());
+                let queued = self.post_once(method, &payload, options, Some(&info));
+                Next::new(chain, &info, Box::pin(queued)).run().await
+            }
+        };
+        result.map(drop)
+    }
+
+    /// Queues a one-way message, bounded by its timeout.
+    pub(super) async fn post_once(
+        &self,
+        method: &MethodName,
+        payload: &Bytes,
+        options: &Resolved,
+        info: Option<&CallInfo>,
+    ) -> Result<Bytes, Error> {
+        // Read when this runs: after the middleware set it.
+        let trace = info.and_then(CallInfo::trace);
+        let queued = async {
+            let channel = match &self.inner {
+                Inner::Direct(_) => self.clone(),
+                Inner::Source(source) => source.current(method, None).await?,
+            };
+            match channel.direct() {
+                Some(shared) => post(shared, method, payload, options.timeout, trace).await,
+                None => Err(Error::Disconnected {
+                    method: method.clone(),
+                    cause: None,
+                }),
+            }
+        };
+        until(method, options.timeout, due(options.timeout), queued)
+            .await
+            .map(|()| Bytes::new())
+    }
+}

@@ -1,0 +1,232 @@
+//! Options of calls and channels: [`CallOptions`] and their fallback order
+//! (call, client, schema, library), and [`ChannelOptions`].
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH};
+use crate::window::Window;
+
+/// The timeout of a call when neither the caller nor the schema sets one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options for one call, a client, or every call through a client.
+///
+/// Unset fields fall back, in order, to the client's options, the method's
+/// defaults from the schema (`timeout_ms`, `retries`, `idempotent` in
+/// `workerbus/options.proto`), and the library defaults: a
+/// [30 s timeout](DEFAULT_TIMEOUT), no retries, [`Backoff::default`].
+///
+/// Retries apply only to idempotent methods, and only to errors for which
+/// [`Error::is_retryable`] holds. The timeout applies to each attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use workerbus::CallOptions;
+///
+/// let options = CallOptions::new()
+///     .timeout(Duration::from_secs(2))
+///     .retries(3);
+/// assert_eq!(options.get_timeout(), Some(Duration::from_secs(2)));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallOptions {
+    pub(super) timeout: Option<Duration>,
+    pub(super) retries: Option<u32>,
+    pub(super) backoff: Option<Backoff>,
+    pub(super) idempotent: Option<bool>,
+}
+
+impl CallOptions {
+    /// Options that set nothing: every field falls back.
+    pub fn new() -> CallOptions {
+        CallOptions::default()
+    }
+
+    /// How long to wait for each attempt's answer.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> CallOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Wait for the answer however long it takes. The call still ends if the
+    /// worker exits or the connection is lost.
+    #[must_use]
+    pub fn no_timeout(mut self) -> CallOptions {
+        self.timeout = Some(Duration::MAX);
+        self
+    }
+
+    /// How many times to retry after the first attempt (idempotent methods only).
+    #[must_use]
+    pub fn retries(mut self, retries: u32) -> CallOptions {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The delays between attempts.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> CallOptions {
+        self.backoff = Some(backoff);
+        self
+    }
+
+    /// Declares that calling the method more than once is safe, overriding the
+    /// schema's `idempotent` option, so that retries apply.
+    #[must_use]
+    pub fn idempotent(mut self, idempotent: bool) -> CallOptions {
+        self.idempotent = Some(idempotent);
+        self
+    }
+
+    /// The timeout set here, if any (`Duration::MAX` means none).
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The retry count set here, if any.
+    pub fn get_retries(&self) -> Option<u32> {
+        self.retries
+    }
+
+    /// The backoff set here, if any.
+    pub fn get_backoff(&self) -> Option<Backoff> {
+        self.backoff
+    }
+
+    /// The idempotency override set here, if any.
+    pub fn get_idempotent(&self) -> Option<bool> {
+        self.idempotent
+    }
+
+    /// The per-call settings after falling back through `layers` (most
+    /// specific first) to the method's schema defaults and the library's.
+    pub(crate) fn resolve(layers: [Option<&CallOptions>; 2], method: &MethodDefaults) -> Resolved {
+        let pick =
+            |f: fn(&CallOptions) -> Option<Duration>| layers.iter().flatten().find_map(|o| f(o));
+        let timeout = pick(|o| o.timeout)
+            .or(method.timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let idempotent = layers
+            .iter()
+            .flatten()
+            .find_map(|o| o.idempotent)
+            .unwrap_or(method.idempotent);
+        let retries = layers
+            .iter()
+            .flatten()
+            .find_map(|o| o.retries)
+            .or(method.retries)
+            .unwrap_or(0);
+        let backoff = layers
+            .iter()
+            .flatten()
+            .find_map(|o| o.backoff)
+            .unwrap_or_default();
+        Resolved {
+            timeout: (timeout != Duration::MAX).then_some(timeout),
+            retries: if idempotent { retries } else { 0 },
+            backoff,
+            idempotent,
+        }
+    }
+}
+
+/// A method's call defaults, as declared in its schema.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MethodDefaults {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) idempotent: bool,
+}
+
+/// Call settings with every fallback applied.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Resolved {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
+    /// Whether running the call twice is safe: then a call interrupted by a
+    /// supervised worker's crash runs again on its replacement.
+    pub(crate) idempotent: bool,
+}
+
+/// Options of a [`Channel`].
+#[derive(Clone, Debug)]
+pub struct ChannelOptions {
+    pub(super) max_frame_length: usize,
+    pub(super) max_in_flight: usize,
+    pub(super) max_queued_bytes: usize,
+    pub(super) window: Window,
+}
+
+/// The default cap on calls in flight on one channel.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
+/// The default cap on request bytes queued for a worker that is not reading.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+impl ChannelOptions {
+    /// The defaults: a [16 MiB](DEFAULT_MAX_FRAME_LENGTH) maximum frame
+    /// length, [10,000](DEFAULT_MAX_IN_FLIGHT) calls in flight and
+    /// [64 MiB](DEFAULT_MAX_QUEUED_BYTES) of requests queued.
+    pub fn new() -> ChannelOptions {
+        ChannelOptions::default()
+    }
+
+    /// The largest frame the channel sends (at least
+    /// [`MIN_FRAME_LENGTH`]); a larger request fails with
+    /// [`Error::TooLarge`] before anything is sent. Match the worker's limit.
+    #[must_use]
+    pub fn max_frame_length(mut self, max: usize) -> ChannelOptions {
+        self.max_frame_length = max.max(MIN_FRAME_LENGTH);
+        self
+    }
+}
+
+impl ChannelOptions {
+    /// How many calls may be in flight at once (at least 1). A call beyond
+    /// that waits, within its timeout, for one to end.
+    #[must_use]
+    pub fn max_in_flight(mut self, max: usize) -> ChannelOptions {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// How many bytes of requests may wait for a worker that is slow to read
+    /// them. A call beyond that waits, within its timeout, for the worker to
+    /// catch up: the host never buffers without bound. A single request
+    /// larger than this is still sent, alone.
+    #[must_use]
+    pub fn max_queued_bytes(mut self, max: usize) -> ChannelOptions {
+        self.max_queued_bytes = max;
+        self
+    }
+
+    /// The window the host grants each response stream, and the worker's
+    /// events on this connection (default [`Window::DEFAULT`]: 32 messages
+    /// and 4 MiB): what the host holds at most, unread, of each, plus one
+    /// message.
+    #[must_use]
+    pub fn window(mut self, window: Window) -> ChannelOptions {
+        self.window = window;
+        self
+    }
+
+    #[cfg(feature = "process")]
+    pub(crate) fn max_frame_length_value(&self) -> usize {
+        self.max_frame_length
+    }
+}
+
+impl Default for ChannelOptions {
+    fn default() -> ChannelOptions {
+        ChannelOptions {
+            max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            window: Window::DEFAULT,
+        }
+    }
+}

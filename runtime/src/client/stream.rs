@@ -1,0 +1,456 @@
+//! Streaming calls on the host: opening one, the halves that read the
+//! worker's items and send the request stream, and [`Streaming`].
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::frame::{Frame, HEADER_LEN};
+use crate::log::{self, Direction};
+use crate::middleware::{CallInfo, Next};
+use crate::name::MethodName;
+
+use super::call::check_request_size;
+use super::channel::{Channel, Inner, check_method_name};
+use super::deadline::{due, until};
+use super::options::Resolved;
+use super::pending::{
+    Attempt, Failure, Kind, Shared, Start, abandon, lock, release, start, worker_runs,
+};
+
+/// A streaming call, once its opening went through the host's middleware.
+pub(crate) enum Opened {
+    /// The call is open: its two halves.
+    Stream(StreamCall, StreamSendHalf),
+    /// A middleware answered without opening it: for a request stream, this
+    /// is the response; a response stream is empty.
+    Answered(Bytes),
+}
+
+/// The receiving half of a streaming call on the host: the worker's items,
+/// then its answer. Dropping it before the end cancels the call.
+pub(crate) struct StreamCall {
+    /// Keeps the connection open while the stream is read.
+    pub(super) channel: Channel,
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+    pub(super) method: MethodName,
+    pub(super) deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) done: bool,
+    /// Whether the worker still runs the call, judged from the outcome this
+    /// stream took: a request item too large to send fails the call here
+    /// while the worker runs it, and ending the call must then cancel it.
+    pub(super) worker_runs: bool,
+}
+
+impl StreamCall {
+    /// Ends the call by its deadline.
+    pub(super) fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        let Some(deadline) = &mut self.deadline else {
+            return Poll::Pending;
+        };
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Error::Timeout {
+                method: self.method.clone(),
+                after: self.timeout.unwrap_or_default(),
+            }),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    pub(super) fn finish(&mut self) {
+        self.done = true;
+        abandon(&self.shared, self.id);
+    }
+
+    /// Ends a call whose outcome this stream took: answered, it ends
+    /// without a word; failed here while the worker runs it, it is
+    /// cancelled.
+    pub(super) fn ended(&mut self) {
+        self.done = true;
+        release(&self.shared, self.id, Some(self.worker_runs));
+    }
+
+    /// The next item of the worker's stream; `Ok(None)` once it ended with
+    /// a `RESPONSE`, an error if it ended otherwise.
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let (polled, waker) = {
+            let mut state = lock(&self.shared);
+            let id = self.id;
+            let Some(slot) = state.calls.get_mut(&id) else {
+                drop(state);
+                self.done = true;
+                return Poll::Ready(Some(Err(Error::Disconnected {
+                    method: self.method.clone(),
+                    cause: None,
+                })));
+            };
+            let item = slot.stream.as_mut().and_then(|stream| {
+                let item = stream.items.pop_front()?;
+                let credit = stream.receive.take(item.len());
+                Some((item, credit))
+            });
+            match item {
+                Some((item, credit)) => {
+                    let waker = credit.and_then(|(count, bytes)| {
+                        let frame = Frame::Credit { id, count, bytes };
+                        log::frame(Direction::HostOut, &frame, Some(&self.method));
+                        state.outbox.push_back(frame);
+                        state.link.take()
+                    });
+                    (Poll::Ready(Some(Ok(item))), waker)
+                }
+                None => {
+                    let outcome = slot.outcome.take();
+                    self.worker_runs = worker_runs(outcome.as_ref());
+                    match outcome {
+                        Some(Ok(_)) => (Poll::Ready(None), None),
+                        Some(Err(failure)) => (
+                            Poll::Ready(Some(Err(failure.into_error(&self.method)))),
+                            None,
+                        ),
+                        None => {
+                            slot.waker = Some(cx.waker().clone());
+                            (Poll::Pending, None)
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        match polled {
+            Poll::Pending => match self.poll_deadline(cx) {
+                Poll::Ready(error) => {
+                    self.finish();
+                    Poll::Ready(Some(Err(error)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
+            // The worker's answer (or a failure here) ended the stream.
+            end => {
+                self.ended();
+                end
+            }
+        }
+    }
+
+    /// The worker's answer to a call whose request streamed.
+    pub(crate) async fn response(mut self) -> Result<Bytes, Error> {
+        poll_fn(|cx| {
+            let outcome = {
+                let mut state = lock(&self.shared);
+                match state.calls.get_mut(&self.id) {
+                    None => Some(Err(Error::Disconnected {
+                        method: self.method.clone(),
+                        cause: None,
+                    })),
+                    Some(slot) => match slot.outcome.take() {
+                        Some(outcome) => {
+                            self.worker_runs = worker_runs(Some(&outcome));
+                            Some(outcome.map_err(|failure| failure.into_error(&self.method)))
+                        }
+                        None => {
+                            slot.waker = Some(cx.waker().clone());
+                            None
+                        }
+                    },
+                }
+            };
+            match outcome {
+                Some(outcome) => {
+                    self.ended();
+                    Poll::Ready(outcome)
+                }
+                None => match self.poll_deadline(cx) {
+                    Poll::Ready(error) => {
+                        self.finish();
+                        Poll::Ready(Err(error))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for StreamCall {
+    fn drop(&mut self) {
+        if !self.done {
+            abandon(&self.shared, self.id);
+        }
+        let _ = &self.channel;
+    }
+}
+
+/// The sending half of a streaming call on the host.
+pub(crate) struct StreamSendHalf {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+    pub(super) method: MethodName,
+}
+
+impl StreamSendHalf {
+    /// Sends one item of the request stream, once the worker has room.
+    /// Fails once the call has ended (the worker answered or the caller
+    /// stopped listening); an item over the maximum frame length ends the
+    /// call with [`Error::TooLarge`].
+    pub(crate) async fn send(&self, payload: Bytes) -> Result<(), ()> {
+        let size = HEADER_LEN + payload.len();
+        let mut payload = Some(payload);
+        let waker = poll_fn(|cx| {
+            let mut state = lock(&self.shared);
+            if state.closed.is_some() {
+                return Poll::Ready(Err(()));
+            }
+            let max = self.shared.max_frame_length;
+            let Some(slot) = state.calls.get_mut(&self.id) else {
+                return Poll::Ready(Err(()));
+            };
+            if slot.outcome.is_some() {
+                return Poll::Ready(Err(()));
+            }
+            if size > max {
+                // Fail the call; its reader cancels it in the worker.
+                slot.settle(Err(Failure::ItemTooLarge { size, max }))
+                    .into_iter()
+                    .flatten()
+                    .for_each(Waker::wake);
+                return Poll::Ready(Err(()));
+            }
+            let Some(stream) = slot.stream.as_mut() else {
+                return Poll::Ready(Err(()));
+            };
+            if !stream.send.ready() {
+                stream.sender = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let payload = payload.take().unwrap_or_default();
+            stream.send.spend(payload.len());
+            let item = Frame::Item {
+                id: self.id,
+                payload,
+            };
+            log::frame(Direction::HostOut, &item, Some(&self.method));
+            state.outbox.push_back(item);
+            Poll::Ready(Ok(state.link.take()))
+        })
+        .await?;
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Ends the request stream.
+    pub(crate) fn end(&self) {
+        let waker = {
+            let mut state = lock(&self.shared);
+            if state.closed.is_some() || !state.calls.contains_key(&self.id) {
+                return;
+            }
+            let end = Frame::End { id: self.id };
+            log::frame(Direction::HostOut, &end, Some(&self.method));
+            state.outbox.push_back(end);
+            state.link.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// A stream of messages from a worker: the response of a method declared
+/// `returns (stream T)`.
+///
+/// It yields each message as it arrives, and ends after the last one
+/// (`None`), or with an error if the call failed (the worker's status, its
+/// exit, the call's timeout). Reading it grants the worker room for more, so
+/// a slow reader slows the worker down instead of filling memory; dropping
+/// it cancels the call.
+pub struct Streaming<T> {
+    /// The call, until it ends (`None` from the start if a middleware
+    /// answered without opening it).
+    pub(super) call: Option<StreamCall>,
+    pub(super) method: MethodName,
+    pub(super) message_type: &'static str,
+    pub(super) _message: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Streaming<T> {
+    pub(crate) fn new(
+        method: &MethodName,
+        call: Option<StreamCall>,
+        message_type: &'static str,
+    ) -> Streaming<T> {
+        Streaming {
+            call,
+            method: method.clone(),
+            message_type,
+            _message: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: prost::Message + Default> Streaming<T> {
+    /// The next message, `None` once the stream has ended.
+    pub async fn message(&mut self) -> Result<Option<T>, Error> {
+        poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *self), cx))
+            .await
+            .transpose()
+    }
+}
+
+impl<T: prost::Message + Default> futures_core::Stream for Streaming<T> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(call) = &mut this.call else {
+            return Poll::Ready(None);
+        };
+        let item = std::task::ready!(call.poll_item(cx));
+        if item.is_none() {
+            this.call = None;
+        }
+        Poll::Ready(item.map(|item| {
+            item.and_then(|bytes| {
+                T::decode(bytes).map_err(|source| Error::Decode {
+                    method: this.method.clone(),
+                    what: "response stream item",
+                    message: this.message_type,
+                    source,
+                })
+            })
+        }))
+    }
+}
+
+impl<T> fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streaming")
+            .field("method", &self.method)
+            .field("ended", &self.call.as_ref().is_none_or(|call| call.done))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Channel {
+    /// Starts a streaming call: sends its `REQUEST` (with `payload`, or
+    /// empty for a request stream) and returns both halves. Host middleware
+    /// wraps the opening, up to the request being queued.
+    pub(crate) async fn open_stream(
+        &self,
+        method: &MethodName,
+        payload: Bytes,
+        options: &Resolved,
+        streams: (bool, bool),
+    ) -> Result<Opened, Error> {
+        check_method_name(method)?;
+        // The timeout covers the whole call, from here.
+        let deadline = options
+            .timeout
+            .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+        let Some(chain) = &self.middleware else {
+            return self
+                .open_stream_once(method, &payload, options, streams, deadline, None)
+                .await
+                .map(|(call, send)| Opened::Stream(call, send));
+        };
+        let info = CallInfo::host(method, 1, options.timeout, self.driver(), payload.len());
+        let mut opened = None;
+        let endpoint = async {
+            let halves = self
+                .open_stream_once(method, &payload, options, streams, deadline, Some(&info))
+                .await?;
+            opened = Some(halves);
+            Ok(Bytes::new())
+        };
+        let answer = Next::new(chain, &info, Box::pin(endpoint)).run().await?;
+        Ok(match opened {
+            Some((call, send)) => Opened::Stream(call, send),
+            None => Opened::Answered(answer),
+        })
+    }
+
+    pub(super) async fn open_stream_once(
+        &self,
+        method: &MethodName,
+        payload: &Bytes,
+        options: &Resolved,
+        streams: (bool, bool),
+        deadline: Option<tokio::time::Instant>,
+        info: Option<&CallInfo>,
+    ) -> Result<(StreamCall, StreamSendHalf), Error> {
+        // Read when this runs: after the middleware set it.
+        let trace = info.and_then(CallInfo::trace);
+        let open = async {
+            let channel = match &self.inner {
+                Inner::Direct(_) => self.clone(),
+                Inner::Source(source) => source.current(method, None).await?,
+            };
+            let Some(shared) = channel.direct().map(Arc::clone) else {
+                return Err(Error::Disconnected {
+                    method: method.clone(),
+                    cause: None,
+                });
+            };
+            check_request_size(&shared, method, payload, options.timeout, trace)?;
+            let mut payload = payload.clone();
+            let id = loop {
+                let changed = shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let attempt = Attempt {
+                    method,
+                    timeout: options.timeout,
+                    number: 1,
+                    trace,
+                    kind: Kind::Stream(streams.0, streams.1),
+                };
+                match start(&shared, &attempt, &mut payload, None) {
+                    Start::Sent(mut call) => {
+                        // The stream halves take over the slot from here.
+                        call.done = true;
+                        break call.id;
+                    }
+                    Start::Closed(reason) => return Err(reason.into_error(method)),
+                    Start::Wait => changed.await,
+                }
+            };
+            Ok((channel, shared, id))
+        };
+        let (channel, shared, id) =
+            until(method, options.timeout, due(options.timeout), open).await?;
+        let deadline = deadline.map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
+        let send = StreamSendHalf {
+            shared: Arc::clone(&shared),
+            id,
+            method: method.clone(),
+        };
+        let call = StreamCall {
+            channel,
+            shared,
+            id,
+            method: method.clone(),
+            deadline,
+            timeout: options.timeout,
+            done: false,
+            worker_runs: false,
+        };
+        Ok((call, send))
+    }
+}
