@@ -15,13 +15,14 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
+use crate::sync::lock;
 
 /// Returns one event's credit to its connection when dropped.
 pub(crate) struct Credit(Option<Box<dyn FnOnce() + Send + Sync>>);
@@ -70,10 +71,6 @@ struct Queue {
     events: VecDeque<Delivered>,
     waker: Option<Waker>,
     ended: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl EventHub {

@@ -31,7 +31,7 @@ use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -1134,7 +1134,7 @@ fn close_stream(shared: &Shared, id: u64, generation: Option<u64>) {
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
-    shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+    crate::sync::lock(&shared.state)
 }
 
 struct Server<'c, S, T, F> {

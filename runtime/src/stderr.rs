@@ -163,7 +163,7 @@ impl LineWriter {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     fn wait<'a>(&self, state: MutexGuard<'a, State>, at_most: Duration) -> MutexGuard<'a, State> {
@@ -223,7 +223,7 @@ mod tests {
 
     impl Write for Gated {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            let _open = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            let _open = crate::sync::lock(&self.gate);
             let _ = self.out.send(bytes.to_vec());
             Ok(bytes.len())
         }

@@ -12,19 +12,24 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Waits until `done` holds, checking it again each time `notify` wakes its
-/// waiters. It listens before it checks, so a change made between the check
-/// and the wait is not missed.
-pub(crate) async fn wait_until(notify: &Notify, mut done: impl FnMut() -> bool) {
+/// Waits until `ready` gives a value, asking again each time `notify` wakes
+/// its waiters. It listens before it asks, so a change made between the
+/// asking and the waiting is not missed.
+pub(crate) async fn wait_for<T>(notify: &Notify, mut ready: impl FnMut() -> Option<T>) -> T {
     loop {
         let changed = notify.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if done() {
-            return;
+        if let Some(value) = ready() {
+            return value;
         }
         changed.await;
     }
+}
+
+/// Waits until `done` holds, as [`wait_for`] does.
+pub(crate) async fn wait_until(notify: &Notify, mut done: impl FnMut() -> bool) {
+    wait_for(notify, || done().then_some(())).await;
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use super::options::Resolved;
 use super::pending::{
     Attempt, CloseReason, Failure, Kind, PendingCall, Shared, Start, abandon, poll_answer, start,
 };
+use crate::sync::wait_for;
 
 /// Why an attempt on one connection failed.
 pub(super) enum SendError {
@@ -59,29 +60,23 @@ pub(super) async fn send(
         trace,
         kind,
     };
-    let mut try_start = || start(shared, &sent, &mut payload, None);
+    let mut try_start = || match start(shared, &sent, &mut payload, None) {
+        Start::Sent(call) => Some(Ok(call)),
+        Start::Closed(reason) => Some(Err(reason)),
+        Start::Wait => None,
+    };
     // Usually there is room at once; only a caller that must wait listens
-    // for room freeing up (and tries again once listening, not to miss it).
-    let mut started = try_start();
-    let call = loop {
-        match started {
-            Start::Sent(call) => break call,
-            Start::Closed(reason) => return Err(SendError::Undelivered { reason, payload }),
-            Start::Wait => {
-                let changed = shared.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                started = try_start();
-                if matches!(started, Start::Wait) {
-                    let room = async {
-                        changed.await;
-                        Ok(())
-                    };
-                    until(method, timeout, due, room).await?;
-                    started = try_start();
-                }
-            }
+    // for room freeing up.
+    let started = match try_start() {
+        Some(started) => started,
+        None => {
+            let room = async { Ok(wait_for(&shared.changed, &mut try_start).await) };
+            until(method, timeout, due, room).await?
         }
+    };
+    let call = match started {
+        Ok(call) => call,
+        Err(reason) => return Err(SendError::Undelivered { reason, payload }),
     };
     call.await.map_err(|failure| match failure {
         Failure::Undelivered { reason, payload } => SendError::Undelivered { reason, payload },

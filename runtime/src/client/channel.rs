@@ -25,6 +25,7 @@ use super::link::{CloseOnDrop, ExitWatch, run_link};
 use super::options::{ChannelOptions, Resolved};
 use super::pending::{Shared, State, lock};
 use super::source::Source;
+use crate::sync::wait_until;
 
 /// A connection to a worker, shared by every client made from it.
 ///
@@ -65,16 +66,9 @@ pub(super) fn check_method_name(method: &MethodName) -> Result<(), Error> {
     Ok(())
 }
 
+/// Waits until the connection has closed.
 pub(super) async fn wait_closed(shared: &Shared) {
-    loop {
-        let changed = shared.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if lock(shared).closed.is_some() {
-            return;
-        }
-        changed.await;
-    }
+    wait_until(&shared.changed, || lock(shared).closed.is_some()).await;
 }
 
 impl fmt::Debug for Channel {

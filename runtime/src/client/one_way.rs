@@ -16,6 +16,7 @@ use super::channel::{Channel, Inner, check_method_name};
 use super::deadline::{due, until};
 use super::options::Resolved;
 use super::pending::{Shared, lock};
+use crate::sync::wait_for;
 
 /// Queues a one-way message on one connection, once there is room for it.
 pub(super) async fn post(
@@ -26,44 +27,34 @@ pub(super) async fn post(
     trace: Option<TraceContext>,
 ) -> Result<(), Error> {
     check_request_size(shared, method, payload, timeout, trace)?;
-    loop {
-        let changed = shared.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        let waker = {
-            let mut state = lock(shared);
-            if let Some(reason) = &state.closed {
-                return Err(reason.clone().into_error(method));
-            }
-            // A one-way message holds no slot in the pending table; it only
-            // waits for room in the outbox.
-            let full = state.queued_bytes > 0
-                && state.queued_bytes + payload.len() > shared.max_queued_bytes;
-            if state.closing || full {
-                state.waiting = true;
-                None
-            } else {
-                let id = state.next_id;
-                state.next_id += 1;
-                state.queued_bytes += payload.len();
-                let request = Frame::request(id, method.clone(), timeout, 1, payload.clone())
-                    .with_trace(trace)
-                    .with_one_way(true);
-                log::frame(Direction::HostOut, &request, None);
-                state.outbox.push_back(request);
-                Some(state.link.take())
-            }
-        };
-        match waker {
-            Some(waker) => {
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
-                return Ok(());
-            }
-            None => changed.await,
+    let queued = wait_for(&shared.changed, || {
+        let mut state = lock(shared);
+        if let Some(reason) = &state.closed {
+            return Some(Err(reason.clone().into_error(method)));
         }
+        // A one-way message holds no slot in the pending table; it only
+        // waits for room in the outbox.
+        let full =
+            state.queued_bytes > 0 && state.queued_bytes + payload.len() > shared.max_queued_bytes;
+        if state.closing || full {
+            state.waiting = true;
+            return None;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.queued_bytes += payload.len();
+        let request = Frame::request(id, method.clone(), timeout, 1, payload.clone())
+            .with_trace(trace)
+            .with_one_way(true);
+        log::frame(Direction::HostOut, &request, None);
+        state.outbox.push_back(request);
+        Some(Ok(state.link.take()))
+    })
+    .await?;
+    if let Some(link) = queued {
+        link.wake();
     }
+    Ok(())
 }
 
 impl Channel {

@@ -23,6 +23,7 @@ use super::options::Resolved;
 use super::pending::{
     Attempt, Failure, Kind, Shared, Start, abandon, lock, release, start, worker_runs,
 };
+use crate::sync::wait_for;
 
 /// A streaming call, once its opening went through the host's middleware.
 pub(crate) enum Opened {
@@ -410,27 +411,25 @@ impl Channel {
             };
             check_request_size(&shared, method, payload, options.timeout, trace)?;
             let mut payload = payload.clone();
-            let id = loop {
-                let changed = shared.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                let attempt = Attempt {
-                    method,
-                    timeout: options.timeout,
-                    number: 1,
-                    trace,
-                    kind: Kind::Stream(streams.0, streams.1),
-                };
+            let attempt = Attempt {
+                method,
+                timeout: options.timeout,
+                number: 1,
+                trace,
+                kind: Kind::Stream(streams.0, streams.1),
+            };
+            let id = wait_for(&shared.changed, || {
                 match start(&shared, &attempt, &mut payload, None) {
                     Start::Sent(mut call) => {
                         // The stream halves take over the slot from here.
                         call.done = true;
-                        break call.id;
+                        Some(Ok(call.id))
                     }
-                    Start::Closed(reason) => return Err(reason.into_error(method)),
-                    Start::Wait => changed.await,
+                    Start::Closed(reason) => Some(Err(reason.into_error(method))),
+                    Start::Wait => None,
                 }
-            };
+            })
+            .await?;
             Ok((channel, shared, id))
         };
         let (channel, shared, id) =

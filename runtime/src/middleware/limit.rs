@@ -1,6 +1,6 @@
 //! [`ConcurrencyLimit`] and [`RateLimit`]: host-side limits on calls.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{CallInfo, Middleware, Next};
 use crate::error::Error;
+use crate::sync::lock;
 
 fn timeout(call: &CallInfo) -> Error {
     Error::Timeout {
@@ -91,7 +92,7 @@ impl RateLimit {
     /// Takes a token, or says when one will be free (the token is then
     /// reserved: callers queue in arrival order).
     fn take(&self) -> Option<Duration> {
-        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bucket = lock(&self.bucket);
         let now = Instant::now();
         let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
         bucket.tokens = (bucket.tokens + refill).min(self.burst);
@@ -101,7 +102,7 @@ impl RateLimit {
     }
 
     fn give_back(&self) {
-        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bucket = lock(&self.bucket);
         bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
     }
 }

@@ -3,13 +3,14 @@
 //! through the `metrics` facade.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::{CallInfo, Middleware, Next, ServerMiddleware, ServerNext, Side};
 use crate::error::{Error, Status};
+use crate::sync::lock;
 
 /// Upper bounds of the latency buckets, in microseconds: a 1-2-5 series from
 /// 1 µs to 100 s, then everything longer.
@@ -71,7 +72,7 @@ impl Metrics {
 
     /// The counts so far, by side and message name.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = lock(&self.counts);
         MetricsSnapshot {
             methods: counts.values().cloned().collect(),
         }
@@ -79,7 +80,7 @@ impl Metrics {
 
     fn record(&self, side: Side, method: &str, outcome: Outcome, elapsed: Duration) {
         {
-            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut counts = lock(&self.counts);
             let entry = counts
                 .entry((side, method.to_owned()))
                 .or_insert_with(|| MethodMetrics::new(side, method));

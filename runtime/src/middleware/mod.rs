@@ -25,7 +25,7 @@ mod metrics;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +35,7 @@ pub use self::logging::Logging;
 pub use self::metrics::{Histogram, MethodMetrics, Metrics, MetricsSnapshot};
 use crate::error::{Error, Status};
 use crate::name::MethodName;
+use crate::sync::lock;
 use crate::trace::TraceContext;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -159,12 +160,12 @@ impl CallInfo {
     /// a middleware (e.g. [`Logging`]) has set one; on the worker, the
     /// caller's.
     pub fn trace(&self) -> Option<TraceContext> {
-        *self.trace.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.trace)
     }
 
     /// Sets the trace context sent with the request (host side).
     pub fn set_trace(&self, trace: TraceContext) {
-        *self.trace.lock().unwrap_or_else(PoisonError::into_inner) = Some(trace);
+        *lock(&self.trace) = Some(trace);
     }
 }
 

@@ -30,7 +30,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -45,6 +45,7 @@ use crate::control::HealthReport;
 use crate::driver::{Spawn, Worker};
 use crate::error::{Error, ExitReason};
 use crate::supervisor::slot::WorkerSlot;
+use crate::sync::lock;
 
 /// How many events a subscriber may fall behind before it misses some.
 const EVENT_CAPACITY: usize = 1024;
@@ -292,11 +293,7 @@ impl SupervisedWorker {
 
     /// How the worker last ended, if it has.
     pub fn last_exit(&self) -> Option<ExitReason> {
-        self.stats
-            .last_exit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.stats.last_exit).clone()
     }
 
     /// The current worker's process id, if it runs in a process of its own

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::event::{EventHub, Subscription};
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
-use crate::sync::{lock, wait_until};
+use crate::sync::{lock, wait_for, wait_until};
 
 /// Where a supervisor keeps the connection to a worker it may replace:
 /// channels made from the slot follow every replacement.
@@ -107,31 +107,29 @@ impl WorkerSlot {
             reason,
         };
         let mut counted = WaitingGuard(None);
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+        wait_for(&self.changed, || {
             match &*lock(&self.state) {
                 SlotState::Up(channel)
                     if !dead.is_some_and(|dead| dead.same(channel)) && !channel.is_closed() =>
                 {
-                    return Ok(channel.clone());
+                    return Some(Ok(channel.clone()));
                 }
-                SlotState::Down(reason) => return Err(unavailable(reason.clone())),
-                _ if self.fail_fast => return Err(unavailable("it is restarting".into())),
+                SlotState::Down(reason) => return Some(Err(unavailable(reason.clone()))),
+                _ if self.fail_fast => return Some(Err(unavailable("it is restarting".into()))),
                 _ => {}
             }
             if counted.0.is_none() {
                 let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
                 counted.0 = Some(&self.waiting);
                 if waiting >= self.max_waiting {
-                    return Err(unavailable(format!(
+                    return Some(Err(unavailable(format!(
                         "{waiting} calls already wait for it to restart"
-                    )));
+                    ))));
                 }
             }
-            changed.await;
-        }
+            None
+        })
+        .await
     }
 }
 

@@ -29,13 +29,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::sync::lock;
 
 /// The pause after accepting on the named socket fails (out of descriptors
 /// or memory: `EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`, or anything else
@@ -122,10 +123,6 @@ impl Admission {
     fn leave(&self, place: u64) {
         lock(&self.waiting).connections.remove(&place);
     }
-}
-
-fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
-    waiting.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Where one connection stands with its greeting: whether its peer has been

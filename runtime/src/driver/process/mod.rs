@@ -27,7 +27,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,6 +49,7 @@ use crate::frame::{Frame, FrameCodec};
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
 use crate::startup::{SOCKET_DIR_ENV, SOCKET_FD, STARTUP_ENV, StartupData};
+use crate::sync::lock;
 
 /// The default time a worker has to start and complete its handshake.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -659,10 +660,6 @@ fn forward_line(line: &[u8], name: &str, tail: &Mutex<VecDeque<String>>) {
         tail.pop_front();
     }
     tail.push_back(text.chars().take(STDERR_LINE_MAX).collect());
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How the host holds the worker's process.

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use futures_core::Stream;
@@ -21,6 +21,7 @@ use futures_sink::Sink;
 
 use crate::error::FrameError;
 use crate::frame::Frame;
+use crate::sync::lock;
 
 /// Whether the worker was told to stop, and the connections to tell.
 #[derive(Debug, Default)]
@@ -47,7 +48,7 @@ impl Stop {
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waker>> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.waiting)
     }
 }
 

@@ -22,7 +22,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::socket::SocketTransport;
@@ -40,6 +40,7 @@ use crate::error::{Error, FrameError, Status};
 use crate::frame::FrameCodec;
 use crate::server::{Control, Dispatch, Ending, ServeOptions, serve_connection};
 use crate::startup::{SOCKET_DIR_ENV, StartupData};
+use crate::sync::lock;
 
 /// How long a worker whose host went away lets its serve loop stop by itself
 /// before the watchdog ends the process.
@@ -249,10 +250,6 @@ async fn stop_on_sigterm(mut terminate: tokio::signal::unix::Signal, shared: Arc
     if shared.connections.load(Ordering::SeqCst) == 0 {
         shared.shutdown.notify_one();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The control exchanges of one connection.

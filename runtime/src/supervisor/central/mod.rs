@@ -17,8 +17,8 @@
 mod plan;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -32,6 +32,7 @@ use super::{
 };
 use crate::error::{Error, ExitReason};
 use crate::supervisor::slot::{SlotState, WorkerSlot};
+use crate::sync::lock;
 
 /// What a supervisor's handles ask of its task.
 pub(super) enum Command {
@@ -426,11 +427,7 @@ impl Central {
         let child = &mut self.children[index];
         child.state = State::Idle;
         child.stop_watching();
-        *child
-            .stats
-            .last_exit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(exit.clone());
+        *lock(&child.stats.last_exit) = Some(exit.clone());
         let abnormal = !matches!(exit, ExitReason::Code(0) | ExitReason::Stopped);
         let restart = match child.policy.restart {
             Restart::Permanent => true,
