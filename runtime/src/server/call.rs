@@ -1,0 +1,233 @@
+//! A call's life in the worker once it has started: its task, bounded by
+//! its deadline and guarded against panics, and its answer.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+
+use crate::error::Status;
+use crate::frame::{Frame, HEADER_LEN};
+use crate::log::{self, Direction};
+use crate::name::MethodName;
+
+use super::state::{Shared, lock};
+use super::stream::close_stream;
+
+/// Passed to a call's task (not created inside it), so that it runs
+/// however the task ends: finished, aborted, or dropped before it first ran.
+pub(super) struct TaskEnd {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+    pub(super) generation: u64,
+    /// The generation of the call's streams, if it streams.
+    pub(super) stream: Option<u64>,
+    /// A one-way message: nobody awaits an answer.
+    pub(super) one_way: bool,
+}
+
+impl Drop for TaskEnd {
+    fn drop(&mut self) {
+        let stream = {
+            let mut state = lock(&self.shared);
+            if state.aborted.remove(&self.generation).is_none() {
+                // Dropped without answering (e.g. its runtime shut down).
+                state.finish(self.id, self.generation);
+            }
+            self.stream
+        };
+        if let Some(generation) = stream {
+            close_stream(&self.shared, self.id, Some(generation));
+        }
+    }
+}
+
+pub(super) async fn run_call<F>(
+    end: TaskEnd,
+    method: MethodName,
+    deadline: Option<tokio::time::Instant>,
+    future: F,
+) where
+    F: Future<Output = Result<Bytes, Status>> + Send + 'static,
+{
+    let (shared, id, generation) = (Arc::clone(&end.shared), end.id, end.generation);
+    let one_way = end.one_way;
+    let guarded = CatchUnwind { future };
+    let outcome = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, guarded).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // The caller set this deadline and its own timer ends the
+                // call there; an answer could only race that timer. Drop the
+                // handler (cancelling it) and answer nothing, as for CANCEL.
+                if one_way {
+                    tracing::warn!(%method, id, "one-way message cancelled at its deadline");
+                } else {
+                    tracing::debug!(%method, id, "cancelled at its deadline");
+                }
+                let waker = {
+                    let mut state = lock(&shared);
+                    state.finish(id, generation);
+                    state.link.take()
+                };
+                // A waiting call can take the slot, or a shutdown complete.
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                return;
+            }
+        },
+        None => guarded.await,
+    };
+    let frame = answer_of(&shared, id, &method, one_way, outcome);
+    let waker = {
+        let mut state = lock(&shared);
+        if !state.finish(id, generation) {
+            return; // cancelled: the caller no longer waits
+        }
+        if one_way {
+            // No answer, but the slot is free: a waiting call may start.
+            state.link.take()
+        } else {
+            log::frame(Direction::WorkerOut, &frame, Some(&method));
+            state.outbox.push(frame);
+            state.link.take()
+        }
+    };
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// How a handler ended: its answer, or the payload of its panic.
+pub(super) type Outcome = Result<Result<Bytes, Status>, Box<dyn Any + Send>>;
+
+/// The frame that answers call `id` from its handler's outcome (counted as
+/// processed); a one-way message's failure is logged here, as nobody hears
+/// its answer.
+pub(super) fn answer_of(
+    shared: &Shared,
+    id: u64,
+    method: &MethodName,
+    one_way: bool,
+    outcome: Outcome,
+) -> Frame {
+    let frame = match outcome {
+        Ok(Ok(payload)) => {
+            let size = HEADER_LEN + payload.len();
+            if size > shared.max_frame_length {
+                Frame::Status {
+                    id,
+                    status: Status::resource_exhausted(format!(
+                        "the response to {method} is {size} bytes, over the maximum frame length of {} bytes",
+                        shared.max_frame_length
+                    )),
+                }
+            } else {
+                Frame::Response { id, payload }
+            }
+        }
+        Ok(Err(status)) => Frame::Status { id, status },
+        Err(panic) => {
+            let message = panic_message(&*panic);
+            tracing::error!(%method, id, panic = %message, "handler panicked");
+            Frame::Status {
+                id,
+                status: Status::internal(format!("the handler for {method} panicked: {message}")),
+            }
+        }
+    };
+    shared
+        .processed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let frame = fit(frame, shared.max_frame_length);
+    if one_way && let Frame::Status { status, .. } = &frame {
+        // Nobody hears the answer of a one-way message; its failure is
+        // logged here instead.
+        tracing::warn!(%method, id, %status, "one-way message failed");
+    }
+    frame
+}
+
+/// A handler that did not answer at its first poll in the serve loop, in
+/// the place it was polled in, to go on in a task.
+pub(super) struct Started<F> {
+    pub(super) place: Pin<Box<Option<F>>>,
+}
+
+impl<F: Future<Output = Result<Bytes, Status>>> Future for Started<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        match self.place.as_mut().as_pin_mut() {
+            Some(future) => future.poll(cx),
+            // Only a started handler is ever put here.
+            None => Poll::Ready(Err(Status::internal("the call's handler was lost"))),
+        }
+    }
+}
+
+/// A status too large for a frame (a huge message or details) would break
+/// the connection on a byte stream; replace it by one that says so, and by a
+/// bare code if even that does not fit.
+pub(super) fn fit(frame: Frame, max: usize) -> Frame {
+    let size = frame.encoded_len();
+    if size <= max {
+        return frame;
+    }
+    let Frame::Status { id, status } = frame else {
+        return frame; // responses are checked where they are made
+    };
+    let replacement = Frame::Status {
+        id,
+        status: Status::resource_exhausted(format!(
+            "a {} status of {size} bytes was replaced: over the maximum frame length of {max} bytes",
+            status.code()
+        )),
+    };
+    if replacement.encoded_len() <= max {
+        return replacement;
+    }
+    Frame::Status {
+        id,
+        status: Status::new(crate::error::Code::ResourceExhausted, ""),
+    }
+}
+
+/// The text of a panic payload: the `&str` or `String` given to `panic!`.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Turns a panic inside `future` into an `Err` with the panic's payload.
+    struct CatchUnwind<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
+        // Unwind safety: after a panic the future is never polled again; it
+        // is dropped with the task.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}

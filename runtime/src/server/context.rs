@@ -1,0 +1,107 @@
+//! [`Context`]: what a handler knows about the call it serves.
+
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use crate::name::MethodName;
+use crate::trace::TraceContext;
+
+use super::sink::EventSink;
+use super::state::Shared;
+
+/// What a handler knows about the call it is serving.
+///
+/// ```
+/// use workerbus::Context;
+///
+/// let cx = Context::new("embedder.embed");
+/// assert_eq!(cx.method(), "embedder.embed");
+/// assert_eq!(cx.attempt(), 1);
+/// assert!(cx.deadline().is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub(super) id: u64,
+    pub(super) method: MethodName,
+    pub(super) deadline: Option<tokio::time::Instant>,
+    pub(super) attempt: u32,
+    pub(super) trace: Option<TraceContext>,
+    /// The connection the call came on, for the events its handler sends.
+    pub(super) connection: Option<Weak<Shared>>,
+}
+
+impl Context {
+    /// A context for calling a handler directly, e.g. in its unit tests:
+    /// request id 0, first attempt, no deadline.
+    pub fn new(method: impl Into<MethodName>) -> Context {
+        Context {
+            id: 0,
+            method: method.into(),
+            deadline: None,
+            attempt: 1,
+            trace: None,
+            connection: None,
+        }
+    }
+
+    /// Sets the deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Context {
+        self.deadline = Some(deadline.into());
+        self
+    }
+
+    /// The message name of the call, e.g. `embedder.embed`.
+    pub fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    /// The message name as a [`MethodName`].
+    pub fn method_name(&self) -> &MethodName {
+        &self.method
+    }
+
+    /// The request id, unique among the calls in flight on this connection.
+    pub fn request_id(&self) -> u64 {
+        self.id
+    }
+
+    /// When the caller stops waiting. The handler is dropped at this instant;
+    /// work that runs outside it (e.g. in `spawn_blocking`) can check it.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.map(tokio::time::Instant::into_std)
+    }
+
+    pub(crate) fn tokio_deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// The time left before the deadline, if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    /// Which attempt this is: 1 for the first, 2 for the first retry...
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The trace the call belongs to, and the caller's span in it, if the
+    /// caller sent one (its channel has the [`Logging`](crate::Logging)
+    /// middleware).
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.trace
+    }
+
+    /// Where the handler sends events to its host: the connection this call
+    /// came on. Generated emitters (`<Service>Emitter::from_context`) wrap
+    /// it; it may be kept and used after the call, for as long as the host
+    /// stays connected.
+    pub fn events(&self) -> EventSink {
+        EventSink {
+            connection: self.connection.clone(),
+            call: self.id,
+        }
+    }
+}

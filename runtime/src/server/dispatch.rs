@@ -1,0 +1,149 @@
+//! [`Dispatch`], what generated servers implement, and the [`Call`] it is
+//! given: a worker's services as the serve loop sees them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::Bytes;
+
+use crate::error::Status;
+use crate::schema::ServiceSchema;
+
+use super::context::Context;
+use super::stream::CallStreams;
+
+/// A service a worker can serve. Generated `<Service>Server` types implement
+/// it; you pass them to a driver or to [`serve_transport`].
+///
+/// A pair of services is a service too: `(EmbedderServer::new(e),
+/// ModelServer::new(m))` serves both from one worker, a call going to the
+/// one that has its message name. Nest pairs for more.
+pub trait Dispatch: Send + Sync + 'static {
+    /// The schema of the service, as generated from its `.proto` (of the
+    /// first service, for a pair).
+    fn schema(&self) -> &'static ServiceSchema;
+
+    /// Every service served, as the handshake announces them: `schema()`
+    /// alone, unless this combines several.
+    fn schemas(&self) -> Vec<&'static ServiceSchema> {
+        vec![self.schema()]
+    }
+
+    /// Whether a call of `method` is one of these services'.
+    fn serves(&self, method: &str) -> bool {
+        self.schema().method(method).is_some()
+    }
+
+    /// Runs one call: decodes the request, calls the handler and encodes its
+    /// response. The future owns what it needs and borrows nothing from
+    /// `self` (`use<Self>`), so it can run as a task, and the serve loop can
+    /// keep one allocation for every call's future.
+    fn dispatch(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<Self>;
+}
+
+impl<A: Dispatch, B: Dispatch> Dispatch for (A, B) {
+    fn schema(&self) -> &'static ServiceSchema {
+        self.0.schema()
+    }
+
+    fn schemas(&self) -> Vec<&'static ServiceSchema> {
+        let mut schemas = self.0.schemas();
+        schemas.extend(self.1.schemas());
+        schemas
+    }
+
+    fn serves(&self, method: &str) -> bool {
+        self.0.serves(method) || self.1.serves(method)
+    }
+
+    fn dispatch(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<A, B> {
+        let method = call.context.method();
+        if self.0.serves(method) {
+            Either::First {
+                future: self.0.dispatch(call),
+            }
+        } else if self.1.serves(method) {
+            Either::Second {
+                future: self.1.dispatch(call),
+            }
+        } else {
+            let services: Vec<String> = self
+                .schemas()
+                .iter()
+                .map(|schema| {
+                    let methods: Vec<&str> = schema.methods().iter().map(|m| m.name()).collect();
+                    format!("{} ({})", schema.name(), methods.join(", "))
+                })
+                .collect();
+            let status = Status::unimplemented(format!(
+                "{method} is not a method of any service this worker serves: {}",
+                services.join("; ")
+            ));
+            Either::Neither {
+                status: Some(status),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The dispatch future of a pair of services.
+    #[project = EitherProjection]
+    pub(super) enum Either<A, B> {
+        First { #[pin] future: A },
+        Second { #[pin] future: B },
+        Neither { status: Option<Status> },
+    }
+}
+
+impl<A, B> Future for Either<A, B>
+where
+    A: Future<Output = Result<Bytes, Status>>,
+    B: Future<Output = Result<Bytes, Status>>,
+{
+    type Output = Result<Bytes, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            EitherProjection::First { future } => future.poll(cx),
+            EitherProjection::Second { future } => future.poll(cx),
+            EitherProjection::Neither { status } => Poll::Ready(Err(status
+                .take()
+                .unwrap_or_else(|| Status::internal("polled after completion")))),
+        }
+    }
+}
+
+/// An incoming call as handed to [`Dispatch::dispatch`]: the encoded request
+/// and its [`Context`].
+#[derive(Debug)]
+pub struct Call {
+    pub(super) payload: Bytes,
+    pub(super) context: Context,
+    pub(super) streams: CallStreams,
+    pub(super) one_way: bool,
+}
+
+impl Call {
+    /// A unary call of `context.method()` with an encoded request.
+    pub fn new(payload: Bytes, context: Context) -> Call {
+        Call {
+            payload,
+            context,
+            streams: CallStreams { stream: None },
+            one_way: false,
+        }
+    }
+
+    /// The encoded request, the call's context, and its streams.
+    pub fn into_parts(self) -> (Bytes, Context, CallStreams) {
+        (self.payload, self.context, self.streams)
+    }
+}

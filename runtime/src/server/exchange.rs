@@ -1,0 +1,136 @@
+//! Control exchanges: `$workerbus.*` calls the runtime answers itself, a
+//! health report for any driver, the rest by the connection's [`Control`].
+
+use std::future::Future;
+use std::task::Poll;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::control::{self, Health, Hello};
+use crate::error::{FrameError, Status};
+use crate::frame::Frame;
+use crate::name::MethodName;
+use crate::transport::Transport;
+
+use super::dispatch::Dispatch;
+use super::serve::{Ending, Server};
+use super::state::lock;
+
+/// How long past its deadline a running call must be to count as stalled:
+/// its task has not yielded since, so the deadline could not drop it.
+pub(super) const STALL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// This process's resident memory, on systems that say (Linux's
+/// `/proc/self/status`).
+pub(super) fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
+}
+
+impl<S, T, F> Server<'_, S, T, F>
+where
+    S: Dispatch,
+    T: Transport,
+    F: Future<Output = Result<Bytes, Status>> + Send + 'static,
+{
+    /// What a health check reports: see [`HealthReport`](crate::HealthReport).
+    pub(super) fn health(&self) -> Health {
+        let now = tokio::time::Instant::now();
+        let state = lock(&self.shared);
+        let stalled = state
+            .running
+            .values()
+            .filter(|entry| {
+                entry
+                    .deadline
+                    .is_some_and(|deadline| now > deadline + STALL_GRACE)
+            })
+            .count()
+            + state
+                .aborted
+                .values()
+                .filter(|&&since| now > since + STALL_GRACE)
+                .count();
+        Health {
+            memory_bytes: resident_memory().unwrap_or(0),
+            processed: self
+                .shared
+                .processed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            running: u32::try_from(state.running.len()).unwrap_or(u32::MAX),
+            stalled: u32::try_from(stalled).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Writes the refusal of a peer that failed the handshake, then ends the
+    /// connection: nothing else from that peer is read.
+    pub(super) fn poll_refusal(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Ending, FrameError>> {
+        match self.poll_write(cx)? {
+            Poll::Ready(()) => Poll::Ready(Err(FrameError::Refused {
+                reason: self.refused.take().unwrap_or_default(),
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Answers a control exchange at once, from the runtime.
+    pub(super) fn control_exchange(
+        &mut self,
+        id: u64,
+        method: &MethodName,
+        payload: Bytes,
+    ) -> Frame {
+        if method == control::HEALTH {
+            // Every worker, thread or process, answers a health check.
+            return Frame::Response {
+                id,
+                payload: Bytes::from(self.health().encode_to_vec()),
+            };
+        }
+        let Some(control) = self.control else {
+            return Frame::Status {
+                id,
+                status: Status::unimplemented(format!(
+                    "{method}: this worker has no control exchanges"
+                )),
+            };
+        };
+        let outcome = match method.as_str() {
+            // A greeting that does not decode is refused like a wrong one:
+            // the peer is answered, then disconnected (PROTOCOL.md 9.2).
+            control::HELLO => {
+                let greeted = Hello::decode(payload)
+                    .map_err(|error| Status::invalid_argument(format!("{method}: {error}")))
+                    .and_then(|hello| control.hello(hello));
+                match greeted {
+                    Ok(welcome) => {
+                        self.greeted = true;
+                        Ok(welcome.encode_to_vec())
+                    }
+                    Err(status) => {
+                        self.refused = Some(status.to_string());
+                        Err(status)
+                    }
+                }
+            }
+            control::DETACH => control.detach().map(|detached| detached.encode_to_vec()),
+            _ => Err(Status::unimplemented(format!(
+                "{method} is not a control exchange this worker knows"
+            ))),
+        };
+        match outcome {
+            Ok(payload) => Frame::Response {
+                id,
+                payload: Bytes::from(payload),
+            },
+            Err(status) => Frame::Status { id, status },
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The serve loop: reads frames, starts calls (at once, or in order once a
+//! slot frees), writes their answers, and ends on `SHUTDOWN` or the host's
+//! end of stream.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use crate::control::{Detached, Hello, Welcome};
+use crate::error::{FrameError, Status};
+use crate::frame::Frame;
+use crate::log::{self, Direction};
+use crate::middleware::{CallInfo, Chain, DynServerMiddleware, ServerNext};
+use crate::transport::{FrameWriter, Transport};
+use crate::window::Window;
+
+use super::call::{Outcome, Started, TaskEnd, answer_of, fit, panic_message, run_call};
+use super::dispatch::Either;
+use super::dispatch::{Call, Dispatch};
+use super::options::ServeOptions;
+use super::state::{Running, Shared, State, lock};
+
+/// Serves `service` on `transport` until the host closes the connection or
+/// asks the worker to shut down. Drivers call this for you; call it yourself
+/// to serve a custom transport.
+///
+/// Returns an error only when the connection breaks: an I/O error, or a frame
+/// the host must not send. Calls still running then are cancelled.
+///
+/// ```no_run
+/// use workerbus::{Dispatch, MemoryTransport, ServeOptions, serve_transport};
+///
+/// async fn serve_in_memory(service: impl Dispatch, worker_end: MemoryTransport) {
+///     serve_transport(worker_end, service, ServeOptions::new()).await.unwrap();
+/// }
+/// ```
+pub async fn serve_transport<T: Transport, S: Dispatch>(
+    transport: T,
+    service: S,
+    options: ServeOptions,
+) -> Result<(), FrameError> {
+    serve_connection(transport, Arc::new(service), &options, None)
+        .await
+        .map(|_| ())
+}
+
+/// How a served connection ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The host asked for a shutdown and every call was answered.
+    Shutdown,
+    /// The host closed the connection.
+    Closed,
+}
+
+/// Answers the control exchanges (`$workerbus.*`) of one connection.
+pub(crate) trait Control: Send + Sync {
+    /// Whether the peer must complete `$workerbus.hello` before anything else.
+    fn requires_hello(&self) -> bool;
+    /// The handshake; an error refuses the peer, and the connection closes
+    /// once the refusal is written.
+    fn hello(&self, hello: Hello) -> Result<Welcome, Status>;
+    /// Switches the worker to a named socket.
+    fn detach(&self) -> Result<Detached, Status>;
+
+    /// The peer asked the worker to shut down: stop accepting new peers now,
+    /// before the calls in flight finish.
+    fn shutting_down(&self) {}
+}
+
+/// Serves one connection: [`serve_transport`] with control exchanges.
+pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
+    transport: T,
+    service: Arc<S>,
+    options: &ServeOptions,
+    control: Option<&dyn Control>,
+) -> Result<Ending, FrameError> {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        event_room: Notify::new(),
+        max_frame_length: options.max_frame_length,
+        processed: std::sync::atomic::AtomicU64::new(0),
+    });
+    // A handler on a current-thread runtime gets its first poll in the serve
+    // loop: most answer at once and need no task. On a multi-thread runtime
+    // each call is a task, so that handlers run in parallel.
+    let inline = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+    });
+    let mut server = Server {
+        service,
+        dispatch: S::dispatch,
+        spare: None,
+        inline,
+        shared,
+        transport,
+        backlog: VecDeque::new(),
+        writer: FrameWriter::default(),
+        shutting_down: false,
+        max_concurrent: options.max_concurrent_calls,
+        max_queued: options.max_queued_calls,
+        window: options.window,
+        middleware: options.middleware.clone(),
+        driver: options.driver,
+        greeted: !control.is_some_and(Control::requires_hello),
+        refused: None,
+        control,
+        started: tokio::time::Instant::now(),
+    };
+    // Dropping the server (here, or with this future) aborts every call.
+    poll_fn(|cx| server.poll(cx)).await
+}
+
+pub(super) struct Server<'c, S, T, F> {
+    pub(super) service: Arc<S>,
+    /// `S::dispatch`, through which the type of its futures is known.
+    pub(super) dispatch: fn(&S, Call) -> F,
+    /// The place of a call's future while the serve loop polls it, kept for
+    /// the next call when the handler answered at once.
+    pub(super) spare: Option<Pin<Box<Option<F>>>>,
+    /// Whether handlers get their first poll in the serve loop.
+    pub(super) inline: bool,
+    pub(super) shared: Arc<Shared>,
+    pub(super) transport: T,
+    /// Requests waiting for a free slot, in arrival order.
+    pub(super) backlog: VecDeque<(u64, Call)>,
+    pub(super) writer: FrameWriter,
+    pub(super) shutting_down: bool,
+    pub(super) max_concurrent: usize,
+    pub(super) max_queued: usize,
+    /// What the worker grants each request stream.
+    pub(super) window: Window,
+    pub(super) middleware: Chain<dyn DynServerMiddleware>,
+    pub(super) driver: &'static str,
+    pub(super) control: Option<&'c dyn Control>,
+    /// Whether the handshake is done (or not required).
+    pub(super) greeted: bool,
+    /// Why the peer was refused: the connection closes once that is written.
+    pub(super) refused: Option<String>,
+    pub(super) started: tokio::time::Instant,
+}
+
+pub(super) const READ_BATCH: usize = 128;
+
+impl<S, T, F> Drop for Server<'_, S, T, F> {
+    /// Whether the loop ended or its future was dropped, no call outlives it.
+    fn drop(&mut self) {
+        let waiters = {
+            let mut state = lock(&self.shared);
+            state.ended = true;
+            std::mem::take(&mut state.send_waiters)
+        };
+        waiters.into_iter().for_each(Waker::wake);
+        self.shared.event_room.notify_waiters();
+        self.abort_all();
+    }
+}
+
+impl<S, T, F> fmt::Debug for Server<'_, S, T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("queued", &self.backlog.len())
+            .field("shutting_down", &self.shutting_down)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, T, F> Server<'_, S, T, F>
+where
+    S: Dispatch,
+    T: Transport,
+    F: Future<Output = Result<Bytes, Status>> + Send + 'static,
+{
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Ending, FrameError>> {
+        // Register first, so a task finishing while we work wakes us again.
+        {
+            let mut state = lock(&self.shared);
+            if !state.link.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                state.link = Some(cx.waker().clone());
+            }
+        }
+        // Answers that cannot go out mean the host is not reading: take no
+        // more requests until they do, so nothing here grows without bound.
+        // Busy handlers never stop reading, or a CANCEL queued behind
+        // requests could not reach the calls it is meant for.
+        if self.refused.is_some() {
+            return self.poll_refusal(cx);
+        }
+        if self.poll_write(cx)?.is_ready() {
+            for read in 0.. {
+                if read == READ_BATCH {
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+                match Pin::new(&mut self.transport).poll_next(cx) {
+                    Poll::Ready(Some(Ok(frame))) => self.receive(frame)?,
+                    Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                    // The host is gone: nobody is left to answer.
+                    Poll::Ready(None) => return Poll::Ready(Ok(Ending::Closed)),
+                    Poll::Pending => break,
+                }
+            }
+            let _ = self.poll_write(cx)?;
+        }
+        // Slots freed by finished calls go to waiting ones, even while the
+        // host is slow to read.
+        if !self.backlog.is_empty() {
+            self.start_backlog();
+            let _ = self.poll_write(cx)?;
+        }
+        if self.refused.is_some() {
+            // Refused while reading just now: nothing will wake us for it.
+            return self.poll_refusal(cx);
+        }
+        if self.shutting_down && self.backlog.is_empty() && self.writer.is_idle() {
+            let state = lock(&self.shared);
+            if state.running.is_empty() && state.outbox.is_empty() {
+                drop(state);
+                return Pin::new(&mut self.transport)
+                    .poll_close(cx)
+                    .map_ok(|()| Ending::Shutdown);
+            }
+        }
+        Poll::Pending
+    }
+
+    pub(super) fn answer(&self, frame: Frame) {
+        log::frame(Direction::WorkerOut, &frame, None);
+        self.queue(frame);
+    }
+
+    /// Answers a call that was not started with `status`; a one-way message
+    /// gets no answer, so its loss is logged instead.
+    pub(super) fn refuse(&self, id: u64, one_way: bool, status: Status) {
+        if one_way {
+            tracing::warn!(id, %status, "one-way message dropped");
+        } else {
+            self.answer(Frame::Status { id, status });
+        }
+    }
+
+    pub(super) fn queue(&self, frame: Frame) {
+        let frame = fit(frame, self.shared.max_frame_length);
+        lock(&self.shared).outbox.push(frame);
+    }
+
+    /// Whether a request with this id is running or waiting. A second
+    /// request with the id of one in flight would make its answer ambiguous.
+    pub(super) fn is_in_flight(&self, id: u64) -> bool {
+        self.backlog.iter().any(|(queued, _)| *queued == id)
+            || lock(&self.shared).running.contains_key(&id)
+    }
+
+    pub(super) fn start_backlog(&mut self) {
+        while !self.backlog.is_empty() {
+            if !self.reserve_slot() {
+                return;
+            }
+            let Some((id, call)) = self.backlog.pop_front() else {
+                lock(&self.shared).starting -= 1;
+                return;
+            };
+            self.start(id, call);
+        }
+    }
+
+    /// Takes a slot for a call about to start, if one is free: counted as
+    /// `starting` until the call runs or has answered.
+    pub(super) fn reserve_slot(&mut self) -> bool {
+        let mut state = lock(&self.shared);
+        if state.running.len() + state.starting >= self.max_concurrent {
+            return false;
+        }
+        state.starting += 1;
+        true
+    }
+
+    /// Starts a call whose slot is reserved: answers it at once if its
+    /// handler does, else runs it as a task.
+    pub(super) fn start(&mut self, id: u64, call: Call) {
+        let method = call.context.method.clone();
+        let deadline = call.context.deadline;
+        let stream_generation = call.streams.stream.as_ref().map(|handle| handle.generation);
+        let one_way = call.one_way;
+        let info = self
+            .middleware
+            .as_ref()
+            .map(|_| CallInfo::worker(&call.context, self.driver, call.payload.len()));
+        if deadline.is_some_and(|deadline| deadline <= tokio::time::Instant::now()) {
+            // Its caller gave up while it waited; answer nothing, as at
+            // any deadline.
+            tracing::debug!(%method, id, "dropped unstarted: its deadline passed while it waited");
+            lock(&self.shared).starting -= 1;
+            self.close_stream(id);
+            return;
+        }
+        // Outside the lock: a hand-written `Dispatch` is user code, and a
+        // panic here is answered like a handler's.
+        let inline = self.inline && self.middleware.is_none() && stream_generation.is_none();
+        let future = if inline {
+            match self.poll_inline(call) {
+                Ok(outcome) => {
+                    let frame = answer_of(&self.shared, id, &method, one_way, outcome);
+                    let mut state = lock(&self.shared);
+                    state.starting -= 1;
+                    if !one_way {
+                        log::frame(Direction::WorkerOut, &frame, Some(&method));
+                        state.outbox.push(frame);
+                    }
+                    return;
+                }
+                Err(started) => Either::First { future: started },
+            }
+        } else {
+            let dispatch = self.dispatch;
+            let dispatched =
+                std::panic::catch_unwind(AssertUnwindSafe(|| dispatch(&self.service, call)));
+            match dispatched {
+                Ok(future) => Either::Second { future },
+                Err(panic) => {
+                    lock(&self.shared).starting -= 1;
+                    let message = panic_message(&*panic);
+                    tracing::error!(%method, id, panic = %message, "dispatch panicked");
+                    let status =
+                        Status::internal(format!("the handler for {method} panicked: {message}"));
+                    // As for a handler's panic: its streams end, and a one-way
+                    // message is not answered.
+                    self.close_stream(id);
+                    self.refuse(id, one_way, status);
+                    return;
+                }
+            }
+        };
+        let mut state = lock(&self.shared);
+        state.starting -= 1;
+        let generation = state.next_generation;
+        state.next_generation += 1;
+        // Spawned under the lock, so the task cannot finish and look for
+        // its entry before the entry exists.
+        let end = TaskEnd {
+            shared: Arc::clone(&self.shared),
+            id,
+            generation,
+            stream: stream_generation,
+            one_way,
+        };
+        let info_method = method.clone();
+        let task = match (&self.middleware, info) {
+            (Some(chain), Some(info)) => {
+                let chain = Arc::clone(chain);
+                let handled =
+                    async move { ServerNext::new(&chain, &info, Box::pin(future)).run().await };
+                tokio::spawn(run_call(end, method, deadline, handled))
+            }
+            _ => tokio::spawn(run_call(end, method, deadline, future)),
+        };
+        state.running.insert(
+            id,
+            Running {
+                generation,
+                task: task.abort_handle(),
+                deadline,
+                method: info_method,
+            },
+        );
+    }
+
+    /// Dispatches a call and polls its handler once, in a reused place: its
+    /// outcome if it answered at once (or panicked), else the handler, to go
+    /// on in a task.
+    pub(super) fn poll_inline(&mut self, call: Call) -> Result<Outcome, Started<F>> {
+        let mut place = self.spare.take().unwrap_or_else(|| Box::pin(None));
+        let (dispatch, service) = (self.dispatch, &self.service);
+        // The waker of this first poll is never woken for anything: a
+        // handler that waits is polled again at once by its task.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Unwind safety: after a panic the future is dropped, not polled.
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            // Made in its place: a handler's future may be large.
+            place.set(Some(dispatch(service, call)));
+            match place.as_mut().as_pin_mut() {
+                Some(future) => future.poll(&mut cx),
+                None => Poll::Pending,
+            }
+        }));
+        let outcome = match polled {
+            Ok(Poll::Pending) => return Err(Started { place }),
+            Ok(Poll::Ready(outcome)) => Ok(outcome),
+            Err(panic) => Err(panic),
+        };
+        place.set(None);
+        self.spare = Some(place);
+        Ok(outcome)
+    }
+
+    /// Writes and flushes queued answers; `Pending` while some cannot be
+    /// written yet (the transport will wake us).
+    pub(super) fn poll_write(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), FrameError>> {
+        let shared = &self.shared;
+        self.writer
+            .poll_write(&mut self.transport, cx, |sending, _| {
+                let waiters = {
+                    let mut state = lock(shared);
+                    state.outbox.take_into(sending);
+                    state.sent_bytes = 0;
+                    std::mem::take(&mut state.send_waiters)
+                };
+                waiters.into_iter().for_each(Waker::wake);
+            })
+    }
+}
+
+impl<S, T, F> Server<'_, S, T, F> {
+    pub(super) fn abort_all(&mut self) {
+        self.backlog.clear();
+        let running: Vec<AbortHandle> = lock(&self.shared)
+            .running
+            .drain()
+            .map(|(_, entry)| entry.task)
+            .collect();
+        for task in running {
+            task.abort();
+        }
+    }
+}

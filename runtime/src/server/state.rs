@@ -1,0 +1,155 @@
+//! What the serve loop shares with the calls it runs: the outbox, the
+//! running table, the streams, and the event credit.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
+
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use crate::frame::Frame;
+use crate::idmap::IdMap;
+use crate::name::MethodName;
+use crate::window::SendCredit;
+
+use super::stream::StreamState;
+
+pub(super) struct Shared {
+    pub(super) state: Mutex<State>,
+    /// Notified when the host returns event credit, and when serving ends.
+    pub(super) event_room: Notify,
+    pub(super) max_frame_length: usize,
+    /// Calls whose handler ran to the end (answered, or replaced by a status).
+    pub(super) processed: std::sync::atomic::AtomicU64,
+}
+
+/// Handlers' sends (stream items, events) wait once about this many bytes
+/// of them are queued for the host and not yet taken by the writer: a host
+/// that grants credit without reading holds the handler back, not the
+/// worker's memory.
+pub(super) const SENDS_HIGH_WATER: usize = 1 << 20;
+
+/// What a queued item or event counts for besides its payload, so that many
+/// small ones also reach [`SENDS_HIGH_WATER`].
+pub(super) const SEND_OVERHEAD: usize = 64;
+
+/// Frames queued for the host, in the order the writer takes them: answers
+/// (and credit) first, then handlers' sends (stream items, events), so that
+/// a flood of large events or items does not hold up every call's answer.
+/// A call's answer still goes behind the sends of its own handler queued
+/// before it: a stream's items precede its end, and events a handler sent
+/// before answering arrive before its answer.
+#[derive(Default)]
+pub(super) struct Outbox {
+    pub(super) answers: VecDeque<Frame>,
+    pub(super) sends: VecDeque<Frame>,
+    /// The calls with frames in `sends`: their answers queue there too.
+    pub(super) senders: IdMap<()>,
+}
+
+impl Outbox {
+    /// Queues an answer, a credit or a status.
+    pub(super) fn push(&mut self, frame: Frame) {
+        if !self.senders.is_empty() && self.senders.contains_key(&frame.id()) {
+            self.sends.push_back(frame);
+        } else {
+            self.answers.push_back(frame);
+        }
+    }
+
+    /// Queues a stream item or an event sent by the handler of `call`.
+    pub(super) fn push_send(&mut self, frame: Frame, call: u64) {
+        self.senders.insert(call, ());
+        self.sends.push_back(frame);
+    }
+
+    /// Moves everything queued to the writer's empty buffer, answers first.
+    pub(super) fn take_into(&mut self, sending: &mut VecDeque<Frame>) {
+        std::mem::swap(&mut self.answers, sending);
+        if !self.sends.is_empty() {
+            sending.extend(self.sends.drain(..));
+            self.senders.clear();
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.sends.is_empty()
+    }
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) outbox: Outbox,
+    /// Bytes of handlers' sends in `outbox` (see [`SENDS_HIGH_WATER`]).
+    pub(super) sent_bytes: usize,
+    /// Handlers waiting for the writer to take the outbox.
+    pub(super) send_waiters: Vec<Waker>,
+    /// The serve loop's waker, present while it waits for work.
+    pub(super) link: Option<Waker>,
+    /// Calls running as tasks. A task answers only if it can remove its own
+    /// entry; a `CANCEL` that removes it first means no answer is sent. The
+    /// generation tells a task's entry from a later call reusing its id.
+    pub(super) running: IdMap<Running>,
+    /// The streams of streaming calls, by request id.
+    pub(super) streams: IdMap<StreamState>,
+    pub(super) next_stream: u64,
+    /// Tasks aborted (cancelled) that have not ended yet, by generation, with
+    /// when they were aborted: a handler blocking its thread cannot be
+    /// stopped, and this is how a health check still sees it.
+    pub(super) aborted: IdMap<tokio::time::Instant>,
+    /// Calls taken from the backlog and being dispatched, not yet running.
+    pub(super) starting: usize,
+    pub(super) next_generation: u64,
+    /// What the worker may still send of its events.
+    pub(super) event_credit: SendCredit,
+    /// Serving has ended: events can no longer be sent.
+    pub(super) ended: bool,
+}
+
+pub(super) struct Running {
+    pub(super) generation: u64,
+    pub(super) task: AbortHandle,
+    pub(super) deadline: Option<tokio::time::Instant>,
+    pub(super) method: MethodName,
+}
+
+impl State {
+    /// Whether a handler's send must wait for the writer to take the
+    /// outbox; if so, it is woken when it has.
+    pub(super) fn sends_full(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.sent_bytes < SENDS_HIGH_WATER {
+            return false;
+        }
+        if !self.send_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            self.send_waiters.push(cx.waker().clone());
+        }
+        true
+    }
+
+    /// Removes the entry of the task of `generation`, if it is still there;
+    /// wakes the serve loop, which may start a waiting call in its place.
+    pub(super) fn finish(&mut self, id: u64, generation: u64) -> bool {
+        match self.running.get(&id) {
+            Some(entry) if entry.generation == generation => {
+                self.running.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes a running call out to be aborted (by the caller, outside the
+    /// lock: its task's end takes the lock too); it stays counted until its
+    /// task really ends.
+    pub(super) fn abort(&mut self, id: u64) -> Option<AbortHandle> {
+        let entry = self.running.remove(&id)?;
+        self.aborted
+            .insert(entry.generation, tokio::time::Instant::now());
+        Some(entry.task)
+    }
+}
+
+pub(super) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    crate::sync::lock(&shared.state)
+}
