@@ -15,7 +15,9 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::Encoder;
 use workerbus::fuzzing::{hello_for, welcome_for};
-use workerbus::{Code, Frame, FrameCodec, MethodName, PROTOCOL_VERSION, Status, TraceContext};
+use workerbus::{
+    Code, Frame, FrameCodec, MethodKind, MethodName, PROTOCOL_VERSION, Status, TraceContext,
+};
 use workerbus_fuzz::named_peer::{PeerConfig, raw_prefix};
 use workerbus_fuzz::server::Config;
 use workerbus_tests::pb::echo::{
@@ -72,9 +74,9 @@ fn every_kind() -> Vec<Frame> {
             Bytes::from_static(&[0x08, 0x01]),
         ),
         request(2, "w.s", vec![])
-            .with_streams(true, true)
+            .with_kind(MethodKind::BidiStreaming)
             .with_trace(Some(TraceContext::from_parts(7 << 64 | 9, 3))),
-        request(3, "w.n", vec![]).with_one_way(true),
+        request(3, "w.n", vec![]).with_kind(MethodKind::OneWay),
         Frame::Response {
             id: 1,
             payload: Bytes::from_static(&[0x08, 0x01]),
@@ -163,8 +165,14 @@ fn handshake() -> Vec<(&'static str, Vec<u8>)> {
     other_version[1] = PROTOCOL_VERSION as u8 + 1;
     vec![
         ("hello", hello(hello_for(PROTOCOL_VERSION, &[7; 32]))),
-        ("hello-other-version", hello(hello_for(PROTOCOL_VERSION + 1, &[7; 32]))),
-        ("hello-short-secret", hello(hello_for(PROTOCOL_VERSION, &[7; 31]))),
+        (
+            "hello-other-version",
+            hello(hello_for(PROTOCOL_VERSION + 1, &[7; 32])),
+        ),
+        (
+            "hello-short-secret",
+            hello(hello_for(PROTOCOL_VERSION, &[7; 31])),
+        ),
         ("hello-empty", hello(vec![])),
         ("hello-garbage", hello(vec![0xff, 0xff, 0xff])),
         ("welcome-echo", welcome(echo.clone())),
@@ -245,7 +253,7 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
         (
             "sum-stream",
             raw(vec![
-                request(4, echo_service::SUM, vec![]).with_streams(true, false),
+                request(4, echo_service::SUM, vec![]).with_kind(MethodKind::ClientStreaming),
                 Frame::Item {
                     id: 4,
                     payload: Bytes::from(sum(2, false)),
@@ -260,7 +268,7 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
         (
             "count-with-credit",
             raw(vec![
-                request(5, echo_service::COUNT, count).with_streams(false, true),
+                request(5, echo_service::COUNT, count).with_kind(MethodKind::ServerStreaming),
                 Frame::Credit {
                     id: 5,
                     count: 8,
@@ -271,7 +279,7 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
         (
             "chat",
             raw(vec![
-                request(6, echo_service::CHAT, vec![]).with_streams(true, true),
+                request(6, echo_service::CHAT, vec![]).with_kind(MethodKind::BidiStreaming),
                 Frame::Item {
                     id: 6,
                     payload: Bytes::from(echo.clone()),
@@ -290,7 +298,7 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
         (
             "unknown-method",
             raw(vec![
-                request(1, "missing.nothing", vec![]).with_one_way(true),
+                request(1, "missing.nothing", vec![]).with_kind(MethodKind::OneWay),
             ]),
         ),
         (
@@ -359,7 +367,11 @@ fn named_peer() -> Vec<(&'static str, Vec<u8>)> {
                 0,
                 vec![
                     request(2, "$workerbus.health", vec![]),
-                    request(3, "$workerbus.hello", hello_for(PROTOCOL_VERSION, &[0x5e; 32])),
+                    request(
+                        3,
+                        "$workerbus.hello",
+                        hello_for(PROTOCOL_VERSION, &[0x5e; 32]),
+                    ),
                     request(4, "$workerbus.detach", vec![]),
                     Frame::Shutdown,
                 ],

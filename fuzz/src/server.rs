@@ -37,8 +37,8 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use workerbus::{
-    Context, DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, Incoming, MIN_FRAME_LENGTH, MethodName,
-    ServeOptions, Status, StreamSender, TraceContext, serve_transport,
+    Context, DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, Incoming, MIN_FRAME_LENGTH, MethodKind,
+    MethodName, ServeOptions, Status, StreamSender, TraceContext, serve_transport,
 };
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::common::Page;
@@ -754,7 +754,13 @@ pub(crate) fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
             } => {
                 // A one-way message cannot stream: the decoder refuses it,
                 // which the raw inputs cover.
-                let streams = !one_way;
+                let kind = match (*one_way, *request_stream, *response_stream) {
+                    (true, _, _) => MethodKind::OneWay,
+                    (false, false, false) => MethodKind::Unary,
+                    (false, false, true) => MethodKind::ServerStreaming,
+                    (false, true, false) => MethodKind::ClientStreaming,
+                    (false, true, true) => MethodKind::BidiStreaming,
+                };
                 Frame::request(
                     id.get(),
                     method.name(),
@@ -763,8 +769,7 @@ pub(crate) fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
                     payload.encode(),
                 )
                 .with_trace(trace.map(|(trace, span)| TraceContext::from_parts(trace, span)))
-                .with_streams(streams && *request_stream, streams && *response_stream)
-                .with_one_way(*one_way)
+                .with_kind(kind)
             }
             Op::Cancel { id } => Frame::Cancel { id: id.get() },
             Op::Item { id, payload } => Frame::Item {

@@ -166,7 +166,12 @@ impl Client {
         let payload = encode(&request);
         let call = match self
             .channel
-            .open_stream(&method.name, payload, &resolved, (false, true))
+            .open_stream(
+                &method.name,
+                payload,
+                &resolved,
+                MethodKind::ServerStreaming,
+            )
             .await?
         {
             Opened::Stream(call, _) => Some(call),
@@ -192,7 +197,12 @@ impl Client {
         let call = async {
             let (call, send) = match self
                 .channel
-                .open_stream(&method.name, Bytes::new(), &resolved, (true, false))
+                .open_stream(
+                    &method.name,
+                    Bytes::new(),
+                    &resolved,
+                    MethodKind::ClientStreaming,
+                )
                 .await?
             {
                 Opened::Stream(call, send) => (call, send),
@@ -245,7 +255,12 @@ impl Client {
         let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
         let (call, send) = match self
             .channel
-            .open_stream(&method.name, Bytes::new(), &resolved, (true, true))
+            .open_stream(
+                &method.name,
+                Bytes::new(),
+                &resolved,
+                MethodKind::BidiStreaming,
+            )
             .await?
         {
             Opened::Stream(call, send) => (call, send),

@@ -42,6 +42,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::{Code, FrameError, Status};
 use crate::name::MethodName;
+use crate::schema::MethodKind;
 use crate::trace::TraceContext;
 
 /// The default maximum frame length: 16 MiB.
@@ -106,12 +107,10 @@ pub enum Frame {
         /// The trace the call belongs to and the span that made it, if the
         /// caller traces.
         trace: Option<TraceContext>,
-        /// The request is a stream: `ITEM`s and an `END` follow.
-        request_stream: bool,
-        /// The host expects a stream of `ITEM`s back.
-        response_stream: bool,
-        /// A one-way message: the worker runs it and answers nothing.
-        one_way: bool,
+        /// The call's shape: whether the request streams (`ITEM`s and an
+        /// `END` follow), the response streams, or nothing is answered (a
+        /// one-way message).
+        kind: MethodKind,
         /// The protobuf-encoded request message (empty for a request stream).
         payload: Bytes,
     },
@@ -184,34 +183,17 @@ impl Frame {
             timeout,
             attempt,
             trace: None,
-            request_stream: false,
-            response_stream: false,
-            one_way: false,
+            kind: MethodKind::Unary,
             payload,
         }
     }
 
-    /// This `REQUEST` as a one-way message (or not); other frames unchanged.
-    #[must_use]
-    pub fn with_one_way(mut self, value: bool) -> Frame {
-        if let Frame::Request { one_way, .. } = &mut self {
-            *one_way = value;
-        }
-        self
-    }
-
-    /// This `REQUEST` with streams in the given directions; other frames
+    /// This `REQUEST` as a call of `kind` (unary by default); other frames
     /// unchanged.
     #[must_use]
-    pub fn with_streams(mut self, request: bool, response: bool) -> Frame {
-        if let Frame::Request {
-            request_stream,
-            response_stream,
-            ..
-        } = &mut self
-        {
-            *request_stream = request;
-            *response_stream = response;
+    pub fn with_kind(mut self, kind: MethodKind) -> Frame {
+        if let Frame::Request { kind: of, .. } = &mut self {
+            *of = kind;
         }
         self
     }
@@ -309,24 +291,13 @@ impl Frame {
                 timeout,
                 attempt,
                 trace,
-                request_stream,
-                response_stream,
-                one_way,
+                kind,
                 payload,
             } => {
                 dst.put_u8(KIND_REQUEST);
-                let mut flags = 0;
+                let mut flags = kind_flags(*kind);
                 if timeout.is_some() {
                     flags |= FLAG_DEADLINE;
-                }
-                if *request_stream {
-                    flags |= FLAG_STREAM_REQUEST;
-                }
-                if *response_stream {
-                    flags |= FLAG_STREAM_RESPONSE;
-                }
-                if *one_way {
-                    flags |= FLAG_ONE_WAY;
                 }
                 if trace.is_some() {
                     flags |= FLAG_TRACE;
@@ -453,9 +424,7 @@ impl Frame {
                     timeout,
                     attempt,
                     trace,
-                    request_stream: flags & FLAG_STREAM_REQUEST != 0,
-                    response_stream: flags & FLAG_STREAM_RESPONSE != 0,
-                    one_way: flags & FLAG_ONE_WAY != 0,
+                    kind: flags_kind(flags),
                     payload: body.rest(),
                 }
             }
@@ -510,6 +479,33 @@ impl Frame {
             }
         };
         Ok(frame)
+    }
+}
+
+/// The flags that carry a call's kind.
+fn kind_flags(kind: MethodKind) -> u8 {
+    match kind {
+        MethodKind::Unary => 0,
+        MethodKind::ServerStreaming => FLAG_STREAM_RESPONSE,
+        MethodKind::ClientStreaming => FLAG_STREAM_REQUEST,
+        MethodKind::BidiStreaming => FLAG_STREAM_REQUEST | FLAG_STREAM_RESPONSE,
+        MethodKind::OneWay => FLAG_ONE_WAY,
+    }
+}
+
+/// The call's kind its flags carry (a one-way message that streams is
+/// refused before this).
+fn flags_kind(flags: u8) -> MethodKind {
+    match (
+        flags & FLAG_ONE_WAY != 0,
+        flags & FLAG_STREAM_REQUEST != 0,
+        flags & FLAG_STREAM_RESPONSE != 0,
+    ) {
+        (true, _, _) => MethodKind::OneWay,
+        (false, false, false) => MethodKind::Unary,
+        (false, false, true) => MethodKind::ServerStreaming,
+        (false, true, false) => MethodKind::ClientStreaming,
+        (false, true, true) => MethodKind::BidiStreaming,
     }
 }
 
@@ -881,7 +877,7 @@ mod tests {
             ]
         );
         let one_way = Frame::request(1, MethodName::from_static("w.n"), None, 1, Bytes::new())
-            .with_one_way(true);
+            .with_kind(MethodKind::OneWay);
         assert_eq!(
             bytes(one_way),
             [
@@ -1173,9 +1169,15 @@ mod tests {
                         payload,
                     )
                     .with_trace(trace)
-                    .with_streams(attempt % 3 == 0, attempt % 5 == 0)
-                    // A one-way message cannot stream.
-                    .with_one_way(attempt % 15 == 1)
+                    .with_kind(
+                        [
+                            MethodKind::Unary,
+                            MethodKind::ServerStreaming,
+                            MethodKind::ClientStreaming,
+                            MethodKind::BidiStreaming,
+                            MethodKind::OneWay,
+                        ][attempt as usize % 5],
+                    )
                 }),
             (1..=u64::MAX, payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
             (1..=u64::MAX, arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),

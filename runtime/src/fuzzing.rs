@@ -7,9 +7,9 @@
 //!
 //! Each function runs the code the real handshake runs, not a copy of it:
 //! [`worker_reads_hello`] the worker's check of a greeting
-//! (`control::check_hello`, which `ConnectionControl::hello` calls),
+//! (`handshake::check_hello`, which `ConnectionControl::hello` calls),
 //! [`host_reads_welcome`] the host's reading of the answer
-//! (`control::read_welcome`, which `ProcessWorker::handshake` calls),
+//! (`handshake::read_welcome`, which `ProcessWorker::handshake` calls),
 //! [`serve_named_peer`] what a worker's accept loop runs for each connection
 //! to its named socket (the greeting's frame limit and timeout, then the serve
 //! loop), and [`greeting_codec`] the decoder of a peer that has not greeted.
@@ -23,7 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::FrameCodec;
 #[cfg(feature = "process")]
-use crate::control::{self, Hello};
+use crate::control::PROTOCOL_VERSION;
+#[cfg(feature = "process")]
+use crate::driver::process::handshake::{self, Hello};
 #[cfg(feature = "process")]
 use crate::{Dispatch, FrameError, Secret, ServeOptions, ServiceSchema, Status};
 
@@ -87,8 +89,8 @@ pub fn worker_reads_hello(
 ) -> Result<(), Status> {
     // The serve loop's decoding of a `$workerbus.hello` payload.
     let hello = Hello::decode(Bytes::copy_from_slice(payload))
-        .map_err(|error| Status::invalid_argument(format!("{}: {error}", control::HELLO)))?;
-    control::check_hello(&hello, known, inherited)
+        .map_err(|error| Status::invalid_argument(format!("{}: {error}", handshake::HELLO)))?;
+    handshake::check_hello(&hello, known, inherited)
 }
 
 /// The host's handling of `answer` as a worker's response to its
@@ -97,17 +99,17 @@ pub fn worker_reads_hello(
 /// reason the handshake fails.
 #[cfg(feature = "process")]
 pub fn host_reads_welcome(answer: &[u8], serves: &[ServiceSchema]) -> Result<(), String> {
-    control::read_welcome(Bytes::copy_from_slice(answer), serves).map(drop)
+    handshake::read_welcome(Bytes::copy_from_slice(answer), serves).map(drop)
 }
 
 /// The bytes a worker serving `served` answers a greeting with: a valid
 /// `Welcome` of this protocol version, for seeds and round-trip checks.
 #[cfg(feature = "process")]
 pub fn welcome_for(served: &[ServiceSchema], pid: u32) -> Vec<u8> {
-    control::Welcome {
-        protocol: control::PROTOCOL_VERSION,
+    handshake::Welcome {
+        protocol: PROTOCOL_VERSION,
         pid,
-        services: served.iter().map(control::ServiceInfo::from).collect(),
+        services: served.iter().map(handshake::ServiceInfo::from).collect(),
     }
     .encode_to_vec()
 }

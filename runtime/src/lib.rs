@@ -81,9 +81,9 @@ pub use self::client::{
     CallOptions, Channel, ChannelOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_TIMEOUT, Streaming,
 };
-#[cfg(feature = "process")]
-pub use self::control::Secret;
 pub use self::control::{HealthReport, PROTOCOL_VERSION};
+#[cfg(feature = "process")]
+pub use self::driver::process::Secret;
 #[cfg(feature = "process")]
 pub use self::driver::process::{
     DEFAULT_STARTUP_TIMEOUT, DetachedWorker, ProcessDriver, ProcessWorker, Stdio, serve,

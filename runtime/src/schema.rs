@@ -22,6 +22,34 @@ pub enum MethodKind {
     OneWay,
 }
 
+impl MethodKind {
+    /// Whether the caller sends a stream of requests.
+    pub(crate) fn streams_requests(self) -> bool {
+        matches!(
+            self,
+            MethodKind::ClientStreaming | MethodKind::BidiStreaming
+        )
+    }
+
+    /// Whether the worker answers with a stream.
+    pub(crate) fn streams_responses(self) -> bool {
+        matches!(
+            self,
+            MethodKind::ServerStreaming | MethodKind::BidiStreaming
+        )
+    }
+
+    /// Whether either direction streams.
+    pub(crate) fn streams(self) -> bool {
+        self.streams_requests() || self.streams_responses()
+    }
+
+    /// Whether nothing is answered.
+    pub(crate) fn is_one_way(self) -> bool {
+        self == MethodKind::OneWay
+    }
+}
+
 #[cfg(feature = "process")]
 impl MethodKind {
     /// The number the handshake carries for this kind.

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Framed;
 use workerbus::{
     Channel, ChannelOptions, Code, Error, Frame, FrameCodec, FrameError, MemoryTransport,
-    MethodName, ServeOptions, Status, ThreadDriver, serve_transport,
+    MethodKind, MethodName, ServeOptions, Status, ThreadDriver, serve_transport,
 };
 use workerbus_tests::pb::echo::{
     EchoClient, EchoRequest, EchoServer, FailRequest, NoteRequest, ObserveRequest, SleepRequest,
@@ -414,7 +414,7 @@ fn one_way_note(id: u64, tag: &str, fail: bool) -> Frame {
         text: format!("note {id}"),
         fail,
     };
-    request(id, "echo.note", None, &message).with_one_way(true)
+    request(id, "echo.note", None, &message).with_kind(MethodKind::OneWay)
 }
 
 /// Frames until the answer to `id`, which must come.
@@ -443,7 +443,7 @@ async fn one_way_messages_are_never_answered() {
         1,
         Bytes::new(),
     )
-    .with_one_way(true);
+    .with_kind(MethodKind::OneWay);
     host.send(unknown).await.unwrap();
     host.send(observe(4, "never", SleepState::Unspecified))
         .await

@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 use workerbus::{
     Call, Code, Context, Dispatch, ExitReason, Frame, FrameCodec, FrameError, MemoryTransport,
-    MethodName, ProcessDriver, ServeOptions, ServiceSchema, Status, serve_transport,
+    MethodKind, MethodName, ProcessDriver, ServeOptions, ServiceSchema, Status, serve_transport,
 };
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{
@@ -68,7 +68,7 @@ fn sum(id: u64) -> Frame {
         1,
         Bytes::new(),
     )
-    .with_streams(true, false)
+    .with_kind(MethodKind::ClientStreaming)
 }
 
 fn sum_item(id: u64, value: i64, hold_after: u32) -> Frame {
@@ -206,7 +206,7 @@ async fn an_item_for_a_call_whose_request_does_not_stream_ends_serving() {
             padding: 0,
         },
     )
-    .with_streams(false, true);
+    .with_kind(MethodKind::ServerStreaming);
     host.send(count).await.unwrap();
     host.send(observe(2, "count", SleepState::Started))
         .await
@@ -245,7 +245,7 @@ async fn an_item_for_a_running_unary_call_is_ignored_like_a_late_one() {
 #[tokio::test]
 async fn a_unary_method_asked_for_a_response_stream_answers_with_its_response_alone() {
     let (mut host, _served) = serve(ServeOptions::new());
-    host.send(echo(1, "no stream here").with_streams(false, true))
+    host.send(echo(1, "no stream here").with_kind(MethodKind::ServerStreaming))
         .await
         .unwrap();
     match next(&mut host).await {
@@ -287,7 +287,7 @@ async fn streaming_methods_called_without_their_streams_fail_their_precondition(
         )
     );
     // A stream asked the wrong way round fails the same way.
-    host.send(request(3, "echo.sum", &()).with_streams(false, true))
+    host.send(request(3, "echo.sum", &()).with_kind(MethodKind::ServerStreaming))
         .await
         .unwrap();
     assert_eq!(
@@ -350,7 +350,7 @@ async fn a_one_way_message_during_a_shutdown_is_dropped_without_an_answer() {
         text: "too late".into(),
         fail: false,
     };
-    host.send(request(1, "echo.note", &note).with_one_way(true))
+    host.send(request(1, "echo.note", &note).with_kind(MethodKind::OneWay))
         .await
         .unwrap();
     host.send(echo(2, "too late")).await.unwrap();
@@ -383,7 +383,7 @@ async fn a_one_way_message_past_its_deadline_is_dropped_without_an_answer() {
         1,
         Bytes::from(sleep.encode_to_vec()),
     )
-    .with_one_way(true);
+    .with_kind(MethodKind::OneWay);
     host.send(one_way).await.unwrap();
     host.send(observe(2, "one-way", SleepState::Cancelled))
         .await
@@ -431,7 +431,7 @@ async fn a_stream_item_over_the_maximum_frame_length_fails_its_handler() {
         1,
         Bytes::new(),
     )
-    .with_streams(true, true);
+    .with_kind(MethodKind::BidiStreaming);
     host.send(chat).await.unwrap();
     let message = EchoRequest {
         text: "y".repeat(300),
@@ -542,7 +542,7 @@ async fn panics_are_answered_as_internal_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_way_message_whose_dispatch_panics_is_not_answered() {
     let (mut host, _served) = serve_with(panicking(), ServeOptions::new());
-    host.send(request(1, "echo.fail", &()).with_one_way(true))
+    host.send(request(1, "echo.fail", &()).with_kind(MethodKind::OneWay))
         .await
         .unwrap();
     host.send(request(2, "echo.echo", &())).await.unwrap();
@@ -627,7 +627,7 @@ async fn stream_halves_end_with_their_call() {
         1,
         Bytes::new(),
     )
-    .with_streams(true, true);
+    .with_kind(MethodKind::BidiStreaming);
     host.send(chat).await.unwrap();
     for text in ["a", "b"] {
         let message = EchoRequest {

@@ -9,6 +9,7 @@ use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, Next};
 use crate::name::MethodName;
+use crate::schema::MethodKind;
 use crate::trace::TraceContext;
 
 use super::call::check_request_size;
@@ -45,7 +46,7 @@ pub(super) async fn post(
         state.queued_bytes += payload.len();
         let request = Frame::request(id, method.clone(), timeout, 1, payload.clone())
             .with_trace(trace)
-            .with_one_way(true);
+            .with_kind(MethodKind::OneWay);
         log::frame(Direction::HostOut, &request, None);
         state.outbox.push_back(request);
         Some(Ok(state.link.take()))

@@ -18,6 +18,7 @@ use crate::frame::Frame;
 use crate::idmap::IdMap;
 use crate::log::{self, Direction};
 use crate::name::MethodName;
+use crate::schema::MethodKind;
 use crate::trace::TraceContext;
 use crate::window::{ReceiveWindow, SendCredit, Window};
 
@@ -200,9 +201,8 @@ pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 pub(super) enum Kind {
     /// One request, one answer, which the link times out when `due`.
     Unary { due: Option<Instant> },
-    /// A streaming call: whether the request and the response stream. Its
-    /// halves keep its deadline.
-    Stream(bool, bool),
+    /// A streaming call of this kind. Its halves keep its deadline.
+    Stream(MethodKind),
 }
 
 /// One attempt of a call, as [`start`] sends it (all but the payload, which
@@ -232,9 +232,9 @@ pub(super) fn start<'a>(
         trace,
         kind,
     } = *attempt;
-    let streams = match kind {
-        Kind::Unary { .. } => (false, false),
-        Kind::Stream(request, response) => (request, response),
+    let shape = match kind {
+        Kind::Unary { .. } => MethodKind::Unary,
+        Kind::Stream(shape) => shape,
     };
     let (id, waker, timer) = {
         let mut state = lock(shared);
@@ -257,7 +257,7 @@ pub(super) fn start<'a>(
                 timeout,
                 waker: waker.cloned(),
                 outcome: None,
-                stream: (streams.0 || streams.1).then(|| {
+                stream: shape.streams().then(|| {
                     Box::new(SlotStream {
                         items: std::collections::VecDeque::new(),
                         receive: ReceiveWindow::new(shared.window),
@@ -271,7 +271,7 @@ pub(super) fn start<'a>(
         let payload = std::mem::take(payload);
         let request = Frame::request(id, method.clone(), timeout, number, payload)
             .with_trace(trace)
-            .with_streams(streams.0, streams.1);
+            .with_kind(shape);
         log::frame(Direction::HostOut, &request, None);
         state.outbox.push_back(request);
         let timer = match kind {

@@ -15,6 +15,7 @@ use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, Next};
 use crate::name::MethodName;
+use crate::schema::MethodKind;
 
 use super::call::check_request_size;
 use super::channel::{Channel, Inner, check_method_name};
@@ -358,7 +359,7 @@ impl Channel {
         method: &MethodName,
         payload: Bytes,
         options: &Resolved,
-        streams: (bool, bool),
+        kind: MethodKind,
     ) -> Result<Opened, Error> {
         check_method_name(method)?;
         // The timeout covers the whole call, from here.
@@ -367,7 +368,7 @@ impl Channel {
             .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
         let Some(chain) = &self.middleware else {
             return self
-                .open_stream_once(method, &payload, options, streams, deadline, None)
+                .open_stream_once(method, &payload, options, kind, deadline, None)
                 .await
                 .map(|(call, send)| Opened::Stream(call, send));
         };
@@ -375,7 +376,7 @@ impl Channel {
         let mut opened = None;
         let endpoint = async {
             let halves = self
-                .open_stream_once(method, &payload, options, streams, deadline, Some(&info))
+                .open_stream_once(method, &payload, options, kind, deadline, Some(&info))
                 .await?;
             opened = Some(halves);
             Ok(Bytes::new())
@@ -392,7 +393,7 @@ impl Channel {
         method: &MethodName,
         payload: &Bytes,
         options: &Resolved,
-        streams: (bool, bool),
+        kind: MethodKind,
         deadline: Option<tokio::time::Instant>,
         info: Option<&CallInfo>,
     ) -> Result<(StreamCall, StreamSendHalf), Error> {
@@ -416,7 +417,7 @@ impl Channel {
                 timeout: options.timeout,
                 number: 1,
                 trace,
-                kind: Kind::Stream(streams.0, streams.1),
+                kind: Kind::Stream(kind),
             };
             let id = wait_for(&shared.changed, || {
                 match start(&shared, &attempt, &mut payload, None) {

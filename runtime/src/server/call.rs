@@ -14,6 +14,7 @@ use crate::error::Status;
 use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
 use crate::name::MethodName;
+use crate::schema::MethodKind;
 
 use super::state::{Shared, lock};
 use super::stream::close_stream;
@@ -26,8 +27,8 @@ pub(super) struct TaskEnd {
     pub(super) generation: u64,
     /// The generation of the call's streams, if it streams.
     pub(super) stream: Option<u64>,
-    /// A one-way message: nobody awaits an answer.
-    pub(super) one_way: bool,
+    /// The call's kind: nobody awaits a one-way message's answer.
+    pub(super) kind: MethodKind,
 }
 
 impl Drop for TaskEnd {
@@ -55,7 +56,7 @@ pub(super) async fn run_call<F>(
     F: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
     let (shared, id, generation) = (Arc::clone(&end.shared), end.id, end.generation);
-    let one_way = end.one_way;
+    let kind = end.kind;
     let guarded = CatchUnwind { future };
     let outcome = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, guarded).await {
@@ -64,7 +65,7 @@ pub(super) async fn run_call<F>(
                 // The caller set this deadline and its own timer ends the
                 // call there; an answer could only race that timer. Drop the
                 // handler (cancelling it) and answer nothing, as for CANCEL.
-                if one_way {
+                if kind.is_one_way() {
                     tracing::warn!(%method, id, "one-way message cancelled at its deadline");
                 } else {
                     tracing::debug!(%method, id, "cancelled at its deadline");
@@ -83,13 +84,13 @@ pub(super) async fn run_call<F>(
         },
         None => guarded.await,
     };
-    let frame = answer_of(&shared, id, &method, one_way, outcome);
+    let frame = answer_of(&shared, id, &method, kind, outcome);
     let waker = {
         let mut state = lock(&shared);
         if !state.finish(id, generation) {
             return; // cancelled: the caller no longer waits
         }
-        if one_way {
+        if kind.is_one_way() {
             // No answer, but the slot is free: a waiting call may start.
             state.link.take()
         } else {
@@ -113,7 +114,7 @@ pub(super) fn answer_of(
     shared: &Shared,
     id: u64,
     method: &MethodName,
-    one_way: bool,
+    kind: MethodKind,
     outcome: Outcome,
 ) -> Frame {
     let frame = match outcome {
@@ -145,7 +146,9 @@ pub(super) fn answer_of(
         .processed
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let frame = fit(frame, shared.max_frame_length);
-    if one_way && let Frame::Status { status, .. } = &frame {
+    if kind.is_one_way()
+        && let Frame::Status { status, .. } = &frame
+    {
         // Nobody hears the answer of a one-way message; its failure is
         // logged here instead.
         tracing::warn!(%method, id, %status, "one-way message failed");

@@ -8,6 +8,7 @@ use std::task::Poll;
 use bytes::Bytes;
 
 use crate::error::Status;
+use crate::schema::MethodKind;
 use crate::schema::ServiceSchema;
 
 use super::context::Context;
@@ -128,7 +129,7 @@ pub struct Call {
     pub(super) payload: Bytes,
     pub(super) context: Context,
     pub(super) streams: CallStreams,
-    pub(super) one_way: bool,
+    pub(super) kind: MethodKind,
 }
 
 impl Call {
@@ -138,7 +139,7 @@ impl Call {
             payload,
             context,
             streams: CallStreams { stream: None },
-            one_way: false,
+            kind: MethodKind::Unary,
         }
     }
 

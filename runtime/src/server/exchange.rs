@@ -7,7 +7,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use prost::Message;
 
-use crate::control::{self, Health, Hello};
+use crate::control::{self, Health};
 use crate::error::{FrameError, Status};
 use crate::frame::Frame;
 use crate::name::MethodName;
@@ -102,34 +102,20 @@ where
                 )),
             };
         };
-        let outcome = match method.as_str() {
-            // A greeting that does not decode is refused like a wrong one:
-            // the peer is answered, then disconnected (PROTOCOL.md 9.2).
-            control::HELLO => {
-                let greeted = Hello::decode(payload)
-                    .map_err(|error| Status::invalid_argument(format!("{method}: {error}")))
-                    .and_then(|hello| control.hello(hello));
-                match greeted {
-                    Ok(welcome) => {
-                        self.greeted = true;
-                        Ok(welcome.encode_to_vec())
-                    }
-                    Err(status) => {
-                        self.refused = Some(status.to_string());
-                        Err(status)
-                    }
+        if control.greeting() == Some(method.as_str()) {
+            return match control.greet(payload) {
+                Ok(payload) => {
+                    self.greeted = true;
+                    Frame::Response { id, payload }
                 }
-            }
-            control::DETACH => control.detach().map(|detached| detached.encode_to_vec()),
-            _ => Err(Status::unimplemented(format!(
-                "{method} is not a control exchange this worker knows"
-            ))),
-        };
-        match outcome {
-            Ok(payload) => Frame::Response {
-                id,
-                payload: Bytes::from(payload),
-            },
+                Err(status) => {
+                    self.refused = Some(status.to_string());
+                    Frame::Status { id, status }
+                }
+            };
+        }
+        match control.exchange(method.as_str(), payload) {
+            Ok(payload) => Frame::Response { id, payload },
             Err(status) => Frame::Status { id, status },
         }
     }

@@ -44,6 +44,6 @@ pub use self::options::{
 };
 pub use self::serve::serve_transport;
 #[cfg(feature = "process")]
-pub(crate) use self::serve::{Control, Ending, serve_connection};
+pub(crate) use self::serve::{Ending, serve_connection};
 pub use self::sink::EventSink;
 pub use self::stream::{CallStreams, Incoming, StreamSender};

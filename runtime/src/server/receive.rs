@@ -1,4 +1,7 @@
-//! What the serve loop does with each frame the host sends, by kind.
+//! What the serve loop does with each frame the host sends, by kind: a
+//! `REQUEST` starts a call (or a control exchange), a `CANCEL` stops one,
+//! `ITEM` and `END` feed a request stream, `CREDIT` lets a response stream
+//! or the events go on, `SHUTDOWN` lets the calls in hand finish.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -6,10 +9,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::control::{self};
+use crate::control;
 use crate::error::{FrameError, Status};
 use crate::frame::Frame;
 use crate::log::{self, Direction};
+use crate::schema::MethodKind;
 use crate::transport::Transport;
 use crate::window::{ReceiveWindow, SendCredit};
 
@@ -25,161 +29,23 @@ where
     T: Transport,
     F: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
+    /// Takes one frame from the host.
     pub(super) fn receive(&mut self, frame: Frame) -> Result<(), FrameError> {
         if log::enabled() {
-            let method = match &frame {
-                Frame::Cancel { id } => lock(&self.shared)
-                    .running
-                    .get(id)
-                    .map(|entry| entry.method.clone()),
-                _ => None,
-            };
-            log::frame(Direction::WorkerIn, &frame, method.as_ref());
+            self.log_received(&frame);
         }
-        if !self.greeted
-            && !matches!(&frame, Frame::Request { method, .. } if *method == control::HELLO)
-        {
+        if !self.greeted && !self.is_greeting(&frame) {
             return Err(FrameError::BeforeHandshake {
                 kind: frame.kind_name(),
             });
         }
         match frame {
-            Frame::Request {
-                id,
-                method,
-                payload,
-                ..
-            } if method.starts_with(control::PREFIX) => {
-                if self.is_in_flight(id) {
-                    return Err(FrameError::DuplicateId { id });
-                }
-                let answer = self.control_exchange(id, &method, payload);
-                log::frame(Direction::WorkerOut, &answer, Some(&method));
-                self.queue(answer);
-            }
-            Frame::Request {
-                id,
-                method,
-                timeout,
-                attempt,
-                trace,
-                request_stream,
-                response_stream,
-                one_way,
-                payload,
-            } => {
-                let deadline =
-                    timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
-                let context = Context {
-                    id,
-                    method,
-                    deadline,
-                    attempt,
-                    trace,
-                    connection: Some(Arc::downgrade(&self.shared)),
-                };
-                if self.is_in_flight(id) {
-                    return Err(FrameError::DuplicateId { id });
-                }
-                if self.shutting_down {
-                    let status = Status::unavailable(format!(
-                        "{} was not started: the worker is shutting down",
-                        context.method
-                    ));
-                    self.refuse(id, one_way, status);
-                    return Ok(());
-                }
-                let mut call = Call::new(payload, context);
-                call.one_way = one_way;
-                if request_stream || response_stream {
-                    call.streams.stream =
-                        Some(self.open_stream(id, request_stream, response_stream));
-                }
-                // Start it now if a slot is free: only calls that really wait
-                // count against the queue.
-                if self.backlog.is_empty() && self.reserve_slot() {
-                    self.start(id, call);
-                    return Ok(());
-                }
-                self.backlog.push_back((id, call));
-                self.start_backlog();
-                if self.backlog.len() > self.max_queued
-                    && let Some((id, call)) = self.backlog.pop_back()
-                {
-                    let status = Status::unavailable(format!(
-                        "{} was not started: the worker is busy ({} calls running, {} waiting)",
-                        call.context.method, self.max_concurrent, self.max_queued
-                    ));
-                    self.close_stream(id);
-                    self.refuse(id, call.one_way, status);
-                }
-            }
-            Frame::Cancel { id } => {
-                let task = lock(&self.shared).abort(id);
-                match task {
-                    Some(task) => task.abort(),
-                    None => self.backlog.retain(|(queued, _)| *queued != id),
-                }
-                self.close_stream(id);
-            }
-            Frame::Item { id, payload } => {
-                let mut state = lock(&self.shared);
-                // Items for a call that ended (or was cancelled) are late,
-                // not wrong.
-                if let Some(stream) = state.streams.get_mut(&id) {
-                    if stream.ended {
-                        return Err(FrameError::Malformed {
-                            kind: "ITEM",
-                            reason: format!("an item for request {id} after its END"),
-                        });
-                    }
-                    // Items buffered never exceed the window, unless the host
-                    // ignored its credit.
-                    if let Err(overrun) = stream.receive.receive(payload.len()) {
-                        return Err(FrameError::Malformed {
-                            kind: "ITEM",
-                            reason: format!(
-                                "more {} for request {id} than its credit allows",
-                                overrun.of("items")
-                            ),
-                        });
-                    }
-                    stream.inbound.push_back(payload);
-                    if let Some(waker) = stream.receiver.take() {
-                        waker.wake();
-                    }
-                }
-            }
-            Frame::End { id } => {
-                if let Some(stream) = lock(&self.shared).streams.get_mut(&id) {
-                    stream.ended = true;
-                    if let Some(waker) = stream.receiver.take() {
-                        waker.wake();
-                    }
-                }
-            }
-            Frame::Credit {
-                id: 0,
-                count,
-                bytes,
-            } => {
-                lock(&self.shared).event_credit.grant(count, bytes);
-                self.shared.event_room.notify_waiters();
-            }
-            Frame::Credit { id, count, bytes } => {
-                if let Some(stream) = lock(&self.shared).streams.get_mut(&id) {
-                    stream.send.grant(count, bytes);
-                    if let Some(waker) = stream.sender.take() {
-                        waker.wake();
-                    }
-                }
-            }
-            Frame::Shutdown => {
-                self.shutting_down = true;
-                if let Some(control) = self.control {
-                    control.shutting_down();
-                }
-            }
+            request @ Frame::Request { .. } => self.receive_request(request)?,
+            Frame::Cancel { id } => self.receive_cancel(id),
+            Frame::Item { id, payload } => self.receive_item(id, payload)?,
+            Frame::End { id } => self.receive_end(id),
+            Frame::Credit { id, count, bytes } => self.receive_credit(id, count, bytes),
+            Frame::Shutdown => self.receive_shutdown(),
             other => {
                 return Err(FrameError::Unexpected {
                     kind: other.kind_name(),
@@ -190,8 +56,168 @@ where
         Ok(())
     }
 
-    /// Registers the streams of a streaming call.
-    pub(super) fn open_stream(&self, id: u64, request: bool, response: bool) -> StreamHandle {
+    /// Logs a frame received, naming the call a `CANCEL` is for.
+    fn log_received(&self, frame: &Frame) {
+        let method = match frame {
+            Frame::Cancel { id } => lock(&self.shared)
+                .running
+                .get(id)
+                .map(|entry| entry.method.clone()),
+            _ => None,
+        };
+        log::frame(Direction::WorkerIn, frame, method.as_ref());
+    }
+
+    /// Whether `frame` is the greeting the connection's control expects.
+    fn is_greeting(&self, frame: &Frame) -> bool {
+        let greeting = self.control.and_then(|control| control.greeting());
+        matches!(frame, Frame::Request { method, .. } if greeting == Some(method.as_str()))
+    }
+
+    /// A `REQUEST`: a control exchange answered at once, or a call started
+    /// now, queued for a free slot, or refused.
+    fn receive_request(&mut self, request: Frame) -> Result<(), FrameError> {
+        let Frame::Request {
+            id,
+            method,
+            timeout,
+            attempt,
+            trace,
+            kind,
+            payload,
+        } = request
+        else {
+            return Ok(());
+        };
+        if self.is_in_flight(id) {
+            return Err(FrameError::DuplicateId { id });
+        }
+        if method.starts_with(control::PREFIX) {
+            let answer = self.control_exchange(id, &method, payload);
+            log::frame(Direction::WorkerOut, &answer, Some(&method));
+            self.queue(answer);
+            return Ok(());
+        }
+        let deadline = timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+        let context = Context {
+            id,
+            method,
+            deadline,
+            attempt,
+            trace,
+            connection: Some(Arc::downgrade(&self.shared)),
+        };
+        if self.shutting_down {
+            let status = Status::unavailable(format!(
+                "{} was not started: the worker is shutting down",
+                context.method
+            ));
+            self.refuse(id, kind, status);
+            return Ok(());
+        }
+        let mut call = Call::new(payload, context);
+        call.kind = kind;
+        if kind.streams() {
+            call.streams.stream = Some(self.open_stream(id, kind));
+        }
+        // Start it now if a slot is free: only calls that really wait count
+        // against the queue.
+        if self.backlog.is_empty() && self.reserve_slot() {
+            self.start(id, call);
+            return Ok(());
+        }
+        self.backlog.push_back((id, call));
+        self.start_backlog();
+        if self.backlog.len() > self.max_queued
+            && let Some((id, call)) = self.backlog.pop_back()
+        {
+            let status = Status::unavailable(format!(
+                "{} was not started: the worker is busy ({} calls running, {} waiting)",
+                call.context.method, self.max_concurrent, self.max_queued
+            ));
+            self.close_stream(id);
+            self.refuse(id, call.kind, status);
+        }
+        Ok(())
+    }
+
+    /// A `CANCEL`: the call stops, running or waiting, and is not answered.
+    fn receive_cancel(&mut self, id: u64) {
+        let task = lock(&self.shared).abort(id);
+        match task {
+            Some(task) => task.abort(),
+            None => self.backlog.retain(|(queued, _)| *queued != id),
+        }
+        self.close_stream(id);
+    }
+
+    /// An `ITEM` of a request stream, within the credit the worker granted.
+    /// Items for a call that ended (or was cancelled) are late, not wrong.
+    fn receive_item(&mut self, id: u64, payload: Bytes) -> Result<(), FrameError> {
+        let mut state = lock(&self.shared);
+        let Some(stream) = state.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if stream.ended {
+            return Err(FrameError::Malformed {
+                kind: "ITEM",
+                reason: format!("an item for request {id} after its END"),
+            });
+        }
+        // Items buffered never exceed the window, unless the host ignored
+        // its credit.
+        if let Err(overrun) = stream.receive.receive(payload.len()) {
+            return Err(FrameError::Malformed {
+                kind: "ITEM",
+                reason: format!(
+                    "more {} for request {id} than its credit allows",
+                    overrun.of("items")
+                ),
+            });
+        }
+        stream.inbound.push_back(payload);
+        if let Some(waker) = stream.receiver.take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// The `END` of a request stream.
+    fn receive_end(&mut self, id: u64) {
+        if let Some(stream) = lock(&self.shared).streams.get_mut(&id) {
+            stream.ended = true;
+            if let Some(waker) = stream.receiver.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// `CREDIT` for a response stream, or (id 0) for the events.
+    fn receive_credit(&mut self, id: u64, count: u32, bytes: u32) {
+        if id == 0 {
+            lock(&self.shared).event_credit.grant(count, bytes);
+            self.shared.event_room.notify_waiters();
+            return;
+        }
+        if let Some(stream) = lock(&self.shared).streams.get_mut(&id) {
+            stream.send.grant(count, bytes);
+            if let Some(waker) = stream.sender.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// `SHUTDOWN`: new calls are refused; the serve loop ends once those in
+    /// hand are answered.
+    fn receive_shutdown(&mut self) {
+        self.shutting_down = true;
+        if let Some(control) = self.control {
+            control.shutting_down();
+        }
+    }
+
+    /// Registers the streams of a streaming call of `kind`.
+    fn open_stream(&self, id: u64, kind: MethodKind) -> StreamHandle {
         let mut state = lock(&self.shared);
         let generation = state.next_stream;
         state.next_stream += 1;
@@ -202,7 +228,7 @@ where
                 send: SendCredit::new(),
                 sender: None,
                 inbound: VecDeque::new(),
-                ended: !request,
+                ended: !kind.streams_requests(),
                 receive: ReceiveWindow::new(self.window),
                 receiver: None,
             },
@@ -211,8 +237,7 @@ where
             shared: Arc::clone(&self.shared),
             id,
             generation,
-            request,
-            response,
+            kind,
         }
     }
 

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use crate::control::{Detached, Hello, Welcome};
+use crate::control::Control;
 use crate::error::{FrameError, Status};
 use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, Chain, DynServerMiddleware, ServerNext};
+use crate::schema::MethodKind;
 use crate::transport::{FrameWriter, Transport};
 use crate::window::Window;
 
@@ -61,21 +62,6 @@ pub(crate) enum Ending {
     Closed,
 }
 
-/// Answers the control exchanges (`$workerbus.*`) of one connection.
-pub(crate) trait Control: Send + Sync {
-    /// Whether the peer must complete `$workerbus.hello` before anything else.
-    fn requires_hello(&self) -> bool;
-    /// The handshake; an error refuses the peer, and the connection closes
-    /// once the refusal is written.
-    fn hello(&self, hello: Hello) -> Result<Welcome, Status>;
-    /// Switches the worker to a named socket.
-    fn detach(&self) -> Result<Detached, Status>;
-
-    /// The peer asked the worker to shut down: stop accepting new peers now,
-    /// before the calls in flight finish.
-    fn shutting_down(&self) {}
-}
-
 /// Serves one connection: [`serve_transport`] with control exchanges.
 pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
     transport: T,
@@ -110,7 +96,7 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
         window: options.window,
         middleware: options.middleware.clone(),
         driver: options.driver,
-        greeted: !control.is_some_and(Control::requires_hello),
+        greeted: control.and_then(|control| control.greeting()).is_none(),
         refused: None,
         control,
         started: tokio::time::Instant::now(),
@@ -242,8 +228,8 @@ where
 
     /// Answers a call that was not started with `status`; a one-way message
     /// gets no answer, so its loss is logged instead.
-    pub(super) fn refuse(&self, id: u64, one_way: bool, status: Status) {
-        if one_way {
+    pub(super) fn refuse(&self, id: u64, kind: MethodKind, status: Status) {
+        if kind.is_one_way() {
             tracing::warn!(id, %status, "one-way message dropped");
         } else {
             self.answer(Frame::Status { id, status });
@@ -292,7 +278,7 @@ where
         let method = call.context.method.clone();
         let deadline = call.context.deadline;
         let stream_generation = call.streams.stream.as_ref().map(|handle| handle.generation);
-        let one_way = call.one_way;
+        let kind = call.kind;
         let info = self
             .middleware
             .as_ref()
@@ -311,10 +297,10 @@ where
         let future = if inline {
             match self.poll_inline(call) {
                 Ok(outcome) => {
-                    let frame = answer_of(&self.shared, id, &method, one_way, outcome);
+                    let frame = answer_of(&self.shared, id, &method, kind, outcome);
                     let mut state = lock(&self.shared);
                     state.starting -= 1;
-                    if !one_way {
+                    if !kind.is_one_way() {
                         log::frame(Direction::WorkerOut, &frame, Some(&method));
                         state.outbox.push(frame);
                     }
@@ -337,7 +323,7 @@ where
                     // As for a handler's panic: its streams end, and a one-way
                     // message is not answered.
                     self.close_stream(id);
-                    self.refuse(id, one_way, status);
+                    self.refuse(id, kind, status);
                     return;
                 }
             }
@@ -353,7 +339,7 @@ where
             id,
             generation,
             stream: stream_generation,
-            one_way,
+            kind,
         };
         let info_method = method.clone();
         let task = match (&self.middleware, info) {

@@ -18,6 +18,7 @@ use crate::error::Status;
 use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
 use crate::name::MethodName;
+use crate::schema::MethodKind;
 use crate::window::{ReceiveWindow, SendCredit};
 
 use super::context::Context;
@@ -35,16 +36,15 @@ pub(super) struct StreamHandle {
     pub(super) shared: Arc<Shared>,
     pub(super) id: u64,
     pub(super) generation: u64,
-    pub(super) request: bool,
-    pub(super) response: bool,
+    pub(super) kind: MethodKind,
 }
 
 impl fmt::Debug for StreamHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamHandle")
             .field("id", &self.id)
-            .field("request", &self.request)
-            .field("response", &self.response)
+            .field("request", &self.kind.streams_requests())
+            .field("response", &self.kind.streams_responses())
             .finish_non_exhaustive()
     }
 }
@@ -53,7 +53,7 @@ impl CallStreams {
     /// The sender of the call's response stream.
     pub fn sender<T: Message>(&self, cx: &Context) -> Result<StreamSender<T>, Status> {
         match &self.stream {
-            Some(handle) if handle.response => Ok(StreamSender {
+            Some(handle) if handle.kind.streams_responses() => Ok(StreamSender {
                 handle: handle.clone(),
                 method: cx.method.clone(),
                 _message: PhantomData,
@@ -72,7 +72,7 @@ impl CallStreams {
         request_type: &'static str,
     ) -> Result<Incoming<T>, Status> {
         match &self.stream {
-            Some(handle) if handle.request => Ok(Incoming {
+            Some(handle) if handle.kind.streams_requests() => Ok(Incoming {
                 handle: handle.clone(),
                 method: cx.method.clone(),
                 request_type,

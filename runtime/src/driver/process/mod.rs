@@ -14,6 +14,7 @@
 //! directory, and serves only peers of the same user that know the secret.
 
 mod admission;
+pub(crate) mod handshake;
 mod socket;
 mod sys;
 mod terminate;
@@ -37,13 +38,15 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+pub use self::handshake::Secret;
+use self::handshake::{DETACH as DETACH_NAME, Detached, HELLO as HELLO_NAME, Hello, Welcome};
 #[cfg(fuzzing)]
 pub(crate) use self::worker::serve_fuzzed_peer;
 pub use self::worker::{serve, serve_with_options};
 use super::{Spawn, Worker};
 use crate::backoff::Backoff;
 use crate::client::{Channel, ChannelOptions, ExitWatch, Resolved};
-use crate::control::{self, Detached, Hello, PROTOCOL_VERSION, Secret, Welcome};
+use crate::control::PROTOCOL_VERSION;
 use crate::error::{Error, ExitReason};
 use crate::frame::{Frame, FrameCodec};
 use crate::name::MethodName;
@@ -59,8 +62,8 @@ const STDERR_TAIL_LINES: usize = 20;
 /// How long a line of stderr may be in an error message.
 const STDERR_LINE_MAX: usize = 500;
 
-static HELLO: MethodName = MethodName::from_static(control::HELLO);
-static DETACH: MethodName = MethodName::from_static(control::DETACH);
+static HELLO: MethodName = MethodName::from_static(HELLO_NAME);
+static DETACH: MethodName = MethodName::from_static(DETACH_NAME);
 
 /// What to do with a worker's standard output or error stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -713,7 +716,7 @@ impl ProcessWorker {
                 },
                 other => other,
             })?;
-        control::read_welcome(answer, serves).map_err(|reason| Error::Handshake {
+        handshake::read_welcome(answer, serves).map_err(|reason| Error::Handshake {
             worker: self.name.clone(),
             reason,
         })

@@ -26,19 +26,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::socket::SocketTransport;
+use bytes::Bytes;
+use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use super::admission::{Admission, Greeting, Ungreeted, accept_pause};
+use super::handshake::{DETACH, Detached, HELLO, Hello, Secret, ServiceInfo, Welcome, check_hello};
 use super::sys;
 use super::terminate::{Stop, Stoppable};
-use crate::control::{
-    Detached, Hello, PROTOCOL_VERSION, Secret, ServiceInfo, Welcome, check_hello,
-};
+use crate::control::{Control, PROTOCOL_VERSION};
 use crate::error::{Error, FrameError, Status};
 use crate::frame::FrameCodec;
-use crate::server::{Control, Dispatch, Ending, ServeOptions, serve_connection};
+use crate::server::{Dispatch, Ending, ServeOptions, serve_connection};
 use crate::startup::{SOCKET_DIR_ENV, StartupData};
 use crate::sync::lock;
 
@@ -262,10 +263,40 @@ struct ConnectionControl {
 }
 
 impl Control for ConnectionControl {
-    fn requires_hello(&self) -> bool {
-        true
+    fn greeting(&self) -> Option<&'static str> {
+        Some(HELLO)
     }
 
+    fn greet(&self, payload: Bytes) -> Result<Bytes, Status> {
+        // A greeting that does not decode is refused like a wrong one: the
+        // peer is answered, then disconnected (PROTOCOL.md 9.2).
+        let hello = Hello::decode(payload)
+            .map_err(|error| Status::invalid_argument(format!("{HELLO}: {error}")))?;
+        let welcome = self.hello(hello)?;
+        Ok(Bytes::from(welcome.encode_to_vec()))
+    }
+
+    fn exchange(&self, method: &str, _payload: Bytes) -> Result<Bytes, Status> {
+        match method {
+            DETACH => Ok(Bytes::from(self.detach()?.encode_to_vec())),
+            _ => Err(Status::unimplemented(format!(
+                "{method} is not a control exchange this worker knows"
+            ))),
+        }
+    }
+
+    fn shutting_down(&self) {
+        // No new peer can reach a worker that is shutting down: its socket
+        // goes before the connection that asked is closed.
+        if let Some(address) = lock(&self.shared.address).take() {
+            remove_socket(&address);
+        }
+    }
+}
+
+impl ConnectionControl {
+    /// The handshake: checks the host's greeting, then says what this
+    /// worker serves.
     fn hello(&self, hello: Hello) -> Result<Welcome, Status> {
         check_hello(&hello, &mut lock(&self.shared.secret), self.inherited)?;
         self.greeting.done();
@@ -276,14 +307,7 @@ impl Control for ConnectionControl {
         })
     }
 
-    fn shutting_down(&self) {
-        // No new peer can reach a worker that is shutting down: its socket
-        // goes before the connection that asked is closed.
-        if let Some(address) = lock(&self.shared.address).take() {
-            remove_socket(&address);
-        }
-    }
-
+    /// Moves the worker to a named socket (once), and says where.
     fn detach(&self) -> Result<Detached, Status> {
         let mut address = lock(&self.shared.address);
         if address.is_none() {
