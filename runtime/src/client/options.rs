@@ -18,7 +18,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// [30 s timeout](DEFAULT_TIMEOUT), no retries, [`Backoff::default`].
 ///
 /// Retries apply only to idempotent methods, and only to errors for which
-/// [`Error::is_retryable`] holds. The timeout applies to each attempt.
+/// [`Error::is_retryable`](crate::Error::is_retryable) holds. The timeout applies to each attempt.
 ///
 /// ```
 /// use std::time::Duration;
@@ -152,7 +152,7 @@ pub(crate) struct Resolved {
     pub(crate) idempotent: bool,
 }
 
-/// Options of a [`Channel`].
+/// Options of a [`Channel`](crate::Channel).
 #[derive(Clone, Debug)]
 pub struct ChannelOptions {
     pub(super) max_frame_length: usize,
@@ -177,7 +177,7 @@ impl ChannelOptions {
 
     /// The largest frame the channel sends (at least
     /// [`MIN_FRAME_LENGTH`]); a larger request fails with
-    /// [`Error::TooLarge`] before anything is sent. Match the worker's limit.
+    /// [`Error::TooLarge`](crate::Error::TooLarge) before anything is sent. Match the worker's limit.
     #[must_use]
     pub fn max_frame_length(mut self, max: usize) -> ChannelOptions {
         self.max_frame_length = max.max(MIN_FRAME_LENGTH);

@@ -15,7 +15,7 @@ use super::context::Context;
 use super::stream::CallStreams;
 
 /// A service a worker can serve. Generated `<Service>Server` types implement
-/// it; you pass them to a driver or to [`serve_transport`].
+/// it; you pass them to a driver or to [`serve_transport`](crate::serve_transport).
 ///
 /// A pair of services is a service too: `(EmbedderServer::new(e),
 /// ModelServer::new(m))` serves both from one worker, a call going to the

@@ -135,7 +135,7 @@ impl ServeOptions {
     /// worker reserves no memory ahead of the bytes that arrive: a peer that
     /// has not proved it knows the secret cannot make the worker allocate
     /// what it announces. A longer frame closes the connection with
-    /// [`FrameError::GreetingTooLong`].
+    /// [`FrameError::GreetingTooLong`](crate::FrameError::GreetingTooLong).
     #[must_use]
     pub fn max_greeting_frame_length(mut self, max: usize) -> ServeOptions {
         self.max_greeting_frame_length = max.max(MIN_FRAME_LENGTH);

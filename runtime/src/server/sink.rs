@@ -14,10 +14,10 @@ use crate::name::MethodName;
 
 use super::state::{SEND_OVERHEAD, Shared, lock};
 
-/// Sends events to the host of a connection; see [`Context::events`].
+/// Sends events to the host of a connection; see [`Context::events`](crate::Context::events).
 ///
 /// Each event waits until the host has room for it: the host holds at most
-/// its [`Window`] of unread events per connection ([`STREAM_WINDOW`](crate::STREAM_WINDOW)
+/// its [`Window`](crate::Window) of unread events per connection ([`STREAM_WINDOW`](crate::STREAM_WINDOW)
 /// events, and [`STREAM_WINDOW_BYTES`](crate::STREAM_WINDOW_BYTES) plus one
 /// event, by default), so a host that does not read slows its worker's
 /// events down, never fills memory. Events with nobody subscribed on the host are dropped there.
@@ -31,7 +31,7 @@ pub struct EventSink {
 
 impl EventSink {
     /// Sends one event, once the host has room for it. Fails with
-    /// `Unavailable` once the host is gone (or for a [`Context::new`] made
+    /// `Unavailable` once the host is gone (or for a [`Context::new`](crate::Context::new) made
     /// outside a worker), and with `ResourceExhausted` if the event is over
     /// the maximum frame length. Generated emitters call it with their
     /// event's message name and encoded message.
