@@ -12,13 +12,16 @@ pub use prost::Message;
 pub use futures_core::Stream;
 
 pub use crate::client::{CallOptions, Channel, Streaming};
+pub use crate::context::Context;
 pub use crate::error::{Error, Status};
+pub use crate::event::EventSink;
 pub use crate::event::Subscription;
 pub use crate::name::MethodName;
 pub use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
-pub use crate::server::{Call, CallStreams, Context, Dispatch, EventSink, Incoming, StreamSender};
+pub use crate::server::{Call, CallStreams, Dispatch, Incoming, StreamSender};
 
-use crate::client::{MethodDefaults, Opened};
+use crate::client::{MethodDefaults, Resolved};
+use crate::message;
 
 /// A method as the generated client calls it: name, types and defaults.
 #[derive(Debug)]
@@ -124,20 +127,13 @@ impl Client {
         Req: Message,
         Resp: Message + Default,
     {
-        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
+        let options = self.resolve(method, options);
         let payload = encode(&request);
         drop(request);
-        let response = self.channel.call(&method.name, payload, &resolved).await?;
-        Resp::decode(response).map_err(|source| Error::Decode {
-            method: method.name.clone(),
-            what: "response",
-            message: method.response_type,
-            source,
-        })
+        let response = self.channel.call(&method.name, payload, &options).await?;
+        method.decode(response)
     }
-}
 
-impl Client {
     /// A one-way message: encode and queue it; the worker answers nothing.
     pub async fn one_way<Req: Message>(
         &self,
@@ -145,10 +141,10 @@ impl Client {
         request: Req,
         options: Option<&CallOptions>,
     ) -> Result<(), Error> {
-        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
+        let options = self.resolve(method, options);
         let payload = encode(&request);
         drop(request);
-        self.channel.post(&method.name, payload, &resolved).await
+        self.channel.post(&method.name, payload, &options).await
     }
 
     /// A call whose response is a stream.
@@ -162,26 +158,14 @@ impl Client {
         Req: Message,
         Resp: Message + Default,
     {
-        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
-        let payload = encode(&request);
-        let call = match self
-            .channel
-            .open_stream(
-                &method.name,
-                payload,
-                &resolved,
-                MethodKind::ServerStreaming,
-            )
-            .await?
-        {
-            Opened::Stream(call, _) => Some(call),
-            Opened::Answered(_) => None,
-        };
+        let options = self.resolve(method, options);
+        let call = (self.channel)
+            .server_stream(&method.name, encode(&request), &options)
+            .await?;
         Ok(Streaming::new(&method.name, call, method.response_type))
     }
 
-    /// A call whose request is a stream: sends each message of `requests`
-    /// as the worker has room for it, then waits for the response.
+    /// A call whose request is a stream.
     pub async fn client_stream<Req, Resp, S>(
         &self,
         method: &'static MethodDesc,
@@ -193,54 +177,14 @@ impl Client {
         Resp: Message + Default,
         S: Stream<Item = Req> + Send + 'static,
     {
-        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
-        let call = async {
-            let (call, send) = match self
-                .channel
-                .open_stream(
-                    &method.name,
-                    Bytes::new(),
-                    &resolved,
-                    MethodKind::ClientStreaming,
-                )
-                .await?
-            {
-                Opened::Stream(call, send) => (call, send),
-                Opened::Answered(response) => return Ok(response),
-            };
-            let mut requests = std::pin::pin!(requests);
-            while let Some(request) =
-                std::future::poll_fn(|cx| requests.as_mut().poll_next(cx)).await
-            {
-                // The call ended early (the worker answered): stop sending.
-                if send.send(encode(&request)).await.is_err() {
-                    break;
-                }
-            }
-            send.end();
-            call.response().await
-        };
-        let response = match resolved.timeout {
-            Some(after) => {
-                tokio::time::timeout(after, call)
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        method: method.name.clone(),
-                        after,
-                    })??
-            }
-            None => call.await?,
-        };
-        Resp::decode(response).map_err(|source| Error::Decode {
-            method: method.name.clone(),
-            what: "response",
-            message: method.response_type,
-            source,
-        })
+        let options = self.resolve(method, options);
+        let response = (self.channel)
+            .client_stream(&method.name, requests, &options)
+            .await?;
+        method.decode(response)
     }
 
-    /// A call streaming both ways: `requests` is sent from a task of its own
-    /// (as the worker has room), while the caller reads the responses.
+    /// A call streaming both ways.
     pub async fn bidi_stream<Req, Resp, S>(
         &self,
         method: &'static MethodDesc,
@@ -252,46 +196,28 @@ impl Client {
         Resp: Message + Default,
         S: Stream<Item = Req> + Send + 'static,
     {
-        let resolved = CallOptions::resolve([options, Some(&self.options)], &method.defaults);
-        let (call, send) = match self
-            .channel
-            .open_stream(
-                &method.name,
-                Bytes::new(),
-                &resolved,
-                MethodKind::BidiStreaming,
-            )
-            .await?
-        {
-            Opened::Stream(call, send) => (call, send),
-            Opened::Answered(_) => {
-                return Ok(Streaming::new(&method.name, None, method.response_type));
-            }
-        };
-        tokio::spawn(async move {
-            let mut requests = std::pin::pin!(requests);
-            while let Some(request) =
-                std::future::poll_fn(|cx| requests.as_mut().poll_next(cx)).await
-            {
-                if send.send(encode(&request)).await.is_err() {
-                    return;
-                }
-            }
-            send.end();
-        });
-        Ok(Streaming::new(
-            &method.name,
-            Some(call),
-            method.response_type,
-        ))
+        let options = self.resolve(method, options);
+        let call = (self.channel)
+            .bidi_stream(&method.name, requests, &options)
+            .await?;
+        Ok(Streaming::new(&method.name, call, method.response_type))
+    }
+
+    /// The options of one call: the call's, the client's, the schema's.
+    fn resolve(&self, method: &MethodDesc, options: Option<&CallOptions>) -> Resolved {
+        CallOptions::resolve([options, Some(&self.options)], &method.defaults)
+    }
+}
+
+impl MethodDesc {
+    fn decode<M: Message + Default>(&self, response: Bytes) -> Result<M, Error> {
+        message::decode(&self.name, response, "response", self.response_type)
     }
 }
 
 /// Encodes a message into a buffer of exactly its size.
 pub fn encode<M: Message>(message: &M) -> Bytes {
-    let mut buf = bytes::BytesMut::with_capacity(message.encoded_len());
-    message.encode_raw(&mut buf);
-    buf.freeze()
+    message::encode(message)
 }
 
 /// Decodes a request, or says which message failed to decode and why.
@@ -319,12 +245,7 @@ pub fn decode_event<M: Message + Default>(
     payload: Bytes,
     event_type: &'static str,
 ) -> Result<M, Error> {
-    M::decode(payload).map_err(|source| Error::Decode {
-        method,
-        what: "event",
-        message: event_type,
-        source,
-    })
+    message::decode(&method, payload, "event", event_type)
 }
 
 /// An event of a service the subscription did not ask for (never happens:

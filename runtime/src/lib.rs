@@ -49,6 +49,7 @@
 
 mod backoff;
 mod client;
+mod context;
 mod control;
 mod driver;
 mod error;
@@ -59,6 +60,7 @@ mod frame;
 pub mod fuzzing;
 mod idmap;
 mod log;
+mod message;
 mod middleware;
 mod name;
 mod schema;
@@ -81,7 +83,8 @@ pub use self::client::{
     CallOptions, Channel, ChannelOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_TIMEOUT, Streaming,
 };
-pub use self::control::{HealthReport, PROTOCOL_VERSION};
+pub use self::context::Context;
+pub use self::control::{HealthReport, PROTOCOL_VERSION, resident_memory};
 #[cfg(feature = "process")]
 pub use self::driver::process::Secret;
 #[cfg(feature = "process")]
@@ -93,6 +96,7 @@ pub use self::driver::process::{
 pub use self::driver::thread::{ThreadDriver, ThreadSpawner, ThreadWorker};
 pub use self::driver::{DEFAULT_SHUTDOWN_GRACE, Spawn, Worker};
 pub use self::error::{Code, Error, ExitReason, FrameError, Status};
+pub use self::event::EventSink;
 pub use self::frame::{
     DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH,
     STREAM_WINDOW,
@@ -105,9 +109,9 @@ pub use self::middleware::{
 pub use self::name::MethodName;
 pub use self::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use self::server::{
-    Call, CallStreams, Context, DEFAULT_GREETING_TIMEOUT, DEFAULT_MAX_CONCURRENT_CALLS,
+    Call, CallStreams, DEFAULT_GREETING_TIMEOUT, DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_GREETING_FRAME_LENGTH, DEFAULT_MAX_QUEUED_CALLS, DEFAULT_MAX_UNGREETED_CONNECTIONS,
-    Dispatch, EventSink, Incoming, ServeOptions, StreamSender, serve_transport,
+    Dispatch, Incoming, ServeOptions, StreamSender, serve_transport,
 };
 #[cfg(feature = "process")]
 pub use self::startup::{SOCKET_DIR_ENV, STARTUP_ENV, StartupData, startup_data};

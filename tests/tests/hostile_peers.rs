@@ -72,11 +72,9 @@ fn disconnection(result: Result<EchoReply, Error>) -> String {
     }
 }
 
-/// Reads this process's resident memory from `/proc/self/statm`.
+/// This process's resident memory, in bytes.
 fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
+    workerbus::resident_memory().expect("resident memory in /proc/self/status")
 }
 
 #[tokio::test]

@@ -38,7 +38,6 @@
 //! of the calls succeeded.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -737,26 +736,6 @@ async fn next_event<T>(
 // ---------------------------------------------------------------------------
 // The process's view of itself: resident memory and children.
 
-fn page_size() -> u64 {
-    Command::new("getconf")
-        .arg("PAGESIZE")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(4096)
-}
-
-fn resident_bytes(page_size: u64) -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .expect("resident pages in /proc/self/statm");
-    pages * page_size
-}
-
 /// Our children: (pid, state letter, command).
 fn children() -> Vec<(u32, char, String)> {
     let me = std::process::id();
@@ -838,7 +817,6 @@ async fn chaos_soak_every_call_ends_once_with_its_own_answer_and_workers_recover
         config.thread_workers,
         config.callers
     );
-    let page_size = page_size();
     let began = Instant::now();
 
     // Restarts as fast as the chaos wants them, never given up on: the soak
@@ -910,13 +888,7 @@ async fn chaos_soak_every_call_ends_once_with_its_own_answer_and_workers_recover
     // Memory: after the warm-up, then (in long mode) every SAMPLE_EVERY,
     // halfway through the rest, and at the end of the load (these sleeps
     // pace measurements; nothing waits on them).
-    let sample = || {
-        (
-            resident_bytes(page_size),
-            soak.ledger.bytes(),
-            soak.ledger.len(),
-        )
-    };
+    let sample = || (resident_bytes(), soak.ledger.bytes(), soak.ledger.len());
     tokio::time::sleep(config.warm_up).await;
     let memory_warm = sample();
     let rest = config.load - config.warm_up;
@@ -1319,4 +1291,9 @@ async fn chaos_soak_every_call_ends_once_with_its_own_answer_and_workers_recover
             .all(|(_, _, command)| !command.starts_with("echo-worker")),
         "worker processes left after shutdown: {left:?}"
     );
+}
+
+/// This process's resident memory, in bytes.
+fn resident_bytes() -> u64 {
+    workerbus::resident_memory().expect("resident memory in /proc/self/status")
 }

@@ -229,18 +229,10 @@ impl EmbedderHandler for ModelEmbedder {
         _cx: &Context,
     ) -> Result<HealthResponse, Status> {
         Ok(HealthResponse {
-            memory: resident_memory().unwrap_or(0),
+            memory: workerbus::resident_memory().unwrap_or(0),
             processed_count: self.processed.load(Ordering::Relaxed),
         })
     }
-}
-
-/// This process's resident memory, where the system says (Linux).
-fn resident_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kilobytes * 1024)
 }
 
 /// The `Model` service: checks and "downloads" the model file.

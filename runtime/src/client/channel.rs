@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::event::{EventHub, Subscription};
 use crate::frame::MAX_METHOD_LEN;
 use crate::idmap::IdMap;
-use crate::middleware::{Chain, DynMiddleware, Middleware, append};
+use crate::middleware::{HostChain, Middleware, append};
 use crate::name::MethodName;
 use crate::transport::Transport;
 use crate::window::ReceiveWindow;
@@ -37,7 +37,7 @@ use crate::sync::wait_until;
 #[derive(Clone)]
 pub struct Channel {
     pub(super) inner: Inner,
-    pub(super) middleware: Chain<dyn DynMiddleware>,
+    pub(super) middleware: HostChain,
 }
 
 #[derive(Clone)]

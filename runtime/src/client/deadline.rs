@@ -24,15 +24,18 @@ pub(super) async fn until<T>(
     wait: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     match (timeout, due) {
-        (Some(after), Some(due)) => {
-            tokio::time::timeout_at(due, wait)
-                .await
-                .map_err(|_| Error::Timeout {
-                    method: method.clone(),
-                    after,
-                })?
-        }
+        (Some(after), Some(due)) => tokio::time::timeout_at(due, wait)
+            .await
+            .map_err(|_| timed_out(method, after))?,
         _ => wait.await,
+    }
+}
+
+/// The error of a call whose deadline passed `after` it began.
+pub(super) fn timed_out(method: &MethodName, after: Duration) -> Error {
+    Error::Timeout {
+        method: method.clone(),
+        after,
     }
 }
 

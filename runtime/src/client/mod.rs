@@ -36,7 +36,6 @@ pub use self::channel::Channel;
 #[cfg(any(feature = "thread", feature = "process"))]
 pub(crate) use self::link::ExitWatch;
 pub(crate) use self::options::MethodDefaults;
-#[cfg(feature = "process")]
 pub(crate) use self::options::Resolved;
 pub use self::options::{
     CallOptions, ChannelOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_TIMEOUT,
@@ -44,5 +43,4 @@ pub use self::options::{
 #[cfg(any(feature = "thread", feature = "process"))]
 pub(crate) use self::pending::CloseReason;
 pub(crate) use self::source::{Source, SourceFuture};
-pub(crate) use self::stream::Opened;
 pub use self::stream::Streaming;

@@ -169,10 +169,7 @@ impl Failure {
                 size,
                 max,
             },
-            Failure::TimedOut(after) => Error::Timeout {
-                method: method.clone(),
-                after,
-            },
+            Failure::TimedOut(after) => super::deadline::timed_out(method, after),
         }
     }
 }

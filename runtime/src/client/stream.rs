@@ -13,13 +13,14 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
+use crate::message::{decode, encode};
 use crate::middleware::{CallInfo, Next};
 use crate::name::MethodName;
 use crate::schema::MethodKind;
 
 use super::call::check_request_size;
 use super::channel::{Channel, Inner, check_method_name};
-use super::deadline::{due, until};
+use super::deadline::{due, timed_out, until};
 use super::options::Resolved;
 use super::pending::{
     Attempt, Failure, Kind, Shared, Start, abandon, lock, release, start, worker_runs,
@@ -27,7 +28,7 @@ use super::pending::{
 use crate::sync::wait_for;
 
 /// A streaming call, once its opening went through the host's middleware.
-pub(crate) enum Opened {
+pub(super) enum Opened {
     /// The call is open: its two halves.
     Stream(StreamCall, StreamSendHalf),
     /// A middleware answered without opening it: for a request stream, this
@@ -59,10 +60,9 @@ impl StreamCall {
             return Poll::Pending;
         };
         match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Error::Timeout {
-                method: self.method.clone(),
-                after: self.timeout.unwrap_or_default(),
-            }),
+            Poll::Ready(()) => {
+                Poll::Ready(timed_out(&self.method, self.timeout.unwrap_or_default()))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -257,6 +257,21 @@ impl StreamSendHalf {
         Ok(())
     }
 
+    /// Sends each of `requests` as the worker has room for it; stops early,
+    /// with `Err`, once the call has ended (the worker answered, or the
+    /// caller stopped listening).
+    async fn send_all<M, S>(&self, requests: S) -> Result<(), ()>
+    where
+        M: prost::Message,
+        S: futures_core::Stream<Item = M>,
+    {
+        let mut requests = std::pin::pin!(requests);
+        while let Some(request) = poll_fn(|cx| requests.as_mut().poll_next(cx)).await {
+            self.send(encode(&request)).await?;
+        }
+        Ok(())
+    }
+
     /// Ends the request stream.
     pub(crate) fn end(&self) {
         let waker = {
@@ -330,12 +345,12 @@ impl<T: prost::Message + Default> futures_core::Stream for Streaming<T> {
         }
         Poll::Ready(item.map(|item| {
             item.and_then(|bytes| {
-                T::decode(bytes).map_err(|source| Error::Decode {
-                    method: this.method.clone(),
-                    what: "response stream item",
-                    message: this.message_type,
-                    source,
-                })
+                decode(
+                    &this.method,
+                    bytes,
+                    "response stream item",
+                    this.message_type,
+                )
             })
         }))
     }
@@ -351,10 +366,84 @@ impl<T> fmt::Debug for Streaming<T> {
 }
 
 impl Channel {
+    /// A call whose response is a stream: `None` if a middleware answered
+    /// without opening it (the stream is then empty).
+    pub(crate) async fn server_stream(
+        &self,
+        method: &MethodName,
+        payload: Bytes,
+        options: &Resolved,
+    ) -> Result<Option<StreamCall>, Error> {
+        let opened = self
+            .open_stream(method, payload, options, MethodKind::ServerStreaming)
+            .await?;
+        Ok(match opened {
+            Opened::Stream(call, _) => Some(call),
+            Opened::Answered(_) => None,
+        })
+    }
+
+    /// A call whose request is a stream: sends each of `requests` as the
+    /// worker has room for it, then waits for the response. The timeout
+    /// covers the whole call.
+    pub(crate) async fn client_stream<M, S>(
+        &self,
+        method: &MethodName,
+        requests: S,
+        options: &Resolved,
+    ) -> Result<Bytes, Error>
+    where
+        M: prost::Message,
+        S: futures_core::Stream<Item = M> + Send + 'static,
+    {
+        let call = async {
+            let opened = self
+                .open_stream(method, Bytes::new(), options, MethodKind::ClientStreaming)
+                .await?;
+            let (call, send) = match opened {
+                Opened::Stream(call, send) => (call, send),
+                Opened::Answered(response) => return Ok(response),
+            };
+            // Stopped early, the call has ended: its response says how.
+            let _ = send.send_all(requests).await;
+            send.end();
+            call.response().await
+        };
+        until(method, options.timeout, due(options.timeout), call).await
+    }
+
+    /// A call streaming both ways: `requests` is sent from a task of its own
+    /// (as the worker has room) while the caller reads the responses; `None`
+    /// if a middleware answered without opening it.
+    pub(crate) async fn bidi_stream<M, S>(
+        &self,
+        method: &MethodName,
+        requests: S,
+        options: &Resolved,
+    ) -> Result<Option<StreamCall>, Error>
+    where
+        M: prost::Message + 'static,
+        S: futures_core::Stream<Item = M> + Send + 'static,
+    {
+        let opened = self
+            .open_stream(method, Bytes::new(), options, MethodKind::BidiStreaming)
+            .await?;
+        let (call, send) = match opened {
+            Opened::Stream(call, send) => (call, send),
+            Opened::Answered(_) => return Ok(None),
+        };
+        tokio::spawn(async move {
+            if send.send_all(requests).await.is_ok() {
+                send.end();
+            }
+        });
+        Ok(Some(call))
+    }
+
     /// Starts a streaming call: sends its `REQUEST` (with `payload`, or
     /// empty for a request stream) and returns both halves. Host middleware
     /// wraps the opening, up to the request being queued.
-    pub(crate) async fn open_stream(
+    async fn open_stream(
         &self,
         method: &MethodName,
         payload: Bytes,

@@ -85,7 +85,7 @@ impl CallInfo {
     }
 
     pub(crate) fn worker(
-        context: &crate::server::Context,
+        context: &crate::context::Context,
         driver: &'static str,
         request_len: usize,
     ) -> CallInfo {
@@ -228,19 +228,24 @@ pub trait ServerMiddleware: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Bytes, Status>> + Send;
 }
 
-/// The rest of a host's middleware chain, ending in the attempt itself.
-pub struct Next<'a> {
-    rest: &'a [Arc<dyn DynMiddleware>],
+/// The rest of a middleware chain, ending in the call itself: on the host
+/// (`Next<'_>`, for a [`Middleware`]) the attempt, on the worker
+/// ([`ServerNext`], for a [`ServerMiddleware`]) the handler.
+pub struct Next<'a, T = Result<Bytes, Error>> {
+    rest: &'a [Arc<dyn Layer<T>>],
     info: &'a CallInfo,
-    endpoint: BoxFuture<'a, Result<Bytes, Error>>,
+    endpoint: BoxFuture<'a, T>,
 }
 
-impl<'a> Next<'a> {
+/// The rest of a worker's middleware chain, ending in the handler.
+pub type ServerNext<'a> = Next<'a, Result<Bytes, Status>>;
+
+impl<'a, T: 'a> Next<'a, T> {
     pub(crate) fn new(
-        chain: &'a [Arc<dyn DynMiddleware>],
+        chain: &'a [Arc<dyn Layer<T>>],
         info: &'a CallInfo,
-        endpoint: BoxFuture<'a, Result<Bytes, Error>>,
-    ) -> Next<'a> {
+        endpoint: BoxFuture<'a, T>,
+    ) -> Next<'a, T> {
         Next {
             rest: chain,
             info,
@@ -248,8 +253,9 @@ impl<'a> Next<'a> {
         }
     }
 
-    /// Runs the rest of the chain and the attempt.
-    pub async fn run(self) -> Result<Bytes, Error> {
+    /// Runs the rest of the chain and the call: on the host the attempt, on
+    /// the worker the handler.
+    pub async fn run(self) -> T {
         match self.rest.split_first() {
             Some((first, rest)) => {
                 let next = Next {
@@ -257,76 +263,33 @@ impl<'a> Next<'a> {
                     info: self.info,
                     endpoint: self.endpoint,
                 };
-                first.call_boxed(self.info, next).await
+                first.enter(self.info, next).await
             }
             None => self.endpoint.await,
         }
     }
 }
 
-impl fmt::Debug for Next<'_> {
+impl<T> fmt::Debug for Next<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Next")
+        let name = match self.info.side() {
+            Side::Host => "Next",
+            Side::Worker => "ServerNext",
+        };
+        f.debug_struct(name)
             .field("remaining", &self.rest.len())
             .finish_non_exhaustive()
     }
 }
 
-/// The rest of a worker's middleware chain, ending in the handler.
-pub struct ServerNext<'a> {
-    rest: &'a [Arc<dyn DynServerMiddleware>],
-    info: &'a CallInfo,
-    endpoint: BoxFuture<'a, Result<Bytes, Status>>,
+/// A [`Middleware`] (`T` is the attempt's outcome) or a
+/// [`ServerMiddleware`] (the handler's) behind a pointer.
+pub(crate) trait Layer<T>: Send + Sync {
+    fn enter<'a>(&'a self, call: &'a CallInfo, next: Next<'a, T>) -> BoxFuture<'a, T>;
 }
 
-impl<'a> ServerNext<'a> {
-    pub(crate) fn new(
-        chain: &'a [Arc<dyn DynServerMiddleware>],
-        info: &'a CallInfo,
-        endpoint: BoxFuture<'a, Result<Bytes, Status>>,
-    ) -> ServerNext<'a> {
-        ServerNext {
-            rest: chain,
-            info,
-            endpoint,
-        }
-    }
-
-    /// Runs the rest of the chain and the handler.
-    pub async fn run(self) -> Result<Bytes, Status> {
-        match self.rest.split_first() {
-            Some((first, rest)) => {
-                let next = ServerNext {
-                    rest,
-                    info: self.info,
-                    endpoint: self.endpoint,
-                };
-                first.handle_boxed(self.info, next).await
-            }
-            None => self.endpoint.await,
-        }
-    }
-}
-
-impl fmt::Debug for ServerNext<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerNext")
-            .field("remaining", &self.rest.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// [`Middleware`] behind a pointer.
-pub(crate) trait DynMiddleware: Send + Sync {
-    fn call_boxed<'a>(
-        &'a self,
-        call: &'a CallInfo,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Bytes, Error>>;
-}
-
-impl<M: Middleware> DynMiddleware for M {
-    fn call_boxed<'a>(
+impl<M: Middleware> Layer<Result<Bytes, Error>> for M {
+    fn enter<'a>(
         &'a self,
         call: &'a CallInfo,
         next: Next<'a>,
@@ -335,17 +298,8 @@ impl<M: Middleware> DynMiddleware for M {
     }
 }
 
-/// [`ServerMiddleware`] behind a pointer.
-pub(crate) trait DynServerMiddleware: Send + Sync {
-    fn handle_boxed<'a>(
-        &'a self,
-        call: &'a CallInfo,
-        next: ServerNext<'a>,
-    ) -> BoxFuture<'a, Result<Bytes, Status>>;
-}
-
-impl<M: ServerMiddleware> DynServerMiddleware for M {
-    fn handle_boxed<'a>(
+impl<M: ServerMiddleware> Layer<Result<Bytes, Status>> for M {
+    fn enter<'a>(
         &'a self,
         call: &'a CallInfo,
         next: ServerNext<'a>,
@@ -353,6 +307,12 @@ impl<M: ServerMiddleware> DynServerMiddleware for M {
         Box::pin(self.handle(call, next))
     }
 }
+
+/// The chain of a channel's [`Middleware`].
+pub(crate) type HostChain = Chain<dyn Layer<Result<Bytes, Error>>>;
+
+/// The chain of a worker's [`ServerMiddleware`].
+pub(crate) type WorkerChain = Chain<dyn Layer<Result<Bytes, Status>>>;
 
 /// An installed chain, shared by the clones of a channel or serve options.
 pub(crate) type Chain<M> = Option<Arc<[Arc<M>]>>;

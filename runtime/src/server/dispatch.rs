@@ -11,8 +11,8 @@ use crate::error::Status;
 use crate::schema::MethodKind;
 use crate::schema::ServiceSchema;
 
-use super::context::Context;
 use super::stream::CallStreams;
+use crate::context::Context;
 
 /// A service a worker can serve. Generated `<Service>Server` types implement
 /// it; you pass them to a driver or to [`serve_transport`](crate::serve_transport).

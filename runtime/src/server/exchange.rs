@@ -21,15 +21,6 @@ use super::state::lock;
 /// its task has not yielded since, so the deadline could not drop it.
 pub(super) const STALL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// This process's resident memory, on systems that say (Linux's
-/// `/proc/self/status`).
-pub(super) fn resident_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kilobytes * 1024)
-}
-
 impl<S, T, F> Server<'_, S, T, F>
 where
     S: Dispatch,
@@ -55,7 +46,7 @@ where
                 .filter(|&&since| now > since + STALL_GRACE)
                 .count();
         Health {
-            memory_bytes: resident_memory().unwrap_or(0),
+            memory_bytes: control::resident_memory().unwrap_or(0),
             processed: self
                 .shared
                 .processed

@@ -1,5 +1,5 @@
 //! The worker's side: [`Dispatch`] (implemented by generated servers),
-//! [`Context`], and the serve loop that runs calls concurrently.
+//! the calls it runs with their [`Context`](crate::Context), and the serve loop that runs calls concurrently.
 //!
 //! The serve loop owns the transport. Each `REQUEST` becomes a task running
 //! the generated dispatch future; the task puts its answer in a shared outbox
@@ -24,19 +24,16 @@
 //! timeout set the deadline, has already ended the call with
 
 mod call;
-mod context;
 mod dispatch;
 mod exchange;
 mod options;
 mod receive;
 mod serve;
-mod sink;
 mod state;
 mod stream;
 
 #[cfg(feature = "thread")]
 pub(crate) use self::call::panic_message;
-pub use self::context::Context;
 pub use self::dispatch::{Call, Dispatch};
 pub use self::options::{
     DEFAULT_GREETING_TIMEOUT, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_GREETING_FRAME_LENGTH,
@@ -45,5 +42,4 @@ pub use self::options::{
 pub use self::serve::serve_transport;
 #[cfg(feature = "process")]
 pub(crate) use self::serve::{Ending, serve_connection};
-pub use self::sink::EventSink;
 pub use self::stream::{CallStreams, Incoming, StreamSender};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH};
-use crate::middleware::{Chain, DynServerMiddleware, ServerMiddleware, append};
+use crate::middleware::{ServerMiddleware, WorkerChain, append};
 use crate::window::Window;
 
 /// The default cap on calls a worker runs at once.
@@ -56,7 +56,7 @@ pub struct ServeOptions {
     pub(super) max_greeting_frame_length: usize,
     pub(super) greeting_timeout: Duration,
     pub(super) max_ungreeted_connections: usize,
-    pub(super) middleware: Chain<dyn DynServerMiddleware>,
+    pub(super) middleware: WorkerChain,
     /// The driver serving, as middleware sees it.
     pub(super) driver: &'static str,
 }

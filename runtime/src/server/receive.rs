@@ -5,23 +5,24 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
 use crate::control;
 use crate::error::{FrameError, Status};
+use crate::event::Outlet;
 use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::schema::MethodKind;
 use crate::transport::Transport;
 use crate::window::{ReceiveWindow, SendCredit};
 
-use super::context::Context;
 use super::dispatch::{Call, Dispatch};
 use super::serve::Server;
 use super::state::lock;
 use super::stream::{StreamHandle, StreamState, close_stream};
+use crate::context::Context;
 
 impl<S, T, F> Server<'_, S, T, F>
 where
@@ -105,7 +106,7 @@ where
             deadline,
             attempt,
             trace,
-            connection: Some(Arc::downgrade(&self.shared)),
+            connection: Some(Arc::downgrade(&self.shared) as Weak<dyn Outlet>),
         };
         if self.shutting_down {
             let status = Status::unavailable(format!(

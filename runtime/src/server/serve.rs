@@ -18,7 +18,7 @@ use crate::control::Control;
 use crate::error::{FrameError, Status};
 use crate::frame::Frame;
 use crate::log::{self, Direction};
-use crate::middleware::{CallInfo, Chain, DynServerMiddleware, ServerNext};
+use crate::middleware::{CallInfo, ServerNext, WorkerChain};
 use crate::schema::MethodKind;
 use crate::transport::{FrameWriter, Transport};
 use crate::window::Window;
@@ -124,7 +124,7 @@ pub(super) struct Server<'c, S, T, F> {
     pub(super) max_queued: usize,
     /// What the worker grants each request stream.
     pub(super) window: Window,
-    pub(super) middleware: Chain<dyn DynServerMiddleware>,
+    pub(super) middleware: WorkerChain,
     pub(super) driver: &'static str,
     pub(super) control: Option<&'c dyn Control>,
     /// Whether the handshake is done (or not required).

@@ -3,13 +3,16 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use crate::event::{Gone, Outlet};
 use crate::frame::Frame;
 use crate::idmap::IdMap;
+use crate::log::{self, Direction};
 use crate::name::MethodName;
 use crate::window::SendCredit;
 
@@ -152,4 +155,56 @@ impl State {
 
 pub(super) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     crate::sync::lock(&shared.state)
+}
+
+impl Outlet for Shared {
+    fn max_frame_length(&self) -> usize {
+        self.max_frame_length
+    }
+
+    fn poll_queue_room(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut state = lock(self);
+        if !state.ended && state.sends_full(cx) {
+            return Poll::Pending;
+        }
+        Poll::Ready(())
+    }
+
+    fn event_room(&self) -> &Notify {
+        &self.event_room
+    }
+
+    fn try_send_event(
+        &self,
+        call: u64,
+        method: &MethodName,
+        payload: &mut Bytes,
+    ) -> Result<bool, Gone> {
+        let waker = {
+            let mut state = lock(self);
+            if state.ended {
+                return Err(Gone);
+            }
+            if !state.event_credit.ready() {
+                return Ok(false);
+            }
+            state.event_credit.spend(payload.len());
+            state.sent_bytes += payload.len() + SEND_OVERHEAD;
+            let event = Frame::Event {
+                method: method.clone(),
+                payload: std::mem::take(payload),
+            };
+            log::frame(Direction::WorkerOut, &event, Some(method));
+            state.outbox.push_send(event, call);
+            state.link.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(true)
+    }
+
+    fn is_connected(&self) -> bool {
+        !lock(self).ended
+    }
 }

@@ -21,8 +21,8 @@ use crate::name::MethodName;
 use crate::schema::MethodKind;
 use crate::window::{ReceiveWindow, SendCredit};
 
-use super::context::Context;
 use super::state::{SEND_OVERHEAD, Shared, lock};
+use crate::context::Context;
 
 /// The streams of a call, if it streams: what generated servers hand to
 /// handlers as a [`StreamSender`] or an [`Incoming`] stream.
@@ -127,7 +127,7 @@ impl<T: Message> StreamSender<T> {
     /// Fails with `Cancelled` once the caller stops listening (the call was
     /// cancelled or timed out): a handler should then stop.
     pub async fn send(&self, message: T) -> Result<(), Status> {
-        let payload = crate::__codegen::encode(&message);
+        let payload = crate::message::encode(&message);
         let handle = &self.handle;
         let size = HEADER_LEN + payload.len();
         if size > handle.shared.max_frame_length {

@@ -34,7 +34,7 @@ async fn main() -> Result<(), workerbus::Error> {
     let read_every = std::env::args().nth(2).map_or(READ_EVERY, |ms| {
         Duration::from_millis(ms.parse().expect("milliseconds"))
     });
-    let before = memory("VmRSS");
+    let before = workerbus::resident_memory().expect("resident memory");
     let mut events = EchoEvents::subscribe(&worker.channel());
     let mut flood = {
         let client = client.clone();

@@ -296,23 +296,22 @@ impl fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::__codegen::{method_schema, service_schema};
 
     static METHODS: [MethodSchema; 2] = [
-        method_schema(
+        MethodSchema::new(
             "echo.echo",
             ("echo.Req", 1),
             ("echo.Reply", 2),
             MethodKind::Unary,
         ),
-        method_schema(
+        MethodSchema::new(
             "echo.stats",
             ("google.protobuf.Empty", 3),
             ("echo.Stats", 4),
             MethodKind::ServerStreaming,
         ),
     ];
-    static SCHEMA: ServiceSchema = service_schema("echo.Echo", &METHODS, 99);
+    static SCHEMA: ServiceSchema = ServiceSchema::new("echo.Echo", &METHODS, 99);
 
     #[test]
     fn identical_schemas_do_not_differ() {

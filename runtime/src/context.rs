@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use crate::name::MethodName;
 use crate::trace::TraceContext;
 
-use super::sink::EventSink;
-use super::state::Shared;
+use crate::event::{EventSink, Outlet};
 
 /// What a handler knows about the call it is serving.
 ///
@@ -21,13 +20,13 @@ use super::state::Shared;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Context {
-    pub(super) id: u64,
-    pub(super) method: MethodName,
-    pub(super) deadline: Option<tokio::time::Instant>,
-    pub(super) attempt: u32,
-    pub(super) trace: Option<TraceContext>,
+    pub(crate) id: u64,
+    pub(crate) method: MethodName,
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    pub(crate) attempt: u32,
+    pub(crate) trace: Option<TraceContext>,
     /// The connection the call came on, for the events its handler sends.
-    pub(super) connection: Option<Weak<Shared>>,
+    pub(crate) connection: Option<Weak<dyn Outlet>>,
 }
 
 impl Context {

@@ -3,16 +3,44 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::Weak;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use crate::error::Status;
-use crate::frame::{Frame, HEADER_LEN};
-use crate::log::{self, Direction};
+use crate::frame::HEADER_LEN;
 use crate::name::MethodName;
 
-use super::state::{SEND_OVERHEAD, Shared, lock};
+/// Where an [`EventSink`] writes: the connection a call came on. The serve
+/// loop's connection implements it; events know nothing else of the server.
+pub(crate) trait Outlet: Send + Sync {
+    /// The largest frame the connection may send.
+    fn max_frame_length(&self) -> usize;
+
+    /// Ready once the connection's queue of handlers' sends has room (or the
+    /// connection has ended); otherwise wakes `cx` when it has.
+    fn poll_queue_room(&self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// Notified when the host returns event credit, and when serving ends.
+    fn event_room(&self) -> &Notify;
+
+    /// Queues the event if the host has credit for it (taking `payload`),
+    /// behind the sends of `call`; `Ok(false)` if it has none yet.
+    fn try_send_event(
+        &self,
+        call: u64,
+        method: &MethodName,
+        payload: &mut Bytes,
+    ) -> Result<bool, Gone>;
+
+    /// Whether the connection still serves.
+    fn is_connected(&self) -> bool;
+}
+
+/// The connection an event was for has ended.
+#[derive(Debug)]
+pub(crate) struct Gone;
 
 /// Sends events to the host of a connection; see [`Context::events`](crate::Context::events).
 ///
@@ -23,10 +51,10 @@ use super::state::{SEND_OVERHEAD, Shared, lock};
 /// events down, never fills memory. Events with nobody subscribed on the host are dropped there.
 #[derive(Clone)]
 pub struct EventSink {
-    pub(super) connection: Option<Weak<Shared>>,
+    pub(crate) connection: Option<Weak<dyn Outlet>>,
     /// The call whose handler made the sink: its answer is written after
     /// the events it sent.
-    pub(super) call: u64,
+    pub(crate) call: u64,
 }
 
 impl EventSink {
@@ -55,56 +83,26 @@ impl EventSink {
                 "event {method} not sent: the worker's host is gone"
             ))
         };
-        let Some(shared) = self.connection.as_ref().and_then(Weak::upgrade) else {
+        let Some(outlet) = self.connection.as_ref().and_then(Weak::upgrade) else {
             return Err(gone());
         };
         let size = HEADER_LEN + 2 + method.len() + payload.len();
-        if size > shared.max_frame_length {
+        let max = outlet.max_frame_length();
+        if size > max {
             return Err(Status::resource_exhausted(format!(
-                "event {method} is {size} bytes, over the maximum frame length of {} bytes",
-                shared.max_frame_length
+                "event {method} is {size} bytes, over the maximum frame length of {max} bytes"
             )));
         }
         // Behind the sends already queued, if too many are.
-        poll_fn(|cx| {
-            let mut state = lock(&shared);
-            if !state.ended && state.sends_full(cx) {
-                return Poll::Pending;
-            }
-            Poll::Ready(())
-        })
-        .await;
+        poll_fn(|cx| outlet.poll_queue_room(cx)).await;
         loop {
-            let room = shared.event_room.notified();
+            let room = outlet.event_room().notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            let waker = {
-                let mut state = lock(&shared);
-                if state.ended {
-                    return Err(gone());
-                }
-                if state.event_credit.ready() {
-                    state.event_credit.spend(payload.len());
-                    state.sent_bytes += payload.len() + SEND_OVERHEAD;
-                    let event = Frame::Event {
-                        method: method.clone(),
-                        payload: std::mem::take(&mut payload),
-                    };
-                    log::frame(Direction::WorkerOut, &event, Some(method));
-                    state.outbox.push_send(event, self.call);
-                    Some(state.link.take())
-                } else {
-                    None
-                }
-            };
-            match waker {
-                Some(waker) => {
-                    if let Some(waker) = waker {
-                        waker.wake();
-                    }
-                    return Ok(());
-                }
-                None => room.await,
+            match outlet.try_send_event(self.call, method, &mut payload) {
+                Ok(true) => return Ok(()),
+                Ok(false) => room.await,
+                Err(Gone) => return Err(gone()),
             }
         }
     }
@@ -116,7 +114,7 @@ impl fmt::Debug for EventSink {
             .connection
             .as_ref()
             .and_then(Weak::upgrade)
-            .is_some_and(|shared| !lock(&shared).ended);
+            .is_some_and(|outlet| outlet.is_connected());
         f.debug_struct("EventSink")
             .field("connected", &connected)
             .finish()
