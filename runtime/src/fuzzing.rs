@@ -27,7 +27,7 @@ use crate::control::PROTOCOL_VERSION;
 #[cfg(feature = "process")]
 use crate::driver::process::handshake::{self, Hello};
 #[cfg(feature = "process")]
-use crate::{Dispatch, FrameError, Secret, ServeOptions, ServiceSchema, Status};
+use crate::{Dispatch, Secret, ServeOptions, ServiceSchema, Status};
 
 /// The decoder a process worker reads a peer with until its greeting
 /// succeeds: frames of at most `max` bytes, and no room reserved ahead of
@@ -39,21 +39,8 @@ pub fn greeting_codec(max: usize) -> FrameCodec {
         .growing_with_arrivals()
 }
 
-/// How a connection served by [`serve_named_peer`] ended.
 #[cfg(feature = "process")]
-#[derive(Debug)]
-pub enum PeerEnd {
-    /// The peer closed its end.
-    Closed,
-    /// The peer asked for a shutdown, and every call was answered.
-    Shutdown,
-    /// The serve loop ended with an error: a frame it refused, a peer whose
-    /// greeting it refused, a frame over the greeting's limit...
-    Error(FrameError),
-    /// The worker closed the connection because the peer had not greeted in
-    /// time; the reason, as the worker logs it.
-    Ungreeted(String),
-}
+pub use crate::driver::process::PeerEnd;
 
 /// Serves `io` as a process worker whose secret is `secret` serves a peer of
 /// its named socket, under `options` (among them the greeting's frame limit

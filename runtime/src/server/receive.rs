@@ -20,8 +20,8 @@ use crate::window::{ReceiveWindow, SendCredit};
 
 use super::dispatch::{Call, Dispatch};
 use super::serve::Server;
-use super::state::lock;
-use super::stream::{StreamHandle, StreamState, close_stream};
+use super::state::{StreamState, lock};
+use super::stream::{StreamHandle, close_stream};
 use crate::context::Context;
 
 impl<S, T, F> Server<'_, S, T, F>

@@ -14,9 +14,7 @@ use crate::frame::Frame;
 use crate::idmap::IdMap;
 use crate::log::{self, Direction};
 use crate::name::MethodName;
-use crate::window::SendCredit;
-
-use super::stream::StreamState;
+use crate::window::{ReceiveWindow, SendCredit};
 
 pub(super) struct Shared {
     pub(super) state: Mutex<State>,
@@ -207,4 +205,21 @@ impl Outlet for Shared {
     fn is_connected(&self) -> bool {
         !lock(self).ended
     }
+}
+
+/// The state of one call's streams, in the serve loop.
+pub(super) struct StreamState {
+    pub(super) generation: u64,
+    /// What the handler may still send.
+    pub(super) send: SendCredit,
+    /// The handler, waiting for credit.
+    pub(super) sender: Option<Waker>,
+    /// The host's `ITEM`s not yet taken by the handler.
+    pub(super) inbound: VecDeque<Bytes>,
+    /// The host's request stream has ended.
+    pub(super) ended: bool,
+    /// The request stream's window: items received, taken, credited back.
+    pub(super) receive: ReceiveWindow,
+    /// The handler, waiting for an item.
+    pub(super) receiver: Option<Waker>,
 }

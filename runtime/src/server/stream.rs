@@ -2,15 +2,13 @@
 //! stream, [`Incoming`] for a request stream, and their state in the serve
 //! loop.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 
-use bytes::Bytes;
 use futures_core::Stream;
 use prost::Message;
 
@@ -19,7 +17,6 @@ use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
 use crate::name::MethodName;
 use crate::schema::MethodKind;
-use crate::window::{ReceiveWindow, SendCredit};
 
 use super::state::{SEND_OVERHEAD, Shared, lock};
 use crate::context::Context;
@@ -85,23 +82,6 @@ impl CallStreams {
             ))),
         }
     }
-}
-
-/// The state of one call's streams, in the serve loop.
-pub(super) struct StreamState {
-    pub(super) generation: u64,
-    /// What the handler may still send.
-    pub(super) send: SendCredit,
-    /// The handler, waiting for credit.
-    pub(super) sender: Option<Waker>,
-    /// The host's `ITEM`s not yet taken by the handler.
-    pub(super) inbound: VecDeque<Bytes>,
-    /// The host's request stream has ended.
-    pub(super) ended: bool,
-    /// The request stream's window: items received, taken, credited back.
-    pub(super) receive: ReceiveWindow,
-    /// The handler, waiting for an item.
-    pub(super) receiver: Option<Waker>,
 }
 
 /// Sends a handler's response stream: each [`send`](StreamSender::send)

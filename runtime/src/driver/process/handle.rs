@@ -22,14 +22,18 @@ use crate::name::MethodName;
 use crate::schema::ServiceSchema;
 use crate::sync::lock;
 
+use super::connect::connect_named;
 use super::handshake::{
     self, DETACH as DETACH_NAME, Detached, HELLO as HELLO_NAME, Hello, Secret, Welcome,
 };
-use super::spawn::{NamedSocket, connect_named};
 use super::{ProcessDriver, Worker, sys};
 
 static HELLO: MethodName = MethodName::from_static(HELLO_NAME);
 static DETACH: MethodName = MethodName::from_static(DETACH_NAME);
+
+/// The path of a worker's named socket, once it has one: shared by its
+/// handle and its reaper.
+pub(super) type NamedSocket = Arc<Mutex<Option<PathBuf>>>;
 
 /// How the host holds the worker's process.
 pub(super) enum Process {

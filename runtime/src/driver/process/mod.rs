@@ -14,7 +14,8 @@
 //! directory, and serves only peers of the same user that know the secret.
 //!
 //! The host's side: this module holds the driver's options, `spawn.rs`
-//! starts a worker (or reaches a named one) and reaps it, `handle.rs` is
+//! starts a worker (or reaches a named one) and reaps it, `connect.rs`
+//! makes the host's end of either connection, `handle.rs` is
 //! the [`ProcessWorker`] handle, `handshake.rs` the greeting both sides
 //! check. The worker's side: `worker.rs` serves the connection it was born
 //! with, `admission.rs` holds the peers of its named socket to their
@@ -22,6 +23,7 @@
 //! socket; `sys.rs` holds the system calls.
 
 mod admission;
+mod connect;
 mod handle;
 pub(crate) mod handshake;
 mod socket;
@@ -37,6 +39,8 @@ use std::time::Duration;
 
 pub use self::handle::{DetachedWorker, ProcessWorker};
 pub use self::handshake::Secret;
+#[cfg(fuzzing)]
+pub use self::worker::PeerEnd;
 #[cfg(fuzzing)]
 pub(crate) use self::worker::serve_fuzzed_peer;
 pub use self::worker::{serve, serve_with_options};
@@ -117,7 +121,7 @@ impl ProcessDriver {
             stderr: Stdio::Forward,
             name: None,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
-            shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
+            shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
             serves: Vec::new(),
             channel: ChannelOptions::default(),
         }

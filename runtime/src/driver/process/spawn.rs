@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,15 +15,15 @@ use tokio::process::{Child, ChildStderr};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::client::{Channel, ChannelOptions, ExitWatch};
+use crate::client::Channel;
 use crate::error::{Error, ExitReason};
-use crate::frame::FrameCodec;
 use crate::startup::{SOCKET_DIR_ENV, SOCKET_FD, STARTUP_ENV, StartupData};
 use crate::sync::lock;
 
-use super::handle::Process;
+use super::connect::{connect_named, connect_transport};
+use super::handle::{NamedSocket, Process};
 use super::handshake::Secret;
-use super::{ProcessDriver, ProcessWorker, Stdio, socket, sys, worker};
+use super::{ProcessDriver, ProcessWorker, Stdio, sys, worker};
 
 /// How many lines of a worker's stderr the host keeps for error messages.
 const STDERR_TAIL_LINES: usize = 20;
@@ -242,75 +242,6 @@ pub(super) fn std_stdio(stdio: Stdio) -> std::process::Stdio {
         Stdio::Capture | Stdio::Forward => std::process::Stdio::piped(),
     }
 }
-
-pub(super) type SocketTransport = socket::SocketTransport<tokio::net::UnixStream>;
-
-pub(super) fn connect_transport(
-    socket: std::os::unix::net::UnixStream,
-    options: &ChannelOptions,
-) -> io::Result<SocketTransport> {
-    socket.set_nonblocking(true)?;
-    let socket = tokio::net::UnixStream::from_std(socket)?;
-    Ok(SocketTransport::unix(
-        socket,
-        FrameCodec::new().max_frame_length(options.max_frame_length_value()),
-    ))
-}
-
-/// The process serving a named socket, as the kernel names it.
-pub(super) struct NamedPeer {
-    /// Its process id in this host's pid namespace (0 if it has none here).
-    pub(super) pid: u32,
-    /// Its pidfd, if this system has them.
-    pub(super) handle: Option<sys::ProcessHandle>,
-}
-
-/// Connects to a named socket, after checking it belongs to our user; the
-/// exit watch reports [`ExitReason::Unknown`] once the connection ends.
-pub(super) async fn connect_named(
-    address: &Path,
-    options: &ChannelOptions,
-) -> Result<(Channel, ExitWatch, NamedPeer), Error> {
-    let connect_error = |source: io::Error| Error::Connect {
-        address: address.to_owned(),
-        source,
-    };
-    let socket = tokio::net::UnixStream::connect(address)
-        .await
-        .map_err(connect_error)?;
-    let peer = socket.peer_cred().map_err(connect_error)?;
-    if peer.uid() != sys::user_id() {
-        return Err(connect_error(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("the socket is served by uid {}, not this user", peer.uid()),
-        )));
-    }
-    let pid = peer
-        .pid()
-        .and_then(|pid| u32::try_from(pid).ok())
-        .unwrap_or(0);
-    let handle = match sys::peer_process(socket.as_raw_fd(), pid) {
-        Ok(handle) => Some(handle),
-        Err(error) => {
-            tracing::debug!(address = %address.display(), pid, %error, "no pidfd for the worker: it cannot be killed from here");
-            None
-        }
-    };
-    let socket = socket.into_std().map_err(connect_error)?;
-    let transport = connect_transport(socket, options).map_err(connect_error)?;
-    let (exit_tx, exit_rx) = watch::channel(None);
-    let channel = Channel::connect(transport, options.clone(), None, "process");
-    let closed = channel.watch_closed();
-    tokio::spawn(async move {
-        closed.await;
-        exit_tx.send_replace(Some(ExitReason::Unknown));
-    });
-    Ok((channel, exit_rx, NamedPeer { pid, handle }))
-}
-
-/// The path of a worker's named socket, once it has one: shared by its
-/// handle and its reaper.
-pub(super) type NamedSocket = Arc<Mutex<Option<PathBuf>>>;
 
 /// Owns the child: waits for it to end (killing it when asked) and reports
 /// how, so that no worker is left a zombie and every death has a status.

@@ -479,6 +479,22 @@ where
     }
 }
 
+/// How a connection served by `workerbus::fuzzing::serve_named_peer` ended.
+#[cfg(fuzzing)]
+#[derive(Debug)]
+pub enum PeerEnd {
+    /// The peer closed its end.
+    Closed,
+    /// The peer asked for a shutdown, and every call was answered.
+    Shutdown,
+    /// The serve loop ended with an error: a frame it refused, a peer whose
+    /// greeting it refused, a frame over the greeting's limit...
+    Error(FrameError),
+    /// The worker closed the connection because the peer had not greeted in
+    /// time; the reason, as the worker logs it.
+    Ungreeted(String),
+}
+
 /// Serves `io` as a worker whose secret is `secret` serves a peer of its
 /// named socket, with `options`' limits on a peer that has not greeted: the
 /// code the accept loop runs for each connection, for the fuzz targets
@@ -490,12 +506,11 @@ pub(crate) async fn serve_fuzzed_peer<S, T>(
     service: S,
     options: ServeOptions,
     secret: Secret,
-) -> crate::fuzzing::PeerEnd
+) -> PeerEnd
 where
     S: Dispatch,
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    use crate::fuzzing::PeerEnd;
     let options = options.driver("process");
     let shared = Arc::new(WorkerShared {
         name: "fuzzed".into(),
