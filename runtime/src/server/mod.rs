@@ -1,5 +1,6 @@
-//! The worker's side: [`Dispatch`] (implemented by generated servers),
-//! the calls it runs with their [`Context`](crate::Context), and the serve loop that runs calls concurrently.
+//! The worker's side: [`Dispatch`] (implemented by generated servers), and
+//! the serve loop that runs calls concurrently, each with its
+//! [`Context`](crate::Context).
 //!
 //! The serve loop owns the transport. Each `REQUEST` becomes a task running
 //! the generated dispatch future; the task puts its answer in a shared outbox
