@@ -29,6 +29,7 @@ impl MethodName {
     }
 
     /// A name from bytes received on the wire, if they are UTF-8.
+    #[inline]
     pub(crate) fn from_utf8(bytes: Bytes) -> Result<MethodName, std::str::Utf8Error> {
         // Names are ASCII in practice, and checking that costs a fraction of
         // the full check on a string this short (read once per request).

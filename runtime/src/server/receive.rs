@@ -11,7 +11,6 @@ use bytes::Bytes;
 
 use crate::control;
 use crate::error::{FrameError, Status};
-use crate::event::Outlet;
 use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::schema::MethodKind;
@@ -106,7 +105,7 @@ where
             deadline,
             attempt,
             trace,
-            connection: Some(Arc::downgrade(&self.shared) as Weak<dyn Outlet>),
+            connection: Some(Weak::clone(&self.outlet)),
         };
         if self.shutting_down {
             let status = Status::unavailable(format!(

@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 
 use crate::control::Control;
 use crate::error::{FrameError, Status};
+use crate::event::Outlet;
 use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, ServerNext, WorkerChain};
@@ -86,6 +87,7 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
         dispatch: S::dispatch,
         spare: None,
         inline,
+        outlet: Arc::downgrade(&shared) as Weak<dyn Outlet>,
         shared,
         transport,
         backlog: VecDeque::new(),
@@ -115,6 +117,9 @@ pub(super) struct Server<'c, S, T, F> {
     /// Whether handlers get their first poll in the serve loop.
     pub(super) inline: bool,
     pub(super) shared: Arc<Shared>,
+    /// `shared`, as the connection a call's events go to: cloned for each
+    /// call's context (cheaper than a downgrade each time).
+    pub(super) outlet: Weak<dyn Outlet>,
     pub(super) transport: T,
     /// Requests waiting for a free slot, in arrival order.
     pub(super) backlog: VecDeque<(u64, Call)>,
