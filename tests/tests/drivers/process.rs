@@ -24,7 +24,7 @@ use workerbus_tests::support::{
     KillOnDrop, fill_pipe, secret_bytes, sigkill, sigterm, with_few_files,
 };
 
-const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+use crate::ECHO_WORKER;
 
 fn driver() -> ProcessDriver {
     ProcessDriver::new(ECHO_WORKER).serves(EchoClient::SCHEMA)

@@ -12,7 +12,7 @@ use workerbus::{
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{CountRequest, EchoClient, EchoEvents, EchoRequest, EchoServer};
 
-const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+use crate::ECHO_WORKER;
 
 #[test]
 fn names_traces_frames_and_options_describe_themselves() {

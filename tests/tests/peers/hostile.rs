@@ -8,7 +8,7 @@
 //! socket that greet it properly and then break the protocol. Each is
 //! disconnected; the worker serves the next peer as before. (A wrong secret
 //! or protocol version, garbage and calls before the handshake are in
-//! `process_driver.rs`, `hostile_peers`.)
+//! `drivers/process.rs`, `hostile_peers`.)
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -26,8 +26,9 @@ use workerbus_tests::cases;
 use workerbus_tests::pb::echo::{AnnounceRequest, EchoClient, EchoReply, EchoRequest};
 use workerbus_tests::support::{KillOnDrop, greeted};
 
+use crate::ECHO_WORKER;
+
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile-worker");
-const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
 
 fn driver(mode: &str) -> ProcessDriver {
     ProcessDriver::new(HOSTILE).arg(format!("--mode={mode}"))

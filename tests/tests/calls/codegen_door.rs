@@ -20,7 +20,7 @@ use workerbus_tests::pb::echo::{
     echo_events_service,
 };
 
-const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+use crate::ECHO_WORKER;
 
 /// A method description made at run time, as generated code makes one at
 /// compile time.

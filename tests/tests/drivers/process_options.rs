@@ -21,7 +21,7 @@ use workerbus_tests::pb::echo::{
     EchoClient, EchoRequest, ObserveRequest, SleepRequest, SleepState,
 };
 
-const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+use crate::ECHO_WORKER;
 
 /// What `/proc` says of a process.
 struct Proc {

@@ -1,53 +1,14 @@
-//! The Logging middleware's spans, as a subscriber sees them: one per call
-//! on each side, the worker's joined to the host's. (Its own test binary:
-//! it installs the process's global subscriber, which the worker thread
-//! logs into too.)
+//! One span per call on each side, the worker's a child of the host's. (It
+//! installs the process's global subscriber, which the worker thread logs
+//! into too.)
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::{Layer, Registry};
+use tracing_subscriber::Registry;
+use tracing_subscriber::layer::SubscriberExt;
 use workerbus::{Logging, ServeOptions, ThreadDriver};
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{EchoClient, EchoRequest, EchoServer};
 
-type Fields = BTreeMap<String, String>;
-
-/// Keeps every `workerbus.call` span's fields, as recorded.
-#[derive(Clone, Default)]
-struct Recorder {
-    spans: Arc<Mutex<BTreeMap<u64, Fields>>>,
-}
-
-struct Visitor<'a>(&'a mut Fields);
-
-impl Visit for Visitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(
-            field.name().to_owned(),
-            format!("{value:?}").trim_matches('"').to_owned(),
-        );
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Recorder {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _cx: Context<'_, S>) {
-        if attrs.metadata().name() == "workerbus.call" {
-            let mut fields = Fields::new();
-            attrs.record(&mut Visitor(&mut fields));
-            self.spans.lock().unwrap().insert(id.into_u64(), fields);
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _cx: Context<'_, S>) {
-        if let Some(fields) = self.spans.lock().unwrap().get_mut(&id.into_u64()) {
-            values.record(&mut Visitor(fields));
-        }
-    }
-}
+use crate::{Fields, Recorder};
 
 #[tokio::test]
 async fn each_side_has_a_span_and_the_workers_is_a_child_of_the_hosts() {
@@ -67,7 +28,13 @@ async fn each_side_has_a_span_and_the_workers_is_a_child_of_the_hosts() {
     client.echo(request).await.unwrap();
     worker.shutdown().await;
 
-    let spans: Vec<Fields> = recorder.spans.lock().unwrap().values().cloned().collect();
+    let spans: Vec<Fields> = recorder
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, fields)| fields.clone())
+        .collect();
     let side = |name: &str| {
         spans
             .iter()

@@ -16,7 +16,8 @@ use workerbus::{
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{EchoClient, EchoReply, EchoRequest, EchoServer, SleepRequest};
 
-const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+use crate::ECHO_WORKER;
+
 const MAX: usize = 4096;
 const TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -24,7 +24,8 @@ use workerbus::{
 use workerbus_tests::cases;
 use workerbus_tests::support::{KillOnDrop, greeted, secret_bytes};
 
-const ECHO_WORKER: &str = env!("CARGO_BIN_EXE_echo-worker");
+use crate::ECHO_WORKER;
+
 const SILENT_PEERS: &str = env!("CARGO_BIN_EXE_silent-peers");
 
 /// Starts an echo worker under the shell's `limits` (`ulimit` commands, or
