@@ -61,3 +61,20 @@ pub trait Worker: Send + Sync + 'static {
         None
     }
 }
+
+/// How the worker whose end `exit` reports ended, once it has: a future
+/// that borrows nothing, so it can be awaited after the worker's handle is
+/// dropped. Every handle's `watch_exit`.
+#[cfg(any(feature = "thread", feature = "process"))]
+pub(crate) fn watch_exit(
+    exit: &crate::client::ExitWatch,
+) -> impl Future<Output = ExitReason> + Send + 'static {
+    let mut exit = exit.clone();
+    async move {
+        let reason = exit.wait_for(Option::is_some).await;
+        reason
+            .ok()
+            .and_then(|reason| reason.clone())
+            .unwrap_or(ExitReason::Unknown)
+    }
+}

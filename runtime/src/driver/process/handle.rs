@@ -124,14 +124,7 @@ impl ProcessWorker {
     /// [`exited`](Self::exited) as a future that does not borrow the handle:
     /// it can be awaited after the handle (and so the worker) is dropped.
     pub fn watch_exit(&self) -> impl Future<Output = ExitReason> + Send + 'static {
-        let mut exit = self.exit.clone();
-        async move {
-            let reason = exit.wait_for(Option::is_some).await;
-            reason
-                .ok()
-                .and_then(|reason| reason.clone())
-                .unwrap_or(ExitReason::Unknown)
-        }
+        crate::driver::watch_exit(&self.exit)
     }
 
     /// The path of the worker's named socket, once it has one: after
