@@ -111,7 +111,7 @@ pub use self::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use self::server::{
     Call, CallStreams, DEFAULT_GREETING_TIMEOUT, DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_GREETING_FRAME_LENGTH, DEFAULT_MAX_QUEUED_CALLS, DEFAULT_MAX_UNGREETED_CONNECTIONS,
-    Dispatch, Incoming, ServeOptions, StreamSender, serve_transport,
+    Dispatch, Incoming, ServeOptions, Services, StreamSender, serve_transport,
 };
 #[cfg(feature = "process")]
 pub use self::startup::{SOCKET_DIR_ENV, STARTUP_ENV, StartupData, startup_data};

@@ -17,9 +17,9 @@ use crate::context::Context;
 /// A service a worker can serve. Generated `<Service>Server` types implement
 /// it; you pass them to a driver or to [`serve_transport`](crate::serve_transport).
 ///
-/// A pair of services is a service too: `(EmbedderServer::new(e),
-/// ModelServer::new(m))` serves both from one worker, a call going to the
-/// one that has its message name. Nest pairs for more.
+/// Several services are a service too: [`Services`] serves them from one
+/// worker, a call going to the one that has its message name. So is a pair,
+/// `(EmbedderServer::new(e), ModelServer::new(m))`, which `Services` nests.
 pub trait Dispatch: Send + Sync + 'static {
     /// The schema of the service, as generated from its `.proto` (of the
     /// first service, for a pair).
@@ -44,6 +44,72 @@ pub trait Dispatch: Send + Sync + 'static {
         &self,
         call: Call,
     ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<Self>;
+}
+
+/// The services one worker serves, added one at a time; a call goes to the
+/// first that has its message name, and a name none has is answered
+/// `Unimplemented`, naming every service and its methods. It costs what the
+/// pairs it nests cost: a look-up in each service's schema, in the order
+/// added, until one has the name.
+///
+/// ```no_run
+/// # use workerbus::{Call, Dispatch, ServiceSchema, Status};
+/// # struct EmbedderServer;
+/// # struct ModelServer;
+/// # static EMBEDDER: ServiceSchema = workerbus::__codegen::service_schema("embedder.Embedder", &[], 1);
+/// # static MODEL: ServiceSchema = workerbus::__codegen::service_schema("model.Model", &[], 2);
+/// # impl Dispatch for EmbedderServer {
+/// #     fn schema(&self) -> &'static ServiceSchema { &EMBEDDER }
+/// #     fn dispatch(&self, _: Call) -> impl Future<Output = Result<bytes::Bytes, Status>> + Send + 'static + use<> { async { unreachable!() } }
+/// # }
+/// # impl Dispatch for ModelServer {
+/// #     fn schema(&self) -> &'static ServiceSchema { &MODEL }
+/// #     fn dispatch(&self, _: Call) -> impl Future<Output = Result<bytes::Bytes, Status>> + Send + 'static + use<> { async { unreachable!() } }
+/// # }
+/// use workerbus::Services;
+///
+/// # async fn run() -> Result<(), workerbus::Error> {
+/// // The worker's main: generated servers, each around its handler.
+/// let services = Services::new(EmbedderServer).add(ModelServer);
+/// workerbus::serve(services).await
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Services<S>(S);
+
+impl<S: Dispatch> Services<S> {
+    /// The services of a worker, starting with `first`.
+    pub fn new(first: S) -> Services<S> {
+        Services(first)
+    }
+
+    /// Adds `next`, after the services already added.
+    #[allow(clippy::should_implement_trait)] // not an arithmetic `+`
+    pub fn add<T: Dispatch>(self, next: T) -> Services<(S, T)> {
+        Services((self.0, next))
+    }
+}
+
+impl<S: Dispatch> Dispatch for Services<S> {
+    fn schema(&self) -> &'static ServiceSchema {
+        self.0.schema()
+    }
+
+    fn schemas(&self) -> Vec<&'static ServiceSchema> {
+        self.0.schemas()
+    }
+
+    fn serves(&self, method: &str) -> bool {
+        self.0.serves(method)
+    }
+
+    #[inline]
+    fn dispatch(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<S> {
+        self.0.dispatch(call)
+    }
 }
 
 impl<A: Dispatch, B: Dispatch> Dispatch for (A, B) {

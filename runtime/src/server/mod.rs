@@ -35,7 +35,7 @@ mod stream;
 
 #[cfg(feature = "thread")]
 pub(crate) use self::call::panic_message;
-pub use self::dispatch::{Call, Dispatch};
+pub use self::dispatch::{Call, Dispatch, Services};
 pub use self::options::{
     DEFAULT_GREETING_TIMEOUT, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_GREETING_FRAME_LENGTH,
     DEFAULT_MAX_QUEUED_CALLS, DEFAULT_MAX_UNGREETED_CONNECTIONS, ServeOptions,

@@ -9,7 +9,7 @@ use futures_util::SinkExt;
 use prost::Message;
 use workerbus::{
     Call, Code, Context, Dispatch, Frame, MemoryTransport, MethodKind, MethodName, ServeOptions,
-    Status, ThreadDriver, serve_transport,
+    Services, Status, ThreadDriver, serve_transport,
 };
 use workerbus_tests::pb::echo::{EchoReply, EchoServer, MissingServer};
 use workerbus_tests::{EchoWorker, cases};
@@ -70,6 +70,52 @@ async fn a_pair_of_services_is_served_by_one_worker() {
         }
         other => panic!("expected Unimplemented, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn services_added_one_at_a_time_are_served_by_one_worker_in_the_order_added() {
+    use workerbus_tests::pb::echo::MissingClient;
+
+    let services = Services::new(MissingServer::new(Nothing))
+        .add(EchoServer::new(EchoWorker::new()))
+        .add(MissingServer::new(Nothing));
+    let names: Vec<&str> = services.schemas().iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["echo.Missing", "echo.Echo", "echo.Missing"]);
+    assert!(services.serves("echo.echo") && services.serves("missing.nothing"));
+    assert!(!services.serves("echo.unknown"));
+    // The builder is the pairs it nests, nothing more.
+    assert_eq!(
+        std::mem::size_of_val(&services),
+        std::mem::size_of::<(
+            (MissingServer<Nothing>, EchoServer<EchoWorker>),
+            MissingServer<Nothing>
+        )>()
+    );
+
+    let worker = ThreadDriver::new().spawn(services).await.unwrap();
+    cases::unary_round_trip(&worker.channel()).await;
+    MissingClient::new(worker.channel())
+        .nothing(())
+        .await
+        .unwrap();
+
+    // A message name none has is answered naming each service.
+    let (mut host, _served) = serve_with(
+        Services::new(EchoServer::new(EchoWorker::new())).add(MissingServer::new(Nothing)),
+        ServeOptions::new(),
+    );
+    host.send(request(1, "echo.unknown", &())).await.unwrap();
+    let status = status_of(&mut host, 1).await;
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(
+        status.message().starts_with(
+            "echo.unknown is not a method of any service this worker serves: echo.Echo (echo.echo, "
+        ) && status
+            .message()
+            .ends_with("; echo.Missing (missing.nothing)"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
