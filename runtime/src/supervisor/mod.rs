@@ -434,7 +434,6 @@ impl fmt::Debug for SupervisedWorker {
         f.debug_struct("SupervisedWorker")
             .field("name", &self.name)
             .field("restarts", &self.restarts())
-            .field("pid", &self.pid())
             .field("last_exit", &self.last_exit())
             .field("running", &self.is_running())
             .finish_non_exhaustive()
