@@ -24,7 +24,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .serves(EmbedderClient::SCHEMA)
         .spawn()
         .await?;
-    println!("worker process {} started", worker.pid());
+    let pid = worker.pid().expect("a spawned worker has a process id");
+    println!("worker process {pid} started");
     let embedder = EmbedderClient::new(worker.channel());
 
     let response = embedder
@@ -34,9 +35,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })
         .await?;
     println!(
-        "one vector of {} dimensions, from process {}",
+        "one vector of {} dimensions, from process {pid}",
         response.vectors[0].values.len(),
-        worker.pid()
     );
     let health = embedder.health(HealthRequest {}).await?;
     println!("the worker has embedded {} texts", health.processed_count);

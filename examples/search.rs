@@ -303,10 +303,17 @@ async fn index(app: &SearchApp, args: &Args) -> Result<Indexed, Box<dyn std::err
 
 fn describe(event: &SupervisorEvent) -> String {
     match event {
-        SupervisorEvent::Started { worker, restarts } => {
-            format!("{worker} started (restarts so far: {restarts})")
+        SupervisorEvent::Started {
+            worker,
+            restarts,
+            pid,
+        } => {
+            let pid = pid.unwrap_or_default();
+            format!("{worker} started as process {pid} (restarts so far: {restarts})")
         }
-        SupervisorEvent::Exited { worker, exit } => format!("{worker} {exit}"),
+        SupervisorEvent::Exited { worker, exit, pid } => {
+            format!("{worker} (process {}) {exit}", pid.unwrap_or_default())
+        }
         SupervisorEvent::Restarting {
             worker,
             delay,

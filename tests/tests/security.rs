@@ -60,7 +60,7 @@ async fn detached(driver: ProcessDriver) -> (DetachedWorker, PathBuf, KillOnDrop
     let worker = driver.spawn().await.expect("spawn");
     let detached = worker.detach().await.expect("detach");
     let address = detached.address().to_owned();
-    let guard = KillOnDrop(detached.pid());
+    let guard = KillOnDrop(detached.pid().unwrap());
     (detached, address, guard)
 }
 
@@ -193,10 +193,10 @@ async fn the_secret_is_in_no_command_line_environment_or_log() {
         .stderr(Stdio::Capture);
     let mut worker = driver.spawn().await.expect("spawn");
     let mut stderr = worker.take_stderr().expect("captured stderr");
-    let pid = worker.pid();
+    let pid = worker.pid().expect("a spawned worker has a process id");
     cases::unary_round_trip(&worker.channel()).await;
     let detached = worker.detach().await.expect("detach");
-    let _kill = KillOnDrop(detached.pid());
+    let _kill = KillOnDrop(detached.pid().unwrap());
     let secret = detached.secret().to_hex();
     let secret_bytes = secret_bytes(detached.secret());
 

@@ -675,7 +675,7 @@ async fn chaos(
             }
         };
         let exit = next_event(&mut events, &target.name, "Exited", |event| match event {
-            SupervisorEvent::Exited { worker, exit } if *worker == target.name => {
+            SupervisorEvent::Exited { worker, exit, .. } if *worker == target.name => {
                 Some(exit.clone())
             }
             _ => None,

@@ -33,7 +33,6 @@ mod stream;
 mod tests;
 
 pub use self::channel::Channel;
-#[cfg(any(feature = "thread", feature = "process"))]
 pub(crate) use self::link::ExitWatch;
 pub(crate) use self::options::MethodDefaults;
 pub(crate) use self::options::Resolved;

@@ -46,7 +46,9 @@ pub trait Worker: Send + Sync + 'static {
     /// A channel to the worker.
     fn channel(&self) -> Channel;
 
-    /// Resolves when the worker has ended, with how.
+    /// Waits until the worker has ended and says how, as a future that does
+    /// not borrow the handle: it can be awaited after the handle (and so the
+    /// worker) is dropped.
     fn watch_exit(&self) -> impl Future<Output = ExitReason> + Send + 'static;
 
     /// Stops the worker gracefully (calls in flight finish within the
@@ -56,7 +58,9 @@ pub trait Worker: Send + Sync + 'static {
     /// Stops the worker now.
     fn kill(&self);
 
-    /// The worker's process id, if it runs in a process of its own.
+    /// The worker's process id, if it runs in a process of its own: `None`
+    /// for a thread worker (the default), or for a process without an id in
+    /// this host's pid namespace.
     fn pid(&self) -> Option<u32> {
         None
     }
@@ -64,11 +68,10 @@ pub trait Worker: Send + Sync + 'static {
 
 /// How the worker whose end `exit` reports ended, once it has: a future
 /// that borrows nothing, so it can be awaited after the worker's handle is
-/// dropped. Every handle's `watch_exit`.
-#[cfg(any(feature = "thread", feature = "process"))]
+/// dropped. Every handle's `watch_exit`, the supervised worker's too.
 pub(crate) fn watch_exit(
     exit: &crate::client::ExitWatch,
-) -> impl Future<Output = ExitReason> + Send + 'static {
+) -> impl Future<Output = ExitReason> + Send + 'static + use<> {
     let mut exit = exit.clone();
     async move {
         let reason = exit.wait_for(Option::is_some).await;

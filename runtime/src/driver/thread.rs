@@ -231,6 +231,10 @@ impl Worker for ThreadWorker {
     fn kill(&self) {
         ThreadWorker::kill(self);
     }
+
+    fn pid(&self) -> Option<u32> {
+        ThreadWorker::pid(self)
+    }
 }
 
 impl Default for ThreadDriver {
@@ -314,6 +318,12 @@ impl ThreadWorker {
     /// The worker's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The worker's process id: always `None`, for a thread worker runs in
+    /// the host's process. Every worker handle has it, with this type.
+    pub fn pid(&self) -> Option<u32> {
+        None
     }
 
     /// How the worker ended, or `None` while it runs.

@@ -52,6 +52,30 @@ const EVENT_CAPACITY: usize = 1024;
 
 /// What happened to a supervised worker, as reported to
 /// [`Supervisor::subscribe`] (and logged through `tracing`).
+///
+/// The events about one worker process (or thread) starting or ending,
+/// `Started`, `Exited` and `ConnectionLost`, carry its `pid`, so that the
+/// events of one restart can be told from those of the next:
+///
+/// ```no_run
+/// use workerbus::{ProcessDriver, RestartPolicy, Supervisor, SupervisorEvent};
+///
+/// # async fn example() -> Result<(), workerbus::Error> {
+/// let supervisor = Supervisor::new();
+/// let mut events = supervisor.subscribe();
+/// let embedder = supervisor
+///     .supervise("embedder", ProcessDriver::new("target/debug/embedder"), RestartPolicy::new())
+///     .await?;
+/// while let Ok(event) = events.recv().await {
+///     match event {
+///         SupervisorEvent::Started { worker, pid, .. } => println!("{worker} started as {pid:?}"),
+///         SupervisorEvent::Exited { worker, exit, pid } => println!("{worker} ({pid:?}) {exit}"),
+///         _ => {}
+///     }
+/// }
+/// # drop(embedder);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum SupervisorEvent {
@@ -61,6 +85,9 @@ pub enum SupervisorEvent {
         worker: String,
         /// How many times it has been restarted so far.
         restarts: u32,
+        /// The process id of the worker that started, as its handle's
+        /// `pid()` gives it: `None` for a thread worker.
+        pid: Option<u32>,
     },
     /// A worker ended.
     Exited {
@@ -68,6 +95,9 @@ pub enum SupervisorEvent {
         worker: String,
         /// How.
         exit: ExitReason,
+        /// The process id of the worker that ended (the one its `Started`
+        /// named): `None` for a thread worker.
+        pid: Option<u32>,
     },
     /// A worker will be restarted after `delay`.
     Restarting {
@@ -115,6 +145,8 @@ pub enum SupervisorEvent {
     ConnectionLost {
         /// The worker's name.
         worker: String,
+        /// The process id of the worker killed: `None` for a thread worker.
+        pid: Option<u32>,
     },
     /// A worker missed a health check, or has a call stuck past its deadline.
     Unresponsive {
@@ -291,14 +323,71 @@ impl SupervisedWorker {
         self.stats.restarts.load(Ordering::Relaxed)
     }
 
-    /// How the worker last ended, if it has.
+    /// How the last worker process (or thread) ended, if one has: unlike
+    /// [`exit_reason`](Self::exit_reason), set at each of its ends, while
+    /// the supervisor restarts it.
     pub fn last_exit(&self) -> Option<ExitReason> {
         lock(&self.stats.last_exit).clone()
+    }
+
+    /// How the worker ended, or `None` while it runs.
+    ///
+    /// A supervised worker has ended when it is [down](Self::is_down) for
+    /// good (its supervisor gave up on it, its policy does not restart it,
+    /// or the supervisor shut down), not when one of its processes ends and
+    /// is replaced: it then says how its last process (or thread) ended,
+    /// [`ExitReason::Unknown`] if none ever did.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.stats.ended.borrow().clone()
+    }
+
+    /// Waits until the worker has ended and says how (see
+    /// [`exit_reason`](Self::exit_reason) for when a supervised worker
+    /// ends).
+    ///
+    /// ```no_run
+    /// use workerbus::{ProcessDriver, Restart, RestartPolicy, Supervisor};
+    ///
+    /// # async fn example() -> Result<(), workerbus::Error> {
+    /// let supervisor = Supervisor::new();
+    /// let job = supervisor
+    ///     .supervise(
+    ///         "job",
+    ///         ProcessDriver::new("target/debug/job"),
+    ///         RestartPolicy::new().restart(Restart::Transient),
+    ///     )
+    ///     .await?;
+    /// let exit = job.exited().await; // after its last restart
+    /// println!("job {exit}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn exited(&self) -> ExitReason {
+        self.watch_exit().await
+    }
+
+    /// [`exited`](Self::exited) as a future that does not borrow the handle:
+    /// it can be awaited after the handle is dropped.
+    pub fn watch_exit(&self) -> impl Future<Output = ExitReason> + Send + 'static {
+        crate::driver::watch_exit(&self.stats.ended.subscribe())
     }
 
     /// The current worker's process id, if it runs in a process of its own
     /// (the last one's, between restarts). A new worker's id is recorded
     /// before the worker takes its first call.
+    ///
+    /// ```no_run
+    /// use workerbus::{ProcessDriver, RestartPolicy, Supervisor};
+    ///
+    /// # async fn example() -> Result<(), workerbus::Error> {
+    /// let supervisor = Supervisor::new();
+    /// let embedder = supervisor
+    ///     .supervise("embedder", ProcessDriver::new("target/debug/embedder"), RestartPolicy::new())
+    ///     .await?;
+    /// let before = embedder.pid();
+    /// embedder.kill(); // restarted: a new process, a new id
+    /// # drop(before);
+    /// # Ok(()) }
+    /// ```
     pub fn pid(&self) -> Option<u32> {
         Some(self.stats.pid.load(Ordering::Acquire)).filter(|&pid| pid != 0)
     }
@@ -351,12 +440,33 @@ impl fmt::Debug for SupervisedWorker {
     }
 }
 
-#[derive(Default)]
 struct Stats {
     restarts: AtomicU32,
     last_exit: Mutex<Option<ExitReason>>,
     /// The current worker's process id; 0 if none or not a process.
     pid: AtomicU32,
+    /// How the worker ended, once it is down for good.
+    ended: tokio::sync::watch::Sender<Option<ExitReason>>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            restarts: AtomicU32::new(0),
+            last_exit: Mutex::new(None),
+            pid: AtomicU32::new(0),
+            ended: tokio::sync::watch::Sender::new(None),
+        }
+    }
+}
+
+impl Stats {
+    /// Records that the worker is down for good, ended as its last process
+    /// (or thread) did.
+    fn ended(&self) {
+        let exit = lock(&self.last_exit).clone().unwrap_or(ExitReason::Unknown);
+        self.ended.send_replace(Some(exit));
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

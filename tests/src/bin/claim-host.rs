@@ -34,12 +34,13 @@ async fn main() -> Result<(), workerbus::Error> {
         .stderr(Stdio::Null)
         .spawn()
         .await?;
-    let spawned_pid = spawned.pid();
+    let spawned_pid = spawned.pid().expect("a spawned worker has a process id");
     let detached = spawned.detach().await?;
     let connected = ProcessDriver::new(&program)
         .connect(detached.address(), detached.secret())
         .await?;
-    println!("{spawned_pid} {}", connected.pid());
+    let connected_pid = connected.pid().expect("the socket's peer has a process id");
+    println!("{spawned_pid} {connected_pid}");
     connected.kill();
     if tokio::time::timeout(Duration::from_secs(20), connected.exited())
         .await

@@ -46,7 +46,7 @@ async fn main() -> Result<(), workerbus::Error> {
         "{} {} {}",
         detached.address().display(),
         detached.secret().to_hex(),
-        detached.pid()
+        detached.pid().expect("a detached worker has a process id")
     );
     Ok(())
 }

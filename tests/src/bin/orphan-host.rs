@@ -37,7 +37,8 @@ async fn main() -> Result<(), workerbus::Error> {
                 .await;
         });
     }
-    println!("{}", worker.pid());
+    let pid = worker.pid().expect("a spawned worker has a process id");
+    println!("{pid}");
     std::io::stdout().flush().expect("stdout");
     std::future::pending::<()>().await;
     Ok(())

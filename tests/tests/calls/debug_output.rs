@@ -273,9 +273,9 @@ async fn process_workers_describe_themselves_without_their_secret() {
     let running = format!("{worker:?}");
     assert!(
         running.starts_with(&format!(
-            "ProcessWorker {{ name: \"secretive\", pid: {}, exit: None, address: None, \
+            "ProcessWorker {{ name: \"secretive\", pid: Some({}), exit: None, address: None, \
              channel: Channel {{ ",
-            worker.pid()
+            worker.pid().expect("a spawned worker has a process id")
         )),
         "{running}"
     );

@@ -251,7 +251,7 @@ async fn sigkill_fails_every_call_in_flight_with_the_signal_promptly() {
         for i in 0..20 {
             cases::observe(&channel, &format!("killed {i}"), SleepState::Started).await;
         }
-        sigkill(worker.pid());
+        sigkill(worker.pid().unwrap());
         Instant::now()
     };
     let (results, killed_at) = tokio::join!(calls, kill);
@@ -347,7 +347,7 @@ async fn shutdown_kills_a_worker_that_outlasts_the_grace_period() {
 #[tokio::test]
 async fn dropping_every_handle_ends_the_worker_and_reaps_it() {
     let worker = spawn().await;
-    let pid = worker.pid();
+    let pid = worker.pid().expect("a spawned worker has a process id");
     let channel = worker.channel();
     cases::unary_round_trip(&channel).await;
     let exit = worker.watch_exit();
@@ -534,7 +534,7 @@ async fn a_detached_worker_outlives_its_host_and_another_host_reconnects() {
         .connect(&address, &secret)
         .await
         .expect("reconnect");
-    assert_eq!(worker.pid(), pid);
+    assert_eq!(worker.pid(), Some(pid));
     cases::unary_round_trip(&worker.channel()).await;
     cases::remote_status_is_intact(&worker.channel()).await;
 
@@ -647,7 +647,7 @@ async fn sigterm_ends_a_worker_as_a_shutdown_does() {
     let call = client.sleep(sleep_request("terminated", 200));
     let terminate = async {
         cases::observe(&channel, "terminated", SleepState::Started).await;
-        sigterm(worker.pid());
+        sigterm(worker.pid().unwrap());
         tokio::time::timeout(Duration::from_secs(20), worker.exited())
             .await
             .expect("the worker ends within 20 s of SIGTERM")
@@ -701,7 +701,7 @@ async fn a_disconnected_worker_killed_by_its_host_leaves_no_socket_behind() {
 #[tokio::test]
 async fn a_worker_making_its_named_socket_removes_those_of_workers_that_are_gone() {
     let first = spawn().await.detach().await.expect("detach");
-    let _first_guard = KillOnDrop(first.pid());
+    let _first_guard = KillOnDrop(first.pid().unwrap());
     let private = first.address().parent().unwrap().parent().unwrap();
     // What a worker killed by a signal leaves: its socket, bound and never
     // removed, in a directory named after its pid, which no process has now.
@@ -725,7 +725,7 @@ async fn a_worker_making_its_named_socket_removes_those_of_workers_that_are_gone
     std::fs::write(not_a_socket.join("socket"), b"").unwrap();
 
     let second = spawn().await.detach().await.expect("detach");
-    let _second_guard = KillOnDrop(second.pid());
+    let _second_guard = KillOnDrop(second.pid().unwrap());
 
     assert!(!left.exists(), "{} is left behind", left.display());
     assert!(
@@ -819,7 +819,7 @@ async fn hostile_peers(address: &Path, secret: &Secret) {
 #[tokio::test]
 async fn disconnect_and_reconnect_keep_the_same_worker() {
     let mut worker = spawn().await;
-    let pid = worker.pid();
+    let pid = worker.pid().expect("a spawned worker has a process id");
     let old = worker.channel();
     cases::unary_round_trip(&old).await;
     worker.disconnect().await.expect("disconnect");
@@ -830,7 +830,7 @@ async fn disconnect_and_reconnect_keep_the_same_worker() {
     assert!(matches!(error, Error::Disconnected { .. }), "{error:?}");
     assert_eq!(worker.exit_reason(), None, "the worker still runs");
     worker.reconnect().await.expect("reconnect");
-    assert_eq!(worker.pid(), pid);
+    assert_eq!(worker.pid(), Some(pid));
     cases::unary_round_trip(&worker.channel()).await;
     assert_eq!(worker.shutdown().await, ExitReason::Code(0));
 }
@@ -881,7 +881,8 @@ async fn a_process_worker_reports_its_own_memory_and_calls() {
     assert_eq!(report.processed, 1);
     if cfg!(target_os = "linux") {
         // The worker's resident memory, not the host's.
-        let status = std::fs::read_to_string(format!("/proc/{}/status", worker.pid())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", worker.pid().unwrap())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         let reported_kb = report.memory_bytes / 1024;

@@ -79,7 +79,7 @@ async fn arguments_environment_and_working_directory_reach_the_worker() {
         .spawn()
         .await
         .expect("spawn");
-    let seen = proc_of(worker.pid());
+    let seen = proc_of(worker.pid().unwrap());
     assert_eq!(
         seen.args[1..],
         ["--first", "--second", "third", "--fourth"],
@@ -108,7 +108,7 @@ async fn a_cleared_environment_holds_only_what_the_driver_sets() {
         .spawn()
         .await
         .expect("spawn");
-    let seen = proc_of(worker.pid());
+    let seen = proc_of(worker.pid().unwrap());
     let keys: Vec<&str> = seen.env.keys().map(String::as_str).collect();
     assert_eq!(keys, ["KEPT", workerbus::STARTUP_ENV]);
     assert_eq!(seen.env["KEPT"], "after the clear");
@@ -121,7 +121,7 @@ async fn a_cleared_environment_holds_only_what_the_driver_sets() {
 async fn detached_directory(driver: ProcessDriver, name: &str) -> String {
     let worker = driver.spawn().await.expect("spawn");
     assert_eq!(worker.name(), name);
-    let pid = worker.pid();
+    let pid = worker.pid().expect("a spawned worker has a process id");
     let startup = &proc_of(pid).env[workerbus::STARTUP_ENV];
     assert!(
         startup.ends_with(&format!(";{name}")),
@@ -129,7 +129,7 @@ async fn detached_directory(driver: ProcessDriver, name: &str) -> String {
     );
     let detached = worker.detach().await.expect("detach");
     assert_eq!(detached.name(), name);
-    assert_eq!(detached.pid(), pid);
+    assert_eq!(detached.pid(), Some(pid));
     let directory = detached
         .address()
         .parent()
@@ -312,16 +312,16 @@ async fn a_reconnected_worker_detaches_on_the_socket_it_already_has() {
         .spawn()
         .await
         .expect("spawn");
-    let pid = worker.pid();
+    let pid = worker.pid().expect("a spawned worker has a process id");
     worker.disconnect().await.expect("disconnect");
     worker.reconnect().await.expect("reconnect");
     let detached = worker.detach().await.expect("detach");
-    assert_eq!(detached.pid(), pid);
+    assert_eq!(detached.pid(), Some(pid));
     let host = ProcessDriver::new(ECHO_WORKER)
         .connect(detached.address(), detached.secret())
         .await
         .expect("connect");
-    assert_eq!(host.pid(), pid, "the same worker, on the same socket");
+    assert_eq!(host.pid(), Some(pid), "the same worker, on the same socket");
     cases::unary_round_trip(&host.channel()).await;
     assert_eq!(host.shutdown().await, ExitReason::Unknown);
 }

@@ -278,3 +278,21 @@ fn a_worker_whose_runtime_cannot_be_built_is_a_spawn_error_naming_the_os_error()
          Too many open files (os error 24)"
     );
 }
+
+#[tokio::test]
+async fn a_thread_worker_has_no_pid_and_reads_its_end_as_every_handle_does() {
+    let worker = spawn().await;
+    assert_eq!(
+        worker.pid(),
+        None,
+        "a thread worker runs in the host's process"
+    );
+    assert_eq!(workerbus::Worker::pid(&worker), None);
+    let ended = worker.watch_exit();
+    assert_eq!(worker.exit_reason(), None, "it runs");
+    assert_eq!(worker.shutdown().await, ExitReason::Stopped);
+    assert_eq!(worker.exit_reason(), Some(ExitReason::Stopped));
+    assert_eq!(worker.exited().await, ExitReason::Stopped);
+    drop(worker);
+    assert_eq!(ended.await, ExitReason::Stopped, "it outlives the handle");
+}

@@ -325,7 +325,7 @@ async fn still_serving(worker: &DetachedWorker, address: &Path, secret: &Secret)
     let host = ProcessDriver::new(ECHO_WORKER)
         .connect(address, secret)
         .await
-        .unwrap_or_else(|error| panic!("{} refused a good host: {error}", worker.pid()));
+        .unwrap_or_else(|error| panic!("{:?} refused a good host: {error}", worker.pid()));
     cases::unary_round_trip(&host.channel()).await;
     let health = host
         .channel()
@@ -342,7 +342,7 @@ async fn a_worker_disconnects_broken_hosts_and_serves_the_next() {
         .await
         .expect("spawn");
     let worker = spawned.detach().await.expect("detach");
-    let _kill = KillOnDrop(worker.pid());
+    let _kill = KillOnDrop(worker.pid().unwrap());
     let (address, secret) = (worker.address().to_owned(), worker.secret().clone());
     let memory = still_serving(&worker, &address, &secret).await;
 
@@ -425,7 +425,7 @@ async fn a_host_that_grants_credit_and_never_reads_holds_the_handler_back() {
         .await
         .expect("spawn");
     let worker = spawned.detach().await.expect("detach");
-    let _kill = KillOnDrop(worker.pid());
+    let _kill = KillOnDrop(worker.pid().unwrap());
     let (address, secret) = (worker.address().to_owned(), worker.secret().clone());
     let memory = still_serving(&worker, &address, &secret).await;
 

@@ -46,7 +46,7 @@ async fn detached(limits: &str, args: &[&str]) -> (DetachedWorker, KillOnDrop) {
         .await
         .expect("spawn");
     let detached = worker.detach().await.expect("detach");
-    let guard = KillOnDrop(detached.pid());
+    let guard = KillOnDrop(detached.pid().unwrap());
     (detached, guard)
 }
 
@@ -168,7 +168,7 @@ async fn all_closed(peers: Vec<UnixStream>, bound: Duration, what: &str) {
 async fn peers_that_have_not_greeted_cannot_make_a_worker_allocate_what_they_announce() {
     // Time enough that no peer is closed for its delay while the test runs.
     let (worker, _kill) = detached("", &["--greeting-timeout-ms=600000"]).await;
-    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
+    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid().unwrap());
     drop(host_served(address, secret).await);
     let (rss, size) = (status_kib(pid, "VmRSS"), accessible_kib(pid));
 
@@ -220,7 +220,7 @@ async fn peers_that_have_not_greeted_cannot_make_a_worker_allocate_what_they_ann
 async fn under_an_address_space_limit_a_worker_outlives_peers_announcing_large_frames() {
     // Room for the worker as it is, not for 500 frames of 16 MiB.
     let (worker, _kill) = detached("ulimit -v 262144", &[]).await;
-    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
+    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid().unwrap());
     drop(host_served(address, secret).await);
     // In batches, so that the test holds few descriptors at a time.
     for _ in 0..10 {
@@ -246,7 +246,7 @@ async fn a_host_connects_in_under_a_second_while_1000_silent_connections_are_ope
     // and too few descriptors for a worker that would hold 1,000 connections.
     let args = ["--greeting-timeout-ms=600000"];
     let (worker, _kill) = detached("ulimit -n 256", &args).await;
-    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
+    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid().unwrap());
     let descriptors = open_descriptors(pid);
     // The 1,000 connections, in a process of their own with room for them.
     let mut silent = tokio::process::Command::new("/bin/sh")
@@ -344,7 +344,7 @@ async fn connections_that_do_not_greet_in_time_are_closed_and_greeted_ones_stay(
 async fn at_the_descriptor_limit_a_worker_waits_for_a_free_descriptor_without_spinning() {
     let limit = 48;
     let (worker, _kill) = detached(&format!("ulimit -n {limit}"), &[]).await;
-    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
+    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid().unwrap());
     // Greeted connections, which no limit closes, take every descriptor left.
     let mut peers = Vec::new();
     while open_descriptors(pid) < limit {
@@ -454,7 +454,7 @@ fn strangers_never_cost_a_worker_more_than_the_greeting_limits_allow() {
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (worker, _kill) = runtime.block_on(detached("ulimit -n 128", &args));
-    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid());
+    let (address, secret, pid) = (worker.address(), worker.secret(), worker.pid().unwrap());
     let greeting = hello(&secret_bytes(secret));
     let (rss, size, descriptors) = runtime.block_on(async {
         drop(host_served(address, secret).await);

@@ -137,17 +137,19 @@ async fn a_worker_whose_connection_broke_while_its_process_lives_is_replaced() {
     let old = worker.pid().expect("a process worker has a pid");
     let guard = KillOnDrop(old);
     signal(old, "USR1"); // the worker shuts its socket down and lives on
-    expect(&mut events, "ConnectionLost", |event| match event {
-        SupervisorEvent::ConnectionLost { worker } if worker == "severed" => Some(()),
+    let lost = expect(&mut events, "ConnectionLost", |event| match event {
+        SupervisorEvent::ConnectionLost { worker, pid } if worker == "severed" => Some(*pid),
         _ => None,
     })
     .await;
-    let exit = expect(&mut events, "Exited", |event| match event {
-        SupervisorEvent::Exited { exit, .. } => Some(exit.clone()),
+    assert_eq!(lost, Some(old), "the event names the process killed");
+    let (exit, pid) = expect(&mut events, "Exited", |event| match event {
+        SupervisorEvent::Exited { exit, pid, .. } => Some((exit.clone(), *pid)),
         _ => None,
     })
     .await;
     assert_eq!(exit, ExitReason::Signal(9), "the supervisor killed it");
+    assert_eq!(pid, Some(old));
     guard.disarm();
     assert_eq!(started(&mut events, "severed").await, 1);
     assert_eq!(client.echo(echo("after")).await.unwrap().text, "after");

@@ -1,9 +1,11 @@
 //! Supervision: restarts after crashes (real processes, SIGKILL), what calls
 //! see across them, starts that fail or hang, health checks, graceful
-//! recycling, group strategies, and stopping workers and supervisors.
+//! recycling, group strategies, stopping workers and supervisors, and what
+//! a supervised worker's handle and events say of its processes.
 
 mod calls;
 mod groups;
+mod handle;
 mod health;
 mod recycling;
 mod restarts;
@@ -38,7 +40,9 @@ fn thread_spawner() -> impl Spawn {
 /// The restarts of the next start of the worker `name`.
 async fn started(events: &mut broadcast::Receiver<SupervisorEvent>, name: &str) -> u32 {
     expect(events, "Started", |event| match event {
-        SupervisorEvent::Started { worker, restarts } if worker == name => Some(*restarts),
+        SupervisorEvent::Started {
+            worker, restarts, ..
+        } if worker == name => Some(*restarts),
         _ => None,
     })
     .await

@@ -183,6 +183,7 @@ async fn a_transient_worker_that_fails_is_restarted_and_a_temporary_one_is_not()
         SupervisorEvent::Started {
             worker,
             restarts: 1,
+            ..
         } if worker == "transient" => Some(()),
         _ => None,
     })

@@ -54,6 +54,7 @@ pub(super) enum Process {
 /// detached or disconnected) exits, and the host reaps it: no zombie is left.
 pub struct ProcessWorker {
     pub(super) name: String,
+    /// 0 if the process has no id in this host's pid namespace.
     pub(super) pid: u32,
     pub(super) channel: Channel,
     pub(super) exit: ExitWatch,
@@ -105,10 +106,23 @@ impl ProcessWorker {
     /// The worker's process id, as the kernel gives it: the child's, or,
     /// for a worker reached by [`connect`](ProcessDriver::connect), the
     /// process serving the socket (`SO_PEERCRED`), never the id its
-    /// greeting claims. 0 if that process has no id in this host's pid
+    /// greeting claims. `None` if that process has no id in this host's pid
     /// namespace.
-    pub fn pid(&self) -> u32 {
-        self.pid
+    ///
+    /// Every worker handle has it, with this type: a
+    /// [`ThreadWorker`](crate::ThreadWorker)'s is always `None`.
+    ///
+    /// ```no_run
+    /// # use workerbus::ProcessDriver;
+    /// # async fn example() -> Result<(), workerbus::Error> {
+    /// let worker = ProcessDriver::new("target/debug/embedder").spawn().await?;
+    /// if let Some(pid) = worker.pid() {
+    ///     println!("embedder runs as process {pid}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.pid).filter(|&pid| pid != 0)
     }
 
     /// How the worker ended, or `None` while it runs.
@@ -281,7 +295,7 @@ impl fmt::Debug for ProcessWorker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessWorker")
             .field("name", &self.name)
-            .field("pid", &self.pid)
+            .field("pid", &self.pid())
             .field("exit", &*self.exit.borrow())
             .field("address", &self.address())
             .field("channel", &self.channel)
@@ -311,7 +325,7 @@ impl Worker for ProcessWorker {
     }
 
     fn pid(&self) -> Option<u32> {
-        Some(ProcessWorker::pid(self))
+        ProcessWorker::pid(self)
     }
 }
 
@@ -331,9 +345,11 @@ impl DetachedWorker {
         &self.name
     }
 
-    /// The worker's process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
+    /// The worker's process id, as the [`ProcessWorker`] it was detached
+    /// from had it: `None` if that process had no id in the detaching
+    /// host's pid namespace.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.pid).filter(|&pid| pid != 0)
     }
 
     /// The path of the worker's socket.

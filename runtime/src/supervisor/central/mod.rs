@@ -89,8 +89,12 @@ pub(super) enum Report {
         index: usize,
         result: Result<Arc<dyn AnyWorker>, Error>,
     },
-    /// A stop of child `index` ended.
-    Stopped { index: usize, exit: ExitReason },
+    /// A stop of child `index`'s worker (of process id `pid`) ended.
+    Stopped {
+        index: usize,
+        exit: ExitReason,
+        pid: Option<u32>,
+    },
     /// A worker no longer wanted (replaced by a recycle, or started during a
     /// shutdown) has been stopped.
     Disposed,
@@ -311,8 +315,9 @@ impl Central {
                 {
                     worker.kill();
                     self.children[index].killed = true;
+                    let pid = worker.pid();
                     let worker = self.children[index].name.clone();
-                    self.emit(SupervisorEvent::ConnectionLost { worker });
+                    self.emit(SupervisorEvent::ConnectionLost { worker, pid });
                 }
             }
             Report::Unhealthy {
@@ -344,8 +349,8 @@ impl Central {
                 }
                 self.resume(index);
             }
-            Report::Stopped { index, exit } => {
-                self.stopped(index, exit);
+            Report::Stopped { index, exit, pid } => {
+                self.stopped(index, exit, pid);
                 self.resume(index);
             }
             Report::Disposed => self.stragglers -= 1,
@@ -394,10 +399,8 @@ impl Central {
         child.started_at = Instant::now();
         child.failed_starts = 0;
         child.killed = false;
-        child
-            .stats
-            .pid
-            .store(worker.pid().unwrap_or(0), Ordering::Release);
+        let pid = worker.pid();
+        child.stats.pid.store(pid.unwrap_or(0), Ordering::Release);
         child.stop_watching();
         child.watch = Some(watch::spawn(
             worker.as_ref(),
@@ -416,14 +419,16 @@ impl Central {
         let event = SupervisorEvent::Started {
             worker: child.name.clone(),
             restarts: child.stats.restarts.load(Ordering::Relaxed),
+            pid,
         };
         self.emit(event);
     }
 
     fn exited(&mut self, index: usize, generation: u64, exit: ExitReason) {
-        if self.current(index, generation).is_none() {
+        let Some(worker) = self.current(index, generation) else {
             return; // a worker stopped on purpose, or already replaced
-        }
+        };
+        let pid = worker.pid();
         let child = &mut self.children[index];
         child.state = State::Idle;
         child.stop_watching();
@@ -438,6 +443,7 @@ impl Central {
         self.emit(SupervisorEvent::Exited {
             worker: name.clone(),
             exit: exit.clone(),
+            pid,
         });
         if self.shutting_down {
             return; // the shutdown's plan stops it for good
@@ -448,6 +454,7 @@ impl Central {
             child.slot.set(SlotState::Down(format!(
                 "it {exit} and its policy does not restart it"
             )));
+            child.stats.ended();
             self.emit(SupervisorEvent::Stopped { worker: name });
             return;
         }
@@ -510,6 +517,7 @@ impl Central {
             let reason = format!("its supervisor gave up after {rule}; {}", cause.describe());
             child.state = State::Down;
             child.slot.set(SlotState::Down(reason.clone()));
+            child.stats.ended();
             let event = SupervisorEvent::GaveUp {
                 worker: child.name.clone(),
                 restarts,
@@ -617,14 +625,19 @@ impl Central {
         }
     }
 
-    fn stopped(&mut self, index: usize, exit: ExitReason) {
+    fn stopped(&mut self, index: usize, exit: ExitReason, pid: Option<u32>) {
         let child = &mut self.children[index];
         child.busy = None;
+        *lock(&child.stats.last_exit) = Some(exit.clone());
         let worker = child.name.clone();
         let down = child.is_down();
+        if down {
+            child.stats.ended();
+        }
         self.emit(SupervisorEvent::Exited {
             worker: worker.clone(),
             exit,
+            pid,
         });
         if down {
             self.emit(SupervisorEvent::Stopped { worker });
@@ -633,11 +646,15 @@ impl Central {
 
     fn emit(&self, event: SupervisorEvent) {
         match &event {
-            SupervisorEvent::Started { worker, restarts } => {
-                tracing::info!(%worker, restarts, "worker started");
+            SupervisorEvent::Started {
+                worker,
+                restarts,
+                pid,
+            } => {
+                tracing::info!(%worker, restarts, ?pid, "worker started");
             }
-            SupervisorEvent::Exited { worker, exit } => {
-                tracing::warn!(%worker, %exit, "worker ended")
+            SupervisorEvent::Exited { worker, exit, pid } => {
+                tracing::warn!(%worker, %exit, ?pid, "worker ended")
             }
             SupervisorEvent::Restarting {
                 worker,
@@ -656,8 +673,8 @@ impl Central {
             SupervisorEvent::Health { worker, report } => {
                 tracing::debug!(%worker, ?report, "worker health")
             }
-            SupervisorEvent::ConnectionLost { worker } => {
-                tracing::warn!(%worker, "killing a worker whose connection ended");
+            SupervisorEvent::ConnectionLost { worker, pid } => {
+                tracing::warn!(%worker, ?pid, "killing a worker whose connection ended");
             }
             SupervisorEvent::Unresponsive { worker, missed } => {
                 tracing::warn!(%worker, missed, "worker unresponsive");

@@ -190,6 +190,7 @@ impl Central {
             self.launch_stop(index, worker);
             return true;
         }
+        child.stats.ended();
         let worker = child.name.clone();
         self.emit(SupervisorEvent::Stopped { worker });
         false
@@ -212,8 +213,9 @@ impl Central {
         let timeout = child.policy.shutdown_timeout;
         let reports = self.reports.clone();
         tokio::spawn(async move {
+            let pid = worker.pid();
             let exit = stop(worker, timeout).await;
-            let _ = reports.send(Report::Stopped { index, exit });
+            let _ = reports.send(Report::Stopped { index, exit, pid });
         });
     }
 

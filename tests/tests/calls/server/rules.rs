@@ -106,7 +106,7 @@ async fn a_worker_process_refuses_unknown_control_exchanges_and_closes_on_undeco
         .detach()
         .await
         .expect("detach");
-    let _kill = KillOnDrop(detached.pid());
+    let _kill = KillOnDrop(detached.pid().unwrap());
     let mut peer = greeted(&detached).await;
 
     let unknown = MethodName::from_static("$workerbus.nonsense");
