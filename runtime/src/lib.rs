@@ -63,6 +63,7 @@ mod log;
 mod message;
 mod middleware;
 mod name;
+mod panic;
 mod schema;
 mod server;
 #[cfg(feature = "process")]

@@ -139,6 +139,23 @@ pub enum Error {
         source: prost::DecodeError,
     },
 
+    /// A [`Middleware`](crate::Middleware) of the channel panicked while it
+    /// ran around the call. The panic ends the call, not the caller's task:
+    /// the attempt under the middleware, if it had started, is withdrawn as
+    /// for any failure, and the call is not retried (a panic is a bug, not a
+    /// passing failure). A worker's middleware that panics is answered with
+    /// an [`Internal`](Code::Internal) status naming it the same way.
+    #[error("{method} failed: the middleware {middleware} panicked: {message}")]
+    Middleware {
+        /// The message name.
+        method: MethodName,
+        /// The middleware's type, as [`std::any::type_name`] gives it
+        /// (e.g. `my_app::Auth`).
+        middleware: &'static str,
+        /// The panic's message: the `&str` or `String` given to `panic!`.
+        message: String,
+    },
+
     /// This process cannot serve as a worker (see `workerbus::serve`). The
     /// message ends with the operating system's error, if there is one.
     #[error("cannot serve as a worker: {reason}{}", io_suffix(.source))]
@@ -231,7 +248,8 @@ fn cause_suffix(cause: &Option<Arc<FrameError>>) -> String {
 /// A handler that calls another worker passes a failed call on with `?`:
 /// the status keeps the remote code (or takes the code closest to what
 /// happened: a timeout is [`Code::DeadlineExceeded`], a worker that exited,
-/// disconnected or could not start is [`Code::Unavailable`]) and its message
+/// disconnected or could not start is [`Code::Unavailable`], a middleware
+/// that panicked is [`Code::Internal`]) and its message
 /// names the call and the cause.
 ///
 /// ```
@@ -254,7 +272,7 @@ impl From<Error> for Status {
             Error::Cancelled { .. } => (Code::Cancelled, Bytes::new()),
             Error::TooLarge { .. } => (Code::ResourceExhausted, Bytes::new()),
             Error::InvalidMethodName { .. } => (Code::InvalidArgument, Bytes::new()),
-            Error::Decode { .. } => (Code::Internal, Bytes::new()),
+            Error::Decode { .. } | Error::Middleware { .. } => (Code::Internal, Bytes::new()),
             Error::Handshake { .. } => (Code::FailedPrecondition, Bytes::new()),
             _ => (Code::Unavailable, Bytes::new()),
         };
@@ -274,6 +292,7 @@ impl Error {
             | Error::TooLarge { method, .. }
             | Error::InvalidMethodName { method, .. }
             | Error::Decode { method, .. }
+            | Error::Middleware { method, .. }
             | Error::Unavailable { method, .. } => Some(method),
             Error::Spawn { .. }
             | Error::Worker { .. }
@@ -396,6 +415,15 @@ mod tests {
                     what: "response",
                     message: "embedder.Vector",
                     source: decode_error(),
+                },
+                Code::Internal,
+                Some("embedder.embed"),
+            ),
+            (
+                Error::Middleware {
+                    method: method(),
+                    middleware: "my_app::Auth",
+                    message: "no token".into(),
                 },
                 Code::Internal,
                 Some("embedder.embed"),
@@ -534,6 +562,7 @@ mod tests {
                 "embedder.embed failed: request of 5000 bytes exceeds the maximum frame length of 4096 bytes",
                 "\"\" cannot be sent: a message name has 1 to 1024 bytes, this one has 0",
                 "embedder.embed failed: the response did not decode as embedder.Vector",
+                "embedder.embed failed: the middleware my_app::Auth panicked: no token",
                 "cannot serve as a worker: not started by a workerbus host",
                 "worker embedder did not complete its handshake within 10s; it was killed",
                 "worker embedder exited with code 3 before completing its handshake; its stderr ended with:\nloading the model failed",

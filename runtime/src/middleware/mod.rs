@@ -17,13 +17,26 @@
 //! call answered with an empty response once it is queued.
 //! Without middleware, calls take a path with no middleware code and no
 //! allocation for it.
+//!
+//! A middleware that panics fails the call it wraps, on either side, and
+//! names itself (its type, [`std::any::type_name`]) and the panic's
+//! message: on the host the call fails with [`Error::Middleware`] and the
+//! caller's task goes on; in the worker the call is answered with an
+//! [`Internal`](crate::Code::Internal) status, `the middleware {type} around
+//! {method} panicked: {message}`, and the worker goes on serving. The layers
+//! around it see that failure as the outcome of their `next`; the attempt or
+//! handler under it is dropped (an attempt in flight is withdrawn, as for
+//! any failure), and a host call is not retried. A panic of the call itself
+//! (a handler's) passes through the layers as it would without them.
 
 mod limit;
 mod logging;
 mod metrics;
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +48,7 @@ pub use self::logging::Logging;
 pub use self::metrics::{Histogram, MethodMetrics, Metrics, MetricsSnapshot};
 use crate::error::{Error, Status};
 use crate::name::MethodName;
+use crate::panic::{CatchUnwind, panic_message};
 use crate::sync::lock;
 use crate::trace::TraceContext;
 
@@ -187,6 +201,11 @@ impl fmt::Debug for CallInfo {
 /// Runs around each attempt of every call made through a channel, on the
 /// host: install it with [`Channel::with_middleware`](crate::Channel::with_middleware).
 ///
+/// A middleware that panics fails the call with [`Error::Middleware`],
+/// naming its type and the panic's message; the caller's task goes on, and
+/// the attempt it wrapped is withdrawn. (A [`ServerMiddleware`] that panics
+/// is answered with an `Internal` status naming it the same way.)
+///
 /// ```
 /// use bytes::Bytes;
 /// use workerbus::{CallInfo, Error, Middleware, Next};
@@ -218,6 +237,13 @@ pub trait Middleware: Send + Sync + 'static {
 
 /// Runs around every handler of a worker: install it with
 /// [`ServeOptions::middleware`](crate::ServeOptions::middleware).
+///
+/// A middleware that panics is answered, like a handler that panics, with
+/// an [`Internal`](crate::Code::Internal) status, here naming the middleware:
+/// `the middleware {type} around {method} panicked: {message}`, where
+/// `{type}` is its [`std::any::type_name`]; the worker goes on serving. (A
+/// host [`Middleware`] that panics fails its call with [`Error::Middleware`],
+/// naming it the same way.)
 pub trait ServerMiddleware: Send + Sync + 'static {
     /// Handles the call: usually does something, awaits
     /// [`next.run()`](ServerNext::run), and does something with its outcome.
@@ -235,6 +261,9 @@ pub struct Next<'a, T = Result<Bytes, Error>> {
     rest: &'a [Arc<dyn Layer<T>>],
     info: &'a CallInfo,
     endpoint: BoxFuture<'a, T>,
+    /// Whether this is the whole chain, as the runtime runs it (not the
+    /// rest of it a layer runs).
+    outermost: bool,
 }
 
 /// The rest of a worker's middleware chain, ending in the handler.
@@ -250,25 +279,60 @@ impl<'a, T: 'a> Next<'a, T> {
             rest: chain,
             info,
             endpoint,
+            outermost: true,
         }
     }
 
     /// Runs the rest of the chain and the call: on the host the attempt, on
     /// the worker the handler.
     pub async fn run(self) -> T {
-        match self.rest.split_first() {
-            Some((first, rest)) => {
-                let next = Next {
-                    rest,
-                    info: self.info,
-                    endpoint: self.endpoint,
-                };
-                first.enter(self.info, next).await
-            }
-            None => self.endpoint.await,
+        let Some((layer, rest)) = self.rest.split_first() else {
+            return self.run_endpoint().await;
+        };
+        let next = Next {
+            rest,
+            info: self.info,
+            endpoint: self.endpoint,
+            outermost: false,
+        };
+        // A panic of this layer ends the call with its `panicked`; the layers
+        // inside it have caught their own already, so any other panic
+        // caught here is this layer's, or the call's own passing through.
+        let entered = std::panic::catch_unwind(AssertUnwindSafe(|| layer.enter(self.info, next)));
+        let outcome = match entered {
+            Ok(future) => CatchUnwind::new(future).await,
+            Err(panic) => Err(panic),
+        };
+        // The layer's future, and with it the call under it, is dropped by
+        // now: an attempt it had started is withdrawn, as for any failure.
+        match outcome {
+            Ok(outcome) => outcome,
+            Err(panic) => match panic.downcast::<Passing>() {
+                Ok(passing) if self.outermost => std::panic::resume_unwind(passing.0),
+                Ok(passing) => std::panic::resume_unwind(passing),
+                Err(panic) => layer.panicked(self.info, panic_message(&*panic)),
+            },
+        }
+    }
+
+    /// The call itself, below every layer. Its panic is not a middleware's:
+    /// it passes through the layers, marked so that none takes it for its
+    /// own, and goes on unwinding from the outermost as it would without
+    /// middleware (a worker answers it as the handler's).
+    async fn run_endpoint(self) -> T {
+        if self.outermost {
+            return self.endpoint.await;
+        }
+        match CatchUnwind::new(self.endpoint).await {
+            Ok(outcome) => outcome,
+            Err(panic) => std::panic::resume_unwind(Box::new(Passing(panic))),
         }
     }
 }
+
+/// The panic of a call (its handler, its attempt) on its way out through
+/// the layers around it.
+struct Passing(Box<dyn Any + Send>);
 
 impl<T> fmt::Debug for Next<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -286,6 +350,10 @@ impl<T> fmt::Debug for Next<'_, T> {
 /// [`ServerMiddleware`] (the handler's) behind a pointer.
 pub(crate) trait Layer<T>: Send + Sync {
     fn enter<'a>(&'a self, call: &'a CallInfo, next: Next<'a, T>) -> BoxFuture<'a, T>;
+
+    /// What the call ends with when the middleware panicked with
+    /// `message`: an error naming it (its type) and the panic.
+    fn panicked(&self, call: &CallInfo, message: String) -> T;
 }
 
 impl<M: Middleware> Layer<Result<Bytes, Error>> for M {
@@ -296,6 +364,16 @@ impl<M: Middleware> Layer<Result<Bytes, Error>> for M {
     ) -> BoxFuture<'a, Result<Bytes, Error>> {
         Box::pin(self.call(call, next))
     }
+
+    fn panicked(&self, call: &CallInfo, message: String) -> Result<Bytes, Error> {
+        let (method, middleware) = (call.method_name(), std::any::type_name::<M>());
+        tracing::error!(%method, middleware, panic = %message, "host middleware panicked");
+        Err(Error::Middleware {
+            method: method.clone(),
+            middleware,
+            message,
+        })
+    }
 }
 
 impl<M: ServerMiddleware> Layer<Result<Bytes, Status>> for M {
@@ -305,6 +383,15 @@ impl<M: ServerMiddleware> Layer<Result<Bytes, Status>> for M {
         next: ServerNext<'a>,
     ) -> BoxFuture<'a, Result<Bytes, Status>> {
         Box::pin(self.handle(call, next))
+    }
+
+    fn panicked(&self, call: &CallInfo, message: String) -> Result<Bytes, Status> {
+        let (method, middleware) = (call.method_name(), std::any::type_name::<M>());
+        let id = call.request_id();
+        tracing::error!(%method, id, middleware, panic = %message, "worker middleware panicked");
+        Err(Status::internal(format!(
+            "the middleware {middleware} around {method} panicked: {message}"
+        )))
     }
 }
 
@@ -322,4 +409,77 @@ pub(crate) fn append<M: ?Sized>(chain: &Chain<M>, layer: Arc<M>) -> Chain<M> {
     let mut layers: Vec<Arc<M>> = chain.as_deref().map(<[_]>::to_vec).unwrap_or_default();
     layers.push(layer);
     Some(layers.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type HostLayer = Arc<dyn Layer<Result<Bytes, Error>>>;
+
+    /// Passes every call on.
+    struct Pass;
+
+    impl Middleware for Pass {
+        async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+            next.run().await
+        }
+    }
+
+    /// Panics before `next`.
+    struct Boom;
+
+    impl Middleware for Boom {
+        async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<Bytes, Error> {
+            panic!("boom")
+        }
+    }
+
+    fn info() -> CallInfo {
+        CallInfo::host(
+            &MethodName::from_static("echo.echo"),
+            1,
+            None,
+            "transport",
+            0,
+        )
+    }
+
+    async fn answers() -> Result<Bytes, Error> {
+        Ok(Bytes::new())
+    }
+
+    async fn panics() -> Result<Bytes, Error> {
+        panic!("the attempt's own")
+    }
+
+    #[tokio::test]
+    async fn a_layers_panic_fails_the_call_naming_the_layer() {
+        let chain: [HostLayer; 3] = [Arc::new(Pass), Arc::new(Boom), Arc::new(Pass)];
+        let info = info();
+        let outcome = Next::new(&chain, &info, Box::pin(answers())).run().await;
+        match outcome {
+            Err(Error::Middleware {
+                method,
+                middleware,
+                message,
+            }) => {
+                assert_eq!(method.as_str(), "echo.echo");
+                assert_eq!(middleware, std::any::type_name::<Boom>());
+                assert_eq!(message, "boom");
+            }
+            other => panic!("expected Error::Middleware, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_calls_own_panic_passes_through_the_layers_unchanged() {
+        let chain: [HostLayer; 2] = [Arc::new(Pass), Arc::new(Pass)];
+        let info = info();
+        let run = Next::new(&chain, &info, Box::pin(panics())).run();
+        let panic = CatchUnwind::new(run)
+            .await
+            .expect_err("the attempt panicked");
+        assert_eq!(panic_message(&*panic), "the attempt's own");
+    }
 }

@@ -3,7 +3,6 @@
 
 use std::any::Any;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -14,6 +13,7 @@ use crate::error::Status;
 use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
 use crate::name::MethodName;
+use crate::panic::{CatchUnwind, panic_message};
 use crate::schema::MethodKind;
 
 use super::state::{Shared, lock};
@@ -57,7 +57,7 @@ pub(super) async fn run_call<F>(
 {
     let (shared, id, generation) = (Arc::clone(&end.shared), end.id, end.generation);
     let kind = end.kind;
-    let guarded = CatchUnwind { future };
+    let guarded = CatchUnwind::new(future);
     let outcome = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, guarded).await {
             Ok(outcome) => outcome,
@@ -198,39 +198,5 @@ pub(super) fn fit(frame: Frame, max: usize) -> Frame {
     Frame::Status {
         id,
         status: Status::new(crate::error::Code::ResourceExhausted, ""),
-    }
-}
-
-/// The text of a panic payload: the `&str` or `String` given to `panic!`.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "a non-string panic payload".to_owned()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Turns a panic inside `future` into an `Err` with the panic's payload.
-    struct CatchUnwind<F> {
-        #[pin]
-        future: F,
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let future = self.project().future;
-        // Unwind safety: after a panic the future is never polled again; it
-        // is dropped with the task.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
     }
 }

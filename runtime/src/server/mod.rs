@@ -33,8 +33,6 @@ mod serve;
 mod state;
 mod stream;
 
-#[cfg(feature = "thread")]
-pub(crate) use self::call::panic_message;
 pub use self::dispatch::{Call, Dispatch, Services};
 pub use self::options::{
     DEFAULT_GREETING_TIMEOUT, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_GREETING_FRAME_LENGTH,
@@ -44,3 +42,5 @@ pub use self::serve::serve_transport;
 #[cfg(feature = "process")]
 pub(crate) use self::serve::{Ending, serve_connection};
 pub use self::stream::{CallStreams, Incoming, StreamSender};
+#[cfg(feature = "thread")]
+pub(crate) use crate::panic::panic_message;

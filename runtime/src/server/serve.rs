@@ -20,11 +20,12 @@ use crate::event::Outlet;
 use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, ServerNext, WorkerChain};
+use crate::panic::panic_message;
 use crate::schema::MethodKind;
 use crate::transport::{FrameWriter, Transport};
 use crate::window::Window;
 
-use super::call::{Outcome, Started, TaskEnd, answer_of, fit, panic_message, run_call};
+use super::call::{Outcome, Started, TaskEnd, answer_of, fit, run_call};
 use super::dispatch::Either;
 use super::dispatch::{Call, Dispatch};
 use super::options::ServeOptions;

@@ -1,5 +1,6 @@
 //! Middleware on both sides: order, short-circuits, metrics, trace
-//! propagation across a process boundary, concurrency and rate limits.
+//! propagation across a process boundary, concurrency and rate limits,
+//! panics.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use workerbus::{
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{
     CountRequest, EchoClient, EchoReply, EchoRequest, EchoServer, FailRequest, NoteRequest,
-    SleepRequest, SumReply, SumRequest,
+    ObserveRequest, SleepRequest, SleepState, SumReply, SumRequest,
 };
 
 type Journal = Arc<Mutex<Vec<String>>>;
@@ -545,4 +546,266 @@ async fn one_way_messages_pass_both_chains() {
         ["worker in echo.note", "worker out"],
         "{seen:?}"
     );
+}
+
+/// Starts its attempt, waits until the worker runs it (a sleep or a stream
+/// tagged `tag`), and panics with the call still in flight.
+struct PanicsMidCall {
+    worker: EchoClient,
+    tag: &'static str,
+}
+
+impl Middleware for PanicsMidCall {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+        let mut attempt = std::pin::pin!(next.run());
+        let started = ObserveRequest {
+            tag: self.tag.into(),
+            state: SleepState::Started.into(),
+        };
+        let mut started = std::pin::pin!(self.worker.observe(started));
+        tokio::select! {
+            // A stream's opening ends once its request is queued.
+            _ = &mut attempt => started.await.unwrap(),
+            observed = &mut started => observed.unwrap(),
+        }
+        panic!("gave up on {} attempt {}", call.method(), call.attempt());
+    }
+}
+
+/// Panics the first time it is entered (before `next`), then passes calls
+/// on.
+#[derive(Default)]
+struct PanicsOnce {
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl Middleware for PanicsOnce {
+    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            panic!("first call refused");
+        }
+        next.run().await
+    }
+}
+
+/// Panics once `next` has answered: after a stream has opened.
+struct PanicsAfterNext;
+
+impl Middleware for PanicsAfterNext {
+    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+        let _ = next.run().await;
+        panic!("after next");
+    }
+}
+
+impl ServerMiddleware for PanicsAfterNext {
+    async fn handle(&self, _call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+        let _ = next.run().await;
+        panic!("after next");
+    }
+}
+
+/// The error a host middleware of type `M` that panicked with `message`
+/// fails `method` with.
+fn assert_middleware_panic<M>(error: &Error, method: &str, message: &str) {
+    let middleware = std::any::type_name::<M>();
+    match error {
+        Error::Middleware {
+            method: m,
+            middleware: name,
+            message: text,
+            ..
+        } => {
+            assert_eq!(m.as_str(), method);
+            assert_eq!(*name, middleware);
+            assert_eq!(text, message);
+        }
+        other => panic!("expected Error::Middleware, got {other:?}"),
+    }
+    assert_eq!(
+        error.to_string(),
+        format!("{method} failed: the middleware {middleware} panicked: {message}")
+    );
+    assert_eq!(error.method(), Some(method));
+    assert!(!error.is_retryable());
+    assert_eq!(Status::from(error_clone(error)).code(), Code::Internal);
+}
+
+fn error_clone(error: &Error) -> Error {
+    let Error::Middleware {
+        method,
+        middleware,
+        message,
+        ..
+    } = error
+    else {
+        unreachable!()
+    };
+    Error::Middleware {
+        method: method.clone(),
+        middleware,
+        message: message.clone(),
+    }
+}
+
+#[tokio::test]
+async fn a_host_middleware_that_panics_fails_its_call_naming_it_and_withdraws_the_attempt() {
+    let journal = Journal::default();
+    let worker = spawn(ServeOptions::new()).await;
+    let plain = EchoClient::new(worker.channel());
+    let channel = worker
+        .channel()
+        .with_middleware(Note::new("outer", &journal))
+        .with_middleware(PanicsMidCall {
+            worker: plain.clone(),
+            tag: "mid-call",
+        });
+    let sleep = SleepRequest {
+        tag: "mid-call".into(),
+        ms: 60_000,
+        ..SleepRequest::default()
+    };
+    let error = EchoClient::new(channel.clone())
+        .sleep(sleep)
+        .await
+        .unwrap_err();
+    assert_middleware_panic::<PanicsMidCall>(
+        &error,
+        "echo.sleep",
+        "gave up on echo.sleep attempt 1",
+    );
+    // The outer middleware saw the call fail, and the call was not retried.
+    assert_eq!(
+        *journal.lock().unwrap(),
+        ["outer in echo.sleep attempt 1", "outer out"]
+    );
+    // The attempt was withdrawn: its slot is free, and the worker was told
+    // to cancel it.
+    assert_eq!(channel.in_flight(), 0);
+    let cancelled = ObserveRequest {
+        tag: "mid-call".into(),
+        state: SleepState::Cancelled.into(),
+    };
+    plain.observe(cancelled).await.unwrap();
+    // The calling task goes on, and so does the channel.
+    workerbus_tests::cases::unary_round_trip(&worker.channel()).await;
+    let once = worker.channel().with_middleware(PanicsOnce::default());
+    let error = EchoClient::new(once.clone())
+        .echo(echo("refused"))
+        .await
+        .unwrap_err();
+    assert_middleware_panic::<PanicsOnce>(&error, "echo.echo", "first call refused");
+    workerbus_tests::cases::unary_round_trip(&once).await;
+    assert_eq!(once.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_host_middleware_that_panics_fails_a_one_way_message_naming_it() {
+    let worker = spawn(ServeOptions::new()).await;
+    let channel = worker.channel().with_middleware(PanicsOnce::default());
+    let note = NoteRequest {
+        tag: "refused".into(),
+        ..NoteRequest::default()
+    };
+    let error = EchoClient::new(channel.clone())
+        .note(note.clone())
+        .await
+        .unwrap_err();
+    assert_middleware_panic::<PanicsOnce>(&error, "echo.note", "first call refused");
+    // The same channel sends the next one.
+    EchoClient::new(channel.clone()).note(note).await.unwrap();
+    workerbus_tests::cases::unary_round_trip(&channel).await;
+    assert_eq!(channel.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_host_middleware_that_panics_once_a_stream_opened_fails_it_and_closes_the_stream() {
+    let worker = spawn(ServeOptions::new()).await;
+    let plain = EchoClient::new(worker.channel());
+    // A response stream: opened, then given up with the middleware's error,
+    // which cancels it in the worker.
+    let opened = worker.channel().with_middleware(PanicsMidCall {
+        worker: plain.clone(),
+        tag: "opened",
+    });
+    let request = CountRequest {
+        tag: "opened".into(),
+        count: 1_000_000,
+        delay_ms: 10,
+        ..CountRequest::default()
+    };
+    let error = EchoClient::new(opened.clone())
+        .count(request)
+        .await
+        .unwrap_err();
+    assert_middleware_panic::<PanicsMidCall>(
+        &error,
+        "echo.count",
+        "gave up on echo.count attempt 1",
+    );
+    let cancelled = ObserveRequest {
+        tag: "opened".into(),
+        state: SleepState::Cancelled.into(),
+    };
+    plain.observe(cancelled).await.unwrap();
+    assert_eq!(opened.in_flight(), 0);
+    let channel = worker.channel().with_middleware(PanicsAfterNext);
+    let client = EchoClient::new(channel.clone());
+    // A request stream and a stream both ways.
+    let error = client
+        .sum(futures_util::stream::iter([SumRequest::default()]))
+        .await
+        .unwrap_err();
+    assert_middleware_panic::<PanicsAfterNext>(&error, "echo.sum", "after next");
+    let error = client
+        .chat(futures_util::stream::iter([echo("hello")]))
+        .await
+        .unwrap_err();
+    assert_middleware_panic::<PanicsAfterNext>(&error, "echo.chat", "after next");
+    assert_eq!(channel.in_flight(), 0);
+    workerbus_tests::cases::unary_round_trip(&worker.channel()).await;
+}
+
+#[tokio::test]
+async fn a_worker_middleware_that_panics_is_an_internal_status_naming_it() {
+    let journal = Journal::default();
+    let worker = spawn(
+        ServeOptions::new()
+            .middleware(Note::new("outer", &journal))
+            .middleware(PanicsAfterNext),
+    )
+    .await;
+    let error = EchoClient::new(worker.channel())
+        .echo(echo("x"))
+        .await
+        .unwrap_err();
+    let status = error.status().expect("a remote status");
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(
+        status.message(),
+        format!(
+            "the middleware {} around echo.echo panicked: after next",
+            std::any::type_name::<PanicsAfterNext>()
+        )
+    );
+    // The outer middleware saw the call fail, and the worker goes on.
+    assert_eq!(
+        *journal.lock().unwrap(),
+        ["outer in echo.echo", "outer out"]
+    );
+    assert_eq!(worker.channel().in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_handlers_panic_under_middleware_is_the_handlers_on_both_sides() {
+    let journal = Journal::default();
+    let worker = spawn(ServeOptions::new().middleware(Note::new("worker", &journal))).await;
+    let channel = worker
+        .channel()
+        .with_middleware(Note::new("host", &Journal::default()));
+    // Not blamed on the middleware it passed through.
+    workerbus_tests::cases::handler_panic_is_internal(&channel).await;
 }
