@@ -13,7 +13,8 @@ use super::{DEFAULT_SHUTDOWN_GRACE, Spawn, Worker};
 use crate::client::{Channel, ChannelOptions, CloseReason, ExitWatch};
 use crate::error::{Error, ExitReason};
 use crate::frame::Frame;
-use crate::server::{Dispatch, ServeOptions, panic_message, serve_transport};
+use crate::panic::panic_message;
+use crate::server::{Dispatch, ServeOptions, serve_transport};
 use crate::transport::MemoryTransport;
 
 /// Runs a worker on its own OS thread, with its own tokio runtime, in this

@@ -42,5 +42,3 @@ pub use self::serve::serve_transport;
 #[cfg(feature = "process")]
 pub(crate) use self::serve::{Ending, serve_connection};
 pub use self::stream::{CallStreams, Incoming, StreamSender};
-#[cfg(feature = "thread")]
-pub(crate) use crate::panic::panic_message;
