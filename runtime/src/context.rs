@@ -1,12 +1,24 @@
 //! [`Context`]: what a handler knows about the call it serves.
 
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use crate::event::{EventSink, Outlet};
+use crate::metadata::Metadata;
 use crate::name::MethodName;
+use crate::sync::lock;
 use crate::trace::TraceContext;
 
-use crate::event::{EventSink, Outlet};
+/// What a call's context reaches of the connection the call came on: the
+/// events its handler sends, and the metadata it answers with. The serve
+/// loop's connection implements it.
+pub(crate) trait Connection: Outlet {
+    /// Sets the response metadata of `call`, if it is still in flight.
+    fn set_response_metadata(&self, call: u64, metadata: Metadata);
+
+    /// The response metadata set for `call` so far.
+    fn response_metadata(&self, call: u64) -> Metadata;
+}
 
 /// What a handler knows about the call it is serving.
 ///
@@ -25,8 +37,13 @@ pub struct Context {
     pub(crate) deadline: Option<tokio::time::Instant>,
     pub(crate) attempt: u32,
     pub(crate) trace: Option<TraceContext>,
-    /// The connection the call came on, for the events its handler sends.
-    pub(crate) connection: Option<Weak<dyn Outlet>>,
+    pub(crate) metadata: Metadata,
+    /// The connection the call came on, for the events its handler sends
+    /// and its response metadata.
+    pub(crate) connection: Option<Weak<dyn Connection>>,
+    /// A context made with [`Context::new`] keeps its response metadata
+    /// here, for a handler's unit test to read.
+    pub(crate) local: Option<Arc<Mutex<Metadata>>>,
 }
 
 impl Context {
@@ -39,8 +56,25 @@ impl Context {
             deadline: None,
             attempt: 1,
             trace: None,
+            metadata: Metadata::new(),
             connection: None,
+            local: Some(Arc::default()),
         }
+    }
+
+    /// Sets the request metadata.
+    ///
+    /// ```
+    /// use workerbus::{Context, Metadata};
+    ///
+    /// let cx = Context::new("embedder.embed").with_metadata(Metadata::new().with("tenant", "acme")?);
+    /// assert_eq!(cx.metadata().get_str("tenant"), Some("acme"));
+    /// # Ok::<(), workerbus::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Metadata) -> Context {
+        self.metadata = metadata;
+        self
     }
 
     /// Sets the deadline.
@@ -93,13 +127,60 @@ impl Context {
         self.trace
     }
 
+    /// The metadata the caller sent with the call
+    /// ([`CallOptions::metadata`](crate::CallOptions::metadata), after the
+    /// channel's entries and with what its middleware added).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Sets the metadata the call answers with, replacing any set before;
+    /// the caller reads it through
+    /// [`CallOptions::response_metadata`](crate::CallOptions::response_metadata),
+    /// whether the call answers with a response or an error. It is sent with
+    /// the answer, so it may be set until the handler returns; set after the
+    /// call was answered or cancelled, it goes nowhere. Metadata the
+    /// connection cannot carry (over [`MAX_METADATA_LEN`](crate::MAX_METADATA_LEN),
+    /// or over the host's maximum frame length) turns the answer into a
+    /// `ResourceExhausted` status naming its size.
+    ///
+    /// ```
+    /// use workerbus::{Context, Metadata};
+    ///
+    /// let cx = Context::new("search.query");
+    /// cx.set_response_metadata(Metadata::new().with("index-version", "42")?);
+    /// assert_eq!(cx.response_metadata().get_str("index-version"), Some("42"));
+    /// # Ok::<(), workerbus::Error>(())
+    /// ```
+    pub fn set_response_metadata(&self, metadata: Metadata) {
+        if let Some(local) = &self.local {
+            *lock(local) = metadata;
+        } else if let Some(connection) = self.connection.as_ref().and_then(Weak::upgrade) {
+            connection.set_response_metadata(self.id, metadata);
+        }
+    }
+
+    /// The response metadata set so far.
+    pub fn response_metadata(&self) -> Metadata {
+        if let Some(local) = &self.local {
+            return lock(local).clone();
+        }
+        match self.connection.as_ref().and_then(Weak::upgrade) {
+            Some(connection) => connection.response_metadata(self.id),
+            None => Metadata::new(),
+        }
+    }
+
     /// Where the handler sends events to its host: the connection this call
     /// came on. Generated emitters (`<Service>Emitter::from_context`) wrap
     /// it; it may be kept and used after the call, for as long as the host
     /// stays connected.
     pub fn events(&self) -> EventSink {
         EventSink {
-            connection: self.connection.clone(),
+            connection: self
+                .connection
+                .clone()
+                .map(|connection| connection as Weak<dyn Outlet>),
             call: self.id,
         }
     }

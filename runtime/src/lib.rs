@@ -61,6 +61,7 @@ pub mod fuzzing;
 mod idmap;
 mod log;
 mod message;
+mod metadata;
 mod middleware;
 mod name;
 mod panic;
@@ -103,6 +104,7 @@ pub use self::frame::{
     STREAM_WINDOW,
 };
 pub use self::log::LOG_ENV;
+pub use self::metadata::{MAX_METADATA_LEN, Metadata, ResponseMetadata};
 pub use self::middleware::{
     CallInfo, ConcurrencyLimit, Histogram, Logging, MethodMetrics, Metrics, MetricsSnapshot,
     Middleware, Next, RateLimit, ServerMiddleware, ServerNext, Side,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use workerbus::{
-    Backoff, CallOptions, Channel, Code, Error, ExitReason, STREAM_WINDOW, STREAM_WINDOW_BYTES,
-    Streaming,
+    Backoff, CallOptions, Channel, Code, Error, ExitReason, MAX_METADATA_LEN, Metadata,
+    ResponseMetadata, STREAM_WINDOW, STREAM_WINDOW_BYTES, Streaming,
 };
 
 use crate::pb::common::{Order, Page};
@@ -17,6 +17,7 @@ use crate::pb::echo::{
     FailRequest, FlakyRequest, MissingClient, NoteRequest, ObserveRequest, PanicRequest,
     ProgressRequest, SleepRequest, SleepState, SumRequest, TickEvent,
 };
+use crate::pb::echo::{Header, HeadersRequest};
 
 fn echo(channel: &Channel) -> EchoClient {
     EchoClient::new(channel.clone())
@@ -810,4 +811,216 @@ pub async fn one_way_and_events(channel: &Channel) {
     unread_events_hold_the_worker_back(channel).await;
     unread_large_events_hold_the_worker_back_in_bytes(channel).await;
     one_way_notes_come_back_as_events(channel).await;
+}
+
+fn header(key: &str, value: &[u8]) -> Header {
+    Header {
+        key: key.into(),
+        value: value.to_vec().into(),
+    }
+}
+
+fn entries(metadata: &Metadata) -> Vec<(String, Vec<u8>)> {
+    metadata
+        .iter()
+        .map(|(key, value)| (key.to_owned(), value.to_vec()))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+    list.iter()
+        .map(|(key, value)| (key.to_string(), value.to_vec()))
+        .collect()
+}
+
+/// A call's metadata reaches its handler in order (text, binary, repeated
+/// keys; the client's entries before the call's), and the handler's
+/// response metadata reaches the caller, with a response or an error.
+pub async fn metadata_goes_both_ways(channel: &Channel) {
+    let client_wide = Metadata::new().with("tenant", "acme").unwrap();
+    let client = echo(channel).with_options(CallOptions::new().metadata(client_wide));
+    let sent = Metadata::new()
+        .with("user", "ann")
+        .and_then(|m| m.with("key-bin", [0, 0xff, b'\n']))
+        .and_then(|m| m.with("user", "bob"))
+        .unwrap();
+    let answered = ResponseMetadata::new();
+    let request = HeadersRequest {
+        reply: vec![header("served-by", b"echo"), header("cost-bin", &[1, 2])],
+        ..HeadersRequest::default()
+    };
+    let options = CallOptions::new()
+        .metadata(sent)
+        .response_metadata(&answered);
+    let reply = client
+        .headers_with(request.clone(), options.clone())
+        .await
+        .unwrap();
+    let seen: Vec<_> = reply
+        .seen
+        .iter()
+        .map(|h| (h.key.clone(), h.value.to_vec()))
+        .collect();
+    assert_eq!(
+        seen,
+        pairs(&[
+            ("tenant", b"acme"),
+            ("user", b"ann"),
+            ("key-bin", &[0, 0xff, b'\n']),
+            ("user", b"bob"),
+        ])
+    );
+    assert_eq!(
+        entries(&answered.get()),
+        pairs(&[("served-by", b"echo"), ("cost-bin", &[1, 2])])
+    );
+
+    // With an error, too.
+    let failed = ResponseMetadata::new();
+    let failing = HeadersRequest {
+        fail_code: Code::NotFound as u32,
+        ..request
+    };
+    let error = client
+        .headers_with(failing, CallOptions::new().response_metadata(&failed))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status().map(|s| s.code()), Some(Code::NotFound));
+    assert_eq!(failed.get().get_str("served-by"), Some("echo"));
+
+    // A call that asks for none and a handler that sets none.
+    let nothing = ResponseMetadata::new();
+    echo(channel)
+        .headers_with(
+            HeadersRequest::default(),
+            CallOptions::new().response_metadata(&nothing),
+        )
+        .await
+        .unwrap();
+    assert!(nothing.get().is_empty());
+    assert_settled(channel);
+}
+
+/// Every attempt of a retried call carries the call's metadata.
+pub async fn metadata_is_kept_across_retries(channel: &Channel) {
+    let options = CallOptions::new()
+        .metadata(Metadata::new().with("user", "ann").unwrap())
+        .retries(3)
+        .backoff(Backoff::constant(Duration::from_millis(1)));
+    let request = HeadersRequest {
+        succeed_on: 3,
+        ..HeadersRequest::default()
+    };
+    let reply = echo(channel).headers_with(request, options).await.unwrap();
+    assert_eq!(reply.attempt, 3);
+    assert_eq!(reply.seen, [header("user", b"ann")]);
+    assert_settled(channel);
+}
+
+/// Metadata over its limit fails the call before anything is sent, naming
+/// the key that passed the limit; the channel goes on.
+pub async fn metadata_over_its_limit_fails_the_call_naming_the_key(channel: &Channel) {
+    let big = Metadata::new()
+        .with("small", "x")
+        .and_then(|m| m.with("big-bin", vec![0u8; MAX_METADATA_LEN]))
+        .unwrap();
+    let error = echo(channel)
+        .headers_with(HeadersRequest::default(), CallOptions::new().metadata(big))
+        .await
+        .unwrap_err();
+    match &error {
+        Error::TooLarge { key, what, max, .. } => {
+            assert_eq!(key.as_deref(), Some("big-bin"));
+            assert_eq!((*what, *max), ("metadata", MAX_METADATA_LEN));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(error.to_string().contains("at key \"big-bin\""), "{error}");
+    // The handler's answer past the limit becomes a status naming its size.
+    let too_much = HeadersRequest {
+        reply: vec![header("big-bin", &vec![0u8; MAX_METADATA_LEN])],
+        ..HeadersRequest::default()
+    };
+    let error = echo(channel).headers(too_much).await.unwrap_err();
+    let status = error.status().expect("a status");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{error}");
+    assert!(
+        status
+            .message()
+            .contains("response metadata of echo.headers"),
+        "{error}"
+    );
+    unary_round_trip(channel).await;
+    assert_settled(channel);
+}
+
+/// Streaming calls and one-way messages carry metadata too; a stream's
+/// response metadata arrives with its end.
+pub async fn metadata_travels_with_streams_and_one_way_messages(channel: &Channel) {
+    let sent = Metadata::new().with("stream", "yes").unwrap();
+    let client = echo(channel);
+
+    let answered = ResponseMetadata::new();
+    let options = CallOptions::new()
+        .metadata(sent.clone())
+        .response_metadata(&answered);
+    let request = CountRequest {
+        count: 3,
+        ..CountRequest::default()
+    };
+    let mut counted = client.count_with(request, options).await.unwrap();
+    while counted.message().await.unwrap().is_some() {}
+    assert_eq!(answered.get(), sent, "server stream");
+
+    let answered = ResponseMetadata::new();
+    let options = CallOptions::new()
+        .metadata(sent.clone())
+        .response_metadata(&answered);
+    let numbers = stream::iter((1..=3).map(|value| SumRequest {
+        value,
+        ..SumRequest::default()
+    }));
+    client.sum_with(numbers, options).await.unwrap();
+    assert_eq!(answered.get(), sent, "client stream");
+
+    let answered = ResponseMetadata::new();
+    let options = CallOptions::new()
+        .metadata(sent.clone())
+        .response_metadata(&answered);
+    let said = stream::iter([EchoRequest {
+        text: "hi".into(),
+        ..EchoRequest::default()
+    }]);
+    let mut chat = client.chat_with(said, options).await.unwrap();
+    while chat.message().await.unwrap().is_some() {}
+    assert_eq!(answered.get(), sent, "two-way stream");
+
+    // A one-way note whose text comes in metadata, heard back as an event.
+    let mut noted = EchoEvents::subscribe(channel);
+    let options =
+        CallOptions::new().metadata(Metadata::new().with("note-text", "from metadata").unwrap());
+    client
+        .note_with(
+            NoteRequest {
+                text: "from the message".into(),
+                tag: "metadata-note".into(),
+                ..NoteRequest::default()
+            },
+            options,
+        )
+        .await
+        .unwrap();
+    match next_event(&mut noted).await {
+        EchoEvent::Noted(note) => assert_eq!(note.text, "from metadata"),
+        other => panic!("expected the note back, got {other:?}"),
+    }
+    assert_settled(channel);
+}
+
+/// Every metadata case, in one go.
+pub async fn metadata(channel: &Channel) {
+    metadata_goes_both_ways(channel).await;
+    metadata_is_kept_across_retries(channel).await;
+    metadata_over_its_limit_fails_the_call_naming_the_key(channel).await;
+    metadata_travels_with_streams_and_one_way_messages(channel).await;
 }

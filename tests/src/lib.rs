@@ -38,6 +38,7 @@ use pb::echo::{
     PanicRequest, ProgressReply, ProgressRequest, SleepRequest, SleepState, StatsReply, SumReply,
     SumRequest, TickEvent, TraceReply,
 };
+use pb::echo::{Header, HeadersReply, HeadersRequest};
 
 /// The `Echo` handler.
 #[derive(Debug, Default)]
@@ -264,12 +265,48 @@ impl EchoHandler for EchoWorker {
         })
     }
 
+    async fn headers(&self, request: HeadersRequest, cx: &Context) -> Result<HeadersReply, Status> {
+        let mut reply = workerbus::Metadata::new();
+        for header in request.reply {
+            reply
+                .insert(&header.key, &header.value)
+                .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        }
+        cx.set_response_metadata(reply);
+        if request.fail_code != 0 {
+            return Err(Status::new(
+                Code::from_u32(request.fail_code),
+                "asked to fail",
+            ));
+        }
+        if cx.attempt() < request.succeed_on {
+            return Err(Status::unavailable(format!(
+                "attempt {} fails",
+                cx.attempt()
+            )));
+        }
+        let seen = cx
+            .metadata()
+            .iter()
+            .map(|(key, value)| Header {
+                key: key.to_owned(),
+                value: value.to_vec().into(),
+            })
+            .collect();
+        Ok(HeadersReply {
+            seen,
+            attempt: cx.attempt(),
+        })
+    }
+
     async fn count(
         &self,
         request: CountRequest,
         responses: StreamSender<CountReply>,
-        _cx: &Context,
+        cx: &Context,
     ) -> Result<(), Status> {
+        // Streams answer with the metadata they were sent.
+        cx.set_response_metadata(cx.metadata().clone());
         let mut guard = SleepGuard::start(&self.state, request.tag);
         let padding = bytes::Bytes::from(vec![0x5a; request.padding as usize]);
         for value in (request.from..).take(request.count as usize) {
@@ -302,8 +339,9 @@ impl EchoHandler for EchoWorker {
     async fn sum(
         &self,
         mut requests: Incoming<SumRequest>,
-        _cx: &Context,
+        cx: &Context,
     ) -> Result<SumReply, Status> {
+        cx.set_response_metadata(cx.metadata().clone());
         let mut reply = SumReply::default();
         let mut guard = None;
         while let Some(request) = requests.message().await? {
@@ -330,8 +368,9 @@ impl EchoHandler for EchoWorker {
         &self,
         mut requests: Incoming<EchoRequest>,
         responses: StreamSender<EchoReply>,
-        _cx: &Context,
+        cx: &Context,
     ) -> Result<(), Status> {
+        cx.set_response_metadata(cx.metadata().clone());
         while let Some(request) = requests.message().await? {
             responses
                 .send(EchoReply {
@@ -343,8 +382,12 @@ impl EchoHandler for EchoWorker {
         Ok(())
     }
 
-    async fn note(&self, request: NoteRequest, cx: &Context) -> Result<(), Status> {
+    async fn note(&self, mut request: NoteRequest, cx: &Context) -> Result<(), Status> {
         let tag = request.tag.clone();
+        // A note may carry its text in metadata instead.
+        if let Some(text) = cx.metadata().get_str("note-text") {
+            request.text = text.to_owned();
+        }
         let result = if request.fail {
             Err(Status::invalid_argument(format!(
                 "note {:?} asked to fail",

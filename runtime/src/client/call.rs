@@ -8,10 +8,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::frame::HEADER_LEN;
+use crate::frame::{HEADER_LEN, metadata_field_len};
+use crate::metadata::Metadata;
 use crate::middleware::CallInfo;
 use crate::name::MethodName;
 use crate::trace::TraceContext;
@@ -39,27 +39,24 @@ impl From<Error> for SendError {
     }
 }
 
-/// One attempt on one connection: waits for room (until `due`), sends, and
-/// awaits the answer, which the link times out when `due`.
+/// One attempt on one connection: waits for room (until its `due`), sends,
+/// and awaits the answer, which the link times out when `due`.
 pub(super) async fn send(
     shared: &Shared,
-    method: &MethodName,
+    attempt: Attempt<'_>,
     payload: Bytes,
-    timeout: Option<Duration>,
-    due: Option<Instant>,
-    attempt: u32,
-    trace: Option<TraceContext>,
 ) -> Result<Bytes, SendError> {
-    check_request_size(shared, method, &payload, timeout, trace)?;
-    let mut payload = payload;
-    let kind = Kind::Unary { due };
-    let sent = Attempt {
-        method,
-        timeout,
-        number: attempt,
-        trace,
-        kind,
+    let (method, timeout) = (attempt.method, attempt.timeout);
+    let Kind::Unary { due } = attempt.kind else {
+        unreachable!("streams open with open_stream_once")
     };
+    let metadata = shared.metadata_of(method, attempt.metadata);
+    check_request_size(shared, method, &payload, timeout, attempt.trace, &metadata)?;
+    let sent = Attempt {
+        metadata: &metadata,
+        ..attempt
+    };
+    let mut payload = payload;
     let mut try_start = || match start(shared, &sent, &mut payload, None) {
         Start::Sent(call) => Some(Ok(call)),
         Start::Closed(reason) => Some(Err(reason)),
@@ -95,7 +92,8 @@ pub(super) fn send_once<'s>(
     waker: &Waker,
 ) -> Result<Start<'s>, Error> {
     check_method_name(method)?;
-    check_request_size(shared, method, payload, options.timeout, None)?;
+    let metadata = shared.metadata_of(method, &options.metadata);
+    check_request_size(shared, method, payload, options.timeout, None, &metadata)?;
     let kind = Kind::Unary {
         due: due(options.timeout),
     };
@@ -105,27 +103,40 @@ pub(super) fn send_once<'s>(
         number: 1,
         trace: None,
         kind,
+        metadata: &metadata,
+        response_metadata: options.response_metadata.as_ref(),
     };
     Ok(start(shared, &attempt, payload, Some(waker)))
 }
 
-/// Refuses a `REQUEST` longer than the connection's maximum frame length.
+/// Refuses metadata over its limit, and a `REQUEST` longer than the
+/// connection's maximum frame length.
 pub(super) fn check_request_size(
     shared: &Shared,
     method: &MethodName,
     payload: &Bytes,
     timeout: Option<Duration>,
     trace: Option<TraceContext>,
+    metadata: &Metadata,
 ) -> Result<(), Error> {
+    metadata.check_len(method)?;
     let deadline_field = if timeout.is_some() { 8 } else { 0 };
     let trace_field = if trace.is_some() { 24 } else { 0 };
-    let size = HEADER_LEN + deadline_field + 4 + trace_field + 2 + method.len() + payload.len();
+    let size = HEADER_LEN
+        + deadline_field
+        + 4
+        + trace_field
+        + metadata_field_len(metadata)
+        + 2
+        + method.len()
+        + payload.len();
     if size > shared.max_frame_length {
         return Err(Error::TooLarge {
             method: method.clone(),
             what: "request",
             size,
             max: shared.max_frame_length,
+            key: None,
         });
     }
     Ok(())
@@ -329,20 +340,25 @@ impl Channel {
         info: Option<&CallInfo>,
         dead: &mut Option<Channel>,
     ) -> Result<Bytes, Error> {
-        // Read when the attempt runs: after the middleware set it.
+        // Read when the attempt runs: after the middleware set them.
         let trace = info.and_then(CallInfo::trace);
+        let metadata = match info {
+            Some(info) => info.metadata(),
+            None => options.metadata.clone(),
+        };
         let due = due(options.timeout);
+        let sent = Attempt {
+            method,
+            timeout: options.timeout,
+            number: attempt,
+            trace,
+            kind: Kind::Unary { due },
+            metadata: &metadata,
+            response_metadata: options.response_metadata.as_ref(),
+        };
         let source = match &self.inner {
             Inner::Direct(handle) => {
-                let sent = send(
-                    &handle.shared,
-                    method,
-                    payload,
-                    options.timeout,
-                    due,
-                    attempt,
-                    trace,
-                );
+                let sent = send(&handle.shared, sent, payload);
                 return sent.await.map_err(|error| match error {
                     SendError::Undelivered { reason, .. } => reason.into_error(method),
                     SendError::Failed(error) => error,
@@ -370,16 +386,7 @@ impl Channel {
                 });
             };
             *dead = Some(channel);
-            let sent = send(
-                &shared,
-                method,
-                payload,
-                options.timeout,
-                due,
-                attempt,
-                trace,
-            );
-            match sent.await {
+            match send(&shared, sent, payload).await {
                 Ok(answer) => return Ok(answer),
                 Err(SendError::Failed(error)) => return Err(error),
                 Err(SendError::Undelivered { payload: back, .. }) => {

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::event::{EventHub, Subscription};
 use crate::frame::MAX_METHOD_LEN;
 use crate::idmap::IdMap;
+use crate::metadata::Metadata;
 use crate::middleware::{HostChain, Middleware, append};
 use crate::name::MethodName;
 use crate::transport::Transport;
@@ -158,6 +159,7 @@ impl Channel {
                 unwritten: Vec::new(),
             }),
             max_frame_length: options.max_frame_length,
+            metadata: options.metadata,
             max_in_flight: options.max_in_flight,
             max_queued_bytes: options.max_queued_bytes,
             window: options.window,
@@ -287,6 +289,8 @@ impl Channel {
             retries: 0,
             backoff: Backoff::default(),
             idempotent: false,
+            metadata: Metadata::new(),
+            response_metadata: None,
         };
         let answer = self.call(&HEALTH, Bytes::new(), &options).await?;
         let health = Health::decode(answer).map_err(|source| Error::Decode {

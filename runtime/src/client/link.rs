@@ -16,6 +16,7 @@ use crate::error::{ExitReason, FrameError};
 use crate::event::Credit;
 use crate::frame::Frame;
 use crate::log::{self, Direction};
+use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::transport::{FrameWriter, Transport};
 
@@ -237,6 +238,22 @@ pub(super) fn poll_link<T: Transport>(
     }
 }
 
+/// Hands the response metadata of call `id` to its caller, if it asked for
+/// it; metadata for a call that ended is dropped, as its answer will be.
+fn route_metadata(shared: &Shared, id: u64, metadata: Metadata) -> Result<(), FrameError> {
+    let mut state = lock(shared);
+    let next_id = state.next_id;
+    match state.calls.get_mut(&id) {
+        Some(slot) => {
+            if let Some(into) = &slot.response_metadata {
+                into.set(metadata);
+            }
+        }
+        None => never_sent("METADATA", id, next_id)?,
+    }
+    Ok(())
+}
+
 /// Hands an answer to the call waiting for it. Answers to ids nobody waits
 /// for (the call timed out or was cancelled) are dropped; a frame for an id
 /// never sent breaks the connection.
@@ -273,6 +290,7 @@ pub(super) fn route(shared: &Shared, frame: Frame) -> Result<(), FrameError> {
             }
             return Ok(());
         }
+        Frame::Metadata { id, metadata } => return route_metadata(shared, id, metadata),
         other => {
             return Err(FrameError::Unexpected {
                 kind: other.kind_name(),

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::log::{self, Direction};
+use crate::metadata::Metadata;
 use crate::middleware::{CallInfo, Next};
 use crate::name::MethodName;
 use crate::schema::MethodKind;
@@ -26,8 +27,10 @@ pub(super) async fn post(
     payload: &Bytes,
     timeout: Option<Duration>,
     trace: Option<TraceContext>,
+    metadata: &Metadata,
 ) -> Result<(), Error> {
-    check_request_size(shared, method, payload, timeout, trace)?;
+    let metadata = shared.metadata_of(method, metadata);
+    check_request_size(shared, method, payload, timeout, trace, &metadata)?;
     let queued = wait_for(&shared.changed, || {
         let mut state = lock(shared);
         if let Some(reason) = &state.closed {
@@ -46,7 +49,8 @@ pub(super) async fn post(
         state.queued_bytes += payload.len();
         let request = Frame::request(id, method.clone(), timeout, 1, payload.clone())
             .with_trace(trace)
-            .with_kind(MethodKind::OneWay);
+            .with_kind(MethodKind::OneWay)
+            .with_metadata(metadata.clone());
         log::frame(Direction::HostOut, &request, None);
         state.outbox.push_back(request);
         Some(Ok(state.link.take()))
@@ -72,7 +76,14 @@ impl Channel {
         let result = match &self.middleware {
             None => self.post_once(method, &payload, options, None).await,
             Some(chain) => {
-                let info = CallInfo::host(method, 1, options.timeout, self.driver(), payload.len());
+                let info = CallInfo::host(
+                    method,
+                    1,
+                    options.timeout,
+                    self.driver(),
+                    payload.len(),
+                    options.metadata.clone(),
+                );
                 let queued = self.post_once(method, &payload, options, Some(&info));
                 Next::new(chain, &info, Box::pin(queued)).run().await
             }
@@ -88,15 +99,21 @@ impl Channel {
         options: &Resolved,
         info: Option<&CallInfo>,
     ) -> Result<Bytes, Error> {
-        // Read when this runs: after the middleware set it.
+        // Read when this runs: after the middleware set them.
         let trace = info.and_then(CallInfo::trace);
+        let metadata = match info {
+            Some(info) => info.metadata(),
+            None => options.metadata.clone(),
+        };
         let queued = async {
             let channel = match &self.inner {
                 Inner::Direct(_) => self.clone(),
                 Inner::Source(source) => source.current(method, None).await?,
             };
             match channel.direct() {
-                Some(shared) => post(shared, method, payload, options.timeout, trace).await,
+                Some(shared) => {
+                    post(shared, method, payload, options.timeout, trace, &metadata).await
+                }
                 None => Err(Error::Disconnected {
                     method: method.clone(),
                     cause: None,

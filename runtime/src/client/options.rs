@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH};
+use crate::metadata::{Metadata, ResponseMetadata};
 use crate::window::Window;
 
 /// The timeout of a call when neither the caller nor the schema sets one.
@@ -35,6 +36,8 @@ pub struct CallOptions {
     pub(super) retries: Option<u32>,
     pub(super) backoff: Option<Backoff>,
     pub(super) idempotent: Option<bool>,
+    pub(super) metadata: Metadata,
+    pub(super) response_metadata: Option<ResponseMetadata>,
 }
 
 impl CallOptions {
@@ -78,6 +81,43 @@ impl CallOptions {
     pub fn idempotent(mut self, idempotent: bool) -> CallOptions {
         self.idempotent = Some(idempotent);
         self
+    }
+
+    /// Metadata sent with the call, read by the handler in
+    /// [`Context::metadata`](crate::Context::metadata) and by middleware on
+    /// both sides in [`CallInfo::metadata`](crate::CallInfo::metadata). It
+    /// follows the entries of the channel's
+    /// ([`ChannelOptions::metadata`]) and of the client's options, and is
+    /// sent again with each retry. A call whose metadata (all of it, with
+    /// what middleware adds) is over [`MAX_METADATA_LEN`](crate::MAX_METADATA_LEN)
+    /// bytes fails with [`Error::TooLarge`](crate::Error::TooLarge) naming
+    /// the key that passes the limit, before anything is sent.
+    ///
+    /// ```
+    /// use workerbus::{CallOptions, Metadata};
+    ///
+    /// let options = CallOptions::new().metadata(Metadata::new().with("tenant", "acme")?);
+    /// assert_eq!(options.get_metadata().get_str("tenant"), Some("acme"));
+    /// # Ok::<(), workerbus::Error>(())
+    /// ```
+    #[must_use]
+    pub fn metadata(mut self, metadata: Metadata) -> CallOptions {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Where to put the metadata the handler answers with
+    /// ([`Context::set_response_metadata`](crate::Context::set_response_metadata)),
+    /// to read once the call has ended, with a response or an error.
+    #[must_use]
+    pub fn response_metadata(mut self, into: &ResponseMetadata) -> CallOptions {
+        self.response_metadata = Some(into.clone());
+        self
+    }
+
+    /// The metadata set here.
+    pub fn get_metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     /// The timeout set here, if any (`Duration::MAX` means none).
@@ -124,11 +164,24 @@ impl CallOptions {
             .flatten()
             .find_map(|o| o.backoff)
             .unwrap_or_default();
+        // The least specific first: the client's entries, then the call's.
+        let metadata = match layers {
+            [Some(call), Some(client)] => client.metadata.joined(&call.metadata),
+            [Some(only), None] | [None, Some(only)] => only.metadata.clone(),
+            [None, None] => Metadata::new(),
+        };
+        let response_metadata = layers
+            .iter()
+            .flatten()
+            .find_map(|o| o.response_metadata.as_ref())
+            .cloned();
         Resolved {
             timeout: (timeout != Duration::MAX).then_some(timeout),
             retries: if idempotent { retries } else { 0 },
             backoff,
             idempotent,
+            metadata,
+            response_metadata,
         }
     }
 }
@@ -142,7 +195,7 @@ pub(crate) struct MethodDefaults {
 }
 
 /// Call settings with every fallback applied.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Resolved {
     pub(crate) timeout: Option<Duration>,
     pub(crate) retries: u32,
@@ -150,6 +203,9 @@ pub(crate) struct Resolved {
     /// Whether running the call twice is safe: then a call interrupted by a
     /// supervised worker's crash runs again on its replacement.
     pub(crate) idempotent: bool,
+    /// The client's and the call's metadata.
+    pub(crate) metadata: Metadata,
+    pub(crate) response_metadata: Option<ResponseMetadata>,
 }
 
 /// Options of a [`Channel`](crate::Channel).
@@ -159,6 +215,7 @@ pub struct ChannelOptions {
     pub(super) max_in_flight: usize,
     pub(super) max_queued_bytes: usize,
     pub(super) window: Window,
+    pub(super) metadata: Metadata,
 }
 
 /// The default cap on calls in flight on one channel.
@@ -214,6 +271,21 @@ impl ChannelOptions {
         self
     }
 
+    /// Metadata sent with every call on the channel, before the entries
+    /// of the client's and the call's [`CallOptions::metadata`].
+    ///
+    /// ```
+    /// use workerbus::{ChannelOptions, Metadata};
+    ///
+    /// let options = ChannelOptions::new().metadata(Metadata::new().with("host", "indexer-1")?);
+    /// # Ok::<(), workerbus::Error>(())
+    /// ```
+    #[must_use]
+    pub fn metadata(mut self, metadata: Metadata) -> ChannelOptions {
+        self.metadata = metadata;
+        self
+    }
+
     #[cfg(feature = "process")]
     pub(crate) fn max_frame_length_value(&self) -> usize {
         self.max_frame_length
@@ -227,6 +299,7 @@ impl Default for ChannelOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             window: Window::DEFAULT,
+            metadata: Metadata::new(),
         }
     }
 }

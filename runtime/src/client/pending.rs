@@ -17,6 +17,7 @@ use crate::event::EventHub;
 use crate::frame::Frame;
 use crate::idmap::IdMap;
 use crate::log::{self, Direction};
+use crate::metadata::{Metadata, ResponseMetadata};
 use crate::name::MethodName;
 use crate::schema::MethodKind;
 use crate::trace::TraceContext;
@@ -31,6 +32,8 @@ pub(super) struct Shared {
     /// The driver behind the connection, as middleware sees it.
     pub(super) driver: &'static str,
     pub(super) max_frame_length: usize,
+    /// Metadata sent with every call, before the call's own.
+    pub(super) metadata: Metadata,
     pub(super) max_in_flight: usize,
     pub(super) max_queued_bytes: usize,
     /// What the host grants each response stream and the events.
@@ -100,6 +103,8 @@ pub(super) struct Slot {
     pub(super) timeout: Option<Duration>,
     pub(super) waker: Option<Waker>,
     pub(super) outcome: Option<Result<Bytes, Failure>>,
+    /// Where the caller wants the handler's response metadata, if it does.
+    pub(super) response_metadata: Option<ResponseMetadata>,
     /// The streams of a streaming call.
     pub(super) stream: Option<Box<SlotStream>>,
 }
@@ -168,6 +173,7 @@ impl Failure {
                 what: "request stream item",
                 size,
                 max,
+                key: None,
             },
             Failure::TimedOut(after) => super::deadline::timed_out(method, after),
         }
@@ -189,6 +195,17 @@ impl CloseReason {
     }
 }
 
+impl Shared {
+    /// The metadata a call sends on this connection: the channel's entries,
+    /// then the call's own (control exchanges carry only their own).
+    pub(super) fn metadata_of(&self, method: &MethodName, own: &Metadata) -> Metadata {
+        if method.starts_with(crate::control::PREFIX) {
+            return own.clone();
+        }
+        self.metadata.joined(own)
+    }
+}
+
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     crate::sync::lock(&shared.state)
 }
@@ -204,6 +221,7 @@ pub(super) enum Kind {
 
 /// One attempt of a call, as [`start`] sends it (all but the payload, which
 /// it takes only when it sends).
+#[derive(Clone, Copy)]
 pub(super) struct Attempt<'m> {
     pub(super) method: &'m MethodName,
     pub(super) timeout: Option<Duration>,
@@ -211,6 +229,10 @@ pub(super) struct Attempt<'m> {
     pub(super) number: u32,
     pub(super) trace: Option<TraceContext>,
     pub(super) kind: Kind,
+    /// The metadata sent (by `send`: with the connection's first).
+    pub(super) metadata: &'m Metadata,
+    /// Where the handler's response metadata goes.
+    pub(super) response_metadata: Option<&'m ResponseMetadata>,
 }
 
 /// Sends a call if there is room; the payload is taken only then. `waker`,
@@ -228,6 +250,8 @@ pub(super) fn start<'a>(
         number,
         trace,
         kind,
+        metadata,
+        response_metadata,
     } = *attempt;
     let shape = match kind {
         Kind::Unary { .. } => MethodKind::Unary,
@@ -254,6 +278,7 @@ pub(super) fn start<'a>(
                 timeout,
                 waker: waker.cloned(),
                 outcome: None,
+                response_metadata: response_metadata.cloned(),
                 stream: shape.streams().then(|| {
                     Box::new(SlotStream {
                         items: std::collections::VecDeque::new(),
@@ -266,9 +291,17 @@ pub(super) fn start<'a>(
         );
         state.queued_bytes += payload.len();
         let payload = std::mem::take(payload);
-        let request = Frame::request(id, method.clone(), timeout, number, payload)
-            .with_trace(trace)
-            .with_kind(shape);
+        // Built whole: each builder step would move the frame.
+        let request = Frame::Request {
+            id,
+            method: method.clone(),
+            timeout,
+            attempt: number,
+            trace,
+            kind: shape,
+            metadata: metadata.clone(),
+            payload,
+        };
         log::frame(Direction::HostOut, &request, None);
         state.outbox.push_back(request);
         let timer = match kind {

@@ -46,8 +46,14 @@ impl Channel {
                         .await
                 }
                 Some(chain) => {
-                    let info =
-                        CallInfo::host(method, attempt, options.timeout, self.driver(), this.len());
+                    let info = CallInfo::host(
+                        method,
+                        attempt,
+                        options.timeout,
+                        self.driver(),
+                        this.len(),
+                        options.metadata.clone(),
+                    );
                     let endpoint =
                         self.attempt(method, this, options, attempt, Some(&info), &mut dead);
                     Next::new(chain, &info, Box::pin(endpoint)).run().await

@@ -461,7 +461,14 @@ impl Channel {
                 .await
                 .map(|(call, send)| Opened::Stream(call, send));
         };
-        let info = CallInfo::host(method, 1, options.timeout, self.driver(), payload.len());
+        let info = CallInfo::host(
+            method,
+            1,
+            options.timeout,
+            self.driver(),
+            payload.len(),
+            options.metadata.clone(),
+        );
         let mut opened = None;
         let endpoint = async {
             let halves = self
@@ -486,8 +493,12 @@ impl Channel {
         deadline: Option<tokio::time::Instant>,
         info: Option<&CallInfo>,
     ) -> Result<(StreamCall, StreamSendHalf), Error> {
-        // Read when this runs: after the middleware set it.
+        // Read when this runs: after the middleware set them.
         let trace = info.and_then(CallInfo::trace);
+        let metadata = match info {
+            Some(info) => info.metadata(),
+            None => options.metadata.clone(),
+        };
         let open = async {
             let channel = match &self.inner {
                 Inner::Direct(_) => self.clone(),
@@ -499,7 +510,8 @@ impl Channel {
                     cause: None,
                 });
             };
-            check_request_size(&shared, method, payload, options.timeout, trace)?;
+            let metadata = shared.metadata_of(method, &metadata);
+            check_request_size(&shared, method, payload, options.timeout, trace, &metadata)?;
             let mut payload = payload.clone();
             let attempt = Attempt {
                 method,
@@ -507,6 +519,8 @@ impl Channel {
                 number: 1,
                 trace,
                 kind: Kind::Stream(kind),
+                metadata: &metadata,
+                response_metadata: options.response_metadata.as_ref(),
             };
             let id = wait_for(&shared.changed, || {
                 match start(&shared, &attempt, &mut payload, None) {

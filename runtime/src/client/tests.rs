@@ -31,6 +31,8 @@ fn resolved(timeout: Option<Duration>, retries: u32) -> Resolved {
         retries,
         backoff: Backoff::constant(Duration::from_millis(10)),
         idempotent: true,
+        metadata: crate::Metadata::new(),
+        response_metadata: None,
     }
 }
 

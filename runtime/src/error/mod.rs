@@ -95,19 +95,32 @@ pub enum Error {
     },
 
     /// The request or response is larger than the channel's maximum frame
-    /// length.
-    #[error(
-        "{method} failed: {what} of {size} bytes exceeds the maximum frame length of {max} bytes"
-    )]
+    /// length, or the call's metadata larger than
+    /// [`MAX_METADATA_LEN`](crate::MAX_METADATA_LEN).
+    #[error("{method} failed: {}", too_large(.what, *.size, *.max, .key.as_deref()))]
     TooLarge {
         /// The message name.
         method: MethodName,
-        /// `"request"` or `"response"`.
+        /// `"request"`, `"response"`, `"request stream item"`, or
+        /// `"metadata"` (the call's metadata passed
+        /// [`MAX_METADATA_LEN`](crate::MAX_METADATA_LEN)).
         what: &'static str,
         /// The encoded size.
         size: usize,
         /// The configured maximum.
         max: usize,
+        /// For metadata, the key of the entry that passed the maximum.
+        key: Option<String>,
+    },
+
+    /// A metadata key or value breaks gRPC's rules (see
+    /// [`Metadata`](crate::Metadata)).
+    #[error("invalid metadata key {key:?}: {reason}")]
+    InvalidMetadata {
+        /// The key.
+        key: String,
+        /// What is wrong, e.g. `keys starting with grpc- are reserved for gRPC`.
+        reason: &'static str,
     },
 
     /// The message name cannot be sent: a name has 1 to
@@ -238,6 +251,15 @@ fn io_suffix(source: &Option<std::io::Error>) -> String {
     }
 }
 
+fn too_large(what: &str, size: usize, max: usize, key: Option<&str>) -> String {
+    match key {
+        Some(key) => format!(
+            "{what} of {size} bytes exceeds the maximum of {max} bytes per call, at key {key:?}"
+        ),
+        None => format!("{what} of {size} bytes exceeds the maximum frame length of {max} bytes"),
+    }
+}
+
 fn cause_suffix(cause: &Option<Arc<FrameError>>) -> String {
     match cause {
         Some(cause) => format!(": {cause}"),
@@ -271,7 +293,9 @@ impl From<Error> for Status {
             Error::Timeout { .. } => (Code::DeadlineExceeded, Bytes::new()),
             Error::Cancelled { .. } => (Code::Cancelled, Bytes::new()),
             Error::TooLarge { .. } => (Code::ResourceExhausted, Bytes::new()),
-            Error::InvalidMethodName { .. } => (Code::InvalidArgument, Bytes::new()),
+            Error::InvalidMethodName { .. } | Error::InvalidMetadata { .. } => {
+                (Code::InvalidArgument, Bytes::new())
+            }
             Error::Decode { .. } | Error::Middleware { .. } => (Code::Internal, Bytes::new()),
             Error::Handshake { .. } => (Code::FailedPrecondition, Bytes::new()),
             _ => (Code::Unavailable, Bytes::new()),
@@ -295,6 +319,7 @@ impl Error {
             | Error::Middleware { method, .. }
             | Error::Unavailable { method, .. } => Some(method),
             Error::Spawn { .. }
+            | Error::InvalidMetadata { .. }
             | Error::Worker { .. }
             | Error::StartupTimeout { .. }
             | Error::ExitedDuringStartup { .. }
@@ -396,6 +421,7 @@ mod tests {
                     what: "request",
                     size: 5000,
                     max: 4096,
+                    key: None,
                 },
                 Code::ResourceExhausted,
                 Some("embedder.embed"),

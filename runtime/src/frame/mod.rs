@@ -22,7 +22,7 @@
 //!
 //! | kind | name       | body                                                              |
 //! |------|------------|-------------------------------------------------------------------|
-//! | 0x01 | `REQUEST`  | [`timeout_us: u64` if flag `DEADLINE` 0x01] `attempt: u32`, [`trace_id: u128`, `span_id: u64` if flag `TRACE` 0x02] `method_len: u16`, method (UTF-8), payload |
+//! | 0x01 | `REQUEST`  | [`timeout_us: u64` if flag `DEADLINE` 0x01] `attempt: u32`, [`trace_id: u128`, `span_id: u64` if flag `TRACE` 0x02] [`metadata_len: u16`, entries if flag `METADATA` 0x20] `method_len: u16`, method (UTF-8), payload |
 //! | 0x02 | `RESPONSE` | payload                                                           |
 //! | 0x03 | `STATUS`   | `code: u32`, `message_len: u32`, message (UTF-8), details         |
 //! | 0x04 | `CANCEL`   | empty                                                             |
@@ -31,8 +31,10 @@
 //! | 0x07 | `END`      | empty: the host's request stream is complete                      |
 //! | 0x08 | `CREDIT`   | `count: u32`, `bytes: u32`: the receiver allows `count` more items and `bytes` more payload bytes (id 0: events) |
 //! | 0x09 | `EVENT`    | `method_len: u16`, method (UTF-8), payload; id is 0               |
+//! | 0x0a | `METADATA` | metadata entries: the handler's response metadata, before its `RESPONSE` or `STATUS` |
 //!
 //! A payload is one protobuf-encoded message and runs to the end of the frame.
+//! Metadata entries are each `key_len: u16`, key, `value_len: u16`, value.
 //! Payloads are never copied on decode: they are slices of the read buffer.
 //!
 //! This module holds the frame as a value; `wire.rs` turns it into bytes and
@@ -47,7 +49,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use self::codec::FrameCodec;
+pub(crate) use self::wire::metadata_field_len;
 use crate::error::Status;
+use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::schema::MethodKind;
 use crate::trace::TraceContext;
@@ -94,6 +98,8 @@ pub enum Frame {
         /// `END` follow), the response streams, or nothing is answered (a
         /// one-way message).
         kind: MethodKind,
+        /// The call's metadata (empty if it has none).
+        metadata: Metadata,
         /// The protobuf-encoded request message (empty for a request stream).
         payload: Bytes,
     },
@@ -142,6 +148,14 @@ pub enum Frame {
         /// How many more payload bytes may be sent.
         bytes: u32,
     },
+    /// The metadata a handler answers with, sent just before the call's
+    /// `RESPONSE` or `STATUS`.
+    Metadata {
+        /// The id of the request answered.
+        id: u64,
+        /// The handler's response metadata (never empty).
+        metadata: Metadata,
+    },
     /// An event the worker sends its host, unasked. Its id is 0.
     Event {
         /// The event's message name, e.g. `indexer.progress`.
@@ -167,8 +181,18 @@ impl Frame {
             attempt,
             trace: None,
             kind: MethodKind::Unary,
+            metadata: Metadata::new(),
             payload,
         }
+    }
+
+    /// This `REQUEST` with metadata; other frames unchanged.
+    #[must_use]
+    pub fn with_metadata(mut self, entries: Metadata) -> Frame {
+        if let Frame::Request { metadata, .. } = &mut self {
+            *metadata = entries;
+        }
+        self
     }
 
     /// This `REQUEST` as a call of `kind` (unary by default); other frames
@@ -202,6 +226,7 @@ impl Frame {
             Frame::End { .. } => "END",
             Frame::Credit { .. } => "CREDIT",
             Frame::Event { .. } => "EVENT",
+            Frame::Metadata { .. } => "METADATA",
         }
     }
 
@@ -214,7 +239,8 @@ impl Frame {
             | Frame::Cancel { id }
             | Frame::Item { id, .. }
             | Frame::End { id }
-            | Frame::Credit { id, .. } => *id,
+            | Frame::Credit { id, .. }
+            | Frame::Metadata { id, .. } => *id,
             Frame::Shutdown | Frame::Event { .. } => 0,
         }
     }

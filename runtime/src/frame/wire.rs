@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{Code, FrameError, Status};
+use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::schema::MethodKind;
 use crate::trace::TraceContext;
@@ -22,6 +23,7 @@ const KIND_ITEM: u8 = 0x06;
 const KIND_END: u8 = 0x07;
 const KIND_CREDIT: u8 = 0x08;
 const KIND_EVENT: u8 = 0x09;
+const KIND_METADATA: u8 = 0x0a;
 
 /// `REQUEST` flag: a `timeout_us` field follows the header.
 const FLAG_DEADLINE: u8 = 0x01;
@@ -36,6 +38,9 @@ const FLAG_STREAM_REQUEST: u8 = 0x04;
 const FLAG_STREAM_RESPONSE: u8 = 0x08;
 /// `REQUEST` flag: a one-way message; the worker sends no answer.
 const FLAG_ONE_WAY: u8 = 0x10;
+/// `REQUEST` flag: metadata (`metadata_len: u16`, entries) follows the
+/// trace context.
+const FLAG_METADATA: u8 = 0x20;
 
 impl Frame {
     /// The number of bytes the frame takes after its length prefix.
@@ -46,12 +51,14 @@ impl Frame {
                     method,
                     timeout,
                     trace,
+                    metadata,
                     payload,
                     ..
                 } => {
                     timeout.map_or(0, |_| 8)
                         + 4
                         + trace.map_or(0, |_| 24)
+                        + metadata_field_len(metadata)
                         + 2
                         + method.len()
                         + payload.len()
@@ -64,6 +71,7 @@ impl Frame {
                 Frame::Credit { .. } => 8,
                 Frame::Cancel { .. } | Frame::End { .. } | Frame::Shutdown => 0,
                 Frame::Event { method, payload } => 2 + method.len() + payload.len(),
+                Frame::Metadata { metadata, .. } => metadata.encoded_len(),
             }
     }
 
@@ -94,6 +102,7 @@ impl Frame {
                 attempt,
                 trace,
                 kind,
+                metadata,
                 payload,
             } => {
                 dst.put_u8(KIND_REQUEST);
@@ -104,6 +113,9 @@ impl Frame {
                 if trace.is_some() {
                     flags |= FLAG_TRACE;
                 }
+                if !metadata.is_empty() {
+                    flags |= FLAG_METADATA;
+                }
                 dst.put_u8(flags);
                 dst.put_u64(*id);
                 if let Some(timeout) = timeout {
@@ -113,6 +125,11 @@ impl Frame {
                 if let Some(trace) = trace {
                     dst.put_u128(trace.trace_id());
                     dst.put_u64(trace.span_id());
+                }
+                if !metadata.is_empty() {
+                    // At most MAX_METADATA_LEN: checked before any is sent.
+                    dst.put_u16(metadata.encoded_len() as u16);
+                    dst.put_slice(metadata.block());
                 }
                 dst.put_u16(method.len() as u16);
                 dst.put_slice(method.as_bytes());
@@ -157,6 +174,11 @@ impl Frame {
                 dst.put_slice(method.as_bytes());
                 Some(payload)
             }
+            Frame::Metadata { id, metadata } => {
+                put_header(dst, KIND_METADATA, *id);
+                dst.put_slice(metadata.block());
+                None
+            }
         }
     }
 
@@ -181,6 +203,7 @@ impl Frame {
             KIND_END => "END",
             KIND_CREDIT => "CREDIT",
             KIND_EVENT => "EVENT",
+            KIND_METADATA => "METADATA",
             _ => return Err(FrameError::UnknownKind { kind }),
         };
         // Id 0 is reserved for frames about no call: `SHUTDOWN`, `EVENT`,
@@ -189,7 +212,12 @@ impl Frame {
             return Err(malformed(name, "id 0 is reserved".into()));
         }
         let allowed = if kind == KIND_REQUEST {
-            FLAG_DEADLINE | FLAG_TRACE | FLAG_STREAM_REQUEST | FLAG_STREAM_RESPONSE | FLAG_ONE_WAY
+            FLAG_DEADLINE
+                | FLAG_TRACE
+                | FLAG_STREAM_REQUEST
+                | FLAG_STREAM_RESPONSE
+                | FLAG_ONE_WAY
+                | FLAG_METADATA
         } else {
             0
         };
@@ -222,6 +250,12 @@ impl Frame {
                 } else {
                     None
                 };
+                let metadata = if flags & FLAG_METADATA != 0 {
+                    let len = usize::from(body.u16("metadata length")?);
+                    body.metadata(len)?
+                } else {
+                    Metadata::new()
+                };
                 let method = body.method()?;
                 Frame::Request {
                     id,
@@ -230,6 +264,7 @@ impl Frame {
                     attempt,
                     trace,
                     kind: flags_kind(flags),
+                    metadata,
                     payload: body.rest(),
                 }
             }
@@ -275,6 +310,13 @@ impl Frame {
                     payload: body.rest(),
                 }
             }
+            KIND_METADATA => {
+                let len = body.buf.len();
+                Frame::Metadata {
+                    id,
+                    metadata: body.metadata(len)?,
+                }
+            }
             _ => {
                 body.end()?;
                 if id != 0 {
@@ -311,6 +353,16 @@ fn flags_kind(flags: u8) -> MethodKind {
         (false, false, true) => MethodKind::ServerStreaming,
         (false, true, false) => MethodKind::ClientStreaming,
         (false, true, true) => MethodKind::BidiStreaming,
+    }
+}
+
+/// What a `REQUEST`'s metadata takes: none if it has none, else its
+/// length and its entries.
+pub(crate) fn metadata_field_len(metadata: &Metadata) -> usize {
+    if metadata.is_empty() {
+        0
+    } else {
+        2 + metadata.encoded_len()
     }
 }
 
@@ -386,6 +438,12 @@ impl Reader {
             .map_err(|_| malformed(self.kind, "method name is not UTF-8".into()))
     }
 
+    /// `len` bytes of metadata entries, checked.
+    fn metadata(&mut self, len: usize) -> Result<Metadata, FrameError> {
+        let block = self.bytes(len, "metadata")?;
+        Metadata::from_block(block).map_err(|reason| malformed(self.kind, reason))
+    }
+
     fn end(&self) -> Result<(), FrameError> {
         if self.buf.has_remaining() {
             return Err(malformed(
@@ -440,6 +498,73 @@ mod tests {
         assert_eq!(&buf[..], expected);
         assert_eq!(round_trip(frame.clone()), frame);
     }
+
+    #[test]
+    fn request_with_metadata_matches_protocol_doc() {
+        // The metadata example of docs/PROTOCOL.md, section 4.
+        let frame = Frame::request(2, MethodName::from_static("w.s"), None, 1, Bytes::new())
+            .with_metadata(Metadata::new().with("t", "ab").unwrap());
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let expected: &[u8] = &[
+            0x00, 0x00, 0x00, 0x1c, // length 28
+            0x01, // kind REQUEST
+            0x20, // flags METADATA
+            0, 0, 0, 0, 0, 0, 0, 0x02, // id 2
+            0, 0, 0, 0x01, // attempt 1
+            0x00, 0x07, // metadata_len 7
+            0x00, 0x01, b't', 0x00, 0x02, b'a', b'b', // "t": "ab"
+            0x00, 0x03, b'w', b'.', b's', // method
+        ];
+        assert_eq!(&buf[..], expected);
+        assert_eq!(round_trip(frame.clone()), frame);
+        let answer = Frame::Metadata {
+            id: 2,
+            metadata: Metadata::new().with("t", "ab").unwrap(),
+        };
+        let mut buf = BytesMut::new();
+        answer.encode(&mut buf);
+        let expected: &[u8] = &[
+            0x00, 0x00, 0x00, 0x11, // length 17
+            0x0a, 0x00, // kind METADATA, no flags
+            0, 0, 0, 0, 0, 0, 0, 0x02, // id 2
+            0x00, 0x01, b't', 0x00, 0x02, b'a', b'b', // "t": "ab"
+        ];
+        assert_eq!(&buf[..], expected);
+        assert_eq!(round_trip(answer.clone()), answer);
+    }
+
+    #[test]
+    fn metadata_that_breaks_the_rules_is_malformed() {
+        let decode = |body: &[u8]| Frame::decode(Bytes::copy_from_slice(body)).unwrap_err();
+        let request = |metadata: &[u8]| {
+            let mut body = vec![0x01, 0x20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1];
+            body.extend_from_slice(&(metadata.len() as u16).to_be_bytes());
+            body.extend_from_slice(metadata);
+            body.extend_from_slice(&[0, 1, b'm']);
+            decode(&body).to_string()
+        };
+        assert_eq!(
+            request(&[0, 5, b'g', b'r', b'p', b'c', b'-', 0, 0]),
+            "malformed REQUEST frame: metadata key \"grpc-\": keys starting with grpc- are reserved for gRPC"
+        );
+        assert_eq!(
+            request(&[0, 1, b'k', 0, 9, b'v']),
+            "malformed REQUEST frame: truncated metadata value"
+        );
+        let over = vec![0u8; MAX_METADATA_LEN_FOR_TEST + 1];
+        assert!(request(&over).contains("metadata of 8193 bytes (at most 8192)"));
+        let answer = [0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, b'K', 0, 0];
+        assert_eq!(
+            decode(&answer).to_string(),
+            "malformed METADATA frame: metadata key \"K\": a key has only the characters 0-9 a-z - _ ."
+        );
+        // A METADATA frame is about a call.
+        let answer = [0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(decode(&answer).to_string().contains("id 0 is reserved"));
+    }
+
+    const MAX_METADATA_LEN_FOR_TEST: usize = crate::MAX_METADATA_LEN;
 
     #[test]
     fn other_examples_match_protocol_doc() {
@@ -616,6 +741,26 @@ mod tests {
             })
     }
 
+    fn arb_metadata() -> impl Strategy<Value = Metadata> {
+        proptest::collection::vec(("[0-9a-z_.-]{1,12}", "[ -~]{0,20}", any::<bool>()), 0..4)
+            .prop_map(|entries| {
+                entries
+                    .into_iter()
+                    .fold(Metadata::new(), |metadata, (key, value, binary)| {
+                        let key = if key.starts_with("grpc-") {
+                            format!("x{key}")
+                        } else {
+                            key
+                        };
+                        match binary {
+                            true => metadata.with(&format!("{key}-bin"), [0xff, 0]),
+                            false => metadata.with(&key, value),
+                        }
+                        .unwrap()
+                    })
+            })
+    }
+
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let payload = proptest::collection::vec(any::<u8>(), 0..512).prop_map(Bytes::from);
         prop_oneof![
@@ -624,9 +769,10 @@ mod tests {
                 "[a-z_.]{1,40}",
                 proptest::option::of(0u64..u64::MAX / 2),
                 any::<u32>(),
-                payload.clone()
+                payload.clone(),
+                arb_metadata(),
             )
-                .prop_map(|(id, method, timeout, attempt, payload)| {
+                .prop_map(|(id, method, timeout, attempt, payload, metadata)| {
                     // Half the requests carry a trace, from their ids.
                     let trace = (attempt % 2 == 0)
                         .then(|| TraceContext::from_parts(u128::from(id) << 7, u64::from(attempt)));
@@ -647,7 +793,13 @@ mod tests {
                             MethodKind::OneWay,
                         ][attempt as usize % 5],
                     )
+                    .with_metadata(metadata)
                 }),
+            (
+                1..=u64::MAX,
+                arb_metadata().prop_filter("not empty", |m| !m.is_empty())
+            )
+                .prop_map(|(id, metadata)| Frame::Metadata { id, metadata }),
             (1..=u64::MAX, payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
             (1..=u64::MAX, arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),
             (1..=u64::MAX).prop_map(|id| Frame::Cancel { id }),

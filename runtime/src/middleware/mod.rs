@@ -47,6 +47,7 @@ pub use self::limit::{ConcurrencyLimit, RateLimit};
 pub use self::logging::Logging;
 pub use self::metrics::{Histogram, MethodMetrics, Metrics, MetricsSnapshot};
 use crate::error::{Error, Status};
+use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::panic::{CatchUnwind, panic_message};
 use crate::sync::lock;
@@ -75,6 +76,7 @@ pub struct CallInfo {
     driver: &'static str,
     request_len: usize,
     trace: Mutex<Option<TraceContext>>,
+    metadata: Mutex<Metadata>,
 }
 
 impl CallInfo {
@@ -84,6 +86,7 @@ impl CallInfo {
         timeout: Option<Duration>,
         driver: &'static str,
         request_len: usize,
+        metadata: Metadata,
     ) -> CallInfo {
         CallInfo {
             side: Side::Host,
@@ -95,6 +98,7 @@ impl CallInfo {
             driver,
             request_len,
             trace: Mutex::new(None),
+            metadata: Mutex::new(metadata),
         }
     }
 
@@ -113,6 +117,7 @@ impl CallInfo {
             driver,
             request_len,
             trace: Mutex::new(context.trace()),
+            metadata: Mutex::new(context.metadata().clone()),
         }
     }
 
@@ -181,6 +186,36 @@ impl CallInfo {
     pub fn set_trace(&self, trace: TraceContext) {
         *lock(&self.trace) = Some(trace);
     }
+
+    /// The call's metadata: on the host, what this attempt will send (the
+    /// client's and the call's [`CallOptions::metadata`](crate::CallOptions::metadata),
+    /// with what middleware added; the channel's own entries go before
+    /// them); on the worker, what the caller sent.
+    pub fn metadata(&self) -> Metadata {
+        lock(&self.metadata).clone()
+    }
+
+    /// Adds an entry to the metadata this attempt sends (host side; on the
+    /// worker the handler does not see it), checked as
+    /// [`Metadata::insert`] does.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use workerbus::{CallInfo, Error, Middleware, Next};
+    ///
+    /// /// Tells every worker which tenant calls.
+    /// struct Tenant(&'static str);
+    ///
+    /// impl Middleware for Tenant {
+    ///     async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    ///         call.insert_metadata("tenant", self.0)?;
+    ///         next.run().await
+    ///     }
+    /// }
+    /// ```
+    pub fn insert_metadata(&self, key: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
+        lock(&self.metadata).insert(key, value)
+    }
 }
 
 impl fmt::Debug for CallInfo {
@@ -194,6 +229,7 @@ impl fmt::Debug for CallInfo {
             .field("driver", &self.driver)
             .field("request_len", &self.request_len)
             .field("trace", &self.trace())
+            .field("metadata", &self.metadata())
             .finish()
     }
 }
@@ -442,6 +478,7 @@ mod tests {
             None,
             "transport",
             0,
+            Metadata::new(),
         )
     }
 

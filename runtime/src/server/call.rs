@@ -12,11 +12,12 @@ use bytes::Bytes;
 use crate::error::Status;
 use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
+use crate::metadata::{MAX_METADATA_LEN, Metadata};
 use crate::name::MethodName;
 use crate::panic::{CatchUnwind, panic_message};
 use crate::schema::MethodKind;
 
-use super::state::{Shared, lock};
+use super::state::{Shared, State, lock};
 use super::stream::close_stream;
 
 /// Passed to a call's task (not created inside it), so that it runs
@@ -87,20 +88,80 @@ pub(super) async fn run_call<F>(
     let frame = answer_of(&shared, id, &method, kind, outcome);
     let waker = {
         let mut state = lock(&shared);
+        let reply = state.take_reply(id);
         if !state.finish(id, generation) {
             return; // cancelled: the caller no longer waits
         }
-        if kind.is_one_way() {
-            // No answer, but the slot is free: a waiting call may start.
-            state.link.take()
-        } else {
-            log::frame(Direction::WorkerOut, &frame, Some(&method));
-            state.outbox.push(frame);
-            state.link.take()
+        if !kind.is_one_way() {
+            queue_answer(&mut state, &shared, &method, reply, frame);
         }
+        // The slot is free: a waiting call may start.
+        state.link.take()
     };
     if let Some(waker) = waker {
         waker.wake();
+    }
+}
+
+/// Queues a call's answer, after its response metadata if it has some; an
+/// answer whose metadata the host could not take becomes a
+/// `ResourceExhausted` status instead.
+#[inline]
+pub(super) fn queue_answer(
+    state: &mut State,
+    shared: &Shared,
+    method: &MethodName,
+    reply: Option<Metadata>,
+    frame: Frame,
+) {
+    if let Some(metadata) = reply {
+        let id = frame.id();
+        let size = HEADER_LEN + metadata.encoded_len();
+        let max = shared.max_frame_length.min(HEADER_LEN + MAX_METADATA_LEN);
+        if size > max {
+            tracing::error!(%method, id, size, "response metadata too large to send");
+            let status = Status::resource_exhausted(format!(
+                "the response metadata of {method} is {} bytes, over the {} bytes the connection takes",
+                metadata.encoded_len(),
+                max - HEADER_LEN
+            ));
+            let frame = Frame::Status { id, status };
+            log::frame(Direction::WorkerOut, &frame, Some(method));
+            state.outbox.push(frame);
+            return;
+        }
+        let metadata = Frame::Metadata { id, metadata };
+        log::frame(Direction::WorkerOut, &metadata, Some(method));
+        state.outbox.push(metadata);
+    }
+    log::frame(Direction::WorkerOut, &frame, Some(method));
+    state.outbox.push(frame);
+}
+
+/// Marks the call polled inline, on this thread, as in flight: it has no
+/// entry in the running table while it is.
+pub(super) struct InlineCall(());
+
+thread_local! {
+    static INLINE_CALL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl InlineCall {
+    pub(super) fn enter(id: u64) -> InlineCall {
+        INLINE_CALL.set(id);
+        InlineCall(())
+    }
+
+    /// Whether call `id` is being polled inline on this thread (ids are
+    /// never 0).
+    pub(super) fn is(id: u64) -> bool {
+        INLINE_CALL.get() == id
+    }
+}
+
+impl Drop for InlineCall {
+    fn drop(&mut self) {
+        INLINE_CALL.set(0);
     }
 }
 

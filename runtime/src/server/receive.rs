@@ -84,6 +84,7 @@ where
             attempt,
             trace,
             kind,
+            metadata,
             payload,
         } = request
         else {
@@ -105,7 +106,9 @@ where
             deadline,
             attempt,
             trace,
+            metadata,
             connection: Some(Weak::clone(&self.outlet)),
+            local: None,
         };
         if self.shutting_down {
             let status = Status::unavailable(format!(

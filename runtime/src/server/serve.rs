@@ -14,9 +14,9 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use crate::context::Connection;
 use crate::control::Control;
 use crate::error::{FrameError, Status};
-use crate::event::Outlet;
 use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, ServerNext, WorkerChain};
@@ -25,7 +25,7 @@ use crate::schema::MethodKind;
 use crate::transport::{FrameWriter, Transport};
 use crate::window::Window;
 
-use super::call::{Outcome, Started, TaskEnd, answer_of, fit, run_call};
+use super::call::{InlineCall, Outcome, Started, TaskEnd, answer_of, fit, queue_answer, run_call};
 use super::dispatch::Either;
 use super::dispatch::{Call, Dispatch};
 use super::options::ServeOptions;
@@ -88,7 +88,7 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
         dispatch: S::dispatch,
         spare: None,
         inline,
-        outlet: Arc::downgrade(&shared) as Weak<dyn Outlet>,
+        outlet: Arc::downgrade(&shared) as Weak<dyn Connection>,
         shared,
         transport,
         backlog: VecDeque::new(),
@@ -120,7 +120,7 @@ pub(super) struct Server<'c, S, T, F> {
     pub(super) shared: Arc<Shared>,
     /// `shared`, as the connection a call's events go to: cloned for each
     /// call's context (cheaper than a downgrade each time).
-    pub(super) outlet: Weak<dyn Outlet>,
+    pub(super) outlet: Weak<dyn Connection>,
     pub(super) transport: T,
     /// Requests waiting for a free slot, in arrival order.
     pub(super) backlog: VecDeque<(u64, Call)>,
@@ -306,9 +306,9 @@ where
                     let frame = answer_of(&self.shared, id, &method, kind, outcome);
                     let mut state = lock(&self.shared);
                     state.starting -= 1;
+                    let reply = state.take_reply(id);
                     if !kind.is_one_way() {
-                        log::frame(Direction::WorkerOut, &frame, Some(&method));
-                        state.outbox.push(frame);
+                        queue_answer(&mut state, &self.shared, &method, reply, frame);
                     }
                     return;
                 }
@@ -377,6 +377,9 @@ where
         // The waker of this first poll is never woken for anything: a
         // handler that waits is polled again at once by its task.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // While it is polled here, the call has no entry in the running
+        // table: this marks it as in flight for its response metadata.
+        let _inline = InlineCall::enter(call.context.id);
         // Unwind safety: after a panic the future is dropped, not polled.
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
             // Made in its place: a handler's future may be large.

@@ -9,12 +9,16 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use crate::context::Connection;
 use crate::event::{Gone, Outlet};
 use crate::frame::Frame;
 use crate::idmap::IdMap;
 use crate::log::{self, Direction};
+use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::window::{ReceiveWindow, SendCredit};
+
+use super::call::InlineCall;
 
 pub(super) struct Shared {
     pub(super) state: Mutex<State>,
@@ -51,6 +55,7 @@ pub(super) struct Outbox {
 
 impl Outbox {
     /// Queues an answer, a credit or a status.
+    #[inline]
     pub(super) fn push(&mut self, frame: Frame) {
         if !self.senders.is_empty() && self.senders.contains_key(&frame.id()) {
             self.sends.push_back(frame);
@@ -92,6 +97,8 @@ pub(super) struct State {
     /// entry; a `CANCEL` that removes it first means no answer is sent. The
     /// generation tells a task's entry from a later call reusing its id.
     pub(super) running: IdMap<Running>,
+    /// Response metadata set by handlers of calls in flight, by request id.
+    pub(super) replies: IdMap<Metadata>,
     /// The streams of streaming calls, by request id.
     pub(super) streams: IdMap<StreamState>,
     pub(super) next_stream: u64,
@@ -134,6 +141,7 @@ impl State {
         match self.running.get(&id) {
             Some(entry) if entry.generation == generation => {
                 self.running.remove(&id);
+                self.take_reply(id);
                 true
             }
             _ => false,
@@ -145,9 +153,20 @@ impl State {
     /// task really ends.
     pub(super) fn abort(&mut self, id: u64) -> Option<AbortHandle> {
         let entry = self.running.remove(&id)?;
+        self.take_reply(id);
         self.aborted
             .insert(entry.generation, tokio::time::Instant::now());
         Some(entry.task)
+    }
+}
+
+impl State {
+    /// Takes the response metadata of call `id`, if its handler set some.
+    pub(super) fn take_reply(&mut self, id: u64) -> Option<Metadata> {
+        if self.replies.is_empty() {
+            return None;
+        }
+        self.replies.remove(&id)
     }
 }
 
@@ -204,6 +223,23 @@ impl Outlet for Shared {
 
     fn is_connected(&self) -> bool {
         !lock(self).ended
+    }
+}
+
+impl Connection for Shared {
+    fn set_response_metadata(&self, call: u64, metadata: Metadata) {
+        let mut state = lock(self);
+        if state.running.contains_key(&call) || InlineCall::is(call) {
+            if metadata.is_empty() {
+                state.replies.remove(&call);
+            } else {
+                state.replies.insert(call, metadata);
+            }
+        }
+    }
+
+    fn response_metadata(&self, call: u64) -> Metadata {
+        lock(self).replies.get(&call).cloned().unwrap_or_default()
     }
 }
 

@@ -54,6 +54,10 @@ impl EchoHandler for Unchanged {
     async fn exit(&self, _: ExitRequest, _: &Context) -> Result<(), Status> {
         Err(not_here())
     }
+    async fn headers(&self, _: HeadersRequest, _: &Context) -> Result<HeadersReply, Status> {
+        Err(not_here())
+    }
+
     async fn trace(&self, _: (), _: &Context) -> Result<TraceReply, Status> {
         Err(not_here())
     }

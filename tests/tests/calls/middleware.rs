@@ -809,3 +809,94 @@ async fn a_handlers_panic_under_middleware_is_the_handlers_on_both_sides() {
     // Not blamed on the middleware it passed through.
     workerbus_tests::cases::handler_panic_is_internal(&channel).await;
 }
+
+/// Adds an entry to every call's metadata (host side).
+struct Tenant(&'static str);
+
+impl Middleware for Tenant {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+        call.insert_metadata("tenant", self.0)?;
+        next.run().await
+    }
+}
+
+/// Records the metadata each call arrived with (worker side), and refuses
+/// calls without a tenant.
+struct Gate(Arc<Mutex<Vec<workerbus::Metadata>>>);
+
+impl ServerMiddleware for Gate {
+    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+        let metadata = call.metadata();
+        self.0.lock().unwrap().push(metadata.clone());
+        if metadata.get("tenant").is_none() {
+            return Err(Status::unauthenticated("no tenant"));
+        }
+        next.run().await
+    }
+}
+
+#[tokio::test]
+async fn metadata_set_by_channel_options_and_host_middleware_reaches_worker_middleware_and_handler()
+{
+    use workerbus::{ChannelOptions, Metadata};
+    use workerbus_tests::pb::echo::HeadersRequest;
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = ThreadDriver::new()
+        .serve_options(ServeOptions::new().middleware(Gate(Arc::clone(&seen))))
+        .channel_options(
+            ChannelOptions::new().metadata(Metadata::new().with("host", "indexer-1").unwrap()),
+        )
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+
+    // Without the middleware the gate refuses: only the channel's entry.
+    let bare = EchoClient::new(worker.channel());
+    let refused = bare.headers(HeadersRequest::default()).await.unwrap_err();
+    assert_eq!(
+        refused.status().map(Status::code),
+        Some(Code::Unauthenticated)
+    );
+
+    let channel = worker.channel().with_middleware(Tenant("acme"));
+    let client = EchoClient::new(channel);
+    let options = CallOptions::new().metadata(Metadata::new().with("user", "ann").unwrap());
+    let reply = client
+        .headers_with(HeadersRequest::default(), options)
+        .await
+        .unwrap();
+    let seen_by_handler: Vec<_> = reply.seen.iter().map(|h| h.key.as_str()).collect();
+    // The channel's first, then the call's, then the middleware's.
+    assert_eq!(seen_by_handler, ["host", "user", "tenant"]);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].iter().map(|(k, _)| k).collect::<Vec<_>>(), ["host"]);
+    assert_eq!(
+        seen[1].iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        ["host", "user", "tenant"]
+    );
+}
+
+#[tokio::test]
+async fn a_host_middleware_that_adds_invalid_metadata_fails_the_call_naming_the_key() {
+    struct Shouting;
+
+    impl Middleware for Shouting {
+        async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+            call.insert_metadata("Tenant", "acme")?;
+            next.run().await
+        }
+    }
+
+    let worker = spawn(ServeOptions::new()).await;
+    let client = EchoClient::new(worker.channel().with_middleware(Shouting));
+    let error = client.echo(EchoRequest::default()).await.unwrap_err();
+    match error {
+        Error::InvalidMetadata { key, reason } => {
+            assert_eq!(key, "Tenant");
+            assert!(reason.contains("0-9 a-z"), "{reason}");
+        }
+        other => panic!("expected InvalidMetadata, got {other:?}"),
+    }
+}

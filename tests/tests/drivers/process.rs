@@ -51,6 +51,13 @@ async fn every_shared_case_passes_over_the_process_driver() {
 }
 
 #[tokio::test]
+async fn every_metadata_case_passes_over_the_process_driver() {
+    let worker = spawn().await;
+    cases::metadata(&worker.channel()).await;
+    assert_eq!(worker.shutdown().await, ExitReason::Code(0));
+}
+
+#[tokio::test]
 async fn every_streaming_case_passes_over_the_process_driver() {
     let worker = spawn().await;
     cases::streams(&worker.channel()).await;

@@ -35,6 +35,22 @@ async fn every_shared_case_passes_on_a_multi_thread_host_and_worker() {
 }
 
 #[tokio::test]
+async fn every_metadata_case_passes_on_a_current_thread_host() {
+    let worker = spawn().await;
+    cases::metadata(&worker.channel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metadata_case_passes_on_a_multi_thread_host_and_worker() {
+    let worker = ThreadDriver::new()
+        .worker_threads(2)
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    cases::metadata(&worker.channel()).await;
+}
+
+#[tokio::test]
 async fn every_streaming_case_passes_on_a_current_thread_host() {
     let worker = spawn().await;
     cases::streams(&worker.channel()).await;

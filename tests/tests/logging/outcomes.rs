@@ -78,6 +78,7 @@ async fn each_way_a_call_fails_has_its_own_outcome_on_the_host() {
             what: "request",
             size: 2,
             max: 1,
+            key: None,
         },
         Error::Decode {
             method: method(),

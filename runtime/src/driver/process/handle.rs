@@ -18,6 +18,7 @@ use crate::client::{Channel, ExitWatch, Resolved};
 use crate::control::PROTOCOL_VERSION;
 use crate::error::{Error, ExitReason};
 use crate::frame::Frame;
+use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
 use crate::sync::lock;
@@ -288,6 +289,8 @@ fn control_call() -> Resolved {
         retries: 0,
         backoff: Backoff::default(),
         idempotent: false,
+        metadata: Metadata::new(),
+        response_metadata: None,
     }
 }
 
