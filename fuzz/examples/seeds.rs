@@ -75,7 +75,7 @@ fn every_kind() -> Vec<Frame> {
         ),
         request(2, "w.s", vec![])
             .with_kind(MethodKind::BidiStreaming)
-            .with_trace(Some(TraceContext::from_parts(7 << 64 | 9, 3))),
+            .with_trace(TraceContext::from_parts(7 << 64 | 9, 3)),
         request(3, "w.n", vec![]).with_kind(MethodKind::OneWay),
         Frame::Response {
             id: 1,

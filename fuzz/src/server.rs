@@ -768,7 +768,7 @@ pub(crate) fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
                     u32::from(*attempt),
                     payload.encode(),
                 )
-                .with_trace(trace.map(|(trace, span)| TraceContext::from_parts(trace, span)))
+                .with_trace(trace.and_then(|(trace, span)| TraceContext::from_parts(trace, span)))
                 .with_kind(kind)
             }
             Op::Cancel { id } => Frame::Cancel { id: id.get() },

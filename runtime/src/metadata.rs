@@ -170,13 +170,17 @@ impl Metadata {
     }
 
     /// These entries followed by `more`'s.
+    #[inline]
     pub(crate) fn joined(&self, more: &Metadata) -> Metadata {
-        if more.is_empty() {
-            return self.clone();
+        match (&self.block, &more.block) {
+            (None, None) => Metadata::new(),
+            (_, None) => self.clone(),
+            (None, _) => more.clone(),
+            (Some(_), Some(_)) => self.concat(more),
         }
-        if self.is_empty() {
-            return more.clone();
-        }
+    }
+
+    fn concat(&self, more: &Metadata) -> Metadata {
         let (first, then) = (self.block(), more.block());
         let mut block = BytesMut::with_capacity(first.len() + then.len());
         block.put_slice(first);
@@ -188,11 +192,17 @@ impl Metadata {
 
     /// Refuses metadata past [`MAX_METADATA_LEN`] for a call of `method`,
     /// naming the key of the entry that passes it.
+    #[inline]
     pub(crate) fn check_len(&self, method: &MethodName) -> Result<(), Error> {
         let size = self.encoded_len();
         if size <= MAX_METADATA_LEN {
             return Ok(());
         }
+        self.too_large(method, size)
+    }
+
+    #[cold]
+    fn too_large(&self, method: &MethodName, size: usize) -> Result<(), Error> {
         let mut total = 0;
         let key = self
             .iter()

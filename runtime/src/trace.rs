@@ -5,6 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::num::NonZeroU64;
 
 tokio::task_local! {
     /// The context of the call a worker's handler is serving.
@@ -24,15 +25,29 @@ pub struct TraceContext {
     /// whose 16-byte alignment would grow every frame and call that carries
     /// a context.
     trace_id: [u64; 2],
-    span_id: u64,
+    /// Never 0 (an invalid span id in W3C trace context), which also lets
+    /// an `Option<TraceContext>` take no more room than a context.
+    span_id: NonZeroU64,
 }
 
 impl TraceContext {
-    /// A context with these ids.
-    pub const fn from_parts(trace_id: u128, span_id: u64) -> TraceContext {
-        TraceContext {
-            trace_id: [(trace_id >> 64) as u64, trace_id as u64],
-            span_id,
+    /// A context with these ids, or `None` if the span id is 0, which W3C
+    /// trace context holds invalid.
+    ///
+    /// ```
+    /// use workerbus::TraceContext;
+    ///
+    /// let context = TraceContext::from_parts(7, 3).unwrap();
+    /// assert_eq!((context.trace_id(), context.span_id()), (7, 3));
+    /// assert_eq!(TraceContext::from_parts(7, 0), None);
+    /// ```
+    pub const fn from_parts(trace_id: u128, span_id: u64) -> Option<TraceContext> {
+        match NonZeroU64::new(span_id) {
+            Some(span_id) => Some(TraceContext {
+                trace_id: [(trace_id >> 64) as u64, trace_id as u64],
+                span_id,
+            }),
+            None => None,
         }
     }
 
@@ -40,7 +55,7 @@ impl TraceContext {
     pub fn new_root() -> TraceContext {
         TraceContext {
             trace_id: [random(), random()],
-            span_id: random(),
+            span_id: random_span(),
         }
     }
 
@@ -48,7 +63,7 @@ impl TraceContext {
     pub fn child(&self) -> TraceContext {
         TraceContext {
             trace_id: self.trace_id,
-            span_id: random(),
+            span_id: random_span(),
         }
     }
 
@@ -59,7 +74,7 @@ impl TraceContext {
 
     /// This span's id.
     pub fn span_id(&self) -> u64 {
-        self.span_id
+        self.span_id.get()
     }
 
     /// The context of the call the current task is serving, if it is a
@@ -86,6 +101,11 @@ impl fmt::Debug for TraceContext {
 }
 
 /// A random u64: every `RandomState` is freshly keyed.
+/// A random span id, never 0.
+fn random_span() -> NonZeroU64 {
+    NonZeroU64::new(random()).unwrap_or(NonZeroU64::MIN)
+}
+
 fn random() -> u64 {
     RandomState::new().hash_one(0u8)
 }

@@ -166,6 +166,7 @@ impl CallOptions {
             .unwrap_or_default();
         // The least specific first: the client's entries, then the call's.
         let metadata = match layers {
+            [Some(call), Some(client)] if client.metadata.is_empty() => call.metadata.clone(),
             [Some(call), Some(client)] => client.metadata.joined(&call.metadata),
             [Some(only), None] | [None, Some(only)] => only.metadata.clone(),
             [None, None] => Metadata::new(),

@@ -198,8 +198,9 @@ impl CloseReason {
 impl Shared {
     /// The metadata a call sends on this connection: the channel's entries,
     /// then the call's own (control exchanges carry only their own).
+    #[inline]
     pub(super) fn metadata_of(&self, method: &MethodName, own: &Metadata) -> Metadata {
-        if method.starts_with(crate::control::PREFIX) {
+        if self.metadata.is_empty() || method.starts_with(crate::control::PREFIX) {
             return own.clone();
         }
         self.metadata.joined(own)

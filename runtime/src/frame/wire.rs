@@ -246,7 +246,8 @@ impl Frame {
                 let attempt = body.u32("attempt")?;
                 let trace = if flags & FLAG_TRACE != 0 {
                     let trace_id = body.u128("trace id")?;
-                    Some(TraceContext::from_parts(trace_id, body.u64("span id")?))
+                    // A zero span id is invalid: the trace is ignored.
+                    TraceContext::from_parts(trace_id, body.u64("span id")?)
                 } else {
                     None
                 };
@@ -775,7 +776,8 @@ mod tests {
                 .prop_map(|(id, method, timeout, attempt, payload, metadata)| {
                     // Half the requests carry a trace, from their ids.
                     let trace = (attempt % 2 == 0)
-                        .then(|| TraceContext::from_parts(u128::from(id) << 7, u64::from(attempt)));
+                        .then(|| TraceContext::from_parts(u128::from(id) << 7, u64::from(attempt)))
+                        .flatten();
                     Frame::request(
                         id,
                         MethodName::from(method),

@@ -93,7 +93,13 @@ pub(super) async fn run_call<F>(
             return; // cancelled: the caller no longer waits
         }
         if !kind.is_one_way() {
-            queue_answer(&mut state, &shared, &method, reply, frame);
+            match reply {
+                None => {
+                    log::frame(Direction::WorkerOut, &frame, Some(&method));
+                    state.outbox.push(frame);
+                }
+                Some(reply) => queue_answer(&mut state, &shared, &method, reply, frame),
+            }
         }
         // The slot is free: a waiting call may start.
         state.link.take()
@@ -103,37 +109,34 @@ pub(super) async fn run_call<F>(
     }
 }
 
-/// Queues a call's answer, after its response metadata if it has some; an
-/// answer whose metadata the host could not take becomes a
-/// `ResourceExhausted` status instead.
-#[inline]
+/// Queues a call's answer after its response metadata; an answer whose
+/// metadata the host could not take becomes a `ResourceExhausted` status
+/// instead.
 pub(super) fn queue_answer(
     state: &mut State,
     shared: &Shared,
     method: &MethodName,
-    reply: Option<Metadata>,
+    metadata: Metadata,
     frame: Frame,
 ) {
-    if let Some(metadata) = reply {
-        let id = frame.id();
-        let size = HEADER_LEN + metadata.encoded_len();
-        let max = shared.max_frame_length.min(HEADER_LEN + MAX_METADATA_LEN);
-        if size > max {
-            tracing::error!(%method, id, size, "response metadata too large to send");
-            let status = Status::resource_exhausted(format!(
-                "the response metadata of {method} is {} bytes, over the {} bytes the connection takes",
-                metadata.encoded_len(),
-                max - HEADER_LEN
-            ));
-            let frame = Frame::Status { id, status };
-            log::frame(Direction::WorkerOut, &frame, Some(method));
-            state.outbox.push(frame);
-            return;
-        }
-        let metadata = Frame::Metadata { id, metadata };
-        log::frame(Direction::WorkerOut, &metadata, Some(method));
-        state.outbox.push(metadata);
+    let id = frame.id();
+    let size = HEADER_LEN + metadata.encoded_len();
+    let max = shared.max_frame_length.min(HEADER_LEN + MAX_METADATA_LEN);
+    if size > max {
+        tracing::error!(%method, id, size, "response metadata too large to send");
+        let status = Status::resource_exhausted(format!(
+            "the response metadata of {method} is {} bytes, over the {} bytes the connection takes",
+            metadata.encoded_len(),
+            max - HEADER_LEN
+        ));
+        let frame = Frame::Status { id, status };
+        log::frame(Direction::WorkerOut, &frame, Some(method));
+        state.outbox.push(frame);
+        return;
     }
+    let metadata = Frame::Metadata { id, metadata };
+    log::frame(Direction::WorkerOut, &metadata, Some(method));
+    state.outbox.push(metadata);
     log::frame(Direction::WorkerOut, &frame, Some(method));
     state.outbox.push(frame);
 }

@@ -308,7 +308,15 @@ where
                     state.starting -= 1;
                     let reply = state.take_reply(id);
                     if !kind.is_one_way() {
-                        queue_answer(&mut state, &self.shared, &method, reply, frame);
+                        match reply {
+                            None => {
+                                log::frame(Direction::WorkerOut, &frame, Some(&method));
+                                state.outbox.push(frame);
+                            }
+                            Some(reply) => {
+                                queue_answer(&mut state, &self.shared, &method, reply, frame);
+                            }
+                        }
                     }
                     return;
                 }

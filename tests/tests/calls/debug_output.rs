@@ -165,7 +165,8 @@ async fn channels_streams_subscriptions_and_middleware_describe_their_state() {
             printed[0]
         );
         assert!(
-            printed[0].ends_with("driver: \"transport\", request_len: 6, trace: None }"),
+            printed[0]
+                .ends_with("driver: \"transport\", request_len: 6, trace: None, metadata: {} }"),
             "{}",
             printed[0]
         );
