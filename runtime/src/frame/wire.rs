@@ -565,6 +565,26 @@ mod tests {
         assert!(decode(&answer).to_string().contains("id 0 is reserved"));
     }
 
+    #[test]
+    fn a_trace_with_span_id_zero_is_read_as_no_trace() {
+        let mut body = vec![0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1];
+        body.extend_from_slice(&7u128.to_be_bytes());
+        body.extend_from_slice(&0u64.to_be_bytes());
+        body.extend_from_slice(&[0, 1, b'm']);
+        match Frame::decode(Bytes::from(body.clone())).unwrap() {
+            Frame::Request { trace, .. } => assert_eq!(trace, None),
+            other => panic!("expected a request, got {other:?}"),
+        }
+        body[37] = 3; // span id 3
+        match Frame::decode(Bytes::from(body)).unwrap() {
+            Frame::Request { trace, .. } => {
+                assert_eq!(trace, TraceContext::from_parts(7, 3));
+                assert!(trace.is_some());
+            }
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
     const MAX_METADATA_LEN_FOR_TEST: usize = crate::MAX_METADATA_LEN;
 
     #[test]
