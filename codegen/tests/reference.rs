@@ -3,9 +3,10 @@
 //! its signature blocks list exactly the public items generated for it, with
 //! their signatures; every item the emitter writes carries a doc comment.
 //!
-//! The generated side is read with `syn`: every public item, every item of
-//! an inherent `impl`, the methods of a public trait, the fields of a struct
-//! and the variants of an enum, and the header of each trait `impl`. The
+//! The generated side is read with `syn`: every public item, every public
+//! item of an inherent `impl`, the methods of a public trait, the public
+//! fields of a struct and the variants of an enum, and the header and
+//! associated types of each trait `impl`. The
 //! document's side is read from its code blocks marked ```` ```rust
 //! signatures ````, in which each declaration ends with `;` (with `,` in a
 //! struct or an enum), a line ending with `{` opens a scope that a line `}`
@@ -79,6 +80,12 @@ fn generated() -> syn::File {
     syn::parse_file(&code).unwrap_or_else(|error| panic!("{PACKAGE_FILE} does not parse: {error}"))
 }
 
+fn walk_generated() -> Walk {
+    let mut walk = Walk::default();
+    walk.items(&generated().items, &[]);
+    walk
+}
+
 #[test]
 fn the_document_shows_the_reference_schema_in_full() {
     let path = tests_dir().join(SCHEMA);
@@ -98,14 +105,7 @@ fn the_document_shows_the_reference_schema_in_full() {
 
 #[test]
 fn the_document_lists_exactly_the_generated_items() {
-    let mut generated_items = Vec::new();
-    let mut undocumented = Vec::new();
-    walk_items(
-        &generated().items,
-        &[],
-        &mut generated_items,
-        &mut undocumented,
-    );
+    let generated_items = walk_generated().items;
     let document = document();
     let blocks = code_blocks(&document, SIGNATURES);
     assert!(
@@ -160,9 +160,7 @@ fn the_document_lists_exactly_the_generated_items() {
 
 #[test]
 fn every_item_the_emitter_writes_is_documented() {
-    let mut items = Vec::new();
-    let mut undocumented = Vec::new();
-    walk_items(&generated().items, &[], &mut items, &mut undocumented);
+    let undocumented = walk_generated().undocumented;
     assert!(
         undocumented.is_empty(),
         "generated without a doc comment:\n    {}",
@@ -302,143 +300,149 @@ fn identifier(text: &str) -> String {
         .collect()
 }
 
-/// Walks generated items, collecting their declarations into `out`, and the
-/// items the emitter writes that have no doc comment into `undocumented`.
-fn walk_items(
-    items: &[syn::Item],
-    scope: &[String],
-    out: &mut Vec<Item>,
-    undocumented: &mut Vec<String>,
-) {
-    for item in items {
-        match item {
-            syn::Item::Mod(module) if is_pub(&module.vis) => {
-                let header = format!("pub mod {}", module.ident);
-                let emitted = !is_prost_module(module);
-                check_docs(&module.attrs, scope, &header, emitted, undocumented);
-                out.push(Item::new(scope, &header));
-                if let Some((_, content)) = &module.content {
-                    walk_items(content, &nested(scope, &header), out, undocumented);
-                }
-            }
-            syn::Item::Struct(item) if is_pub(&item.vis) => {
-                let (name, generics) = (&item.ident, &item.generics);
-                let header = format!(
-                    "{}{}",
-                    derives(&item.attrs),
-                    quote!(pub struct #name #generics)
-                );
-                let header = normalise(&header);
-                let emitted = !derives_prost(&item.attrs);
-                check_docs(&item.attrs, scope, &header, emitted, undocumented);
-                out.push(Item::new(scope, &header));
-                let inner = nested(scope, &header);
-                for field in &item.fields {
-                    if is_pub(&field.vis) {
-                        let (name, ty) = (&field.ident, &field.ty);
-                        out.push(Item::new(&inner, &quote!(pub #name: #ty).to_string()));
-                    }
-                }
-            }
-            syn::Item::Enum(item) if is_pub(&item.vis) => {
-                let (name, generics) = (&item.ident, &item.generics);
-                let header = format!(
-                    "{}{}",
-                    derives(&item.attrs),
-                    quote!(pub enum #name #generics)
-                );
-                let header = normalise(&header);
-                let emitted = !derives_prost(&item.attrs);
-                check_docs(&item.attrs, scope, &header, emitted, undocumented);
-                out.push(Item::new(scope, &header));
-                let inner = nested(scope, &header);
-                for variant in &item.variants {
-                    let (name, fields) = (&variant.ident, &variant.fields);
-                    let text = quote!(#name #fields).to_string();
-                    check_docs(&variant.attrs, &inner, &text, emitted, undocumented);
-                    out.push(Item::new(&inner, &text));
-                }
-            }
-            syn::Item::Trait(item) if is_pub(&item.vis) => {
-                let (name, generics) = (&item.ident, &item.generics);
-                let bounds = &item.supertraits;
-                let header = if bounds.is_empty() {
-                    quote!(pub trait #name #generics).to_string()
-                } else {
-                    quote!(pub trait #name #generics: #bounds).to_string()
-                };
-                let header = normalise(&header);
-                check_docs(&item.attrs, scope, &header, true, undocumented);
-                out.push(Item::new(scope, &header));
-                let inner = nested(scope, &header);
-                for member in &item.items {
-                    let syn::TraitItem::Fn(method) = member else {
-                        panic!("a trait item other than a method: {}", tokens(member));
-                    };
-                    let text = method.sig.to_token_stream().to_string();
-                    check_docs(&method.attrs, &inner, &text, true, undocumented);
-                    out.push(Item::new(&inner, &text));
-                }
-            }
-            syn::Item::Const(item) if is_pub(&item.vis) => {
-                let text = constant(&item.ident, &item.ty, &item.expr);
-                check_docs(&item.attrs, scope, &text, true, undocumented);
-                out.push(Item::new(scope, &text));
-            }
-            syn::Item::Impl(item) => walk_impl(item, scope, out, undocumented),
-            syn::Item::Fn(_)
-            | syn::Item::Static(_)
-            | syn::Item::Type(_)
-            | syn::Item::Use(_)
-            | syn::Item::Macro(_) => panic!(
-                "a kind of item this test does not read; teach it: {}",
-                tokens(item)
-            ),
-            _ => {}
-        }
-    }
+/// What a walk over generated items finds: their declarations, and the
+/// items the emitter writes that have no doc comment.
+#[derive(Default)]
+struct Walk {
+    items: Vec<Item>,
+    undocumented: Vec<String>,
 }
 
-/// An `impl` block: an inherent one is a scope of its public items, a trait
-/// `impl` a header and its associated types (its methods are the trait's).
-fn walk_impl(
-    item: &syn::ItemImpl,
-    scope: &[String],
-    out: &mut Vec<Item>,
-    undocumented: &mut Vec<String>,
-) {
-    let (params, self_ty) = (&item.generics.params, &item.self_ty);
-    let generics = if params.is_empty() {
-        quote!()
-    } else {
-        quote!(<#params>)
-    };
-    let header = match &item.trait_ {
-        Some((_, path, _)) => quote!(impl #generics #path for #self_ty),
-        None => quote!(impl #generics #self_ty),
-    };
-    let header = normalise(&header.to_string());
-    out.push(Item::new(scope, &header));
-    let inner = nested(scope, &header);
-    for member in &item.items {
-        match member {
-            syn::ImplItem::Fn(method) if item.trait_.is_none() && is_pub(&method.vis) => {
-                let text = format!("pub {}", method.sig.to_token_stream());
-                check_docs(&method.attrs, &inner, &text, true, undocumented);
-                out.push(Item::new(&inner, &text));
+impl Walk {
+    /// Walks the items of a file or a module.
+    fn items(&mut self, items: &[syn::Item], scope: &[String]) {
+        for item in items {
+            match item {
+                syn::Item::Mod(module) if is_pub(&module.vis) => self.module(module, scope),
+                syn::Item::Struct(item) if is_pub(&item.vis) => self.structure(item, scope),
+                syn::Item::Enum(item) if is_pub(&item.vis) => self.enumeration(item, scope),
+                syn::Item::Trait(item) if is_pub(&item.vis) => self.interface(item, scope),
+                syn::Item::Const(item) if is_pub(&item.vis) => {
+                    let text = constant(&item.ident, &item.ty, &item.expr);
+                    self.declare(scope, &text, &item.attrs, true);
+                }
+                syn::Item::Impl(item) => self.implementation(item, scope),
+                syn::Item::Fn(_)
+                | syn::Item::Static(_)
+                | syn::Item::Type(_)
+                | syn::Item::Use(_)
+                | syn::Item::Macro(_) => panic!(
+                    "a kind of item this test does not read; teach it: {}",
+                    tokens(item)
+                ),
+                _ => {}
             }
-            syn::ImplItem::Const(constant_item)
-                if item.trait_.is_none() && is_pub(&constant_item.vis) =>
-            {
-                let text = constant(&constant_item.ident, &constant_item.ty, &constant_item.expr);
-                check_docs(&constant_item.attrs, &inner, &text, true, undocumented);
-                out.push(Item::new(&inner, &text));
+        }
+    }
+
+    /// Records a declaration, and whether it lacks the doc comment an item
+    /// the emitter writes must have. Returns the scope it opens.
+    fn declare(
+        &mut self,
+        scope: &[String],
+        text: &str,
+        attrs: &[syn::Attribute],
+        emitted: bool,
+    ) -> Vec<String> {
+        let item = Item::new(scope, text);
+        if emitted && !attrs.iter().any(|attr| attr.path().is_ident("doc")) {
+            self.undocumented.push(item.describe());
+        }
+        let inner = nested(scope, &item.canonical);
+        self.items.push(item);
+        inner
+    }
+
+    fn module(&mut self, module: &syn::ItemMod, scope: &[String]) {
+        let header = format!("pub mod {}", module.ident);
+        let inner = self.declare(scope, &header, &module.attrs, !is_prost_module(module));
+        if let Some((_, content)) = &module.content {
+            self.items(content, &inner);
+        }
+    }
+
+    fn structure(&mut self, item: &syn::ItemStruct, scope: &[String]) {
+        let (name, generics) = (&item.ident, &item.generics);
+        let header = format!(
+            "{}{}",
+            derives(&item.attrs),
+            quote!(pub struct #name #generics)
+        );
+        let inner = self.declare(scope, &header, &item.attrs, !derives_prost(&item.attrs));
+        for field in item.fields.iter().filter(|field| is_pub(&field.vis)) {
+            let (name, ty) = (&field.ident, &field.ty);
+            let text = quote!(pub #name: #ty).to_string();
+            // A message's fields are prost-build's: their comments are the schema's.
+            self.declare(&inner, &text, &field.attrs, false);
+        }
+    }
+
+    fn enumeration(&mut self, item: &syn::ItemEnum, scope: &[String]) {
+        let (name, generics) = (&item.ident, &item.generics);
+        let header = format!(
+            "{}{}",
+            derives(&item.attrs),
+            quote!(pub enum #name #generics)
+        );
+        let emitted = !derives_prost(&item.attrs);
+        let inner = self.declare(scope, &header, &item.attrs, emitted);
+        for variant in &item.variants {
+            let (name, fields) = (&variant.ident, &variant.fields);
+            let text = quote!(#name #fields).to_string();
+            self.declare(&inner, &text, &variant.attrs, emitted);
+        }
+    }
+
+    fn interface(&mut self, item: &syn::ItemTrait, scope: &[String]) {
+        let (name, generics, bounds) = (&item.ident, &item.generics, &item.supertraits);
+        let header = if bounds.is_empty() {
+            quote!(pub trait #name #generics)
+        } else {
+            quote!(pub trait #name #generics: #bounds)
+        };
+        let inner = self.declare(scope, &header.to_string(), &item.attrs, true);
+        for member in &item.items {
+            let syn::TraitItem::Fn(method) = member else {
+                panic!("a trait item other than a method: {}", tokens(member));
+            };
+            let text = method.sig.to_token_stream().to_string();
+            self.declare(&inner, &text, &method.attrs, true);
+        }
+    }
+
+    /// An `impl` block: an inherent one is a scope of its public items, a
+    /// trait `impl` a header and its associated types (its methods are the
+    /// trait's, and so are their docs).
+    fn implementation(&mut self, item: &syn::ItemImpl, scope: &[String]) {
+        let (params, self_ty) = (&item.generics.params, &item.self_ty);
+        let generics = if params.is_empty() {
+            quote!()
+        } else {
+            quote!(<#params>)
+        };
+        let header = match &item.trait_ {
+            Some((_, path, _)) => quote!(impl #generics #path for #self_ty),
+            None => quote!(impl #generics #self_ty),
+        };
+        let inner = self.declare(scope, &header.to_string(), &[], false);
+        let inherent = item.trait_.is_none();
+        for member in &item.items {
+            match member {
+                syn::ImplItem::Fn(method) if inherent && is_pub(&method.vis) => {
+                    let text = format!("pub {}", method.sig.to_token_stream());
+                    self.declare(&inner, &text, &method.attrs, true);
+                }
+                syn::ImplItem::Const(item) if inherent && is_pub(&item.vis) => {
+                    let text = constant(&item.ident, &item.ty, &item.expr);
+                    self.declare(&inner, &text, &item.attrs, true);
+                }
+                syn::ImplItem::Type(alias) if !inherent => {
+                    let (name, ty) = (&alias.ident, &alias.ty);
+                    let text = quote!(type #name = #ty).to_string();
+                    self.declare(&inner, &text, &alias.attrs, false);
+                }
+                _ => {}
             }
-            syn::ImplItem::Type(alias) if item.trait_.is_some() => {
-                let (name, ty) = (&alias.ident, &alias.ty);
-                out.push(Item::new(&inner, &quote!(type #name = #ty).to_string()));
-            }
-            _ => {}
         }
     }
 }
@@ -485,18 +489,6 @@ fn derives_prost(attrs: &[syn::Attribute]) -> bool {
 /// prost-build's module of a message's nested types (`echo_request`).
 fn is_prost_module(module: &syn::ItemMod) -> bool {
     !module.ident.to_string().ends_with("_service")
-}
-
-fn check_docs(
-    attrs: &[syn::Attribute],
-    scope: &[String],
-    text: &str,
-    emitted: bool,
-    undocumented: &mut Vec<String>,
-) {
-    if emitted && !attrs.iter().any(|attr| attr.path().is_ident("doc")) {
-        undocumented.push(Item::new(scope, text).describe());
-    }
 }
 
 /// The form both sides are compared in: [`canonical`], with the paths of
