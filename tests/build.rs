@@ -1,10 +1,19 @@
-//! Generates the test services, and a second version of the Echo schema
-//! (one field widened) for the schema-mismatch test.
+//! Generates the test services, the schema of `docs/GENERATED.md`, and a
+//! second version of the Echo schema (one field widened) for the
+//! schema-mismatch test.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     workerbus_build::compile_protos(&["proto/echo.proto"], &["proto"])?;
+    // The schema of docs/GENERATED.md, which `tests/calls/generated.rs` uses
+    // as the document says; an include file of its own keeps the one above.
+    workerbus_build::configure()
+        .include_file("reference-protos.rs")
+        .compile_protos(
+            &["../codegen/tests/reference/reference.proto"],
+            &["../codegen/tests/reference"],
+        )?;
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let v2 = out.join("proto_v2");

@@ -19,6 +19,10 @@
 //! once, as a tree of modules by package (`corp::x::a`), which schemas whose
 //! packages use each other's types need.
 //!
+//! Every generated item, with its signature, is listed in the repository's
+//! "Generated code" reference,
+//! [`docs/GENERATED.md`](https://github.com/workerbus/workerbus/blob/main/docs/GENERATED.md).
+//!
 //! Comments of the schema become rustdoc that never runs as a doctest nor
 //! reads as links or HTML. A generated name that is taken (an rpc `New`
 //! against the client's constructor) gets a suffix (`new_rpc`), and

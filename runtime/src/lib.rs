@@ -6,7 +6,9 @@
 //! (`<Service>Server`). This crate carries the calls between them: frames over
 //! a [`Transport`], a pending-request table with timeouts, retries and
 //! cancellation in [`Channel`], concurrent dispatch in the worker, and drivers
-//! that start workers ([`ThreadDriver`]).
+//! that start workers ([`ThreadDriver`]). Every generated item, with its
+//! signature, is listed in the "Generated code" reference,
+//! [`docs/GENERATED.md`](https://github.com/workerbus/workerbus/blob/main/docs/GENERATED.md).
 //!
 //! ```ignore
 //! // The README's example; `examples/` compiles it against generated code.

@@ -33,7 +33,8 @@ pub(super) fn client(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, 
         }
 
         impl #client {
-            /// The schema this client was generated from.
+            /// The schema this client was generated from. A process driver
+            /// that `serves` it refuses a worker built from another.
             pub const SCHEMA: #cg::ServiceSchema = #module::SCHEMA;
 
             /// A client that calls the worker at the other end of `channel`.
@@ -175,11 +176,24 @@ fn defaults_note(method: &MethodDef) -> String {
     } else {
         format!(" Defaults: {}.", parts.join(", "))
     };
-    if method.kind == RpcKind::OneWay {
-        format!(
-            " One-way: returns once the message is queued for the worker, which answers nothing.{defaults}"
-        )
-    } else {
-        defaults
+    format!("{}{defaults}", kind_note(method.kind))
+}
+
+/// What a call of the method's kind sends and returns, for its rustdoc.
+fn kind_note(kind: RpcKind) -> &'static str {
+    match kind {
+        RpcKind::Unary => "",
+        RpcKind::ServerStreaming => {
+            " Server streaming: returns the responses as a `Streaming`, read with `message()`."
+        }
+        RpcKind::ClientStreaming => {
+            " Client streaming: sends the items of `requests`, and returns the one response."
+        }
+        RpcKind::BidiStreaming => {
+            " Bidirectional streaming: sends the items of `requests` from a task of its own, and returns the responses as a `Streaming`."
+        }
+        RpcKind::OneWay => {
+            " One-way: returns once the message is queued for the worker, which answers nothing."
+        }
     }
 }

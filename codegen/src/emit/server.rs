@@ -32,7 +32,11 @@ pub(super) fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, 
         if !docs.is_empty() {
             docs.push(String::new());
         }
-        docs.push(format!(" Message name: `{}`.", method.message_name));
+        docs.push(format!(
+            " Message name: `{}`.{}",
+            method.message_name,
+            handler_note(method.kind)
+        ));
         let (arguments, output) = match method.kind {
             RpcKind::Unary | RpcKind::OneWay => (quote!(request: #request,), quote!(#response)),
             RpcKind::ServerStreaming => (
@@ -152,16 +156,21 @@ pub(super) fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, 
             }
         }
     };
-    let server_doc = format!(
-        " Serves a [`{handler}`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function."
-    );
+    let server_docs = [
+        format!(
+            " Serves a [`{handler}`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function."
+        ),
+        String::new(),
+        " One worker serves several services through `Services::new(..).add(..)`.".into(),
+        " Cheap to clone: clones share the handler.".into(),
+    ];
     Ok(quote! {
         #(#[doc = #handler_docs])*
         pub trait #handler: ::core::marker::Send + ::core::marker::Sync + 'static {
             #(#trait_methods)*
         }
 
-        #[doc = #server_doc]
+        #(#[doc = #server_docs])*
         pub struct #server<H> {
             handler: ::std::sync::Arc<H>,
         }
@@ -177,7 +186,7 @@ pub(super) fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, 
                 Self { handler }
             }
 
-            /// The handler.
+            /// The handler this server dispatches to.
             pub fn handler(&self) -> &::std::sync::Arc<H> {
                 &self.handler
             }
@@ -211,4 +220,24 @@ pub(super) fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, 
             }
         }
     })
+}
+
+/// What a handler of the method's kind reads, sends and returns, for its
+/// rustdoc.
+fn handler_note(kind: RpcKind) -> &'static str {
+    match kind {
+        RpcKind::Unary => "",
+        RpcKind::ServerStreaming => {
+            " Server streaming: send the responses with `responses`; the stream ends when this returns."
+        }
+        RpcKind::ClientStreaming => {
+            " Client streaming: read the requests from `requests`; the response goes back when this returns."
+        }
+        RpcKind::BidiStreaming => {
+            " Bidirectional streaming: read the requests from `requests` and send the responses with `responses`; the stream ends when this returns."
+        }
+        RpcKind::OneWay => {
+            " One-way: the caller does not wait, and nothing is sent back; an `Err` is logged in the worker."
+        }
+    }
 }

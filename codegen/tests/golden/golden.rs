@@ -172,7 +172,8 @@ pub struct GreeterClient {
     inner: ::workerbus::__codegen::Client,
 }
 impl GreeterClient {
-    /// The schema this client was generated from.
+    /// The schema this client was generated from. A process driver
+    /// that `serves` it refuses a worker built from another.
     pub const SCHEMA: ::workerbus::__codegen::ServiceSchema = greeter_service::SCHEMA;
     /// A client that calls the worker at the other end of `channel`.
     pub fn new(channel: ::workerbus::__codegen::Channel) -> Self {
@@ -312,7 +313,7 @@ impl GreeterClient {
     }
     /// Greets everyone in a stream of requests, one reply each, as they come.
     ///
-    /// Message name: `greeter.greet_all`.
+    /// Message name: `greeter.greet_all`. Bidirectional streaming: sends the items of `requests` from a task of its own, and returns the responses as a `Streaming`.
     pub async fn greet_all<S>(
         &self,
         requests: S,
@@ -349,7 +350,7 @@ impl GreeterClient {
     }
     /// Greets one person over and over, within 10 s in all.
     ///
-    /// Message name: `greeter.repeat`. Defaults: timeout 10000 ms.
+    /// Message name: `greeter.repeat`. Server streaming: returns the responses as a `Streaming`, read with `message()`. Defaults: timeout 10000 ms.
     pub async fn repeat(
         &self,
         request: GreetRequest,
@@ -379,7 +380,7 @@ impl GreeterClient {
     }
     /// Counts the people greeted, answering once the stream ends.
     ///
-    /// Message name: `greeter.tally`.
+    /// Message name: `greeter.tally`. Client streaming: sends the items of `requests`, and returns the one response.
     pub async fn tally<S>(
         &self,
         requests: S,
@@ -553,7 +554,7 @@ pub trait GreeterHandler: ::core::marker::Send + ::core::marker::Sync + 'static 
     > + ::core::marker::Send;
     /// Greets everyone in a stream of requests, one reply each, as they come.
     ///
-    /// Message name: `greeter.greet_all`.
+    /// Message name: `greeter.greet_all`. Bidirectional streaming: read the requests from `requests` and send the responses with `responses`; the stream ends when this returns.
     fn greet_all(
         &self,
         requests: ::workerbus::__codegen::Incoming<GreetRequest>,
@@ -564,7 +565,7 @@ pub trait GreeterHandler: ::core::marker::Send + ::core::marker::Sync + 'static 
     > + ::core::marker::Send;
     /// Greets one person over and over, within 10 s in all.
     ///
-    /// Message name: `greeter.repeat`.
+    /// Message name: `greeter.repeat`. Server streaming: send the responses with `responses`; the stream ends when this returns.
     fn repeat(
         &self,
         request: GreetRequest,
@@ -575,7 +576,7 @@ pub trait GreeterHandler: ::core::marker::Send + ::core::marker::Sync + 'static 
     > + ::core::marker::Send;
     /// Counts the people greeted, answering once the stream ends.
     ///
-    /// Message name: `greeter.tally`.
+    /// Message name: `greeter.tally`. Client streaming: read the requests from `requests`; the response goes back when this returns.
     fn tally(
         &self,
         requests: ::workerbus::__codegen::Incoming<GreetRequest>,
@@ -585,7 +586,7 @@ pub trait GreeterHandler: ::core::marker::Send + ::core::marker::Sync + 'static 
     > + ::core::marker::Send;
     /// Forgets a person; sent without waiting for an answer.
     ///
-    /// Message name: `greeter.forget`.
+    /// Message name: `greeter.forget`. One-way: the caller does not wait, and nothing is sent back; an `Err` is logged in the worker.
     fn forget(
         &self,
         request: FarewellRequest,
@@ -621,6 +622,9 @@ pub trait GreeterHandler: ::core::marker::Send + ::core::marker::Sync + 'static 
     > + ::core::marker::Send;
 }
 /// Serves a [`GreeterHandler`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function.
+///
+/// One worker serves several services through `Services::new(..).add(..)`.
+/// Cheap to clone: clones share the handler.
 pub struct GreeterServer<H> {
     handler: ::std::sync::Arc<H>,
 }
@@ -635,7 +639,7 @@ impl<H: GreeterHandler> GreeterServer<H> {
     pub fn from_arc(handler: ::std::sync::Arc<H>) -> Self {
         Self { handler }
     }
-    /// The handler.
+    /// The handler this server dispatches to.
     pub fn handler(&self) -> &::std::sync::Arc<H> {
         &self.handler
     }
@@ -797,7 +801,8 @@ pub struct IdleClient {
     inner: ::workerbus::__codegen::Client,
 }
 impl IdleClient {
-    /// The schema this client was generated from.
+    /// The schema this client was generated from. A process driver
+    /// that `serves` it refuses a worker built from another.
     pub const SCHEMA: ::workerbus::__codegen::ServiceSchema = idle_service::SCHEMA;
     /// A client that calls the worker at the other end of `channel`.
     pub fn new(channel: ::workerbus::__codegen::Channel) -> Self {
@@ -825,6 +830,9 @@ impl IdleClient {
 /// Has no rpcs yet.
 pub trait IdleHandler: ::core::marker::Send + ::core::marker::Sync + 'static {}
 /// Serves a [`IdleHandler`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function.
+///
+/// One worker serves several services through `Services::new(..).add(..)`.
+/// Cheap to clone: clones share the handler.
 pub struct IdleServer<H> {
     handler: ::std::sync::Arc<H>,
 }
@@ -839,7 +847,7 @@ impl<H: IdleHandler> IdleServer<H> {
     pub fn from_arc(handler: ::std::sync::Arc<H>) -> Self {
         Self { handler }
     }
-    /// The handler.
+    /// The handler this server dispatches to.
     pub fn handler(&self) -> &::std::sync::Arc<H> {
         &self.handler
     }
@@ -1068,7 +1076,8 @@ pub struct PartingClient {
     inner: ::workerbus::__codegen::Client,
 }
 impl PartingClient {
-    /// The schema this client was generated from.
+    /// The schema this client was generated from. A process driver
+    /// that `serves` it refuses a worker built from another.
     pub const SCHEMA: ::workerbus::__codegen::ServiceSchema = parting_service::SCHEMA;
     /// A client that calls the worker at the other end of `channel`.
     pub fn new(channel: ::workerbus::__codegen::Channel) -> Self {
@@ -1162,6 +1171,9 @@ pub trait PartingHandler: ::core::marker::Send + ::core::marker::Sync + 'static 
     > + ::core::marker::Send;
 }
 /// Serves a [`PartingHandler`]: pass it to a driver (`ThreadDriver::spawn`) or to a serve function.
+///
+/// One worker serves several services through `Services::new(..).add(..)`.
+/// Cheap to clone: clones share the handler.
 pub struct PartingServer<H> {
     handler: ::std::sync::Arc<H>,
 }
@@ -1176,7 +1188,7 @@ impl<H: PartingHandler> PartingServer<H> {
     pub fn from_arc(handler: ::std::sync::Arc<H>) -> Self {
         Self { handler }
     }
-    /// The handler.
+    /// The handler this server dispatches to.
     pub fn handler(&self) -> &::std::sync::Arc<H> {
         &self.handler
     }
