@@ -3,6 +3,7 @@
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
+use crate::cancellation::{self, Cancellation};
 use crate::name::MethodName;
 use crate::trace::TraceContext;
 
@@ -102,5 +103,58 @@ impl Context {
             connection: self.connection.clone(),
             call: self.id,
         }
+    }
+
+    /// The call's [`Cancellation`]: a token, cheap to clone, that fires when
+    /// the call's deadline passes or the worker gives the call up (a
+    /// `CANCEL`, the connection ending with the call running), for the work
+    /// the handler hands off: to `tokio::spawn`, `spawn_blocking` or a
+    /// thread. The handler itself needs none of it: its future is dropped
+    /// when its call is cancelled, but what it spawned runs on until it
+    /// looks here. Awaiting it waits for it to fire. It does not fire
+    /// because the handler answered; see [`Cancellation`] for every case.
+    ///
+    /// Ask for it in the handler, before it answers, and move the token
+    /// (not the context) into the work: a token asked for once the call has
+    /// ended fires only at the deadline. A call whose handler never asks
+    /// costs nothing more; the first ask makes the token, and every ask of
+    /// the same call gives a clone of it. Made with [`Context::new`], the
+    /// token fires only at the deadline, if one was set.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use workerbus::{Context, Status};
+    ///
+    /// // The body of a handler: the work runs on a blocking thread, and
+    /// // stops between two chunks once the caller gives up.
+    /// async fn index(cx: &Context, chunks: Vec<String>) -> Result<u64, Status> {
+    ///     let cancellation = cx.cancelled();
+    ///     let work = tokio::task::spawn_blocking(move || {
+    ///         let mut indexed = 0;
+    ///         for chunk in chunks {
+    ///             if cancellation.is_cancelled() {
+    ///                 return None; // nobody waits for the rest
+    ///             }
+    ///             indexed += chunk.len() as u64; // the real work
+    ///         }
+    ///         Some(indexed)
+    ///     });
+    ///     match work.await {
+    ///         Ok(Some(indexed)) => Ok(indexed),
+    ///         Ok(None) => Err(Status::cancelled("given up")),
+    ///         Err(error) => Err(Status::internal(error.to_string())),
+    ///     }
+    /// }
+    /// ```
+    pub fn cancelled(&self) -> Cancellation {
+        let token = match &self.connection {
+            None => None,
+            Some(connection) => match connection.upgrade() {
+                Some(outlet) => outlet.cancellation(self.id),
+                // The connection is gone, and the call with it.
+                None => Some(cancellation::fired()),
+            },
+        };
+        Cancellation::new(token, self.deadline)
     }
 }

@@ -14,6 +14,7 @@ use crate::name::MethodName;
 
 /// Where an [`EventSink`] writes: the connection a call came on. The serve
 /// loop's connection implements it; events know nothing else of the server.
+/// A [`Context`](crate::Context) also asks it for its call's cancellation.
 pub(crate) trait Outlet: Send + Sync {
     /// The largest frame the connection may send.
     fn max_frame_length(&self) -> usize;
@@ -36,6 +37,11 @@ pub(crate) trait Outlet: Send + Sync {
 
     /// Whether the connection still serves.
     fn is_connected(&self) -> bool;
+
+    /// The token the connection fires when it gives call `call` up, made at
+    /// the first ask; `None` if the call is no longer in hand (it ended), and
+    /// a token already fired once the connection has ended.
+    fn cancellation(&self, call: u64) -> Option<tokio_util::sync::CancellationToken>;
 }
 
 /// The connection an event was for has ended.

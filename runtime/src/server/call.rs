@@ -33,15 +33,20 @@ pub(super) struct TaskEnd {
 
 impl Drop for TaskEnd {
     fn drop(&mut self) {
-        let stream = {
+        let abandoned = {
             let mut state = lock(&self.shared);
             if state.aborted.remove(&self.generation).is_none() {
-                // Dropped without answering (e.g. its runtime shut down).
-                state.finish(self.id, self.generation);
+                // Dropped without answering (e.g. its runtime shut down):
+                // the call is given up, and the work it handed off with it.
+                state.finish(self.id, self.generation)
+            } else {
+                None
             }
-            self.stream
         };
-        if let Some(generation) = stream {
+        if let Some(entry) = abandoned {
+            entry.fire();
+        }
+        if let Some(generation) = self.stream {
             close_stream(&self.shared, self.id, Some(generation));
         }
     }
@@ -65,6 +70,8 @@ pub(super) async fn run_call<F>(
                 // The caller set this deadline and its own timer ends the
                 // call there; an answer could only race that timer. Drop the
                 // handler (cancelling it) and answer nothing, as for CANCEL.
+                // Its cancellation token, if it has one, fires by itself:
+                // it knows the deadline.
                 if kind.is_one_way() {
                     tracing::warn!(%method, id, "one-way message cancelled at its deadline");
                 } else {
@@ -87,7 +94,8 @@ pub(super) async fn run_call<F>(
     let frame = answer_of(&shared, id, &method, kind, outcome);
     let waker = {
         let mut state = lock(&shared);
-        if !state.finish(id, generation) {
+        // Answered: its cancellation token, if any, is dropped unfired.
+        if state.finish(id, generation).is_none() {
             return; // cancelled: the caller no longer waits
         }
         if kind.is_one_way() {
