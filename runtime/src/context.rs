@@ -116,7 +116,8 @@ impl Context {
     ///
     /// Ask for it in the handler, before it answers, and move the token
     /// (not the context) into the work: a token asked for once the call has
-    /// ended fires only at the deadline. A call whose handler never asks
+    /// ended fires only at the deadline (at once if the connection has ended
+    /// too). A call whose handler never asks
     /// costs nothing more; the first ask makes the token, and every ask of
     /// the same call gives a clone of it. Made with [`Context::new`], the
     /// token fires only at the deadline, if one was set.
