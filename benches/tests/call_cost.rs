@@ -9,7 +9,9 @@
 //! request's buffer once two messages hold it. On the host of a process
 //! worker: the encoded request alone (answers are read out of the
 //! connection's read buffer). Everything of the runtime's own (frames,
-//! pending-table slots, wakers, handler futures, write buffers) is reused.
+//! pending-table slots, wakers, handler futures, write buffers) is reused,
+//! and what a handler may ask for and the echo handler does not (its call's
+//! `Context::cancelled()`) is made only when asked.
 
 use workerbus_benches::Echo;
 use workerbus_benches::counting::{Counting, allocations};

@@ -44,7 +44,8 @@ use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::common::Page;
 use workerbus_tests::pb::echo::{
     AnnounceReply, AnnounceRequest, CountReply, CountRequest, EchoHandler, EchoReply, EchoRequest,
-    EchoServer, ExitRequest, FailRequest, FlakyReply, FlakyRequest, NoteRequest, ObserveRequest,
+    EchoServer, ExitRequest, FailRequest, FlakyReply, FlakyRequest, HandOffRequest, NoteRequest,
+    ObserveRequest,
     PanicRequest, ProgressReply, ProgressRequest, SleepRequest, StatsReply, SumReply, SumRequest,
     TraceReply, echo_service,
 };
@@ -343,10 +344,10 @@ pub(crate) fn install_panic_hook() {
 }
 
 /// `EchoWorker`, without the requests whose effects are the test handler's
-/// own and not the runtime's: a sleep that blocks the thread (for real time,
-/// outside the paused clock), a status message repeated into gigabytes, and
-/// a count past `u64::MAX`; and without requests for millions of messages
-/// (below). Everything else is delegated.
+/// own and not the runtime's: a sleep or a hand-off that blocks a thread
+/// (for real time, outside the paused clock), a status message repeated into
+/// gigabytes, and a count past `u64::MAX`; and without requests for millions
+/// of messages (below). Everything else is delegated.
 ///
 /// `echo.count` and `echo.announce` are refused above [`MAX_MESSAGES`]
 /// messages. The runtime bounds what it queues for a host however much
@@ -476,6 +477,29 @@ impl EchoHandler for Guarded {
             ));
         }
         self.0.announce(request, cx).await
+    }
+
+    async fn hand_off(&self, request: HandOffRequest, cx: &Context) -> Result<(), Status> {
+        if request.blocking {
+            return Err(Status::invalid_argument(
+                "refused by the fuzz target: blocking hand-off",
+            ));
+        }
+        self.0.hand_off(request, cx).await
+    }
+
+    async fn hand_off_stream(
+        &self,
+        request: HandOffRequest,
+        responses: StreamSender<CountReply>,
+        cx: &Context,
+    ) -> Result<(), Status> {
+        if request.blocking {
+            return Err(Status::invalid_argument(
+                "refused by the fuzz target: blocking hand-off",
+            ));
+        }
+        self.0.hand_off_stream(request, responses, cx).await
     }
 }
 

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use crate::cancellation::{self, Cancellation};
 use crate::event::{EventSink, Outlet};
 use crate::metadata::Metadata;
 use crate::name::MethodName;
@@ -10,9 +11,14 @@ use crate::sync::lock;
 use crate::trace::TraceContext;
 
 /// What a call's context reaches of the connection the call came on: the
-/// events its handler sends, and the metadata it answers with. The serve
-/// loop's connection implements it.
+/// events its handler sends, the metadata it answers with, and its
+/// cancellation. The serve loop's connection implements it.
 pub(crate) trait Connection: Outlet {
+    /// The token the connection fires when it gives call `call` up, made at
+    /// the first ask; `None` if the call is no longer in hand (it ended), and
+    /// a token already fired once the connection has ended.
+    fn cancellation(&self, call: u64) -> Option<tokio_util::sync::CancellationToken>;
+
     /// Sets the response metadata of `call`, if it is still in flight.
     fn set_response_metadata(&self, call: u64, metadata: Metadata);
 
@@ -183,5 +189,59 @@ impl Context {
                 .map(|connection| connection as Weak<dyn Outlet>),
             call: self.id,
         }
+    }
+
+    /// The call's [`Cancellation`]: a token, cheap to clone, that fires when
+    /// the call's deadline passes or the worker gives the call up (a
+    /// `CANCEL`, the connection ending with the call running), for the work
+    /// the handler hands off: to `tokio::spawn`, `spawn_blocking` or a
+    /// thread. The handler itself needs none of it: its future is dropped
+    /// when its call is cancelled, but what it spawned runs on until it
+    /// looks here. Awaiting it waits for it to fire. It does not fire
+    /// because the handler answered; see [`Cancellation`] for every case.
+    ///
+    /// Ask for it in the handler, before it answers, and move the token
+    /// (not the context) into the work: a token asked for once the call has
+    /// ended fires only at the deadline (at once if the connection has ended
+    /// too). A call whose handler never asks
+    /// costs nothing more; the first ask makes the token, and every ask of
+    /// the same call gives a clone of it. Made with [`Context::new`], the
+    /// token fires only at the deadline, if one was set.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use workerbus::{Context, Status};
+    ///
+    /// // The body of a handler: the work runs on a blocking thread, and
+    /// // stops between two chunks once the caller gives up.
+    /// async fn index(cx: &Context, chunks: Vec<String>) -> Result<u64, Status> {
+    ///     let cancellation = cx.cancelled();
+    ///     let work = tokio::task::spawn_blocking(move || {
+    ///         let mut indexed = 0;
+    ///         for chunk in chunks {
+    ///             if cancellation.is_cancelled() {
+    ///                 return None; // nobody waits for the rest
+    ///             }
+    ///             indexed += chunk.len() as u64; // the real work
+    ///         }
+    ///         Some(indexed)
+    ///     });
+    ///     match work.await {
+    ///         Ok(Some(indexed)) => Ok(indexed),
+    ///         Ok(None) => Err(Status::cancelled("given up")),
+    ///         Err(error) => Err(Status::internal(error.to_string())),
+    ///     }
+    /// }
+    /// ```
+    pub fn cancelled(&self) -> Cancellation {
+        let token = match &self.connection {
+            None => None,
+            Some(connection) => match connection.upgrade() {
+                Some(outlet) => outlet.cancellation(self.id),
+                // The connection is gone, and the call with it.
+                None => Some(cancellation::fired()),
+            },
+        };
+        Cancellation::new(token, self.deadline)
     }
 }

@@ -50,6 +50,7 @@
 //! reader holds its sender back instead of filling memory.
 
 mod backoff;
+mod cancellation;
 mod client;
 mod context;
 mod control;
@@ -83,6 +84,7 @@ mod window;
 pub mod __codegen;
 
 pub use self::backoff::Backoff;
+pub use self::cancellation::{Cancellation, Cancelled};
 pub use self::client::{
     CallOptions, Channel, ChannelOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_TIMEOUT, Streaming,

@@ -14,8 +14,8 @@ use workerbus::{
 use crate::pb::common::{Order, Page};
 use crate::pb::echo::{
     AnnounceRequest, CountReply, CountRequest, EchoClient, EchoEvent, EchoEvents, EchoRequest,
-    FailRequest, FlakyRequest, MissingClient, NoteRequest, ObserveRequest, PanicRequest,
-    ProgressRequest, SleepRequest, SleepState, SumRequest, TickEvent,
+    FailRequest, FlakyRequest, HandOffRequest, MissingClient, NoteRequest, ObserveRequest,
+    PanicRequest, ProgressRequest, SleepRequest, SleepState, SumRequest, TickEvent,
 };
 use crate::pb::echo::{Header, HeadersRequest};
 
@@ -260,6 +260,86 @@ pub async fn calls_after_exit_fail_fast(channel: &Channel, exit: &ExitReason) {
     assert_settled(channel);
 }
 
+/// The longest the work a handler handed off may run on once its call is
+/// given up on, seen from the host: from the cancel (the call dropped, or
+/// its timeout) until the host has heard from the worker that the work saw
+/// its [`Cancellation`](workerbus::Cancellation) and stopped. The round
+/// trip of that news is counted in, so the worker's own delay is shorter.
+pub const CANCEL_TO_STOP: Duration = Duration::from_millis(50);
+
+fn hand_off(tag: &str, blocking: bool) -> HandOffRequest {
+    HandOffRequest {
+        tag: tag.to_owned(),
+        blocking,
+    }
+}
+
+/// The ways a handler hands work off: to a task that awaits the
+/// cancellation, and to a blocking thread that checks it in a loop.
+const HAND_OFFS: [(&str, bool); 2] = [("task", false), ("blocking thread", true)];
+
+/// Waits until the work handed off under `tag` has stopped, which must be
+/// within [`CANCEL_TO_STOP`] of `cancelled`, and says how long it took.
+async fn stopped_in_time(channel: &Channel, tag: &str, cancelled: std::time::Instant) {
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(5),
+        observe(channel, tag, SleepState::Cancelled),
+    )
+    .await;
+    let took = cancelled.elapsed();
+    assert!(
+        stopped.is_ok(),
+        "the work of {tag:?} still ran {took:?} after its call was given up on"
+    );
+    assert!(
+        took < CANCEL_TO_STOP,
+        "the work of {tag:?} stopped {took:?} after its call was given up on, over {CANCEL_TO_STOP:?}"
+    );
+    println!("{tag}: stopped {took:?} after its call was given up on");
+}
+
+/// Work a handler handed off (to a task, or to `spawn_blocking`) stops
+/// within [`CANCEL_TO_STOP`] of its caller dropping the call.
+pub async fn handed_off_work_stops_when_the_call_is_dropped(channel: &Channel) {
+    let client = echo(channel);
+    for (to, blocking) in HAND_OFFS {
+        let tag = format!("handed off to a {to}, dropped");
+        let mut call = Box::pin(client.hand_off(hand_off(&tag, blocking)));
+        tokio::select! {
+            result = &mut call => panic!("the hand-off ended early: {result:?}"),
+            () = observe(channel, &tag, SleepState::Started) => {}
+        }
+        let cancelled = std::time::Instant::now();
+        drop(call);
+        stopped_in_time(channel, &tag, cancelled).await;
+    }
+    assert_settled(channel);
+}
+
+/// Work a handler handed off stops within [`CANCEL_TO_STOP`] of its
+/// call's deadline.
+pub async fn handed_off_work_stops_at_the_deadline(channel: &Channel) {
+    let client = echo(channel);
+    for (to, blocking) in HAND_OFFS {
+        let tag = format!("handed off to a {to}, timed out");
+        let options = CallOptions::new().timeout(Duration::from_millis(500));
+        let call = client.hand_off_with(hand_off(&tag, blocking), options);
+        // The work must have started for its stop to be observable.
+        let (result, ()) = tokio::join!(
+            async {
+                let result = call.await;
+                (result, std::time::Instant::now())
+            },
+            observe(channel, &tag, SleepState::Started)
+        );
+        let (result, timed_out) = result;
+        let error = result.unwrap_err();
+        assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+        stopped_in_time(channel, &tag, timed_out).await;
+    }
+    assert_settled(channel);
+}
+
 /// Every case that needs nothing but a fresh worker, in one go.
 pub async fn all(channel: &Channel) {
     unary_round_trip(channel).await;
@@ -272,6 +352,8 @@ pub async fn all(channel: &Channel) {
     timeout_cancels_the_handler(channel).await;
     schema_retries_apply(channel).await;
     well_known_types_and_imports(channel).await;
+    handed_off_work_stops_when_the_call_is_dropped(channel).await;
+    handed_off_work_stops_at_the_deadline(channel).await;
 }
 
 /// Waits (through the worker) until the stream tagged `tag` has sent or read
@@ -423,6 +505,23 @@ pub async fn dropping_a_response_stream_cancels_the_handler(channel: &Channel) {
     );
     drop(stream);
     observe(channel, tag, SleepState::Cancelled).await;
+    assert_settled(channel);
+}
+
+/// Work the handler of a response stream handed off stops within
+/// [`CANCEL_TO_STOP`] of its caller dropping the stream.
+pub async fn handed_off_work_stops_when_a_stream_is_dropped(channel: &Channel) {
+    for (to, blocking) in HAND_OFFS {
+        let tag = format!("handed off to a {to} by a stream, dropped");
+        let stream = echo(channel)
+            .hand_off_stream(hand_off(&tag, blocking))
+            .await
+            .unwrap();
+        observe(channel, &tag, SleepState::Started).await;
+        let cancelled = std::time::Instant::now();
+        drop(stream);
+        stopped_in_time(channel, &tag, cancelled).await;
+    }
     assert_settled(channel);
 }
 
@@ -615,6 +714,7 @@ pub async fn streams(channel: &Channel) {
     stalled_reader_bounds_the_handler(channel).await;
     stalled_reader_bounds_the_handler_in_bytes(channel).await;
     dropping_a_response_stream_cancels_the_handler(channel).await;
+    handed_off_work_stops_when_a_stream_is_dropped(channel).await;
     response_stream_timeout_cancels_the_handler(channel).await;
     request_stream_round_trip(channel).await;
     handler_may_answer_a_request_stream_early(channel).await;

@@ -34,9 +34,9 @@ pub mod pb {
 use pb::common::Page;
 use pb::echo::{
     AnnounceReply, AnnounceRequest, CountReply, CountRequest, EchoEmitter, EchoHandler, EchoReply,
-    EchoRequest, ExitRequest, FailRequest, FlakyReply, FlakyRequest, NoteRequest, ObserveRequest,
-    PanicRequest, ProgressReply, ProgressRequest, SleepRequest, SleepState, StatsReply, SumReply,
-    SumRequest, TickEvent, TraceReply,
+    EchoRequest, ExitRequest, FailRequest, FlakyReply, FlakyRequest, HandOffRequest, NoteRequest,
+    ObserveRequest, PanicRequest, ProgressReply, ProgressRequest, SleepRequest, SleepState,
+    StatsReply, SumReply, SumRequest, TickEvent, TraceReply,
 };
 use pb::echo::{Header, HeadersReply, HeadersRequest};
 
@@ -148,6 +148,46 @@ impl EchoState {
             (Some(_), SleepState::Started) => true,
             (Some(state), wanted) => *state == wanted,
         }
+    }
+}
+
+/// How long the work `HandOff` hands off runs at most when its cancellation
+/// never fires (it then records that it finished): long past what any test
+/// waits, but a runtime that waits for its blocking threads as it shuts down
+/// is not held forever by a test that failed.
+const HAND_OFF_LIMIT: Duration = Duration::from_secs(30);
+
+impl EchoState {
+    /// Hands work off, as `HandOff` does: it runs until the call's
+    /// cancellation fires, recording under `tag` that it started, and that
+    /// it saw the cancellation. Then waits for the caller to give up.
+    async fn hand_off(self: &Arc<Self>, request: HandOffRequest, cx: &Context) -> Status {
+        let cancellation = cx.cancelled();
+        let (state, tag) = (Arc::clone(self), request.tag);
+        if request.blocking {
+            tokio::task::spawn_blocking(move || {
+                state.set(&tag, SleepState::Started);
+                let started = std::time::Instant::now();
+                while !cancellation.is_cancelled() {
+                    if started.elapsed() > HAND_OFF_LIMIT {
+                        return state.set(&tag, SleepState::Finished);
+                    }
+                    // A chunk of work between two checks.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                state.set(&tag, SleepState::Cancelled);
+            });
+        } else {
+            tokio::spawn(async move {
+                state.set(&tag, SleepState::Started);
+                let ended = match tokio::time::timeout(HAND_OFF_LIMIT, cancellation).await {
+                    Ok(()) => SleepState::Cancelled,
+                    Err(_) => SleepState::Finished,
+                };
+                state.set(&tag, ended);
+            });
+        }
+        std::future::pending().await
     }
 }
 
@@ -422,6 +462,19 @@ impl EchoHandler for EchoWorker {
         Ok(AnnounceReply {
             sent: request.count,
         })
+    }
+
+    async fn hand_off(&self, request: HandOffRequest, cx: &Context) -> Result<(), Status> {
+        Err(self.state.hand_off(request, cx).await)
+    }
+
+    async fn hand_off_stream(
+        &self,
+        request: HandOffRequest,
+        _responses: StreamSender<CountReply>,
+        cx: &Context,
+    ) -> Result<(), Status> {
+        Err(self.state.hand_off(request, cx).await)
     }
 
     async fn stats(&self, _request: (), _cx: &Context) -> Result<StatsReply, Status> {

@@ -34,15 +34,20 @@ pub(super) struct TaskEnd {
 
 impl Drop for TaskEnd {
     fn drop(&mut self) {
-        let stream = {
+        let abandoned = {
             let mut state = lock(&self.shared);
             if state.aborted.remove(&self.generation).is_none() {
-                // Dropped without answering (e.g. its runtime shut down).
-                state.finish(self.id, self.generation);
+                // Dropped without answering (e.g. its runtime shut down):
+                // the call is given up, and the work it handed off with it.
+                state.finish(self.id, self.generation)
+            } else {
+                None
             }
-            self.stream
         };
-        if let Some(generation) = stream {
+        if let Some(entry) = abandoned {
+            entry.fire();
+        }
+        if let Some(generation) = self.stream {
             close_stream(&self.shared, self.id, Some(generation));
         }
     }
@@ -66,6 +71,8 @@ pub(super) async fn run_call<F>(
                 // The caller set this deadline and its own timer ends the
                 // call there; an answer could only race that timer. Drop the
                 // handler (cancelling it) and answer nothing, as for CANCEL.
+                // Its cancellation token, if it has one, fires by itself:
+                // it knows the deadline.
                 if kind.is_one_way() {
                     tracing::warn!(%method, id, "one-way message cancelled at its deadline");
                 } else {
@@ -89,7 +96,8 @@ pub(super) async fn run_call<F>(
     let waker = {
         let mut state = lock(&shared);
         let reply = state.take_reply(id);
-        if !state.finish(id, generation) {
+        // Answered: its cancellation token, if any, is dropped unfired.
+        if state.finish(id, generation).is_none() {
             return; // cancelled: the caller no longer waits
         }
         if !kind.is_one_way() {
@@ -139,33 +147,6 @@ pub(super) fn queue_answer(
     state.outbox.push(metadata);
     log::frame(Direction::WorkerOut, &frame, Some(method));
     state.outbox.push(frame);
-}
-
-/// Marks the call polled inline, on this thread, as in flight: it has no
-/// entry in the running table while it is.
-pub(super) struct InlineCall(());
-
-thread_local! {
-    static INLINE_CALL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-impl InlineCall {
-    pub(super) fn enter(id: u64) -> InlineCall {
-        INLINE_CALL.set(id);
-        InlineCall(())
-    }
-
-    /// Whether call `id` is being polled inline on this thread (ids are
-    /// never 0).
-    pub(super) fn is(id: u64) -> bool {
-        INLINE_CALL.get() == id
-    }
-}
-
-impl Drop for InlineCall {
-    fn drop(&mut self) {
-        INLINE_CALL.set(0);
-    }
 }
 
 /// How a handler ended: its answer, or the payload of its panic.

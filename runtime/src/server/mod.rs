@@ -16,6 +16,11 @@
 //! | `SHUTDOWN` | —                         | finishes running and queued calls, then ends |
 //! | end of stream | —                      | aborts every call (nobody awaits them), ends |
 //!
+//! A call whose handler asked for its [`Cancellation`](crate::Cancellation)
+//! has it fired whenever the loop drops the call unanswered (`CANCEL`, the
+//! end of stream, its task dropped); at the deadline the token fires by
+//! itself. An answer never fires it.
+//!
 //! The loop stops reading only while answers cannot be written (the host is
 //! not reading them), so its memory stays bounded whatever the host sends.
 //!

@@ -144,11 +144,15 @@ where
         Ok(())
     }
 
-    /// A `CANCEL`: the call stops, running or waiting, and is not answered.
+    /// A `CANCEL`: the call stops, running or waiting, and is not answered;
+    /// the work its handler handed off is told through its cancellation.
     fn receive_cancel(&mut self, id: u64) {
-        let task = lock(&self.shared).abort(id);
-        match task {
-            Some(task) => task.abort(),
+        let running = lock(&self.shared).abort(id);
+        match running {
+            Some(entry) => {
+                entry.task.abort();
+                entry.fire();
+            }
             None => self.backlog.retain(|(queued, _)| *queued != id),
         }
         self.close_stream(id);

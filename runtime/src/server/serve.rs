@@ -7,12 +7,12 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
 
 use crate::context::Connection;
 use crate::control::Control;
@@ -25,7 +25,7 @@ use crate::schema::MethodKind;
 use crate::transport::{FrameWriter, Transport};
 use crate::window::Window;
 
-use super::call::{InlineCall, Outcome, Started, TaskEnd, answer_of, fit, queue_answer, run_call};
+use super::call::{Outcome, Started, TaskEnd, answer_of, fit, queue_answer, run_call};
 use super::dispatch::Either;
 use super::dispatch::{Call, Dispatch};
 use super::options::ServeOptions;
@@ -76,6 +76,7 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
         event_room: Notify::new(),
         max_frame_length: options.max_frame_length,
         processed: std::sync::atomic::AtomicU64::new(0),
+        dispatching: std::sync::atomic::AtomicU64::new(0),
     });
     // A handler on a current-thread runtime gets its first poll in the serve
     // loop: most answer at once and need no task. On a multi-thread runtime
@@ -300,13 +301,18 @@ where
         // Outside the lock: a hand-written `Dispatch` is user code, and a
         // panic here is answered like a handler's.
         let inline = self.inline && self.middleware.is_none() && stream_generation.is_none();
+        // In hand from here: a handler may ask for its cancellation at once.
+        self.shared.dispatching.store(id, Ordering::Relaxed);
         let future = if inline {
             match self.poll_inline(call) {
                 Ok(outcome) => {
+                    self.shared.dispatching.store(0, Ordering::Relaxed);
                     let frame = answer_of(&self.shared, id, &method, kind, outcome);
                     let mut state = lock(&self.shared);
                     state.starting -= 1;
                     let reply = state.take_reply(id);
+                    // Answered: a token it asked for never fires.
+                    state.dispatched = None;
                     if !kind.is_one_way() {
                         match reply {
                             None => {
@@ -329,7 +335,14 @@ where
             match dispatched {
                 Ok(future) => Either::Second { future },
                 Err(panic) => {
-                    lock(&self.shared).starting -= 1;
+                    self.shared.dispatching.store(0, Ordering::Relaxed);
+                    {
+                        let mut state = lock(&self.shared);
+                        state.starting -= 1;
+                        // Answered (as a handler's panic is): a token asked
+                        // for never fires.
+                        state.dispatched = None;
+                    }
                     let message = panic_message(&*panic);
                     tracing::error!(%method, id, panic = %message, "dispatch panicked");
                     let status =
@@ -342,6 +355,7 @@ where
                 }
             }
         };
+        self.shared.dispatching.store(0, Ordering::Relaxed);
         let mut state = lock(&self.shared);
         state.starting -= 1;
         let generation = state.next_generation;
@@ -365,6 +379,7 @@ where
             }
             _ => tokio::spawn(run_call(end, method, deadline, future)),
         };
+        let cancel = state.dispatched.take();
         state.running.insert(
             id,
             Running {
@@ -372,6 +387,7 @@ where
                 task: task.abort_handle(),
                 deadline,
                 method: info_method,
+                cancel,
             },
         );
     }
@@ -385,9 +401,6 @@ where
         // The waker of this first poll is never woken for anything: a
         // handler that waits is polled again at once by its task.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        // While it is polled here, the call has no entry in the running
-        // table: this marks it as in flight for its response metadata.
-        let _inline = InlineCall::enter(call.context.id);
         // Unwind safety: after a panic the future is dropped, not polled.
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
             // Made in its place: a handler's future may be large.
@@ -428,15 +441,18 @@ where
 }
 
 impl<S, T, F> Server<'_, S, T, F> {
+    /// Aborts every call, and fires the cancellation of those whose handler
+    /// asked for one: nobody is left to answer.
     pub(super) fn abort_all(&mut self) {
         self.backlog.clear();
-        let running: Vec<AbortHandle> = lock(&self.shared)
+        let running: Vec<Running> = lock(&self.shared)
             .running
             .drain()
-            .map(|(_, entry)| entry.task)
+            .map(|(_, entry)| entry)
             .collect();
-        for task in running {
-            task.abort();
+        for entry in running {
+            entry.task.abort();
+            entry.fire();
         }
     }
 }

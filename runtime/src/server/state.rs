@@ -2,12 +2,14 @@
 //! running table, the streams, and the event credit.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::context::Connection;
 use crate::event::{Gone, Outlet};
@@ -18,8 +20,6 @@ use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::window::{ReceiveWindow, SendCredit};
 
-use super::call::InlineCall;
-
 pub(super) struct Shared {
     pub(super) state: Mutex<State>,
     /// Notified when the host returns event credit, and when serving ends.
@@ -27,6 +27,13 @@ pub(super) struct Shared {
     pub(super) max_frame_length: usize,
     /// Calls whose handler ran to the end (answered, or replaced by a status).
     pub(super) processed: std::sync::atomic::AtomicU64,
+    /// The request id of the call the serve loop is dispatching (and, on a
+    /// current-thread runtime, polling for the first time), 0 for none: it
+    /// is in hand before it has an entry in `running`, for a handler that
+    /// asks for its cancellation at once. Written and read only on the
+    /// serve loop's thread while it matters; a plain store costs the calls
+    /// that never ask nothing to speak of.
+    pub(super) dispatching: AtomicU64,
 }
 
 /// Handlers' sends (stream items, events) wait once about this many bytes
@@ -113,6 +120,10 @@ pub(super) struct State {
     pub(super) event_credit: SendCredit,
     /// Serving has ended: events can no longer be sent.
     pub(super) ended: bool,
+    /// The cancellation token of the call being dispatched, if its handler
+    /// asked for one: it moves to the call's entry in `running` when the
+    /// call goes on in a task, and is dropped when it answered at once.
+    pub(super) dispatched: Option<CancellationToken>,
 }
 
 pub(super) struct Running {
@@ -120,6 +131,20 @@ pub(super) struct Running {
     pub(super) task: AbortHandle,
     pub(super) deadline: Option<tokio::time::Instant>,
     pub(super) method: MethodName,
+    /// The call's cancellation token, once its handler asked for one:
+    /// fired when the call is given up (`CANCEL`, the connection ending,
+    /// its task dropped unanswered), dropped unfired when it answered.
+    pub(super) cancel: Option<CancellationToken>,
+}
+
+impl Running {
+    /// Fires the call's cancellation token, if it has one (outside the
+    /// lock: the work waiting on it wakes).
+    pub(super) fn fire(self) {
+        if let Some(token) = self.cancel {
+            token.cancel();
+        }
+    }
 }
 
 impl State {
@@ -135,28 +160,28 @@ impl State {
         true
     }
 
-    /// Removes the entry of the task of `generation`, if it is still there;
-    /// wakes the serve loop, which may start a waiting call in its place.
-    pub(super) fn finish(&mut self, id: u64, generation: u64) -> bool {
+    /// Removes and returns the entry of the task of `generation`, if it is
+    /// still there (not cancelled); the serve loop, once woken, may start a
+    /// waiting call in its place.
+    pub(super) fn finish(&mut self, id: u64, generation: u64) -> Option<Running> {
         match self.running.get(&id) {
             Some(entry) if entry.generation == generation => {
-                self.running.remove(&id);
                 self.take_reply(id);
-                true
+                self.running.remove(&id)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// Takes a running call out to be aborted (by the caller, outside the
-    /// lock: its task's end takes the lock too); it stays counted until its
-    /// task really ends.
-    pub(super) fn abort(&mut self, id: u64) -> Option<AbortHandle> {
+    /// Takes a running call out to be aborted and its cancellation fired (by
+    /// the caller, outside the lock: its task's end takes the lock too); it
+    /// stays counted until its task really ends.
+    pub(super) fn abort(&mut self, id: u64) -> Option<Running> {
         let entry = self.running.remove(&id)?;
         self.take_reply(id);
         self.aborted
             .insert(entry.generation, tokio::time::Instant::now());
-        Some(entry.task)
+        Some(entry)
     }
 }
 
@@ -227,9 +252,25 @@ impl Outlet for Shared {
 }
 
 impl Connection for Shared {
+    fn cancellation(&self, call: u64) -> Option<CancellationToken> {
+        let mut state = lock(self);
+        let state = &mut *state;
+        if state.ended {
+            return Some(crate::cancellation::fired());
+        }
+        // A request id names one call in hand at a time: the host never
+        // reuses the id of a call it still awaits.
+        let slot = match state.running.get_mut(&call) {
+            Some(entry) => &mut entry.cancel,
+            None if self.dispatching.load(Ordering::Relaxed) == call => &mut state.dispatched,
+            None => return None,
+        };
+        Some(slot.get_or_insert_with(CancellationToken::new).clone())
+    }
+
     fn set_response_metadata(&self, call: u64, metadata: Metadata) {
         let mut state = lock(self);
-        if state.running.contains_key(&call) || InlineCall::is(call) {
+        if state.running.contains_key(&call) || self.dispatching.load(Ordering::Relaxed) == call {
             if metadata.is_empty() {
                 state.replies.remove(&call);
             } else {

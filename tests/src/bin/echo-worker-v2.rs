@@ -89,6 +89,17 @@ impl EchoHandler for Unchanged {
     ) -> Result<(), Status> {
         Err(not_here())
     }
+    async fn hand_off(&self, _: HandOffRequest, _: &Context) -> Result<(), Status> {
+        Err(not_here())
+    }
+    async fn hand_off_stream(
+        &self,
+        _: HandOffRequest,
+        _: StreamSender<CountReply>,
+        _: &Context,
+    ) -> Result<(), Status> {
+        Err(not_here())
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -1,10 +1,12 @@
 //! The serve loop seen through raw frames over an in-memory transport: a
 //! call's life (deadline, cancellation, the limit of calls running and the
-//! queue behind it, shutdown), one-way messages, streams, a host that breaks
+//! queue behind it, shutdown), the cancellation a handler hands its work,
+//! one-way messages, streams, a host that breaks
 //! the rules, messages over the maximum frame length, and services and their
 //! dispatch (pairs of services, handlers that panic).
 
 mod calls;
+mod cancellation;
 mod dispatch;
 mod one_way;
 mod oversized;
