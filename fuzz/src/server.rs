@@ -37,17 +37,16 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use workerbus::{
-    Context, DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, Incoming, MIN_FRAME_LENGTH, MethodKind,
-    MethodName, ServeOptions, Status, StreamSender, TraceContext, serve_transport,
+    Context, DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, Incoming, MIN_FRAME_LENGTH, Metadata,
+    MethodKind, MethodName, ServeOptions, Status, StreamSender, TraceContext, serve_transport,
 };
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::common::Page;
 use workerbus_tests::pb::echo::{
     AnnounceReply, AnnounceRequest, CountReply, CountRequest, EchoHandler, EchoReply, EchoRequest,
-    EchoServer, ExitRequest, FailRequest, FlakyReply, FlakyRequest, HandOffRequest, NoteRequest,
-    ObserveRequest,
-    PanicRequest, ProgressReply, ProgressRequest, SleepRequest, StatsReply, SumReply, SumRequest,
-    TraceReply, echo_service,
+    EchoServer, ExitRequest, FailRequest, FlakyReply, FlakyRequest, HandOffRequest, HeadersReply,
+    HeadersRequest, NoteRequest, ObserveRequest, PanicRequest, ProgressReply, ProgressRequest,
+    SleepRequest, StatsReply, SumReply, SumRequest, TraceReply, echo_service,
 };
 
 /// How long, on the paused clock, the serve may take after the host closed
@@ -422,6 +421,10 @@ impl EchoHandler for Guarded {
         self.0.trace(request, cx).await
     }
 
+    async fn headers(&self, request: HeadersRequest, cx: &Context) -> Result<HeadersReply, Status> {
+        self.0.headers(request, cx).await
+    }
+
     async fn count(
         &self,
         request: CountRequest,
@@ -513,11 +516,16 @@ pub enum Op {
         timeout_ms: Option<u16>,
         attempt: u8,
         trace: Option<(u128, u64)>,
+        /// Metadata entries; those that break the rules are left out (the
+        /// raw inputs send those).
+        metadata: Vec<(String, Vec<u8>)>,
         request_stream: bool,
         response_stream: bool,
         one_way: bool,
         payload: Payload,
     },
+    /// Response metadata, which only a worker sends.
+    Metadata { id: Id },
     /// A `CANCEL`.
     Cancel { id: Id },
     /// An `ITEM` of a request stream.
@@ -771,11 +779,19 @@ pub(crate) fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
                 timeout_ms,
                 attempt,
                 trace,
+                metadata,
                 request_stream,
                 response_stream,
                 one_way,
                 payload,
             } => {
+                let metadata = metadata
+                    .iter()
+                    .fold(Metadata::new(), |mut all, (key, value)| {
+                        // Entries that break the rules are refused here.
+                        let _ = all.insert(key, value);
+                        all
+                    });
                 // A one-way message cannot stream: the decoder refuses it,
                 // which the raw inputs cover.
                 let kind = match (*one_way, *request_stream, *response_stream) {
@@ -794,6 +810,7 @@ pub(crate) fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
                 )
                 .with_trace(trace.and_then(|(trace, span)| TraceContext::from_parts(trace, span)))
                 .with_kind(kind)
+                .with_metadata(metadata)
             }
             Op::Cancel { id } => Frame::Cancel { id: id.get() },
             Op::Item { id, payload } => Frame::Item {
@@ -810,6 +827,10 @@ pub(crate) fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
             Op::Response { id, payload } => Frame::Response {
                 id: id.get(),
                 payload: Bytes::copy_from_slice(payload),
+            },
+            Op::Metadata { id } => Frame::Metadata {
+                id: id.get(),
+                metadata: Metadata::new().with("from-host", "x").unwrap_or_default(),
             },
             Op::Status { id, code, message } => Frame::Status {
                 id: id.get(),
