@@ -1124,3 +1124,36 @@ pub async fn metadata(channel: &Channel) {
     metadata_over_its_limit_fails_the_call_naming_the_key(channel).await;
     metadata_travels_with_streams_and_one_way_messages(channel).await;
 }
+
+/// A call whose request stream has nothing more to send yet ends when its
+/// worker does (`kill` stops it), as every call does: it does not wait for
+/// a message that has no one left to read it.
+pub async fn a_request_stream_with_nothing_to_send_ends_with_its_worker(
+    channel: &Channel,
+    kill: impl FnOnce(),
+) {
+    let first = SumRequest {
+        value: 1,
+        tag: "then-nothing".into(),
+        ..SumRequest::default()
+    };
+    let requests = stream::iter([first]).chain(stream::pending());
+    let client = echo(channel);
+    let call = tokio::spawn(async move {
+        client
+            .sum_with(requests, CallOptions::new().no_timeout())
+            .await
+    });
+    // The worker has read the first message and waits for the next.
+    progress(channel, "then-nothing", 1).await;
+    kill();
+    let ended = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call ended with its worker")
+        .expect("the call's task");
+    match ended {
+        Err(Error::WorkerExited { .. } | Error::Disconnected { .. }) => {}
+        other => panic!("expected the worker's exit, got {other:?}"),
+    }
+    assert_settled(channel);
+}

@@ -266,10 +266,42 @@ impl StreamSendHalf {
         S: futures_core::Stream<Item = M>,
     {
         let mut requests = std::pin::pin!(requests);
-        while let Some(request) = poll_fn(|cx| requests.as_mut().poll_next(cx)).await {
+        loop {
+            // A stream with nothing to send yet must not hold the call open
+            // after it ended (the worker exited, answered, or was lost).
+            let next = poll_fn(|cx| match self.watch_end(cx) {
+                true => requests.as_mut().poll_next(cx).map(Ok),
+                false => Poll::Ready(Err(())),
+            })
+            .await?;
+            let Some(request) = next else {
+                return Ok(());
+            };
             self.send(encode(&request)).await?;
         }
-        Ok(())
+    }
+
+    /// Whether the call is still open; if it is, `cx` is woken when it ends.
+    fn watch_end(&self, cx: &mut std::task::Context<'_>) -> bool {
+        let mut state = lock(&self.shared);
+        if state.closed.is_some() {
+            return false;
+        }
+        let Some(slot) = state.calls.get_mut(&self.id) else {
+            return false;
+        };
+        if slot.outcome.is_some() {
+            return false;
+        }
+        if let Some(stream) = slot.stream.as_mut()
+            && !stream
+                .sender
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            stream.sender = Some(cx.waker().clone());
+        }
+        true
     }
 
     /// Ends the request stream.

@@ -51,6 +51,15 @@ async fn every_shared_case_passes_over_the_process_driver() {
 }
 
 #[tokio::test]
+async fn a_request_stream_with_nothing_to_send_ends_with_its_process_worker() {
+    let worker = spawn().await;
+    cases::a_request_stream_with_nothing_to_send_ends_with_its_worker(&worker.channel(), || {
+        worker.kill()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn every_metadata_case_passes_over_the_process_driver() {
     let worker = spawn().await;
     cases::metadata(&worker.channel()).await;

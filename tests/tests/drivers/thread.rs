@@ -35,6 +35,15 @@ async fn every_shared_case_passes_on_a_multi_thread_host_and_worker() {
 }
 
 #[tokio::test]
+async fn a_request_stream_with_nothing_to_send_ends_with_its_thread_worker() {
+    let worker = spawn().await;
+    cases::a_request_stream_with_nothing_to_send_ends_with_its_worker(&worker.channel(), || {
+        worker.kill()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn every_metadata_case_passes_on_a_current_thread_host() {
     let worker = spawn().await;
     cases::metadata(&worker.channel()).await;
