@@ -73,7 +73,12 @@ use crate::schema::{OPTIONS_FILE, RustNames, ServiceInfo};
 
 /// Compiles `protos` (paths of `.proto` files) with the default options,
 /// resolving imports in `includes`, and writes one `<package>.rs` per
-/// protobuf package into `OUT_DIR`.
+/// protobuf package into `OUT_DIR`, and `workerbus-protos.rs`, the include
+/// file `workerbus::include_protos!()` reads. List the files your crate's
+/// services are in; the files they import are found in `includes` (as
+/// `protoc` finds them: a file's path need not follow its package). Cargo
+/// is told to build again when any of them changes (`rerun-if-changed` for
+/// each file read, imports included).
 ///
 /// Equivalent to `configure().compile_protos(protos, includes)`.
 pub fn compile_protos(

@@ -294,10 +294,8 @@ pub async fn serve_embedder() -> Result<(), Box<dyn std::error::Error>> {
     use crate::model::ModelServer;
 
     let path = model_path_from_env()?;
-    let services = (
-        EmbedderServer::new(ModelEmbedder::new(&path)),
-        ModelServer::new(ModelFiles::new(&path)),
-    );
+    let services = workerbus::Services::new(EmbedderServer::new(ModelEmbedder::new(&path)))
+        .add(ModelServer::new(ModelFiles::new(&path)));
     workerbus::serve(services).await?;
     Ok(())
 }

@@ -344,8 +344,12 @@ impl ThreadWorker {
     }
 
     /// Stops the worker gracefully: it finishes the calls it has (new ones
-    /// are refused with `Unavailable`), then stops. Calls still running when
-    /// the grace period ends are cancelled. Returns how the worker ended.
+    /// are refused with `Unavailable`), then stops, and returns
+    /// [`ExitReason::Stopped`]. If calls are still running when the grace
+    /// period ends, the worker is killed as by [`kill`](Self::kill): those
+    /// calls fail with [`Error::WorkerExited`](crate::Error::WorkerExited),
+    /// their handlers' [`Context::cancelled`](crate::Context::cancelled)
+    /// tokens fire, and it returns [`ExitReason::Killed`].
     pub async fn shutdown(&self) -> ExitReason {
         if self.channel.send_control(Frame::Shutdown) {
             if let Ok(reason) = tokio::time::timeout(self.shutdown_grace, self.exited()).await {

@@ -20,7 +20,8 @@ pub enum ExitReason {
     /// A worker thread stopped serving: after a shutdown, or because every
     /// handle to it was dropped.
     Stopped,
-    /// A worker thread was stopped by `kill()` without finishing its calls.
+    /// A worker thread was stopped without finishing its calls: by
+    /// `kill()`, or by a shutdown whose grace period ran out.
     Killed,
     /// The worker is gone but how it ended could not be determined.
     Unknown,

@@ -271,8 +271,11 @@ fn cause_suffix(cause: &Option<Arc<FrameError>>) -> String {
 /// the status keeps the remote code (or takes the code closest to what
 /// happened: a timeout is [`Code::DeadlineExceeded`], a worker that exited,
 /// disconnected or could not start is [`Code::Unavailable`], a middleware
-/// that panicked is [`Code::Internal`]) and its message
-/// names the call and the cause.
+/// that panicked is [`Code::Internal`], a request, response or metadata too
+/// large is [`Code::ResourceExhausted`], invalid metadata (e.g. from
+/// [`Metadata::with`](crate::Metadata::with) in a handler) is
+/// [`Code::InvalidArgument`]) and its message names the call (if any) and
+/// the cause.
 ///
 /// ```
 /// use std::time::Duration;
@@ -455,6 +458,14 @@ mod tests {
                 Some("embedder.embed"),
             ),
             (
+                Error::InvalidMetadata {
+                    key: "Tenant".into(),
+                    reason: "a key has only the characters 0-9 a-z - _ .",
+                },
+                Code::InvalidArgument,
+                None,
+            ),
+            (
                 Error::Worker {
                     reason: "not started by a workerbus host".into(),
                     source: None,
@@ -589,6 +600,7 @@ mod tests {
                 "\"\" cannot be sent: a message name has 1 to 1024 bytes, this one has 0",
                 "embedder.embed failed: the response did not decode as embedder.Vector",
                 "embedder.embed failed: the middleware my_app::Auth panicked: no token",
+                "invalid metadata key \"Tenant\": a key has only the characters 0-9 a-z - _ .",
                 "cannot serve as a worker: not started by a workerbus host",
                 "worker embedder did not complete its handshake within 10s; it was killed",
                 "worker embedder exited with code 3 before completing its handshake; its stderr ended with:\nloading the model failed",

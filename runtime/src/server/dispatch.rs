@@ -56,6 +56,10 @@ pub trait Dispatch: Send + Sync + 'static {
 /// # use workerbus::{Call, Dispatch, ServiceSchema, Status};
 /// # struct EmbedderServer;
 /// # struct ModelServer;
+/// # struct Embedder;
+/// # struct Models;
+/// # impl EmbedderServer { fn new(_: Embedder) -> Self { EmbedderServer } }
+/// # impl ModelServer { fn new(_: Models) -> Self { ModelServer } }
 /// # static EMBEDDER: ServiceSchema = workerbus::__codegen::service_schema("embedder.Embedder", &[], 1);
 /// # static MODEL: ServiceSchema = workerbus::__codegen::service_schema("model.Model", &[], 2);
 /// # impl Dispatch for EmbedderServer {
@@ -70,7 +74,7 @@ pub trait Dispatch: Send + Sync + 'static {
 ///
 /// # async fn run() -> Result<(), workerbus::Error> {
 /// // The worker's main: generated servers, each around its handler.
-/// let services = Services::new(EmbedderServer).add(ModelServer);
+/// let services = Services::new(EmbedderServer::new(Embedder)).add(ModelServer::new(Models));
 /// workerbus::serve(services).await
 /// # }
 /// ```

@@ -143,3 +143,29 @@ async fn a_one_way_message_past_its_deadline_is_dropped_without_an_answer() {
     );
     still_serving(&mut host, 3).await;
 }
+
+#[tokio::test]
+async fn events_a_handler_sends_before_it_answers_arrive_before_its_answer() {
+    let (mut host, _served) = serve(ServeOptions::new());
+    let announce = workerbus_tests::pb::echo::AnnounceRequest {
+        tag: "before the answer".into(),
+        count: 5,
+        padding: 0,
+    };
+    host.send(request(7, "echo.announce", &announce))
+        .await
+        .unwrap();
+    let frames = frames_until_answer(&mut host, 7).await;
+    let (answer, before) = frames.split_last().expect("the answer");
+    assert!(
+        matches!(answer, Frame::Response { id: 7, .. }),
+        "{answer:?}"
+    );
+    let ticks = before
+        .iter()
+        .filter(
+            |frame| matches!(frame, Frame::Event { method, .. } if method == "echo_events.tick_v1"),
+        )
+        .count();
+    assert_eq!(ticks, 5, "{before:?}");
+}
