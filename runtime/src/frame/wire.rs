@@ -246,13 +246,18 @@ impl Frame {
                 let attempt = body.u32("attempt")?;
                 let trace = if flags & FLAG_TRACE != 0 {
                     let trace_id = body.u128("trace id")?;
-                    // A zero span id is invalid: the trace is ignored.
-                    TraceContext::from_parts(trace_id, body.u64("span id")?)
+                    let trace = TraceContext::from_parts(trace_id, body.u64("span id")?);
+                    // Span id 0 is invalid, as in W3C trace context.
+                    Some(trace.ok_or_else(|| malformed(name, "span id 0".into()))?)
                 } else {
                     None
                 };
                 let metadata = if flags & FLAG_METADATA != 0 {
                     let len = usize::from(body.u16("metadata length")?);
+                    if len == 0 {
+                        // The flag announces at least one entry.
+                        return Err(malformed(name, "metadata of 0 bytes".into()));
+                    }
                     body.metadata(len)?
                 } else {
                     Metadata::new()
@@ -566,15 +571,17 @@ mod tests {
     }
 
     #[test]
-    fn a_trace_with_span_id_zero_is_read_as_no_trace() {
+    fn a_trace_with_span_id_zero_and_empty_metadata_are_malformed() {
         let mut body = vec![0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1];
         body.extend_from_slice(&7u128.to_be_bytes());
         body.extend_from_slice(&0u64.to_be_bytes());
         body.extend_from_slice(&[0, 1, b'm']);
-        match Frame::decode(Bytes::from(body.clone())).unwrap() {
-            Frame::Request { trace, .. } => assert_eq!(trace, None),
-            other => panic!("expected a request, got {other:?}"),
-        }
+        assert_eq!(
+            Frame::decode(Bytes::from(body.clone()))
+                .unwrap_err()
+                .to_string(),
+            "malformed REQUEST frame: span id 0"
+        );
         body[37] = 3; // span id 3
         match Frame::decode(Bytes::from(body)).unwrap() {
             Frame::Request { trace, .. } => {
@@ -583,6 +590,16 @@ mod tests {
             }
             other => panic!("expected a request, got {other:?}"),
         }
+        // The METADATA flag with no entries.
+        let body = [
+            0x01, 0x20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, b'm',
+        ];
+        assert_eq!(
+            Frame::decode(Bytes::copy_from_slice(&body))
+                .unwrap_err()
+                .to_string(),
+            "malformed REQUEST frame: metadata of 0 bytes"
+        );
     }
 
     const MAX_METADATA_LEN_FOR_TEST: usize = crate::MAX_METADATA_LEN;
