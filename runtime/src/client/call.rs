@@ -342,10 +342,7 @@ impl Channel {
     ) -> Result<Bytes, Error> {
         // Read when the attempt runs: after the middleware set them.
         let trace = info.and_then(CallInfo::trace);
-        let metadata = match info {
-            Some(info) => info.metadata(),
-            None => options.metadata.clone(),
-        };
+        let metadata = options.metadata_sent(info);
         let due = due(options.timeout);
         let sent = Attempt {
             method,

@@ -76,14 +76,7 @@ impl Channel {
         let result = match &self.middleware {
             None => self.post_once(method, &payload, options, None).await,
             Some(chain) => {
-                let info = CallInfo::host(
-                    method,
-                    1,
-                    options.timeout,
-                    self.driver(),
-                    payload.len(),
-                    options.metadata.clone(),
-                );
+                let info = options.call_info(method, 1, self.driver(), payload.len());
                 let queued = self.post_once(method, &payload, options, Some(&info));
                 Next::new(chain, &info, Box::pin(queued)).run().await
             }
@@ -101,10 +94,7 @@ impl Channel {
     ) -> Result<Bytes, Error> {
         // Read when this runs: after the middleware set them.
         let trace = info.and_then(CallInfo::trace);
-        let metadata = match info {
-            Some(info) => info.metadata(),
-            None => options.metadata.clone(),
-        };
+        let metadata = options.metadata_sent(info);
         let queued = async {
             let channel = match &self.inner {
                 Inner::Direct(_) => self.clone(),

@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::backoff::Backoff;
 use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH};
 use crate::metadata::{Metadata, ResponseMetadata};
+use crate::middleware::CallInfo;
+use crate::name::MethodName;
 use crate::window::Window;
 
 /// The timeout of a call when neither the caller nor the schema sets one.
@@ -207,6 +209,36 @@ pub(crate) struct Resolved {
     /// The client's and the call's metadata.
     pub(crate) metadata: Metadata,
     pub(crate) response_metadata: Option<ResponseMetadata>,
+}
+
+impl Resolved {
+    /// What a host middleware knows of attempt `attempt` of a call of
+    /// `method` with these settings.
+    pub(crate) fn call_info(
+        &self,
+        method: &MethodName,
+        attempt: u32,
+        driver: &'static str,
+        request_len: usize,
+    ) -> CallInfo {
+        CallInfo::host(
+            method,
+            attempt,
+            self.timeout,
+            driver,
+            request_len,
+            self.metadata.clone(),
+        )
+    }
+
+    /// The metadata an attempt sends: as its middleware left it, if it ran
+    /// under middleware, else as the options set it.
+    pub(crate) fn metadata_sent(&self, info: Option<&CallInfo>) -> Metadata {
+        match info {
+            Some(info) => info.metadata(),
+            None => self.metadata.clone(),
+        }
+    }
 }
 
 /// Options of a [`Channel`](crate::Channel).

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::middleware::{CallInfo, Next};
+use crate::middleware::Next;
 use crate::name::MethodName;
 
 use super::channel::{Channel, Inner, check_method_name};
@@ -46,14 +46,7 @@ impl Channel {
                         .await
                 }
                 Some(chain) => {
-                    let info = CallInfo::host(
-                        method,
-                        attempt,
-                        options.timeout,
-                        self.driver(),
-                        this.len(),
-                        options.metadata.clone(),
-                    );
+                    let info = options.call_info(method, attempt, self.driver(), this.len());
                     let endpoint =
                         self.attempt(method, this, options, attempt, Some(&info), &mut dead);
                     Next::new(chain, &info, Box::pin(endpoint)).run().await

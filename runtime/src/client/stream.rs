@@ -493,14 +493,7 @@ impl Channel {
                 .await
                 .map(|(call, send)| Opened::Stream(call, send));
         };
-        let info = CallInfo::host(
-            method,
-            1,
-            options.timeout,
-            self.driver(),
-            payload.len(),
-            options.metadata.clone(),
-        );
+        let info = options.call_info(method, 1, self.driver(), payload.len());
         let mut opened = None;
         let endpoint = async {
             let halves = self
@@ -527,10 +520,7 @@ impl Channel {
     ) -> Result<(StreamCall, StreamSendHalf), Error> {
         // Read when this runs: after the middleware set them.
         let trace = info.and_then(CallInfo::trace);
-        let metadata = match info {
-            Some(info) => info.metadata(),
-            None => options.metadata.clone(),
-        };
+        let metadata = options.metadata_sent(info);
         let open = async {
             let channel = match &self.inner {
                 Inner::Direct(_) => self.clone(),

@@ -101,13 +101,7 @@ pub(super) async fn run_call<F>(
             return; // cancelled: the caller no longer waits
         }
         if !kind.is_one_way() {
-            match reply {
-                None => {
-                    log::frame(Direction::WorkerOut, &frame, Some(&method));
-                    state.outbox.push(frame);
-                }
-                Some(reply) => queue_answer(&mut state, &shared, &method, reply, frame),
-            }
+            queue_answer(&mut state, &shared, &method, reply, frame);
         }
         // The slot is free: a waiting call may start.
         state.link.take()
@@ -117,10 +111,29 @@ pub(super) async fn run_call<F>(
     }
 }
 
+/// Queues a call's answer, after its response metadata if its handler set
+/// some. Inlined: most calls have none, and their answer is one push.
+#[inline(always)]
+pub(super) fn queue_answer(
+    state: &mut State,
+    shared: &Shared,
+    method: &MethodName,
+    reply: Option<Metadata>,
+    frame: Frame,
+) {
+    match reply {
+        None => {
+            log::frame(Direction::WorkerOut, &frame, Some(method));
+            state.outbox.push(frame);
+        }
+        Some(metadata) => queue_with_metadata(state, shared, method, metadata, frame),
+    }
+}
+
 /// Queues a call's answer after its response metadata; an answer whose
 /// metadata the host could not take becomes a `ResourceExhausted` status
 /// instead.
-pub(super) fn queue_answer(
+fn queue_with_metadata(
     state: &mut State,
     shared: &Shared,
     method: &MethodName,

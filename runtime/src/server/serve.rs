@@ -314,15 +314,7 @@ where
                     // Answered: a token it asked for never fires.
                     state.dispatched = None;
                     if !kind.is_one_way() {
-                        match reply {
-                            None => {
-                                log::frame(Direction::WorkerOut, &frame, Some(&method));
-                                state.outbox.push(frame);
-                            }
-                            Some(reply) => {
-                                queue_answer(&mut state, &self.shared, &method, reply, frame);
-                            }
-                        }
+                        queue_answer(&mut state, &self.shared, &method, reply, frame);
                     }
                     return;
                 }
