@@ -66,8 +66,10 @@ pub(super) async fn run_call<F>(
     let guarded = CatchUnwind::new(future);
     let outcome = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, guarded).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
+            // A handler that ended by itself once the deadline had passed
+            // (e.g. when its cancellation fired) ends as one dropped there.
+            Ok(outcome) if tokio::time::Instant::now() < deadline => outcome,
+            _ => {
                 // The caller set this deadline and its own timer ends the
                 // call there; an answer could only race that timer. Drop the
                 // handler (cancelling it) and answer nothing, as for CANCEL.

@@ -46,6 +46,13 @@ async fn frames_for_requests_never_sent_break_the_connection_naming_the_frame() 
                 status: workerbus::Status::internal("hm"),
             },
         ),
+        (
+            "METADATA",
+            Frame::Metadata {
+                id: 5,
+                metadata: workerbus::Metadata::new().with("k", "v").unwrap(),
+            },
+        ),
     ];
     for (kind, frame) in frames {
         let (host, mut worker) = MemoryTransport::pair();

@@ -176,3 +176,35 @@ async fn handed_off_work_stops_at_its_deadline_without_a_cancel() {
     // to a later call.
     still_serving(&mut host, 5).await;
 }
+
+/// A handler that ends on its own once its deadline has passed (here: when
+/// its token fires) is not answered, as a handler dropped at the deadline
+/// is not: the caller's own timer ends the call there, with a timeout, and
+/// an answer would only race it.
+#[tokio::test]
+async fn a_handler_that_ends_at_its_deadline_is_not_answered() {
+    let (fired, mut gave_up) = tokio::sync::mpsc::unbounded_channel();
+    let probe = Probe(Box::new(move |call: Call| -> Handled {
+        let (_payload, cx, _streams) = call.into_parts();
+        let fired = fired.clone();
+        Box::pin(async move {
+            if cx.method() != "echo.sleep" {
+                return Ok(Bytes::new());
+            }
+            cx.cancelled().await;
+            fired.send(()).unwrap();
+            Err(workerbus::Status::cancelled("gave up at the deadline"))
+        })
+    }));
+    let (mut host, _served) = serve_with(probe, ServeOptions::new());
+    let sleep = request_within(1, "echo.sleep", Some(Duration::from_millis(50)), &());
+    host.send(sleep).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), gave_up.recv())
+        .await
+        .expect("the token fires at the deadline");
+    host.send(request(2, "echo.now", &())).await.unwrap();
+    match next(&mut host).await {
+        Frame::Response { id: 2, .. } => {}
+        other => panic!("expected only the answer to request 2, got {other:?}"),
+    }
+}

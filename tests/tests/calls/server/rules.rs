@@ -35,6 +35,20 @@ async fn a_frame_only_a_host_may_receive_ends_serving_with_an_error() {
 }
 
 #[tokio::test]
+async fn response_metadata_from_the_host_ends_serving_with_an_error() {
+    let (mut host, served) = serve(ServeOptions::new());
+    host.send(Frame::Metadata {
+        id: 1,
+        metadata: workerbus::Metadata::new().with("k", "v").unwrap(),
+    })
+    .await
+    .unwrap();
+    let error = served.await.unwrap().unwrap_err();
+    assert_eq!(error.to_string(), "unexpected METADATA frame from the host");
+    assert!(host.next().await.is_none());
+}
+
+#[tokio::test]
 async fn a_request_reusing_an_id_in_flight_ends_serving_with_an_error() {
     let (mut host, served) = serve(ServeOptions::new());
     host.send(sleep(5, "first", 60_000, None)).await.unwrap();
