@@ -99,9 +99,14 @@ pub fn configure() -> Builder {
         prost: None,
         emit_rerun_if_changed: true,
         include_file: include::DEFAULT_INCLUDE_FILE.to_owned(),
+        descriptor_set_file: DEFAULT_DESCRIPTOR_SET_FILE.to_owned(),
         rust_names: RustNames::new(),
     }
 }
+
+/// The name of the file of descriptors a compilation writes unless told
+/// otherwise ([`Builder::descriptor_set_file`]).
+pub const DEFAULT_DESCRIPTOR_SET_FILE: &str = "workerbus-descriptors.bin";
 
 /// Options of a compilation; made by [`configure`].
 ///
@@ -124,6 +129,7 @@ pub struct Builder {
     prost: Option<prost_build::Config>,
     emit_rerun_if_changed: bool,
     include_file: String,
+    descriptor_set_file: String,
     rust_names: RustNames,
 }
 
@@ -191,6 +197,27 @@ impl Builder {
         self
     }
 
+    /// Names the file of descriptors written beside the generated code
+    /// (default [`DEFAULT_DESCRIPTOR_SET_FILE`], `workerbus-descriptors.bin`):
+    /// an encoded `google.protobuf.FileDescriptorSet` of every compiled file
+    /// and every file it imports, comments included, which is what gRPC
+    /// server reflection serves (`workerbus::include_descriptor_set!()`
+    /// reads it). A build script that compiles twice into one directory
+    /// gives each compilation a file of its own.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// workerbus_build::configure()
+    ///     .include_file("admin-protos.rs")
+    ///     .descriptor_set_file("admin-descriptors.bin")
+    ///     .compile_protos(&["proto/admin.proto"], &["proto"])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn descriptor_set_file(mut self, name: impl Into<String>) -> Builder {
+        self.descriptor_set_file = name.into();
+        self
+    }
+
     /// Chooses the Rust name of an rpc or a service, by its full protobuf
     /// name, without changing the schema: for a schema shared with other
     /// programs, whose names clash with what workerbus generates.
@@ -225,8 +252,9 @@ impl Builder {
     }
 
     /// Compiles `protos`, resolving imports in `includes`, and writes one
-    /// `<package>.rs` per protobuf package and the include file that holds
-    /// them all ([`include_file`](Self::include_file)).
+    /// `<package>.rs` per protobuf package, the include file that holds
+    /// them all ([`include_file`](Self::include_file)) and the file of their
+    /// descriptors ([`descriptor_set_file`](Self::descriptor_set_file)).
     ///
     /// Errors name the file and the service or method at fault: a syntax
     /// error, an unresolved import, an option in a form workerbus does not
@@ -269,6 +297,8 @@ impl Builder {
         let services =
             schema::analyze(&compiler.descriptor_pool(), &self.rust_names).map_err(invalid)?;
         let mut fds = compiler.file_descriptor_set();
+        // Imports included (the options file too): what reflection serves.
+        let descriptors = prost::Message::encode_to_vec(&fds);
         // Nothing references the option messages' Rust types; don't generate them.
         fds.file.retain(|file| file.name() != OPTIONS_FILE);
         let packages = package_files(&fds);
@@ -310,10 +340,19 @@ impl Builder {
                 self.include_file
             )));
         }
+        if files.contains_key(&self.descriptor_set_file)
+            || self.descriptor_set_file == self.include_file
+        {
+            return Err(invalid(format!(
+                "descriptor set file {:?}: another generated file has that name; choose another with descriptor_set_file",
+                self.descriptor_set_file
+            )));
+        }
         files.insert(self.include_file.clone(), include::render(&generated));
         for (name, contents) in &files {
-            output::write_if_changed(&out_dir.join(name), contents)?;
+            output::write_if_changed(&out_dir.join(name), contents.as_bytes())?;
         }
+        output::write_if_changed(&out_dir.join(&self.descriptor_set_file), &descriptors)?;
         Ok(())
     }
 }
@@ -350,6 +389,7 @@ impl fmt::Debug for Builder {
             .field("prost_config", &self.prost.as_ref().map(|_| ".."))
             .field("emit_rerun_if_changed", &self.emit_rerun_if_changed)
             .field("include_file", &self.include_file)
+            .field("descriptor_set_file", &self.descriptor_set_file)
             .field("rust_names", &self.rust_names)
             .finish()
     }

@@ -134,8 +134,8 @@ impl Drop for Staging {
 
 /// Writes `contents` to `path` unless it already holds them, so that Cargo
 /// does not rebuild what includes an unchanged file.
-pub(crate) fn write_if_changed(path: &Path, contents: &str) -> io::Result<()> {
-    if fs::read(path).is_ok_and(|old| old == contents.as_bytes()) {
+pub(crate) fn write_if_changed(path: &Path, contents: &[u8]) -> io::Result<()> {
+    if fs::read(path).is_ok_and(|old| old == contents) {
         return Ok(());
     }
     fs::write(path, contents)

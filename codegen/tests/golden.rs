@@ -202,3 +202,50 @@ fn the_corpus_generates_deterministically() {
         );
     }
 }
+
+#[test]
+fn the_descriptor_set_holds_every_file_compiled_and_imported() {
+    let first = tempfile::tempdir().expect("a temporary directory");
+    let second = tempfile::tempdir().expect("a temporary directory");
+    generate(first.path());
+    generate(second.path());
+    let read = |dir: &Path| {
+        let path = dir.join(workerbus_build::DEFAULT_DESCRIPTOR_SET_FILE);
+        fs::read(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
+    };
+    let bytes = read(first.path());
+    assert!(
+        bytes == read(second.path()),
+        "the descriptor set differs between two generations of the same schema"
+    );
+    let set = <prost_types::FileDescriptorSet as prost::Message>::decode(bytes.as_slice())
+        .expect("the descriptor set decodes");
+    let mut files: Vec<&str> = set.file.iter().map(|file| file.name()).collect();
+    files.sort_unstable();
+    assert_eq!(
+        files,
+        [
+            "golden/greeter.proto",
+            "golden/shared/types.proto",
+            "google/protobuf/descriptor.proto",
+            "google/protobuf/empty.proto",
+            "google/protobuf/timestamp.proto",
+            "workerbus/options.proto",
+        ]
+    );
+    let greeter = set
+        .file
+        .iter()
+        .find(|file| file.name() == "golden/greeter.proto")
+        .expect("the root file");
+    let service = greeter
+        .service
+        .iter()
+        .find(|service| service.name() == "Greeter")
+        .expect("the Greeter service");
+    assert!(service.method.iter().any(|rpc| rpc.name() == "SayHello"));
+    assert!(
+        greeter.source_code_info.is_some(),
+        "comments are kept for reflection"
+    );
+}

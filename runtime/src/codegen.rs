@@ -20,7 +20,7 @@ pub use crate::name::MethodName;
 pub use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use crate::server::{Call, CallStreams, Dispatch, Incoming, StreamSender};
 
-use crate::client::{MethodDefaults, Resolved};
+use crate::client::{ByteStream, MethodDefaults, Resolved};
 use crate::message;
 
 /// A method as the generated client calls it: name, types and defaults.
@@ -70,8 +70,9 @@ pub const fn method_schema(
     request: (&'static str, u64),
     response: (&'static str, u64),
     kind: MethodKind,
+    grpc_path: &'static str,
 ) -> MethodSchema {
-    MethodSchema::new(name, request, response, kind)
+    MethodSchema::new(name, request, response, kind, grpc_path)
 }
 
 /// A service schema.
@@ -162,7 +163,8 @@ impl Client {
         let call = (self.channel)
             .server_stream(&method.name, encode(&request), &options)
             .await?;
-        Ok(Streaming::new(&method.name, call, method.response_type))
+        let items = ByteStream::new(&method.name, call);
+        Ok(Streaming::new(items, method.response_type))
     }
 
     /// A call whose request is a stream.
@@ -179,7 +181,7 @@ impl Client {
     {
         let options = self.resolve(method, options);
         let response = (self.channel)
-            .client_stream(&method.name, requests, &options)
+            .client_stream(&method.name, requests, |m: Req| encode(&m), &options)
             .await?;
         method.decode(response)
     }
@@ -198,9 +200,10 @@ impl Client {
     {
         let options = self.resolve(method, options);
         let call = (self.channel)
-            .bidi_stream(&method.name, requests, &options)
+            .bidi_stream(&method.name, requests, |m: Req| encode(&m), &options)
             .await?;
-        Ok(Streaming::new(&method.name, call, method.response_type))
+        let items = ByteStream::new(&method.name, call);
+        Ok(Streaming::new(items, method.response_type))
     }
 
     /// The options of one call: the call's, the client's, the schema's.

@@ -86,8 +86,8 @@ pub mod __codegen;
 pub use self::backoff::Backoff;
 pub use self::cancellation::{Cancellation, Cancelled};
 pub use self::client::{
-    CallOptions, Channel, ChannelOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_BYTES,
-    DEFAULT_TIMEOUT, Streaming,
+    ByteStream, CallOptions, Channel, ChannelOptions, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUEUED_BYTES, DEFAULT_TIMEOUT, Streaming,
 };
 pub use self::context::Context;
 pub use self::control::{HealthReport, PROTOCOL_VERSION, resident_memory};
@@ -184,5 +184,28 @@ macro_rules! include_protos {
     };
     ($include_file:tt) => {
         include!(concat!(env!("OUT_DIR"), "/", $include_file));
+    };
+}
+
+/// The descriptors of every file a build compiled, imports included, as the
+/// bytes of an encoded `google.protobuf.FileDescriptorSet` (a
+/// `&'static [u8; N]`): what a gRPC server's reflection service serves, so
+/// that tools such as `grpcurl` can list and describe its services.
+///
+/// ```ignore
+/// // Needs a build script's OUT_DIR (see `include_protos!`).
+/// const DESCRIPTORS: &[u8] = workerbus::include_descriptor_set!();
+/// ```
+///
+/// Without an argument it reads `workerbus-descriptors.bin` from `OUT_DIR`,
+/// which `workerbus_build::compile_protos` writes; with one, the file named
+/// by `workerbus_build::Builder::descriptor_set_file`.
+#[macro_export]
+macro_rules! include_descriptor_set {
+    () => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/workerbus-descriptors.bin"))
+    };
+    ($file:tt) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/", $file))
     };
 }

@@ -85,6 +85,7 @@ pub struct MethodSchema {
     request_fingerprint: u64,
     response_fingerprint: u64,
     kind: MethodKind,
+    grpc_path: &'static str,
 }
 
 impl MethodSchema {
@@ -93,6 +94,7 @@ impl MethodSchema {
         (request, request_fingerprint): (&'static str, u64),
         (response, response_fingerprint): (&'static str, u64),
         kind: MethodKind,
+        grpc_path: &'static str,
     ) -> MethodSchema {
         MethodSchema {
             name,
@@ -101,6 +103,7 @@ impl MethodSchema {
             request_fingerprint,
             response_fingerprint,
             kind,
+            grpc_path,
         }
     }
 
@@ -133,6 +136,20 @@ impl MethodSchema {
     /// The shape of the exchange.
     pub fn kind(&self) -> MethodKind {
         self.kind
+    }
+
+    /// The method's gRPC path, `/<package>.<Service>/<Rpc>`, from the names
+    /// the `.proto` declares (a `name` option changes the message name, not
+    /// this), e.g. `/embedder.Embedder/Embed`.
+    ///
+    /// ```
+    /// # use workerbus::{MethodKind, MethodSchema};
+    /// fn route(method: &MethodSchema) -> String {
+    ///     format!("{} answers at {}", method.name(), method.grpc_path())
+    /// }
+    /// ```
+    pub fn grpc_path(&self) -> &'static str {
+        self.grpc_path
     }
 }
 
@@ -173,6 +190,13 @@ impl ServiceSchema {
     /// The method with this message name.
     pub fn method(&self, name: &str) -> Option<&'static MethodSchema> {
         self.methods.iter().find(|method| method.name == name)
+    }
+
+    /// The method at this gRPC path (`/embedder.Embedder/Embed`).
+    pub fn method_at(&self, grpc_path: &str) -> Option<&'static MethodSchema> {
+        self.methods
+            .iter()
+            .find(|method| method.grpc_path == grpc_path)
     }
 
     /// A hash of the whole service: every method's name, kind and message

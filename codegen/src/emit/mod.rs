@@ -98,8 +98,9 @@ fn names_module(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, Strin
         let (request, request_fp) = (&method.request.proto_name, method.request.fingerprint);
         let (response, response_fp) = (&method.response.proto_name, method.response.fingerprint);
         let kind = format_ident!("{}", method.kind.variant());
+        let path = format!("/{}/{}", def.full_name, method.proto_name);
         quote! {
-            #cg::method_schema(#name, (#request, #request_fp), (#response, #response_fp), #cg::MethodKind::#kind)
+            #cg::method_schema(#name, (#request, #request_fp), (#response, #response_fp), #cg::MethodKind::#kind, #path)
         }
     });
     let full_name = &def.full_name;

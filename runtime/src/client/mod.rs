@@ -17,6 +17,7 @@
 //! status, timeout, cancellation, or the worker's exit) and the table holds
 //! only calls that someone still awaits.
 
+mod bytes;
 mod call;
 mod channel;
 mod deadline;
@@ -42,4 +43,4 @@ pub use self::options::{
 #[cfg(any(feature = "thread", feature = "process"))]
 pub(crate) use self::pending::CloseReason;
 pub(crate) use self::source::{Source, SourceFuture};
-pub use self::stream::Streaming;
+pub use self::stream::{ByteStream, Streaming};

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
-use crate::message::{decode, encode};
+use crate::message::decode;
 use crate::middleware::{CallInfo, Next};
 use crate::name::MethodName;
 use crate::schema::MethodKind;
@@ -260,10 +260,9 @@ impl StreamSendHalf {
     /// Sends each of `requests` as the worker has room for it; stops early,
     /// with `Err`, once the call has ended (the worker answered, or the
     /// caller stopped listening).
-    async fn send_all<M, S>(&self, requests: S) -> Result<(), ()>
+    async fn send_all<T, S>(&self, requests: S, encode: fn(T) -> Bytes) -> Result<(), ()>
     where
-        M: prost::Message,
-        S: futures_core::Stream<Item = M>,
+        S: futures_core::Stream<Item = T>,
     {
         let mut requests = std::pin::pin!(requests);
         loop {
@@ -277,7 +276,7 @@ impl StreamSendHalf {
             let Some(request) = next else {
                 return Ok(());
             };
-            self.send(encode(&request)).await?;
+            self.send(encode(request)).await?;
         }
     }
 
@@ -331,23 +330,15 @@ impl StreamSendHalf {
 /// a slow reader slows the worker down instead of filling memory; dropping
 /// it cancels the call.
 pub struct Streaming<T> {
-    /// The call, until it ends (`None` from the start if a middleware
-    /// answered without opening it).
-    pub(super) call: Option<StreamCall>,
-    pub(super) method: MethodName,
+    pub(super) items: ByteStream,
     pub(super) message_type: &'static str,
     pub(super) _message: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T> Streaming<T> {
-    pub(crate) fn new(
-        method: &MethodName,
-        call: Option<StreamCall>,
-        message_type: &'static str,
-    ) -> Streaming<T> {
+    pub(crate) fn new(items: ByteStream, message_type: &'static str) -> Streaming<T> {
         Streaming {
-            call,
-            method: method.clone(),
+            items,
             message_type,
             _message: std::marker::PhantomData,
         }
@@ -368,17 +359,11 @@ impl<T: prost::Message + Default> futures_core::Stream for Streaming<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(call) = &mut this.call else {
-            return Poll::Ready(None);
-        };
-        let item = std::task::ready!(call.poll_item(cx));
-        if item.is_none() {
-            this.call = None;
-        }
+        let item = std::task::ready!(Pin::new(&mut this.items).poll_next(cx));
         Poll::Ready(item.map(|item| {
             item.and_then(|bytes| {
                 decode(
-                    &this.method,
+                    &this.items.method,
                     bytes,
                     "response stream item",
                     this.message_type,
@@ -391,8 +376,84 @@ impl<T: prost::Message + Default> futures_core::Stream for Streaming<T> {
 impl<T> fmt::Debug for Streaming<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Streaming")
+            .field("method", &self.items.method)
+            .field("ended", &self.items.ended())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker's stream of responses as the bytes of each message, undecoded:
+/// what [`Channel::server_stream_bytes`] and [`Channel::bidi_stream_bytes`]
+/// return, for programs that carry messages without knowing their types
+/// (a gateway, a proxy). It behaves as [`Streaming`] does: reading grants
+/// the worker room for more, dropping it cancels the call.
+///
+/// ```no_run
+/// # async fn run(channel: workerbus::Channel) -> Result<(), workerbus::Error> {
+/// use workerbus::{CallOptions, MethodName};
+///
+/// let method = MethodName::from_static("search.watch");
+/// let mut items = channel
+///     .server_stream_bytes(&method, bytes::Bytes::new(), &CallOptions::new())
+///     .await?;
+/// while let Some(item) = items.message().await? {
+///     println!("{} bytes", item.len());
+/// }
+/// # Ok(()) }
+/// ```
+pub struct ByteStream {
+    /// The call, until it ends (`None` from the start if a middleware
+    /// answered without opening it).
+    pub(super) call: Option<StreamCall>,
+    pub(super) method: MethodName,
+}
+
+impl ByteStream {
+    pub(crate) fn new(method: &MethodName, call: Option<StreamCall>) -> ByteStream {
+        ByteStream {
+            call,
+            method: method.clone(),
+        }
+    }
+
+    /// The next message's bytes, `None` once the stream has ended.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, Error> {
+        poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *self), cx))
+            .await
+            .transpose()
+    }
+
+    /// The method called.
+    pub fn method(&self) -> &MethodName {
+        &self.method
+    }
+
+    fn ended(&self) -> bool {
+        self.call.as_ref().is_none_or(|call| call.done)
+    }
+}
+
+impl futures_core::Stream for ByteStream {
+    type Item = Result<Bytes, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(call) = &mut this.call else {
+            return Poll::Ready(None);
+        };
+        let item = std::task::ready!(call.poll_item(cx));
+        if item.is_none() {
+            this.call = None;
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl fmt::Debug for ByteStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByteStream")
             .field("method", &self.method)
-            .field("ended", &self.call.as_ref().is_none_or(|call| call.done))
+            .field("ended", &self.ended())
             .finish_non_exhaustive()
     }
 }
@@ -418,15 +479,15 @@ impl Channel {
     /// A call whose request is a stream: sends each of `requests` as the
     /// worker has room for it, then waits for the response. The timeout
     /// covers the whole call.
-    pub(crate) async fn client_stream<M, S>(
+    pub(crate) async fn client_stream<T, S>(
         &self,
         method: &MethodName,
         requests: S,
+        encode: fn(T) -> Bytes,
         options: &Resolved,
     ) -> Result<Bytes, Error>
     where
-        M: prost::Message,
-        S: futures_core::Stream<Item = M> + Send + 'static,
+        S: futures_core::Stream<Item = T> + Send + 'static,
     {
         let call = async {
             let opened = self
@@ -437,7 +498,7 @@ impl Channel {
                 Opened::Answered(response) => return Ok(response),
             };
             // Stopped early, the call has ended: its response says how.
-            let _ = send.send_all(requests).await;
+            let _ = send.send_all(requests, encode).await;
             send.end();
             call.response().await
         };
@@ -447,15 +508,16 @@ impl Channel {
     /// A call streaming both ways: `requests` is sent from a task of its own
     /// (as the worker has room) while the caller reads the responses; `None`
     /// if a middleware answered without opening it.
-    pub(crate) async fn bidi_stream<M, S>(
+    pub(crate) async fn bidi_stream<T, S>(
         &self,
         method: &MethodName,
         requests: S,
+        encode: fn(T) -> Bytes,
         options: &Resolved,
     ) -> Result<Option<StreamCall>, Error>
     where
-        M: prost::Message + 'static,
-        S: futures_core::Stream<Item = M> + Send + 'static,
+        T: Send + 'static,
+        S: futures_core::Stream<Item = T> + Send + 'static,
     {
         let opened = self
             .open_stream(method, Bytes::new(), options, MethodKind::BidiStreaming)
@@ -465,7 +527,7 @@ impl Channel {
             Opened::Answered(_) => return Ok(None),
         };
         tokio::spawn(async move {
-            if send.send_all(requests).await.is_ok() {
+            if send.send_all(requests, encode).await.is_ok() {
                 send.end();
             }
         });

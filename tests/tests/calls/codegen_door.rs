@@ -86,6 +86,7 @@ fn echo_method(name: &str, kind: MethodKind) -> MethodSchema {
         (real.request(), real.request_fingerprint()),
         (real.response(), real.response_fingerprint()),
         kind,
+        real.grpc_path(),
     )
 }
 
@@ -119,6 +120,7 @@ async fn a_schema_differing_in_kinds_and_methods_fails_the_handshake_naming_each
         ("google.protobuf.Empty", 1),
         ("google.protobuf.Empty", 1),
         MethodKind::Unary,
+        "/echo.Echo/Gone",
     ));
     assert_eq!(
         handshake_error(schema(methods)).await,

@@ -5,6 +5,7 @@
 //! messages' properties on the way through, and what the public types print.
 
 mod byte_stream;
+mod bytes;
 mod client;
 mod codegen_door;
 mod debug_output;

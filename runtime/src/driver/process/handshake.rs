@@ -303,12 +303,14 @@ mod tests {
             ("echo.Req", 1),
             ("echo.Reply", 2),
             MethodKind::Unary,
+            "/echo.Echo/Echo",
         ),
         MethodSchema::new(
             "echo.stats",
             ("google.protobuf.Empty", 3),
             ("echo.Stats", 4),
             MethodKind::ServerStreaming,
+            "/echo.Echo/Stats",
         ),
     ];
     static SCHEMA: ServiceSchema = ServiceSchema::new("echo.Echo", &METHODS, 99);
