@@ -93,7 +93,14 @@ pub(super) fn send_once<'s>(
 ) -> Result<Start<'s>, Error> {
     check_method_name(method)?;
     let metadata = shared.metadata_of(method, &options.metadata);
-    check_request_size(shared, method, payload, options.timeout, None, &metadata)?;
+    check_request_size(
+        shared,
+        method,
+        payload,
+        options.timeout,
+        options.trace,
+        &metadata,
+    )?;
     let kind = Kind::Unary {
         due: due(options.timeout),
     };
@@ -101,7 +108,7 @@ pub(super) fn send_once<'s>(
         method,
         timeout: options.timeout,
         number: 1,
-        trace: None,
+        trace: options.trace,
         kind,
         metadata: &metadata,
         response_metadata: options.response_metadata.as_ref(),
@@ -341,7 +348,7 @@ impl Channel {
         dead: &mut Option<Channel>,
     ) -> Result<Bytes, Error> {
         // Read when the attempt runs: after the middleware set them.
-        let trace = info.and_then(CallInfo::trace);
+        let trace = options.trace_sent(info);
         let metadata = options.metadata_sent(info);
         let due = due(options.timeout);
         let sent = Attempt {

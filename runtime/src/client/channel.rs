@@ -9,13 +9,11 @@ use bytes::Bytes;
 use prost::Message;
 use tokio::sync::Notify;
 
-use crate::backoff::Backoff;
 use crate::control::{self, Health, HealthReport};
 use crate::error::Error;
 use crate::event::{EventHub, Subscription};
 use crate::frame::MAX_METHOD_LEN;
 use crate::idmap::IdMap;
-use crate::metadata::Metadata;
 use crate::middleware::{HostChain, Middleware, append};
 use crate::name::MethodName;
 use crate::transport::Transport;
@@ -284,14 +282,7 @@ impl Channel {
     /// with [`Error::Timeout`].
     pub async fn health(&self, timeout: Duration) -> Result<HealthReport, Error> {
         static HEALTH: MethodName = MethodName::from_static(control::HEALTH);
-        let options = Resolved {
-            timeout: Some(timeout),
-            retries: 0,
-            backoff: Backoff::default(),
-            idempotent: false,
-            metadata: Metadata::new(),
-            response_metadata: None,
-        };
+        let options = Resolved::control(timeout);
         let answer = self.call(&HEALTH, Bytes::new(), &options).await?;
         let health = Health::decode(answer).map_err(|source| Error::Decode {
             method: HEALTH.clone(),

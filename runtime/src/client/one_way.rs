@@ -93,7 +93,7 @@ impl Channel {
         info: Option<&CallInfo>,
     ) -> Result<Bytes, Error> {
         // Read when this runs: after the middleware set them.
-        let trace = info.and_then(CallInfo::trace);
+        let trace = options.trace_sent(info);
         let metadata = options.metadata_sent(info);
         let queued = async {
             let channel = match &self.inner {

@@ -8,6 +8,7 @@ use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH};
 use crate::metadata::{Metadata, ResponseMetadata};
 use crate::middleware::CallInfo;
 use crate::name::MethodName;
+use crate::trace::TraceContext;
 use crate::window::Window;
 
 /// The timeout of a call when neither the caller nor the schema sets one.
@@ -40,6 +41,7 @@ pub struct CallOptions {
     pub(super) idempotent: Option<bool>,
     pub(super) metadata: Metadata,
     pub(super) response_metadata: Option<ResponseMetadata>,
+    pub(super) trace: Option<TraceContext>,
 }
 
 impl CallOptions {
@@ -117,6 +119,32 @@ impl CallOptions {
         self
     }
 
+    /// The trace this call continues: its `REQUEST` carries `trace` as the
+    /// calling span (so the handler's `Context::trace` is `trace`), and a
+    /// [`Logging`](crate::Logging) middleware on the channel makes its span
+    /// a child of it. For a program that receives a trace context from
+    /// elsewhere (a gateway reading a W3C `traceparent`); inside a handler,
+    /// `Logging` continues the handler's trace without it.
+    ///
+    /// ```
+    /// use workerbus::{CallOptions, TraceContext};
+    ///
+    /// let remote = TraceContext::from_parts(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, 0x00f0_67aa_0ba9_02b7)
+    ///     .expect("a span id is never zero");
+    /// let options = CallOptions::new().trace(remote);
+    /// assert_eq!(options.get_trace(), Some(remote));
+    /// ```
+    #[must_use]
+    pub fn trace(mut self, trace: TraceContext) -> CallOptions {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// The trace set here, if any.
+    pub fn get_trace(&self) -> Option<TraceContext> {
+        self.trace
+    }
+
     /// The metadata set here.
     pub fn get_metadata(&self) -> &Metadata {
         &self.metadata
@@ -178,6 +206,7 @@ impl CallOptions {
             .flatten()
             .find_map(|o| o.response_metadata.as_ref())
             .cloned();
+        let trace = layers.iter().flatten().find_map(|o| o.trace);
         Resolved {
             timeout: (timeout != Duration::MAX).then_some(timeout),
             retries: if idempotent { retries } else { 0 },
@@ -185,6 +214,7 @@ impl CallOptions {
             idempotent,
             metadata,
             response_metadata,
+            trace,
         }
     }
 }
@@ -209,9 +239,25 @@ pub(crate) struct Resolved {
     /// The client's and the call's metadata.
     pub(crate) metadata: Metadata,
     pub(crate) response_metadata: Option<ResponseMetadata>,
+    /// The trace the call continues, if its options name one.
+    pub(crate) trace: Option<TraceContext>,
 }
 
 impl Resolved {
+    /// A control exchange's settings: one attempt within `timeout`, nothing
+    /// else.
+    pub(crate) fn control(timeout: Duration) -> Resolved {
+        Resolved {
+            timeout: Some(timeout),
+            retries: 0,
+            backoff: Backoff::default(),
+            idempotent: false,
+            metadata: Metadata::new(),
+            response_metadata: None,
+            trace: None,
+        }
+    }
+
     /// What a host middleware knows of attempt `attempt` of a call of
     /// `method` with these settings.
     pub(crate) fn call_info(
@@ -228,6 +274,7 @@ impl Resolved {
             driver,
             request_len,
             self.metadata.clone(),
+            self.trace,
         )
     }
 
@@ -237,6 +284,15 @@ impl Resolved {
         match info {
             Some(info) => info.metadata(),
             None => self.metadata.clone(),
+        }
+    }
+
+    /// The trace an attempt sends: as its middleware left it, if it ran
+    /// under middleware, else as the options set it.
+    pub(crate) fn trace_sent(&self, info: Option<&CallInfo>) -> Option<TraceContext> {
+        match info {
+            Some(info) => info.trace(),
+            None => self.trace,
         }
     }
 }

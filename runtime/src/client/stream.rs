@@ -581,7 +581,7 @@ impl Channel {
         info: Option<&CallInfo>,
     ) -> Result<(StreamCall, StreamSendHalf), Error> {
         // Read when this runs: after the middleware set them.
-        let trace = info.and_then(CallInfo::trace);
+        let trace = options.trace_sent(info);
         let metadata = options.metadata_sent(info);
         let open = async {
             let channel = match &self.inner {

@@ -47,8 +47,9 @@ fn hex(trace: &TraceContext) -> String {
 
 impl Middleware for Logging {
     async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
-        // Inside a handler, a call continues that handler's trace.
-        let parent = TraceContext::current();
+        // A call continues the trace its options name, or inside a handler
+        // that handler's.
+        let parent = call.trace().or_else(TraceContext::current);
         let context = parent.map_or_else(TraceContext::new_root, |parent| parent.child());
         call.set_trace(context);
         let span = tracing::info_span!(

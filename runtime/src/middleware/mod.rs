@@ -87,6 +87,7 @@ impl CallInfo {
         driver: &'static str,
         request_len: usize,
         metadata: Metadata,
+        trace: Option<TraceContext>,
     ) -> CallInfo {
         CallInfo {
             side: Side::Host,
@@ -97,7 +98,7 @@ impl CallInfo {
             deadline: timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout)),
             driver,
             request_len,
-            trace: Mutex::new(None),
+            trace: Mutex::new(trace),
             metadata: Mutex::new(metadata),
         }
     }

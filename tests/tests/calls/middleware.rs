@@ -900,3 +900,36 @@ async fn a_host_middleware_that_adds_invalid_metadata_fails_the_call_naming_the_
         other => panic!("expected InvalidMetadata, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_call_continues_the_trace_its_options_name() {
+    let worker = ThreadDriver::new()
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    let remote = TraceContext::from_parts(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, 0xf067)
+        .expect("a nonzero span id");
+    let options = CallOptions::new().trace(remote);
+
+    // Without middleware, the request carries the trace as the caller's span.
+    let client = EchoClient::new(worker.channel());
+    let reply = client.trace_with((), options.clone()).await.unwrap();
+    assert!(reply.has_parent);
+    assert_eq!(reply.parent_span_id, 0xf067);
+
+    // With Logging, the call's span is a child of it: same trace, new span.
+    let sent = SentTrace::default();
+    let channel = worker
+        .channel()
+        .with_middleware(Logging::new())
+        .with_middleware(sent.clone());
+    let reply = EchoClient::new(channel)
+        .trace_with((), options.clone())
+        .await
+        .unwrap();
+    let sent = sent.0.lock().unwrap().expect("Logging set a trace context");
+    assert_eq!(sent.trace_id(), remote.trace_id());
+    assert_ne!(sent.span_id(), remote.span_id());
+    assert_eq!(reply.parent_span_id, sent.span_id());
+    worker.shutdown().await;
+}

@@ -13,12 +13,10 @@ use prost::Message;
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::Notify;
 
-use crate::backoff::Backoff;
 use crate::client::{Channel, ExitWatch, Resolved};
 use crate::control::PROTOCOL_VERSION;
 use crate::error::{Error, ExitReason};
 use crate::frame::Frame;
-use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::schema::ServiceSchema;
 use crate::sync::lock;
@@ -284,14 +282,7 @@ impl ProcessWorker {
 /// Control exchanges: one attempt, bounded by the caller (the startup
 /// deadline) or the default timeout.
 fn control_call() -> Resolved {
-    Resolved {
-        timeout: Some(crate::client::DEFAULT_TIMEOUT),
-        retries: 0,
-        backoff: Backoff::default(),
-        idempotent: false,
-        metadata: Metadata::new(),
-        response_metadata: None,
-    }
+    Resolved::control(crate::client::DEFAULT_TIMEOUT)
 }
 
 impl fmt::Debug for ProcessWorker {
