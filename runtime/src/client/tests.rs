@@ -33,6 +33,7 @@ fn resolved(timeout: Option<Duration>, retries: u32) -> Resolved {
         idempotent: true,
         metadata: crate::Metadata::new(),
         response_metadata: None,
+        trace: None,
     }
 }
 

@@ -480,6 +480,7 @@ mod tests {
             "transport",
             0,
             Metadata::new(),
+            None,
         )
     }
 
