@@ -1,0 +1,74 @@
+//! [`BytesCodec`]: messages cross the bridge as the bytes they arrived as.
+//!
+//! The core carries encoded messages; decoding them at the bridge only to
+//! encode them again would cost both ways and gain nothing. A gRPC message
+//! is read as its bytes (split off tonic's buffer, not copied) and written
+//! by one copy into the buffer tonic frames it in.
+
+use bytes::{Buf, BufMut, Bytes};
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// A tonic codec whose messages are their encoded bytes, both ways.
+///
+/// ```no_run
+/// # async fn run(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
+/// use bytes::Bytes;
+/// use tonic::codegen::http::uri::PathAndQuery;
+/// use workerbus_grpc::BytesCodec;
+///
+/// // A call by path, its request already encoded.
+/// let mut grpc = tonic::client::Grpc::new(channel);
+/// grpc.ready().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+/// let path = PathAndQuery::from_static("/embedder.Embedder/Embed");
+/// let request = tonic::Request::new(Bytes::from_static(b"\x0a\x05hello"));
+/// let response: tonic::Response<Bytes> = grpc.unary(request, path, BytesCodec).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BytesCodec;
+
+/// The encoding half of [`BytesCodec`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BytesEncoder;
+
+/// The decoding half of [`BytesCodec`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BytesDecoder;
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.len());
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        // The whole message, split off tonic's buffer without a copy.
+        let len = src.remaining();
+        Ok(Some(src.copy_to_bytes(len)))
+    }
+}
+
+impl Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = BytesEncoder;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}

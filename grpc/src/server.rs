@@ -1,0 +1,464 @@
+//! [`GrpcServer`]: workerbus services served over gRPC.
+//!
+//! The server is a host that forwards: each gRPC call becomes one call on a
+//! [`Channel`] (to handlers served in this process over a memory transport,
+//! or to an existing worker's channel, such as a supervised process
+//! worker's), its request bytes passed undecoded, so deadlines, limits,
+//! middleware, cancellation and panic isolation are the core's. Routing is
+//! by the standard path, `/<package>.<Service>/<Rpc>`, which every
+//! generated schema records; a path no service has is `UNIMPLEMENTED`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tonic::server::Grpc;
+use tonic::{Request, Response, Streaming};
+use workerbus::{
+    ByteStream, CallOptions, Channel, Dispatch, MemoryTransport, MethodKind, MethodName,
+    MethodSchema, ResponseMetadata, ServeOptions, ServiceSchema, serve_transport,
+};
+
+use crate::codec::BytesCodec;
+use crate::map::{
+    GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent, error_to_tonic, metadata_from,
+    metadata_into,
+};
+
+/// The largest message the server reads or writes unless told otherwise:
+/// the core's largest frame ([`workerbus::DEFAULT_MAX_FRAME_LENGTH`], 16 MiB),
+/// rather than the 4 MiB tonic and grpcio default to.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = workerbus::DEFAULT_MAX_FRAME_LENGTH;
+
+/// A gRPC server for workerbus services.
+///
+/// ```no_run
+/// # async fn run(
+/// #     server: impl workerbus::Dispatch,
+/// #     supervised: workerbus::Channel,
+/// #     schema: &'static workerbus::ServiceSchema,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use workerbus_grpc::GrpcServer;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+/// GrpcServer::new()
+///     .add_service(server)                // handlers in this process
+///     .add_channel(schema, supervised)    // or a worker's channel
+///     .serve(listener)
+///     .await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct GrpcServer {
+    routes: HashMap<&'static str, Route>,
+    services: Vec<&'static ServiceSchema>,
+    serve_options: ServeOptions,
+    max_message_size: usize,
+}
+
+/// Where one method's calls go.
+#[derive(Clone, Debug)]
+struct Route {
+    method: &'static MethodSchema,
+    name: MethodName,
+    channel: Channel,
+}
+
+impl Default for GrpcServer {
+    fn default() -> GrpcServer {
+        GrpcServer::new()
+    }
+}
+
+impl GrpcServer {
+    /// A server with no services yet.
+    pub fn new() -> GrpcServer {
+        GrpcServer {
+            routes: HashMap::new(),
+            services: Vec::new(),
+            serve_options: ServeOptions::new(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+
+    /// The options of the serve loops [`add_service`](Self::add_service)
+    /// starts after this (concurrency caps, worker middleware...).
+    pub fn serve_options(mut self, options: ServeOptions) -> GrpcServer {
+        self.serve_options = options;
+        self
+    }
+
+    /// The largest message read or written, in bytes (default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]); a larger one fails its call with
+    /// `RESOURCE_EXHAUSTED`.
+    pub fn max_message_size(mut self, max: usize) -> GrpcServer {
+        self.max_message_size = max;
+        self
+    }
+
+    /// Serves `service`'s methods (a generated `<Svc>Server`, or several in
+    /// `workerbus::Services`) from handlers in this process, behind a serve
+    /// loop of its own over a memory transport. Must be called within a
+    /// Tokio runtime, which runs that loop.
+    pub fn add_service<S: Dispatch>(self, service: S) -> GrpcServer {
+        let schemas = service.schemas();
+        let (host, worker) = MemoryTransport::pair();
+        let options = self.serve_options.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_transport(worker, service, options).await {
+                tracing::warn!(%error, "workerbus-grpc: an in-process serve loop failed");
+            }
+        });
+        let channel = Channel::new(host);
+        schemas.into_iter().fold(self, |server, schema| {
+            server.add_channel(schema, channel.clone())
+        })
+    }
+
+    /// Serves `schema`'s methods by calling them on `channel`: a worker's
+    /// channel, e.g. a supervised process worker's, which this node keeps
+    /// supervising; the channel's middleware (`Metrics`, `Logging`) sees
+    /// every call.
+    pub fn add_channel(mut self, schema: &'static ServiceSchema, channel: Channel) -> GrpcServer {
+        for method in schema.methods() {
+            self.routes.insert(
+                method.grpc_path(),
+                Route {
+                    method,
+                    name: MethodName::from_static(method.name()),
+                    channel: channel.clone(),
+                },
+            );
+        }
+        self.services.push(schema);
+        self
+    }
+
+    /// Serves on `listener` until the process ends.
+    pub async fn serve(self, listener: TcpListener) {
+        self.serve_with_shutdown(listener, std::future::pending())
+            .await;
+    }
+
+    /// Serves on `listener` until `signal` completes, then stops taking
+    /// connections and calls, and returns once the calls in flight have
+    /// ended.
+    ///
+    /// Connections are served by hyper, the HTTP/2 implementation tonic
+    /// runs on, rather than by tonic's server: tonic's server ends a call
+    /// whose `grpc-timeout` passes with `CANCELLED` by itself, where gRPC
+    /// (and workerbus) say `DEADLINE_EXCEEDED`; here the call's deadline is
+    /// the core's alone.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()>,
+    ) {
+        let router = Router {
+            routes: Arc::new(self.routes),
+            max_message_size: self.max_message_size,
+        };
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        let graceful = GracefulShutdown::new();
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut signal => break,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors or memory: pause rather than spin.
+                    tracing::warn!(%error, "workerbus-grpc: accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(router.clone());
+            let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "workerbus-grpc: a connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    }
+}
+
+/// The tower service that routes every gRPC call by its path.
+#[derive(Clone, Debug)]
+struct Router {
+    routes: Arc<HashMap<&'static str, Route>>,
+    max_message_size: usize,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type ItemStream = Pin<Box<dyn Stream<Item = Result<Bytes, tonic::Status>> + Send + 'static>>;
+
+impl<B> tower::Service<http::Request<B>> for Router
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Some(route) = self.routes.get(request.uri().path()).cloned() else {
+            let path = request.uri().path().to_owned();
+            return Box::pin(async move {
+                let status = tonic::Status::unimplemented(format!("no service serves {path}"));
+                Ok(status.into_http())
+            });
+        };
+        let mut grpc = Grpc::new(BytesCodec)
+            .max_decoding_message_size(self.max_message_size)
+            .max_encoding_message_size(self.max_message_size);
+        Box::pin(async move {
+            let route = Arc::new(route);
+            let response = match route.method.kind() {
+                MethodKind::Unary => {
+                    let call = tower::service_fn(move |request| unary(Arc::clone(&route), request));
+                    grpc.unary(call, request).await
+                }
+                MethodKind::OneWay => {
+                    let call =
+                        tower::service_fn(move |request| one_way(Arc::clone(&route), request));
+                    grpc.unary(call, request).await
+                }
+                MethodKind::ServerStreaming => {
+                    let call = tower::service_fn(move |request| {
+                        server_stream(Arc::clone(&route), request)
+                    });
+                    grpc.server_streaming(call, request).await
+                }
+                MethodKind::ClientStreaming => {
+                    let call = tower::service_fn(move |request| {
+                        client_stream(Arc::clone(&route), request)
+                    });
+                    grpc.client_streaming(call, request).await
+                }
+                MethodKind::BidiStreaming => {
+                    let call =
+                        tower::service_fn(move |request| bidi_stream(Arc::clone(&route), request));
+                    grpc.streaming(call, request).await
+                }
+                _ => tonic::Status::unimplemented(format!(
+                    "{} is of a kind this server cannot serve",
+                    route.name
+                ))
+                .into_http(),
+            };
+            Ok(response)
+        })
+    }
+}
+
+/// A gRPC call's options as the core takes them: the remaining
+/// `grpc-timeout` (none without it: gRPC's calls wait as long as their
+/// caller does), its metadata and trace, one attempt.
+fn call_options<T>(
+    request: &Request<T>,
+    answered: &ResponseMetadata,
+) -> Result<CallOptions, tonic::Status> {
+    let headers = request.metadata();
+    let mut options = CallOptions::new()
+        .retries(0)
+        .response_metadata(answered)
+        .metadata(metadata_from(headers).map_err(error_to_tonic)?);
+    options = match headers.get(GRPC_TIMEOUT) {
+        None => options.no_timeout(),
+        Some(value) => {
+            let timeout = value
+                .to_str()
+                .ok()
+                .and_then(decode_timeout)
+                .ok_or_else(|| tonic::Status::invalid_argument("grpc-timeout is malformed"))?;
+            options.timeout(timeout)
+        }
+    };
+    let trace = headers
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(decode_traceparent);
+    if let Some(trace) = trace {
+        options = options.trace(trace);
+    }
+    Ok(options)
+}
+
+/// `response` with the handler's response metadata.
+fn answer<T>(message: T, answered: &ResponseMetadata) -> Response<T> {
+    let mut response = Response::new(message);
+    metadata_into(&answered.get(), response.metadata_mut());
+    response
+}
+
+/// A failed call's status, with the handler's response metadata.
+fn failure(error: workerbus::Error, answered: &ResponseMetadata) -> tonic::Status {
+    let mut status = error_to_tonic(error);
+    metadata_into(&answered.get(), status.metadata_mut());
+    status
+}
+
+async fn unary(
+    route: Arc<Route>,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, tonic::Status> {
+    let answered = ResponseMetadata::new();
+    let options = call_options(&request, &answered)?;
+    match (route.channel)
+        .call_bytes(&route.name, request.into_inner(), &options)
+        .await
+    {
+        Ok(response) => Ok(answer(response, &answered)),
+        Err(error) => Err(failure(error, &answered)),
+    }
+}
+
+/// A one-way message is answered `OK` (an empty message) once the worker
+/// has it queued; its handler runs detached from the gRPC call.
+async fn one_way(
+    route: Arc<Route>,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, tonic::Status> {
+    let answered = ResponseMetadata::new();
+    let options = call_options(&request, &answered)?;
+    match (route.channel)
+        .post_bytes(&route.name, request.into_inner(), &options)
+        .await
+    {
+        Ok(()) => Ok(Response::new(Bytes::new())),
+        Err(error) => Err(error_to_tonic(error)),
+    }
+}
+
+async fn server_stream(
+    route: Arc<Route>,
+    request: Request<Bytes>,
+) -> Result<Response<ItemStream>, tonic::Status> {
+    let answered = ResponseMetadata::new();
+    let options = call_options(&request, &answered)?;
+    match (route.channel)
+        .server_stream_bytes(&route.name, request.into_inner(), &options)
+        .await
+    {
+        Ok(items) => Ok(Response::new(Box::pin(Items::new(items, answered)))),
+        Err(error) => Err(failure(error, &answered)),
+    }
+}
+
+async fn client_stream(
+    route: Arc<Route>,
+    request: Request<Streaming<Bytes>>,
+) -> Result<Response<Bytes>, tonic::Status> {
+    let answered = ResponseMetadata::new();
+    let options = call_options(&request, &answered)?;
+    let requests = Requests(request.into_inner());
+    match (route.channel)
+        .client_stream_bytes(&route.name, requests, &options)
+        .await
+    {
+        Ok(response) => Ok(answer(response, &answered)),
+        Err(error) => Err(failure(error, &answered)),
+    }
+}
+
+async fn bidi_stream(
+    route: Arc<Route>,
+    request: Request<Streaming<Bytes>>,
+) -> Result<Response<ItemStream>, tonic::Status> {
+    let answered = ResponseMetadata::new();
+    let options = call_options(&request, &answered)?;
+    let requests = Requests(request.into_inner());
+    match (route.channel)
+        .bidi_stream_bytes(&route.name, requests, &options)
+        .await
+    {
+        Ok(items) => Ok(Response::new(Box::pin(Items::new(items, answered)))),
+        Err(error) => Err(failure(error, &answered)),
+    }
+}
+
+/// A gRPC request stream as the core's: each message's bytes, and its end.
+/// A stream that fails (the caller reset it) never ends: its call is
+/// cancelled when the caller's reset drops it, so the handler never takes
+/// a truncated stream for a whole one.
+struct Requests(Streaming<Bytes>);
+
+impl Stream for Requests {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        match Pin::new(&mut self.0).poll_next(cx) {
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(message)),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A worker's response stream as gRPC's: each item, then the end with the
+/// handler's response metadata as trailers, or the call's status.
+struct Items {
+    items: ByteStream,
+    answered: Option<ResponseMetadata>,
+}
+
+impl Items {
+    fn new(items: ByteStream, answered: ResponseMetadata) -> Items {
+        Items {
+            items,
+            answered: Some(answered),
+        }
+    }
+}
+
+impl Stream for Items {
+    type Item = Result<Bytes, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(answered) = &this.answered else {
+            return Poll::Ready(None);
+        };
+        match std::task::ready!(Pin::new(&mut this.items).poll_next(cx)) {
+            Some(Ok(item)) => Poll::Ready(Some(Ok(item))),
+            Some(Err(error)) => {
+                let status = failure(error, answered);
+                this.answered = None;
+                Poll::Ready(Some(Err(status)))
+            }
+            None => {
+                let metadata = answered.get();
+                this.answered = None;
+                if metadata.is_empty() {
+                    return Poll::Ready(None);
+                }
+                // tonic ends a stream with trailers from an `OK` status.
+                let mut end = tonic::Status::new(tonic::Code::Ok, "");
+                metadata_into(&metadata, end.metadata_mut());
+                Poll::Ready(Some(Err(end)))
+            }
+        }
+    }
+}

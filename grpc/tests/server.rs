@@ -1,0 +1,234 @@
+//! The gRPC server seen from a gRPC client that knows nothing of workerbus:
+//! tonic's own client, calling by path with each message encoded by prost.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use prost::Message;
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel as TonicChannel;
+use tonic::{Code, Request};
+use workerbus_grpc::{BytesCodec, GrpcServer};
+use workerbus_tests::EchoWorker;
+use workerbus_tests::pb::echo::{
+    CountReply, CountRequest, EchoReply, EchoRequest, EchoServer, FailRequest, HeadersReply,
+    HeadersRequest, SleepRequest, SumReply, SumRequest,
+};
+
+/// A server of the Echo service on a loopback port, and a tonic client of it.
+async fn start() -> Grpc<TonicChannel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Grpc::new(channel)
+}
+
+fn path(path: &'static str) -> PathAndQuery {
+    PathAndQuery::from_static(path)
+}
+
+fn bytes_of(message: &impl Message) -> Bytes {
+    message.encode_to_vec().into()
+}
+
+async fn unary(
+    grpc: &mut Grpc<TonicChannel>,
+    at: &'static str,
+    request: Request<Bytes>,
+) -> Result<tonic::Response<Bytes>, tonic::Status> {
+    grpc.ready().await.unwrap();
+    grpc.unary(request, path(at), BytesCodec).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_shape_is_served() {
+    let mut grpc = start().await;
+    let echo = EchoRequest {
+        text: "hello".into(),
+        ..EchoRequest::default()
+    };
+    let reply = unary(&mut grpc, "/echo.Echo/Echo", Request::new(bytes_of(&echo)))
+        .await
+        .unwrap();
+    assert_eq!(EchoReply::decode(reply.into_inner()).unwrap().text, "hello");
+
+    grpc.ready().await.unwrap();
+    let count = CountRequest {
+        from: 1,
+        count: 3,
+        ..CountRequest::default()
+    };
+    let mut stream = grpc
+        .server_streaming(
+            Request::new(bytes_of(&count)),
+            path("/echo.Echo/Count"),
+            BytesCodec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut values = Vec::new();
+    while let Some(item) = stream.message().await.unwrap() {
+        values.push(CountReply::decode(item).unwrap().value);
+    }
+    assert_eq!(values, [1, 2, 3]);
+
+    grpc.ready().await.unwrap();
+    let numbers = futures_util::stream::iter([20, 22].map(|value| {
+        bytes_of(&SumRequest {
+            value,
+            ..SumRequest::default()
+        })
+    }));
+    let sum = grpc
+        .client_streaming(Request::new(numbers), path("/echo.Echo/Sum"), BytesCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(SumReply::decode(sum).unwrap().sum, 42);
+
+    grpc.ready().await.unwrap();
+    let texts = futures_util::stream::iter(["a", "b", "c"].map(|text| {
+        bytes_of(&EchoRequest {
+            text: text.into(),
+            ..EchoRequest::default()
+        })
+    }));
+    let replies = grpc
+        .streaming(Request::new(texts), path("/echo.Echo/Chat"), BytesCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let replies: Vec<String> = replies
+        .map(|reply| EchoReply::decode(reply.unwrap()).unwrap().text)
+        .collect()
+        .await;
+    assert_eq!(replies, ["a", "b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_metadata_and_unknown_paths_map_one_to_one() {
+    let mut grpc = start().await;
+
+    // A handler's status: code, message and details as the handler set them.
+    let fail = FailRequest {
+        code: Code::PermissionDenied as u32,
+        message: "not yours".into(),
+        details: b"\x01\x02".to_vec().into(),
+        ..FailRequest::default()
+    };
+    let status = unary(&mut grpc, "/echo.Echo/Fail", Request::new(bytes_of(&fail)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.message(), "not yours");
+    assert_eq!(status.details(), b"\x01\x02");
+
+    // Metadata both ways; gRPC's own headers are not the call's metadata.
+    let mut request = Request::new(bytes_of(&HeadersRequest {
+        reply: vec![workerbus_tests::pb::echo::Header {
+            key: "served-by".into(),
+            value: b"grpc".to_vec().into(),
+        }],
+        ..HeadersRequest::default()
+    }));
+    request
+        .metadata_mut()
+        .insert("tenant", MetadataValue::from_static("blue"));
+    request
+        .metadata_mut()
+        .insert_bin("blob-bin", MetadataValue::from_bytes(&[0, 1, 255]));
+    let response = unary(&mut grpc, "/echo.Echo/Headers", request)
+        .await
+        .unwrap();
+    assert_eq!(response.metadata().get("served-by").unwrap(), "grpc");
+    let seen = HeadersReply::decode(response.into_inner()).unwrap().seen;
+    let seen: Vec<(&str, &[u8])> = seen
+        .iter()
+        .map(|header| (header.key.as_str(), header.value.as_ref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("tenant", b"blue".as_slice()), ("blob-bin", &[0, 1, 255])]
+    );
+
+    // A path no service has.
+    let status = unary(&mut grpc, "/echo.Echo/Nope", Request::new(Bytes::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(status.message().contains("/echo.Echo/Nope"), "{status:?}");
+    let status = unary(&mut grpc, "/nobody.Home/Echo", Request::new(Bytes::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+/// Makes a unary call over a bare HTTP/2 connection, with no timer of the
+/// client's own (tonic's client ends a call at its `grpc-timeout` itself,
+/// with `CANCELLED`), and returns the `grpc-status` the server answered.
+async fn raw_unary(
+    address: std::net::SocketAddr,
+    path: &str,
+    message: Bytes,
+    timeout: &str,
+) -> String {
+    use bytes::BufMut;
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{address}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let mut frame = bytes::BytesMut::new();
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).unwrap());
+    frame.put(message);
+    send.send_data(frame.freeze(), true).unwrap();
+    let (parts, mut body) = response.await.unwrap().into_parts();
+    if let Some(status) = parts.headers.get("grpc-status") {
+        return status.to_str().unwrap().to_owned();
+    }
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_grpc_timeout_ends_deadline_exceeded_never_cancelled() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+    let calls = (0..100).map(|n| {
+        let sleep = SleepRequest {
+            tag: format!("deadline-{n}"),
+            ms: 60_000,
+            blocking: false,
+        };
+        raw_unary(address, "/echo.Echo/Sleep", bytes_of(&sleep), "20m")
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    let deadline_exceeded = (Code::DeadlineExceeded as i32).to_string();
+    for status in statuses {
+        assert_eq!(
+            status, deadline_exceeded,
+            "every call ends DEADLINE_EXCEEDED"
+        );
+    }
+}
