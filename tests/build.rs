@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // as the document says; an include file of its own keeps the one above.
     workerbus_build::configure()
         .include_file("reference-protos.rs")
+        .descriptor_set_file("reference-descriptors.bin")
         .compile_protos(
             &["../codegen/tests/reference/reference.proto"],
             &["../codegen/tests/reference"],

@@ -23,6 +23,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tonic::server::Grpc;
 use tonic::{Request, Response, Streaming};
+use tower::Service;
+use tower::util::BoxCloneSyncService;
 use workerbus::{
     ByteStream, CallOptions, Channel, Dispatch, MemoryTransport, MethodKind, MethodName,
     MethodSchema, ResponseMetadata, ServeOptions, ServiceSchema, serve_transport,
@@ -63,6 +65,7 @@ pub struct GrpcServer {
     services: Vec<&'static ServiceSchema>,
     serve_options: ServeOptions,
     max_message_size: usize,
+    descriptors: Vec<&'static [u8]>,
 }
 
 /// Where one method's calls go.
@@ -87,7 +90,31 @@ impl GrpcServer {
             services: Vec::new(),
             serve_options: ServeOptions::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            descriptors: Vec::new(),
         }
+    }
+
+    /// Describes the services served to reflection clients (`grpcurl list`,
+    /// `grpcurl describe`), from an encoded `FileDescriptorSet`: the one
+    /// `workerbus-build` writes, `workerbus::include_descriptor_set!()`.
+    /// Only the services this server serves are listed. Fails if the bytes
+    /// are not a descriptor set.
+    ///
+    /// ```ignore
+    /// // Needs a build script's OUT_DIR.
+    /// let server = GrpcServer::new()
+    ///     .add_service(EmbedderServer::new(MyEmbedder))
+    ///     .add_descriptors(workerbus::include_descriptor_set!())?;
+    /// ```
+    pub fn add_descriptors(
+        mut self,
+        descriptors: &'static [u8],
+    ) -> Result<GrpcServer, tonic_reflection::server::Error> {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(descriptors)
+            .build_v1()?;
+        self.descriptors.push(descriptors);
+        Ok(self)
     }
 
     /// The options of the serve loops [`add_service`](Self::add_service)
@@ -163,8 +190,45 @@ impl GrpcServer {
         listener: TcpListener,
         signal: impl Future<Output = ()>,
     ) {
+        let (health, health_server) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        for service in &self.services {
+            health
+                .set_service_status(service.name(), tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let mut standard: Vec<(&'static str, StandardService)> =
+            vec![(HEALTH, BoxCloneSyncService::new(health_server))];
+        if !self.descriptors.is_empty() {
+            let reflection = |itself: &str| {
+                let builder =
+                    tonic_reflection::server::Builder::configure().with_service_name(itself);
+                let builder = self
+                    .descriptors
+                    .iter()
+                    .fold(builder, |builder, set| {
+                        builder.register_encoded_file_descriptor_set(set)
+                    })
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .with_service_name("grpc.health.v1.Health");
+                self.services.iter().fold(builder, |builder, service| {
+                    builder.with_service_name(service.name())
+                })
+            };
+            // Checked when the descriptors were added.
+            if let (Ok(v1), Ok(v1alpha)) = (
+                reflection("grpc.reflection.v1.ServerReflection").build_v1(),
+                reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha(),
+            ) {
+                standard.push((REFLECTION_V1, BoxCloneSyncService::new(v1)));
+                standard.push((REFLECTION_V1ALPHA, BoxCloneSyncService::new(v1alpha)));
+            }
+        }
         let router = Router {
             routes: Arc::new(self.routes),
+            standard: Arc::new(standard),
             max_message_size: self.max_message_size,
         };
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -199,21 +263,31 @@ impl GrpcServer {
     }
 }
 
+/// The path prefixes of the standard services the server adds.
+const HEALTH: &str = "/grpc.health.v1.Health/";
+const REFLECTION_V1: &str = "/grpc.reflection.v1.ServerReflection/";
+const REFLECTION_V1ALPHA: &str = "/grpc.reflection.v1alpha.ServerReflection/";
+
+/// A standard service (health, reflection), as tonic generates them.
+type StandardService = BoxCloneSyncService<
+    http::Request<hyper::body::Incoming>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
 /// The tower service that routes every gRPC call by its path.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Router {
     routes: Arc<HashMap<&'static str, Route>>,
+    /// Health and reflection, by path prefix.
+    standard: Arc<Vec<(&'static str, StandardService)>>,
     max_message_size: usize,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type ItemStream = Pin<Box<dyn Stream<Item = Result<Bytes, tonic::Status>> + Send + 'static>>;
 
-impl<B> tower::Service<http::Request<B>> for Router
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-{
+impl Service<http::Request<hyper::body::Incoming>> for Router {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
@@ -222,8 +296,17 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Some(route) = self.routes.get(request.uri().path()).cloned() else {
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let path = request.uri().path();
+        if let Some((_, service)) = self
+            .standard
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix))
+        {
+            let mut service = service.clone();
+            return Box::pin(async move { service.call(request).await });
+        }
+        let Some(route) = self.routes.get(path).cloned() else {
             let path = request.uri().path().to_owned();
             return Box::pin(async move {
                 let status = tonic::Status::unimplemented(format!("no service serves {path}"));

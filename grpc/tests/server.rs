@@ -232,3 +232,150 @@ async fn a_call_past_its_grpc_timeout_ends_deadline_exceeded_never_cancelled() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_describe_the_served_services() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = GrpcServer::new()
+        .add_service(EchoServer::new(EchoWorker::new()))
+        .add_descriptors(workerbus_tests::DESCRIPTORS)
+        .unwrap();
+    tokio::spawn(server.serve(listener));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "echo.Echo"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "echo.Missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| {
+        futures_util::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        }])
+    };
+    let mut answers = reflection
+        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a list of services");
+    };
+    let mut names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "echo.Echo",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection"
+        ],
+        "served services only: not echo.Missing nor the events service"
+    );
+    let mut answers = reflection
+        .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
+            "echo.Echo".into(),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected the file that defines echo.Echo");
+    };
+    let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
+        .unwrap();
+    assert_eq!(file.name(), "echo.proto");
+    let echo = file
+        .service
+        .iter()
+        .find(|service| service.name() == "Echo")
+        .unwrap();
+    assert!(echo.method.iter().any(|method| method.name() == "Chat"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_client_resets_is_cancelled_in_the_worker() {
+    use workerbus_tests::pb::echo::{ObserveRequest, SleepState};
+
+    let grpc = start().await;
+    let observe = |state: SleepState| {
+        let mut grpc = grpc.clone();
+        async move {
+            let request = ObserveRequest {
+                tag: "reset".into(),
+                state: state as i32,
+            };
+            unary(
+                &mut grpc,
+                "/echo.Echo/Observe",
+                Request::new(bytes_of(&request)),
+            )
+            .await
+        }
+    };
+    let sleeping = tokio::spawn({
+        let mut grpc = grpc.clone();
+        async move {
+            let sleep = SleepRequest {
+                tag: "reset".into(),
+                ms: 60_000,
+                blocking: false,
+            };
+            unary(
+                &mut grpc,
+                "/echo.Echo/Sleep",
+                Request::new(bytes_of(&sleep)),
+            )
+            .await
+        }
+    });
+    observe(SleepState::Started).await.unwrap();
+    // Dropping tonic's call resets its HTTP/2 stream.
+    sleeping.abort();
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        observe(SleepState::Cancelled),
+    )
+    .await;
+    assert!(
+        matches!(cancelled, Ok(Ok(_))),
+        "the handler was not cancelled: {cancelled:?}"
+    );
+}

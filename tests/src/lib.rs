@@ -31,6 +31,9 @@ pub mod pb {
     }
 }
 
+/// The descriptors of `echo.proto` and its imports, for gRPC reflection.
+pub const DESCRIPTORS: &[u8] = workerbus::include_descriptor_set!();
+
 use pb::common::Page;
 use pb::echo::{
     AnnounceReply, AnnounceRequest, CountReply, CountRequest, EchoEmitter, EchoHandler, EchoReply,
