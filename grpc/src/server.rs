@@ -389,11 +389,21 @@ fn call_options<T>(
     Ok(options)
 }
 
-/// `response` with the handler's response metadata.
-fn answer<T>(message: T, answered: &ResponseMetadata) -> Response<T> {
-    let mut response = Response::new(message);
-    metadata_into(&answered.get(), response.metadata_mut());
-    response
+/// A call's end as gRPC's: the response with the handler's response
+/// metadata (as headers), or the status of its failure with them (as
+/// trailers).
+fn reply<T>(
+    outcome: Result<T, workerbus::Error>,
+    answered: &ResponseMetadata,
+) -> Result<Response<T>, tonic::Status> {
+    match outcome {
+        Ok(message) => {
+            let mut response = Response::new(message);
+            metadata_into(&answered.get(), response.metadata_mut());
+            Ok(response)
+        }
+        Err(error) => Err(failure(error, answered)),
+    }
 }
 
 /// A failed call's status, with the handler's response metadata.
@@ -403,19 +413,22 @@ fn failure(error: workerbus::Error, answered: &ResponseMetadata) -> tonic::Statu
     status
 }
 
+/// A worker's response stream as the body of a gRPC response: the handler's
+/// response metadata, which arrives with its answer, goes in the trailers.
+fn item_stream(items: ByteStream, answered: &ResponseMetadata) -> ItemStream {
+    Box::pin(Items::new(items, answered.clone()))
+}
+
 async fn unary(
     route: Arc<Route>,
     request: Request<Bytes>,
 ) -> Result<Response<Bytes>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
-    match (route.channel)
+    let outcome = (route.channel)
         .call_bytes(&route.name, request.into_inner(), &options)
-        .await
-    {
-        Ok(response) => Ok(answer(response, &answered)),
-        Err(error) => Err(failure(error, &answered)),
-    }
+        .await;
+    reply(outcome, &answered)
 }
 
 /// A one-way message is answered `OK` (an empty message) once the worker
@@ -441,13 +454,11 @@ async fn server_stream(
 ) -> Result<Response<ItemStream>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
-    match (route.channel)
+    let outcome = (route.channel)
         .server_stream_bytes(&route.name, request.into_inner(), &options)
         .await
-    {
-        Ok(items) => Ok(Response::new(Box::pin(Items::new(items, answered)))),
-        Err(error) => Err(failure(error, &answered)),
-    }
+        .map(|items| item_stream(items, &answered));
+    reply(outcome, &answered)
 }
 
 async fn client_stream(
@@ -457,13 +468,10 @@ async fn client_stream(
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
     let requests = Requests(request.into_inner());
-    match (route.channel)
+    let outcome = (route.channel)
         .client_stream_bytes(&route.name, requests, &options)
-        .await
-    {
-        Ok(response) => Ok(answer(response, &answered)),
-        Err(error) => Err(failure(error, &answered)),
-    }
+        .await;
+    reply(outcome, &answered)
 }
 
 async fn bidi_stream(
@@ -473,13 +481,11 @@ async fn bidi_stream(
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
     let requests = Requests(request.into_inner());
-    match (route.channel)
+    let outcome = (route.channel)
         .bidi_stream_bytes(&route.name, requests, &options)
         .await
-    {
-        Ok(items) => Ok(Response::new(Box::pin(Items::new(items, answered)))),
-        Err(error) => Err(failure(error, &answered)),
-    }
+        .map(|items| item_stream(items, &answered));
+    reply(outcome, &answered)
 }
 
 /// A gRPC request stream as the core's: each message's bytes, and its end.
