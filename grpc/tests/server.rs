@@ -379,3 +379,77 @@ async fn a_call_the_client_resets_is_cancelled_in_the_worker() {
         "the handler was not cancelled: {cancelled:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_metadata_of_streams_and_failures_arrives_in_trailers() {
+    let mut grpc = start().await;
+
+    // A response stream: its handler's response metadata after the items.
+    let count = CountRequest {
+        from: 1,
+        count: 2,
+        ..CountRequest::default()
+    };
+    let mut request = Request::new(bytes_of(&count));
+    request
+        .metadata_mut()
+        .insert("tenant", MetadataValue::from_static("blue"));
+    grpc.ready().await.unwrap();
+    let mut stream = grpc
+        .server_streaming(request, path("/echo.Echo/Count"), BytesCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut items = 0;
+    while stream.message().await.unwrap().is_some() {
+        items += 1;
+    }
+    assert_eq!(items, 2);
+    let trailers = stream.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers.get("tenant").unwrap(), "blue");
+
+    // A stream that fails: the metadata travels with its status.
+    let failing = CountRequest {
+        count: 1,
+        fail_code: Code::Aborted as u32,
+        ..CountRequest::default()
+    };
+    let mut request = Request::new(bytes_of(&failing));
+    request
+        .metadata_mut()
+        .insert("tenant", MetadataValue::from_static("green"));
+    grpc.ready().await.unwrap();
+    let mut stream = grpc
+        .server_streaming(request, path("/echo.Echo/Count"), BytesCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream was to fail"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(status.metadata().get("tenant").unwrap(), "green");
+
+    // A unary call that fails.
+    let headers = HeadersRequest {
+        reply: vec![workerbus_tests::pb::echo::Header {
+            key: "served-by".into(),
+            value: b"grpc".to_vec().into(),
+        }],
+        fail_code: Code::NotFound as u32,
+        ..HeadersRequest::default()
+    };
+    let status = unary(
+        &mut grpc,
+        "/echo.Echo/Headers",
+        Request::new(bytes_of(&headers)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.metadata().get("served-by").unwrap(), "grpc");
+}
