@@ -178,7 +178,7 @@ async fn raw_unary(
     address: std::net::SocketAddr,
     path: &str,
     message: Bytes,
-    timeout: &str,
+    headers: &[(&str, &str)],
 ) -> String {
     use bytes::BufMut;
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -188,9 +188,15 @@ async fn raw_unary(
     let request = http::Request::post(format!("http://{address}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .header("grpc-timeout", timeout)
         .body(())
         .unwrap();
+    let mut request = request;
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
     let (response, mut send) = client.send_request(request, false).unwrap();
     let mut frame = bytes::BytesMut::new();
     frame.put_u8(0);
@@ -221,7 +227,12 @@ async fn a_call_past_its_grpc_timeout_ends_deadline_exceeded_never_cancelled() {
             ms: 60_000,
             blocking: false,
         };
-        raw_unary(address, "/echo.Echo/Sleep", bytes_of(&sleep), "20m")
+        raw_unary(
+            address,
+            "/echo.Echo/Sleep",
+            bytes_of(&sleep),
+            &[("grpc-timeout", "20m")],
+        )
     });
     let statuses = futures_util::future::join_all(calls).await;
     let deadline_exceeded = (Code::DeadlineExceeded as i32).to_string();
@@ -452,4 +463,70 @@ async fn response_metadata_of_streams_and_failures_arrives_in_trailers() {
     .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(status.metadata().get("served-by").unwrap(), "grpc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_one_way_messages_and_malformed_headers_map_as_written() {
+    use workerbus_tests::pb::echo::{NoteRequest, ProgressReply, ProgressRequest, TraceReply};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = Grpc::new(channel);
+
+    // A traceparent: the handler sees its parent id as the calling span.
+    let mut request = Request::new(Bytes::new());
+    request.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    let reply = unary(&mut grpc, "/echo.Echo/Trace", request).await.unwrap();
+    let reply = TraceReply::decode(reply.into_inner()).unwrap();
+    assert!(reply.has_parent);
+    assert_eq!(reply.parent_span_id, 0x00f0_67aa_0ba9_02b7);
+
+    // A one-way message: answered OK with an empty message; the handler
+    // runs (it counts the note under its tag).
+    let note = NoteRequest {
+        tag: "grpc-note".into(),
+        text: "hi".into(),
+        ..NoteRequest::default()
+    };
+    let answer = unary(&mut grpc, "/echo.Echo/Note", Request::new(bytes_of(&note)))
+        .await
+        .unwrap();
+    assert!(answer.into_inner().is_empty());
+    let progress = ProgressRequest {
+        tag: "grpc-note".into(),
+        at_least: 1,
+    };
+    let reply = unary(
+        &mut grpc,
+        "/echo.Echo/Progress",
+        Request::new(bytes_of(&progress)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ProgressReply::decode(reply.into_inner()).unwrap().messages,
+        1
+    );
+
+    // Malformed headers: INVALID_ARGUMENT.
+    let invalid = (Code::InvalidArgument as i32).to_string();
+    let echo = bytes_of(&EchoRequest::default());
+    for headers in [
+        [("grpc-timeout", "1.5S")],
+        [("grpc-timeout", "123456789m")],
+        [("blob-bin", "not base64!")],
+    ] {
+        let status = raw_unary(address, "/echo.Echo/Echo", echo.clone(), &headers).await;
+        assert_eq!(status, invalid, "{headers:?}");
+    }
 }
