@@ -530,3 +530,53 @@ async fn traces_one_way_messages_and_malformed_headers_map_as_written() {
         assert_eq!(status, invalid, "{headers:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stream_reset_before_its_end_cancels_the_call() {
+    use workerbus_tests::pb::echo::{ObserveRequest, SleepState};
+
+    let grpc = start().await;
+    let observe = |state: SleepState| {
+        let mut grpc = grpc.clone();
+        async move {
+            let request = ObserveRequest {
+                tag: "truncated".into(),
+                state: state as i32,
+            };
+            unary(
+                &mut grpc,
+                "/echo.Echo/Observe",
+                Request::new(bytes_of(&request)),
+            )
+            .await
+        }
+    };
+    let summing = tokio::spawn({
+        let mut grpc = grpc.clone();
+        async move {
+            let first = bytes_of(&SumRequest {
+                tag: "truncated".into(),
+                value: 1,
+                ..SumRequest::default()
+            });
+            // One message, then nothing: the stream never ends by itself.
+            let requests =
+                futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+            grpc.ready().await.unwrap();
+            grpc.client_streaming(Request::new(requests), path("/echo.Echo/Sum"), BytesCodec)
+                .await
+        }
+    });
+    observe(SleepState::Started).await.unwrap();
+    // Dropping tonic's call resets the stream before its end.
+    summing.abort();
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        observe(SleepState::Cancelled),
+    )
+    .await;
+    assert!(
+        matches!(cancelled, Ok(Ok(_))),
+        "the handler was not cancelled: {cancelled:?}"
+    );
+}
