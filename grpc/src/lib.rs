@@ -5,6 +5,9 @@
 //! - [`GrpcServer`] serves workerbus services over gRPC: handlers in this
 //!   process, or an existing worker's [`Channel`](workerbus::Channel) (a
 //!   supervised process worker keeps its supervision on its node).
+//! - [`GrpcDriver`] connects to workers served over gRPC (by `GrpcServer`
+//!   or any gRPC server of the same `.proto`) and gives a `Channel` the
+//!   generated clients use unchanged.
 //! - [`BytesCodec`] carries messages as their bytes, never decoded at the
 //!   bridge.
 //!
@@ -12,9 +15,17 @@
 //! status codes, metadata, trace context, cancellation, streams) is
 //! written in `docs/PROTOCOL.md`, chapter "gRPC".
 
+mod client;
 mod codec;
+mod driver;
 mod map;
+mod pool;
 mod server;
 
 pub use self::codec::{BytesCodec, BytesDecoder, BytesEncoder};
+pub use self::driver::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_ENDPOINT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_RECONNECT_BACKOFF, DEFAULT_RECONNECT_BACKOFF,
+    GrpcDriver, GrpcWorker,
+};
 pub use self::server::{DEFAULT_MAX_MESSAGE_SIZE, GrpcServer};

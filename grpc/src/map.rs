@@ -8,12 +8,15 @@ use std::time::Duration;
 use tonic::metadata::{
     AsciiMetadataValue, BinaryMetadataValue, KeyAndValueRef, MetadataKey, MetadataMap,
 };
-use workerbus::{Error, Metadata, Status, TraceContext};
+use bytes::Bytes;
+use workerbus::{Code, Error, Metadata, Status, TraceContext};
 
 /// The header that carries a call's remaining time.
 pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
 /// The W3C trace context header.
 pub(crate) const TRACEPARENT: &str = "traceparent";
+/// The header that says how many attempts of a call came before this one.
+pub(crate) const GRPC_PREVIOUS_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
 
 /// Request headers that are gRPC's or HTTP's own, never a call's metadata.
 fn is_transport_header(key: &str) -> bool {
@@ -65,6 +68,69 @@ pub(crate) fn metadata_from(map: &MetadataMap) -> Result<Metadata, Error> {
         }
     }
     Ok(metadata)
+}
+
+/// Adds a call's response metadata from a gRPC response's headers or
+/// trailers to `into`, without the transport's own headers (those of
+/// requests, and `date`). An entry workerbus's rules refuse is `INTERNAL`,
+/// entries past [`MAX_METADATA_LEN`](workerbus::MAX_METADATA_LEN) in all
+/// `RESOURCE_EXHAUSTED`, naming the key.
+pub(crate) fn response_metadata_from(map: &MetadataMap, into: &mut Metadata) -> Result<(), Status> {
+    for entry in map.iter() {
+        let (key, value) = match entry {
+            KeyAndValueRef::Ascii(key, value) => {
+                if is_transport_header(key.as_str()) || key.as_str() == "date" {
+                    continue;
+                }
+                (key.as_str(), Bytes::copy_from_slice(value.as_bytes()))
+            }
+            KeyAndValueRef::Binary(key, value) => {
+                let bytes = value.to_bytes().map_err(|_| {
+                    Status::internal(format!(
+                        "the server's response metadata {} is not base64",
+                        key.as_str()
+                    ))
+                })?;
+                (key.as_str(), bytes)
+            }
+        };
+        into.insert(key, &value).map_err(|error| {
+            Status::internal(format!("the server's response metadata: {error}"))
+        })?;
+        if into.encoded_len() > workerbus::MAX_METADATA_LEN {
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "the server's response metadata passes the {} bytes a call takes at {key}",
+                    workerbus::MAX_METADATA_LEN
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A server's status as workerbus's: code, message and details one to one,
+/// its metadata (the trailers) added to the call's response metadata
+/// `into`. A status without a failure code (`OK`, which no failure should
+/// carry) is `UNKNOWN`; response metadata that breaks the rules replaces
+/// the status (and is dropped).
+pub(crate) fn from_tonic(status: &tonic::Status, into: &mut Metadata) -> Status {
+    if let Err(refused) = response_metadata_from(status.metadata(), into) {
+        *into = Metadata::new();
+        return refused;
+    }
+    let code = match status.code() as i32 {
+        0 => Code::Unknown,
+        code => Code::from_u32(code.unsigned_abs()),
+    };
+    Status::new(code, status.message().to_owned()).with_details(Bytes::copy_from_slice(status.details()))
+}
+
+/// A W3C `traceparent` (version 00, sampled) for a trace context: the
+/// calling span as the parent id.
+pub(crate) fn encode_traceparent(trace: TraceContext) -> String {
+    format!("00-{:032x}-{:016x}-01", trace.trace_id(), trace.span_id())
 }
 
 /// Adds `metadata` to gRPC metadata.
@@ -134,7 +200,6 @@ pub(crate) fn decode_traceparent(value: &str) -> Option<TraceContext> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use workerbus::Code;
 
     /// A `grpc-timeout` value: at most eight digits and a unit, the finest unit
     /// that holds the duration (rounded up, so the callee never waits longer
@@ -156,12 +221,6 @@ mod tests {
             }
         }
         format!("{MAX}H")
-    }
-
-    /// A W3C `traceparent` (version 00, sampled) for a trace context: the
-    /// calling span as the parent id.
-    fn encode_traceparent(trace: TraceContext) -> String {
-        format!("00-{:032x}-{:016x}-01", trace.trace_id(), trace.span_id())
     }
 
     #[test]

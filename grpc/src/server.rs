@@ -32,7 +32,7 @@ use workerbus::{
 
 use crate::codec::BytesCodec;
 use crate::map::{
-    GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent, error_to_tonic, metadata_from,
+    GRPC_PREVIOUS_ATTEMPTS, GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent, error_to_tonic, metadata_from,
     metadata_into,
 };
 
@@ -358,7 +358,8 @@ impl Service<http::Request<hyper::body::Incoming>> for Router {
 
 /// A gRPC call's options as the core takes them: the remaining
 /// `grpc-timeout` (none without it: gRPC's calls wait as long as their
-/// caller does), its metadata and trace, one attempt.
+/// caller does), its metadata and trace, its attempt number (one more than
+/// `grpc-previous-rpc-attempts`), and no retry.
 fn call_options<T>(
     request: &Request<T>,
     answered: &ResponseMetadata,
@@ -379,6 +380,14 @@ fn call_options<T>(
             options.timeout(timeout)
         }
     };
+    // Advisory, as in gRPC: a malformed count is ignored.
+    let previous = headers
+        .get(GRPC_PREVIOUS_ATTEMPTS)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u32>().ok());
+    if let Some(previous) = previous {
+        options = options.attempt(previous.saturating_add(1));
+    }
     let trace = headers
         .get(TRACEPARENT)
         .and_then(|value| value.to_str().ok())

@@ -107,7 +107,7 @@ pub(super) fn send_once<'s>(
     let attempt = Attempt {
         method,
         timeout: options.timeout,
-        number: 1,
+        number: options.first_attempt,
         trace: options.trace,
         kind,
         metadata: &metadata,

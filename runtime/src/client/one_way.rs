@@ -28,6 +28,7 @@ pub(super) async fn post(
     timeout: Option<Duration>,
     trace: Option<TraceContext>,
     metadata: &Metadata,
+    attempt: u32,
 ) -> Result<(), Error> {
     let metadata = shared.metadata_of(method, metadata);
     check_request_size(shared, method, payload, timeout, trace, &metadata)?;
@@ -47,7 +48,7 @@ pub(super) async fn post(
         let id = state.next_id;
         state.next_id += 1;
         state.queued_bytes += payload.len();
-        let request = Frame::request(id, method.clone(), timeout, 1, payload.clone())
+        let request = Frame::request(id, method.clone(), timeout, attempt, payload.clone())
             .with_trace(trace)
             .with_kind(MethodKind::OneWay)
             .with_metadata(metadata.clone());
@@ -76,7 +77,8 @@ impl Channel {
         let result = match &self.middleware {
             None => self.post_once(method, &payload, options, None).await,
             Some(chain) => {
-                let info = options.call_info(method, 1, self.driver(), payload.len());
+                let info =
+                    options.call_info(method, options.first_attempt, self.driver(), payload.len());
                 let queued = self.post_once(method, &payload, options, Some(&info));
                 Next::new(chain, &info, Box::pin(queued)).run().await
             }
@@ -102,7 +104,8 @@ impl Channel {
             };
             match channel.direct() {
                 Some(shared) => {
-                    post(shared, method, payload, options.timeout, trace, &metadata).await
+                    let attempt = options.first_attempt;
+                    post(shared, method, payload, options.timeout, trace, &metadata, attempt).await
                 }
                 None => Err(Error::Disconnected {
                     method: method.clone(),

@@ -42,6 +42,7 @@ pub struct CallOptions {
     pub(super) metadata: Metadata,
     pub(super) response_metadata: Option<ResponseMetadata>,
     pub(super) trace: Option<TraceContext>,
+    pub(super) attempt: Option<u32>,
 }
 
 impl CallOptions {
@@ -117,6 +118,31 @@ impl CallOptions {
     pub fn response_metadata(mut self, into: &ResponseMetadata) -> CallOptions {
         self.response_metadata = Some(into.clone());
         self
+    }
+
+    /// Which attempt of its caller's this call is: its first attempt
+    /// carries `attempt` (at least 1; by default 1) as its attempt number,
+    /// and retries count on from there. For a program that forwards calls it
+    /// receives from elsewhere, e.g. a gRPC server reading
+    /// `grpc-previous-rpc-attempts`, so the handler's
+    /// [`Context::attempt`](crate::Context::attempt) is the caller's. The
+    /// number of retries is unchanged by it.
+    ///
+    /// ```
+    /// use workerbus::CallOptions;
+    ///
+    /// let options = CallOptions::new().attempt(3);
+    /// assert_eq!(options.get_attempt(), Some(3));
+    /// ```
+    #[must_use]
+    pub fn attempt(mut self, attempt: u32) -> CallOptions {
+        self.attempt = Some(attempt.max(1));
+        self
+    }
+
+    /// The attempt number set with [`attempt`](CallOptions::attempt).
+    pub fn get_attempt(&self) -> Option<u32> {
+        self.attempt
     }
 
     /// The trace this call continues: its `REQUEST` carries `trace` as the
@@ -207,6 +233,7 @@ impl CallOptions {
             .find_map(|o| o.response_metadata.as_ref())
             .cloned();
         let trace = layers.iter().flatten().find_map(|o| o.trace);
+        let first_attempt = layers.iter().flatten().find_map(|o| o.attempt).unwrap_or(1);
         Resolved {
             timeout: (timeout != Duration::MAX).then_some(timeout),
             retries: if idempotent { retries } else { 0 },
@@ -215,6 +242,7 @@ impl CallOptions {
             metadata,
             response_metadata,
             trace,
+            first_attempt,
         }
     }
 }
@@ -241,6 +269,8 @@ pub(crate) struct Resolved {
     pub(crate) response_metadata: Option<ResponseMetadata>,
     /// The trace the call continues, if its options name one.
     pub(crate) trace: Option<TraceContext>,
+    /// The number of the call's first attempt.
+    pub(crate) first_attempt: u32,
 }
 
 impl Resolved {
@@ -255,6 +285,7 @@ impl Resolved {
             metadata: Metadata::new(),
             response_metadata: None,
             trace: None,
+            first_attempt: 1,
         }
     }
 

@@ -29,7 +29,9 @@ impl Channel {
         // buffer costs an allocation.
         let once =
             options.retries == 0 && !(options.idempotent && matches!(self.inner, Inner::Source(_)));
-        let mut attempt = 1;
+        let mut attempt = options.first_attempt;
+        // Attempts made so far by this channel: what the retry budget counts.
+        let mut tries = 1;
         // The connection that died under the previous attempt: a supervised
         // retry waits for its replacement.
         let mut dead: Option<Channel> = None;
@@ -64,14 +66,16 @@ impl Channel {
                 {
                     crash_retries += 1;
                     attempt += 1;
+                    tries += 1;
                     tracing::debug!(%method, attempt, "retrying on the restarted worker");
                 }
                 Err(error)
-                    if attempt <= options.retries && error.is_retryable() && !self.is_closed() =>
+                    if tries <= options.retries && error.is_retryable() && !self.is_closed() =>
                 {
                     tracing::debug!(%method, attempt, %error, "retrying");
-                    tokio::time::sleep(options.backoff.delay(attempt)).await;
+                    tokio::time::sleep(options.backoff.delay(tries)).await;
                     attempt += 1;
+                    tries += 1;
                     dead = None;
                 }
                 other => return other,

@@ -555,7 +555,7 @@ impl Channel {
                 .await
                 .map(|(call, send)| Opened::Stream(call, send));
         };
-        let info = options.call_info(method, 1, self.driver(), payload.len());
+        let info = options.call_info(method, options.first_attempt, self.driver(), payload.len());
         let mut opened = None;
         let endpoint = async {
             let halves = self
@@ -600,7 +600,7 @@ impl Channel {
             let attempt = Attempt {
                 method,
                 timeout: options.timeout,
-                number: 1,
+                number: options.first_attempt,
                 trace,
                 kind: Kind::Stream(kind),
                 metadata: &metadata,

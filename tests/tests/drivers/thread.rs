@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use workerbus::{
-    Backoff, CallOptions, Error, ExitReason, ServeOptions, ThreadDriver, ThreadWorker,
+    Backoff, CallOptions, Code, Error, ExitReason, ServeOptions, ThreadDriver, ThreadWorker,
 };
 use workerbus_tests::pb::echo::{
     EchoClient, EchoEvents, EchoServer, FlakyRequest, SleepRequest, SleepState,
@@ -320,4 +320,28 @@ async fn a_thread_worker_has_no_pid_and_reads_its_end_as_every_handle_does() {
     assert_eq!(worker.exited().await, ExitReason::Stopped);
     drop(worker);
     assert_eq!(ended.await, ExitReason::Stopped, "it outlives the handle");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_named_as_a_later_attempt_counts_on_from_it_with_its_own_retries() {
+    let worker = spawn().await;
+    let client = EchoClient::new(worker.channel());
+    // The caller's third attempt, with two retries of its own: attempts 3,
+    // 4 and 5, the last of which succeeds.
+    let options = CallOptions::new()
+        .no_timeout()
+        .attempt(3)
+        .retries(2)
+        .backoff(Backoff::constant(Duration::from_millis(1)));
+    let reply = client
+        .flaky_with(FlakyRequest { succeed_on: 5 }, options.clone())
+        .await
+        .unwrap();
+    assert_eq!(reply.attempt, 5);
+    // One more attempt needed is one more than its retries allow.
+    let error = client
+        .flaky_with(FlakyRequest { succeed_on: 6 }, options)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status().map(|s| s.code()), Some(Code::Unavailable), "{error}");
 }

@@ -1,0 +1,518 @@
+//! The client's connections: a few HTTP/2 connections to each endpoint, kept
+//! open by one task per endpoint, which reconnects a connection that ends
+//! and ejects an endpoint it cannot reach, with backoff; and the choice of
+//! a connection for each call.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, watch};
+
+/// How a client connects: what every endpoint's connections share.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectConfig {
+    pub(crate) connections: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
+    pub(crate) backoff_first: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+/// Every endpoint of one client, and how it chooses between them.
+pub(crate) struct Pool {
+    endpoints: Vec<Arc<Endpoint>>,
+    /// Where the next choice starts, so that ties rotate.
+    next: AtomicUsize,
+    /// Rung whenever an endpoint gains a connection or is ejected.
+    changed: Arc<Notify>,
+    /// Set once the pool is closed: every endpoint's task stops, and every
+    /// connection closes.
+    closed: watch::Sender<bool>,
+}
+
+/// One server address.
+pub(crate) struct Endpoint {
+    /// As the user wrote it, for errors.
+    pub(crate) address: String,
+    /// `scheme://authority`, which every request's URI starts with.
+    pub(crate) origin: Uri,
+    /// `host:port`, to connect to.
+    authority: String,
+    state: Mutex<EndpointState>,
+    /// Rung when one of its connections ends.
+    lost: Notify,
+}
+
+#[derive(Default)]
+struct EndpointState {
+    connections: Vec<Connection>,
+    /// Until when no call goes to this endpoint, and why.
+    ejected: Option<(Instant, String)>,
+}
+
+/// One HTTP/2 connection, as a tower service the gRPC client calls through.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    id: u64,
+    send: SendRequest<tonic::body::Body>,
+    /// Calls using it now.
+    load: Arc<AtomicUsize>,
+}
+
+/// A connection chosen for one call: counts as load until dropped.
+pub(crate) struct Lease {
+    pub(crate) connection: Connection,
+    pub(crate) endpoint: Arc<Endpoint>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.connection.load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no connection can be had.
+#[derive(Debug)]
+pub(crate) struct NoEndpoint(pub(crate) String);
+
+fn lock(state: &Mutex<EndpointState>) -> MutexGuard<'_, EndpointState> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reads an endpoint address: `http://host:port` (the port defaults to 80).
+pub(crate) fn parse_address(address: &str) -> Result<(Uri, String), String> {
+    let uri: Uri = address
+        .parse()
+        .map_err(|error| format!("{address:?} is not a URI: {error}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "{address:?}: the scheme {other:?} is not supported (use http://)"
+            ));
+        }
+        None => return Err(format!("{address:?} has no scheme (e.g. http://host:50051)")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{address:?} has no host"));
+    };
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("{address:?} has a path; an endpoint is scheme, host and port"));
+    }
+    let host_port = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let origin = Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|error| format!("{address:?}: {error}"))?;
+    Ok((origin, host_port))
+}
+
+impl Pool {
+    /// A pool over `endpoints` (already parsed), whose tasks start
+    /// connecting at once.
+    pub(crate) fn start(
+        endpoints: Vec<(String, Uri, String)>,
+        config: ConnectConfig,
+    ) -> Arc<Pool> {
+        let (closed, _) = watch::channel(false);
+        let pool = Arc::new(Pool {
+            endpoints: endpoints
+                .into_iter()
+                .map(|(address, origin, authority)| {
+                    Arc::new(Endpoint {
+                        address,
+                        origin,
+                        authority,
+                        state: Mutex::new(EndpointState::default()),
+                        lost: Notify::new(),
+                    })
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            changed: Arc::new(Notify::new()),
+            closed,
+        });
+        let config = Arc::new(config);
+        for endpoint in &pool.endpoints {
+            tokio::spawn(maintain(
+                Arc::clone(endpoint),
+                Arc::clone(&config),
+                Arc::clone(&pool.changed),
+                pool.closed.subscribe(),
+            ));
+        }
+        pool
+    }
+
+    /// Closes every connection now and stops reconnecting.
+    pub(crate) fn close(&self) {
+        self.closed.send_replace(true);
+        for endpoint in &self.endpoints {
+            lock(&endpoint.state).connections.clear();
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Waits until some endpoint has a connection, or every endpoint has
+    /// been tried and none could be reached (the error says why for each).
+    pub(crate) async fn ready(&self) -> Result<(), NoEndpoint> {
+        loop {
+            let changed = self.changed.notified();
+            match self.state() {
+                Choice::Ready => return Ok(()),
+                Choice::Wait => changed.await,
+                Choice::Fail(error) => return Err(error),
+            }
+        }
+    }
+
+    /// A connection for one call: the least loaded of the endpoints not
+    /// ejected, waiting while endpoints are still connecting; an error at
+    /// once if every endpoint is ejected.
+    pub(crate) async fn lease(&self) -> Result<Lease, NoEndpoint> {
+        loop {
+            let changed = self.changed.notified();
+            if let Some(lease) = self.pick() {
+                return Ok(lease);
+            }
+            match self.state() {
+                Choice::Ready => {}
+                Choice::Wait => changed.await,
+                Choice::Fail(error) => return Err(error),
+            }
+        }
+    }
+
+    fn pick(&self) -> Option<Lease> {
+        let count = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut best: Option<(usize, Connection, &Arc<Endpoint>)> = None;
+        for offset in 0..count {
+            let endpoint = &self.endpoints[(start + offset) % count];
+            let state = lock(&endpoint.state);
+            if state.ejected.as_ref().is_some_and(|(until, _)| *until > now) {
+                continue;
+            }
+            for connection in &state.connections {
+                let load = connection.load.load(Ordering::Relaxed);
+                if best.as_ref().is_none_or(|(least, ..)| load < *least) {
+                    best = Some((load, connection.clone(), endpoint));
+                }
+            }
+        }
+        let (_, connection, endpoint) = best?;
+        connection.load.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            connection,
+            endpoint: Arc::clone(endpoint),
+        })
+    }
+
+    fn state(&self) -> Choice {
+        if self.is_closed() {
+            return Choice::Fail(NoEndpoint("the client was closed".to_owned()));
+        }
+        let now = Instant::now();
+        let mut reasons = Vec::new();
+        let mut connecting = false;
+        for endpoint in &self.endpoints {
+            let state = lock(&endpoint.state);
+            match &state.ejected {
+                Some((until, why)) if *until > now => {
+                    let left = until.saturating_duration_since(now);
+                    reasons.push(format!(
+                        "{} ({why}; next try in {} ms)",
+                        endpoint.address,
+                        left.as_millis()
+                    ));
+                }
+                _ if !state.connections.is_empty() => return Choice::Ready,
+                // Connecting, for the first time or again.
+                _ => connecting = true,
+            }
+        }
+        if connecting {
+            return Choice::Wait;
+        }
+        Choice::Fail(NoEndpoint(format!(
+            "no endpoint is reachable: {}",
+            reasons.join(", ")
+        )))
+    }
+
+    pub(crate) fn addresses(&self) -> Vec<&str> {
+        self.endpoints.iter().map(|e| e.address.as_str()).collect()
+    }
+
+    /// How many connections are open now, per endpoint.
+    pub(crate) fn open_connections(&self) -> Vec<usize> {
+        self.endpoints
+            .iter()
+            .map(|e| lock(&e.state).connections.len())
+            .collect()
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("endpoints", &self.addresses())
+            .field("connections", &self.open_connections())
+            .finish()
+    }
+}
+
+enum Choice {
+    Ready,
+    Wait,
+    Fail(NoEndpoint),
+}
+
+/// Keeps `config.connections` connections open to `endpoint` until the
+/// pool closes: a connection that ends is replaced at once; an endpoint
+/// that cannot be reached is ejected, and tried again after a backoff that
+/// doubles up to its maximum, and starts again from the first after a
+/// success.
+async fn maintain(
+    endpoint: Arc<Endpoint>,
+    config: Arc<ConnectConfig>,
+    changed: Arc<Notify>,
+    mut closed: watch::Receiver<bool>,
+) {
+    let mut backoff = config.backoff_first;
+    let mut next_id = 0u64;
+    loop {
+        let lost = endpoint.lost.notified();
+        let missing = config
+            .connections
+            .saturating_sub(lock(&endpoint.state).connections.len());
+        if missing == 0 {
+            tokio::select! {
+                () = lost => continue,
+                _ = closed.wait_for(|closed| *closed) => return,
+            }
+        }
+        let opened = tokio::select! {
+            opened = open(&endpoint, &config, next_id, closed.clone()) => opened,
+            _ = closed.wait_for(|closed| *closed) => return,
+        };
+        next_id += 1;
+        match opened {
+            Ok(connection) => {
+                backoff = config.backoff_first;
+                let mut state = lock(&endpoint.state);
+                state.ejected = None;
+                if *closed.borrow() {
+                    return;
+                }
+                state.connections.push(connection);
+                drop(state);
+                changed.notify_waiters();
+            }
+            Err(error) => {
+                tracing::debug!(endpoint = %endpoint.address, %error, ?backoff, "workerbus-grpc: ejecting an endpoint");
+                {
+                    let mut state = lock(&endpoint.state);
+                        state.ejected = Some((Instant::now() + backoff, error));
+                }
+                changed.notify_waiters();
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = closed.wait_for(|closed| *closed) => return,
+                }
+                backoff = (backoff * 2).min(config.backoff_max);
+            }
+        }
+    }
+}
+
+/// Opens one HTTP/2 connection to `endpoint`, driven by a task of its own
+/// that removes it from the endpoint when it ends.
+async fn open(
+    endpoint: &Arc<Endpoint>,
+    config: &ConnectConfig,
+    id: u64,
+    mut closed: watch::Receiver<bool>,
+) -> Result<Connection, String> {
+    let stream = tokio::time::timeout(
+        config.connect_timeout,
+        TcpStream::connect(&endpoint.authority),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "no connection within {} ms",
+            config.connect_timeout.as_millis()
+        )
+    })?
+    .map_err(|error| error.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
+        .keep_alive_while_idle(true);
+    let (send, connection) = builder
+        .handshake::<_, tonic::body::Body>(TokioIo::new(stream))
+        .await
+        .map_err(|error| format!("HTTP/2 handshake failed: {error}"))?;
+    let endpoint = Arc::clone(endpoint);
+    tokio::spawn(async move {
+        tokio::select! {
+            ended = connection => {
+                if let Err(error) = ended {
+                    tracing::debug!(endpoint = %endpoint.address, %error, "workerbus-grpc: a connection ended");
+                }
+            }
+            // Dropping the connection closes its socket.
+            _ = closed.wait_for(|closed| *closed) => {}
+        }
+        lock(&endpoint.state).connections.retain(|c| c.id != id);
+        endpoint.lost.notify_one();
+    });
+    Ok(Connection {
+        id,
+        send,
+        load: Arc::new(AtomicUsize::new(0)),
+    })
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for Connection {
+    type Response = http::Response<Checked>;
+    type Error = hyper::Error;
+    type Future = BoxFuture<Result<Self::Response, hyper::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.send.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let response = self.send.send_request(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            check_status_headers(response.headers_mut());
+            Ok(response.map(Checked))
+        })
+    }
+}
+
+/// A response body whose trailers are checked like the headers.
+pub(crate) struct Checked(hyper::body::Incoming);
+
+impl Body for Checked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.0).poll_frame(cx));
+        Poll::Ready(frame.map(|frame| {
+            frame.map(|frame| match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    check_status_headers(&mut trailers);
+                    Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            })
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+const GRPC_STATUS: &str = "grpc-status";
+const GRPC_MESSAGE: &str = "grpc-message";
+const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+
+/// A server's status whose details are not base64 becomes `INTERNAL`,
+/// saying so: tonic's client would panic reading it.
+fn check_status_headers(headers: &mut HeaderMap) {
+    let Some(details) = headers.get(GRPC_STATUS_DETAILS) else {
+        return;
+    };
+    let mut only = HeaderMap::new();
+    only.insert(GRPC_STATUS_DETAILS, details.clone());
+    let valid = tonic::metadata::MetadataMap::from_headers(only)
+        .get_bin(GRPC_STATUS_DETAILS)
+        .is_some_and(|value| value.to_bytes().is_ok());
+    if valid {
+        return;
+    }
+    headers.remove(GRPC_STATUS_DETAILS);
+    headers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
+    headers.insert(
+        GRPC_MESSAGE,
+        HeaderValue::from_static("the server sent a grpc-status-details-bin that is not base64"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_http_with_a_host() {
+        let (origin, authority) = parse_address("http://127.0.0.1:50051").unwrap();
+        assert_eq!(origin.to_string(), "http://127.0.0.1:50051/");
+        assert_eq!(authority, "127.0.0.1:50051");
+        assert_eq!(parse_address("http://example.com").unwrap().1, "example.com:80");
+        for (bad, why) in [
+            ("127.0.0.1:50051", "scheme"),
+            ("ftp://host:1", "not supported"),
+            ("http://host:1/some/path", "has a path"),
+            ("http://", "not a URI"),
+        ] {
+            let error = parse_address(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn status_details_that_are_not_base64_become_internal() {
+        let mut headers = HeaderMap::new();
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("5"));
+        headers.insert(GRPC_STATUS_DETAILS, HeaderValue::from_static("!!not base64!!"));
+        check_status_headers(&mut headers);
+        assert_eq!(headers[GRPC_STATUS], "13");
+        assert!(headers.get(GRPC_STATUS_DETAILS).is_none());
+        // Valid details are left alone.
+        let mut headers = HeaderMap::new();
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("5"));
+        headers.insert(GRPC_STATUS_DETAILS, HeaderValue::from_static("AQID"));
+        check_status_headers(&mut headers);
+        assert_eq!(headers[GRPC_STATUS], "5");
+        assert_eq!(headers[GRPC_STATUS_DETAILS], "AQID");
+    }
+}
