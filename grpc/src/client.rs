@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use futures_sink::Sink;
 use http::uri::PathAndQuery;
+use prost::Message;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 use workerbus::{
@@ -28,6 +29,7 @@ use crate::map::{
     response_metadata_from,
 };
 use crate::pool::{Lease, NoEndpoint, Pool};
+use crate::worker::{self, Event, HealthRequest, SubscribeRequest};
 
 /// What the transport knows of each method it can call.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +75,10 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Rung when the last call in flight ends.
     idle: Notify,
+    /// The channel's credit for events (`CREDIT` with id 0).
+    events: ResponseCredit,
+    /// The service whose worker's health the channel's `health()` reports.
+    health_of: String,
 }
 
 #[derive(Default)]
@@ -181,6 +187,7 @@ impl GrpcTransport {
         pool: Arc<Pool>,
         routes: HashMap<MethodName, Route>,
         max_message_size: usize,
+        health_of: String,
     ) -> GrpcTransport {
         let (outbox, inbox) = mpsc::unbounded_channel();
         GrpcTransport {
@@ -191,6 +198,8 @@ impl GrpcTransport {
                 outbox,
                 state: Mutex::new(State::default()),
                 idle: Notify::new(),
+                events: ResponseCredit::new(),
+                health_of,
             }),
             inbox,
         }
@@ -245,6 +254,11 @@ impl GrpcTransport {
                 }
                 self.shared.finished(id);
             }
+            Frame::Credit {
+                id: 0,
+                count,
+                bytes,
+            } => self.shared.events.grant(count, bytes),
             Frame::Credit { id, count, bytes } => {
                 let credit = self
                     .shared
@@ -274,9 +288,24 @@ impl GrpcTransport {
         }
     }
 
-    fn open(&mut self, call: Call) {
+    fn open(&mut self, mut call: Call) {
         let id = call.id;
-        let Some(route) = self.shared.routes.get(&call.method).copied() else {
+        let route = if call.method == worker::CORE_HEALTH {
+            // The channel's health(): the serving node's report of the
+            // worker behind the first service.
+            call.payload = HealthRequest {
+                service: self.shared.health_of.clone(),
+            }
+            .encode_to_vec()
+            .into();
+            Some(Route {
+                path: worker::HEALTH,
+                kind: MethodKind::Unary,
+            })
+        } else {
+            self.shared.routes.get(&call.method).copied()
+        };
+        let Some(route) = route else {
             if call.kind != MethodKind::OneWay {
                 self.shared.send(Frame::Status {
                     id,
@@ -315,9 +344,15 @@ impl GrpcTransport {
         let task_credit = Arc::clone(&credit);
         // The task is registered before it can finish and unregister itself.
         let mut state = self.shared.lock();
+        let one_way = call.kind == MethodKind::OneWay;
         let task = tokio::spawn(async move {
+            let ending = Ending {
+                shared: Arc::clone(&shared),
+                id,
+                one_way,
+            };
             run(&shared, call, route, received, &task_credit).await;
-            shared.finished(id);
+            drop(ending);
         });
         state.calls.insert(
             id,
@@ -374,6 +409,29 @@ impl Sink<Frame> for GrpcTransport {
     }
 }
 
+/// Ends a call task however it ends: forgets the call, and if the task
+/// panicked (a bug, in this crate or below it), answers the call
+/// `INTERNAL` rather than leaving it to its timeout.
+struct Ending {
+    shared: Arc<Shared>,
+    id: u64,
+    one_way: bool,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.one_way {
+            self.shared.send(Frame::Status {
+                id: self.id,
+                status: Status::internal(
+                    "the gRPC client failed while it carried the call (a panic)".to_owned(),
+                ),
+            });
+        }
+        self.shared.finished(self.id);
+    }
+}
+
 /// A `REQUEST`, as the call task takes it.
 struct Call {
     id: u64,
@@ -415,7 +473,26 @@ impl ResponseCredit {
             .saturating_add(i64::from(bytes))
             .min(i64::from(u32::MAX));
         drop(state);
-        self.granted.notify_one();
+        self.granted.notify_waiters();
+    }
+
+    /// Waits until a message of `size` bytes may be sent to the channel,
+    /// and spends its credit: for senders that share the credit.
+    async fn acquire(&self, size: usize) {
+        loop {
+            let granted = self.granted.notified();
+            {
+                let mut state = self.lock();
+                if state.0 > 0 && state.1 > 0 {
+                    state.0 -= 1;
+                    state.1 = state
+                        .1
+                        .saturating_sub(i64::try_from(size).unwrap_or(i64::MAX));
+                    return;
+                }
+            }
+            granted.await;
+        }
     }
 
     /// Waits until a message may be sent to the channel.
@@ -701,7 +778,10 @@ impl RequestBody {
         slot: &Arc<Mutex<Option<mpsc::UnboundedReceiver<Bytes>>>>,
         shared: &Arc<Shared>,
     ) -> RequestBody {
-        let streams = matches!(kind, MethodKind::ClientStreaming | MethodKind::BidiStreaming);
+        let streams = matches!(
+            kind,
+            MethodKind::ClientStreaming | MethodKind::BidiStreaming
+        );
         let items = if streams {
             slot.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -739,7 +819,8 @@ impl Stream for RequestBody {
         let Some(item) = std::task::ready!(items.poll_recv(cx)) else {
             return Poll::Ready(None);
         };
-        this.pulled.store(true, std::sync::atomic::Ordering::Release);
+        this.pulled
+            .store(true, std::sync::atomic::Ordering::Release);
         // Grant the channel credit once half a window has been taken
         // (PROTOCOL.md 5.10).
         let size = u32::try_from(item.len()).unwrap_or(u32::MAX);
@@ -766,5 +847,145 @@ impl Drop for RequestBody {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(items);
         }
+    }
+}
+
+/// How long a subscription waits before it subscribes again after its
+/// stream ended.
+const RESUBSCRIBE_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps a subscription to the events of `schema`'s service open on the
+/// endpoint `index`, passing its events to the channel as its credit
+/// allows, and subscribing again (on a new connection, if need be) when its
+/// stream ends, until the transport ends. `subscribed` hears once the first
+/// subscription is in place, or has failed.
+pub(crate) async fn subscribe(
+    shared: Arc<Shared>,
+    index: usize,
+    schema: &'static ServiceSchema,
+    subscribed: tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let mut subscribed = Some(subscribed);
+    let request = Bytes::from(
+        SubscribeRequest {
+            service: schema.name().to_owned(),
+        }
+        .encode_to_vec(),
+    );
+    loop {
+        let Ok(lease) = shared.pool.lease_at(index).await else {
+            return;
+        };
+        let mut grpc = tonic::client::Grpc::with_origin(
+            lease.connection.clone(),
+            lease.endpoint.origin.clone(),
+        )
+        .max_decoding_message_size(shared.max_message_size);
+        let response = match grpc.ready().await {
+            Ok(()) => {
+                let path = PathAndQuery::from_static(worker::SUBSCRIBE);
+                grpc.server_streaming(tonic::Request::new(request.clone()), path, BytesCodec)
+                    .await
+            }
+            Err(error) => Err(tonic::Status::from_error(Box::new(error))),
+        };
+        let mut events = match response {
+            Ok(response) => {
+                if let Some(subscribed) = subscribed.take() {
+                    let _ = subscribed.send(Ok(()));
+                }
+                response.into_inner()
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::NotFound | tonic::Code::Unimplemented
+                ) =>
+            {
+                let why = format!(
+                    "{} does not publish the events of {}: {}",
+                    lease.endpoint.address,
+                    schema.name(),
+                    status.message()
+                );
+                tracing::warn!("workerbus-grpc: {why}");
+                if let Some(subscribed) = subscribed.take() {
+                    let _ = subscribed.send(Err(why));
+                }
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(endpoint = %lease.endpoint.address, %status, "workerbus-grpc: subscribing to events failed");
+                drop(lease);
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                continue;
+            }
+        };
+        loop {
+            match events.message().await {
+                Ok(Some(message)) => {
+                    let event = match Event::decode(message) {
+                        Ok(event) if schema.method(&event.name).is_some() => event,
+                        Ok(event) => {
+                            tracing::warn!(name = %event.name, service = schema.name(), "workerbus-grpc: dropping an event of another service");
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "workerbus-grpc: dropping an event that does not decode");
+                            continue;
+                        }
+                    };
+                    // One event is held here at most while the channel's
+                    // credit is spent: the next is read only once this one
+                    // has gone.
+                    shared.events.acquire(event.payload.len()).await;
+                    shared.send(Frame::Event {
+                        method: MethodName::from(event.name),
+                        payload: event.payload,
+                    });
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(endpoint = %lease.endpoint.address, %status, "workerbus-grpc: an event subscription ended");
+                    break;
+                }
+            }
+        }
+        drop(lease);
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+/// Asks the server what it serves, on any connection: its description,
+/// `None` if it answers `UNIMPLEMENTED` (a gRPC server that is not
+/// workerbus's), or why it could not be asked.
+pub(crate) async fn describe(
+    pool: &Pool,
+    timeout: std::time::Duration,
+) -> Result<Option<Bytes>, String> {
+    let lease = pool.lease().await.map_err(|NoEndpoint(why)| why)?;
+    let mut grpc =
+        tonic::client::Grpc::with_origin(lease.connection.clone(), lease.endpoint.origin.clone());
+    let mut request = tonic::Request::new(Bytes::new());
+    request.set_timeout(timeout);
+    let asked = async {
+        grpc.ready()
+            .await
+            .map_err(|error| tonic::Status::from_error(Box::new(error)))?;
+        let path = PathAndQuery::from_static(worker::DESCRIBE);
+        grpc.unary(request, path, BytesCodec).await
+    };
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(response)) => Ok(Some(response.into_inner())),
+        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
+        Ok(Err(status)) => Err(format!(
+            "{} did not say what it serves: {status}",
+            lease.endpoint.address
+        )),
+        Err(_) => Err(format!(
+            "{} did not say what it serves within {} ms",
+            lease.endpoint.address,
+            timeout.as_millis()
+        )),
     }
 }

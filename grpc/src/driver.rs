@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use workerbus::{Channel, ChannelOptions, Error, ExitReason, ServiceSchema, Spawn, Worker};
 
-use crate::client::{GrpcTransport, Shared, routes};
+use crate::client::{GrpcTransport, Shared, describe, routes, subscribe};
 use crate::pool::{ConnectConfig, Pool, parse_address};
 use crate::server::DEFAULT_MAX_MESSAGE_SIZE;
 
@@ -68,6 +68,8 @@ pub const DEFAULT_MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(120);
 pub struct GrpcDriver {
     endpoints: Vec<String>,
     schemas: Vec<&'static ServiceSchema>,
+    events: Vec<&'static ServiceSchema>,
+    require_schema_check: bool,
     config: ConnectConfig,
     max_message_size: usize,
     channel_options: ChannelOptions,
@@ -80,6 +82,8 @@ impl GrpcDriver {
         GrpcDriver {
             endpoints: vec![endpoint.into()],
             schemas: Vec::new(),
+            events: Vec::new(),
+            require_schema_check: false,
             config: ConnectConfig {
                 connections: DEFAULT_CONNECTIONS_PER_ENDPOINT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -106,6 +110,28 @@ impl GrpcDriver {
     /// with `UNIMPLEMENTED`.
     pub fn serves(mut self, schema: &'static ServiceSchema) -> GrpcDriver {
         self.schemas.push(schema);
+        self
+    }
+
+    /// Subscribes to the events of `schema`'s service (an events service,
+    /// e.g. `indexer_events_service::SCHEMA`) on every endpoint, from
+    /// connection on, so that the channel's event streams
+    /// (`IndexerEvents::subscribe(&channel)`) get them. The server must
+    /// publish them ([`GrpcServer::add_events`](crate::GrpcServer::add_events)).
+    /// A subscription whose connection ends is made again on the next one;
+    /// events sent in between are lost, as events nobody subscribed to are.
+    pub fn events(mut self, schema: &'static ServiceSchema) -> GrpcDriver {
+        self.events.push(schema);
+        self
+    }
+
+    /// Refuses a server that cannot describe what it serves. By default,
+    /// [`connect`](Self::connect) compares the schema fingerprints a
+    /// workerbus server describes with those of [`serves`](Self::serves),
+    /// and accepts a plain gRPC server, which cannot describe them, with a
+    /// warning that the schemas were not checked.
+    pub fn require_schema_check(mut self) -> GrpcDriver {
+        self.require_schema_check = true;
         self
     }
 
@@ -162,9 +188,13 @@ impl GrpcDriver {
     }
 
     /// Connects: opens the connections to every endpoint and returns once
-    /// one of them is up. Fails with [`Error::Spawn`] if an address is not
+    /// one of them is up, its schemas checked and its event subscriptions
+    /// in place. Fails with [`Error::Spawn`] if an address is not
     /// `http://host:port`, if no service was given, or if no endpoint could
-    /// be reached (naming each and why).
+    /// be reached (naming each and why); with [`Error::Handshake`] if the
+    /// server serves the services differently (naming the methods that
+    /// differ), speaks another protocol version, or (with
+    /// [`require_schema_check`](Self::require_schema_check)) cannot say.
     pub async fn connect(&self) -> Result<GrpcWorker, Error> {
         let name = self.name();
         let refuse = |reason: String| Error::Spawn {
@@ -187,13 +217,38 @@ impl GrpcDriver {
             pool.close();
             return Err(refuse(error.0));
         }
+        if let Err(error) = self.check_schemas(&pool, &name).await {
+            pool.close();
+            return Err(error);
+        }
         let transport = GrpcTransport::new(
             Arc::clone(&pool),
             routes(&self.schemas),
             self.max_message_size,
+            self.schemas[0].name().to_owned(),
         );
         let shared = transport.shared();
+        let mut subscribed = Vec::new();
+        for index in 0..pool.endpoints() {
+            for schema in &self.events {
+                let (done, first) = tokio::sync::oneshot::channel();
+                tokio::spawn(subscribe(Arc::clone(&shared), index, schema, done));
+                subscribed.push(first);
+            }
+        }
         let channel = Channel::with_options(transport, self.channel_options.clone());
+        // An endpoint still connecting subscribes when it comes up; one up
+        // now is subscribed before the first call.
+        for first in subscribed {
+            let waited = tokio::time::timeout(self.config.connect_timeout, first).await;
+            if let Ok(Ok(Err(why))) = waited {
+                shared.end();
+                return Err(Error::Handshake {
+                    worker: name,
+                    reason: why,
+                });
+            }
+        }
         let (exit, exited) = watch::channel(None);
         Ok(GrpcWorker {
             name,
@@ -203,6 +258,31 @@ impl GrpcDriver {
             exit: Arc::new(exit),
             exited,
         })
+    }
+}
+
+impl GrpcDriver {
+    /// Asks the server what it serves (`workerbus.v1.Worker/Describe`) and
+    /// compares it with the schemas this client was built with.
+    async fn check_schemas(&self, pool: &Pool, name: &str) -> Result<(), Error> {
+        let handshake = |reason: String| Error::Handshake {
+            worker: name.to_owned(),
+            reason,
+        };
+        let described = describe(pool, self.config.connect_timeout)
+            .await
+            .map_err(&handshake)?;
+        match described {
+            Some(description) => workerbus::check_description(&description, &self.schemas)
+                .map_err(&handshake),
+            None if self.require_schema_check => Err(handshake(
+                "the server cannot describe what it serves (it answers no workerbus.v1.Worker/Describe), and this client requires a schema check".to_owned(),
+            )),
+            None => {
+                tracing::warn!(worker = name, "workerbus-grpc: the server cannot describe what it serves; its schemas were not checked");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -21,6 +21,7 @@ mod driver;
 mod map;
 mod pool;
 mod server;
+mod worker;
 
 pub use self::codec::{BytesCodec, BytesDecoder, BytesEncoder};
 pub use self::driver::{

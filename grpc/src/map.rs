@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use tonic::metadata::{
     AsciiMetadataValue, BinaryMetadataValue, KeyAndValueRef, MetadataKey, MetadataMap,
 };
-use bytes::Bytes;
 use workerbus::{Code, Error, Metadata, Status, TraceContext};
 
 /// The header that carries a call's remaining time.
@@ -124,7 +124,8 @@ pub(crate) fn from_tonic(status: &tonic::Status, into: &mut Metadata) -> Status 
         0 => Code::Unknown,
         code => Code::from_u32(code.unsigned_abs()),
     };
-    Status::new(code, status.message().to_owned()).with_details(Bytes::copy_from_slice(status.details()))
+    Status::new(code, status.message().to_owned())
+        .with_details(Bytes::copy_from_slice(status.details()))
 }
 
 /// A W3C `traceparent` (version 00, sampled) for a trace context: the

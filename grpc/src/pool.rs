@@ -105,15 +105,25 @@ pub(crate) fn parse_address(address: &str) -> Result<(Uri, String), String> {
                 "{address:?}: the scheme {other:?} is not supported (use http://)"
             ));
         }
-        None => return Err(format!("{address:?} has no scheme (e.g. http://host:50051)")),
+        None => {
+            return Err(format!(
+                "{address:?} has no scheme (e.g. http://host:50051)"
+            ));
+        }
     }
     let Some(authority) = uri.authority() else {
         return Err(format!("{address:?} has no host"));
     };
     if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{address:?} has a path; an endpoint is scheme, host and port"));
+        return Err(format!(
+            "{address:?} has a path; an endpoint is scheme, host and port"
+        ));
     }
-    let host_port = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let host_port = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
     let origin = Uri::builder()
         .scheme("http")
         .authority(authority.clone())
@@ -126,10 +136,7 @@ pub(crate) fn parse_address(address: &str) -> Result<(Uri, String), String> {
 impl Pool {
     /// A pool over `endpoints` (already parsed), whose tasks start
     /// connecting at once.
-    pub(crate) fn start(
-        endpoints: Vec<(String, Uri, String)>,
-        config: ConnectConfig,
-    ) -> Arc<Pool> {
+    pub(crate) fn start(endpoints: Vec<(String, Uri, String)>, config: ConnectConfig) -> Arc<Pool> {
         let (closed, _) = watch::channel(false);
         let pool = Arc::new(Pool {
             endpoints: endpoints
@@ -203,6 +210,36 @@ impl Pool {
         }
     }
 
+    /// How many endpoints there are.
+    pub(crate) fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// A connection to endpoint `index`, the least loaded of its own,
+    /// waiting while it has none; an error once the pool closes.
+    pub(crate) async fn lease_at(&self, index: usize) -> Result<Lease, NoEndpoint> {
+        let endpoint = &self.endpoints[index];
+        loop {
+            let changed = self.changed.notified();
+            if self.is_closed() {
+                return Err(NoEndpoint("the client was closed".to_owned()));
+            }
+            let least = lock(&endpoint.state)
+                .connections
+                .iter()
+                .min_by_key(|c| c.load.load(Ordering::Relaxed))
+                .cloned();
+            if let Some(connection) = least {
+                connection.load.fetch_add(1, Ordering::Relaxed);
+                return Ok(Lease {
+                    connection,
+                    endpoint: Arc::clone(endpoint),
+                });
+            }
+            changed.await;
+        }
+    }
+
     fn pick(&self) -> Option<Lease> {
         let count = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +248,11 @@ impl Pool {
         for offset in 0..count {
             let endpoint = &self.endpoints[(start + offset) % count];
             let state = lock(&endpoint.state);
-            if state.ejected.as_ref().is_some_and(|(until, _)| *until > now) {
+            if state
+                .ejected
+                .as_ref()
+                .is_some_and(|(until, _)| *until > now)
+            {
                 continue;
             }
             for connection in &state.connections {
@@ -334,7 +375,7 @@ async fn maintain(
                 tracing::debug!(endpoint = %endpoint.address, %error, ?backoff, "workerbus-grpc: ejecting an endpoint");
                 {
                     let mut state = lock(&endpoint.state);
-                        state.ejected = Some((Instant::now() + backoff, error));
+                    state.ejected = Some((Instant::now() + backoff, error));
                 }
                 changed.notify_waiters();
                 tokio::select! {
@@ -487,7 +528,10 @@ mod tests {
         let (origin, authority) = parse_address("http://127.0.0.1:50051").unwrap();
         assert_eq!(origin.to_string(), "http://127.0.0.1:50051/");
         assert_eq!(authority, "127.0.0.1:50051");
-        assert_eq!(parse_address("http://example.com").unwrap().1, "example.com:80");
+        assert_eq!(
+            parse_address("http://example.com").unwrap().1,
+            "example.com:80"
+        );
         for (bad, why) in [
             ("127.0.0.1:50051", "scheme"),
             ("ftp://host:1", "not supported"),
@@ -503,7 +547,10 @@ mod tests {
     fn status_details_that_are_not_base64_become_internal() {
         let mut headers = HeaderMap::new();
         headers.insert(GRPC_STATUS, HeaderValue::from_static("5"));
-        headers.insert(GRPC_STATUS_DETAILS, HeaderValue::from_static("!!not base64!!"));
+        headers.insert(
+            GRPC_STATUS_DETAILS,
+            HeaderValue::from_static("!!not base64!!"),
+        );
         check_status_headers(&mut headers);
         assert_eq!(headers[GRPC_STATUS], "13");
         assert!(headers.get(GRPC_STATUS_DETAILS).is_none());

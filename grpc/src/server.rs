@@ -20,6 +20,7 @@ use futures_core::Stream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prost::Message;
 use tokio::net::TcpListener;
 use tonic::server::Grpc;
 use tonic::{Request, Response, Streaming};
@@ -32,9 +33,10 @@ use workerbus::{
 
 use crate::codec::BytesCodec;
 use crate::map::{
-    GRPC_PREVIOUS_ATTEMPTS, GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent, error_to_tonic, metadata_from,
-    metadata_into,
+    GRPC_PREVIOUS_ATTEMPTS, GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent,
+    error_to_tonic, metadata_from, metadata_into,
 };
+use crate::worker::{self, Event, HealthReport, HealthRequest, SubscribeRequest};
 
 /// The largest message the server reads or writes unless told otherwise:
 /// the core's largest frame ([`workerbus::DEFAULT_MAX_FRAME_LENGTH`], 16 MiB),
@@ -63,6 +65,12 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = workerbus::DEFAULT_MAX_FRAME_LENGTH;
 pub struct GrpcServer {
     routes: HashMap<&'static str, Route>,
     services: Vec<&'static ServiceSchema>,
+    /// The channel of each service, by its full name.
+    channels: HashMap<&'static str, Channel>,
+    /// Every distinct channel served, whose workers' events are published.
+    workers: Vec<Channel>,
+    /// The events services published.
+    events: Vec<&'static ServiceSchema>,
     serve_options: ServeOptions,
     max_message_size: usize,
     descriptors: Vec<&'static [u8]>,
@@ -88,6 +96,9 @@ impl GrpcServer {
         GrpcServer {
             routes: HashMap::new(),
             services: Vec::new(),
+            channels: HashMap::new(),
+            workers: Vec::new(),
+            events: Vec::new(),
             serve_options: ServeOptions::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             descriptors: Vec::new(),
@@ -167,6 +178,21 @@ impl GrpcServer {
             );
         }
         self.services.push(schema);
+        self.channels.insert(schema.name(), channel.clone());
+        if !self.workers.iter().any(|worker| worker.is_same(&channel)) {
+            self.workers.push(channel);
+        }
+        self
+    }
+
+    /// Publishes the events of `schema`'s service (an events service, e.g.
+    /// `indexer_events_service::SCHEMA`) that the workers behind this
+    /// server send, to gRPC clients that subscribe
+    /// (`workerbus.v1.Worker/Subscribe`, `docs/PROTOCOL.md` 10.5), such as
+    /// a [`GrpcDriver`](crate::GrpcDriver) given the same schema with
+    /// [`events`](crate::GrpcDriver::events).
+    pub fn add_events(mut self, schema: &'static ServiceSchema) -> GrpcServer {
+        self.events.push(schema);
         self
     }
 
@@ -227,6 +253,12 @@ impl GrpcServer {
             }
         }
         let router = Router {
+            worker: Arc::new(WorkerService {
+                services: self.services.clone(),
+                channels: self.channels,
+                workers: self.workers,
+                events: self.events,
+            }),
             routes: Arc::new(self.routes),
             standard: Arc::new(standard),
             max_message_size: self.max_message_size,
@@ -278,6 +310,7 @@ type StandardService = BoxCloneSyncService<
 /// The tower service that routes every gRPC call by its path.
 #[derive(Clone)]
 struct Router {
+    worker: Arc<WorkerService>,
     routes: Arc<HashMap<&'static str, Route>>,
     /// Health and reflection, by path prefix.
     standard: Arc<Vec<(&'static str, StandardService)>>,
@@ -305,6 +338,10 @@ impl Service<http::Request<hyper::body::Incoming>> for Router {
         {
             let mut service = service.clone();
             return Box::pin(async move { service.call(request).await });
+        }
+        if path.starts_with(worker::PREFIX) {
+            let worker = Arc::clone(&self.worker);
+            return Box::pin(async move { Ok(worker.call(request).await) });
         }
         let Some(route) = self.routes.get(path).cloned() else {
             let path = request.uri().path().to_owned();
@@ -557,6 +594,130 @@ impl Stream for Items {
                 metadata_into(&metadata, end.metadata_mut());
                 Poll::Ready(Some(Err(end)))
             }
+        }
+    }
+}
+
+/// `workerbus.v1.Worker`: what the server serves, its workers' events and
+/// health (`docs/PROTOCOL.md` 10.5).
+struct WorkerService {
+    services: Vec<&'static ServiceSchema>,
+    channels: HashMap<&'static str, Channel>,
+    workers: Vec<Channel>,
+    events: Vec<&'static ServiceSchema>,
+}
+
+impl WorkerService {
+    async fn call(
+        self: Arc<Self>,
+        request: http::Request<hyper::body::Incoming>,
+    ) -> http::Response<tonic::body::Body> {
+        let mut grpc = Grpc::new(BytesCodec);
+        match request.uri().path() {
+            worker::DESCRIBE => {
+                let call = tower::service_fn(move |_: Request<Bytes>| {
+                    let description = workerbus::describe_services(&self.services);
+                    async move { Ok(Response::new(description)) }
+                });
+                grpc.unary(call, request).await
+            }
+            worker::HEALTH => {
+                let call = tower::service_fn(move |request: Request<Bytes>| {
+                    let this = Arc::clone(&self);
+                    async move { this.health(request).await }
+                });
+                grpc.unary(call, request).await
+            }
+            worker::SUBSCRIBE => {
+                let call = tower::service_fn(move |request: Request<Bytes>| {
+                    let subscribed = self.subscribe(&request);
+                    async move { subscribed }
+                });
+                grpc.server_streaming(call, request).await
+            }
+            path => tonic::Status::unimplemented(format!("no service serves {path}")).into_http(),
+        }
+    }
+
+    async fn health(&self, request: Request<Bytes>) -> Result<Response<Bytes>, tonic::Status> {
+        let asked = HealthRequest::decode(request.get_ref().clone())
+            .map_err(|error| tonic::Status::invalid_argument(format!("HealthRequest: {error}")))?;
+        let Some(channel) = self.channels.get(asked.service.as_str()) else {
+            return Err(tonic::Status::not_found(format!(
+                "this server does not serve {}",
+                asked.service
+            )));
+        };
+        let timeout = request
+            .metadata()
+            .get(GRPC_TIMEOUT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(decode_timeout)
+            .unwrap_or(HEALTH_TIMEOUT);
+        let report = channel.health(timeout).await.map_err(error_to_tonic)?;
+        Ok(Response::new(
+            HealthReport::from(report).encode_to_vec().into(),
+        ))
+    }
+
+    fn subscribe(&self, request: &Request<Bytes>) -> Result<Response<ItemStream>, tonic::Status> {
+        let asked = SubscribeRequest::decode(request.get_ref().clone()).map_err(|error| {
+            tonic::Status::invalid_argument(format!("SubscribeRequest: {error}"))
+        })?;
+        let Some(schema) = self.events.iter().find(|s| s.name() == asked.service) else {
+            return Err(tonic::Status::not_found(format!(
+                "this server does not publish the events of {}",
+                asked.service
+            )));
+        };
+        let subscriptions = self
+            .workers
+            .iter()
+            .map(|worker| worker.subscribe_bytes(schema))
+            .collect();
+        Ok(Response::new(Box::pin(Events {
+            subscriptions,
+            next: 0,
+        })))
+    }
+}
+
+/// How long a health report may take when the caller set no deadline.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The events of every worker's subscription, as `Event` messages: each
+/// worker's in order, taken in turns.
+struct Events {
+    subscriptions: Vec<workerbus::Subscription>,
+    next: usize,
+}
+
+impl Stream for Events {
+    type Item = Result<Bytes, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let count = this.subscriptions.len();
+        let mut ended = 0;
+        for offset in 0..count {
+            let index = (this.next + offset) % count;
+            match this.subscriptions[index].poll_event(cx) {
+                Poll::Ready(Some((name, payload))) => {
+                    this.next = index + 1;
+                    let event = Event {
+                        name: name.to_string(),
+                        payload,
+                    };
+                    return Poll::Ready(Some(Ok(event.encode_to_vec().into())));
+                }
+                Poll::Ready(None) => ended += 1,
+                Poll::Pending => {}
+            }
+        }
+        if ended == count {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 }

@@ -2,17 +2,26 @@
 //! suite every driver passes (`workerbus_tests::cases`), then what only a
 //! network driver has (endpoints, connections, reconnection).
 
-use workerbus::{Channel, Worker};
+use std::time::Duration;
+
+use workerbus::{
+    Backoff, CallOptions, Channel, Code, Error, RestartPolicy, Supervisor, SupervisorEvent, Worker,
+};
 use workerbus_grpc::{GrpcDriver, GrpcServer, GrpcWorker};
 use workerbus_tests::EchoWorker;
 use workerbus_tests::cases::{self, Differences};
-use workerbus_tests::pb::echo::{EchoClient, EchoServer, MissingClient};
+use workerbus_tests::pb::echo::{
+    EchoClient, EchoReply, EchoRequest, EchoServer, HeadersRequest, MissingClient, SleepRequest,
+    echo_events_service,
+};
 
 /// A server of the Echo service on a loopback port; its address.
 async fn serve() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let server = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    let server = GrpcServer::new()
+        .add_service(EchoServer::new(EchoWorker::new()))
+        .add_events(&echo_events_service::SCHEMA);
     tokio::spawn(server.serve(listener));
     format!("http://{address}")
 }
@@ -20,7 +29,7 @@ async fn serve() -> String {
 async fn connect(address: &str) -> GrpcWorker {
     GrpcDriver::new(address)
         .serves(&EchoClient::SCHEMA)
-        .serves(&MissingClient::SCHEMA)
+        .events(&echo_events_service::SCHEMA)
         .connect()
         .await
         .unwrap()
@@ -35,6 +44,7 @@ const GRPC: Differences = Differences {
     transport_bytes: 3 << 20,
     metadata_order_across_keys: false,
     worker_answers_unknown_methods: false,
+    events_before_answers: false,
 };
 
 async fn fresh() -> (GrpcWorker, Channel) {
@@ -58,9 +68,407 @@ async fn the_stream_cases_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metadata_cases_pass() {
     let (_worker, channel) = fresh().await;
-    cases::metadata_goes_both_ways_with(&channel, &GRPC).await;
-    // Each attempt crosses as grpc-previous-rpc-attempts.
-    cases::metadata_is_kept_across_retries(&channel).await;
-    cases::metadata_over_its_limit_fails_the_call_naming_the_key(&channel).await;
+    cases::metadata_with(&channel, &GRPC).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_way_and_event_cases_pass() {
+    let (_worker, channel) = fresh().await;
+    cases::one_way_and_events_with(&channel, &GRPC).await;
+}
+
+/// An address nothing listens on.
+async fn dead_address() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stream_with_nothing_to_send_ends_with_its_worker() {
+    let (worker, channel) = fresh().await;
+    cases::a_request_stream_with_nothing_to_send_ends_with_its_worker(&channel, || worker.kill())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_serving_another_schema_is_refused_naming_the_difference() {
+    let address = serve().await;
+    let error = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .serves(&MissingClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap_err();
+    match &error {
+        Error::Handshake { reason, .. } => assert!(
+            reason.contains("the worker does not serve echo.Missing (it serves: echo.Echo)"),
+            "{reason}"
+        ),
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+}
+
+/// A gRPC server that is not workerbus's: tonic's own, serving health only.
+async fn plain_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let incoming = futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming),
+    );
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_describe_itself_is_accepted_unless_a_check_is_required() {
+    let address = plain_server().await;
+    let unchecked = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap();
+    // Connected, and its calls are the server's to answer.
+    let error = EchoClient::new(unchecked.channel())
+        .echo(EchoRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.status().map(|s| s.code()),
+        Some(Code::Unimplemented),
+        "{error}"
+    );
+    let error = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .require_schema_check()
+        .connect()
+        .await
+        .unwrap_err();
+    match &error {
+        Error::Handshake { reason, .. } => {
+            assert!(
+                reason.contains("cannot describe what it serves"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_come_from_the_serving_node() {
+    let (_worker, channel) = fresh().await;
+    let report = channel.health(Duration::from_secs(5)).await.unwrap();
+    // The server runs in this process: its memory is this process's.
+    assert!(report.memory_bytes > 0);
+    cases::unary_round_trip(&channel).await;
+    let later = channel.health(Duration::from_secs(5)).await.unwrap();
+    assert!(
+        later.processed > report.processed,
+        "{report:?} then {later:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_endpoint_fails_the_connection_naming_each_and_why() {
+    let (first, second) = (dead_address().await, dead_address().await);
+    let error = GrpcDriver::new(&first)
+        .endpoint(&second)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::Spawn { .. }), "{error:?}");
+    for address in [&first, &second] {
+        assert!(
+            message.contains(&format!("{address} (Connection refused")),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_ejected_and_calls_go_to_the_live_ones() {
+    let (dead, live) = (dead_address().await, serve().await);
+    let worker = GrpcDriver::new(&dead)
+        .endpoint(&live)
+        .connections_per_endpoint(3)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap();
+    let channel = worker.channel();
+    // Calls succeed from the first, while the live endpoint's other
+    // connections open.
+    while worker.open_connections() != [0, 3] {
+        cases::unary_round_trip(&channel).await;
+    }
+    cases::concurrent_calls_are_correlated(&channel, 200).await;
+    assert_eq!(worker.open_connections(), [0, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_spread_over_every_endpoint() {
+    let (first, second) = (serve().await, serve().await);
+    let worker = GrpcDriver::new(&first)
+        .endpoint(&second)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    while worker.open_connections() != [2, 2] {
+        client.echo(EchoRequest::default()).await.unwrap();
+    }
+    // Each server's worker counts the sleeps it ran: both ran some.
+    let sleeps = (0..8).map(|i| {
+        client.sleep(SleepRequest {
+            tag: format!("spread {i}"),
+            ms: 200,
+            blocking: false,
+        })
+    });
+    for slept in futures_util::future::join_all(sleeps).await {
+        slept.unwrap();
+    }
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let stats = client.stats(()).await.unwrap();
+        served.insert(stats.peak_concurrency > 0);
+    }
+    assert!(!served.contains(&false), "an endpoint ran no sleep");
+}
+
+/// What a hostile server does with each call.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// Resets the stream with REFUSED_STREAM: it never ran.
+    Refuse,
+    /// Answers an `EchoReply` whose text is "answered".
+    Reply,
+    /// Ends the call NOT_FOUND with details that are not base64.
+    BadDetails,
+}
+
+/// A bare HTTP/2 server that answers `Describe` UNIMPLEMENTED (so the
+/// client connects without a check) and each other call as `answers` says,
+/// in turn (the last answer repeats); its address, and the count of calls
+/// it has seen.
+async fn hostile_server(
+    answers: Vec<Answer>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let answers = answers.clone();
+            let counter = std::sync::Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let grpc = |status: &str| {
+                        http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", status)
+                    };
+                    if request.uri().path() == "/workerbus.v1.Worker/Describe" {
+                        let _ = respond.send_response(grpc("12").body(()).unwrap(), true);
+                        continue;
+                    }
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    match answers[n.min(answers.len() - 1)] {
+                        Answer::Refuse => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                        Answer::BadDetails => {
+                            let response = grpc("5")
+                                .header("grpc-message", "gone")
+                                .header("grpc-status-details-bin", "!!not*base64!!")
+                                .body(())
+                                .unwrap();
+                            let _ = respond.send_response(response, true);
+                        }
+                        Answer::Reply => {
+                            let response = http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .unwrap();
+                            let mut send = respond.send_response(response, false).unwrap();
+                            let reply = EchoReply {
+                                text: "answered".into(),
+                                ..EchoReply::default()
+                            };
+                            let message = prost::Message::encode_to_vec(&reply);
+                            let mut frame = vec![0];
+                            frame.extend_from_slice(
+                                &u32::try_from(message.len()).unwrap().to_be_bytes(),
+                            );
+                            frame.extend_from_slice(&message);
+                            let _ = send.send_data(frame.into(), false);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let _ = send.send_trailers(trailers);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{address}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_before_any_server_saw_it_is_sent_again_even_if_not_idempotent() {
+    let (address, seen) = hostile_server(vec![Answer::Refuse, Answer::Refuse, Answer::Reply]).await;
+    let worker = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap();
+    // Echo is not idempotent: the channel itself would not retry it.
+    let reply = EchoClient::new(worker.channel())
+        .echo(EchoRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(reply.text, "answered");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_again_and_again_fails_unavailable() {
+    let (address, seen) = hostile_server(vec![Answer::Refuse]).await;
+    let worker = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap();
+    let error = EchoClient::new(worker.channel())
+        .echo(EchoRequest::default())
+        .await
+        .unwrap_err();
+    // The first try and 4 more.
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(
+        error.status().map(|s| s.code()),
+        Some(Code::Unavailable),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_details_that_are_not_base64_fail_the_call_internal_without_a_panic() {
+    let (address, _) = hostile_server(vec![Answer::BadDetails]).await;
+    let worker = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap();
+    let channel = worker.channel();
+    for _ in 0..3 {
+        let error = EchoClient::new(channel.clone())
+            .echo(EchoRequest::default())
+            .await
+            .unwrap_err();
+        let status = error.status().expect("a status");
+        assert_eq!(status.code(), Code::Internal, "{error}");
+        assert!(
+            status
+                .message()
+                .contains("grpc-status-details-bin that is not base64"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_reconnected() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    let serving = tokio::spawn(first.serve_with_shutdown(listener, async {
+        let _ = stopped.await;
+    }));
+    let worker = GrpcDriver::new(format!("http://{socket}"))
+        .serves(&EchoClient::SCHEMA)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let channel = worker.channel();
+    cases::unary_round_trip(&channel).await;
+    stop.send(()).unwrap();
+    serving.await.unwrap();
+    // Down: calls fail at once, naming the endpoint.
+    let error = loop {
+        match EchoClient::new(channel.clone())
+            .echo(EchoRequest::default())
+            .await
+        {
+            Ok(_) => continue,
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(
+        error.status().map(|s| s.code()),
+        Some(Code::Unavailable),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&socket.to_string()), "{error}");
+    // Up again on the same port: an idempotent call retried with backoff
+    // gets through once the endpoint's next try connects.
+    let listener = tokio::net::TcpListener::bind(socket).await.unwrap();
+    let second = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(second.serve(listener));
+    let options = CallOptions::new()
+        .retries(50)
+        .backoff(Backoff::constant(Duration::from_millis(20)));
+    EchoClient::new(channel.clone())
+        .headers_with(HeadersRequest::default(), options)
+        .await
+        .unwrap();
+    cases::unary_round_trip(&channel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_holds_a_remote_worker_and_restarts_it_by_reconnecting() {
+    let address = serve().await;
+    let supervisor = Supervisor::new();
+    let mut events = supervisor.subscribe();
+    let remote = supervisor
+        .supervise(
+            "remote",
+            GrpcDriver::new(&address).serves(&EchoClient::SCHEMA),
+            RestartPolicy::new(),
+        )
+        .await
+        .unwrap();
+    cases::unary_round_trip(&remote.channel()).await;
+    remote.kill();
+    loop {
+        if let SupervisorEvent::Started { restarts: 1, .. } = events.recv().await.unwrap() {
+            break;
+        }
+    }
+    assert_eq!(remote.restarts(), 1);
+    cases::unary_round_trip(&remote.channel()).await;
+    // The default health check goes through the serving node.
+    let report = remote
+        .channel()
+        .health(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(report.memory_bytes > 0);
+}

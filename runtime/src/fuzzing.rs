@@ -96,7 +96,10 @@ pub fn welcome_for(served: &[ServiceSchema], pid: u32) -> Vec<u8> {
     handshake::Welcome {
         protocol: PROTOCOL_VERSION,
         pid,
-        services: served.iter().map(handshake::ServiceInfo::from).collect(),
+        services: served
+            .iter()
+            .map(crate::description::ServiceInfo::from)
+            .collect(),
     }
     .encode_to_vec()
 }

@@ -54,6 +54,7 @@ mod cancellation;
 mod client;
 mod context;
 mod control;
+mod description;
 mod driver;
 mod error;
 mod event;
@@ -91,6 +92,7 @@ pub use self::client::{
 };
 pub use self::context::Context;
 pub use self::control::{HealthReport, PROTOCOL_VERSION, resident_memory};
+pub use self::description::{check_description, describe_services};
 #[cfg(feature = "process")]
 pub use self::driver::process::Secret;
 #[cfg(feature = "process")]
@@ -102,7 +104,7 @@ pub use self::driver::process::{
 pub use self::driver::thread::{ThreadDriver, ThreadSpawner, ThreadWorker};
 pub use self::driver::{DEFAULT_SHUTDOWN_GRACE, Spawn, Worker};
 pub use self::error::{Code, Error, ExitReason, FrameError, Status};
-pub use self::event::EventSink;
+pub use self::event::{EventSink, Subscription};
 pub use self::frame::{
     DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH,
     STREAM_WINDOW,

@@ -50,9 +50,8 @@ impl MethodKind {
     }
 }
 
-#[cfg(feature = "process")]
 impl MethodKind {
-    /// The number the handshake carries for this kind.
+    /// The number a description carries for this kind.
     pub(crate) fn to_wire(self) -> u32 {
         match self {
             MethodKind::Unary => 0,

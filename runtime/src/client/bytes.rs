@@ -7,7 +7,9 @@ use bytes::Bytes;
 use futures_core::Stream;
 
 use crate::error::Error;
+use crate::event::Subscription;
 use crate::name::MethodName;
+use crate::schema::ServiceSchema;
 
 use super::channel::Channel;
 use super::options::{CallOptions, MethodDefaults, Resolved};
@@ -24,6 +26,26 @@ fn identity(payload: Bytes) -> Bytes {
 }
 
 impl Channel {
+    /// Subscribes to the events of `schema`'s service (an events service)
+    /// that the worker sends from now on, each as its message name and
+    /// encoded message: what generated event streams decode, for programs
+    /// that pass events on without knowing their types. Reading it returns
+    /// the worker's event credit, as a generated stream does.
+    ///
+    /// ```no_run
+    /// # async fn run(channel: workerbus::Channel, events: &'static workerbus::ServiceSchema) {
+    /// use futures_util::StreamExt;
+    ///
+    /// let mut subscription = channel.subscribe_bytes(events);
+    /// while let Some((name, payload)) = subscription.next().await {
+    ///     println!("{name}: {} bytes", payload.len());
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe_bytes(&self, schema: &'static ServiceSchema) -> Subscription {
+        self.subscribe(schema)
+    }
+
     /// Calls `method` with an encoded request and returns the encoded
     /// response: a unary call as a generated client makes it, with
     /// `options` (timeout, retries, idempotency, metadata) and the channel's

@@ -208,6 +208,26 @@ impl Channel {
     }
 
     /// Whether two channels are clones of each other.
+    /// Whether `other` is a clone of this channel: the same connection, or
+    /// the same supervised worker, whatever middleware each has. For a
+    /// program that holds channels given to it and must not use one twice
+    /// (a gateway subscribing to each worker's events once).
+    ///
+    /// ```
+    /// use workerbus::{Channel, MemoryTransport};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (host, _worker) = MemoryTransport::pair();
+    /// let channel = Channel::new(host);
+    /// assert!(channel.is_same(&channel.clone()));
+    /// let (other, _its_worker) = MemoryTransport::pair();
+    /// assert!(!channel.is_same(&Channel::new(other)));
+    /// # }
+    /// ```
+    pub fn is_same(&self, other: &Channel) -> bool {
+        self.same(other)
+    }
+
     pub(crate) fn same(&self, other: &Channel) -> bool {
         match (&self.inner, &other.inner) {
             (Inner::Direct(a), Inner::Direct(b)) => Arc::ptr_eq(a, b),

@@ -105,7 +105,16 @@ impl Channel {
             match channel.direct() {
                 Some(shared) => {
                     let attempt = options.first_attempt;
-                    post(shared, method, payload, options.timeout, trace, &metadata, attempt).await
+                    post(
+                        shared,
+                        method,
+                        payload,
+                        options.timeout,
+                        trace,
+                        &metadata,
+                        attempt,
+                    )
+                    .await
                 }
                 None => Err(Error::Disconnected {
                     method: method.clone(),

@@ -34,6 +34,7 @@ fn resolved(timeout: Option<Duration>, retries: u32) -> Resolved {
         metadata: crate::Metadata::new(),
         response_metadata: None,
         trace: None,
+        first_attempt: 1,
     }
 }
 

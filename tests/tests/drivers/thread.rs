@@ -343,5 +343,9 @@ async fn a_call_named_as_a_later_attempt_counts_on_from_it_with_its_own_retries(
         .flaky_with(FlakyRequest { succeed_on: 6 }, options)
         .await
         .unwrap_err();
-    assert_eq!(error.status().map(|s| s.code()), Some(Code::Unavailable), "{error}");
+    assert_eq!(
+        error.status().map(|s| s.code()),
+        Some(Code::Unavailable),
+        "{error}"
+    );
 }

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::control::PROTOCOL_VERSION;
+use crate::description::{ServiceInfo, schema_difference};
 use crate::error::Status;
-use crate::schema::{MethodKind, MethodSchema, ServiceSchema};
+use crate::schema::ServiceSchema;
 
 /// The handshake: the host proves the secret; the worker says what it serves.
 pub(crate) const HELLO: &str = "$workerbus.hello";
@@ -42,64 +43,12 @@ pub(crate) struct Welcome {
     pub(crate) services: Vec<ServiceInfo>,
 }
 
-/// A service a worker serves, as sent in [`Welcome`].
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ServiceInfo {
-    #[prost(string, tag = "1")]
-    pub(crate) name: String,
-    #[prost(fixed64, tag = "2")]
-    pub(crate) fingerprint: u64,
-    #[prost(message, repeated, tag = "3")]
-    pub(crate) methods: Vec<MethodInfo>,
-}
-
-/// A method of a [`ServiceInfo`].
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct MethodInfo {
-    #[prost(string, tag = "1")]
-    pub(crate) name: String,
-    #[prost(string, tag = "2")]
-    pub(crate) request: String,
-    #[prost(string, tag = "3")]
-    pub(crate) response: String,
-    #[prost(fixed64, tag = "4")]
-    pub(crate) request_fingerprint: u64,
-    #[prost(fixed64, tag = "5")]
-    pub(crate) response_fingerprint: u64,
-    /// 0 unary, 1 server streaming, 2 client streaming, 3 both.
-    #[prost(uint32, tag = "6")]
-    pub(crate) kind: u32,
-}
-
 /// The answer to [`DETACH`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Detached {
     /// The path of the socket the worker now listens on.
     #[prost(string, tag = "1")]
     pub(crate) address: String,
-}
-
-impl From<&ServiceSchema> for ServiceInfo {
-    fn from(schema: &ServiceSchema) -> ServiceInfo {
-        ServiceInfo {
-            name: schema.name().to_owned(),
-            fingerprint: schema.fingerprint(),
-            methods: schema.methods().iter().map(MethodInfo::from).collect(),
-        }
-    }
-}
-
-impl From<&MethodSchema> for MethodInfo {
-    fn from(method: &MethodSchema) -> MethodInfo {
-        MethodInfo {
-            name: method.name().to_owned(),
-            request: method.request().to_owned(),
-            response: method.response().to_owned(),
-            request_fingerprint: method.request_fingerprint(),
-            response_fingerprint: method.response_fingerprint(),
-            kind: method.kind().to_wire(),
-        }
-    }
 }
 
 /// The worker's check of a host's [`Hello`]: the protocol version, then the
@@ -152,86 +101,6 @@ pub(crate) fn read_welcome(answer: Bytes, serves: &[ServiceSchema]) -> Result<We
         }
     }
     Ok(welcome)
-}
-
-/// Says how the service a worker serves differs from the one a host was
-/// built with, or `None` if they are the same.
-pub(crate) fn schema_difference(
-    expected: &ServiceSchema,
-    served: &[ServiceInfo],
-) -> Option<String> {
-    let Some(actual) = served.iter().find(|s| s.name == expected.name()) else {
-        let names: Vec<&str> = served.iter().map(|s| s.name.as_str()).collect();
-        return Some(format!(
-            "the worker does not serve {} (it serves: {})",
-            expected.name(),
-            if names.is_empty() {
-                "nothing".to_owned()
-            } else {
-                names.join(", ")
-            }
-        ));
-    };
-    if actual.fingerprint == expected.fingerprint() {
-        return None;
-    }
-    let mut differences = Vec::new();
-    for method in expected.methods() {
-        match actual.methods.iter().find(|m| m.name == method.name()) {
-            None => differences.push(format!("{} is missing from the worker", method.name())),
-            Some(theirs) => {
-                if theirs.kind != method.kind().to_wire() {
-                    differences.push(format!(
-                        "{}: {} here but {} in the worker",
-                        method.name(),
-                        MethodKind::describe_wire(method.kind().to_wire()),
-                        MethodKind::describe_wire(theirs.kind),
-                    ));
-                }
-                if theirs.request != method.request()
-                    || theirs.request_fingerprint != method.request_fingerprint()
-                {
-                    differences.push(describe(
-                        method.name(),
-                        "request",
-                        method.request(),
-                        &theirs.request,
-                    ));
-                }
-                if theirs.response != method.response()
-                    || theirs.response_fingerprint != method.response_fingerprint()
-                {
-                    differences.push(describe(
-                        method.name(),
-                        "response",
-                        method.response(),
-                        &theirs.response,
-                    ));
-                }
-            }
-        }
-    }
-    for theirs in &actual.methods {
-        if expected.method(&theirs.name).is_none() {
-            differences.push(format!("{} exists only in the worker", theirs.name));
-        }
-    }
-    if differences.is_empty() {
-        differences.push("the method order differs".to_owned());
-    }
-    Some(format!(
-        "{} differs: {}",
-        expected.name(),
-        differences.join("; ")
-    ))
-}
-
-fn describe(method: &str, which: &str, ours: &str, theirs: &str) -> String {
-    if ours == theirs {
-        format!("{method}: the {which} type {ours} has a different structure")
-    } else {
-        format!("{method}: the {which} type is {ours} here but {theirs} in the worker")
-    }
 }
 
 /// A per-spawn secret: 32 random bytes a peer must present to be served.
@@ -296,6 +165,8 @@ impl fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::description::MethodInfo;
+    use crate::schema::{MethodKind, MethodSchema};
 
     static METHODS: [MethodSchema; 2] = [
         MethodSchema::new(

@@ -33,10 +33,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use super::admission::{Admission, Greeting, Ungreeted, accept_pause};
-use super::handshake::{DETACH, Detached, HELLO, Hello, Secret, ServiceInfo, Welcome, check_hello};
+use super::handshake::{DETACH, Detached, HELLO, Hello, Secret, Welcome, check_hello};
 use super::sys;
 use super::terminate::{Stop, Stoppable};
 use crate::control::{Control, PROTOCOL_VERSION};
+use crate::description::ServiceInfo;
 use crate::error::{Error, FrameError, Status};
 use crate::frame::FrameCodec;
 use crate::server::{Dispatch, Ending, ServeOptions, serve_connection};
