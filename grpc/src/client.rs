@@ -19,14 +19,14 @@ use prost::Message;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 use workerbus::{
-    Frame, FrameError, Metadata, MethodKind, MethodName, STREAM_WINDOW, STREAM_WINDOW_BYTES,
+    Code, Frame, FrameError, Metadata, MethodKind, MethodName, STREAM_WINDOW, STREAM_WINDOW_BYTES,
     ServiceSchema, Status, TraceContext,
 };
 
 use crate::codec::BytesCodec;
 use crate::map::{
-    GRPC_PREVIOUS_ATTEMPTS, TRACEPARENT, encode_traceparent, from_tonic, metadata_into,
-    response_metadata_from,
+    GRPC_PREVIOUS_ATTEMPTS, TRACEPARENT, encode_traceparent, from_tonic, metadata_into, oversize,
+    response_metadata_from, too_large,
 };
 use crate::pool::{Lease, NoEndpoint, Pool};
 use crate::worker::{self, Event, HealthRequest, SubscribeRequest};
@@ -528,7 +528,26 @@ async fn run(
 ) {
     let id = call.id;
     let one_way = call.kind == MethodKind::OneWay;
-    let outcome = attempt(shared, &call, route, received, credit).await;
+    // A message over the size limit, unary or in the request stream, fails
+    // the call before it is sent (the call is dropped, so its stream is
+    // reset).
+    let refused = Arc::new(Refused::default());
+    if call.payload.len() > shared.max_message_size {
+        refused.refuse(call.payload.len());
+    }
+    let outcome = tokio::select! {
+        biased;
+        size = refused.wait() => {
+            let status = too_large(
+                &format!("a request message of {}", call.method),
+                size as u64,
+                shared.max_message_size as u64,
+                "this gRPC client",
+            );
+            Err((Metadata::new(), Status::new(Code::ResourceExhausted, status.message().to_owned())))
+        }
+        outcome = attempt(shared, &call, route, received, credit, &refused) => outcome,
+    };
     let (metadata, end) = match outcome {
         Ok((metadata, payload)) => (metadata, Frame::Response { id, payload }),
         Err((metadata, status)) => (metadata, Frame::Status { id, status }),
@@ -557,10 +576,11 @@ async fn attempt(
     route: Route,
     received: Option<mpsc::UnboundedReceiver<Bytes>>,
     credit: &ResponseCredit,
+    refused: &Arc<Refused>,
 ) -> Outcome {
     let path = PathAndQuery::from_static(route.path);
     let requests = Arc::new(Mutex::new(received));
-    let mut refused = 0;
+    let mut refusals = 0;
     loop {
         let lease = match shared.pool.lease().await {
             Ok(lease) => lease,
@@ -571,7 +591,7 @@ async fn attempt(
                 ));
             }
         };
-        let body = RequestBody::new(call, route.kind, &requests, shared);
+        let body = RequestBody::new(call, route.kind, &requests, shared, refused);
         let pulled = body.pulled();
         let mut request = tonic::Request::new(body);
         prepare(&mut request, call);
@@ -589,10 +609,10 @@ async fn attempt(
             Ok(response) => return read(shared, call, route, response, credit, &lease).await,
             Err(status)
                 if is_refused(&status)
-                    && refused < MAX_REFUSED_RETRIES
+                    && refusals < MAX_REFUSED_RETRIES
                     && !pulled.load(std::sync::atomic::Ordering::Acquire) =>
             {
-                refused += 1;
+                refusals += 1;
                 tracing::debug!(method = %call.method, endpoint = %lease.endpoint.address, %status, "workerbus-grpc: a call was refused before any server saw it; sending it again");
             }
             Err(status) => {
@@ -703,6 +723,17 @@ async fn read(
 /// `UNAVAILABLE`, naming the endpoint (so an idempotent call is retried,
 /// on another endpoint if this one is ejected).
 fn failed(status: &tonic::Status, lease: &Lease, metadata: &mut Metadata) -> Status {
+    if let Some((size, limit)) = oversize(status) {
+        // tonic's codec says OUT_OF_RANGE; gRPC (and the server) say
+        // RESOURCE_EXHAUSTED.
+        let what = if status.message().contains("encoded") {
+            "a request message"
+        } else {
+            "a response message"
+        };
+        let status = too_large(what, size, limit, "this gRPC client");
+        return Status::new(Code::ResourceExhausted, status.message().to_owned());
+    }
     if let Some(error) = transport_error(status) {
         return Status::unavailable(format!(
             "the connection to {} failed: {error}",
@@ -754,6 +785,37 @@ fn is_refused(status: &tonic::Status) -> bool {
     false
 }
 
+/// A request message over the size limit, once one is seen: its size.
+#[derive(Default)]
+struct Refused {
+    size: Mutex<Option<usize>>,
+    seen: Notify,
+}
+
+impl Refused {
+    fn refuse(&self, size: usize) {
+        *self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(size);
+        self.seen.notify_waiters();
+    }
+
+    async fn wait(&self) -> usize {
+        loop {
+            let seen = self.seen.notified();
+            if let Some(size) = *self
+                .size
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                return size;
+            }
+            seen.await;
+        }
+    }
+}
+
 /// A request's body: its one message, or its stream's items as the channel
 /// sends them (granting the channel credit as HTTP/2 takes them).
 struct RequestBody {
@@ -769,6 +831,8 @@ struct RequestBody {
     shared: Arc<Shared>,
     /// Taken and not yet granted back to the channel.
     taken: (u32, u32),
+    /// Where a message over the size limit is reported.
+    refused: Arc<Refused>,
 }
 
 impl RequestBody {
@@ -777,6 +841,7 @@ impl RequestBody {
         kind: MethodKind,
         slot: &Arc<Mutex<Option<mpsc::UnboundedReceiver<Bytes>>>>,
         shared: &Arc<Shared>,
+        refused: &Arc<Refused>,
     ) -> RequestBody {
         let streams = matches!(
             kind,
@@ -797,6 +862,7 @@ impl RequestBody {
             pulled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             shared: Arc::clone(shared),
             taken: (0, 0),
+            refused: Arc::clone(refused),
         }
     }
 
@@ -819,6 +885,12 @@ impl Stream for RequestBody {
         let Some(item) = std::task::ready!(items.poll_recv(cx)) else {
             return Poll::Ready(None);
         };
+        if item.len() > this.shared.max_message_size {
+            // The call fails; the stream must not look ended.
+            this.refused.refuse(item.len());
+            this.items = None;
+            return Poll::Pending;
+        }
         this.pulled
             .store(true, std::sync::atomic::Ordering::Release);
         // Grant the channel credit once half a window has been taken

@@ -128,6 +128,34 @@ pub(crate) fn from_tonic(status: &tonic::Status, into: &mut Metadata) -> Status 
         .with_details(Bytes::copy_from_slice(status.details()))
 }
 
+/// A message over a size limit, as tonic's codec reports it: `OUT_OF_RANGE`
+/// (gRPC says `RESOURCE_EXHAUSTED`), saying "found {size} bytes, the limit
+/// is: {limit} bytes". Its size and the limit, if `status` is one.
+pub(crate) fn oversize(status: &tonic::Status) -> Option<(u64, u64)> {
+    oversize_message(status.code(), status.message())
+}
+
+/// [`oversize`] from a status's code and message.
+pub(crate) fn oversize_message(code: tonic::Code, message: &str) -> Option<(u64, u64)> {
+    if code != tonic::Code::OutOfRange || !message.contains("message length too large") {
+        return None;
+    }
+    let number_after = |marker: &str| -> Option<u64> {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    Some((number_after("found ")?, number_after("the limit is: ")?))
+}
+
+/// The status of a message over a size limit: `RESOURCE_EXHAUSTED`, naming
+/// the message, both sizes, and whose limit it passed.
+pub(crate) fn too_large(what: &str, size: u64, limit: u64, whose: &str) -> tonic::Status {
+    tonic::Status::resource_exhausted(format!(
+        "{what} is {size} bytes, over the {limit} bytes {whose} takes"
+    ))
+}
+
 /// A W3C `traceparent` (version 00, sampled) for a trace context: the
 /// calling span as the parent id.
 pub(crate) fn encode_traceparent(trace: TraceContext) -> String {
@@ -298,6 +326,25 @@ mod tests {
                 .unwrap()
                 .as_ref(),
             [0, 255]
+        );
+    }
+
+    #[test]
+    fn tonics_size_errors_are_read_for_both_sizes() {
+        let status = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 2097157 bytes, the limit is: 1048576 bytes",
+        );
+        assert_eq!(oversize(&status), Some((2_097_157, 1_048_576)));
+        let status = tonic::Status::out_of_range(
+            "Error, encoded message length too large: found 5 bytes, the limit is: 4 bytes",
+        );
+        assert_eq!(oversize(&status), Some((5, 4)));
+        assert_eq!(oversize(&tonic::Status::out_of_range("page 9 of 3")), None);
+        assert_eq!(
+            oversize(&tonic::Status::internal(
+                "message length too large: found 5 bytes, the limit is: 4 bytes"
+            )),
+            None
         );
     }
 

@@ -34,7 +34,7 @@ use workerbus::{
 use crate::codec::BytesCodec;
 use crate::map::{
     GRPC_PREVIOUS_ATTEMPTS, GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent,
-    error_to_tonic, metadata_from, metadata_into,
+    error_to_tonic, metadata_from, metadata_into, oversize, too_large,
 };
 use crate::worker::{self, Event, HealthReport, HealthRequest, SubscribeRequest};
 
@@ -355,6 +355,7 @@ impl Service<http::Request<hyper::body::Incoming>> for Router {
             .max_encoding_message_size(self.max_message_size);
         Box::pin(async move {
             let route = Arc::new(route);
+            let method = route.name.clone();
             let response = match route.method.kind() {
                 MethodKind::Unary => {
                     let call = tower::service_fn(move |request| unary(Arc::clone(&route), request));
@@ -388,7 +389,7 @@ impl Service<http::Request<hyper::body::Incoming>> for Router {
                 ))
                 .into_http(),
             };
-            Ok(response)
+            Ok(resource_exhausted(response, &method))
         })
     }
 }
@@ -513,11 +514,16 @@ async fn client_stream(
 ) -> Result<Response<Bytes>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
-    let requests = Requests(request.into_inner());
-    let outcome = (route.channel)
-        .client_stream_bytes(&route.name, requests, &options)
-        .await;
-    reply(outcome, &answered)
+    let refusal = Arc::new(Refusal::default());
+    let requests = Requests {
+        messages: request.into_inner(),
+        refusal: Arc::clone(&refusal),
+    };
+    let call = (route.channel).client_stream_bytes(&route.name, requests, &options);
+    tokio::select! {
+        outcome = call => reply(outcome, &answered),
+        refused = refusal.wait(route.name.clone()) => Err(refused),
+    }
 }
 
 async fn bidi_stream(
@@ -526,29 +532,153 @@ async fn bidi_stream(
 ) -> Result<Response<ItemStream>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
-    let requests = Requests(request.into_inner());
-    let outcome = (route.channel)
-        .bidi_stream_bytes(&route.name, requests, &options)
-        .await
-        .map(|items| item_stream(items, &answered));
+    let refusal = Arc::new(Refusal::default());
+    let requests = Requests {
+        messages: request.into_inner(),
+        refusal: Arc::clone(&refusal),
+    };
+    let opening = (route.channel).bidi_stream_bytes(&route.name, requests, &options);
+    let refused = Box::pin(Arc::clone(&refusal).wait(route.name.clone()));
+    let outcome = tokio::select! {
+        opened = opening => opened,
+        refused = refusal.wait(route.name.clone()) => return Err(refused),
+    };
+    let outcome = outcome.map(|items| -> ItemStream {
+        Box::pin(Items {
+            refused: Some(refused),
+            ..Items::new(items, answered.clone())
+        })
+    });
     reply(outcome, &answered)
 }
 
 /// A gRPC request stream as the core's: each message's bytes, and its end.
 /// A stream that fails (the caller reset it) never ends: its call is
 /// cancelled when the caller's reset drops it, so the handler never takes
-/// a truncated stream for a whole one.
-struct Requests(Streaming<Bytes>);
+/// a truncated stream for a whole one. A message over the size limit is
+/// reported to `refusal`, which ends the call `RESOURCE_EXHAUSTED`.
+struct Requests {
+    messages: Streaming<Bytes>,
+    refusal: Arc<Refusal>,
+}
 
 impl Stream for Requests {
     type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        match Pin::new(&mut self.0).poll_next(cx) {
+        match Pin::new(&mut self.messages).poll_next(cx) {
             Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(message)),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Err(_))) | Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Err(status))) => {
+                if let Some(sizes) = oversize(&status) {
+                    self.refusal.refuse(sizes);
+                }
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// A request stream's message over the size limit, once one is seen.
+#[derive(Default)]
+struct Refusal {
+    sizes: std::sync::Mutex<Option<(u64, u64)>>,
+    seen: tokio::sync::Notify,
+}
+
+impl Refusal {
+    fn refuse(&self, sizes: (u64, u64)) {
+        *self
+            .sizes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sizes);
+        self.seen.notify_waiters();
+    }
+
+    /// Waits for a message over the limit, and says so as a status.
+    async fn wait(self: Arc<Self>, method: MethodName) -> tonic::Status {
+        loop {
+            let seen = self.seen.notified();
+            let sizes = *self
+                .sizes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((size, limit)) = sizes {
+                let what = format!("a request stream message of {method}");
+                return too_large(&what, size, limit, "this server");
+            }
+            seen.await;
+        }
+    }
+}
+
+/// A response whose status is tonic's for a message over the size limit
+/// (`OUT_OF_RANGE`, in its headers or its trailers), answered
+/// `RESOURCE_EXHAUSTED` naming the message and both sizes, as gRPC says.
+fn resource_exhausted(
+    response: http::Response<tonic::body::Body>,
+    method: &MethodName,
+) -> http::Response<tonic::body::Body> {
+    let (mut parts, body) = response.into_parts();
+    rewrite_oversize(&mut parts.headers, "a request message", method);
+    let body = tonic::body::Body::new(Oversize {
+        body,
+        method: method.clone(),
+    });
+    http::Response::from_parts(parts, body)
+}
+
+/// Rewrites a status over the size limit in `headers` (the headers of a
+/// trailers-only response, or trailers) as `RESOURCE_EXHAUSTED`.
+fn rewrite_oversize(headers: &mut http::HeaderMap, what: &str, method: &MethodName) {
+    if headers.get("grpc-status").is_none_or(|code| code != "11") {
+        return;
+    }
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    let Some((size, limit)) = oversize(&status) else {
+        return;
+    };
+    let what = format!("{what} of {method}");
+    let _ = too_large(&what, size, limit, "this server").add_header(headers);
+}
+
+/// A response body whose trailers are checked for a response message over
+/// the size limit.
+struct Oversize {
+    body: tonic::body::Body,
+    method: MethodName,
+}
+
+impl http_body::Body for Oversize {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let method = self.method.clone();
+        Poll::Ready(frame.map(|frame| {
+            frame.map(|frame| match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    rewrite_oversize(&mut trailers, "a response message", &method);
+                    http_body::Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            })
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -557,6 +687,8 @@ impl Stream for Requests {
 struct Items {
     items: ByteStream,
     answered: Option<ResponseMetadata>,
+    /// Ends the stream if a request stream message passes the size limit.
+    refused: Option<Pin<Box<dyn Future<Output = tonic::Status> + Send>>>,
 }
 
 impl Items {
@@ -564,6 +696,7 @@ impl Items {
         Items {
             items,
             answered: Some(answered),
+            refused: None,
         }
     }
 }
@@ -576,6 +709,12 @@ impl Stream for Items {
         let Some(answered) = &this.answered else {
             return Poll::Ready(None);
         };
+        if let Some(refused) = &mut this.refused
+            && let Poll::Ready(status) = refused.as_mut().poll(cx)
+        {
+            this.answered = None;
+            return Poll::Ready(Some(Err(status)));
+        }
         match std::task::ready!(Pin::new(&mut this.items).poll_next(cx)) {
             Some(Ok(item)) => Poll::Ready(Some(Ok(item))),
             Some(Err(error)) => {

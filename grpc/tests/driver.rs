@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use workerbus::{
     Backoff, CallOptions, Channel, Code, Error, RestartPolicy, Supervisor, SupervisorEvent, Worker,
 };
@@ -11,8 +13,8 @@ use workerbus_grpc::{GrpcDriver, GrpcServer, GrpcWorker};
 use workerbus_tests::EchoWorker;
 use workerbus_tests::cases::{self, Differences};
 use workerbus_tests::pb::echo::{
-    EchoClient, EchoReply, EchoRequest, EchoServer, HeadersRequest, MissingClient, SleepRequest,
-    echo_events_service,
+    CountRequest, EchoClient, EchoReply, EchoRequest, EchoServer, HeadersRequest, MissingClient,
+    SleepRequest, SumRequest, echo_events_service,
 };
 
 /// A server of the Echo service on a loopback port; its address.
@@ -471,4 +473,110 @@ async fn a_supervisor_holds_a_remote_worker_and_restarts_it_by_reconnecting() {
         .await
         .unwrap();
     assert!(report.memory_bytes > 0);
+}
+
+/// A server of the Echo service taking messages of at most 1 MiB.
+async fn serve_small() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = GrpcServer::new()
+        .max_message_size(MIB)
+        .add_service(EchoServer::new(EchoWorker::new()))
+        .add_events(&echo_events_service::SCHEMA);
+    tokio::spawn(server.serve(listener));
+    format!("http://{address}")
+}
+
+const MIB: usize = 1 << 20;
+
+fn exhausted(error: &Error, expected: &str) {
+    let status = error.status().expect("a status");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{error}");
+    assert!(status.message().contains(expected), "{error}");
+    assert!(
+        status.message().contains(&format!("over the {MIB} bytes")),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_the_servers_limit_are_resource_exhausted_naming_both_sizes() {
+    let address = serve_small().await;
+    let worker = connect(&address).await;
+    let client = EchoClient::new(worker.channel());
+    let big = Bytes::from(vec![7; 2 * MIB]);
+    let error = client
+        .echo(EchoRequest {
+            data: big.clone(),
+            ..EchoRequest::default()
+        })
+        .await
+        .unwrap_err();
+    exhausted(&error, "a request message of echo.echo is 2097");
+    assert!(error.to_string().contains("this server takes"), "{error}");
+
+    let mut counted = client
+        .count(CountRequest {
+            count: 1,
+            padding: u32::try_from(2 * MIB).unwrap(),
+            ..CountRequest::default()
+        })
+        .await
+        .unwrap();
+    let error = counted.message().await.unwrap_err();
+    exhausted(&error, "a response message of echo.count is 2097");
+
+    let items = futures_util::stream::iter([SumRequest {
+        value: 1,
+        padding: big,
+        ..SumRequest::default()
+    }]);
+    let error = client.sum(items).await.unwrap_err();
+    exhausted(&error, "a request stream message of echo.sum is 2097");
+    // The server goes on serving.
+    cases::unary_round_trip(&worker.channel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_the_clients_limit_are_resource_exhausted_naming_both_sizes() {
+    let worker = GrpcDriver::new(serve().await)
+        .serves(&EchoClient::SCHEMA)
+        .max_message_size(MIB)
+        .connect()
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    let big = Bytes::from(vec![7; 2 * MIB]);
+    let error = client
+        .echo(EchoRequest {
+            data: big.clone(),
+            ..EchoRequest::default()
+        })
+        .await
+        .unwrap_err();
+    exhausted(&error, "a request message of echo.echo is 2097");
+    assert!(
+        error.to_string().contains("this gRPC client takes"),
+        "{error}"
+    );
+
+    let mut counted = client
+        .count(CountRequest {
+            count: 1,
+            padding: u32::try_from(2 * MIB).unwrap(),
+            ..CountRequest::default()
+        })
+        .await
+        .unwrap();
+    let error = counted.message().await.unwrap_err();
+    exhausted(&error, "a response message is 2097");
+
+    let items = futures_util::stream::iter([SumRequest {
+        value: 1,
+        padding: big,
+        ..SumRequest::default()
+    }]);
+    let error = client.sum(items).await.unwrap_err();
+    exhausted(&error, "a request message of echo.sum is 2097");
+    cases::unary_round_trip(&worker.channel()).await;
 }
