@@ -10,6 +10,7 @@ use workerbus::{Channel, ChannelOptions, Error, ExitReason, ServiceSchema, Spawn
 use crate::client::{GrpcTransport, Shared, describe, routes, subscribe};
 use crate::pool::{ConnectConfig, Pool, parse_address};
 use crate::server::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::tls::ClientTls;
 
 /// The default number of HTTP/2 connections to each endpoint: one
 /// connection's frames are read and written by one task at a time, so a
@@ -70,6 +71,7 @@ pub struct GrpcDriver {
     schemas: Vec<&'static ServiceSchema>,
     events: Vec<&'static ServiceSchema>,
     require_schema_check: bool,
+    token: Option<String>,
     config: ConnectConfig,
     max_message_size: usize,
     channel_options: ChannelOptions,
@@ -84,6 +86,7 @@ impl GrpcDriver {
             schemas: Vec::new(),
             events: Vec::new(),
             require_schema_check: false,
+            token: None,
             config: ConnectConfig {
                 connections: DEFAULT_CONNECTIONS_PER_ENDPOINT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -91,6 +94,8 @@ impl GrpcDriver {
                 keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
                 backoff_first: DEFAULT_RECONNECT_BACKOFF,
                 backoff_max: DEFAULT_MAX_RECONNECT_BACKOFF,
+                tls: None,
+                authorization: None,
             },
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             channel_options: ChannelOptions::new(),
@@ -176,6 +181,22 @@ impl GrpcDriver {
         self
     }
 
+    /// Connects to `https://` endpoints over TLS (mutual TLS if `tls` has
+    /// an identity). Every endpoint must then be `https://`.
+    pub fn tls(mut self, tls: ClientTls) -> GrpcDriver {
+        self.config.tls = Some(tls);
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call, for a server
+    /// that [requires a token](crate::GrpcServer::require_token). A token
+    /// that is not a valid header value is refused by
+    /// [`connect`](Self::connect).
+    pub fn token(mut self, token: &str) -> GrpcDriver {
+        self.token = Some(token.to_owned());
+        self
+    }
+
     /// The options of the channels it makes (limits, window, metadata).
     pub fn channel_options(mut self, options: ChannelOptions) -> GrpcDriver {
         self.channel_options = options;
@@ -209,10 +230,32 @@ impl GrpcDriver {
         }
         let mut endpoints = Vec::new();
         for address in &self.endpoints {
-            let (origin, authority) = parse_address(address).map_err(&refuse)?;
-            endpoints.push((address.clone(), origin, authority));
+            let parsed = parse_address(address).map_err(&refuse)?;
+            match (parsed.secure, self.config.tls.is_some()) {
+                (true, false) => {
+                    return Err(refuse(format!(
+                        "{address} is https://, and the driver has no TLS: give it .tls(ClientTls::new(ca)?)"
+                    )));
+                }
+                (false, true) => {
+                    return Err(refuse(format!(
+                        "{address} is http://, and the driver has TLS: name it https://"
+                    )));
+                }
+                _ => {}
+            }
+            endpoints.push((address.clone(), parsed));
         }
-        let pool = Pool::start(endpoints, self.config.clone());
+        let mut config = self.config.clone();
+        if let Some(token) = &self.token {
+            let mut value =
+                http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                    refuse("the token is not a valid header value (printable ASCII)".to_owned())
+                })?;
+            value.set_sensitive(true);
+            config.authorization = Some(value);
+        }
+        let pool = Pool::start(endpoints, config);
         if let Err(error) = pool.ready().await {
             pool.close();
             return Err(refuse(error.0));

@@ -21,6 +21,7 @@ mod driver;
 mod map;
 mod pool;
 mod server;
+mod tls;
 mod worker;
 
 pub use self::codec::{BytesCodec, BytesDecoder, BytesEncoder};
@@ -29,4 +30,5 @@ pub use self::driver::{
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_RECONNECT_BACKOFF, DEFAULT_RECONNECT_BACKOFF,
     GrpcDriver, GrpcWorker,
 };
-pub use self::server::{DEFAULT_MAX_MESSAGE_SIZE, GrpcServer};
+pub use self::server::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, GrpcServer};
+pub use self::tls::{ClientTls, ServerTls, TlsError};

@@ -19,6 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
+use crate::tls::ClientTls;
+
 /// How a client connects: what every endpoint's connections share.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectConfig {
@@ -28,6 +30,10 @@ pub(crate) struct ConnectConfig {
     pub(crate) keepalive_timeout: Duration,
     pub(crate) backoff_first: Duration,
     pub(crate) backoff_max: Duration,
+    /// TLS for `https://` endpoints.
+    pub(crate) tls: Option<ClientTls>,
+    /// `Bearer <token>`, if the client has one.
+    pub(crate) authorization: Option<HeaderValue>,
 }
 
 /// Every endpoint of one client, and how it chooses between them.
@@ -50,6 +56,8 @@ pub(crate) struct Endpoint {
     pub(crate) origin: Uri,
     /// `host:port`, to connect to.
     authority: String,
+    /// The host, the name a TLS server's certificate must carry.
+    host: String,
     state: Mutex<EndpointState>,
     /// Rung when one of its connections ends.
     lost: Notify,
@@ -69,6 +77,8 @@ pub(crate) struct Connection {
     send: SendRequest<tonic::body::Body>,
     /// Calls using it now.
     load: Arc<AtomicUsize>,
+    /// The bearer token every request carries, if any.
+    authorization: Option<HeaderValue>,
 }
 
 /// A connection chosen for one call: counts as load until dropped.
@@ -93,16 +103,29 @@ fn lock(state: &Mutex<EndpointState>) -> MutexGuard<'_, EndpointState> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Reads an endpoint address: `http://host:port` (the port defaults to 80).
-pub(crate) fn parse_address(address: &str) -> Result<(Uri, String), String> {
+/// An endpoint's address, read.
+pub(crate) struct Address {
+    /// `scheme://authority/`.
+    pub(crate) origin: Uri,
+    /// `host:port`.
+    pub(crate) authority: String,
+    pub(crate) host: String,
+    /// Whether it is `https://`.
+    pub(crate) secure: bool,
+}
+
+/// Reads an endpoint address: `http://host:port` or `https://host:port`
+/// (the port defaults to 80 and 443).
+pub(crate) fn parse_address(address: &str) -> Result<Address, String> {
     let uri: Uri = address
         .parse()
         .map_err(|error| format!("{address:?} is not a URI: {error}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
+    let (scheme, secure, port) = match uri.scheme_str() {
+        Some("http") => ("http", false, 80),
+        Some("https") => ("https", true, 443),
         Some(other) => {
             return Err(format!(
-                "{address:?}: the scheme {other:?} is not supported (use http://)"
+                "{address:?}: the scheme {other:?} is not supported (use http:// or https://)"
             ));
         }
         None => {
@@ -110,7 +133,7 @@ pub(crate) fn parse_address(address: &str) -> Result<(Uri, String), String> {
                 "{address:?} has no scheme (e.g. http://host:50051)"
             ));
         }
-    }
+    };
     let Some(authority) = uri.authority() else {
         return Err(format!("{address:?} has no host"));
     };
@@ -119,33 +142,42 @@ pub(crate) fn parse_address(address: &str) -> Result<(Uri, String), String> {
             "{address:?} has a path; an endpoint is scheme, host and port"
         ));
     }
-    let host_port = format!(
-        "{}:{}",
-        authority.host(),
-        authority.port_u16().unwrap_or(80)
-    );
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let origin = Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority.clone())
         .path_and_query("/")
         .build()
         .map_err(|error| format!("{address:?}: {error}"))?;
-    Ok((origin, host_port))
+    Ok(Address {
+        origin,
+        authority: format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(port)
+        ),
+        host: host.to_owned(),
+        secure,
+    })
 }
 
 impl Pool {
     /// A pool over `endpoints` (already parsed), whose tasks start
     /// connecting at once.
-    pub(crate) fn start(endpoints: Vec<(String, Uri, String)>, config: ConnectConfig) -> Arc<Pool> {
+    pub(crate) fn start(endpoints: Vec<(String, Address)>, config: ConnectConfig) -> Arc<Pool> {
         let (closed, _) = watch::channel(false);
         let pool = Arc::new(Pool {
             endpoints: endpoints
                 .into_iter()
-                .map(|(address, origin, authority)| {
+                .map(|(address, parsed)| {
                     Arc::new(Endpoint {
                         address,
-                        origin,
-                        authority,
+                        origin: parsed.origin,
+                        authority: parsed.authority,
+                        host: parsed.host,
                         state: Mutex::new(EndpointState::default()),
                         lost: Notify::new(),
                     })
@@ -394,21 +426,52 @@ async fn open(
     endpoint: &Arc<Endpoint>,
     config: &ConnectConfig,
     id: u64,
-    mut closed: watch::Receiver<bool>,
+    closed: watch::Receiver<bool>,
 ) -> Result<Connection, String> {
-    let stream = tokio::time::timeout(
-        config.connect_timeout,
-        TcpStream::connect(&endpoint.authority),
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "no connection within {} ms",
-            config.connect_timeout.as_millis()
-        )
-    })?
-    .map_err(|error| error.to_string())?;
+    let timeout = config.connect_timeout;
+    let late = || format!("no connection within {} ms", timeout.as_millis());
+    let started = tokio::time::Instant::now();
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(&endpoint.authority))
+        .await
+        .map_err(|_| late())?
+        .map_err(|error| error.to_string())?;
     let _ = stream.set_nodelay(true);
+    let send = match &config.tls {
+        None => drive(endpoint, config, id, closed, stream).await?,
+        Some(tls) => {
+            let name = tls
+                .name_for(&endpoint.host)
+                .map_err(|error| error.to_string())?;
+            let config_tls = tls.config().map_err(|error| error.to_string())?;
+            let connector = tokio_rustls::TlsConnector::from(config_tls);
+            let left = timeout.saturating_sub(started.elapsed());
+            let stream = tokio::time::timeout(left, connector.connect(name, stream))
+                .await
+                .map_err(|_| late())?
+                .map_err(|error| format!("TLS handshake failed: {error}"))?;
+            drive(endpoint, config, id, closed, stream).await?
+        }
+    };
+    Ok(Connection {
+        id,
+        send,
+        load: Arc::new(AtomicUsize::new(0)),
+        authorization: config.authorization.clone(),
+    })
+}
+
+/// Runs HTTP/2 over `io`, driven by a task of its own that removes the
+/// connection from its endpoint when it ends.
+async fn drive<I>(
+    endpoint: &Arc<Endpoint>,
+    config: &ConnectConfig,
+    id: u64,
+    mut closed: watch::Receiver<bool>,
+    io: I,
+) -> Result<SendRequest<tonic::body::Body>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -416,7 +479,7 @@ async fn open(
         .keep_alive_timeout(config.keepalive_timeout)
         .keep_alive_while_idle(true);
     let (send, connection) = builder
-        .handshake::<_, tonic::body::Body>(TokioIo::new(stream))
+        .handshake::<_, tonic::body::Body>(TokioIo::new(io))
         .await
         .map_err(|error| format!("HTTP/2 handshake failed: {error}"))?;
     let endpoint = Arc::clone(endpoint);
@@ -433,11 +496,7 @@ async fn open(
         lock(&endpoint.state).connections.retain(|c| c.id != id);
         endpoint.lost.notify_one();
     });
-    Ok(Connection {
-        id,
-        send,
-        load: Arc::new(AtomicUsize::new(0)),
-    })
+    Ok(send)
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -451,7 +510,12 @@ impl tower::Service<http::Request<tonic::body::Body>> for Connection {
         self.send.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.clone());
+        }
         let response = self.send.send_request(request);
         Box::pin(async move {
             let mut response = response.await?;

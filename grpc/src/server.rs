@@ -36,6 +36,7 @@ use crate::map::{
     GRPC_PREVIOUS_ATTEMPTS, GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent,
     error_to_tonic, metadata_from, metadata_into, oversize, too_large,
 };
+use crate::tls::ServerTls;
 use crate::worker::{self, Event, HealthReport, HealthRequest, SubscribeRequest};
 
 /// The largest message the server reads or writes unless told otherwise:
@@ -74,6 +75,9 @@ pub struct GrpcServer {
     serve_options: ServeOptions,
     max_message_size: usize,
     descriptors: Vec<&'static [u8]>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handshake_timeout: std::time::Duration,
+    token: Option<Arc<str>>,
 }
 
 /// Where one method's calls go.
@@ -102,6 +106,9 @@ impl GrpcServer {
             serve_options: ServeOptions::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             descriptors: Vec::new(),
+            tls: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            token: None,
         }
     }
 
@@ -126,6 +133,32 @@ impl GrpcServer {
             .build_v1()?;
         self.descriptors.push(descriptors);
         Ok(self)
+    }
+
+    /// Serves over TLS (and, with [`ServerTls::client_ca`], mutual TLS):
+    /// clients connect to `https://` endpoints.
+    pub fn tls(mut self, tls: ServerTls) -> GrpcServer {
+        // Checked when the ServerTls was made.
+        self.tls = tls.config().ok();
+        self
+    }
+
+    /// How long a connection may take to complete its TLS handshake
+    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`]); one that takes longer is
+    /// closed.
+    pub fn handshake_timeout(mut self, timeout: std::time::Duration) -> GrpcServer {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Requires every call (but health checks, which probes make without
+    /// credentials) to carry `authorization: Bearer <token>`: for
+    /// deployments without mutual TLS. A call without it, or with another
+    /// token, is answered `UNAUTHENTICATED` (compared in constant time);
+    /// the header does not reach the handlers' metadata.
+    pub fn require_token(mut self, token: &str) -> GrpcServer {
+        self.token = Some(Arc::from(token));
+        self
     }
 
     /// The options of the serve loops [`add_service`](Self::add_service)
@@ -262,7 +295,9 @@ impl GrpcServer {
             routes: Arc::new(self.routes),
             standard: Arc::new(standard),
             max_message_size: self.max_message_size,
+            token: self.token.clone(),
         };
+        let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new());
         let graceful = GracefulShutdown::new();
@@ -283,9 +318,38 @@ impl GrpcServer {
             };
             let _ = stream.set_nodelay(true);
             let service = TowerToHyperService::new(router.clone());
-            let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
+            let watcher = graceful.watcher();
+            let http2 = http2.clone();
+            let acceptor = acceptor.clone();
+            let handshake_timeout = self.handshake_timeout;
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                let ended = match acceptor {
+                    None => {
+                        let connection = http2.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                    Some(acceptor) => {
+                        let stream = match tokio::time::timeout(
+                            handshake_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "workerbus-grpc: a TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("workerbus-grpc: a TLS handshake took too long");
+                                return;
+                            }
+                        };
+                        let connection = http2.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                };
+                if let Err(error) = ended {
                     tracing::debug!(%error, "workerbus-grpc: a connection ended with an error");
                 }
             });
@@ -294,6 +358,20 @@ impl GrpcServer {
         graceful.shutdown().await;
     }
 }
+
+/// Whether `presented` is `Bearer <token>`, compared in constant time (for
+/// a given length).
+fn bearer_matches(presented: Option<&http::HeaderValue>, token: &str) -> bool {
+    let Some(presented) = presented else {
+        return false;
+    };
+    let expected = format!("Bearer {token}");
+    let (a, b) = (presented.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// The default time a connection may take to complete its TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The path prefixes of the standard services the server adds.
 const HEALTH: &str = "/grpc.health.v1.Health/";
@@ -315,6 +393,8 @@ struct Router {
     /// Health and reflection, by path prefix.
     standard: Arc<Vec<(&'static str, StandardService)>>,
     max_message_size: usize,
+    /// The bearer token every call but health checks must carry, if any.
+    token: Option<Arc<str>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -329,7 +409,20 @@ impl Service<http::Request<hyper::body::Incoming>> for Router {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(token) = &self.token
+            && !request.uri().path().starts_with(HEALTH)
+        {
+            let presented = request.headers_mut().remove(http::header::AUTHORIZATION);
+            if !bearer_matches(presented.as_ref(), token) {
+                return Box::pin(async {
+                    let status = tonic::Status::unauthenticated(
+                        "this server requires a valid bearer token (authorization: Bearer ...)",
+                    );
+                    Ok(status.into_http())
+                });
+            }
+        }
         let path = request.uri().path();
         if let Some((_, service)) = self
             .standard
