@@ -588,13 +588,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_are_http_with_a_host() {
-        let (origin, authority) = parse_address("http://127.0.0.1:50051").unwrap();
-        assert_eq!(origin.to_string(), "http://127.0.0.1:50051/");
-        assert_eq!(authority, "127.0.0.1:50051");
+    fn addresses_are_http_or_https_with_a_host() {
+        let address = parse_address("http://127.0.0.1:50051").unwrap();
+        assert_eq!(address.origin.to_string(), "http://127.0.0.1:50051/");
+        assert_eq!(address.authority, "127.0.0.1:50051");
+        assert!(!address.secure);
+        let plain = parse_address("http://example.com").unwrap();
+        assert_eq!(plain.authority, "example.com:80");
+        let secure = parse_address("https://example.com").unwrap();
         assert_eq!(
-            parse_address("http://example.com").unwrap().1,
-            "example.com:80"
+            (secure.authority.as_str(), secure.host.as_str(), secure.secure),
+            ("example.com:443", "example.com", true)
         );
         for (bad, why) in [
             ("127.0.0.1:50051", "scheme"),
@@ -602,7 +606,9 @@ mod tests {
             ("http://host:1/some/path", "has a path"),
             ("http://", "not a URI"),
         ] {
-            let error = parse_address(bad).unwrap_err();
+            let Err(error) = parse_address(bad) else {
+                panic!("{bad} was taken");
+            };
             assert!(error.contains(why), "{bad}: {error}");
         }
     }
