@@ -5,7 +5,11 @@
 //! ```text
 //! cargo run --release --example search -- "restart a crashed worker"
 //! cargo run --release --example search -- --chaos "how are frames laid out"
+//! cargo run --release --example search -- --embedder http://127.0.0.1:50051 "query"
 //! ```
+//!
+//! The last uses an embedder that another machine (or process) serves over
+//! gRPC: `cargo run --release --bin search-embedder -- --listen 127.0.0.1:50051`.
 //!
 //! The program is also its own embedder process: started by the host's
 //! process driver, it serves the `Embedder` and `Model` services instead.
@@ -35,6 +39,9 @@ options:
   --fresh       forget the stored index and index everything again
   --chaos       kill the embedder process at random while indexing
                 (implies --fresh); the run still indexes every file
+  --embedder URL  use the embedder a node serves over gRPC, e.g.
+                http://127.0.0.1:50051 (started with search-embedder
+                --listen; its --chaos kills it there)
   -h, --help    show this";
 
 /// The command line.
@@ -46,6 +53,7 @@ struct Args {
     data: PathBuf,
     fresh: bool,
     chaos: bool,
+    embedder: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         data: std::env::temp_dir().join("workerbus-search"),
         fresh: false,
         chaos: false,
+        embedder: None,
     };
     let mut words = Vec::new();
     let mut given = std::env::args().skip(1);
@@ -72,11 +81,18 @@ fn parse_args() -> Result<Args, String> {
             "--data" => args.data = value("--data")?.into(),
             "--fresh" => args.fresh = true,
             "--chaos" => (args.chaos, args.fresh) = (true, true),
+            "--embedder" => args.embedder = Some(value("--embedder")?),
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
             word => words.push(word.to_owned()),
         }
     }
     args.query = words.join(" ");
+    if args.chaos && args.embedder.is_some() {
+        return Err(
+            "--chaos kills a local embedder; a remote one is killed on its node (search-embedder --listen ADDR --chaos)"
+                .to_owned(),
+        );
+    }
     if args.paths.is_empty() {
         args.paths = default_paths();
     }
@@ -149,7 +165,10 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let options = SearchOptions::new(std::env::current_exe()?, &args.data);
+    let mut options = SearchOptions::new(std::env::current_exe()?, &args.data);
+    if let Some(address) = &args.embedder {
+        options = options.remote(address.clone());
+    }
     // Runs on one data directory take turns.
     if DataLock::try_acquire(&args.data)?.is_none() {
         eprintln!(
@@ -165,9 +184,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let init = app.init().await?;
+    let embedder = match &args.embedder {
+        Some(address) => format!("over gRPC at {address}"),
+        None => format!("pid {}", app.embedder().pid().unwrap_or_default()),
+    };
     println!(
-        "embedder: pid {}; index: {} ({} files stored)",
-        app.embedder().pid().unwrap_or_default(),
+        "embedder: {embedder}; index: {} ({} files stored)",
         app.options().index_dir().display(),
         init.indexed
     );

@@ -306,3 +306,41 @@ async fn a_missing_embedder_binary_is_named() {
     assert!(matches!(error, Error::Spawn { .. }), "{error:?}");
     assert!(error.to_string().contains("no-such-embedder"), "{error}");
 }
+
+#[tokio::test]
+async fn a_remote_embedder_indexes_every_file_though_its_node_kills_it() {
+    use workerbus_examples::search::node::{Node, NodeOptions};
+
+    let node_dir = data_dir("node");
+    let node = Node::start(NodeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        embedder: EMBEDDER.into(),
+        data_dir: node_dir.clone(),
+        chaos: false,
+    })
+    .await
+    .unwrap();
+    let dir = data_dir("remote");
+    let options = SearchOptions::new(EMBEDDER, &dir).remote(format!("http://{}", node.address()));
+    let app = SearchApp::start(options).await.unwrap();
+    app.init().await.unwrap();
+    // The node's embedder dies before the run and twice during it; the
+    // host's calls cross to the node, which restarts it.
+    node.embedder().kill();
+    let mut chaos = Chaos::plan(5, 2, 1);
+    let reports = index(&app, &[corpus()], |report| {
+        if chaos.strike(report.done, node.embedder().is_running()) {
+            node.embedder().kill();
+        }
+    })
+    .await;
+    assert_indexed_and_searchable(&reports);
+    assert!(node.embedder().restarts() >= 1);
+    // The host's own supervisor saw no crash: only the node's did.
+    assert_eq!(app.embedder().restarts(), 0);
+    assert_finds(&app).await;
+    app.shutdown().await;
+    drop(node);
+    std::fs::remove_dir_all(dir).unwrap();
+    let _ = std::fs::remove_dir_all(node_dir);
+}

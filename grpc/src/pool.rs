@@ -597,7 +597,11 @@ mod tests {
         assert_eq!(plain.authority, "example.com:80");
         let secure = parse_address("https://example.com").unwrap();
         assert_eq!(
-            (secure.authority.as_str(), secure.host.as_str(), secure.secure),
+            (
+                secure.authority.as_str(),
+                secure.host.as_str(),
+                secure.secure
+            ),
             ("example.com:443", "example.com", true)
         );
         for (bad, why) in [

@@ -21,6 +21,7 @@
 pub mod data;
 pub mod index;
 pub mod model;
+pub mod node;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ use workerbus::{
     Error, HealthCheck, Metrics, ProcessDriver, RestartPolicy, SupervisedWorker, Supervisor,
     SupervisorEvent, ThreadDriver, ThreadWorker,
 };
+
+use workerbus_grpc::GrpcDriver;
 
 use crate::embedder::EmbedderClient;
 use crate::model::ModelClient;
@@ -54,6 +57,9 @@ pub struct SearchOptions {
     pub data_dir: PathBuf,
     /// How the embedder's health is watched.
     pub health_check: HealthCheck,
+    /// The gRPC address of a node serving the embedder
+    /// ([`node::serve_node`]), instead of a local embedder process.
+    pub remote: Option<String>,
 }
 
 impl SearchOptions {
@@ -67,7 +73,17 @@ impl SearchOptions {
             health_check: HealthCheck::every(Duration::from_millis(500))
                 .recycle_above_memory(300 << 20)
                 .recycle_after_processed(200),
+            remote: None,
         }
+    }
+
+    /// Uses the embedder a node serves over gRPC at `address` (e.g.
+    /// `http://10.0.0.7:50051`): the node supervises and recycles its own
+    /// embedder process; this side watches its health and reconnects.
+    pub fn remote(mut self, address: impl Into<String>) -> SearchOptions {
+        self.remote = Some(address.into());
+        self.health_check = HealthCheck::every(Duration::from_millis(500));
+        self
     }
 
     /// Watches the embedder with `check` instead.
@@ -122,13 +138,24 @@ impl SearchApp {
         tokio::spawn(time_recoveries(supervisor.subscribe(), recovered));
         // The handshake checks that the program serves both services, built
         // from the same schemas as these clients.
-        let driver = ProcessDriver::new(&options.embedder)
-            .name(EMBEDDER)
-            .env(MODEL_PATH_ENV, options.model_path())
-            .serves(EmbedderClient::SCHEMA)
-            .serves(ModelClient::SCHEMA);
         let policy = RestartPolicy::new().health_check(options.health_check.clone());
-        let embedder = supervisor.supervise(EMBEDDER, driver, policy).await?;
+        let embedder = match &options.remote {
+            None => {
+                let driver = ProcessDriver::new(&options.embedder)
+                    .name(EMBEDDER)
+                    .env(MODEL_PATH_ENV, options.model_path())
+                    .serves(EmbedderClient::SCHEMA)
+                    .serves(ModelClient::SCHEMA);
+                supervisor.supervise(EMBEDDER, driver, policy).await?
+            }
+            // The same clients, over gRPC; a restart is a reconnection.
+            Some(address) => {
+                let driver = GrpcDriver::new(address)
+                    .serves(&EmbedderClient::SCHEMA)
+                    .serves(&ModelClient::SCHEMA);
+                supervisor.supervise(EMBEDDER, driver, policy).await?
+            }
+        };
 
         let metrics = Metrics::new();
         // The supervised channel follows the embedder through its restarts.
