@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     events: ResponseCredit,
     /// The service whose worker's health the channel's `health()` reports.
     health_of: String,
+    /// How calls' messages are compressed, if they are.
+    compression: Option<tonic::codec::CompressionEncoding>,
 }
 
 #[derive(Default)]
@@ -188,6 +190,7 @@ impl GrpcTransport {
         routes: HashMap<MethodName, Route>,
         max_message_size: usize,
         health_of: String,
+        compression: Option<tonic::codec::CompressionEncoding>,
     ) -> GrpcTransport {
         let (outbox, inbox) = mpsc::unbounded_channel();
         GrpcTransport {
@@ -200,6 +203,7 @@ impl GrpcTransport {
                 idle: Notify::new(),
                 events: ResponseCredit::new(),
                 health_of,
+                compression,
             }),
             inbox,
         }
@@ -601,6 +605,9 @@ async fn attempt(
         )
         .max_decoding_message_size(shared.max_message_size)
         .max_encoding_message_size(shared.max_message_size);
+        if let Some(encoding) = shared.compression {
+            grpc = grpc.send_compressed(encoding).accept_compressed(encoding);
+        }
         let response = match grpc.ready().await {
             Ok(()) => grpc.streaming(request, path.clone(), BytesCodec).await,
             Err(error) => Err(tonic::Status::from_error(Box::new(error))),

@@ -22,13 +22,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prost::Message;
 use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
 use tonic::server::Grpc;
 use tonic::{Request, Response, Streaming};
 use tower::Service;
 use tower::util::BoxCloneSyncService;
 use workerbus::{
     ByteStream, CallOptions, Channel, Dispatch, MemoryTransport, MethodKind, MethodName,
-    MethodSchema, ResponseMetadata, ServeOptions, ServiceSchema, serve_transport,
+    MethodSchema, ResponseMetadata, ServeOptions, ServiceSchema, SupervisedWorker, serve_transport,
 };
 
 use crate::codec::BytesCodec;
@@ -72,12 +73,24 @@ pub struct GrpcServer {
     workers: Vec<Channel>,
     /// The events services published.
     events: Vec<&'static ServiceSchema>,
+    /// Services of supervised workers, whose health follows the worker's.
+    supervised: Vec<(&'static str, SupervisedWorker)>,
     serve_options: ServeOptions,
     max_message_size: usize,
     descriptors: Vec<&'static [u8]>,
     tls: Option<Arc<rustls::ServerConfig>>,
     handshake_timeout: std::time::Duration,
     token: Option<Arc<str>>,
+    limits: Limits,
+}
+
+/// The listener's limits.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_connections: usize,
+    max_concurrent_streams: u32,
+    max_header_list_size: u32,
+    max_pending_resets: usize,
 }
 
 /// Where one method's calls go.
@@ -103,12 +116,19 @@ impl GrpcServer {
             channels: HashMap::new(),
             workers: Vec::new(),
             events: Vec::new(),
+            supervised: Vec::new(),
             serve_options: ServeOptions::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             descriptors: Vec::new(),
             tls: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             token: None,
+            limits: Limits {
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+                max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
+                max_pending_resets: DEFAULT_MAX_PENDING_RESETS,
+            },
         }
     }
 
@@ -143,9 +163,35 @@ impl GrpcServer {
         self
     }
 
-    /// How long a connection may take to complete its TLS handshake
-    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`]); one that takes longer is
-    /// closed.
+    /// How many connections are served at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]); one more is closed as soon as it is
+    /// accepted, until another ends.
+    pub fn max_connections(mut self, connections: usize) -> GrpcServer {
+        self.limits.max_connections = connections.max(1);
+        self
+    }
+
+    /// How many calls a connection may have open at once (HTTP/2's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; default
+    /// [`DEFAULT_MAX_CONCURRENT_STREAMS`]): a client waits for a free one
+    /// before it opens another.
+    pub fn max_concurrent_streams(mut self, streams: u32) -> GrpcServer {
+        self.limits.max_concurrent_streams = streams.max(1);
+        self
+    }
+
+    /// The largest header block a call may send, in bytes (HTTP/2's
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`; default
+    /// [`DEFAULT_MAX_HEADER_LIST_SIZE`]); a larger one is refused.
+    pub fn max_header_list_size(mut self, bytes: u32) -> GrpcServer {
+        self.limits.max_header_list_size = bytes;
+        self
+    }
+
+    /// How long a connection may take to send HTTP/2's preface (or, over
+    /// TLS, to complete its handshake) (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]); one that takes longer, or sends
+    /// something else, is closed.
     pub fn handshake_timeout(mut self, timeout: std::time::Duration) -> GrpcServer {
         self.handshake_timeout = timeout;
         self
@@ -218,6 +264,21 @@ impl GrpcServer {
         self
     }
 
+    /// Serves `schema`'s methods on a supervised worker's channel, as
+    /// [`add_channel`](Self::add_channel) does, and makes the service's
+    /// `grpc.health.v1` status follow the worker: `SERVING` while it runs,
+    /// `NOT_SERVING` while it restarts and once it is given up (checked
+    /// every 100 ms), so a load balancer's probes send calls elsewhere
+    /// meanwhile.
+    pub fn add_supervised(
+        mut self,
+        schema: &'static ServiceSchema,
+        worker: &SupervisedWorker,
+    ) -> GrpcServer {
+        self.supervised.push((schema.name(), worker.clone()));
+        self.add_channel(schema, worker.channel())
+    }
+
     /// Publishes the events of `schema`'s service (an events service, e.g.
     /// `indexer_events_service::SCHEMA`) that the workers behind this
     /// server send, to gRPC clients that subscribe
@@ -257,6 +318,10 @@ impl GrpcServer {
             health
                 .set_service_status(service.name(), tonic_health::ServingStatus::Serving)
                 .await;
+        }
+        let mut watchers = tokio::task::JoinSet::new();
+        for (service, worker) in &self.supervised {
+            watchers.spawn(follow_health(health.clone(), service, worker.clone()));
         }
         let mut standard: Vec<(&'static str, StandardService)> =
             vec![(HEALTH, BoxCloneSyncService::new(health_server))];
@@ -299,7 +364,13 @@ impl GrpcServer {
         };
         let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.limits.max_concurrent_streams)
+            .max_header_list_size(self.limits.max_header_list_size)
+            .max_pending_accept_reset_streams(self.limits.max_pending_resets)
+            .max_local_error_reset_streams(DEFAULT_MAX_PENDING_RESETS * 50);
+        let connections = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
         let graceful = GracefulShutdown::new();
         let mut signal = std::pin::pin!(signal);
         loop {
@@ -316,6 +387,14 @@ impl GrpcServer {
                     continue;
                 }
             };
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                tracing::warn!(
+                    max = self.limits.max_connections,
+                    "workerbus-grpc: closing a connection over the server's cap"
+                );
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let service = TowerToHyperService::new(router.clone());
             let watcher = graceful.watcher();
@@ -323,8 +402,13 @@ impl GrpcServer {
             let acceptor = acceptor.clone();
             let handshake_timeout = self.handshake_timeout;
             tokio::spawn(async move {
+                let _permit = permit;
                 let ended = match acceptor {
                     None => {
+                        if let Err(why) = preface(&stream, handshake_timeout).await {
+                            tracing::debug!("workerbus-grpc: closing a connection: {why}");
+                            return;
+                        }
                         let connection = http2.serve_connection(TokioIo::new(stream), service);
                         watcher.watch(connection).await
                     }
@@ -359,6 +443,42 @@ impl GrpcServer {
     }
 }
 
+/// Waits, within `deadline`, until `stream` has sent HTTP/2's preface
+/// (without taking it: hyper reads it).
+async fn preface(
+    stream: &tokio::net::TcpStream,
+    deadline: std::time::Duration,
+) -> Result<(), String> {
+    let mut buffer = [0u8; PREFACE.len()];
+    let waited = tokio::time::timeout(deadline, async {
+        loop {
+            let seen = stream.peek(&mut buffer).await?;
+            if seen == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the peer closed",
+                ));
+            }
+            if seen >= PREFACE.len() || buffer[..seen] != PREFACE[..seen] {
+                return Ok(seen);
+            }
+            // Part of the preface: the rest is on its way (a peer that
+            // trickles it is bounded by the deadline).
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    match waited {
+        Err(_) => Err(format!(
+            "no HTTP/2 preface within {} ms",
+            deadline.as_millis()
+        )),
+        Ok(Err(error)) => Err(format!("reading the preface: {error}")),
+        Ok(Ok(seen)) if buffer[..seen] == PREFACE[..seen] && seen == PREFACE.len() => Ok(()),
+        Ok(Ok(_)) => Err("the peer did not send HTTP/2's preface".to_owned()),
+    }
+}
+
 /// Whether `presented` is `Bearer <token>`, compared in constant time (for
 /// a given length).
 fn bearer_matches(presented: Option<&http::HeaderValue>, token: &str) -> bool {
@@ -370,8 +490,56 @@ fn bearer_matches(presented: Option<&http::HeaderValue>, token: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// The default time a connection may take to complete its TLS handshake.
+/// The default cap on connections served at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// The default cap on the calls one connection has open at once.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// The default largest header block of a call: 16 KiB (gRPC's metadata is
+/// at most 8 KiB, `workerbus::MAX_METADATA_LEN`).
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Streams a client may reset before the server has accepted them, per
+/// connection, before the connection is closed: the HTTP/2 rapid-reset
+/// attack's bound.
+pub const DEFAULT_MAX_PENDING_RESETS: usize = 20;
+
+/// HTTP/2's client connection preface (RFC 9113, 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The default time a connection may take to send its preface or complete
+/// its TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a supervised worker's state is read for its health status.
+const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Keeps `service`'s health status at the supervised `worker`'s state until
+/// the worker is down for good (then `NOT_SERVING`).
+async fn follow_health(
+    reporter: tonic_health::server::HealthReporter,
+    service: &'static str,
+    worker: SupervisedWorker,
+) {
+    let mut reported = None;
+    loop {
+        let down = worker.is_down();
+        let status = if worker.is_running() && !down {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        if reported != Some(status) {
+            reporter.set_service_status(service, status).await;
+            reported = Some(status);
+        }
+        if down {
+            return;
+        }
+        tokio::time::sleep(HEALTH_POLL).await;
+    }
+}
 
 /// The path prefixes of the standard services the server adds.
 const HEALTH: &str = "/grpc.health.v1.Health/";
@@ -443,9 +611,14 @@ impl Service<http::Request<hyper::body::Incoming>> for Router {
                 Ok(status.into_http())
             });
         };
+        // Compressed when the caller asks, with gzip or zstd; never else.
         let mut grpc = Grpc::new(BytesCodec)
             .max_decoding_message_size(self.max_message_size)
-            .max_encoding_message_size(self.max_message_size);
+            .max_encoding_message_size(self.max_message_size)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd);
         Box::pin(async move {
             let route = Arc::new(route);
             let method = route.name.clone();

@@ -60,10 +60,10 @@ impl Node {
         let embedder = supervisor.supervise(EMBEDDER, driver, policy).await?;
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let address = listener.local_addr()?;
-        let channel = embedder.channel();
+        // Health probes see the embedder's restarts.
         let server = GrpcServer::new()
-            .add_channel(&EmbedderClient::SCHEMA, channel.clone())
-            .add_channel(&ModelClient::SCHEMA, channel);
+            .add_supervised(&EmbedderClient::SCHEMA, &embedder)
+            .add_supervised(&ModelClient::SCHEMA, &embedder);
         if options.chaos {
             tokio::spawn(chaos(embedder.clone()));
         }

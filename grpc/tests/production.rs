@@ -1,0 +1,265 @@
+//! The server's production parts: health that follows a supervised worker,
+//! the listener's limits, compression, a graceful drain, and middleware on
+//! the bridge.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::codec::CompressionEncoding;
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use workerbus::{Metrics, Restart, RestartPolicy, Side, Supervisor, ThreadDriver, Worker};
+use workerbus_grpc::{Compression, GrpcDriver, GrpcServer, GrpcWorker};
+use workerbus_tests::EchoWorker;
+use workerbus_tests::cases;
+use workerbus_tests::pb::echo::{
+    EchoClient, EchoReply, EchoRequest, EchoServer, FailRequest, SleepRequest,
+};
+
+async fn listen() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    (listener, address)
+}
+
+async fn connect(
+    address: std::net::SocketAddr,
+    driver: impl FnOnce(GrpcDriver) -> GrpcDriver,
+) -> GrpcWorker {
+    driver(GrpcDriver::new(format!("http://{address}")))
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn tonic_channel(address: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_a_supervised_worker() {
+    let supervisor = Supervisor::new();
+    let spawner = ThreadDriver::new().spawner(|| EchoServer::new(EchoWorker::new()));
+    let policy = RestartPolicy::new()
+        .restart(Restart::Temporary)
+        .without_health_check();
+    let worker = supervisor.supervise("echo", spawner, policy).await.unwrap();
+    let (listener, address) = listen().await;
+    let server = GrpcServer::new().add_supervised(&EchoClient::SCHEMA, &worker);
+    tokio::spawn(server.serve(listener));
+    let mut health = HealthClient::new(tonic_channel(address).await);
+    let mut statuses = health
+        .watch(HealthCheckRequest {
+            service: "echo.Echo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || statuses.message().await.unwrap().unwrap().status;
+    assert_eq!(next().await, ServingStatus::Serving as i32);
+    // A temporary worker that ends is not restarted: down for good.
+    worker.kill();
+    assert_eq!(next().await, ServingStatus::NotServing as i32);
+    assert!(worker.is_down());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_runs_no_more_calls_at_once_than_its_stream_limit() {
+    let (listener, address) = listen().await;
+    let server = GrpcServer::new()
+        .max_concurrent_streams(1)
+        .add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+    let worker = connect(address, |d| d.connections_per_endpoint(1)).await;
+    let client = EchoClient::new(worker.channel());
+    let sleeps = (0..4).map(|i| {
+        client.sleep(SleepRequest {
+            tag: format!("one at a time {i}"),
+            ms: 50,
+            blocking: false,
+        })
+    });
+    for slept in futures_util::future::join_all(sleeps).await {
+        slept.unwrap();
+    }
+    assert_eq!(client.stats(()).await.unwrap().peak_concurrency, 1);
+}
+
+/// Reads from `stream` until the server closes it; how many bytes it sent.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> usize {
+    let mut buffer = [0u8; 1024];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return total,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_cap_is_closed_at_once() {
+    let (listener, address) = listen().await;
+    let server = GrpcServer::new()
+        .max_connections(1)
+        .add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+    let worker = connect(address, |d| d.connections_per_endpoint(1)).await;
+    cases::unary_round_trip(&worker.channel()).await;
+    // The one connection is the driver's: another is closed unread.
+    let mut second = tokio::net::TcpStream::connect(address).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut second)).await;
+    assert_eq!(closed, Ok(0));
+    cases::unary_round_trip(&worker.channel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_the_http2_preface_is_closed() {
+    let (listener, address) = listen().await;
+    let server = GrpcServer::new()
+        .handshake_timeout(Duration::from_millis(200))
+        .add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+    // Silent: closed once the deadline passes.
+    let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut silent)).await;
+    assert_eq!(closed, Ok(0));
+    // Another protocol: closed, unanswered.
+    let mut other = tokio::net::TcpStream::connect(address).await.unwrap();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut other)).await;
+    assert_eq!(closed, Ok(0));
+    // Half a preface, and then nothing: closed at the deadline.
+    let mut trickle = tokio::net::TcpStream::connect(address).await.unwrap();
+    trickle.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut trickle)).await;
+    assert_eq!(closed, Ok(0));
+    // A gRPC client is served.
+    let worker = connect(address, |d| d).await;
+    cases::unary_round_trip(&worker.channel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_compressed_when_the_caller_asks() {
+    let (listener, address) = listen().await;
+    let server = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+    for compression in [Compression::Gzip, Compression::Zstd] {
+        let worker = connect(address, |d| d.compression(compression)).await;
+        cases::unary_round_trip(&worker.channel()).await;
+        cases::large_payloads_round_trip(&worker.channel()).await;
+    }
+    // The server answers compressed, as asked, and only then.
+    for (encoding, name) in [
+        (Some(CompressionEncoding::Gzip), Some("gzip")),
+        (Some(CompressionEncoding::Zstd), Some("zstd")),
+        (None, None),
+    ] {
+        let mut grpc = tonic::client::Grpc::new(tonic_channel(address).await);
+        if let Some(encoding) = encoding {
+            grpc = grpc.send_compressed(encoding).accept_compressed(encoding);
+        }
+        grpc.ready().await.unwrap();
+        let request = prost::Message::encode_to_vec(&EchoRequest {
+            text: "squeeze".into(),
+            data: Bytes::from(vec![b'z'; 64 * 1024]),
+            ..EchoRequest::default()
+        });
+        let response = grpc
+            .unary(
+                tonic::Request::new(Bytes::from(request)),
+                http::uri::PathAndQuery::from_static("/echo.Echo/Echo"),
+                workerbus_grpc::BytesCodec,
+            )
+            .await
+            .unwrap();
+        let used = response
+            .metadata()
+            .get("grpc-encoding")
+            .map(|value| value.to_str().unwrap().to_owned());
+        assert_eq!(used.as_deref(), name);
+        let reply: EchoReply = prost::Message::decode(response.into_inner()).unwrap();
+        assert_eq!(reply.text, "squeeze");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_lets_calls_in_flight_finish_and_takes_no_more() {
+    let (listener, address) = listen().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    let serving = tokio::spawn(server.serve_with_shutdown(listener, async {
+        let _ = stopped.await;
+    }));
+    let worker = connect(address, |d| d).await;
+    let channel = worker.channel();
+    let client = EchoClient::new(channel.clone());
+    let sleep = tokio::spawn(async move {
+        client
+            .sleep(SleepRequest {
+                tag: "drained".into(),
+                ms: 300,
+                blocking: false,
+            })
+            .await
+    });
+    cases::observe(
+        &channel,
+        "drained",
+        workerbus_tests::pb::echo::SleepState::Started,
+    )
+    .await;
+    stop.send(()).unwrap();
+    sleep.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .unwrap()
+        .unwrap();
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(address).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channels_middleware_sees_every_call_the_bridge_makes() {
+    let metrics = Metrics::new();
+    let serving = ThreadDriver::new()
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    let (listener, address) = listen().await;
+    let server = GrpcServer::new().add_channel(
+        &EchoClient::SCHEMA,
+        serving.channel().with_middleware(metrics.clone()),
+    );
+    tokio::spawn(server.serve(listener));
+    let worker = connect(address, |d| d).await;
+    let client = EchoClient::new(worker.channel());
+    for _ in 0..3 {
+        client.echo(EchoRequest::default()).await.unwrap();
+    }
+    let failing = FailRequest {
+        code: workerbus::Code::NotFound.as_u32(),
+        message: "no such thing".into(),
+        ..FailRequest::default()
+    };
+    client.fail(failing).await.unwrap_err();
+    let snapshot = metrics.snapshot();
+    let echo = snapshot
+        .method(Side::Host, "echo.echo")
+        .expect("echo calls");
+    assert_eq!((echo.calls(), echo.ok()), (3, 3));
+    let fail = snapshot
+        .method(Side::Host, "echo.fail")
+        .expect("failed calls");
+    assert_eq!((fail.calls(), fail.failed()), (1, 1));
+}
