@@ -611,6 +611,10 @@ impl Service<http::Request<hyper::body::Incoming>> for Router {
                 Ok(status.into_http())
             });
         };
+        // tonic's decoder takes a request body that fails with `CANCEL` (the
+        // caller's reset) for one that ended: it must not reach the worker
+        // as `END`.
+        let request = request.map(Unended);
         // Compressed when the caller asks, with gzip or zstd; never else.
         let mut grpc = Grpc::new(BytesCodec)
             .max_decoding_message_size(self.max_message_size)
@@ -945,6 +949,34 @@ impl http_body::Body for Oversize {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A request body whose failure (the caller's reset, the connection's loss)
+/// is not an end: it stays pending, and hyper drops the call as it sees the
+/// reset, so the worker gets `CANCEL`, never `END`.
+struct Unended(hyper::body::Incoming);
+
+impl http_body::Body for Unended {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match Pin::new(&mut self.0).poll_frame(cx) {
+            Poll::Ready(Some(Err(_))) => Poll::Pending,
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
     }
 }
 

@@ -36,6 +36,9 @@ impl Drop for TaskEnd {
     fn drop(&mut self) {
         let abandoned = {
             let mut state = lock(&self.shared);
+            if let Some(generation) = self.stream {
+                state.cancelled_streams.remove(&generation);
+            }
             if state.aborted.remove(&self.generation).is_none() {
                 // Dropped without answering (e.g. its runtime shut down):
                 // the call is given up, and the work it handed off with it.

@@ -147,7 +147,18 @@ where
     /// A `CANCEL`: the call stops, running or waiting, and is not answered;
     /// the work its handler handed off is told through its cancellation.
     fn receive_cancel(&mut self, id: u64) {
-        let running = lock(&self.shared).abort(id);
+        let running = {
+            let mut state = lock(&self.shared);
+            let running = state.abort(id);
+            // A task being polled right now outlives its abort: its next
+            // read must not take the stream's loss for its end.
+            if running.is_some()
+                && let Some(generation) = state.streams.get(&id).map(|s| s.generation)
+            {
+                state.cancelled_streams.insert(generation, ());
+            }
+            running
+        };
         match running {
             Some(entry) => {
                 entry.task.abort();

@@ -113,6 +113,10 @@ pub(super) struct State {
     /// when they were aborted: a handler blocking its thread cannot be
     /// stopped, and this is how a health check still sees it.
     pub(super) aborted: IdMap<tokio::time::Instant>,
+    /// The streams of calls cancelled whose task has not ended yet, by
+    /// stream generation: a read there finds the call cancelled, not its
+    /// request stream ended.
+    pub(super) cancelled_streams: IdMap<()>,
     /// Calls taken from the backlog and being dispatched, not yet running.
     pub(super) starting: usize,
     pub(super) next_generation: u64,

@@ -201,8 +201,15 @@ impl<T: Message + Default> Stream for Incoming<T> {
                 .get_mut(&handle.id)
                 .filter(|stream| stream.generation == handle.generation)
             else {
+                let cancelled = state.cancelled_streams.contains_key(&handle.generation);
                 drop(state);
                 self.done = true;
+                if cancelled {
+                    return Poll::Ready(Some(Err(Status::cancelled(format!(
+                        "{} was cancelled before its request stream ended",
+                        self.method
+                    )))));
+                }
                 return Poll::Ready(None);
             };
             match stream.inbound.pop_front() {
