@@ -63,7 +63,9 @@ impl Node {
         // Health probes see the embedder's restarts.
         let server = GrpcServer::new()
             .add_supervised(&EmbedderClient::SCHEMA, &embedder)
-            .add_supervised(&ModelClient::SCHEMA, &embedder);
+            .add_supervised(&ModelClient::SCHEMA, &embedder)
+            // For reflection clients (grpcurl list, describe).
+            .add_descriptors(workerbus::include_descriptor_set!())?;
         if options.chaos {
             tokio::spawn(chaos(embedder.clone()));
         }
