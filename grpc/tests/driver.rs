@@ -580,3 +580,74 @@ async fn messages_over_the_clients_limit_are_resource_exhausted_naming_both_size
     exhausted(&error, "a request message of echo.sum is 2097");
     cases::unary_round_trip(&worker.channel()).await;
 }
+
+/// A TCP proxy to `target` whose first connection stops carrying bytes,
+/// both ways, once `freeze` is sent; its address, and a count of the
+/// connections it has accepted.
+async fn freezing_proxy(
+    target: std::net::SocketAddr,
+    freeze: tokio::sync::watch::Receiver<bool>,
+) -> (String, tokio::sync::watch::Receiver<usize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (accepted, count) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        loop {
+            let (inbound, _) = listener.accept().await.unwrap();
+            let first = *accepted.borrow() == 0;
+            accepted.send_modify(|count| *count += 1);
+            let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+            let mut freeze = freeze.clone();
+            tokio::spawn(async move {
+                let (mut a, mut b) = (inbound, outbound);
+                if first {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        () = async { drop(freeze.wait_for(|frozen| *frozen).await) } => {
+                            // Hold both sockets open, silent.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                } else {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    });
+    (format!("http://{address}"), count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_pings_go_unanswered_is_replaced() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(
+        GrpcServer::new()
+            .add_service(EchoServer::new(EchoWorker::new()))
+            .serve(listener),
+    );
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
+    let (address, mut accepted) = freezing_proxy(target, frozen).await;
+    let worker = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .connections_per_endpoint(1)
+        .keepalive(Duration::from_millis(100), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    cases::unary_round_trip(&worker.channel()).await;
+    assert_eq!(*accepted.borrow(), 1);
+    // The network goes silent without closing anything: only the pings
+    // can tell, and the driver connects again.
+    freeze.send(true).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        accepted.wait_for(|count| *count >= 2),
+    )
+    .await
+    .expect("no new connection after the pings went unanswered")
+    .unwrap();
+    // A call waits for the new connection rather than fail.
+    cases::unary_round_trip(&worker.channel()).await;
+    assert_eq!(worker.open_connections(), [1]);
+}
