@@ -55,6 +55,10 @@ pub(crate) fn routes(schemas: &[&'static ServiceSchema]) -> HashMap<MethodName, 
         .collect()
 }
 
+/// How close to a call's own deadline a server's `DEADLINE_EXCEEDED` is
+/// taken for the call's timeout, and left to the channel's timer.
+const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How many transparent retries a call refused before any server saw it
 /// gets (on another connection each time, if there is one).
 const MAX_REFUSED_RETRIES: u32 = 4;
@@ -532,6 +536,7 @@ async fn run(
 ) {
     let id = call.id;
     let one_way = call.kind == MethodKind::OneWay;
+    let started = tokio::time::Instant::now();
     // A message over the size limit, unary or in the request stream, fails
     // the call before it is sent (the call is dropped, so its stream is
     // reset).
@@ -556,6 +561,16 @@ async fn run(
         Ok((metadata, payload)) => (metadata, Frame::Response { id, payload }),
         Err((metadata, status)) => (metadata, Frame::Status { id, status }),
     };
+    // The server's deadline is the call's, started a little later: its
+    // DEADLINE_EXCEEDED may overtake the channel's own timer by a hair. At
+    // the call's deadline, the channel's timer answers (`Error::Timeout`,
+    // as on every driver) and cancels this task.
+    if let (Frame::Status { status, .. }, Some(timeout), false) = (&end, call.timeout, one_way)
+        && status.code() == Code::DeadlineExceeded
+        && started.elapsed() + DEADLINE_SLACK >= timeout
+    {
+        std::future::pending::<()>().await;
+    }
     if one_way {
         if let Frame::Status { status, .. } = &end {
             tracing::warn!(method = %call.method, %status, "workerbus-grpc: a one-way message failed");
@@ -840,6 +855,8 @@ struct RequestBody {
     taken: (u32, u32),
     /// Where a message over the size limit is reported.
     refused: Arc<Refused>,
+    /// A message over the limit was refused: the body never ends.
+    stalled: bool,
 }
 
 impl RequestBody {
@@ -870,6 +887,7 @@ impl RequestBody {
             shared: Arc::clone(shared),
             taken: (0, 0),
             refused: Arc::clone(refused),
+            stalled: false,
         }
     }
 
@@ -886,6 +904,9 @@ impl Stream for RequestBody {
         if let Some(first) = this.first.take() {
             return Poll::Ready(Some(first));
         }
+        if this.stalled {
+            return Poll::Pending;
+        }
         let Some(items) = &mut this.items else {
             return Poll::Ready(None);
         };
@@ -893,9 +914,10 @@ impl Stream for RequestBody {
             return Poll::Ready(None);
         };
         if item.len() > this.shared.max_message_size {
-            // The call fails; the stream must not look ended.
+            // The call fails; the stream must never look ended, so it stays
+            // pending from here on.
             this.refused.refuse(item.len());
-            this.items = None;
+            this.stalled = true;
             return Poll::Pending;
         }
         this.pulled

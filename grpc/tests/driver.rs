@@ -258,6 +258,8 @@ enum Answer {
     Reply,
     /// Ends the call NOT_FOUND with details that are not base64.
     BadDetails,
+    /// Ends the call DEADLINE_EXCEEDED at once.
+    DeadlineExceeded,
 }
 
 /// A bare HTTP/2 server that answers `Describe` UNIMPLEMENTED (so the
@@ -294,6 +296,9 @@ async fn hostile_server(
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     match answers[n.min(answers.len() - 1)] {
                         Answer::Refuse => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                        Answer::DeadlineExceeded => {
+                            let _ = respond.send_response(grpc("4").body(()).unwrap(), true);
+                        }
                         Answer::BadDetails => {
                             let response = grpc("5")
                                 .header("grpc-message", "gone")
@@ -650,4 +655,109 @@ async fn a_connection_whose_pings_go_unanswered_is_replaced() {
     // A call waits for the new connection rather than fail.
     cases::unary_round_trip(&worker.channel()).await;
     assert_eq!(worker.open_connections(), [1]);
+}
+
+/// A server that answers `Describe` UNIMPLEMENTED and, at its first other
+/// call, closes its connection and stops listening: an endpoint that dies
+/// under a call. Its address, and a count of the calls it saw.
+async fn vanishing_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        let (gone, mut vanish) = tokio::sync::watch::channel(false);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = vanish.wait_for(|gone| *gone) => return,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((tcp, _)) = accepted else { return };
+            if *vanish.borrow() {
+                // Gone: a connection that raced the vanishing is closed.
+                return;
+            }
+            let counter = std::sync::Arc::clone(&counter);
+            let gone = gone.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    if request.uri().path() == "/workerbus.v1.Worker/Describe" {
+                        let response = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", "12")
+                            .body(())
+                            .unwrap();
+                        let _ = respond.send_response(response, true);
+                        continue;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    // Gone, with the call unanswered.
+                    gone.send_replace(true);
+                    return;
+                }
+            });
+        }
+    });
+    (format!("http://{address}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_call_whose_endpoint_dies_is_retried_on_another() {
+    let (vanishing, seen) = vanishing_server().await;
+    let live = serve().await;
+    let worker = GrpcDriver::new(&vanishing)
+        .endpoint(&live)
+        .connections_per_endpoint(1)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    // Headers is idempotent: with retries, a call cut short by its
+    // endpoint's death runs again, on the endpoint that is left.
+    let options = CallOptions::new()
+        .retries(2)
+        .backoff(Backoff::constant(Duration::from_millis(10)));
+    let mut retried = false;
+    for _ in 0..10 {
+        let reply = client
+            .headers_with(HeadersRequest::default(), options.clone())
+            .await
+            .unwrap();
+        retried |= reply.attempt > 1;
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(retried, "no call was retried after its endpoint died");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_deadline_exceeded_at_the_calls_own_deadline_is_its_timeout() {
+    let (address, _) = hostile_server(vec![Answer::DeadlineExceeded]).await;
+    let worker = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .connect()
+        .await
+        .unwrap();
+    let client = EchoClient::new(worker.channel());
+    // Within 100 ms of the call's deadline: the channel's timer answers.
+    let near = CallOptions::new().timeout(Duration::from_millis(50));
+    let error = client
+        .echo_with(EchoRequest::default(), near)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+    // Long before it: the server's status, as it is.
+    let far = CallOptions::new().timeout(Duration::from_secs(30));
+    let error = client
+        .echo_with(EchoRequest::default(), far)
+        .await
+        .unwrap_err();
+    let status = error.status().expect("the server's status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{error:?}");
+    assert_eq!(worker.channel().in_flight(), 0);
 }
