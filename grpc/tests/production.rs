@@ -263,3 +263,41 @@ async fn the_channels_middleware_sees_every_call_the_bridge_makes() {
         .expect("failed calls");
     assert_eq!((fail.calls(), fail.failed()), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_over_the_limit_is_refused_and_the_connection_goes_on() {
+    let (listener, address) = listen().await;
+    let server = GrpcServer::new()
+        .max_header_list_size(4 * 1024)
+        .add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+    let mut grpc = tonic::client::Grpc::new(tonic_channel(address).await);
+    let echo = |grpc: &mut tonic::client::Grpc<tonic::transport::Channel>, padding: usize| {
+        let mut request =
+            tonic::Request::new(Bytes::from(prost::Message::encode_to_vec(&EchoRequest {
+                text: "headers".into(),
+                ..EchoRequest::default()
+            })));
+        request
+            .metadata_mut()
+            .insert("padding", "x".repeat(padding).parse().unwrap());
+        let mut grpc = grpc.clone();
+        async move {
+            grpc.ready().await.unwrap();
+            grpc.unary(
+                request,
+                http::uri::PathAndQuery::from_static("/echo.Echo/Echo"),
+                workerbus_grpc::BytesCodec,
+            )
+            .await
+        }
+    };
+    assert!(
+        echo(&mut grpc, 6 * 1024).await.is_err(),
+        "a 6 KiB header was taken"
+    );
+    // A call within the limit, on the same client, is served.
+    let response = echo(&mut grpc, 1024).await.unwrap();
+    let reply: EchoReply = prost::Message::decode(response.into_inner()).unwrap();
+    assert_eq!(reply.text, "headers");
+}
