@@ -24,6 +24,7 @@ use workerbus::{
 };
 
 use crate::codec::BytesCodec;
+use crate::latch::Latch;
 use crate::map::{
     GRPC_PREVIOUS_ATTEMPTS, TRACEPARENT, encode_traceparent, from_tonic, metadata_into, oversize,
     response_metadata_from, too_large,
@@ -540,9 +541,9 @@ async fn run(
     // A message over the size limit, unary or in the request stream, fails
     // the call before it is sent (the call is dropped, so its stream is
     // reset).
-    let refused = Arc::new(Refused::default());
+    let refused = Arc::new(Latch::new());
     if call.payload.len() > shared.max_message_size {
-        refused.refuse(call.payload.len());
+        refused.set(call.payload.len());
     }
     let outcome = tokio::select! {
         biased;
@@ -595,7 +596,7 @@ async fn attempt(
     route: Route,
     received: Option<mpsc::UnboundedReceiver<Bytes>>,
     credit: &ResponseCredit,
-    refused: &Arc<Refused>,
+    refused: &Arc<Latch<usize>>,
 ) -> Outcome {
     let path = PathAndQuery::from_static(route.path);
     let requests = Arc::new(Mutex::new(received));
@@ -807,37 +808,6 @@ fn is_refused(status: &tonic::Status) -> bool {
     false
 }
 
-/// A request message over the size limit, once one is seen: its size.
-#[derive(Default)]
-struct Refused {
-    size: Mutex<Option<usize>>,
-    seen: Notify,
-}
-
-impl Refused {
-    fn refuse(&self, size: usize) {
-        *self
-            .size
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(size);
-        self.seen.notify_waiters();
-    }
-
-    async fn wait(&self) -> usize {
-        loop {
-            let seen = self.seen.notified();
-            if let Some(size) = *self
-                .size
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-            {
-                return size;
-            }
-            seen.await;
-        }
-    }
-}
-
 /// A request's body: its one message, or its stream's items as the channel
 /// sends them (granting the channel credit as HTTP/2 takes them).
 struct RequestBody {
@@ -854,7 +824,7 @@ struct RequestBody {
     /// Taken and not yet granted back to the channel.
     taken: (u32, u32),
     /// Where a message over the size limit is reported.
-    refused: Arc<Refused>,
+    refused: Arc<Latch<usize>>,
     /// A message over the limit was refused: the body never ends.
     stalled: bool,
 }
@@ -865,7 +835,7 @@ impl RequestBody {
         kind: MethodKind,
         slot: &Arc<Mutex<Option<mpsc::UnboundedReceiver<Bytes>>>>,
         shared: &Arc<Shared>,
-        refused: &Arc<Refused>,
+        refused: &Arc<Latch<usize>>,
     ) -> RequestBody {
         let streams = matches!(
             kind,
@@ -916,7 +886,7 @@ impl Stream for RequestBody {
         if item.len() > this.shared.max_message_size {
             // The call fails; the stream must never look ended, so it stays
             // pending from here on.
-            this.refused.refuse(item.len());
+            this.refused.set(item.len());
             this.stalled = true;
             return Poll::Pending;
         }

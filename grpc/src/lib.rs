@@ -18,6 +18,7 @@
 mod client;
 mod codec;
 mod driver;
+mod latch;
 mod map;
 mod pool;
 mod server;

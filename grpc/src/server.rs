@@ -33,6 +33,7 @@ use workerbus::{
 };
 
 use crate::codec::BytesCodec;
+use crate::latch::Latch;
 use crate::map::{
     GRPC_PREVIOUS_ATTEMPTS, GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent,
     error_to_tonic, metadata_from, metadata_into, oversize, too_large,
@@ -784,7 +785,7 @@ async fn client_stream(
 ) -> Result<Response<Bytes>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
-    let refusal = Arc::new(Refusal::default());
+    let refusal = Arc::new(Latch::new());
     let requests = Requests {
         messages: request.into_inner(),
         refusal: Arc::clone(&refusal),
@@ -792,7 +793,7 @@ async fn client_stream(
     let call = (route.channel).client_stream_bytes(&route.name, requests, &options);
     tokio::select! {
         outcome = call => reply(outcome, &answered),
-        refused = refusal.wait(route.name.clone()) => Err(refused),
+        refused = refused(refusal, route.name.clone()) => Err(refused),
     }
 }
 
@@ -802,17 +803,17 @@ async fn bidi_stream(
 ) -> Result<Response<ItemStream>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
-    let refusal = Arc::new(Refusal::default());
+    let refusal = Arc::new(Latch::new());
     let requests = Requests {
         messages: request.into_inner(),
         refusal: Arc::clone(&refusal),
     };
     let opening = (route.channel).bidi_stream_bytes(&route.name, requests, &options);
-    let refused = Box::pin(Arc::clone(&refusal).wait(route.name.clone()));
     let outcome = tokio::select! {
         opened = opening => opened,
-        refused = refusal.wait(route.name.clone()) => return Err(refused),
+        refused = refused(Arc::clone(&refusal), route.name.clone()) => return Err(refused),
     };
+    let refused = Box::pin(refused(refusal, route.name.clone()));
     let outcome = outcome.map(|items| -> ItemStream {
         Box::pin(Items {
             refused: Some(refused),
@@ -829,7 +830,7 @@ async fn bidi_stream(
 /// reported to `refusal`, which ends the call `RESOURCE_EXHAUSTED`.
 struct Requests {
     messages: Streaming<Bytes>,
-    refusal: Arc<Refusal>,
+    refusal: Arc<Latch<(u64, u64)>>,
 }
 
 impl Stream for Requests {
@@ -841,7 +842,7 @@ impl Stream for Requests {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Ready(Some(Err(status))) => {
                 if let Some(sizes) = oversize(&status) {
-                    self.refusal.refuse(sizes);
+                    self.refusal.set(sizes);
                 }
                 Poll::Pending
             }
@@ -850,37 +851,15 @@ impl Stream for Requests {
     }
 }
 
-/// A request stream's message over the size limit, once one is seen.
-#[derive(Default)]
-struct Refusal {
-    sizes: std::sync::Mutex<Option<(u64, u64)>>,
-    seen: tokio::sync::Notify,
-}
-
-impl Refusal {
-    fn refuse(&self, sizes: (u64, u64)) {
-        *self
-            .sizes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sizes);
-        self.seen.notify_waiters();
-    }
-
-    /// Waits for a message over the limit, and says so as a status.
-    async fn wait(self: Arc<Self>, method: MethodName) -> tonic::Status {
-        loop {
-            let seen = self.seen.notified();
-            let sizes = *self
-                .sizes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((size, limit)) = sizes {
-                let what = format!("a request stream message of {method}");
-                return too_large(&what, size, limit, "this server");
-            }
-            seen.await;
-        }
-    }
+/// How a request stream's message over the size limit ends its call.
+async fn refused(refusal: Arc<Latch<(u64, u64)>>, method: MethodName) -> tonic::Status {
+    let (size, limit) = refusal.wait().await;
+    too_large(
+        &format!("a request stream message of {method}"),
+        size,
+        limit,
+        "this server",
+    )
 }
 
 /// A response whose status is tonic's for a message over the size limit
