@@ -97,6 +97,8 @@ const ALLOCS: &str = "heap allocations per call (64 B sequential)";
 const SPAWN: &str = "spawn to first answer";
 
 const THREAD: &str = "workerbus thread driver";
+const GRPC: &str = "workerbus gRPC driver, TCP";
+const TONIC_TCP: &str = "tonic, TCP";
 const PROCESS: &str = "workerbus process driver";
 // Not a name that contains `PROCESS`, so that `SUBJECTS` can pick either.
 const PROCESS_MULTI: &str = "workerbus process, multi-thread host";
@@ -394,6 +396,15 @@ struct Peers {
     ),
     tarpc_channel: workerbus_benches::peers::TarpcEcho,
     _tarpc_server: Box<dyn std::any::Any>,
+    tonic_tcp: (
+        workerbus_benches::peers::TonicEcho,
+        workerbus_benches::peers::ServerProcess,
+    ),
+    grpc: (
+        WorkerbusEcho,
+        workerbus_grpc::GrpcWorker,
+        workerbus_benches::peers::ServerProcess,
+    ),
 }
 
 #[cfg(feature = "peers")]
@@ -406,6 +417,8 @@ impl Peers {
             tarpc_unix: peers::tarpc_unix().await,
             tarpc_channel,
             _tarpc_server: Box::new(server),
+            tonic_tcp: peers::tonic_tcp().await,
+            grpc: peers::workerbus_grpc().await,
         }
     }
 
@@ -425,6 +438,8 @@ impl Peers {
             config,
         )
         .await;
+        echo_scenarios(results, GRPC, &self.grpc.0, config).await;
+        echo_scenarios(results, TONIC_TCP, &self.tonic_tcp.0, config).await;
     }
 }
 
@@ -534,6 +549,35 @@ const TARGETS: &[Target] = &[
         against_scenario: STREAM,
         against: "1 MiB writes, 1 MiB buffer",
         bound: 0.75,
+        lower_is_better: false,
+    },
+    // workerbus's gRPC bridge and driver against plain tonic, both on TCP
+    // loopback with one connection each.
+    Target {
+        what: "gRPC driver 64 B x 64 >= 0.95x tonic over TCP",
+        scenario: FLIGHT,
+        subject: GRPC,
+        against_scenario: FLIGHT,
+        against: TONIC_TCP,
+        bound: 0.95,
+        lower_is_better: false,
+    },
+    Target {
+        what: "gRPC driver 64 B sequential p50 <= 1.1x tonic over TCP",
+        scenario: SEQ_P50,
+        subject: GRPC,
+        against_scenario: SEQ_P50,
+        against: TONIC_TCP,
+        bound: 1.1,
+        lower_is_better: true,
+    },
+    Target {
+        what: "gRPC driver 64 KiB x 64 >= 0.85x tonic over TCP",
+        scenario: FLIGHT_64K,
+        subject: GRPC,
+        against_scenario: FLIGHT_64K,
+        against: TONIC_TCP,
+        bound: 0.85,
         lower_is_better: false,
     },
 ];

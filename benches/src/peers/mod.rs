@@ -8,11 +8,14 @@
 //! | [`tonic_unix`]    | HTTP/2 on a Unix socket, protobuf | child process ([`TONIC_SERVER`])  |
 //! | [`tarpc_unix`]    | Unix socket, bincode              | child process ([`TARPC_SERVER`])  |
 //! | [`tarpc_channel`] | in-process channel, no encoding   | another thread ([`ServerThread`]) |
+//! | [`tonic_tcp`]     | HTTP/2 on TCP loopback, protobuf  | child process ([`TONIC_TCP_SERVER`]) |
+//! | [`workerbus_grpc`] | workerbus over gRPC, TCP loopback | child process ([`WORKERBUS_GRPC_SERVER`]) |
 //!
 //! Every server runs on a current-thread Tokio runtime, as a workerbus worker
 //! does, and accepts messages of up to 16 MiB.
 
 mod tarpc;
+mod tcp;
 mod tonic;
 
 use std::fmt::Display;
@@ -25,6 +28,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use self::tarpc::TarpcEcho;
+pub use self::tcp::{
+    CONNECTIONS, TONIC_TCP_SERVER, WORKERBUS_GRPC_SERVER, tonic_tcp, workerbus_grpc,
+};
 pub use self::tonic::TonicEcho;
 
 /// The role of a child process serving the tonic echo service.
@@ -45,7 +51,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the server of `role` on the Unix socket `socket` if `role` is one of
 /// the peers' roles ([`TONIC_SERVER`], [`TARPC_SERVER`]), until the process
-/// is killed; returns false for other roles.
+/// is killed; returns false for other roles. The TCP roles
+/// ([`TONIC_TCP_SERVER`], [`WORKERBUS_GRPC_SERVER`]) listen on loopback and
+/// write their address to the file `socket` instead.
 ///
 /// # Panics
 ///
@@ -54,7 +62,10 @@ pub fn serve_role(role: &str, socket: &Path) -> bool {
     let served = match role {
         TONIC_SERVER => block_on(self::tonic::serve(socket)),
         TARPC_SERVER => block_on(self::tarpc::serve(socket)),
-        _ => return false,
+        _ => match self::tcp::serve_role(role, socket) {
+            Some(served) => served,
+            None => return false,
+        },
     };
     if let Err(error) = served {
         panic!("the {role} server on {}: {error}", socket.display());
@@ -202,7 +213,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Each subject answers one small call, one large call and 64 concurrent
     //! calls through clones of one client on a current-thread runtime. The
     //! Unix-socket servers run on a thread here (the test binary does not
@@ -215,7 +226,7 @@ mod tests {
     use crate::Echo;
     use std::path::PathBuf;
 
-    async fn check(client: impl Echo) {
+    pub(crate) async fn check(client: impl Echo) {
         for len in [64, 1 << 20] {
             let payload = Bytes::from(vec![7u8; len]);
             assert_eq!(client.echo(payload.clone()).await, payload);
@@ -231,7 +242,7 @@ mod tests {
         }
     }
 
-    fn socket(name: &str) -> PathBuf {
+    pub(crate) fn socket(name: &str) -> PathBuf {
         let socket = std::env::temp_dir().join(format!(
             "workerbus-bench-test-{name}-{}.sock",
             std::process::id()

@@ -11,6 +11,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
 use self::generated::echo_client::EchoClient;
+pub(super) use self::generated::echo_server;
 use self::generated::echo_server::EchoServer;
 use super::{BoxError, MAX_MESSAGE};
 use crate::Echo;
@@ -18,7 +19,7 @@ use crate::Echo;
 /// The service code tonic-build generates, left as it is (its modules are
 /// `pub`, in a private module).
 #[allow(unreachable_pub)]
-mod generated {
+pub(super) mod generated {
     include!(concat!(env!("OUT_DIR"), "/workerbus.bench.Echo.rs"));
 }
 
@@ -36,6 +37,16 @@ pub(crate) struct EchoMessage {
 #[derive(Clone, Debug)]
 pub struct TonicEcho {
     client: EchoClient<Channel>,
+}
+
+impl TonicEcho {
+    /// A client over `channel`, accepting messages of up to 16 MiB.
+    pub(super) fn new(channel: Channel) -> TonicEcho {
+        let client = EchoClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        TonicEcho { client }
+    }
 }
 
 impl Echo for TonicEcho {
@@ -57,10 +68,7 @@ pub(super) async fn connect(socket: &Path) -> Result<TonicEcho, tonic::transport
     let channel = Endpoint::from_shared(format!("unix:{path}"))?
         .connect()
         .await?;
-    let client = EchoClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    Ok(TonicEcho { client })
+    Ok(TonicEcho::new(channel))
 }
 
 /// Serves the echo service on `socket` until the task is dropped.
@@ -78,7 +86,7 @@ pub(super) async fn serve(socket: &Path) -> Result<(), BoxError> {
 
 /// The echo service: the request's payload is the response's.
 #[derive(Clone, Copy, Debug)]
-struct EchoService;
+pub(super) struct EchoService;
 
 #[tonic::async_trait]
 impl generated::echo_server::Echo for EchoService {
