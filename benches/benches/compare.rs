@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `ROUNDS=n` sets the rounds (default 5); `QUICK=1` measures each figure
-//! for 50 ms instead of 400 ms. The results go to standard output as a
+//! for 50 ms instead of 400 ms; `SUBJECTS` and `SCENARIOS` (comma-separated
+//! parts of names) measure only some. The results go to standard output as a
 //! table with the targets' ratios, and to `target/bench-results/compare.json`.
 //!
 //! The binary is also every server it compares against: started by the
@@ -116,25 +117,42 @@ fn wanted(subject: &str) -> bool {
     }
 }
 
+/// Whether the echo scenario `scenario` is measured: `SCENARIOS`
+/// (comma-separated parts of names) picks some; all are by default.
+fn scenario_wanted(scenario: &str) -> bool {
+    match std::env::var("SCENARIOS") {
+        Ok(wanted) => wanted.split(',').any(|part| scenario.contains(part.trim())),
+        Err(_) => true,
+    }
+}
+
 /// The echo scenarios for one subject.
 async fn echo_scenarios<E: Echo>(results: &mut Results, subject: &str, echo: &E, config: Config) {
     if !wanted(subject) {
         return;
     }
-    let samples = sequential(echo, 64, config.time).await;
-    results.record(SEQ_P50, subject, "µs", micros(percentile(&samples, 0.5)));
-    results.record(SEQ_P99, subject, "µs", micros(percentile(&samples, 0.99)));
-    let rate = in_flight(echo, 64, 64, config.time).await;
-    results.record(FLIGHT, subject, "calls/s", rate);
-    let rate = in_flight(echo, 64 << 10, 64, config.time).await;
-    results.record(
-        FLIGHT_64K,
-        subject,
-        "MB/s",
-        rate * f64::from(64u32 << 10) / 1e6,
-    );
-    let rate = transfer(echo, 1 << 20, config.time).await;
-    results.record(BIG, subject, "MB/s", rate / 1e6);
+    if scenario_wanted(SEQ_P50) || scenario_wanted(SEQ_P99) {
+        let samples = sequential(echo, 64, config.time).await;
+        results.record(SEQ_P50, subject, "µs", micros(percentile(&samples, 0.5)));
+        results.record(SEQ_P99, subject, "µs", micros(percentile(&samples, 0.99)));
+    }
+    if scenario_wanted(FLIGHT) {
+        let rate = in_flight(echo, 64, 64, config.time).await;
+        results.record(FLIGHT, subject, "calls/s", rate);
+    }
+    if scenario_wanted(FLIGHT_64K) {
+        let rate = in_flight(echo, 64 << 10, 64, config.time).await;
+        results.record(
+            FLIGHT_64K,
+            subject,
+            "MB/s",
+            rate * f64::from(64u32 << 10) / 1e6,
+        );
+    }
+    if scenario_wanted(BIG) {
+        let rate = transfer(echo, 1 << 20, config.time).await;
+        results.record(BIG, subject, "MB/s", rate / 1e6);
+    }
 }
 
 /// Heap allocations per call, all threads of the process counted.

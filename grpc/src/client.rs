@@ -26,8 +26,8 @@ use workerbus::{
 use crate::codec::BytesCodec;
 use crate::latch::Latch;
 use crate::map::{
-    GRPC_PREVIOUS_ATTEMPTS, TRACEPARENT, encode_traceparent, from_tonic, metadata_into, oversize,
-    response_metadata_from, too_large,
+    GRPC_PREVIOUS_ATTEMPTS, TRACEPARENT, encode_timeout, encode_traceparent, from_tonic,
+    metadata_into, names, oversize, response_metadata_from, too_large,
 };
 use crate::pool::{Lease, NoEndpoint, Pool};
 use crate::worker::{self, Event, HealthRequest, SubscribeRequest};
@@ -127,8 +127,9 @@ impl Shared {
         let (idle, waker) = {
             let mut state = self.lock();
             state.calls.remove(&id);
-            let idle = state.calls.is_empty();
-            if state.draining && idle {
+            // Only a drain waits for the last call to end.
+            let idle = state.calls.is_empty() && state.draining;
+            if idle {
                 state.ended = true;
                 (idle, state.reader.take())
             } else {
@@ -354,7 +355,7 @@ impl GrpcTransport {
         // The task is registered before it can finish and unregister itself.
         let mut state = self.shared.lock();
         let one_way = call.kind == MethodKind::OneWay;
-        let task = tokio::spawn(async move {
+        let future = async move {
             let ending = Ending {
                 shared: Arc::clone(&shared),
                 id,
@@ -362,7 +363,10 @@ impl GrpcTransport {
             };
             run(&shared, call, route, received, &task_credit).await;
             drop(ending);
-        });
+        };
+        // Boxed before it is spawned: the task keeps a pointer, and the
+        // future (kilobytes, with tonic's and hyper's inside) is moved once.
+        let task = tokio::spawn(Box::pin(future));
         state.calls.insert(
             id,
             CallHandle {
@@ -650,10 +654,12 @@ async fn attempt(
 /// The call's headers: metadata, timeout, trace, attempt.
 fn prepare<T>(request: &mut tonic::Request<T>, call: &Call) {
     metadata_into(&call.metadata, request.metadata_mut());
-    if let Some(timeout) = call.timeout {
-        request.set_timeout(timeout);
-    }
     let headers = request.metadata_mut();
+    if let Some(timeout) = call.timeout {
+        // tonic's `set_timeout` formats its value several times over.
+        AsMut::<http::HeaderMap>::as_mut(headers)
+            .insert(names::GRPC_TIMEOUT, encode_timeout(timeout));
+    }
     if let Some(trace) = call.trace
         && let Ok(value) = encode_traceparent(trace).parse()
     {

@@ -18,6 +18,7 @@
 mod client;
 mod codec;
 mod driver;
+mod executor;
 mod latch;
 mod map;
 mod pool;

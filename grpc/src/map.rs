@@ -18,6 +18,21 @@ pub(crate) const TRACEPARENT: &str = "traceparent";
 /// The header that says how many attempts of a call came before this one.
 pub(crate) const GRPC_PREVIOUS_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
 
+/// The headers above, and gRPC's status, as names made once: looking a
+/// header up by a `&str` parses the name on every call.
+pub(crate) mod names {
+    use http::HeaderName;
+
+    pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static(super::GRPC_TIMEOUT);
+    pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static(super::TRACEPARENT);
+    pub(crate) const GRPC_PREVIOUS_ATTEMPTS: HeaderName =
+        HeaderName::from_static(super::GRPC_PREVIOUS_ATTEMPTS);
+    pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
+        HeaderName::from_static("grpc-status-details-bin");
+}
+
 /// Request headers that are gRPC's or HTTP's own, never a call's metadata.
 fn is_transport_header(key: &str) -> bool {
     key.starts_with("grpc-")
@@ -180,6 +195,45 @@ pub(crate) fn metadata_into(metadata: &Metadata, map: &mut MetadataMap) {
     }
 }
 
+/// A `grpc-timeout` value: at most eight digits and a unit, the finest unit
+/// that holds the duration (rounded up, so the callee never waits longer
+/// than the caller). Written without a formatter: it is on every call's path.
+pub(crate) fn encode_timeout(timeout: Duration) -> http::HeaderValue {
+    const MAX: u64 = 99_999_999;
+    // Past u64's nanoseconds (584 years), hours beyond eight digits too.
+    let Ok(nanos) = u64::try_from(timeout.as_nanos()) else {
+        return http::HeaderValue::from_static("99999999H");
+    };
+    let (value, unit) = [
+        (1u64, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60_000_000_000, b'M'),
+        (3_600_000_000_000, b'H'),
+    ]
+    .into_iter()
+    .map(|(per, unit)| (nanos.div_ceil(per), unit))
+    .find(|(value, _)| *value <= MAX)
+    .unwrap_or((MAX, b'H'));
+    // Eight digits at most, then the unit.
+    let mut text = [0u8; 9];
+    let mut start = 8;
+    let mut rest = value;
+    loop {
+        start -= 1;
+        text[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut end = 8;
+    text[end] = unit;
+    end += 1;
+    http::HeaderValue::from_bytes(&text[start..end]).expect("digits and a letter")
+}
+
 /// Reads a `grpc-timeout` value; `None` if it is malformed.
 pub(crate) fn decode_timeout(value: &str) -> Option<Duration> {
     let unit = value.chars().last()?;
@@ -230,28 +284,6 @@ pub(crate) fn decode_traceparent(value: &str) -> Option<TraceContext> {
 mod tests {
     use super::*;
 
-    /// A `grpc-timeout` value: at most eight digits and a unit, the finest unit
-    /// that holds the duration (rounded up, so the callee never waits longer
-    /// than the caller).
-    fn encode_timeout(timeout: Duration) -> String {
-        const MAX: u128 = 99_999_999;
-        let nanos = timeout.as_nanos();
-        for (unit, per) in [
-            ('n', 1u128),
-            ('u', 1_000),
-            ('m', 1_000_000),
-            ('S', 1_000_000_000),
-            ('M', 60_000_000_000),
-            ('H', 3_600_000_000_000),
-        ] {
-            let value = nanos.div_ceil(per);
-            if value <= MAX {
-                return format!("{value}{unit}");
-            }
-        }
-        format!("{MAX}H")
-    }
-
     #[test]
     fn timeouts_round_trip_rounded_up_to_their_unit() {
         for (timeout, text) in [
@@ -265,10 +297,16 @@ mod tests {
             assert_eq!(encode_timeout(timeout), text);
             assert_eq!(decode_timeout(text), Some(timeout));
         }
+        let longest = Duration::from_secs(u64::MAX);
+        assert_eq!(encode_timeout(longest), "99999999H");
+        for timeout in [Duration::ZERO, Duration::from_nanos(99_999_999)] {
+            let text = encode_timeout(timeout);
+            assert_eq!(decode_timeout(text.to_str().unwrap()), Some(timeout));
+        }
         // 100,000,001 µs does not fit in eight digits of µs: rounded up in ms.
         let odd = Duration::from_micros(100_000_001);
         assert_eq!(encode_timeout(odd), "100001m");
-        assert!(decode_timeout(&encode_timeout(odd)).unwrap() >= odd);
+        assert!(decode_timeout(encode_timeout(odd).to_str().unwrap()).unwrap() >= odd);
         for bad in ["", "m", "123456789m", "12x", "-1S", "1.5S", "12 m"] {
             assert_eq!(decode_timeout(bad), None, "{bad:?}");
         }

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::executor::BoxingExecutor;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
@@ -472,7 +474,7 @@ async fn drive<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::client::conn::http2::Builder::new(BoxingExecutor);
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(config.keepalive_interval)
@@ -557,25 +559,23 @@ impl Body for Checked {
     }
 }
 
-const GRPC_STATUS: &str = "grpc-status";
-const GRPC_MESSAGE: &str = "grpc-message";
-const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+use crate::map::names::{GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS};
 
 /// A server's status whose details are not base64 becomes `INTERNAL`,
 /// saying so: tonic's client would panic reading it.
 fn check_status_headers(headers: &mut HeaderMap) {
-    let Some(details) = headers.get(GRPC_STATUS_DETAILS) else {
+    let Some(details) = headers.get(&GRPC_STATUS_DETAILS) else {
         return;
     };
     let mut only = HeaderMap::new();
     only.insert(GRPC_STATUS_DETAILS, details.clone());
     let valid = tonic::metadata::MetadataMap::from_headers(only)
-        .get_bin(GRPC_STATUS_DETAILS)
+        .get_bin(GRPC_STATUS_DETAILS.as_str())
         .is_some_and(|value| value.to_bytes().is_ok());
     if valid {
         return;
     }
-    headers.remove(GRPC_STATUS_DETAILS);
+    headers.remove(&GRPC_STATUS_DETAILS);
     headers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
     headers.insert(
         GRPC_MESSAGE,

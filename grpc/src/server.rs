@@ -17,7 +17,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_core::Stream;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::executor::BoxingExecutor;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prost::Message;
@@ -35,8 +37,8 @@ use workerbus::{
 use crate::codec::BytesCodec;
 use crate::latch::Latch;
 use crate::map::{
-    GRPC_PREVIOUS_ATTEMPTS, GRPC_TIMEOUT, TRACEPARENT, decode_timeout, decode_traceparent,
-    error_to_tonic, metadata_from, metadata_into, oversize, too_large,
+    decode_timeout, decode_traceparent, error_to_tonic, metadata_from, metadata_into, names,
+    oversize, too_large,
 };
 use crate::tls::ServerTls;
 use crate::worker::{self, Event, HealthReport, HealthRequest, SubscribeRequest};
@@ -364,7 +366,7 @@ impl GrpcServer {
             token: self.token.clone(),
         };
         let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut http2 = hyper::server::conn::http2::Builder::new(BoxingExecutor);
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.limits.max_concurrent_streams)
@@ -624,44 +626,47 @@ impl Service<http::Request<hyper::body::Incoming>> for Router {
             .accept_compressed(CompressionEncoding::Zstd)
             .send_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Zstd);
-        Box::pin(async move {
-            let route = Arc::new(route);
-            let method = route.name.clone();
-            let response = match route.method.kind() {
-                MethodKind::Unary => {
-                    let call = tower::service_fn(move |request| unary(Arc::clone(&route), request));
-                    grpc.unary(call, request).await
-                }
-                MethodKind::OneWay => {
-                    let call =
-                        tower::service_fn(move |request| one_way(Arc::clone(&route), request));
-                    grpc.unary(call, request).await
-                }
-                MethodKind::ServerStreaming => {
-                    let call = tower::service_fn(move |request| {
-                        server_stream(Arc::clone(&route), request)
-                    });
-                    grpc.server_streaming(call, request).await
-                }
-                MethodKind::ClientStreaming => {
-                    let call = tower::service_fn(move |request| {
-                        client_stream(Arc::clone(&route), request)
-                    });
-                    grpc.client_streaming(call, request).await
-                }
-                MethodKind::BidiStreaming => {
-                    let call =
-                        tower::service_fn(move |request| bidi_stream(Arc::clone(&route), request));
-                    grpc.streaming(call, request).await
-                }
-                _ => tonic::Status::unimplemented(format!(
-                    "{} is of a kind this server cannot serve",
-                    route.name
+        // A future per call shape, each boxed at its own size: one future
+        // for all five would be as large as the largest, and moved in full
+        // on every call.
+        let route = Arc::new(route);
+        let method = route.name.clone();
+        match route.method.kind() {
+            MethodKind::Unary => Box::pin(async move {
+                let call = tower::service_fn(move |request| unary(Arc::clone(&route), request));
+                Ok(resource_exhausted(grpc.unary(call, request).await, &method))
+            }),
+            MethodKind::OneWay => Box::pin(async move {
+                let call = tower::service_fn(move |request| one_way(Arc::clone(&route), request));
+                Ok(resource_exhausted(grpc.unary(call, request).await, &method))
+            }),
+            MethodKind::ServerStreaming => Box::pin(async move {
+                let call =
+                    tower::service_fn(move |request| server_stream(Arc::clone(&route), request));
+                let response = grpc.server_streaming(call, request).await;
+                Ok(resource_exhausted(response, &method))
+            }),
+            MethodKind::ClientStreaming => Box::pin(async move {
+                let call =
+                    tower::service_fn(move |request| client_stream(Arc::clone(&route), request));
+                let response = grpc.client_streaming(call, request).await;
+                Ok(resource_exhausted(response, &method))
+            }),
+            MethodKind::BidiStreaming => Box::pin(async move {
+                let call =
+                    tower::service_fn(move |request| bidi_stream(Arc::clone(&route), request));
+                Ok(resource_exhausted(
+                    grpc.streaming(call, request).await,
+                    &method,
                 ))
-                .into_http(),
-            };
-            Ok(resource_exhausted(response, &method))
-        })
+            }),
+            _ => {
+                let status = tonic::Status::unimplemented(format!(
+                    "{method} is of a kind this server cannot serve"
+                ));
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
     }
 }
 
@@ -678,7 +683,8 @@ fn call_options<T>(
         .retries(0)
         .response_metadata(answered)
         .metadata(metadata_from(headers).map_err(error_to_tonic)?);
-    options = match headers.get(GRPC_TIMEOUT) {
+    let http_headers: &http::HeaderMap = headers.as_ref();
+    options = match http_headers.get(names::GRPC_TIMEOUT) {
         None => options.no_timeout(),
         Some(value) => {
             let timeout = value
@@ -690,15 +696,15 @@ fn call_options<T>(
         }
     };
     // Advisory, as in gRPC: a malformed count is ignored.
-    let previous = headers
-        .get(GRPC_PREVIOUS_ATTEMPTS)
+    let previous = http_headers
+        .get(names::GRPC_PREVIOUS_ATTEMPTS)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u32>().ok());
     if let Some(previous) = previous {
         options = options.attempt(previous.saturating_add(1));
     }
-    let trace = headers
-        .get(TRACEPARENT)
+    let trace = http_headers
+        .get(names::TRACEPARENT)
         .and_then(|value| value.to_str().ok())
         .and_then(decode_traceparent);
     if let Some(trace) = trace {
@@ -881,7 +887,10 @@ fn resource_exhausted(
 /// Rewrites a status over the size limit in `headers` (the headers of a
 /// trailers-only response, or trailers) as `RESOURCE_EXHAUSTED`.
 fn rewrite_oversize(headers: &mut http::HeaderMap, what: &str, method: &MethodName) {
-    if headers.get("grpc-status").is_none_or(|code| code != "11") {
+    if headers
+        .get(names::GRPC_STATUS)
+        .is_none_or(|code| code != "11")
+    {
         return;
     }
     let Some(status) = tonic::Status::from_header_map(headers) else {
@@ -1064,9 +1073,9 @@ impl WorkerService {
                 asked.service
             )));
         };
-        let timeout = request
-            .metadata()
-            .get(GRPC_TIMEOUT)
+        let headers: &http::HeaderMap = request.metadata().as_ref();
+        let timeout = headers
+            .get(names::GRPC_TIMEOUT)
             .and_then(|value| value.to_str().ok())
             .and_then(decode_timeout)
             .unwrap_or(HEALTH_TIMEOUT);
