@@ -13,6 +13,7 @@ use workerbus_grpc::GrpcServer;
 use crate::embedder::EmbedderClient;
 use crate::model::ModelClient;
 
+use super::worker::ensure_model;
 use super::{EMBEDDER, MODEL_PATH_ENV};
 
 /// How a node serves.
@@ -40,9 +41,9 @@ pub struct Node {
 
 impl Node {
     /// Supervises the embedder process (recycled above 300 MB or after 200
-    /// calls, as in a local run) and serves its `Embedder` and `Model`
-    /// services over gRPC on `options.listen`; with `options.chaos`, kills
-    /// it at random.
+    /// calls, as in a local run), has it download its model if it is
+    /// missing, and serves its `Embedder` and `Model` services over gRPC on
+    /// `options.listen`; with `options.chaos`, kills it at random.
     pub async fn start(options: NodeOptions) -> Result<Node, Box<dyn std::error::Error>> {
         let supervisor = Supervisor::new();
         let driver = ProcessDriver::new(&options.embedder)
@@ -58,6 +59,9 @@ impl Node {
             .recycle_after_processed(200);
         let policy = RestartPolicy::new().health_check(check);
         let embedder = supervisor.supervise(EMBEDDER, driver, policy).await?;
+        // Ready to embed once it serves: any gRPC client can call Embed
+        // without asking for the model first.
+        ensure_model(&ModelClient::new(embedder.channel())).await?;
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let address = listener.local_addr()?;
         // Health probes see the embedder's restarts.

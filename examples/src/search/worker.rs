@@ -66,34 +66,6 @@ impl SearchWorker {
         }
     }
 
-    /// The model's name, downloading the model first if it is missing.
-    async fn ensure_model(&self) -> Result<String, Status> {
-        let check = self.model.check(CheckRequest {}).await?;
-        if check.exists {
-            return Ok(check.model);
-        }
-        let download = self
-            .model
-            .download(DownloadRequest {
-                path: check.path.clone(),
-            })
-            .await?;
-        if !download.success {
-            return Err(Status::failed_precondition(format!(
-                "the model could not be downloaded to {}: {}",
-                check.path, download.error
-            )));
-        }
-        let check = self.model.check(CheckRequest {}).await?;
-        if !check.exists {
-            return Err(Status::failed_precondition(format!(
-                "the model is still missing at {} after its download",
-                check.path
-            )));
-        }
-        Ok(check.model)
-    }
-
     /// The vectors of `texts`, in batches of [`EMBED_BATCH`].
     async fn embed(&self, texts: Vec<String>, is_query: bool) -> Result<Vec<Vec<f32>>, Status> {
         let mut vectors = Vec::with_capacity(texts.len());
@@ -204,7 +176,7 @@ impl WorkerHandler for SearchWorker {
                 "db_dir is empty: say where the index lives",
             ));
         }
-        let model = self.ensure_model().await?;
+        let model = ensure_model(&self.model).await?;
         let file = Path::new(&request.db_dir).join(INDEX_FILE);
         let index = Index::open(&file, &model).map_err(|error| {
             Status::failed_precondition(format!("opening the index {}: {error}", file.display()))
@@ -320,4 +292,32 @@ impl WorkerHandler for SearchWorker {
             chunks,
         })
     }
+}
+
+/// The model's name, downloading the model first if it is missing: what a
+/// search worker does before it indexes, and a serving node before it serves.
+pub(crate) async fn ensure_model(model: &ModelClient) -> Result<String, Status> {
+    let check = model.check(CheckRequest {}).await?;
+    if check.exists {
+        return Ok(check.model);
+    }
+    let download = model
+        .download(DownloadRequest {
+            path: check.path.clone(),
+        })
+        .await?;
+    if !download.success {
+        return Err(Status::failed_precondition(format!(
+            "the model could not be downloaded to {}: {}",
+            check.path, download.error
+        )));
+    }
+    let check = model.check(CheckRequest {}).await?;
+    if !check.exists {
+        return Err(Status::failed_precondition(format!(
+            "the model is still missing at {} after its download",
+            check.path
+        )));
+    }
+    Ok(check.model)
 }
