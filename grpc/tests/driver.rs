@@ -269,71 +269,78 @@ enum Answer {
 async fn hostile_server(
     answers: Vec<Answer>,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&seen);
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let answers = answers.clone();
-            let counter = std::sync::Arc::clone(&counter);
-            tokio::spawn(async move {
-                let Ok(mut connection) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((request, mut respond))) = connection.accept().await {
-                    let grpc = |status: &str| {
-                        http::Response::builder()
-                            .header("content-type", "application/grpc")
-                            .header("grpc-status", status)
-                    };
-                    if request.uri().path() == "/workerbus.v1.Worker/Describe" {
-                        let _ = respond.send_response(grpc("12").body(()).unwrap(), true);
-                        continue;
-                    }
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    match answers[n.min(answers.len() - 1)] {
-                        Answer::Refuse => respond.send_reset(h2::Reason::REFUSED_STREAM),
-                        Answer::DeadlineExceeded => {
-                            let _ = respond.send_response(grpc("4").body(()).unwrap(), true);
-                        }
-                        Answer::BadDetails => {
-                            let response = grpc("5")
-                                .header("grpc-message", "gone")
-                                .header("grpc-status-details-bin", "!!not*base64!!")
-                                .body(())
-                                .unwrap();
-                            let _ = respond.send_response(response, true);
-                        }
-                        Answer::Reply => {
-                            let response = http::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .body(())
-                                .unwrap();
-                            let mut send = respond.send_response(response, false).unwrap();
-                            let reply = EchoReply {
-                                text: "answered".into(),
-                                ..EchoReply::default()
-                            };
-                            let message = prost::Message::encode_to_vec(&reply);
-                            let mut frame = vec![0];
-                            frame.extend_from_slice(
-                                &u32::try_from(message.len()).unwrap().to_be_bytes(),
-                            );
-                            frame.extend_from_slice(&message);
-                            let _ = send.send_data(frame.into(), false);
-                            let mut trailers = http::HeaderMap::new();
-                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                            let _ = send.send_trailers(trailers);
-                        }
-                    }
-                }
-            });
+            tokio::spawn(answer_hostile(
+                tcp,
+                answers.clone(),
+                std::sync::Arc::clone(&counter),
+            ));
         }
     });
     (format!("http://{address}"), seen)
+}
+
+/// Serves one connection of [`hostile_server`]: `Describe` UNIMPLEMENTED,
+/// and each other call as `answers` says, counting them in `counter`.
+async fn answer_hostile(
+    tcp: tokio::net::TcpStream,
+    answers: Vec<Answer>,
+    counter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let Ok(mut connection) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        let grpc = |status: &str| {
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", status)
+        };
+        if request.uri().path() == "/workerbus.v1.Worker/Describe" {
+            let _ = respond.send_response(grpc("12").body(()).unwrap(), true);
+            continue;
+        }
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match answers[n.min(answers.len() - 1)] {
+            Answer::Refuse => respond.send_reset(h2::Reason::REFUSED_STREAM),
+            Answer::DeadlineExceeded => {
+                let _ = respond.send_response(grpc("4").body(()).unwrap(), true);
+            }
+            Answer::BadDetails => {
+                let response = grpc("5")
+                    .header("grpc-message", "gone")
+                    .header("grpc-status-details-bin", "!!not*base64!!")
+                    .body(())
+                    .unwrap();
+                let _ = respond.send_response(response, true);
+            }
+            Answer::Reply => {
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .unwrap();
+                let mut send = respond.send_response(response, false).unwrap();
+                let reply = EchoReply {
+                    text: "answered".into(),
+                    ..EchoReply::default()
+                };
+                let message = prost::Message::encode_to_vec(&reply);
+                let mut frame = vec![0];
+                frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+                frame.extend_from_slice(&message);
+                let _ = send.send_data(frame.into(), false);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let _ = send.send_trailers(trailers);
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,6 +379,213 @@ async fn a_call_refused_again_and_again_fails_unavailable() {
         Some(Code::Unavailable),
         "{error}"
     );
+}
+
+/// Where a GOAWAY puts its last stream id, against the call it answers.
+#[derive(Clone, Copy, Debug)]
+enum LastStream {
+    /// Below the call's stream id: the server says it never processed it.
+    BelowTheCall,
+    /// The call's own stream id: the server says it took the call.
+    TheCall,
+}
+
+/// An HTTP/2 frame: its 9-byte header, then its payload (RFC 9113, 4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The next HTTP/2 frame on `tcp`: its type, flags, stream id and payload;
+/// `None` once the peer has closed.
+async fn read_h2_frame(tcp: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.ok()?;
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+    let mut payload = vec![0; usize::try_from(length).unwrap()];
+    tcp.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, payload))
+}
+
+/// An HPACK header field, literal, never indexed, with a new name (RFC
+/// 7541, 6.2.2), for names and values under 128 bytes.
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut field = vec![0x10, u8::try_from(name.len()).unwrap()];
+    field.extend_from_slice(name.as_bytes());
+    field.push(u8::try_from(value.len()).unwrap());
+    field.extend_from_slice(value.as_bytes());
+    field
+}
+
+/// One connection spoken frame by frame: `Describe` (the connection's first
+/// stream) is answered UNIMPLEMENTED; the call that follows is counted in
+/// `received` and never answered. Below the call, the GOAWAY goes at the
+/// call's HEADERS; at the call, once the call's request has ended (its
+/// message and END_STREAM received), and then the server closes its side,
+/// as one that went away with the call unanswered.
+async fn go_away_under_a_call(
+    mut tcp: tokio::net::TcpStream,
+    last: LastStream,
+    received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const GOAWAY: u8 = 7;
+    const ACK: u8 = 0x1;
+    const END_STREAM: u8 = 0x1;
+    const END_STREAM_AND_HEADERS: u8 = END_STREAM | 0x4;
+    let mut preface = [0u8; 24];
+    if tcp.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    // A client that has gone is no error: the test looks at the counts.
+    if tcp.write_all(&h2_frame(SETTINGS, 0, 0, &[])).await.is_err() {
+        return;
+    }
+    let mut describe = None;
+    while let Some((kind, flags, stream, payload)) = read_h2_frame(&mut tcp).await {
+        let answer = match kind {
+            SETTINGS if flags & ACK == 0 => h2_frame(SETTINGS, ACK, 0, &[]),
+            PING if flags & ACK == 0 => h2_frame(PING, ACK, 0, &payload),
+            HEADERS if describe.is_none() => {
+                describe = Some(stream);
+                // `:status: 200` (static index 8), then a trailers-only
+                // UNIMPLEMENTED.
+                let mut block = vec![0x88];
+                block.extend(hpack_literal("content-type", "application/grpc"));
+                block.extend(hpack_literal("grpc-status", "12"));
+                h2_frame(HEADERS, END_STREAM_AND_HEADERS, stream, &block)
+            }
+            // The call's frames (`Describe`'s message is left unread).
+            HEADERS | DATA if describe != Some(stream) => {
+                if kind == HEADERS {
+                    received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let ended = flags & END_STREAM != 0;
+                let last_stream = match last {
+                    LastStream::BelowTheCall if kind == HEADERS => describe.unwrap(),
+                    LastStream::TheCall if ended => stream,
+                    _ => continue,
+                };
+                let mut payload = last_stream.to_be_bytes().to_vec();
+                payload.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+                if tcp
+                    .write_all(&h2_frame(GOAWAY, 0, 0, &payload))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if let LastStream::TheCall = last {
+                    let _ = tcp.shutdown().await;
+                }
+                continue;
+            }
+            // Window updates, resets, `Describe`'s message: never answered.
+            _ => continue,
+        };
+        if tcp.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A server whose first connection sends GOAWAY under the call that follows
+/// `Describe` (as [`go_away_under_a_call`] says), and whose later
+/// connections answer every call "answered" (as [`hostile_server`]'s
+/// `Reply`). Its address, the calls the first connection received, and the
+/// calls the later ones answered.
+async fn going_away_server(
+    last: LastStream,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (received, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (first, later) = (Arc::clone(&received), Arc::clone(&answered));
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::spawn(go_away_under_a_call(tcp, last, first));
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(answer_hostile(tcp, vec![Answer::Reply], Arc::clone(&later)));
+        }
+    });
+    (format!("http://{address}"), received, answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_above_a_goaways_last_stream_is_sent_again_on_a_new_connection_even_if_not_idempotent()
+ {
+    use std::sync::atomic::Ordering;
+    let (address, received, answered) = going_away_server(LastStream::BelowTheCall).await;
+    // One connection: `Describe` and then the call go on the same one.
+    let worker = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .connections_per_endpoint(1)
+        .connect()
+        .await
+        .unwrap();
+    // Echo is not idempotent: the channel itself would not retry it.
+    let reply = EchoClient::new(worker.channel())
+        .echo(EchoRequest::default())
+        .await
+        .unwrap();
+    // The first connection had the call, and let it go unprocessed; the
+    // second answered it, once.
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    assert_eq!(reply.text, "answered");
+    assert_eq!(worker.channel().in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_a_goaway_took_is_not_sent_again_when_its_connection_then_closes() {
+    use std::sync::atomic::Ordering;
+    let (address, received, answered) = going_away_server(LastStream::TheCall).await;
+    let worker = GrpcDriver::new(&address)
+        .serves(&EchoClient::SCHEMA)
+        .connections_per_endpoint(1)
+        .connect()
+        .await
+        .unwrap();
+    let answer = EchoClient::new(worker.channel())
+        .echo(EchoRequest::default())
+        .await;
+    let counts = (
+        received.load(Ordering::SeqCst),
+        answered.load(Ordering::SeqCst),
+    );
+    let error = answer.err().unwrap_or_else(|| {
+        panic!("sent again: (received by the first connection, answered by a later one) {counts:?}")
+    });
+    // The server took the whole call (it may have run it): a call that is not
+    // idempotent fails, naming the endpoint, and is not sent again.
+    assert_eq!(
+        error.status().map(|s| s.code()),
+        Some(Code::Unavailable),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains(address.trim_start_matches("http://")),
+        "{error}"
+    );
+    assert_eq!(counts, (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

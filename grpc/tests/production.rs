@@ -301,3 +301,108 @@ async fn a_header_block_over_the_limit_is_refused_and_the_connection_goes_on() {
     let reply: EchoReply = prost::Message::decode(response.into_inner()).unwrap();
     assert_eq!(reply.text, "headers");
 }
+
+/// An HTTP/2 connection of `h2`'s own client to `address`: its handle, and
+/// the connection, not yet driven, so that what is queued on the handle
+/// leaves in one write once it is.
+async fn bare_h2(
+    address: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    h2::client::Connection<tokio::net::TcpStream>,
+) {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    h2::client::handshake(tcp).await.unwrap()
+}
+
+/// An Echo call's request headers, for `h2` itself.
+fn echo_request() -> http::Request<()> {
+    http::Request::post("http://workerbus.test/echo.Echo/Echo")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// Queues `count` Echo calls on `send`, each reset (CANCEL) as soon as it
+/// is opened: HEADERS then RST_STREAM, for streams the server has not yet
+/// accepted.
+fn open_and_reset(send: &mut h2::client::SendRequest<Bytes>, count: usize) {
+    for _ in 0..count {
+        let (_response, mut stream) = send.send_request(echo_request(), false).unwrap();
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+/// An Echo call over `send`, read to its end: the reply's text.
+async fn echo_over(send: h2::client::SendRequest<Bytes>, text: &str) -> String {
+    let mut send = send.ready().await.unwrap();
+    let (response, mut stream) = send.send_request(echo_request(), false).unwrap();
+    let message = prost::Message::encode_to_vec(&EchoRequest {
+        text: text.into(),
+        ..EchoRequest::default()
+    });
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&message);
+    stream.send_data(frame.into(), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        body.flow_control().release_capacity(data.len()).unwrap();
+        received.extend_from_slice(&data);
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
+    let reply: EchoReply = prost::Message::decode(&received[5..]).unwrap();
+    reply.text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_streams_reset_before_the_server_accepts_them_closes_the_connection() {
+    let bound = workerbus_grpc::DEFAULT_MAX_PENDING_RESETS;
+    let (listener, address) = listen().await;
+    let server = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    tokio::spawn(server.serve(listener));
+
+    // As many as the bound, all in one write: the connection goes on, and
+    // serves a call.
+    let (mut send, connection) = bare_h2(address).await;
+    open_and_reset(&mut send, bound);
+    let driven = tokio::spawn(connection);
+    assert_eq!(
+        echo_over(send, "after the resets").await,
+        "after the resets"
+    );
+    driven.abort();
+
+    // Five times as many: the server ends the connection, telling the client
+    // to calm down, rather than take reset after reset. (The connection is
+    // settled first, by a call: the client has nothing left to write after
+    // the resets, so a write to the closed socket cannot hide the GOAWAY.)
+    let (mut send, connection) = bare_h2(address).await;
+    let mut connection = std::pin::pin!(connection);
+    let settled = tokio::select! {
+        text = echo_over(send.clone(), "before the resets") => text,
+        ended = &mut connection => panic!("the connection ended: {ended:?}"),
+    };
+    assert_eq!(settled, "before the resets");
+    open_and_reset(&mut send, bound * 5);
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the connection was not closed");
+    let error = ended.expect_err("the connection ended without an error");
+    assert!(error.is_go_away() && error.is_remote(), "{error:?}");
+    assert_eq!(
+        error.reason(),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{error:?}"
+    );
+
+    // Another connection is served as ever.
+    let worker = connect(address, |d| d).await;
+    cases::unary_round_trip(&worker.channel()).await;
+}
