@@ -290,6 +290,11 @@ impl Pool {
                 continue;
             }
             for connection in &state.connections {
+                // Closed (after a GOAWAY, say) but not yet forgotten by its
+                // endpoint's task: a call sent on it would fail unsent.
+                if connection.send.is_closed() {
+                    continue;
+                }
                 let load = connection.load.load(Ordering::Relaxed);
                 if best.as_ref().is_none_or(|(least, ..)| load < *least) {
                     best = Some((load, connection.clone(), endpoint));

@@ -975,3 +975,36 @@ async fn a_servers_deadline_exceeded_at_the_calls_own_deadline_is_its_timeout() 
     assert_eq!(status.code(), Code::DeadlineExceeded, "{error:?}");
     assert_eq!(worker.channel().in_flight(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_a_goaway_turned_away_is_answered_on_the_next_connection() {
+    use std::sync::atomic::Ordering;
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let (address, received, answered) = going_away_server(LastStream::BelowTheCall).await;
+        let worker = GrpcDriver::new(&address)
+            .serves(&EchoClient::SCHEMA)
+            .connections_per_endpoint(1)
+            .connect()
+            .await
+            .unwrap();
+        let client = EchoClient::new(worker.channel());
+        // Echo is not idempotent: only the transport's resend can save them.
+        let calls = (0..50).map(|_| client.echo(EchoRequest::default()));
+        for result in futures_util::future::join_all(calls).await {
+            if let Err(error) = result {
+                failures.push(format!(
+                    "round {round} (first connection received {}, later ones answered {}): {error}",
+                    received.load(Ordering::SeqCst),
+                    answered.load(Ordering::SeqCst)
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} calls failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

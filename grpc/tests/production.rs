@@ -363,9 +363,26 @@ async fn echo_over(send: h2::client::SendRequest<Bytes>, text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_streams_reset_before_the_server_accepts_them_closes_the_connection() {
-    let bound = workerbus_grpc::DEFAULT_MAX_PENDING_RESETS;
-    let (listener, address) = listen().await;
     let server = GrpcServer::new().add_service(EchoServer::new(EchoWorker::new()));
+    resets_beyond_the_bound_close_the_connection(
+        server,
+        workerbus_grpc::DEFAULT_MAX_PENDING_RESETS,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_on_reset_streams_is_the_servers_to_set() {
+    let server = GrpcServer::new()
+        .max_pending_resets(5)
+        .add_service(EchoServer::new(EchoWorker::new()));
+    resets_beyond_the_bound_close_the_connection(server, 5).await;
+}
+
+/// `bound` resets at once leave a connection serving; five times as many
+/// close it with `ENHANCE_YOUR_CALM`; a new connection is served as ever.
+async fn resets_beyond_the_bound_close_the_connection(server: GrpcServer, bound: usize) {
+    let (listener, address) = listen().await;
     tokio::spawn(server.serve(listener));
 
     // As many as the bound, all in one write: the connection goes on, and

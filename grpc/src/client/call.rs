@@ -433,7 +433,8 @@ fn transport_error(status: &tonic::Status) -> Option<String> {
 
 /// Whether a call failed before any server saw it: the server refused its
 /// stream (REFUSED_STREAM), its id was above the last one a GOAWAY let
-/// through, or the connection had closed before it was sent.
+/// through, or the connection had closed before it was sent (hyper says
+/// canceled, or, when its sender was closed already, closed).
 fn is_refused(status: &tonic::Status) -> bool {
     let mut source: Option<&(dyn StdError + 'static)> = status.source();
     while let Some(error) = source {
@@ -442,7 +443,7 @@ fn is_refused(status: &tonic::Status) -> bool {
                 && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
         }
         if let Some(hyper) = error.downcast_ref::<hyper::Error>()
-            && hyper.is_canceled()
+            && (hyper.is_canceled() || hyper.is_closed())
         {
             return true;
         }

@@ -82,6 +82,7 @@ struct Limits {
     max_concurrent_streams: u32,
     max_header_list_size: u32,
     max_pending_resets: usize,
+    max_error_resets: usize,
 }
 
 /// Where one method's calls go.
@@ -119,6 +120,7 @@ impl GrpcServer {
                 max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
                 max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
                 max_pending_resets: DEFAULT_MAX_PENDING_RESETS,
+                max_error_resets: DEFAULT_MAX_ERROR_RESETS,
             },
         }
     }
@@ -176,6 +178,26 @@ impl GrpcServer {
     /// [`DEFAULT_MAX_HEADER_LIST_SIZE`]); a larger one is refused.
     pub fn max_header_list_size(mut self, bytes: u32) -> GrpcServer {
         self.limits.max_header_list_size = bytes;
+        self
+    }
+
+    /// How many streams a client may have reset, at one time, before the
+    /// server has accepted them (default [`DEFAULT_MAX_PENDING_RESETS`]):
+    /// past it, the connection is closed with `GOAWAY` `ENHANCE_YOUR_CALM`,
+    /// the bound on HTTP/2's rapid-reset attack. Streams the server has
+    /// begun serving do not count.
+    pub fn max_pending_resets(mut self, streams: usize) -> GrpcServer {
+        self.limits.max_pending_resets = streams;
+        self
+    }
+
+    /// How many streams the server may reset for the client's protocol
+    /// errors on them (invalid frames, say), over a connection's life,
+    /// before it closes the connection with `ENHANCE_YOUR_CALM` (default
+    /// [`DEFAULT_MAX_ERROR_RESETS`]): the bound on a client that provokes
+    /// resets instead of sending them.
+    pub fn max_error_resets(mut self, streams: usize) -> GrpcServer {
+        self.limits.max_error_resets = streams;
         self
     }
 
@@ -360,7 +382,7 @@ impl GrpcServer {
             .max_concurrent_streams(self.limits.max_concurrent_streams)
             .max_header_list_size(self.limits.max_header_list_size)
             .max_pending_accept_reset_streams(self.limits.max_pending_resets)
-            .max_local_error_reset_streams(DEFAULT_MAX_PENDING_RESETS * 50);
+            .max_local_error_reset_streams(self.limits.max_error_resets);
         let connections = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
         let graceful = GracefulShutdown::new();
         let mut signal = std::pin::pin!(signal);
@@ -480,10 +502,14 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// at most 8 KiB, `workerbus::MAX_METADATA_LEN`).
 pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
-/// Streams a client may reset before the server has accepted them, per
-/// connection, before the connection is closed: the HTTP/2 rapid-reset
-/// attack's bound.
+/// Streams a client may have reset, at one time, before the server has
+/// accepted them, per connection, before the connection is closed: the
+/// HTTP/2 rapid-reset attack's bound.
 pub const DEFAULT_MAX_PENDING_RESETS: usize = 20;
+
+/// Streams the server may reset for the client's protocol errors on them,
+/// over a connection's life, before the connection is closed.
+pub const DEFAULT_MAX_ERROR_RESETS: usize = 1000;
 
 /// HTTP/2's client connection preface (RFC 9113, 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
