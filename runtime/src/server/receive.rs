@@ -159,14 +159,16 @@ where
             }
             running
         };
-        match running {
-            Some(entry) => {
-                entry.task.abort();
-                entry.fire();
-            }
-            None => self.backlog.retain(|(queued, _)| *queued != id),
+        if running.is_none() {
+            self.backlog.retain(|(queued, _)| *queued != id);
         }
+        // The stream is closed before the handler's work is told: once the
+        // cancellation has fired, a read finds the call cancelled.
         self.close_stream(id);
+        if let Some(entry) = running {
+            entry.task.abort();
+            entry.fire();
+        }
     }
 
     /// An `ITEM` of a request stream, within the credit the worker granted.

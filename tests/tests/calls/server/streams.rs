@@ -344,3 +344,57 @@ async fn stream_halves_end_with_their_call() {
         ]
     );
 }
+
+/// A handler being polled when its call's `CANCEL` arrives outlives the
+/// abort until it next waits; a read of its request stream before then
+/// fails cancelled, and never takes the stream's loss for its end (on which
+/// the handler would answer as if its caller had sent everything). The
+/// handler keeps its thread busy from before the `CANCEL` is sent until its
+/// cancellation fires, so the read comes after the `CANCEL` was taken in,
+/// whatever the timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_the_calls_cancel_is_cancelled_not_the_streams_end() {
+    let (busy, busy_now) = std::sync::mpsc::channel::<()>();
+    let (read_after, reads) = std::sync::mpsc::channel::<Result<Option<i64>, Status>>();
+    let senders = Mutex::new((busy, read_after));
+    let probe = Probe(Box::new(move |call: Call| -> Handled {
+        let (busy, read_after) = senders.lock().unwrap().clone();
+        Box::pin(async move {
+            let (_payload, cx, streams) = call.into_parts();
+            let mut incoming = streams.incoming::<SumRequest>(&cx, "echo.SumRequest")?;
+            incoming.message().await?;
+            // Polled by its own task from here, not within the serve loop.
+            tokio::task::yield_now().await;
+            let cancellation = cx.cancelled();
+            busy.send(()).unwrap();
+            // Busy until the CANCEL has been taken in, on the other thread:
+            // the task is being polled all along, so the abort cannot stop
+            // it first.
+            while !cancellation.is_cancelled() {
+                std::thread::yield_now();
+            }
+            let next = incoming
+                .message()
+                .await
+                .map(|next| next.map(|request| request.value));
+            read_after.send(next).unwrap();
+            Ok(Bytes::new())
+        })
+    }));
+    let (mut host, _served) = serve_with(probe, ServeOptions::new());
+    host.send(sum(1)).await.unwrap();
+    host.send(sum_item(1, 1, 0)).await.unwrap();
+    let waited =
+        tokio::task::spawn_blocking(move || busy_now.recv_timeout(Duration::from_secs(20)));
+    waited
+        .await
+        .unwrap()
+        .expect("the handler read its first message within 20 s");
+    host.send(Frame::Cancel { id: 1 }).await.unwrap();
+    let read = tokio::task::spawn_blocking(move || reads.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the handler read its stream again within 20 s");
+    let status = read.expect_err("a read after the cancel failed, rather than ended the stream");
+    assert_eq!(status.code(), Code::Cancelled, "{status}");
+}
