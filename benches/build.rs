@@ -1,5 +1,6 @@
-//! Generates the tonic service code of the `peers` feature (nothing without
-//! it).
+//! Generates workerbus's code for the Vectors service of the fresh-message
+//! scenario (`proto/vectors.proto`), and the tonic service code of the
+//! `peers` feature.
 //!
 //! tonic's service code is made by tonic-build's `manual` builder, which takes
 //! the service described in Rust rather than a `.proto` file: no protoc, no
@@ -8,10 +9,12 @@
 //! would give it (a `bytes` field as `Bytes`), so what runs is what a tonic
 //! user runs: the generated client and server over `tonic_prost::ProstCodec`.
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo::rerun-if-changed=build.rs");
+    workerbus_build::compile_protos(&["proto/vectors.proto"], &["proto"])?;
     #[cfg(feature = "peers")]
     generate_tonic_echo();
+    Ok(())
 }
 
 /// Writes `$OUT_DIR/workerbus.bench.Echo.rs`: the client (`echo_client`) and
@@ -25,10 +28,19 @@ fn generate_tonic_echo() {
         .output_type("crate::peers::tonic::EchoMessage")
         .codec_path("tonic_prost::ProstCodec")
         .build();
+    // The fresh-message scenario's call, beside it.
+    let make = tonic_build::manual::Method::builder()
+        .name("make")
+        .route_name("Make")
+        .input_type("crate::peers::tonic::MakeRequest")
+        .output_type("crate::peers::tonic::MakeReply")
+        .codec_path("tonic_prost::ProstCodec")
+        .build();
     let service = tonic_build::manual::Service::builder()
         .name("Echo")
         .package("workerbus.bench")
         .method(echo)
+        .method(make)
         .build();
     // The client is built on a `Channel` made in `peers::tonic`, so the
     // generated `connect` constructor (and its transport path) is not needed.

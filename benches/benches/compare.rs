@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use workerbus::{ConcurrencyLimit, Metrics};
 use workerbus_benches::baselines::{self, MpscEcho, ServerProcess};
 use workerbus_benches::counting::{Counting, allocations};
-use workerbus_benches::scenarios::{in_flight, sequential, transfer};
-use workerbus_benches::subjects::{self, WorkerbusEcho};
-use workerbus_benches::{Echo, ROLE_ENV, percentile};
+use workerbus_benches::scenarios::{fresh_in_flight, in_flight, sequential, transfer};
+use workerbus_benches::subjects::{self, WorkerbusEcho, WorkerbusVectors};
+use workerbus_benches::{Echo, MakeVectors, ROLE_ENV, percentile};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -92,6 +92,7 @@ const SEQ_P99: &str = "64 B sequential: p99 latency";
 const FLIGHT: &str = "64 B x 64 in flight";
 const FLIGHT_64K: &str = "64 KiB x 64 in flight";
 const BIG: &str = "1 MiB request and response";
+const FRESH: &str = "fresh 64 KiB message x 64 in flight";
 const STREAM: &str = "raw Unix-socket streaming";
 const MIDDLEWARE: &str = "call cost by middleware (64 B sequential p50)";
 const ALLOCS: &str = "heap allocations per call (64 B sequential)";
@@ -153,6 +154,22 @@ async fn echo_scenarios<E: Echo>(results: &mut Results, subject: &str, echo: &E,
         let rate = transfer(echo, 1 << 20, config.time).await;
         results.record(BIG, subject, "MB/s", rate / 1e6);
     }
+}
+
+/// The fresh-message scenario for one subject: 64 calls in flight, each
+/// answered by 16,384 floats (64 KiB) made for it.
+async fn fresh_scenario<V: MakeVectors>(
+    results: &mut Results,
+    subject: &str,
+    vectors: &V,
+    config: Config,
+) {
+    if !wanted(subject) || !scenario_wanted(FRESH) {
+        return;
+    }
+    const FLOATS: u32 = 16_384;
+    let rate = fresh_in_flight(vectors, FLOATS, 64, config.time).await;
+    results.record(FRESH, subject, "MB/s", rate * f64::from(FLOATS * 4) / 1e6);
 }
 
 /// Heap allocations per call, all threads of the process counted.
@@ -220,6 +237,16 @@ async fn run(config: Config) -> Results {
             .with_middleware(ConcurrencyLimit::new(1024)),
     );
     let mpsc = MpscEcho::start();
+    let vectors_thread = subjects::vectors_thread_worker()
+        .await
+        .expect("a thread worker");
+    let vectors_process = subjects::vectors_process_worker()
+        .await
+        .expect("a process worker");
+    let (on_thread_vectors, in_process_vectors) = (
+        WorkerbusVectors::new(vectors_thread.channel()),
+        WorkerbusVectors::new(vectors_process.channel()),
+    );
     let multi = wanted(PROCESS_MULTI)
         .then(|| MultiThreadHost::start(config, tokio_echo.socket().to_owned()));
     #[cfg(feature = "peers")]
@@ -233,6 +260,9 @@ async fn run(config: Config) -> Results {
             results.merge(multi.round());
         }
         echo_scenarios(&mut results, "tokio mpsc + oneshot", &mpsc, config).await;
+        fresh_scenario(&mut results, THREAD, &on_thread_vectors, config).await;
+        fresh_scenario(&mut results, PROCESS, &in_process_vectors, config).await;
+        fresh_scenario(&mut results, "tokio mpsc + oneshot", &mpsc, config).await;
         #[cfg(feature = "peers")]
         peers.run(&mut results, config).await;
 
@@ -315,6 +345,8 @@ async fn run(config: Config) -> Results {
     }
     thread.shutdown().await;
     process.shutdown().await;
+    vectors_thread.shutdown().await;
+    vectors_process.shutdown().await;
     if let Some(multi) = multi {
         multi.stop();
     }
@@ -442,6 +474,21 @@ impl Peers {
 
     async fn run(&self, results: &mut Results, config: Config) {
         echo_scenarios(results, "tonic, Unix socket", &self.tonic.0, config).await;
+        fresh_scenario(results, "tonic, Unix socket", &self.tonic.0, config).await;
+        fresh_scenario(
+            results,
+            "tarpc, bincode, Unix socket",
+            &self.tarpc_unix.0,
+            config,
+        )
+        .await;
+        fresh_scenario(
+            results,
+            "tarpc, in-process channel",
+            &self.tarpc_channel,
+            config,
+        )
+        .await;
         echo_scenarios(
             results,
             "tarpc, bincode, Unix socket",
@@ -567,6 +614,43 @@ const TARGETS: &[Target] = &[
         against_scenario: STREAM,
         against: "1 MiB writes, 1 MiB buffer",
         bound: 0.75,
+        lower_is_better: false,
+    },
+    // Messages at memory speed: data, not reference counts.
+    Target {
+        what: "thread driver 64 KiB x 64 >= 1.0x tarpc's channel",
+        scenario: FLIGHT_64K,
+        subject: THREAD,
+        against_scenario: FLIGHT_64K,
+        against: "tarpc, in-process channel",
+        bound: 1.0,
+        lower_is_better: false,
+    },
+    Target {
+        what: "thread driver 64 KiB x 64 >= 0.25x tokio mpsc + oneshot",
+        scenario: FLIGHT_64K,
+        subject: THREAD,
+        against_scenario: FLIGHT_64K,
+        against: "tokio mpsc + oneshot",
+        bound: 0.25,
+        lower_is_better: false,
+    },
+    Target {
+        what: "thread driver fresh 64 KiB x 64 >= 1.0x tarpc's channel",
+        scenario: FRESH,
+        subject: THREAD,
+        against_scenario: FRESH,
+        against: "tarpc, in-process channel",
+        bound: 1.0,
+        lower_is_better: false,
+    },
+    Target {
+        what: "process driver 64 KiB x 64 >= 1.0x tarpc over a Unix socket",
+        scenario: FLIGHT_64K,
+        subject: PROCESS,
+        against_scenario: FLIGHT_64K,
+        against: "tarpc, bincode, Unix socket",
+        bound: 1.0,
         lower_is_better: false,
     },
     // workerbus's gRPC bridge and driver against plain tonic, both on TCP

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Echo, ROLE_ENV};
+use crate::{Echo, MakeVectors, ROLE_ENV};
 
 /// The role of a server that sends every raw frame back (std, blocking).
 pub const STD_ECHO: &str = "std-echo";
@@ -284,7 +284,12 @@ fn set_send_buffer(stream: &UnixStream, bytes: usize) {
 }
 
 /// A request and the way back for its answer.
-type Request = (Bytes, oneshot::Sender<Bytes>);
+enum Request {
+    /// An echo of the payload.
+    Echo(Bytes, oneshot::Sender<Bytes>),
+    /// A fresh batch of this many floats.
+    Make(u32, oneshot::Sender<Vec<f32>>),
+}
 
 /// Tokio mpsc + oneshot request and response: the server is a task on a
 /// current-thread runtime of its own thread, as a thread worker is.
@@ -303,8 +308,15 @@ impl MpscEcho {
                 .build()
                 .expect("a Tokio runtime");
             runtime.block_on(async move {
-                while let Some((payload, answer)) = incoming.recv().await {
-                    let _ = answer.send(payload);
+                while let Some(request) = incoming.recv().await {
+                    match request {
+                        Request::Echo(payload, answer) => {
+                            let _ = answer.send(payload);
+                        }
+                        Request::Make(count, answer) => {
+                            let _ = answer.send(crate::fresh_vectors(count));
+                        }
+                    }
                 }
             });
         });
@@ -316,7 +328,18 @@ impl Echo for MpscEcho {
     async fn echo(&self, payload: Bytes) -> Bytes {
         let (answer, response) = oneshot::channel();
         self.requests
-            .send((payload, answer))
+            .send(Request::Echo(payload, answer))
+            .await
+            .expect("the server thread is gone");
+        response.await.expect("the server dropped a request")
+    }
+}
+
+impl MakeVectors for MpscEcho {
+    async fn make(&self, count: u32) -> Vec<f32> {
+        let (answer, response) = oneshot::channel();
+        self.requests
+            .send(Request::Make(count, answer))
             .await
             .expect("the server thread is gone");
         response.await.expect("the server dropped a request")

@@ -28,6 +28,21 @@ pub trait Echo: Clone + Send + Sync + 'static {
     fn echo(&self, payload: Bytes) -> impl Future<Output = Bytes> + Send;
 }
 
+/// A connected client of a service that makes a fresh batch of vectors for
+/// every call (the fresh-message scenario): every subject that can serve
+/// it.
+pub trait MakeVectors: Clone + Send + Sync + 'static {
+    /// Asks for `count` floats, made for this call, and returns them.
+    /// Panics on failure.
+    fn make(&self, count: u32) -> impl Future<Output = Vec<f32>> + Send;
+}
+
+/// What every server of the fresh-message scenario answers: `count` floats,
+/// made now.
+pub fn fresh_vectors(count: u32) -> Vec<f32> {
+    (0..count).map(|i| i as f32 * 0.25).collect()
+}
+
 /// The `p`-th percentile (0 to 1) of `samples`, by nearest rank.
 pub fn percentile(samples: &[Duration], p: f64) -> Duration {
     let mut sorted = samples.to_vec();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::Echo;
+use crate::{Echo, MakeVectors};
 
 /// A payload of `size` bytes.
 pub fn payload(size: usize) -> Bytes {
@@ -62,4 +62,34 @@ pub async fn transfer<E: Echo>(echo: &E, size: usize, time: Duration) -> f64 {
     let samples = sequential(echo, size, time).await;
     let elapsed: Duration = samples.iter().sum();
     (2 * size * samples.len()) as f64 / elapsed.as_secs_f64()
+}
+
+/// Calls per second with `in_flight` calls outstanding at all times, for
+/// `time`, each answered by `count` floats the server made for it.
+pub async fn fresh_in_flight<V: MakeVectors>(
+    subject: &V,
+    count: u32,
+    in_flight: usize,
+    time: Duration,
+) -> f64 {
+    let start = Instant::now();
+    let end = start + time;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let subject = subject.clone();
+        tasks.spawn(async move {
+            let mut calls = 0u64;
+            while Instant::now() < end {
+                let values = subject.make(count).await;
+                assert_eq!(values.len(), count as usize, "another number of floats");
+                calls += 1;
+            }
+            calls
+        });
+    }
+    let mut calls = 0;
+    while let Some(done) = tasks.join_next().await {
+        calls += done.expect("a calling task panicked");
+    }
+    calls as f64 / start.elapsed().as_secs_f64()
 }

@@ -1,12 +1,25 @@
 //! workerbus as a subject of a comparison: the Echo test service on each
-//! driver.
+//! driver, and the Vectors service of the fresh-message scenario.
 
 use bytes::Bytes;
-use workerbus::{Channel, Error, ProcessDriver, ProcessWorker, ThreadDriver, ThreadWorker};
+use workerbus::{
+    Channel, Context, Error, ProcessDriver, ProcessWorker, Status, ThreadDriver, ThreadWorker,
+};
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{EchoClient, EchoRequest, EchoServer};
 
-use crate::Echo;
+use self::pb::{MakeReply, MakeRequest, VectorsClient, VectorsHandler, VectorsServer};
+use crate::{Echo, MakeVectors, fresh_vectors};
+
+/// The Vectors service (`benches/proto/vectors.proto`).
+#[allow(missing_docs)]
+pub mod pb {
+    workerbus::include_proto!("bench");
+}
+
+/// The environment variable that makes a worker process of this binary
+/// serve the Vectors service rather than Echo.
+const SERVE_ENV: &str = "WORKERBUS_BENCH_SERVE";
 
 /// A workerbus client of the Echo test service.
 #[derive(Clone, Debug)]
@@ -34,6 +47,61 @@ impl Echo for WorkerbusEcho {
             Err(error) => panic!("{error}"),
         }
     }
+}
+
+/// A workerbus client of the Vectors service.
+#[derive(Clone, Debug)]
+pub struct WorkerbusVectors {
+    client: VectorsClient,
+}
+
+impl WorkerbusVectors {
+    /// A client over `channel`.
+    pub fn new(channel: Channel) -> WorkerbusVectors {
+        WorkerbusVectors {
+            client: VectorsClient::new(channel),
+        }
+    }
+}
+
+impl MakeVectors for WorkerbusVectors {
+    async fn make(&self, count: u32) -> Vec<f32> {
+        match self.client.make(MakeRequest { count }).await {
+            Ok(reply) => reply.values,
+            Err(error) => panic!("{error}"),
+        }
+    }
+}
+
+/// The Vectors service's handler: a fresh batch for every call.
+#[derive(Clone, Copy, Debug)]
+pub struct VectorsWorker;
+
+impl VectorsHandler for VectorsWorker {
+    async fn make(&self, request: MakeRequest, _cx: &Context) -> Result<MakeReply, Status> {
+        Ok(MakeReply {
+            values: fresh_vectors(request.count),
+        })
+    }
+}
+
+/// The Vectors service on a worker thread.
+pub async fn vectors_thread_worker() -> Result<ThreadWorker, Error> {
+    ThreadDriver::new()
+        .name("bench-vectors")
+        .spawn(VectorsServer::new(VectorsWorker))
+        .await
+}
+
+/// The Vectors service in a worker process (this binary).
+pub async fn vectors_process_worker() -> Result<ProcessWorker, Error> {
+    let program = std::env::current_exe().expect("the benchmark's path");
+    ProcessDriver::new(program)
+        .name("bench-vectors")
+        .env(SERVE_ENV, "vectors")
+        .serves(VectorsClient::SCHEMA)
+        .spawn()
+        .await
 }
 
 /// The Echo service on a worker thread.
@@ -65,8 +133,28 @@ pub fn serve_if_worker() -> bool {
         .enable_all()
         .build()
         .expect("a Tokio runtime");
-    runtime
-        .block_on(workerbus::serve(EchoServer::new(EchoWorker::in_process())))
-        .expect("serving the benchmark's worker");
+    let served = if std::env::var_os(SERVE_ENV).is_some_and(|serve| serve == "vectors") {
+        runtime.block_on(workerbus::serve(VectorsServer::new(VectorsWorker)))
+    } else {
+        runtime.block_on(workerbus::serve(EchoServer::new(EchoWorker::in_process())))
+    };
+    served.expect("serving the benchmark's worker");
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::baselines::MpscEcho;
+
+    #[tokio::test]
+    async fn a_thread_worker_and_mpsc_make_the_floats_asked_for() {
+        let worker = vectors_thread_worker().await.unwrap();
+        let vectors = WorkerbusVectors::new(worker.channel());
+        assert_eq!(vectors.make(16_384).await, fresh_vectors(16_384));
+        assert!(vectors.make(0).await.is_empty());
+        worker.shutdown().await;
+        let mpsc = MpscEcho::start();
+        assert_eq!(mpsc.make(16_384).await, fresh_vectors(16_384));
+    }
 }

@@ -223,7 +223,7 @@ pub(crate) mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::Echo;
+    use crate::{Echo, MakeVectors};
     use std::path::PathBuf;
 
     pub(crate) async fn check(client: impl Echo) {
@@ -240,6 +240,12 @@ pub(crate) mod tests {
         for (i, call) in calls.into_iter().enumerate() {
             assert_eq!(call.await.unwrap().len(), 64 * i);
         }
+    }
+
+    /// The fresh-message scenario's call: the floats the server made.
+    async fn check_vectors(client: impl MakeVectors) {
+        assert_eq!(client.make(16_384).await, crate::fresh_vectors(16_384));
+        assert!(client.make(0).await.is_empty());
     }
 
     pub(crate) fn socket(name: &str) -> PathBuf {
@@ -259,6 +265,7 @@ pub(crate) mod tests {
             super::tonic::serve(&path).await.unwrap();
         });
         let client = connect_retrying("tonic", || super::tonic::connect(&socket), || None).await;
+        check_vectors(client.clone()).await;
         check(client).await;
         drop(server);
         let _ = std::fs::remove_file(&socket);
@@ -272,6 +279,7 @@ pub(crate) mod tests {
             super::tarpc::serve(&path).await.unwrap();
         });
         let client = connect_retrying("tarpc", || super::tarpc::connect(&socket), || None).await;
+        check_vectors(client.clone()).await;
         check(client).await;
         drop(server);
         let _ = std::fs::remove_file(&socket);
@@ -280,6 +288,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn tarpc_over_a_channel() {
         let (client, server) = tarpc_channel();
+        check_vectors(client.clone()).await;
         check(client).await;
         drop(server);
     }

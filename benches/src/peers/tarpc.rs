@@ -12,13 +12,15 @@ use tarpc::{ClientMessage, Response, Transport, client, context, serde_transport
 use tokio_stream::StreamExt as _;
 
 use super::{BoxError, MAX_MESSAGE, ServerThread};
-use crate::Echo;
+use crate::{Echo, MakeVectors};
 
 /// The echo service.
 #[tarpc::service]
 trait EchoService {
     /// Returns `payload`.
     async fn echo(payload: Bytes) -> Bytes;
+    /// Returns `count` floats, made for this call.
+    async fn make(count: u32) -> Vec<f32>;
 }
 
 /// The echo service's implementation: the payload comes back as it came.
@@ -28,6 +30,10 @@ struct EchoServer;
 impl EchoService for EchoServer {
     async fn echo(self, _: context::Context, payload: Bytes) -> Bytes {
         payload
+    }
+
+    async fn make(self, _: context::Context, count: u32) -> Vec<f32> {
+        crate::fresh_vectors(count)
     }
 }
 
@@ -42,6 +48,15 @@ impl Echo for TarpcEcho {
         match self.client.echo(context::current(), payload).await {
             Ok(payload) => payload,
             Err(error) => panic!("tarpc echo: {error}"),
+        }
+    }
+}
+
+impl MakeVectors for TarpcEcho {
+    async fn make(&self, count: u32) -> Vec<f32> {
+        match self.client.make(context::current(), count).await {
+            Ok(values) => values,
+            Err(error) => panic!("tarpc make: {error}"),
         }
     }
 }

@@ -14,7 +14,7 @@ use self::generated::echo_client::EchoClient;
 pub(super) use self::generated::echo_server;
 use self::generated::echo_server::EchoServer;
 use super::{BoxError, MAX_MESSAGE};
-use crate::Echo;
+use crate::{Echo, MakeVectors};
 
 /// The service code tonic-build generates, left as it is (its modules are
 /// `pub`, in a private module).
@@ -31,6 +31,25 @@ pub(crate) struct EchoMessage {
     /// The payload, sent back as it came.
     #[prost(bytes = "bytes", tag = "1")]
     pub(crate) payload: Bytes,
+}
+
+/// The request of `/workerbus.bench.Echo/Make`, as prost-build makes
+/// `message MakeRequest { uint32 count = 1; }`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct MakeRequest {
+    /// How many floats to make.
+    #[prost(uint32, tag = "1")]
+    pub(crate) count: u32,
+}
+
+/// Its response, as prost-build makes
+/// `message MakeReply { repeated float values = 1; }` (packed, as proto3's
+/// repeated scalars are).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MakeReply {
+    /// The floats, made for the call.
+    #[prost(float, repeated, tag = "1")]
+    pub(crate) values: Vec<f32>,
 }
 
 /// A tonic client of the echo service.
@@ -57,6 +76,16 @@ impl Echo for TonicEcho {
         match client.echo(EchoMessage { payload }).await {
             Ok(reply) => reply.into_inner().payload,
             Err(status) => panic!("tonic echo: {status}"),
+        }
+    }
+}
+
+impl MakeVectors for TonicEcho {
+    async fn make(&self, count: u32) -> Vec<f32> {
+        let mut client = self.client.clone();
+        match client.make(MakeRequest { count }).await {
+            Ok(reply) => reply.into_inner().values,
+            Err(status) => panic!("tonic make: {status}"),
         }
     }
 }
@@ -92,5 +121,10 @@ pub(super) struct EchoService;
 impl generated::echo_server::Echo for EchoService {
     async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
         Ok(Response::new(request.into_inner()))
+    }
+
+    async fn make(&self, request: Request<MakeRequest>) -> Result<Response<MakeReply>, Status> {
+        let values = crate::fresh_vectors(request.into_inner().count);
+        Ok(Response::new(MakeReply { values }))
     }
 }
