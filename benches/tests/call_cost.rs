@@ -1,6 +1,7 @@
 //! The cost of a call, counted rather than timed so that it holds on a
 //! noisy machine: heap allocations per 64 B echo call in the steady state,
-//! on each driver, against a budget. A change that makes calls allocate more
+//! on each driver, and bytes allocated per 64 KiB call on the thread
+//! driver, against a budget. A change that makes calls allocate more
 //! fails here (and in CI), before any benchmark is run.
 //!
 //! The budgets are what the messages themselves need. On the thread driver:
@@ -14,7 +15,7 @@
 //! `Context::cancelled()`) is made only when asked.
 
 use workerbus_benches::Echo;
-use workerbus_benches::counting::{Counting, allocations};
+use workerbus_benches::counting::{Counting, allocated_bytes, allocations};
 use workerbus_benches::scenarios::payload;
 use workerbus_benches::subjects::{self, WorkerbusEcho};
 
@@ -37,6 +38,20 @@ async fn allocations_per_call(echo: &WorkerbusEcho) -> f64 {
         echo.echo(payload.clone()).await;
     }
     (allocations() - before) as f64 / CALLS as f64
+}
+
+/// Bytes allocated per call (in every thread of this process) over `CALLS`
+/// sequential calls of `size` bytes, after `CALLS` to warm up.
+async fn bytes_per_call(echo: &WorkerbusEcho, size: usize) -> f64 {
+    let payload = payload(size);
+    for _ in 0..CALLS {
+        echo.echo(payload.clone()).await;
+    }
+    let before = allocated_bytes();
+    for _ in 0..CALLS {
+        echo.echo(payload.clone()).await;
+    }
+    (allocated_bytes() - before) as f64 / CALLS as f64
 }
 
 /// Fails if `measured` is over `budget` (with room for the rare wake-up
@@ -71,6 +86,16 @@ fn main() {
             "thread driver (host and worker)",
             allocations_per_call(&echo).await,
             3.0,
+        );
+        // A 64 KiB message is encoded into a pooled buffer, used again once
+        // the message is dropped: the request and the response, 128 KiB a
+        // call in fresh buffers, allocate a few small headers instead.
+        let bytes = bytes_per_call(&echo, 64 << 10).await;
+        println!("thread driver, 64 KiB calls: {bytes:.0} bytes allocated per call (budget 4096)");
+        assert!(
+            bytes <= 4096.0,
+            "64 KiB calls allocate {bytes:.0} bytes each (host and worker), over 4 KiB: \
+             are large messages encoded into fresh buffers again?"
         );
         worker.shutdown().await;
 

@@ -50,6 +50,7 @@
 //! reader holds its sender back instead of filling memory.
 
 mod backoff;
+mod buffers;
 mod cancellation;
 mod client;
 mod context;

@@ -8,9 +8,17 @@ use prost::Message;
 use crate::error::Error;
 use crate::name::MethodName;
 
-/// Encodes a message into a buffer of exactly its size.
+/// Encodes a message into a buffer of exactly its size, or, if it is large,
+/// into a pooled buffer that is used again once the message is dropped
+/// ([`crate::buffers`]).
 pub(crate) fn encode<M: Message>(message: &M) -> Bytes {
-    let mut buf = BytesMut::with_capacity(message.encoded_len());
+    let len = message.encoded_len();
+    if (crate::buffers::POOLED_FROM..=crate::buffers::POOLED_UP_TO).contains(&len) {
+        let mut buf = crate::buffers::take(len);
+        message.encode_raw(&mut buf);
+        return crate::buffers::freeze(buf);
+    }
+    let mut buf = BytesMut::with_capacity(len);
     message.encode_raw(&mut buf);
     buf.freeze()
 }
