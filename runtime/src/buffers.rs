@@ -80,8 +80,12 @@ pub(crate) fn freeze(buffer: Vec<u8>) -> Bytes {
 mod tests {
     use super::*;
 
+    /// The pool is the process's: its tests take turns.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn a_dropped_message_gives_its_buffer_to_the_next_and_small_ones_stay_out() {
+        let _turn = crate::sync::lock(&SERIAL);
         let mut first = take(64 << 10);
         first.extend_from_slice(&[7; 64 << 10]);
         let address = first.as_ptr();
@@ -107,5 +111,22 @@ mod tests {
                 .all(|b| (POOLED_FROM..=POOLED_UP_TO).contains(&b.capacity()))
         );
         assert!(pool.1 <= MAX_BYTES && pool.0.len() <= MAX_BUFFERS);
+    }
+
+    #[test]
+    fn the_pool_keeps_no_more_than_its_bounds() {
+        let _turn = crate::sync::lock(&SERIAL);
+        let messages: Vec<Bytes> = (0..MAX_BUFFERS + 50)
+            .map(|_| {
+                let mut buffer = Vec::with_capacity(POOLED_UP_TO);
+                buffer.push(1);
+                freeze(buffer)
+            })
+            .collect();
+        drop(messages);
+        let pool = crate::sync::lock(&POOL);
+        assert!(pool.0.len() <= MAX_BUFFERS, "{} buffers kept", pool.0.len());
+        assert!(pool.1 <= MAX_BYTES, "{} bytes kept", pool.1);
+        assert_eq!(pool.1, pool.0.iter().map(Vec::capacity).sum::<usize>());
     }
 }
