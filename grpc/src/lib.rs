@@ -38,3 +38,11 @@ pub use self::server::{
     DEFAULT_MAX_PENDING_RESETS, GrpcServer,
 };
 pub use self::tls::{ClientTls, ServerTls, TlsError};
+
+/// Locks `mutex`, taking over a lock that a panicking thread left poisoned:
+/// every state under a lock here stays valid between statements.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -100,9 +100,7 @@ impl Drop for Lease {
 pub(crate) struct NoEndpoint(pub(crate) String);
 
 fn lock(state: &Mutex<EndpointState>) -> MutexGuard<'_, EndpointState> {
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::lock(state)
 }
 
 /// An endpoint's address, read.

@@ -110,9 +110,7 @@ impl ResponseCredit {
     }
 
     fn lock(&self) -> MutexGuard<'_, (u32, i64)> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.state)
     }
 
     pub(super) fn grant(&self, messages: u32, bytes: u32) {
@@ -486,9 +484,7 @@ impl RequestBody {
             MethodKind::ClientStreaming | MethodKind::BidiStreaming
         );
         let items = if streams {
-            slot.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
+            crate::lock(slot).take()
         } else {
             None
         };
@@ -557,10 +553,7 @@ impl Drop for RequestBody {
         if !self.pulled.load(std::sync::atomic::Ordering::Acquire)
             && let Some(items) = self.items.take()
         {
-            *self
-                .slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(items);
+            *crate::lock(&self.slot) = Some(items);
         }
     }
 }
