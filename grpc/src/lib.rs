@@ -24,6 +24,7 @@ mod map;
 mod pool;
 mod server;
 mod tls;
+mod trailers;
 mod worker;
 
 pub use self::codec::{BytesCodec, BytesDecoder, BytesEncoder};

@@ -11,13 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Uri};
-use http_body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::executor::BoxingExecutor;
+use crate::trailers::RewriteTrailers;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
@@ -525,42 +524,14 @@ impl tower::Service<http::Request<tonic::body::Body>> for Connection {
         Box::pin(async move {
             let mut response = response.await?;
             check_status_headers(response.headers_mut());
-            Ok(response.map(Checked))
+            Ok(response
+                .map(|body| RewriteTrailers::new(body, check_status_headers as fn(&mut HeaderMap))))
         })
     }
 }
 
 /// A response body whose trailers are checked like the headers.
-pub(crate) struct Checked(hyper::body::Incoming);
-
-impl Body for Checked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.0).poll_frame(cx));
-        Poll::Ready(frame.map(|frame| {
-            frame.map(|frame| match frame.into_trailers() {
-                Ok(mut trailers) => {
-                    check_status_headers(&mut trailers);
-                    Frame::trailers(trailers)
-                }
-                Err(frame) => frame,
-            })
-        }))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
-    }
-}
+pub(crate) type Checked = RewriteTrailers<hyper::body::Incoming, fn(&mut HeaderMap)>;
 
 use crate::map::names::{GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS};
 

@@ -23,6 +23,7 @@ use crate::map::{
     decode_timeout, decode_traceparent, error_to_tonic, metadata_from, metadata_into, names,
     oversize, too_large,
 };
+use crate::trailers::RewriteTrailers;
 
 /// A future of the server's, boxed.
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -295,10 +296,13 @@ fn resource_exhausted(
 ) -> http::Response<tonic::body::Body> {
     let (mut parts, body) = response.into_parts();
     rewrite_oversize(&mut parts.headers, "a request message", method);
-    let body = tonic::body::Body::new(Oversize {
+    let method = method.clone();
+    let body = tonic::body::Body::new(RewriteTrailers::new(
         body,
-        method: method.clone(),
-    });
+        move |trailers: &mut http::HeaderMap| {
+            rewrite_oversize(trailers, "a response message", &method);
+        },
+    ));
     http::Response::from_parts(parts, body)
 }
 
@@ -319,43 +323,6 @@ fn rewrite_oversize(headers: &mut http::HeaderMap, what: &str, method: &MethodNa
     };
     let what = format!("{what} of {method}");
     let _ = too_large(&what, size, limit, "this server").add_header(headers);
-}
-
-/// A response body whose trailers are checked for a response message over
-/// the size limit.
-struct Oversize {
-    body: tonic::body::Body,
-    method: MethodName,
-}
-
-impl http_body::Body for Oversize {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        let method = self.method.clone();
-        Poll::Ready(frame.map(|frame| {
-            frame.map(|frame| match frame.into_trailers() {
-                Ok(mut trailers) => {
-                    rewrite_oversize(&mut trailers, "a response message", &method);
-                    http_body::Frame::trailers(trailers)
-                }
-                Err(frame) => frame,
-            })
-        }))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }
 
 /// A request body whose failure (the caller's reset, the connection's loss)
