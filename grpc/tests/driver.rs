@@ -718,10 +718,18 @@ fn exhausted(error: &Error, expected: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_over_the_servers_limit_are_resource_exhausted_naming_both_sizes() {
-    let address = serve_small().await;
-    let worker = connect(&address).await;
+/// What a size refusal says, for each call shape, and who refused.
+struct Refusals {
+    unary: &'static str,
+    refuser: &'static str,
+    response_stream: &'static str,
+    request_stream: &'static str,
+}
+
+/// A unary request, a response-stream message and a request-stream message
+/// of 2 MiB, each refused `RESOURCE_EXHAUSTED` naming both sizes; the
+/// server goes on serving.
+async fn two_mib_messages_are_refused(worker: &GrpcWorker, says: Refusals) {
     let client = EchoClient::new(worker.channel());
     let big = Bytes::from(vec![7; 2 * MIB]);
     let error = client
@@ -731,8 +739,8 @@ async fn messages_over_the_servers_limit_are_resource_exhausted_naming_both_size
         })
         .await
         .unwrap_err();
-    exhausted(&error, "a request message of echo.echo is 2097");
-    assert!(error.to_string().contains("this server takes"), "{error}");
+    exhausted(&error, says.unary);
+    assert!(error.to_string().contains(says.refuser), "{error}");
 
     let mut counted = client
         .count(CountRequest {
@@ -743,7 +751,7 @@ async fn messages_over_the_servers_limit_are_resource_exhausted_naming_both_size
         .await
         .unwrap();
     let error = counted.message().await.unwrap_err();
-    exhausted(&error, "a response message of echo.count is 2097");
+    exhausted(&error, says.response_stream);
 
     let items = futures_util::stream::iter([SumRequest {
         value: 1,
@@ -751,9 +759,21 @@ async fn messages_over_the_servers_limit_are_resource_exhausted_naming_both_size
         ..SumRequest::default()
     }]);
     let error = client.sum(items).await.unwrap_err();
-    exhausted(&error, "a request stream message of echo.sum is 2097");
-    // The server goes on serving.
+    exhausted(&error, says.request_stream);
     cases::unary_round_trip(&worker.channel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_the_servers_limit_are_resource_exhausted_naming_both_sizes() {
+    let address = serve_small().await;
+    let worker = connect(&address).await;
+    let says = Refusals {
+        unary: "a request message of echo.echo is 2097",
+        refuser: "this server takes",
+        response_stream: "a response message of echo.count is 2097",
+        request_stream: "a request stream message of echo.sum is 2097",
+    };
+    two_mib_messages_are_refused(&worker, says).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,40 +784,13 @@ async fn messages_over_the_clients_limit_are_resource_exhausted_naming_both_size
         .connect()
         .await
         .unwrap();
-    let client = EchoClient::new(worker.channel());
-    let big = Bytes::from(vec![7; 2 * MIB]);
-    let error = client
-        .echo(EchoRequest {
-            data: big.clone(),
-            ..EchoRequest::default()
-        })
-        .await
-        .unwrap_err();
-    exhausted(&error, "a request message of echo.echo is 2097");
-    assert!(
-        error.to_string().contains("this gRPC client takes"),
-        "{error}"
-    );
-
-    let mut counted = client
-        .count(CountRequest {
-            count: 1,
-            padding: u32::try_from(2 * MIB).unwrap(),
-            ..CountRequest::default()
-        })
-        .await
-        .unwrap();
-    let error = counted.message().await.unwrap_err();
-    exhausted(&error, "a response message is 2097");
-
-    let items = futures_util::stream::iter([SumRequest {
-        value: 1,
-        padding: big,
-        ..SumRequest::default()
-    }]);
-    let error = client.sum(items).await.unwrap_err();
-    exhausted(&error, "a request message of echo.sum is 2097");
-    cases::unary_round_trip(&worker.channel()).await;
+    let says = Refusals {
+        unary: "a request message of echo.echo is 2097",
+        refuser: "this gRPC client takes",
+        response_stream: "a response message is 2097",
+        request_stream: "a request message of echo.sum is 2097",
+    };
+    two_mib_messages_are_refused(&worker, says).await;
 }
 
 /// A TCP proxy to `target` whose first connection stops carrying bytes,
