@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 pub use bytes::Bytes;
+
+pub use crate::payload::Payload;
 pub use prost::Message;
 
 pub use futures_core::Stream;
@@ -125,27 +127,27 @@ impl Client {
         options: Option<&CallOptions>,
     ) -> Result<Resp, Error>
     where
-        Req: Message,
-        Resp: Message + Default,
+        Req: Message + 'static,
+        Resp: Message + Default + Clone + 'static,
     {
         let options = self.resolve(method, options);
-        let payload = encode(&request);
-        drop(request);
-        let response = self.channel.call(&method.name, payload, &options).await?;
+        let response = (self.channel)
+            .call(&method.name, Payload::message(request), &options)
+            .await?;
         method.decode(response)
     }
 
     /// A one-way message: encode and queue it; the worker answers nothing.
-    pub async fn one_way<Req: Message>(
+    pub async fn one_way<Req: Message + 'static>(
         &self,
         method: &'static MethodDesc,
         request: Req,
         options: Option<&CallOptions>,
     ) -> Result<(), Error> {
         let options = self.resolve(method, options);
-        let payload = encode(&request);
-        drop(request);
-        self.channel.post(&method.name, payload, &options).await
+        (self.channel)
+            .post(&method.name, Payload::message(request), &options)
+            .await
     }
 
     /// A call whose response is a stream.
@@ -156,12 +158,12 @@ impl Client {
         options: Option<&CallOptions>,
     ) -> Result<Streaming<Resp>, Error>
     where
-        Req: Message,
+        Req: Message + 'static,
         Resp: Message + Default,
     {
         let options = self.resolve(method, options);
         let call = (self.channel)
-            .server_stream(&method.name, encode(&request), &options)
+            .server_stream(&method.name, Payload::message(request), &options)
             .await?;
         let items = ByteStream::new(&method.name, call);
         Ok(Streaming::new(items, method.response_type))
@@ -176,7 +178,7 @@ impl Client {
     ) -> Result<Resp, Error>
     where
         Req: Message,
-        Resp: Message + Default,
+        Resp: Message + Default + Clone + 'static,
         S: Stream<Item = Req> + Send + 'static,
     {
         let options = self.resolve(method, options);
@@ -213,23 +215,38 @@ impl Client {
 }
 
 impl MethodDesc {
-    fn decode<M: Message + Default>(&self, response: Bytes) -> Result<M, Error> {
-        message::decode(&self.name, response, "response", self.response_type)
+    fn decode<M: Message + Default + Clone + 'static>(
+        &self,
+        response: Payload,
+    ) -> Result<M, Error> {
+        response.decode().map_err(|source| Error::Decode {
+            method: self.name.clone(),
+            what: "response",
+            message: self.response_type,
+            source,
+        })
     }
 }
 
-/// Encodes a message into a buffer of exactly its size.
+/// Encodes a message (an event) into a buffer of exactly its size.
 pub fn encode<M: Message>(message: &M) -> Bytes {
     message::encode(message)
 }
 
-/// Decodes a request, or says which message failed to decode and why.
-pub fn decode<M: Message + Default>(
+/// A handler's response, as the value it is: encoded only if it leaves
+/// the process.
+pub fn respond<M: Message + 'static>(response: M) -> Payload {
+    Payload::message(response)
+}
+
+/// Takes a request back as its type (moved between threads, decoded from
+/// bytes), or says which message failed to decode and why.
+pub fn decode<M: Message + Default + Clone + 'static>(
     cx: &Context,
-    payload: Bytes,
+    payload: Payload,
     request_type: &'static str,
 ) -> Result<M, Status> {
-    M::decode(payload).map_err(|error| {
+    payload.decode().map_err(|error| {
         Status::invalid_argument(format!(
             "the request to {} did not decode as {request_type}: {error}",
             cx.method()

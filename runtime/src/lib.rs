@@ -70,6 +70,7 @@ mod metadata;
 mod middleware;
 mod name;
 mod panic;
+mod payload;
 mod schema;
 mod server;
 #[cfg(feature = "process")]
@@ -117,6 +118,7 @@ pub use self::middleware::{
     Middleware, Next, RateLimit, ServerMiddleware, ServerNext, Side,
 };
 pub use self::name::MethodName;
+pub use self::payload::Payload;
 pub use self::schema::{MethodKind, MethodSchema, ServiceSchema};
 pub use self::server::{
     Call, CallStreams, DEFAULT_GREETING_TIMEOUT, DEFAULT_MAX_CONCURRENT_CALLS,

@@ -94,17 +94,17 @@ pub(super) fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, 
             // RESPONSE ends the stream.
             quote! {
                 #call;
-                ::core::result::Result::Ok(#cg::Bytes::new())
+                ::core::result::Result::Ok(#cg::Payload::new())
             }
         } else if method.response.rust_type == "()" {
             quote! {
                 #call;
-                ::core::result::Result::Ok(#cg::encode(&()))
+                ::core::result::Result::Ok(#cg::Payload::new())
             }
         } else {
             quote! {
                 let response = #call;
-                ::core::result::Result::Ok(#cg::encode(&response))
+                ::core::result::Result::Ok(#cg::respond(response))
             }
         };
         arms.push(quote! {
@@ -212,7 +212,7 @@ pub(super) fn server(def: &ServiceDef, cg: &TokenStream) -> Result<TokenStream, 
             fn dispatch(
                 &self,
                 call: #cg::Call,
-            ) -> impl ::core::future::Future<Output = ::core::result::Result<#cg::Bytes, #cg::Status>>
+            ) -> impl ::core::future::Future<Output = ::core::result::Result<#cg::Payload, #cg::Status>>
                    + ::core::marker::Send
                    + 'static
                    + use<H> {

@@ -676,7 +676,7 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
         call: ::workerbus::__codegen::Call,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::workerbus::__codegen::Bytes,
+            ::workerbus::__codegen::Payload,
             ::workerbus::__codegen::Status,
         >,
     > + ::core::marker::Send + 'static + use<H> {
@@ -690,7 +690,7 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                     >(&cx, payload, "golden.GreetRequest")?;
                     let response = <H as GreeterHandler>::greet(&*handler, request, &cx)
                         .await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&response))
+                    ::core::result::Result::Ok(::workerbus::__codegen::respond(response))
                 }
                 greeter_service::SAY_HELLO => {
                     let request = ::workerbus::__codegen::decode::<
@@ -702,7 +702,7 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                             &cx,
                         )
                         .await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&response))
+                    ::core::result::Result::Ok(::workerbus::__codegen::respond(response))
                 }
                 greeter_service::TYPE => {
                     ::workerbus::__codegen::decode::<
@@ -710,21 +710,21 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                     >(&cx, payload, "google.protobuf.Empty")?;
                     let response = <H as GreeterHandler>::r#type(&*handler, (), &cx)
                         .await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&response))
+                    ::core::result::Result::Ok(::workerbus::__codegen::respond(response))
                 }
                 greeter_service::NOW => {
                     ::workerbus::__codegen::decode::<
                         (),
                     >(&cx, payload, "google.protobuf.Empty")?;
                     let response = <H as GreeterHandler>::now(&*handler, (), &cx).await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&response))
+                    ::core::result::Result::Ok(::workerbus::__codegen::respond(response))
                 }
                 greeter_service::SET_LOCALE => {
                     let request = ::workerbus::__codegen::decode::<
                         shared::Locale,
                     >(&cx, payload, "golden.shared.Locale")?;
                     <H as GreeterHandler>::set_locale(&*handler, request, &cx).await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
+                    ::core::result::Result::Ok(::workerbus::__codegen::Payload::new())
                 }
                 greeter_service::GREET_ALL => {
                     let requests = streams
@@ -732,7 +732,7 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                     let responses = streams.sender::<GreetReply>(&cx)?;
                     <H as GreeterHandler>::greet_all(&*handler, requests, responses, &cx)
                         .await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::Bytes::new())
+                    ::core::result::Result::Ok(::workerbus::__codegen::Payload::new())
                 }
                 greeter_service::REPEAT => {
                     let request = ::workerbus::__codegen::decode::<
@@ -741,20 +741,20 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                     let responses = streams.sender::<GreetReply>(&cx)?;
                     <H as GreeterHandler>::repeat(&*handler, request, responses, &cx)
                         .await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::Bytes::new())
+                    ::core::result::Result::Ok(::workerbus::__codegen::Payload::new())
                 }
                 greeter_service::TALLY => {
                     let requests = streams
                         .incoming::<GreetRequest>(&cx, "golden.GreetRequest")?;
                     <H as GreeterHandler>::tally(&*handler, requests, &cx).await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
+                    ::core::result::Result::Ok(::workerbus::__codegen::Payload::new())
                 }
                 greeter_service::FORGET => {
                     let request = ::workerbus::__codegen::decode::<
                         FarewellRequest,
                     >(&cx, payload, "golden.FarewellRequest")?;
                     <H as GreeterHandler>::forget(&*handler, request, &cx).await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
+                    ::core::result::Result::Ok(::workerbus::__codegen::Payload::new())
                 }
                 greeter_service::NEW => {
                     let request = ::workerbus::__codegen::decode::<
@@ -766,7 +766,7 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                             &cx,
                         )
                         .await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&response))
+                    ::core::result::Result::Ok(::workerbus::__codegen::respond(response))
                 }
                 greeter_service::GREET_ALL_RPC => {
                     let request = ::workerbus::__codegen::decode::<
@@ -778,7 +778,7 @@ impl<H: GreeterHandler> ::workerbus::__codegen::Dispatch for GreeterServer<H> {
                             &cx,
                         )
                         .await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&response))
+                    ::core::result::Result::Ok(::workerbus::__codegen::respond(response))
                 }
                 _ => {
                     ::core::result::Result::Err(
@@ -884,7 +884,7 @@ impl<H: IdleHandler> ::workerbus::__codegen::Dispatch for IdleServer<H> {
         call: ::workerbus::__codegen::Call,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::workerbus::__codegen::Bytes,
+            ::workerbus::__codegen::Payload,
             ::workerbus::__codegen::Status,
         >,
     > + ::core::marker::Send + 'static + use<H> {
@@ -1229,7 +1229,7 @@ impl<H: PartingHandler> ::workerbus::__codegen::Dispatch for PartingServer<H> {
         call: ::workerbus::__codegen::Call,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::workerbus::__codegen::Bytes,
+            ::workerbus::__codegen::Payload,
             ::workerbus::__codegen::Status,
         >,
     > + ::core::marker::Send + 'static + use<H> {
@@ -1242,14 +1242,14 @@ impl<H: PartingHandler> ::workerbus::__codegen::Dispatch for PartingServer<H> {
                         FarewellRequest,
                     >(&cx, payload, "golden.FarewellRequest")?;
                     <H as PartingHandler>::farewell(&*handler, request, &cx).await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
+                    ::core::result::Result::Ok(::workerbus::__codegen::Payload::new())
                 }
                 parting_service::WAVE => {
                     ::workerbus::__codegen::decode::<
                         (),
                     >(&cx, payload, "google.protobuf.Empty")?;
                     <H as PartingHandler>::wave(&*handler, (), &cx).await?;
-                    ::core::result::Result::Ok(::workerbus::__codegen::encode(&()))
+                    ::core::result::Result::Ok(::workerbus::__codegen::Payload::new())
                 }
                 _ => {
                     ::core::result::Result::Err(

@@ -198,7 +198,13 @@ async fn run(
         outcome = attempt(shared, &call, route, received, credit, &refused) => outcome,
     };
     let (metadata, end) = match outcome {
-        Ok((metadata, payload)) => (metadata, Frame::Response { id, payload }),
+        Ok((metadata, payload)) => (
+            metadata,
+            Frame::Response {
+                id,
+                payload: payload.into(),
+            },
+        ),
         Err((metadata, status)) => (metadata, Frame::Status { id, status }),
     };
     // The server's deadline is the call's, started a little later: its

@@ -223,7 +223,8 @@ impl GrpcTransport {
                 trace,
                 kind,
                 metadata,
-                payload,
+                // The edge that needs bytes: a message value is encoded here.
+                payload: payload.into_bytes(),
             }),
             Frame::Item { id, payload } => {
                 if let Some(requests) = self

@@ -4,6 +4,8 @@
 //! proxy). Generated clients are the typed face of the same calls.
 
 use bytes::Bytes;
+
+use crate::payload::Payload;
 use futures_core::Stream;
 
 use crate::error::Error;
@@ -70,7 +72,8 @@ impl Channel {
         options: &CallOptions,
     ) -> Result<Bytes, Error> {
         let options = resolve(options);
-        self.call(method, request, &options).await
+        let response = self.call(method, request.into(), &options).await?;
+        Ok(response.into_bytes())
     }
 
     /// Sends `method` as a one-way message with an encoded request: returns
@@ -93,7 +96,7 @@ impl Channel {
         options: &CallOptions,
     ) -> Result<(), Error> {
         let options = resolve(options);
-        self.post(method, request, &options).await
+        self.post(method, request.into(), &options).await
     }
 
     /// Calls a method whose response is a stream, with an encoded request;
@@ -119,7 +122,7 @@ impl Channel {
         options: &CallOptions,
     ) -> Result<ByteStream, Error> {
         let options = resolve(options);
-        let call = self.server_stream(method, request, &options).await?;
+        let call = self.server_stream(method, request.into(), &options).await?;
         Ok(ByteStream::new(method, call))
     }
 
@@ -151,6 +154,7 @@ impl Channel {
         let options = resolve(options);
         self.client_stream(method, requests, identity, &options)
             .await
+            .map(Payload::into_bytes)
     }
 
     /// Calls a method streaming both ways: `requests` (encoded messages) is

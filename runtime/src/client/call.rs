@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::error::Error;
 use crate::frame::{HEADER_LEN, metadata_field_len};
 use crate::metadata::Metadata;
 use crate::middleware::CallInfo;
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::trace::TraceContext;
 
 use super::channel::{Channel, Inner, check_method_name};
@@ -28,7 +27,10 @@ use crate::sync::wait_for;
 pub(super) enum SendError {
     /// The connection closed before the request left: the worker never
     /// received it. Here is the payload back.
-    Undelivered { reason: CloseReason, payload: Bytes },
+    Undelivered {
+        reason: CloseReason,
+        payload: Payload,
+    },
     /// Anything else.
     Failed(Error),
 }
@@ -44,8 +46,8 @@ impl From<Error> for SendError {
 pub(super) async fn send(
     shared: &Shared,
     attempt: Attempt<'_>,
-    payload: Bytes,
-) -> Result<Bytes, SendError> {
+    payload: Payload,
+) -> Result<Payload, SendError> {
     let (method, timeout) = (attempt.method, attempt.timeout);
     let Kind::Unary { due } = attempt.kind else {
         unreachable!("streams open with open_stream_once")
@@ -87,7 +89,7 @@ pub(super) async fn send(
 pub(super) fn send_once<'s>(
     shared: &'s Shared,
     method: &MethodName,
-    payload: &mut Bytes,
+    payload: &mut Payload,
     options: &Resolved,
     waker: &Waker,
 ) -> Result<Start<'s>, Error> {
@@ -121,7 +123,7 @@ pub(super) fn send_once<'s>(
 pub(super) fn check_request_size(
     shared: &Shared,
     method: &MethodName,
-    payload: &Bytes,
+    payload: &Payload,
     timeout: Option<Duration>,
     trace: Option<TraceContext>,
     metadata: &Metadata,
@@ -161,7 +163,7 @@ pub(super) enum CallState<'a> {
     Unstarted {
         channel: &'a Channel,
         method: &'a MethodName,
-        payload: Bytes,
+        payload: Payload,
         options: &'a Resolved,
     },
     /// One attempt, sent: waiting for its answer.
@@ -180,12 +182,12 @@ pub(super) enum CallState<'a> {
         options: &'a Resolved,
     },
     /// Everything else: retries, middleware, supervision, waiting for room.
-    Full(Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send + 'a>>),
+    Full(Pin<Box<dyn Future<Output = Result<Payload, Error>> + Send + 'a>>),
     Done,
 }
 
 impl Future for CallFuture<'_> {
-    type Output = Result<Bytes, Error>;
+    type Output = Result<Payload, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -265,7 +267,7 @@ impl Channel {
     pub(crate) fn call<'a>(
         &'a self,
         method: &'a MethodName,
-        payload: Bytes,
+        payload: Payload,
         options: &'a Resolved,
     ) -> CallFuture<'a> {
         CallFuture {
@@ -287,7 +289,7 @@ impl Channel {
     pub(super) fn begin<'a>(
         &'a self,
         method: &'a MethodName,
-        payload: Bytes,
+        payload: Payload,
         options: &'a Resolved,
         waker: &Waker,
     ) -> Result<CallState<'a>, Error> {
@@ -341,12 +343,12 @@ impl Channel {
     pub(super) async fn attempt(
         &self,
         method: &MethodName,
-        payload: Bytes,
+        payload: Payload,
         options: &Resolved,
         attempt: u32,
         info: Option<&CallInfo>,
         dead: &mut Option<Channel>,
-    ) -> Result<Bytes, Error> {
+    ) -> Result<Payload, Error> {
         // Read when the attempt runs: after the middleware set them.
         let trace = options.trace_sent(info);
         let metadata = options.metadata_sent(info);

@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use prost::Message;
 use tokio::sync::Notify;
 
@@ -16,6 +15,7 @@ use crate::frame::MAX_METHOD_LEN;
 use crate::idmap::IdMap;
 use crate::middleware::{HostChain, Middleware, append};
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::transport::Transport;
 use crate::window::ReceiveWindow;
 
@@ -303,8 +303,8 @@ impl Channel {
     pub async fn health(&self, timeout: Duration) -> Result<HealthReport, Error> {
         static HEALTH: MethodName = MethodName::from_static(control::HEALTH);
         let options = Resolved::control(timeout);
-        let answer = self.call(&HEALTH, Bytes::new(), &options).await?;
-        let health = Health::decode(answer).map_err(|source| Error::Decode {
+        let answer = self.call(&HEALTH, Payload::new(), &options).await?;
+        let health = Health::decode(answer.into_bytes()).map_err(|source| Error::Decode {
             method: HEALTH.clone(),
             what: "response",
             message: "workerbus.Health",

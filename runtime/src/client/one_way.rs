@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::metadata::Metadata;
 use crate::middleware::{CallInfo, Next};
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::schema::MethodKind;
 use crate::trace::TraceContext;
 
@@ -24,7 +23,7 @@ use crate::sync::wait_for;
 pub(super) async fn post(
     shared: &Shared,
     method: &MethodName,
-    payload: &Bytes,
+    payload: &Payload,
     timeout: Option<Duration>,
     trace: Option<TraceContext>,
     metadata: &Metadata,
@@ -70,7 +69,7 @@ impl Channel {
     pub(crate) async fn post(
         &self,
         method: &MethodName,
-        payload: Bytes,
+        payload: Payload,
         options: &Resolved,
     ) -> Result<(), Error> {
         check_method_name(method)?;
@@ -90,10 +89,10 @@ impl Channel {
     pub(super) async fn post_once(
         &self,
         method: &MethodName,
-        payload: &Bytes,
+        payload: &Payload,
         options: &Resolved,
         info: Option<&CallInfo>,
-    ) -> Result<Bytes, Error> {
+    ) -> Result<Payload, Error> {
         // Read when this runs: after the middleware set them.
         let trace = options.trace_sent(info);
         let metadata = options.metadata_sent(info);
@@ -124,6 +123,6 @@ impl Channel {
         };
         until(method, options.timeout, due(options.timeout), queued)
             .await
-            .map(|()| Bytes::new())
+            .map(|()| Payload::new())
     }
 }

@@ -19,6 +19,7 @@ use crate::idmap::IdMap;
 use crate::log::{self, Direction};
 use crate::metadata::{Metadata, ResponseMetadata};
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::schema::MethodKind;
 use crate::trace::TraceContext;
 use crate::window::{ReceiveWindow, SendCredit, Window};
@@ -76,7 +77,7 @@ pub(super) struct State {
     pub(super) events: ReceiveWindow,
     /// Requests the transport handed back unwritten when the connection
     /// broke: their calls end as never sent when it closes.
-    pub(super) unwritten: Vec<(u64, Bytes)>,
+    pub(super) unwritten: Vec<(u64, Payload)>,
 }
 
 impl State {
@@ -102,7 +103,7 @@ pub(super) struct Slot {
     /// The call's timeout, for its error when the link times it out.
     pub(super) timeout: Option<Duration>,
     pub(super) waker: Option<Waker>,
-    pub(super) outcome: Option<Result<Bytes, Failure>>,
+    pub(super) outcome: Option<Result<Payload, Failure>>,
     /// Where the caller wants the handler's response metadata, if it does.
     pub(super) response_metadata: Option<ResponseMetadata>,
     /// The streams of a streaming call.
@@ -112,7 +113,7 @@ pub(super) struct Slot {
 impl Slot {
     /// Settles the call and takes whoever waits on it: its reader and, for
     /// a request stream, its sender (which must stop sending).
-    pub(super) fn settle(&mut self, outcome: Result<Bytes, Failure>) -> [Option<Waker>; 2] {
+    pub(super) fn settle(&mut self, outcome: Result<Payload, Failure>) -> [Option<Waker>; 2] {
         self.outcome = Some(outcome);
         let sender = self.stream.as_mut().and_then(|stream| stream.sender.take());
         [self.waker.take(), sender]
@@ -147,7 +148,7 @@ pub(super) enum Failure {
     /// that a supervised call can send it to the next worker.
     Undelivered {
         reason: CloseReason,
-        payload: Bytes,
+        payload: Payload,
     },
     /// An item of the request stream was over the maximum frame length.
     ItemTooLarge {
@@ -242,7 +243,7 @@ pub(super) struct Attempt<'m> {
 pub(super) fn start<'a>(
     shared: &'a Shared,
     attempt: &Attempt<'_>,
-    payload: &mut Bytes,
+    payload: &mut Payload,
     waker: Option<&Waker>,
 ) -> Start<'a> {
     let Attempt {
@@ -343,7 +344,7 @@ impl PendingCall<'_> {
 }
 
 impl Future for PendingCall<'_> {
-    type Output = Result<Bytes, Failure>;
+    type Output = Result<Payload, Failure>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let answer = poll_answer(self.shared, self.id, cx);
@@ -357,7 +358,7 @@ pub(super) fn poll_answer(
     shared: &Shared,
     id: u64,
     cx: &mut Context<'_>,
-) -> Poll<Result<Bytes, Failure>> {
+) -> Poll<Result<Payload, Failure>> {
     let mut state = lock(shared);
     let Some(slot) = state.calls.get_mut(&id) else {
         // Only the caller removes its slot; reaching here is a bug, and a
@@ -419,7 +420,7 @@ pub(super) fn release(shared: &Shared, id: u64, running: Option<bool>) {
 /// Whether the worker still runs a call with this outcome: it has not
 /// answered, the call was not failed by the worker's side, and the link did
 /// not withdraw it at its deadline.
-pub(super) fn worker_runs(outcome: Option<&Result<Bytes, Failure>>) -> bool {
+pub(super) fn worker_runs(outcome: Option<&Result<Payload, Failure>>) -> bool {
     match outcome {
         None | Some(Err(Failure::ItemTooLarge { .. })) => true,
         Some(Ok(_))

@@ -2,11 +2,10 @@
 //! methods, with backoff) or after the worker died under it (on a channel
 //! that can give the next connection).
 
-use bytes::Bytes;
-
 use crate::error::Error;
 use crate::middleware::Next;
 use crate::name::MethodName;
+use crate::payload::Payload;
 
 use super::channel::{Channel, Inner, check_method_name};
 use super::options::Resolved;
@@ -19,9 +18,9 @@ impl Channel {
     pub(super) async fn call_full(
         &self,
         method: &MethodName,
-        payload: Bytes,
+        payload: Payload,
         options: &Resolved,
-    ) -> Result<Bytes, Error> {
+    ) -> Result<Payload, Error> {
         check_method_name(method)?;
         let mut payload = payload;
         // A call that runs once gives its payload to that attempt instead of

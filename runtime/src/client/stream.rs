@@ -25,6 +25,7 @@ use super::options::Resolved;
 use super::pending::{
     Attempt, Failure, Kind, Shared, Start, abandon, lock, release, start, worker_runs,
 };
+use crate::payload::Payload;
 use crate::sync::wait_for;
 
 /// A streaming call, once its opening went through the host's middleware.
@@ -33,7 +34,7 @@ pub(super) enum Opened {
     Stream(StreamCall, StreamSendHalf),
     /// A middleware answered without opening it: for a request stream, this
     /// is the response; a response stream is empty.
-    Answered(Bytes),
+    Answered(Payload),
 }
 
 /// The receiving half of a streaming call on the host: the worker's items,
@@ -150,7 +151,7 @@ impl StreamCall {
     }
 
     /// The worker's answer to a call whose request streamed.
-    pub(crate) async fn response(mut self) -> Result<Bytes, Error> {
+    pub(crate) async fn response(mut self) -> Result<Payload, Error> {
         poll_fn(|cx| {
             let outcome = {
                 let mut state = lock(&self.shared);
@@ -464,7 +465,7 @@ impl Channel {
     pub(crate) async fn server_stream(
         &self,
         method: &MethodName,
-        payload: Bytes,
+        payload: Payload,
         options: &Resolved,
     ) -> Result<Option<StreamCall>, Error> {
         let opened = self
@@ -485,13 +486,13 @@ impl Channel {
         requests: S,
         encode: fn(T) -> Bytes,
         options: &Resolved,
-    ) -> Result<Bytes, Error>
+    ) -> Result<Payload, Error>
     where
         S: futures_core::Stream<Item = T> + Send + 'static,
     {
         let call = async {
             let opened = self
-                .open_stream(method, Bytes::new(), options, MethodKind::ClientStreaming)
+                .open_stream(method, Payload::new(), options, MethodKind::ClientStreaming)
                 .await?;
             let (call, send) = match opened {
                 Opened::Stream(call, send) => (call, send),
@@ -520,7 +521,7 @@ impl Channel {
         S: futures_core::Stream<Item = T> + Send + 'static,
     {
         let opened = self
-            .open_stream(method, Bytes::new(), options, MethodKind::BidiStreaming)
+            .open_stream(method, Payload::new(), options, MethodKind::BidiStreaming)
             .await?;
         let (call, send) = match opened {
             Opened::Stream(call, send) => (call, send),
@@ -540,7 +541,7 @@ impl Channel {
     async fn open_stream(
         &self,
         method: &MethodName,
-        payload: Bytes,
+        payload: Payload,
         options: &Resolved,
         kind: MethodKind,
     ) -> Result<Opened, Error> {
@@ -562,7 +563,7 @@ impl Channel {
                 .open_stream_once(method, &payload, options, kind, deadline, Some(&info))
                 .await?;
             opened = Some(halves);
-            Ok(Bytes::new())
+            Ok(Payload::new())
         };
         let answer = Next::new(chain, &info, Box::pin(endpoint)).run().await?;
         Ok(match opened {
@@ -574,7 +575,7 @@ impl Channel {
     pub(super) async fn open_stream_once(
         &self,
         method: &MethodName,
-        payload: &Bytes,
+        payload: &Payload,
         options: &Resolved,
         kind: MethodKind,
         deadline: Option<tokio::time::Instant>,

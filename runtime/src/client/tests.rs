@@ -45,7 +45,7 @@ async fn next_request(worker: &mut MemoryTransport) -> (u64, u32, Bytes) {
             attempt,
             payload,
             ..
-        } => (id, attempt, payload),
+        } => (id, attempt, payload.into_bytes()),
         other => panic!("expected a request, got {other:?}"),
     }
 }
@@ -78,7 +78,7 @@ impl futures_sink::Sink<Frame> for Refusing {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        let requests: Vec<(u64, Bytes)> = std::mem::take(&mut self.given)
+        let requests: Vec<(u64, crate::Payload)> = std::mem::take(&mut self.given)
             .into_iter()
             .filter_map(|frame| match frame {
                 Frame::Request { id, payload, .. } => Some((id, payload)),
@@ -111,10 +111,10 @@ async fn a_request_handed_back_unwritten_ends_as_never_sent_or_given_up_meanwhil
     let shared = Arc::clone(channel.direct().unwrap());
     let options = resolved(Some(Duration::from_secs(10)), 0);
     let payload = Bytes::from_static(b"never written");
-    let kept = channel.call(&ECHO, payload.clone(), &options);
+    let kept = channel.call(&ECHO, payload.clone().into(), &options);
     tokio::pin!(kept);
     {
-        let given_up = channel.call(&ECHO, payload.clone(), &options);
+        let given_up = channel.call(&ECHO, payload.clone().into(), &options);
         tokio::pin!(given_up);
         for mut call in [kept.as_mut(), given_up.as_mut()] {
             let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
@@ -147,18 +147,24 @@ async fn answers_reach_their_own_callers_out_of_order() {
     let (host, mut worker) = MemoryTransport::pair();
     let channel = Channel::new(host);
     let opts = resolved(None, 0);
-    let a = channel.call(&ECHO, Bytes::from_static(b"a"), &opts);
-    let b = channel.call(&ECHO, Bytes::from_static(b"b"), &opts);
+    let a = channel.call(&ECHO, Bytes::from_static(b"a").into(), &opts);
+    let b = channel.call(&ECHO, Bytes::from_static(b"b").into(), &opts);
     let answer = async {
         let first = next_request(&mut worker).await;
         let second = next_request(&mut worker).await;
         for (id, _, payload) in [second, first] {
-            worker.send(Frame::Response { id, payload }).await.unwrap();
+            worker
+                .send(Frame::Response {
+                    id,
+                    payload: payload.into(),
+                })
+                .await
+                .unwrap();
         }
     };
     let (a, b, ()) = tokio::join!(a, b, answer);
-    assert_eq!(a.unwrap(), "a");
-    assert_eq!(b.unwrap(), "b");
+    assert_eq!(a.unwrap().into_bytes(), "a");
+    assert_eq!(b.unwrap().into_bytes(), "b");
     assert_eq!(channel.in_flight(), 0);
 }
 
@@ -169,7 +175,7 @@ async fn a_timed_out_call_sends_cancel_and_leaves_no_slot() {
     let result = channel
         .call(
             &ECHO,
-            Bytes::new(),
+            Bytes::new().into(),
             &resolved(Some(Duration::from_secs(2)), 0),
         )
         .await;
@@ -184,18 +190,24 @@ async fn a_timed_out_call_sends_cancel_and_leaves_no_slot() {
     worker
         .send(Frame::Response {
             id,
-            payload: Bytes::new(),
+            payload: Bytes::new().into(),
         })
         .await
         .unwrap();
     let opts = resolved(None, 0);
-    let again = channel.call(&ECHO, Bytes::from_static(b"x"), &opts);
+    let again = channel.call(&ECHO, Bytes::from_static(b"x").into(), &opts);
     let serve = async {
         let (id, _, payload) = next_request(&mut worker).await;
-        worker.send(Frame::Response { id, payload }).await.unwrap();
+        worker
+            .send(Frame::Response {
+                id,
+                payload: payload.into(),
+            })
+            .await
+            .unwrap();
     };
     let (again, ()) = tokio::join!(again, serve);
-    assert_eq!(again.unwrap(), "x");
+    assert_eq!(again.unwrap().into_bytes(), "x");
 }
 
 #[tokio::test(start_paused = true)]
@@ -204,7 +216,7 @@ async fn a_call_due_sooner_than_the_others_times_out_on_time() {
     let channel = Channel::new(host);
     // A slow call sets the link's timer for a minute from now...
     let minute = resolved(Some(Duration::from_secs(60)), 0);
-    let slow = channel.call(&ECHO, Bytes::new(), &minute);
+    let slow = channel.call(&ECHO, Bytes::new().into(), &minute);
     tokio::pin!(slow);
     let slow_id = tokio::select! {
         _ = &mut slow => panic!("the slow call ended unanswered"),
@@ -215,7 +227,7 @@ async fn a_call_due_sooner_than_the_others_times_out_on_time() {
     let quick = channel
         .call(
             &ECHO,
-            Bytes::new(),
+            Bytes::new().into(),
             &resolved(Some(Duration::from_millis(50)), 0),
         )
         .await;
@@ -230,11 +242,11 @@ async fn a_call_due_sooner_than_the_others_times_out_on_time() {
     worker
         .send(Frame::Response {
             id: slow_id,
-            payload: Bytes::from_static(b"late"),
+            payload: Bytes::from_static(b"late").into(),
         })
         .await
         .unwrap();
-    assert_eq!(slow.await.unwrap(), "late");
+    assert_eq!(slow.await.unwrap().into_bytes(), "late");
     assert_eq!(channel.in_flight(), 0);
 }
 
@@ -274,7 +286,10 @@ async fn deadlines_of_answered_calls_do_not_pile_up() {
     };
     let calls = async {
         for _ in 0..5_000 {
-            channel.call(&ECHO, Bytes::new(), &opts).await.unwrap();
+            channel
+                .call(&ECHO, Bytes::new().into(), &opts)
+                .await
+                .unwrap();
         }
     };
     tokio::select! {
@@ -296,8 +311,9 @@ async fn worker_end_fails_every_pending_call_and_later_calls() {
     let (host, mut worker) = MemoryTransport::pair();
     let channel = Channel::new(host);
     let opts = resolved(None, 0);
-    let calls =
-        futures_util::future::join_all((0..10).map(|_| channel.call(&ECHO, Bytes::new(), &opts)));
+    let calls = futures_util::future::join_all(
+        (0..10).map(|_| channel.call(&ECHO, Bytes::new().into(), &opts)),
+    );
     let kill = async {
         for _ in 0..10 {
             next_request(&mut worker).await;
@@ -313,7 +329,7 @@ async fn worker_end_fails_every_pending_call_and_later_calls() {
     }
     assert_eq!(channel.in_flight(), 0);
     assert!(channel.is_closed());
-    let after = channel.call(&ECHO, Bytes::new(), &opts).await;
+    let after = channel.call(&ECHO, Bytes::new().into(), &opts).await;
     assert!(
         matches!(after, Err(Error::Disconnected { .. })),
         "{after:?}"
@@ -325,7 +341,7 @@ async fn a_frame_only_a_worker_may_receive_closes_the_connection() {
     let (host, mut worker) = MemoryTransport::pair();
     let channel = Channel::new(host);
     let opts = resolved(None, 0);
-    let call = channel.call(&ECHO, Bytes::new(), &opts);
+    let call = channel.call(&ECHO, Bytes::new().into(), &opts);
     let misbehave = async {
         next_request(&mut worker).await;
         worker.send(Frame::Cancel { id: 1 }).await.unwrap();
@@ -343,7 +359,7 @@ async fn retries_resend_with_a_new_id_and_attempt_number() {
     let (host, mut worker) = MemoryTransport::pair();
     let channel = Channel::new(host);
     let opts = resolved(None, 2);
-    let call = channel.call(&ECHO, Bytes::from_static(b"p"), &opts);
+    let call = channel.call(&ECHO, Bytes::from_static(b"p").into(), &opts);
     let serve = async {
         let mut seen = Vec::new();
         for _ in 0..2 {
@@ -359,11 +375,17 @@ async fn retries_resend_with_a_new_id_and_attempt_number() {
         }
         let (id, attempt, payload) = next_request(&mut worker).await;
         seen.push((id, attempt));
-        worker.send(Frame::Response { id, payload }).await.unwrap();
+        worker
+            .send(Frame::Response {
+                id,
+                payload: payload.into(),
+            })
+            .await
+            .unwrap();
         seen
     };
     let (result, seen) = tokio::join!(call, serve);
-    assert_eq!(result.unwrap(), "p");
+    assert_eq!(result.unwrap().into_bytes(), "p");
     assert_eq!(seen, [(1, 1), (2, 2), (3, 3)]);
 }
 

@@ -197,7 +197,7 @@ mod tests {
         let mut buf = BytesMut::new();
         Frame::Response {
             id: 3,
-            payload: Bytes::from_static(b"hello"),
+            payload: Bytes::from_static(b"hello").into(),
         }
         .encode(&mut buf);
         let full = buf.clone();
@@ -220,7 +220,13 @@ mod tests {
             let mut encoded = BytesMut::new();
             let payload = Bytes::from(vec![7; size]);
             FrameCodec::new()
-                .encode(Frame::Response { id: 1, payload }, &mut encoded)
+                .encode(
+                    Frame::Response {
+                        id: 1,
+                        payload: payload.into(),
+                    },
+                    &mut encoded,
+                )
                 .unwrap();
             BytesMut::from(&encoded[..100])
         };
@@ -251,7 +257,10 @@ mod tests {
         // It decodes what arrives all the same, piece by piece.
         let mut encoded = BytesMut::new();
         let payload = Bytes::from(vec![7; 100 * 1024]);
-        let frame = Frame::Response { id: 1, payload };
+        let frame = Frame::Response {
+            id: 1,
+            payload: payload.into(),
+        };
         FrameCodec::new()
             .encode(frame.clone(), &mut encoded)
             .unwrap();
@@ -278,7 +287,13 @@ mod tests {
         let mut encoded = BytesMut::new();
         let payload = Bytes::from(vec![7; 1024 * 1024]);
         FrameCodec::new()
-            .encode(Frame::Response { id: 1, payload }, &mut encoded)
+            .encode(
+                Frame::Response {
+                    id: 1,
+                    payload: payload.into(),
+                },
+                &mut encoded,
+            )
             .unwrap();
         let mut codec = FrameCodec::new();
         let mut buf = BytesMut::new();
@@ -344,7 +359,7 @@ mod tests {
         let mut codec = FrameCodec::new().max_frame_length(16);
         let frame = Frame::Response {
             id: 1,
-            payload: Bytes::from(vec![0; 7]),
+            payload: Bytes::from(vec![0; 7]).into(),
         };
         let mut buf = BytesMut::new();
         assert!(matches!(

@@ -53,6 +53,7 @@ pub(crate) use self::wire::metadata_field_len;
 use crate::error::Status;
 use crate::metadata::Metadata;
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::schema::MethodKind;
 use crate::trace::TraceContext;
 
@@ -74,8 +75,9 @@ pub const STREAM_WINDOW: u32 = 32;
 
 /// One unit of the protocol.
 ///
-/// The thread driver moves `Frame` values between threads as they are;
-/// byte-stream transports encode them with [`FrameCodec`].
+/// The thread driver moves `Frame` values between threads as they are, a
+/// request's and a response's message with them as values; byte-stream
+/// transports encode them with [`FrameCodec`].
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Frame {
@@ -100,15 +102,17 @@ pub enum Frame {
         kind: MethodKind,
         /// The call's metadata (empty if it has none).
         metadata: Metadata,
-        /// The protobuf-encoded request message (empty for a request stream).
-        payload: Bytes,
+        /// The request message (empty for a request stream): encoded, or
+        /// between threads the message itself.
+        payload: Payload,
     },
     /// A successful answer to the request with the same id.
     Response {
         /// The id of the request answered.
         id: u64,
-        /// The protobuf-encoded response message.
-        payload: Bytes,
+        /// The response message: encoded, or between threads the message
+        /// itself.
+        payload: Payload,
     },
     /// A failed answer to the request with the same id.
     Status {
@@ -172,7 +176,7 @@ impl Frame {
         method: MethodName,
         timeout: Option<Duration>,
         attempt: u32,
-        payload: Bytes,
+        payload: impl Into<Payload>,
     ) -> Frame {
         Frame::Request {
             id,
@@ -182,7 +186,7 @@ impl Frame {
             trace: None,
             kind: MethodKind::Unary,
             metadata: Metadata::new(),
-            payload,
+            payload: payload.into(),
         }
     }
 

@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::error::{Code, FrameError, Status};
 use crate::metadata::Metadata;
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::schema::MethodKind;
 use crate::trace::TraceContext;
 
@@ -41,6 +42,41 @@ const FLAG_ONE_WAY: u8 = 0x10;
 /// `REQUEST` flag: metadata (`metadata_len: u16`, entries) follows the
 /// trace context.
 const FLAG_METADATA: u8 = 0x20;
+
+/// What a frame carries after its head: bytes (a status's details, a
+/// stream item's or an event's message), or a request's or response's
+/// message, which may still be a value to encode.
+pub(crate) enum Tail<'a> {
+    Bytes(&'a Bytes),
+    Message(&'a Payload),
+}
+
+impl<'a> Tail<'a> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Tail::Bytes(bytes) => bytes.len(),
+            Tail::Message(payload) => payload.len(),
+        }
+    }
+
+    /// Appends the tail to `dst`, encoding a message value there.
+    pub(crate) fn encode_into(&self, dst: &mut BytesMut) {
+        dst.reserve(self.len());
+        match self {
+            Tail::Bytes(bytes) => dst.put_slice(bytes),
+            Tail::Message(payload) => payload.encode_into(dst),
+        }
+    }
+
+    /// The tail's bytes, unless it is a message value still to encode.
+    #[cfg(feature = "process")]
+    pub(crate) fn encoded(&self) -> Option<&'a Bytes> {
+        match self {
+            Tail::Bytes(bytes) => Some(bytes),
+            Tail::Message(payload) => payload.as_encoded(),
+        }
+    }
+}
 
 impl Frame {
     /// The number of bytes the frame takes after its length prefix.
@@ -81,8 +117,8 @@ impl Frame {
     /// [`FrameCodec`] does.
     pub(crate) fn encode(&self, dst: &mut BytesMut) {
         dst.reserve(4 + self.encoded_len());
-        if let Some(payload) = self.encode_head(dst) {
-            dst.put_slice(payload);
+        if let Some(tail) = self.encode_head(dst) {
+            tail.encode_into(dst);
         }
     }
 
@@ -90,7 +126,7 @@ impl Frame {
     /// payload at its end, which it returns for the caller to write after
     /// (every frame that carries a payload carries it last). The prefix
     /// counts the payload.
-    pub(crate) fn encode_head(&self, dst: &mut BytesMut) -> Option<&Bytes> {
+    pub(crate) fn encode_head(&self, dst: &mut BytesMut) -> Option<Tail<'_>> {
         let len = self.encoded_len();
         // Lengths above u32::MAX are refused by every codec long before here.
         dst.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
@@ -133,18 +169,18 @@ impl Frame {
                 }
                 dst.put_u16(method.len() as u16);
                 dst.put_slice(method.as_bytes());
-                Some(payload)
+                Some(Tail::Message(payload))
             }
             Frame::Response { id, payload } => {
                 put_header(dst, KIND_RESPONSE, *id);
-                Some(payload)
+                Some(Tail::Message(payload))
             }
             Frame::Status { id, status } => {
                 put_header(dst, KIND_STATUS, *id);
                 dst.put_u32(status.code().as_u32());
                 dst.put_u32(status.message().len() as u32);
                 dst.put_slice(status.message().as_bytes());
-                Some(status.details())
+                Some(Tail::Bytes(status.details()))
             }
             Frame::Cancel { id } => {
                 put_header(dst, KIND_CANCEL, *id);
@@ -156,7 +192,7 @@ impl Frame {
             }
             Frame::Item { id, payload } => {
                 put_header(dst, KIND_ITEM, *id);
-                Some(payload)
+                Some(Tail::Bytes(payload))
             }
             Frame::End { id } => {
                 put_header(dst, KIND_END, *id);
@@ -172,7 +208,7 @@ impl Frame {
                 put_header(dst, KIND_EVENT, 0);
                 dst.put_u16(method.len() as u16);
                 dst.put_slice(method.as_bytes());
-                Some(payload)
+                Some(Tail::Bytes(payload))
             }
             Frame::Metadata { id, metadata } => {
                 put_header(dst, KIND_METADATA, *id);
@@ -271,12 +307,12 @@ impl Frame {
                     trace,
                     kind: flags_kind(flags),
                     metadata,
-                    payload: body.rest(),
+                    payload: body.rest().into(),
                 }
             }
             KIND_RESPONSE => Frame::Response {
                 id,
-                payload: body.rest(),
+                payload: body.rest().into(),
             },
             KIND_STATUS => {
                 let code = Code::from_u32(body.u32("code")?);
@@ -624,7 +660,7 @@ mod tests {
         );
         let response = Frame::Response {
             id: 1,
-            payload: Bytes::from_static(&[0x08, 0x01]),
+            payload: Bytes::from_static(&[0x08, 0x01]).into(),
         };
         assert_eq!(
             bytes(response),
@@ -839,7 +875,10 @@ mod tests {
                 arb_metadata().prop_filter("not empty", |m| !m.is_empty())
             )
                 .prop_map(|(id, metadata)| Frame::Metadata { id, metadata }),
-            (1..=u64::MAX, payload).prop_map(|(id, payload)| Frame::Response { id, payload }),
+            (1..=u64::MAX, payload).prop_map(|(id, payload)| Frame::Response {
+                id,
+                payload: payload.into()
+            }),
             (1..=u64::MAX, arb_status()).prop_map(|(id, status)| Frame::Status { id, status }),
             (1..=u64::MAX).prop_map(|id| Frame::Cancel { id }),
             (1..=u64::MAX, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(

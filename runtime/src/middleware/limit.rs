@@ -3,12 +3,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{CallInfo, Middleware, Next};
 use crate::error::Error;
+use crate::payload::Payload;
 use crate::sync::lock;
 
 fn timeout(call: &CallInfo) -> Error {
@@ -38,7 +38,7 @@ impl ConcurrencyLimit {
 }
 
 impl Middleware for ConcurrencyLimit {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Payload, Error> {
         let acquire = self.permits.acquire();
         let permit = match call.tokio_deadline() {
             Some(deadline) => tokio::time::timeout_at(deadline, acquire)
@@ -108,7 +108,7 @@ impl RateLimit {
 }
 
 impl Middleware for RateLimit {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Payload, Error> {
         if let Some(wait) = self.take() {
             let ready = Instant::now() + wait;
             if call

@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use tracing::Instrument;
 
 use super::{CallInfo, Middleware, Next, ServerMiddleware, ServerNext};
 use crate::error::{Error, Status};
+use crate::payload::Payload;
 use crate::trace::TraceContext;
 
 /// Logs every call through `tracing`: a `workerbus.call` span per call on
@@ -46,7 +46,7 @@ fn hex(trace: &TraceContext) -> String {
 }
 
 impl Middleware for Logging {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Payload, Error> {
         // A call continues the trace its options name, or inside a handler
         // that handler's.
         let parent = call.trace().or_else(TraceContext::current);
@@ -82,7 +82,7 @@ impl Middleware for Logging {
 }
 
 impl ServerMiddleware for Logging {
-    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Payload, Status> {
         let caller = call.trace();
         let context = caller.map_or_else(TraceContext::new_root, |caller| caller.child());
         let span = tracing::info_span!(

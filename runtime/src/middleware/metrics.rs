@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::{CallInfo, Middleware, Next, ServerMiddleware, ServerNext, Side};
 use crate::error::{Error, Status};
+use crate::payload::Payload;
 use crate::sync::lock;
 
 /// Upper bounds of the latency buckets, in microseconds: a 1-2-5 series from
@@ -125,7 +124,7 @@ fn export(side: Side, method: &str, outcome: Outcome, elapsed: Duration) {
 }
 
 impl Middleware for Metrics {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Payload, Error> {
         let started = Instant::now();
         let result = next.run().await;
         let outcome = match &result {
@@ -139,7 +138,7 @@ impl Middleware for Metrics {
 }
 
 impl ServerMiddleware for Metrics {
-    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Payload, Status> {
         let started = Instant::now();
         let result = next.run().await;
         let outcome = if result.is_ok() {

@@ -41,8 +41,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 pub use self::limit::{ConcurrencyLimit, RateLimit};
 pub use self::logging::Logging;
 pub use self::metrics::{Histogram, MethodMetrics, Metrics, MetricsSnapshot};
@@ -50,6 +48,7 @@ use crate::error::{Error, Status};
 use crate::metadata::Metadata;
 use crate::name::MethodName;
 use crate::panic::{CatchUnwind, panic_message};
+use crate::payload::Payload;
 use crate::sync::lock;
 use crate::trace::TraceContext;
 
@@ -201,14 +200,13 @@ impl CallInfo {
     /// [`Metadata::insert`] does.
     ///
     /// ```
-    /// use bytes::Bytes;
-    /// use workerbus::{CallInfo, Error, Middleware, Next};
+    /// use workerbus::{CallInfo, Error, Middleware, Next, Payload};
     ///
     /// /// Tells every worker which tenant calls.
     /// struct Tenant(&'static str);
     ///
     /// impl Middleware for Tenant {
-    ///     async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    ///     async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Payload, Error> {
     ///         call.insert_metadata("tenant", self.0)?;
     ///         next.run().await
     ///     }
@@ -238,14 +236,18 @@ impl fmt::Debug for CallInfo {
 /// Runs around each attempt of every call made through a channel, on the
 /// host: install it with [`Channel::with_middleware`](crate::Channel::with_middleware).
 ///
+/// The response comes as a [`Payload`]: on the thread driver the message
+/// itself, which nothing has encoded. Its [`len`](Payload::len) is its
+/// encoded length, known without encoding; a middleware that needs the
+/// bytes asks [`to_bytes`](Payload::to_bytes), which encodes it then.
+///
 /// A middleware that panics fails the call with [`Error::Middleware`],
 /// naming its type and the panic's message; the caller's task goes on, and
 /// the attempt it wrapped is withdrawn. (A [`ServerMiddleware`] that panics
 /// is answered with an `Internal` status naming it the same way.)
 ///
 /// ```
-/// use bytes::Bytes;
-/// use workerbus::{CallInfo, Error, Middleware, Next};
+/// use workerbus::{CallInfo, Error, Middleware, Next, Payload};
 ///
 /// /// Counts the bytes a channel sends and receives.
 /// #[derive(Default)]
@@ -254,7 +256,7 @@ impl fmt::Debug for CallInfo {
 /// }
 ///
 /// impl Middleware for ByteCounter {
-///     async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+///     async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Payload, Error> {
 ///         let response = next.run().await?;
 ///         let total = call.request_len() + response.len();
 ///         self.bytes.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
@@ -269,7 +271,7 @@ pub trait Middleware: Send + Sync + 'static {
         &self,
         call: &CallInfo,
         next: Next<'_>,
-    ) -> impl Future<Output = Result<Bytes, Error>> + Send;
+    ) -> impl Future<Output = Result<Payload, Error>> + Send;
 }
 
 /// Runs around every handler of a worker: install it with
@@ -288,13 +290,13 @@ pub trait ServerMiddleware: Send + Sync + 'static {
         &self,
         call: &CallInfo,
         next: ServerNext<'_>,
-    ) -> impl Future<Output = Result<Bytes, Status>> + Send;
+    ) -> impl Future<Output = Result<Payload, Status>> + Send;
 }
 
 /// The rest of a middleware chain, ending in the call itself: on the host
 /// (`Next<'_>`, for a [`Middleware`]) the attempt, on the worker
 /// ([`ServerNext`], for a [`ServerMiddleware`]) the handler.
-pub struct Next<'a, T = Result<Bytes, Error>> {
+pub struct Next<'a, T = Result<Payload, Error>> {
     rest: &'a [Arc<dyn Layer<T>>],
     info: &'a CallInfo,
     endpoint: BoxFuture<'a, T>,
@@ -304,7 +306,7 @@ pub struct Next<'a, T = Result<Bytes, Error>> {
 }
 
 /// The rest of a worker's middleware chain, ending in the handler.
-pub type ServerNext<'a> = Next<'a, Result<Bytes, Status>>;
+pub type ServerNext<'a> = Next<'a, Result<Payload, Status>>;
 
 impl<'a, T: 'a> Next<'a, T> {
     pub(crate) fn new(
@@ -393,16 +395,16 @@ pub(crate) trait Layer<T>: Send + Sync {
     fn panicked(&self, call: &CallInfo, message: String) -> T;
 }
 
-impl<M: Middleware> Layer<Result<Bytes, Error>> for M {
+impl<M: Middleware> Layer<Result<Payload, Error>> for M {
     fn enter<'a>(
         &'a self,
         call: &'a CallInfo,
         next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Bytes, Error>> {
+    ) -> BoxFuture<'a, Result<Payload, Error>> {
         Box::pin(self.call(call, next))
     }
 
-    fn panicked(&self, call: &CallInfo, message: String) -> Result<Bytes, Error> {
+    fn panicked(&self, call: &CallInfo, message: String) -> Result<Payload, Error> {
         let (method, middleware) = (call.method_name(), std::any::type_name::<M>());
         tracing::error!(%method, middleware, panic = %message, "host middleware panicked");
         Err(Error::Middleware {
@@ -413,16 +415,16 @@ impl<M: Middleware> Layer<Result<Bytes, Error>> for M {
     }
 }
 
-impl<M: ServerMiddleware> Layer<Result<Bytes, Status>> for M {
+impl<M: ServerMiddleware> Layer<Result<Payload, Status>> for M {
     fn enter<'a>(
         &'a self,
         call: &'a CallInfo,
         next: ServerNext<'a>,
-    ) -> BoxFuture<'a, Result<Bytes, Status>> {
+    ) -> BoxFuture<'a, Result<Payload, Status>> {
         Box::pin(self.handle(call, next))
     }
 
-    fn panicked(&self, call: &CallInfo, message: String) -> Result<Bytes, Status> {
+    fn panicked(&self, call: &CallInfo, message: String) -> Result<Payload, Status> {
         let (method, middleware) = (call.method_name(), std::any::type_name::<M>());
         let id = call.request_id();
         tracing::error!(%method, id, middleware, panic = %message, "worker middleware panicked");
@@ -433,10 +435,10 @@ impl<M: ServerMiddleware> Layer<Result<Bytes, Status>> for M {
 }
 
 /// The chain of a channel's [`Middleware`].
-pub(crate) type HostChain = Chain<dyn Layer<Result<Bytes, Error>>>;
+pub(crate) type HostChain = Chain<dyn Layer<Result<Payload, Error>>>;
 
 /// The chain of a worker's [`ServerMiddleware`].
-pub(crate) type WorkerChain = Chain<dyn Layer<Result<Bytes, Status>>>;
+pub(crate) type WorkerChain = Chain<dyn Layer<Result<Payload, Status>>>;
 
 /// An installed chain, shared by the clones of a channel or serve options.
 pub(crate) type Chain<M> = Option<Arc<[Arc<M>]>>;
@@ -452,13 +454,13 @@ pub(crate) fn append<M: ?Sized>(chain: &Chain<M>, layer: Arc<M>) -> Chain<M> {
 mod tests {
     use super::*;
 
-    type HostLayer = Arc<dyn Layer<Result<Bytes, Error>>>;
+    type HostLayer = Arc<dyn Layer<Result<Payload, Error>>>;
 
     /// Passes every call on.
     struct Pass;
 
     impl Middleware for Pass {
-        async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+        async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<Payload, Error> {
             next.run().await
         }
     }
@@ -467,7 +469,7 @@ mod tests {
     struct Boom;
 
     impl Middleware for Boom {
-        async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<Bytes, Error> {
+        async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<Payload, Error> {
             panic!("boom")
         }
     }
@@ -484,11 +486,11 @@ mod tests {
         )
     }
 
-    async fn answers() -> Result<Bytes, Error> {
-        Ok(Bytes::new())
+    async fn answers() -> Result<Payload, Error> {
+        Ok(Payload::new())
     }
 
-    async fn panics() -> Result<Bytes, Error> {
+    async fn panics() -> Result<Payload, Error> {
         panic!("the attempt's own")
     }
 

@@ -7,14 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::Bytes;
-
 use crate::error::Status;
 use crate::frame::{Frame, HEADER_LEN};
 use crate::log::{self, Direction};
 use crate::metadata::{MAX_METADATA_LEN, Metadata};
 use crate::name::MethodName;
 use crate::panic::{CatchUnwind, panic_message};
+use crate::payload::Payload;
 use crate::schema::MethodKind;
 
 use super::state::{Shared, State, lock};
@@ -62,7 +61,7 @@ pub(super) async fn run_call<F>(
     deadline: Option<tokio::time::Instant>,
     future: F,
 ) where
-    F: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    F: Future<Output = Result<Payload, Status>> + Send + 'static,
 {
     let (shared, id, generation) = (Arc::clone(&end.shared), end.id, end.generation);
     let kind = end.kind;
@@ -168,7 +167,7 @@ fn queue_with_metadata(
 }
 
 /// How a handler ended: its answer, or the payload of its panic.
-pub(super) type Outcome = Result<Result<Bytes, Status>, Box<dyn Any + Send>>;
+pub(super) type Outcome = Result<Result<Payload, Status>, Box<dyn Any + Send>>;
 
 /// The frame that answers call `id` from its handler's outcome (counted as
 /// processed); a one-way message's failure is logged here, as nobody hears
@@ -225,7 +224,7 @@ pub(super) struct Started<F> {
     pub(super) place: Pin<Box<Option<F>>>,
 }
 
-impl<F: Future<Output = Result<Bytes, Status>>> Future for Started<F> {
+impl<F: Future<Output = Result<Payload, Status>>> Future for Started<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {

@@ -5,9 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use bytes::Bytes;
-
 use crate::error::Status;
+use crate::payload::Payload;
 use crate::schema::MethodKind;
 use crate::schema::ServiceSchema;
 
@@ -36,14 +35,16 @@ pub trait Dispatch: Send + Sync + 'static {
         self.schema().method(method).is_some()
     }
 
-    /// Runs one call: decodes the request, calls the handler and encodes its
-    /// response. The future owns what it needs and borrows nothing from
+    /// Runs one call: takes the request back as its message type (decoding
+    /// it if it came as bytes), calls the handler and answers with its
+    /// response as a [`Payload`] (the message itself; whatever carries it
+    /// to a peer encodes it). The future owns what it needs and borrows nothing from
     /// `self` (`use<Self>`), so it can run as a task, and the serve loop can
     /// keep one allocation for every call's future.
     fn dispatch(
         &self,
         call: Call,
-    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<Self>;
+    ) -> impl Future<Output = Result<Payload, Status>> + Send + 'static + use<Self>;
 }
 
 /// The services one worker serves, added one at a time; a call goes to the
@@ -64,11 +65,11 @@ pub trait Dispatch: Send + Sync + 'static {
 /// # static MODEL: ServiceSchema = workerbus::__codegen::service_schema("model.Model", &[], 2);
 /// # impl Dispatch for EmbedderServer {
 /// #     fn schema(&self) -> &'static ServiceSchema { &EMBEDDER }
-/// #     fn dispatch(&self, _: Call) -> impl Future<Output = Result<bytes::Bytes, Status>> + Send + 'static + use<> { async { unreachable!() } }
+/// #     fn dispatch(&self, _: Call) -> impl Future<Output = Result<workerbus::Payload, Status>> + Send + 'static + use<> { async { unreachable!() } }
 /// # }
 /// # impl Dispatch for ModelServer {
 /// #     fn schema(&self) -> &'static ServiceSchema { &MODEL }
-/// #     fn dispatch(&self, _: Call) -> impl Future<Output = Result<bytes::Bytes, Status>> + Send + 'static + use<> { async { unreachable!() } }
+/// #     fn dispatch(&self, _: Call) -> impl Future<Output = Result<workerbus::Payload, Status>> + Send + 'static + use<> { async { unreachable!() } }
 /// # }
 /// use workerbus::Services;
 ///
@@ -111,7 +112,7 @@ impl<S: Dispatch> Dispatch for Services<S> {
     fn dispatch(
         &self,
         call: Call,
-    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<S> {
+    ) -> impl Future<Output = Result<Payload, Status>> + Send + 'static + use<S> {
         self.0.dispatch(call)
     }
 }
@@ -134,7 +135,7 @@ impl<A: Dispatch, B: Dispatch> Dispatch for (A, B) {
     fn dispatch(
         &self,
         call: Call,
-    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<A, B> {
+    ) -> impl Future<Output = Result<Payload, Status>> + Send + 'static + use<A, B> {
         let method = call.context.method();
         if self.0.serves(method) {
             Either::First {
@@ -176,10 +177,10 @@ pin_project_lite::pin_project! {
 
 impl<A, B> Future for Either<A, B>
 where
-    A: Future<Output = Result<Bytes, Status>>,
-    B: Future<Output = Result<Bytes, Status>>,
+    A: Future<Output = Result<Payload, Status>>,
+    B: Future<Output = Result<Payload, Status>>,
 {
-    type Output = Result<Bytes, Status>;
+    type Output = Result<Payload, Status>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         match self.project() {
@@ -192,29 +193,31 @@ where
     }
 }
 
-/// An incoming call as handed to [`Dispatch::dispatch`]: the encoded request
-/// and its [`Context`].
+/// An incoming call as handed to [`Dispatch::dispatch`]: the request (the
+/// message itself from a thread of this process, bytes from a peer) and its
+/// [`Context`].
 #[derive(Debug)]
 pub struct Call {
-    pub(super) payload: Bytes,
+    pub(super) payload: Payload,
     pub(super) context: Context,
     pub(super) streams: CallStreams,
     pub(super) kind: MethodKind,
 }
 
 impl Call {
-    /// A unary call of `context.method()` with an encoded request.
-    pub fn new(payload: Bytes, context: Context) -> Call {
+    /// A unary call of `context.method()` with its request, encoded
+    /// (`Bytes`) or a [`Payload`].
+    pub fn new(payload: impl Into<Payload>, context: Context) -> Call {
         Call {
-            payload,
+            payload: payload.into(),
             context,
             streams: CallStreams { stream: None },
             kind: MethodKind::Unary,
         }
     }
 
-    /// The encoded request, the call's context, and its streams.
-    pub fn into_parts(self) -> (Bytes, Context, CallStreams) {
+    /// The request, the call's context, and its streams.
+    pub fn into_parts(self) -> (Payload, Context, CallStreams) {
         (self.payload, self.context, self.streams)
     }
 }

@@ -11,6 +11,7 @@ use crate::control::{self, Health};
 use crate::error::{FrameError, Status};
 use crate::frame::Frame;
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::transport::Transport;
 
 use super::dispatch::Dispatch;
@@ -25,7 +26,7 @@ impl<S, T, F> Server<'_, S, T, F>
 where
     S: Dispatch,
     T: Transport,
-    F: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    F: Future<Output = Result<Payload, Status>> + Send + 'static,
 {
     /// What a health check reports: see [`HealthReport`](crate::HealthReport).
     pub(super) fn health(&self) -> Health {
@@ -82,7 +83,7 @@ where
             // Every worker, thread or process, answers a health check.
             return Frame::Response {
                 id,
-                payload: Bytes::from(self.health().encode_to_vec()),
+                payload: Bytes::from(self.health().encode_to_vec()).into(),
             };
         }
         let Some(control) = self.control else {
@@ -97,7 +98,10 @@ where
             return match control.greet(payload) {
                 Ok(payload) => {
                     self.greeted = true;
-                    Frame::Response { id, payload }
+                    Frame::Response {
+                        id,
+                        payload: payload.into(),
+                    }
                 }
                 Err(status) => {
                     self.refused = Some(status.to_string());
@@ -106,7 +110,10 @@ where
             };
         }
         match control.exchange(method.as_str(), payload) {
-            Ok(payload) => Frame::Response { id, payload },
+            Ok(payload) => Frame::Response {
+                id,
+                payload: payload.into(),
+            },
             Err(status) => Frame::Status { id, status },
         }
     }

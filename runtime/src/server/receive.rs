@@ -13,6 +13,7 @@ use crate::control;
 use crate::error::{FrameError, Status};
 use crate::frame::Frame;
 use crate::log::{self, Direction};
+use crate::payload::Payload;
 use crate::schema::MethodKind;
 use crate::transport::Transport;
 use crate::window::{ReceiveWindow, SendCredit};
@@ -27,7 +28,7 @@ impl<S, T, F> Server<'_, S, T, F>
 where
     S: Dispatch,
     T: Transport,
-    F: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    F: Future<Output = Result<Payload, Status>> + Send + 'static,
 {
     /// Takes one frame from the host.
     pub(super) fn receive(&mut self, frame: Frame) -> Result<(), FrameError> {
@@ -94,7 +95,7 @@ where
             return Err(FrameError::DuplicateId { id });
         }
         if method.starts_with(control::PREFIX) {
-            let answer = self.control_exchange(id, &method, payload);
+            let answer = self.control_exchange(id, &method, payload.into_bytes());
             log::frame(Direction::WorkerOut, &answer, Some(&method));
             self.queue(answer);
             return Ok(());

@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, Waker};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::context::Connection;
@@ -21,6 +20,7 @@ use crate::frame::Frame;
 use crate::log::{self, Direction};
 use crate::middleware::{CallInfo, ServerNext, WorkerChain};
 use crate::panic::panic_message;
+use crate::payload::Payload;
 use crate::schema::MethodKind;
 use crate::transport::{FrameWriter, Transport};
 use crate::window::Window;
@@ -170,7 +170,7 @@ impl<S, T, F> Server<'_, S, T, F>
 where
     S: Dispatch,
     T: Transport,
-    F: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    F: Future<Output = Result<Payload, Status>> + Send + 'static,
 {
     pub(super) fn poll(
         &mut self,

@@ -81,7 +81,7 @@ async fn main() {
         &mut peer,
         Frame::Response {
             id: hello,
-            payload: welcome,
+            payload: welcome.into(),
         },
     )
     .await;
@@ -131,7 +131,7 @@ async fn main() {
                 &mut peer,
                 Frame::Response {
                     id: id + 1000,
-                    payload,
+                    payload: payload.into(),
                 },
             )
             .await;
@@ -168,15 +168,24 @@ async fn answer_twice(peer: &mut Peer) {
         let Ok(Frame::Request { id, payload, .. }) = frame else {
             continue;
         };
-        let text = EchoRequest::decode(payload).expect("an EchoRequest").text;
+        let text = EchoRequest::decode(payload.into_bytes())
+            .expect("an EchoRequest")
+            .text;
         let first = Bytes::from(echo_reply(&text));
-        send(peer, Frame::Response { id, payload: first }).await;
+        send(
+            peer,
+            Frame::Response {
+                id,
+                payload: first.into(),
+            },
+        )
+        .await;
         let second = Bytes::from(echo_reply("a second answer"));
         send(
             peer,
             Frame::Response {
                 id,
-                payload: second,
+                payload: second.into(),
             },
         )
         .await;
@@ -207,7 +216,7 @@ async fn claim_pid(peer: &mut Peer) {
         peer,
         Frame::Response {
             id: detach,
-            payload: Bytes::from(answer.encode_to_vec()),
+            payload: Bytes::from(answer.encode_to_vec()).into(),
         },
     )
     .await;
@@ -223,7 +232,14 @@ async fn claim_pid(peer: &mut Peer) {
                 pid: claimed,
             };
             let payload = Bytes::from(welcome.encode_to_vec());
-            if host.send(Frame::Response { id, payload }).await.is_err() {
+            if host
+                .send(Frame::Response {
+                    id,
+                    payload: payload.into(),
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
             while let Some(Ok(_)) = host.next().await {}

@@ -62,7 +62,7 @@ fn every_frame_kind_has_its_wire_name_and_id() {
         (
             Frame::Response {
                 id: 4,
-                payload: Bytes::new(),
+                payload: Bytes::new().into(),
             },
             "RESPONSE",
             4,
@@ -115,7 +115,7 @@ fn every_frame_kind_has_its_wire_name_and_id() {
 struct Printed(Arc<Mutex<Vec<String>>>);
 
 impl Middleware for Printed {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         self.0.lock().unwrap().push(format!("{call:?}"));
         self.0.lock().unwrap().push(format!("{next:?}"));
         next.run().await
@@ -123,7 +123,11 @@ impl Middleware for Printed {
 }
 
 impl ServerMiddleware for Printed {
-    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+    async fn handle(
+        &self,
+        call: &CallInfo,
+        next: ServerNext<'_>,
+    ) -> Result<workerbus::Payload, Status> {
         self.0.lock().unwrap().push(format!("{:?}", call.side()));
         self.0.lock().unwrap().push(format!("{next:?}"));
         next.run().await

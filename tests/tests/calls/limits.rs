@@ -42,7 +42,11 @@ fn response_frame_len(len: usize) -> usize {
         ..EchoReply::default()
     };
     let payload = Bytes::from(reply.encode_to_vec());
-    Frame::Response { id: 1, payload }.encoded_len()
+    Frame::Response {
+        id: 1,
+        payload: payload.into(),
+    }
+    .encoded_len()
 }
 
 /// The largest text whose frame fits in `MAX`, found from the frame

@@ -43,7 +43,7 @@ impl Note {
 }
 
 impl Middleware for Note {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         assert_eq!(call.side(), Side::Host);
         self.write(&format!("in {} attempt {}", call.method(), call.attempt()));
         let result = next.run().await;
@@ -53,7 +53,11 @@ impl Middleware for Note {
 }
 
 impl ServerMiddleware for Note {
-    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+    async fn handle(
+        &self,
+        call: &CallInfo,
+        next: ServerNext<'_>,
+    ) -> Result<workerbus::Payload, Status> {
         assert_eq!(call.side(), Side::Worker);
         assert!(call.request_id().is_some());
         self.write(&format!("in {}", call.method()));
@@ -67,17 +71,21 @@ impl ServerMiddleware for Note {
 struct ShortCircuit;
 
 impl Middleware for ShortCircuit {
-    async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<workerbus::Payload, Error> {
         let reply = EchoReply {
             text: "from the middleware".into(),
             data: Bytes::new(),
         };
-        Ok(Bytes::from(reply.encode_to_vec()))
+        Ok(Bytes::from(reply.encode_to_vec()).into())
     }
 }
 
 impl ServerMiddleware for ShortCircuit {
-    async fn handle(&self, call: &CallInfo, _next: ServerNext<'_>) -> Result<Bytes, Status> {
+    async fn handle(
+        &self,
+        call: &CallInfo,
+        _next: ServerNext<'_>,
+    ) -> Result<workerbus::Payload, Status> {
         Err(Status::permission_denied(format!(
             "{} is not allowed here",
             call.method()
@@ -252,7 +260,7 @@ async fn metrics_count_successes_failures_and_timeouts_on_both_sides() {
 struct SentTrace(Arc<Mutex<Option<TraceContext>>>);
 
 impl Middleware for SentTrace {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         *self.0.lock().unwrap() = call.trace();
         next.run().await
     }
@@ -439,7 +447,11 @@ async fn workerbus_log_traces_every_frame_on_both_sides() {
 struct ReceivedTrace(Arc<Mutex<Option<TraceContext>>>);
 
 impl ServerMiddleware for ReceivedTrace {
-    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+    async fn handle(
+        &self,
+        call: &CallInfo,
+        next: ServerNext<'_>,
+    ) -> Result<workerbus::Payload, Status> {
         *self.0.lock().unwrap() = call.trace();
         next.run().await
     }
@@ -449,12 +461,12 @@ impl ServerMiddleware for ReceivedTrace {
 struct AnswerSum;
 
 impl Middleware for AnswerSum {
-    async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<workerbus::Payload, Error> {
         let reply = SumReply {
             sum: 42,
             messages: 0,
         };
-        Ok(Bytes::from(reply.encode_to_vec()))
+        Ok(Bytes::from(reply.encode_to_vec()).into())
     }
 }
 
@@ -556,7 +568,7 @@ struct PanicsMidCall {
 }
 
 impl Middleware for PanicsMidCall {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         let mut attempt = std::pin::pin!(next.run());
         let started = ObserveRequest {
             tag: self.tag.into(),
@@ -580,7 +592,7 @@ struct PanicsOnce {
 }
 
 impl Middleware for PanicsOnce {
-    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         if !self
             .panicked
             .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -595,14 +607,18 @@ impl Middleware for PanicsOnce {
 struct PanicsAfterNext;
 
 impl Middleware for PanicsAfterNext {
-    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         let _ = next.run().await;
         panic!("after next");
     }
 }
 
 impl ServerMiddleware for PanicsAfterNext {
-    async fn handle(&self, _call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+    async fn handle(
+        &self,
+        _call: &CallInfo,
+        next: ServerNext<'_>,
+    ) -> Result<workerbus::Payload, Status> {
         let _ = next.run().await;
         panic!("after next");
     }
@@ -814,7 +830,7 @@ async fn a_handlers_panic_under_middleware_is_the_handlers_on_both_sides() {
 struct Tenant(&'static str);
 
 impl Middleware for Tenant {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         call.insert_metadata("tenant", self.0)?;
         next.run().await
     }
@@ -825,7 +841,11 @@ impl Middleware for Tenant {
 struct Gate(Arc<Mutex<Vec<workerbus::Metadata>>>);
 
 impl ServerMiddleware for Gate {
-    async fn handle(&self, call: &CallInfo, next: ServerNext<'_>) -> Result<Bytes, Status> {
+    async fn handle(
+        &self,
+        call: &CallInfo,
+        next: ServerNext<'_>,
+    ) -> Result<workerbus::Payload, Status> {
         let metadata = call.metadata();
         self.0.lock().unwrap().push(metadata.clone());
         if metadata.get("tenant").is_none() {
@@ -883,7 +903,7 @@ async fn a_host_middleware_that_adds_invalid_metadata_fails_the_call_naming_the_
     struct Shouting;
 
     impl Middleware for Shouting {
-        async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+        async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
             call.insert_metadata("Tenant", "acme")?;
             next.run().await
         }
@@ -932,4 +952,54 @@ async fn a_call_continues_the_trace_its_options_name() {
     assert_ne!(sent.span_id(), remote.span_id());
     assert_eq!(reply.parent_span_id, sent.span_id());
     worker.shutdown().await;
+}
+
+/// Records what it sees of each response: its length, whether it is still
+/// a value, and its bytes, asked for.
+#[derive(Clone, Default)]
+struct Encoded {
+    seen: Arc<Mutex<Vec<(usize, bool, Bytes)>>>,
+}
+
+impl Middleware for Encoded {
+    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
+        let response = next.run().await?;
+        let seen = (response.len(), response.is_encoded(), response.to_bytes());
+        self.seen.lock().unwrap().push(seen);
+        Ok(response)
+    }
+}
+
+impl ServerMiddleware for Encoded {
+    async fn handle(
+        &self,
+        _call: &CallInfo,
+        next: ServerNext<'_>,
+    ) -> Result<workerbus::Payload, Status> {
+        let response = next.run().await?;
+        let seen = (response.len(), response.is_encoded(), response.to_bytes());
+        self.seen.lock().unwrap().push(seen);
+        Ok(response)
+    }
+}
+
+#[tokio::test]
+async fn a_middleware_sees_a_response_as_a_value_and_gets_its_bytes_when_it_asks() {
+    let host = Encoded::default();
+    let worker_side = Encoded::default();
+    let worker = spawn(ServeOptions::new().middleware(worker_side.clone())).await;
+    let client = EchoClient::new(worker.channel().with_middleware(host.clone()));
+    let reply = client.echo(echo("as a value")).await.unwrap();
+    let expected = Bytes::from(reply.encode_to_vec());
+    for (side, seen) in [("host", &host.seen), ("worker", &worker_side.seen)] {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{side}");
+        let (len, encoded, bytes) = &seen[0];
+        assert!(
+            !encoded,
+            "the {side}'s middleware saw bytes on the thread driver"
+        );
+        assert_eq!(*len, expected.len(), "{side}");
+        assert_eq!(*bytes, expected, "{side}");
+    }
 }

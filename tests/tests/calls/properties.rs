@@ -78,7 +78,7 @@ proptest! {
         let received = through_the_codec(sent.clone(), &cuts);
         prop_assert_eq!(&received, &sent);
         let Frame::Request { payload, .. } = received else { unreachable!() };
-        prop_assert_eq!(EchoRequest::decode(payload).unwrap(), request);
+        prop_assert_eq!(EchoRequest::decode(payload.into_bytes()).unwrap(), request);
     }
 }
 

@@ -24,7 +24,7 @@ use crate::Recorder;
 struct FailWith(Arc<Mutex<Option<Error>>>);
 
 impl Middleware for FailWith {
-    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, _call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         let error = self.0.lock().unwrap().take();
         match error {
             Some(error) => Err(error),

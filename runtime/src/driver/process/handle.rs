@@ -18,6 +18,7 @@ use crate::control::PROTOCOL_VERSION;
 use crate::error::{Error, ExitReason};
 use crate::frame::Frame;
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::schema::ServiceSchema;
 use crate::sync::lock;
 
@@ -77,7 +78,11 @@ impl ProcessWorker {
         };
         let answer = self
             .channel
-            .call(&HELLO, Bytes::from(hello.encode_to_vec()), &control_call())
+            .call(
+                &HELLO,
+                Bytes::from(hello.encode_to_vec()).into(),
+                &control_call(),
+            )
             .await
             .map_err(|error| match error {
                 Error::Remote { status, .. } => Error::Handshake {
@@ -86,7 +91,7 @@ impl ProcessWorker {
                 },
                 other => other,
             })?;
-        handshake::read_welcome(answer, serves).map_err(|reason| Error::Handshake {
+        handshake::read_welcome(answer.into_bytes(), serves).map_err(|reason| Error::Handshake {
             worker: self.name.clone(),
             reason,
         })
@@ -269,9 +274,9 @@ impl ProcessWorker {
         }
         let answer = self
             .channel
-            .call(&DETACH, Bytes::new(), &control_call())
+            .call(&DETACH, Payload::new(), &control_call())
             .await?;
-        let detached = Detached::decode(answer).map_err(|error| Error::Handshake {
+        let detached = Detached::decode(answer.into_bytes()).map_err(|error| Error::Handshake {
             worker: self.name.clone(),
             reason: format!("the worker's answer to detach did not decode: {error}"),
         })?;

@@ -26,6 +26,7 @@ use super::admission::Greeting;
 use super::sys;
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameCodec};
+use crate::payload::Payload;
 
 /// The send buffer asked of each connection's socket: how much the kernel
 /// holds of what one side wrote and the other has not read yet. At Linux's
@@ -77,7 +78,7 @@ pub(crate) struct SocketTransport<T> {
     /// payload: if writing fails, those whose bytes the socket never took
     /// are handed back ([`FrameError::Unwritten`]), their peer never
     /// received them.
-    requests: VecDeque<(usize, u64, Bytes)>,
+    requests: VecDeque<(usize, u64, Payload)>,
     /// Bytes given since the last complete flush.
     given: usize,
     /// Of those, the bytes the socket took.
@@ -125,7 +126,7 @@ impl<T> SocketTransport<T> {
     /// socket never took come back with it.
     fn write_failed(&mut self, source: io::Error) -> FrameError {
         let taken = self.taken;
-        let requests: Vec<(u64, Bytes)> = self
+        let requests: Vec<(u64, Payload)> = self
             .requests
             .drain(..)
             .filter(|(start, _, _)| *start >= taken)
@@ -225,13 +226,19 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
         let this = &mut *self;
         let len = this.codec.check(&frame)?;
         this.queued += 4 + len;
-        match frame.encode_head(&mut this.small) {
-            Some(payload) if payload.len() >= VECTORED_MIN => {
-                this.seal_small();
-                this.queue.push_back(payload.clone());
+        if let Some(tail) = frame.encode_head(&mut this.small) {
+            match tail.encoded() {
+                // Bytes already in a buffer of their own are written from it.
+                Some(bytes) if bytes.len() >= VECTORED_MIN => {
+                    let bytes = bytes.clone();
+                    this.seal_small();
+                    this.queue.push_back(bytes);
+                }
+                Some(bytes) => this.small.extend_from_slice(bytes),
+                // A message value is encoded here, into the connection's
+                // buffer (used again once written), whatever its size.
+                None => tail.encode_into(&mut this.small),
             }
-            Some(payload) => this.small.extend_from_slice(payload),
-            None => {}
         }
         if let Frame::Request { id, payload, .. } = frame {
             this.requests.push_back((this.given, id, payload));
@@ -349,7 +356,7 @@ mod tests {
                 if i % 2 == 0 {
                     Frame::Response {
                         id: i as u64 + 1,
-                        payload,
+                        payload: payload.into(),
                     }
                 } else {
                     let timeout = Some(Duration::from_secs(1));
@@ -457,7 +464,7 @@ mod tests {
             .encode(
                 Frame::Response {
                     id: 2,
-                    payload: Bytes::from(vec![9; 1 << 20]),
+                    payload: Bytes::from(vec![9; 1 << 20]).into(),
                 },
                 &mut encoded,
             )
@@ -503,7 +510,7 @@ mod tests {
             FrameError::Unwritten { source, requests } => {
                 assert_eq!(source.kind(), io::ErrorKind::BrokenPipe);
                 let ping = Bytes::from_static(b"ping");
-                assert_eq!(requests, [(2, ping.clone()), (3, ping)]);
+                assert_eq!(requests, [(2, ping.clone().into()), (3, ping.into())]);
             }
             other => panic!("expected the unwritten requests back, got {other:?}"),
         }
@@ -516,7 +523,7 @@ mod tests {
         let error = Pin::new(&mut sender)
             .start_send(Frame::Response {
                 id: 1,
-                payload: Bytes::from(vec![0; 2048]),
+                payload: Bytes::from(vec![0; 2048]).into(),
             })
             .unwrap_err();
         assert!(matches!(error, FrameError::TooLong { .. }), "{error}");

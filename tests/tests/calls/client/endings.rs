@@ -30,7 +30,13 @@ async fn a_streaming_call_that_ends_with_its_answer_sends_no_cancel() {
     let payload = Bytes::from(item.encode_to_vec());
     worker.send(Frame::Item { id, payload }).await.unwrap();
     let payload = Bytes::new();
-    worker.send(Frame::Response { id, payload }).await.unwrap();
+    worker
+        .send(Frame::Response {
+            id,
+            payload: payload.into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(stream.message().await.unwrap(), Some(item));
     assert_eq!(stream.message().await.unwrap(), None);
     let (reply, ()) = tokio::join!(
@@ -44,7 +50,13 @@ async fn a_streaming_call_that_ends_with_its_answer_sends_no_cancel() {
         let id = request_id(&mut worker).await;
         assert_eq!(sent(&mut worker).await, Frame::End { id });
         let payload = Bytes::new();
-        worker.send(Frame::Response { id, payload }).await.unwrap();
+        worker
+            .send(Frame::Response {
+                id,
+                payload: payload.into(),
+            })
+            .await
+            .unwrap();
     };
     let (sum, ()) = tokio::join!(client.sum(requests), script);
     sum.unwrap();
@@ -83,8 +95,12 @@ async fn a_call_streaming_both_ways_stops_taking_requests_once_answered() {
 async fn a_middleware_answering_a_call_streaming_both_ways_gives_an_empty_stream() {
     struct Answers;
     impl Middleware for Answers {
-        async fn call(&self, _call: &CallInfo, _next: Next<'_>) -> Result<Bytes, Error> {
-            Ok(Bytes::new())
+        async fn call(
+            &self,
+            _call: &CallInfo,
+            _next: Next<'_>,
+        ) -> Result<workerbus::Payload, Error> {
+            Ok(Bytes::new().into())
         }
     }
     let (host, _worker) = MemoryTransport::pair();

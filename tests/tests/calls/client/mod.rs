@@ -79,5 +79,11 @@ fn scripted() -> (Channel, EchoClient, MemoryTransport) {
 /// Answers the next request with `payload`.
 async fn answer(worker: &mut MemoryTransport, payload: Bytes) {
     let id = request_id(worker).await;
-    worker.send(Frame::Response { id, payload }).await.unwrap();
+    worker
+        .send(Frame::Response {
+            id,
+            payload: payload.into(),
+        })
+        .await
+        .unwrap();
 }

@@ -36,7 +36,7 @@ async fn frames_for_requests_never_sent_break_the_connection_naming_the_frame() 
             "RESPONSE",
             Frame::Response {
                 id: 5,
-                payload: Bytes::new(),
+                payload: Bytes::new().into(),
             },
         ),
         (
@@ -103,7 +103,7 @@ async fn a_credit_for_a_call_that_ended_is_late_and_ignored() {
         worker
             .send(Frame::Response {
                 id,
-                payload: Bytes::new(),
+                payload: Bytes::new().into(),
             })
             .await
             .unwrap();

@@ -56,7 +56,13 @@ async fn method_names_outside_1_to_1024_bytes_are_refused_before_sending() {
             "the first request sent is the longest name"
         );
         let payload = Bytes::new();
-        worker.send(Frame::Response { id, payload }).await.unwrap();
+        worker
+            .send(Frame::Response {
+                id,
+                payload: payload.into(),
+            })
+            .await
+            .unwrap();
     };
     let (result, ()) = tokio::join!(call_named(&channel, longest), script);
     result.unwrap();
@@ -200,7 +206,7 @@ async fn calls_wait_for_room_within_their_timeout_and_fail_at_once_when_closed()
     worker
         .send(Frame::Response {
             id,
-            payload: Bytes::new(),
+            payload: Bytes::new().into(),
         })
         .await
         .unwrap();

@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use prost::Message;
 use workerbus::{
     Backoff, CallInfo, Error, Middleware, Next, RestartPolicy, Supervisor, ThreadDriver,
@@ -24,7 +23,7 @@ type SeenCall = (String, &'static str, usize, Option<Duration>);
 struct Seen(Arc<Mutex<Vec<SeenCall>>>);
 
 impl Middleware for Seen {
-    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<Bytes, Error> {
+    async fn call(&self, call: &CallInfo, next: Next<'_>) -> Result<workerbus::Payload, Error> {
         let left = call
             .deadline()
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));

@@ -34,7 +34,7 @@ async fn a_call_past_its_deadline_is_cancelled_and_not_answered() {
         next(&mut host).await,
         Frame::Response {
             id: 2,
-            payload: Bytes::new()
+            payload: Bytes::new().into()
         }
     );
     host.send(echo(3, "after")).await.unwrap();
@@ -64,7 +64,7 @@ async fn a_call_whose_deadline_passes_while_it_waits_never_starts() {
     let Frame::Response { id: 5, payload } = next(&mut host).await else {
         panic!("expected stats");
     };
-    let stats = workerbus_tests::pb::echo::StatsReply::decode(payload).unwrap();
+    let stats = workerbus_tests::pb::echo::StatsReply::decode(payload.into_bytes()).unwrap();
     assert_eq!(stats.peak_concurrency, 1);
     assert_eq!(
         stats.sleeps_cancelled, 0,
@@ -120,7 +120,7 @@ async fn calls_over_the_limit_wait_in_order_and_can_be_cancelled_while_waiting()
     let Frame::Response { id: 3, payload } = next(&mut host).await else {
         panic!("expected the answer to call 3");
     };
-    let reply = workerbus_tests::pb::echo::EchoReply::decode(payload).unwrap();
+    let reply = workerbus_tests::pb::echo::EchoReply::decode(payload.into_bytes()).unwrap();
     assert_eq!(reply.text, "also queued");
 }
 
@@ -198,7 +198,10 @@ async fn a_cancelled_call_never_answers_for_a_later_call_with_its_id() {
     let Frame::Response { id: 5, payload } = next(&mut host).await else {
         panic!("expected the answer to the second call 5");
     };
-    assert_eq!(EchoReply::decode(payload).unwrap().text, "second");
+    assert_eq!(
+        EchoReply::decode(payload.into_bytes()).unwrap().text,
+        "second"
+    );
     // And nothing else arrives for id 5 once the blocked handler returns.
     handler
         .wait_for("uninterruptible", SleepState::Finished)
@@ -231,7 +234,7 @@ async fn shutdown_refuses_new_calls_finishes_running_ones_then_closes() {
         next(&mut host).await,
         Frame::Response {
             id: 1,
-            payload: Bytes::new()
+            payload: Bytes::new().into()
         }
     );
     assert!(

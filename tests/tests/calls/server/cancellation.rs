@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::SinkExt;
 use workerbus::{
     Call, Cancellation, Frame, MemoryTransport, MethodKind, ServeOptions, serve_transport,
@@ -40,7 +39,7 @@ fn handing_out(tokens: tokio::sync::mpsc::UnboundedSender<Cancellation>) -> Prob
         }
         Box::pin(async move {
             tokens.send(cx.cancelled()).unwrap();
-            Ok(Bytes::new())
+            Ok(workerbus::Payload::new())
         })
     }))
 }
@@ -189,7 +188,7 @@ async fn a_handler_that_ends_at_its_deadline_is_not_answered() {
         let fired = fired.clone();
         Box::pin(async move {
             if cx.method() != "echo.sleep" {
-                return Ok(Bytes::new());
+                return Ok(workerbus::Payload::new());
             }
             cx.cancelled().await;
             fired.send(()).unwrap();

@@ -138,7 +138,7 @@ async fn a_pair_nested_in_a_pair_routes_each_call_to_the_service_that_has_it() {
         next(&mut host).await,
         Frame::Response {
             id: 2,
-            payload: Bytes::new()
+            payload: Bytes::new().into()
         }
     );
 }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message;
 use workerbus::{
-    Call, Context, Dispatch, Frame, FrameError, MemoryTransport, MethodName, ServeOptions,
+    Call, Context, Dispatch, Frame, FrameError, MemoryTransport, MethodName, Payload, ServeOptions,
     ServiceSchema, Status, serve_transport,
 };
 use workerbus_tests::EchoWorker;
@@ -131,7 +131,10 @@ async fn still_serving(host: &mut MemoryTransport, id: u64) {
             id: answered,
             payload,
         } if answered == id => {
-            assert_eq!(EchoReply::decode(payload).unwrap().text, "still here");
+            assert_eq!(
+                EchoReply::decode(payload.into_bytes()).unwrap().text,
+                "still here"
+            );
         }
         other => panic!("expected the answer to request {id}, got {other:?}"),
     }
@@ -145,7 +148,7 @@ impl workerbus_tests::pb::echo::MissingHandler for Nothing {
     }
 }
 
-type Handled = Pin<Box<dyn Future<Output = Result<Bytes, Status>> + Send>>;
+type Handled = Pin<Box<dyn Future<Output = Result<Payload, Status>> + Send>>;
 
 static ECHO_SCHEMA: ServiceSchema = EchoClient::SCHEMA;
 
@@ -160,7 +163,7 @@ impl Dispatch for Probe {
     fn dispatch(
         &self,
         call: Call,
-    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static + use<> {
+    ) -> impl Future<Output = Result<Payload, Status>> + Send + 'static + use<> {
         (self.0)(call)
     }
 }

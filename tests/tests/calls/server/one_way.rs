@@ -138,7 +138,7 @@ async fn a_one_way_message_past_its_deadline_is_dropped_without_an_answer() {
         next(&mut host).await,
         Frame::Response {
             id: 2,
-            payload: Bytes::new()
+            payload: Bytes::new().into()
         }
     );
     still_serving(&mut host, 3).await;

@@ -25,7 +25,7 @@ async fn a_frame_only_a_host_may_receive_ends_serving_with_an_error() {
     let (mut host, served) = serve(ServeOptions::new());
     host.send(Frame::Response {
         id: 1,
-        payload: Bytes::new(),
+        payload: Bytes::new().into(),
     })
     .await
     .unwrap();
@@ -140,7 +140,10 @@ async fn a_worker_process_refuses_unknown_control_exchanges_and_closes_on_undeco
     peer.send(echo(3, "after")).await.unwrap();
     match answer(&mut peer).await {
         Frame::Response { id: 3, payload } => {
-            assert_eq!(EchoReply::decode(payload).unwrap().text, "after");
+            assert_eq!(
+                EchoReply::decode(payload.into_bytes()).unwrap().text,
+                "after"
+            );
         }
         other => panic!("expected the echo, got {other:?}"),
     }

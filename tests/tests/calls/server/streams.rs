@@ -156,7 +156,10 @@ async fn a_unary_method_asked_for_a_response_stream_answers_with_its_response_al
         .unwrap();
     match next(&mut host).await {
         Frame::Response { id: 1, payload } => {
-            assert_eq!(EchoReply::decode(payload).unwrap().text, "no stream here");
+            assert_eq!(
+                EchoReply::decode(payload.into_bytes()).unwrap().text,
+                "no stream here"
+            );
         }
         other => panic!("expected the response alone, got {other:?}"),
     }
@@ -270,7 +273,7 @@ fn stream_probe(
                     assert_eq!(message, None, "the call's stream ended with it");
                 }));
             });
-            Ok(Bytes::new())
+            Ok(workerbus::Payload::new())
         })
     }))
 }
@@ -308,7 +311,7 @@ async fn stream_halves_end_with_their_call() {
         next(&mut host).await,
         Frame::Response {
             id: 1,
-            payload: Bytes::new()
+            payload: Bytes::new().into()
         }
     );
     go.send(()).unwrap();
@@ -378,7 +381,7 @@ async fn a_read_after_the_calls_cancel_is_cancelled_not_the_streams_end() {
                 .await
                 .map(|next| next.map(|request| request.value));
             read_after.send(next).unwrap();
-            Ok(Bytes::new())
+            Ok(workerbus::Payload::new())
         })
     }));
     let (mut host, _served) = serve_with(probe, ServeOptions::new());

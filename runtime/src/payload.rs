@@ -1,0 +1,324 @@
+//! [`Payload`]: a message as a frame carries it, either encoded or as the
+//! typed value itself, encoded only at an edge that needs bytes.
+//!
+//! Between two threads of one process (the thread driver, a
+//! [`MemoryTransport`](crate::MemoryTransport)) a request and its response
+//! travel as values: the generated client hands its request over as it is,
+//! the generated server takes it back by its type, and the same for the
+//! response. Nothing is encoded or decoded. Where bytes are needed (the
+//! process driver's socket, the gRPC bridge, a middleware that asks) the
+//! value is encoded there, straight into the buffer that carries it.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+
+/// A message as a frame carries it: encoded, or the message itself.
+///
+/// A value is shared, not copied, when a payload is cloned (a call that may
+/// be retried keeps one); whoever takes it back ([`Payload::decode`]) moves
+/// it out if nothing else holds it, and clones it otherwise. Its encoded
+/// length is worked out once, when it is made, and is what size limits
+/// count.
+///
+/// ```
+/// use bytes::Bytes;
+/// use workerbus::Payload;
+///
+/// // A message as a value: nothing is encoded yet.
+/// let payload = Payload::message(String::from("hello"));
+/// assert!(!payload.is_encoded());
+/// assert_eq!(payload.len(), 7); // a protobuf string field: tag, length, bytes
+///
+/// // Its bytes, for an edge that needs them.
+/// let bytes: Bytes = payload.to_bytes();
+/// assert_eq!(&bytes[..], b"\x0a\x05hello");
+///
+/// // Taken back as its type: moved out, never decoded.
+/// assert_eq!(payload.decode::<String>().unwrap(), "hello");
+///
+/// // Bytes are a payload too, and decode as any message.
+/// let payload = Payload::from(bytes);
+/// assert!(payload.is_encoded());
+/// assert_eq!(payload.decode::<String>().unwrap(), "hello");
+/// ```
+#[derive(Clone, Default)]
+pub struct Payload {
+    repr: Repr,
+}
+
+#[derive(Clone)]
+enum Repr {
+    Encoded(Bytes),
+    Value { len: usize, value: Arc<dyn Value> },
+}
+
+impl Default for Repr {
+    fn default() -> Repr {
+        Repr::Encoded(Bytes::new())
+    }
+}
+
+/// A message behind a payload, with what encoding it needs: the object-safe
+/// face of `prost::Message`.
+trait Value: Any + Send + Sync {
+    /// Appends the message's encoding to `dst`.
+    fn encode_into(&self, dst: &mut BytesMut);
+    /// Appends the message's encoding to any buffer.
+    fn encode_dyn(&self, dst: &mut dyn BufMut);
+    /// The message's encoding, in a buffer of its own (a pooled one if it
+    /// is large).
+    fn to_bytes(&self) -> Bytes;
+    fn type_name(&self) -> &'static str;
+}
+
+impl<M: Message + 'static> Value for M {
+    fn encode_into(&self, dst: &mut BytesMut) {
+        self.encode_raw(dst);
+    }
+
+    fn encode_dyn(&self, mut dst: &mut dyn BufMut) {
+        self.encode_raw(&mut dst);
+    }
+
+    fn to_bytes(&self) -> Bytes {
+        crate::message::encode(self)
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<M>()
+    }
+}
+
+impl Payload {
+    /// An empty payload: the encoding of a message whose fields all have
+    /// their default values.
+    pub const fn new() -> Payload {
+        Payload {
+            repr: Repr::Encoded(Bytes::new()),
+        }
+    }
+
+    /// A message as a value, encoded only where bytes are needed.
+    pub fn message<M: Message + 'static>(message: M) -> Payload {
+        let len = message.encoded_len();
+        Payload {
+            repr: Repr::Value {
+                len,
+                value: Arc::new(message),
+            },
+        }
+    }
+
+    /// The length of the message's encoding, in bytes: what size limits and
+    /// flow control count.
+    pub fn len(&self) -> usize {
+        match &self.repr {
+            Repr::Encoded(bytes) => bytes.len(),
+            Repr::Value { len, .. } => *len,
+        }
+    }
+
+    /// Whether the encoding is empty (a message of default values).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this is bytes (received from a peer, or given as bytes)
+    /// rather than a message value.
+    pub fn is_encoded(&self) -> bool {
+        matches!(self.repr, Repr::Encoded(_))
+    }
+
+    /// The Rust type of the message value, or `None` for bytes.
+    pub fn message_type(&self) -> Option<&'static str> {
+        match &self.repr {
+            Repr::Encoded(_) => None,
+            Repr::Value { value, .. } => Some(value.type_name()),
+        }
+    }
+
+    /// The encoding: the bytes themselves (a cheap clone), or the value
+    /// encoded into a buffer of its own.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.repr {
+            Repr::Encoded(bytes) => bytes.clone(),
+            Repr::Value { value, .. } => value.to_bytes(),
+        }
+    }
+
+    /// The encoding, as [`to_bytes`](Payload::to_bytes) but without a clone
+    /// of bytes.
+    pub fn into_bytes(self) -> Bytes {
+        match self.repr {
+            Repr::Encoded(bytes) => bytes,
+            Repr::Value { value, .. } => value.to_bytes(),
+        }
+    }
+
+    /// Appends the encoding to `dst` (e.g. an encoder's buffer), with no
+    /// buffer of its own in between.
+    pub fn encode_to(&self, dst: &mut impl BufMut) {
+        match &self.repr {
+            Repr::Encoded(bytes) => dst.put_slice(bytes),
+            Repr::Value { value, .. } => value.encode_dyn(dst),
+        }
+    }
+
+    /// Appends the encoding to `dst`: [`encode_to`](Payload::encode_to)
+    /// without its indirection, for the runtime's own write buffers.
+    pub(crate) fn encode_into(&self, dst: &mut BytesMut) {
+        match &self.repr {
+            Repr::Encoded(bytes) => dst.extend_from_slice(bytes),
+            Repr::Value { value, .. } => value.encode_into(dst),
+        }
+    }
+
+    /// The bytes, if this is bytes.
+    #[cfg(feature = "process")]
+    pub(crate) fn as_encoded(&self) -> Option<&Bytes> {
+        match &self.repr {
+            Repr::Encoded(bytes) => Some(bytes),
+            Repr::Value { .. } => None,
+        }
+    }
+
+    /// The message as an `M`: a value of that type moved out (cloned if a
+    /// clone of this payload still holds it), bytes decoded. A value of
+    /// another type is encoded and its bytes decoded, as a peer would.
+    pub fn decode<M: Message + Default + Clone + 'static>(self) -> Result<M, prost::DecodeError> {
+        match self.repr {
+            Repr::Encoded(bytes) => M::decode(bytes),
+            Repr::Value { value, .. } => {
+                if !(&*value as &dyn Any).is::<M>() {
+                    return M::decode(value.to_bytes());
+                }
+                let any: Arc<dyn Any + Send + Sync> = value;
+                let shared = any.downcast::<M>().expect("the value's type was checked");
+                Ok(Arc::try_unwrap(shared).unwrap_or_else(|shared| M::clone(&shared)))
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(bytes: Bytes) -> Payload {
+        Payload {
+            repr: Repr::Encoded(bytes),
+        }
+    }
+}
+
+impl From<&'static [u8]> for Payload {
+    fn from(bytes: &'static [u8]) -> Payload {
+        Payload::from(Bytes::from_static(bytes))
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Payload {
+        Payload::from(Bytes::from(bytes))
+    }
+}
+
+/// Payloads are equal when their encodings are: a value is encoded to be
+/// compared (meant for tests).
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        match (&self.repr, &other.repr) {
+            (Repr::Encoded(a), Repr::Encoded(b)) => a == b,
+            _ => self.len() == other.len() && self.to_bytes() == other.to_bytes(),
+        }
+    }
+}
+
+impl PartialEq<Bytes> for Payload {
+    fn eq(&self, other: &Bytes) -> bool {
+        self.len() == other.len() && self.to_bytes() == other
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Encoded(bytes) => fmt::Debug::fmt(bytes, f),
+            Repr::Value { len, value } => f
+                .debug_struct("Payload")
+                .field("message", &value.type_name())
+                .field("len", len)
+                .finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_taken_back_as_it_was_sent_and_copied_only_if_shared() {
+        let data = vec![1u8; 4096];
+        let at = data.as_ptr();
+        let taken: Vec<u8> = Payload::message(data).decode().unwrap();
+        assert_eq!(taken.as_ptr(), at, "an unshared value is moved out");
+
+        let payload = Payload::message(taken);
+        let kept = payload.clone();
+        let copy: Vec<u8> = payload.decode().unwrap();
+        assert_ne!(copy.as_ptr(), at, "a shared value is copied");
+        assert_eq!(copy, vec![1u8; 4096]);
+        // The clone still holds the original, and gives it up once alone.
+        let original: Vec<u8> = kept.decode().unwrap();
+        assert_eq!(original.as_ptr(), at);
+    }
+
+    #[test]
+    fn a_value_of_another_type_decodes_from_its_encoding() {
+        // A `string` and a `bytes` field 1 share their encoding.
+        let payload = Payload::message(String::from("hello"));
+        let bytes: Vec<u8> = payload.decode().unwrap();
+        assert_eq!(bytes, b"hello");
+        // And one that does not decode says so.
+        let payload = Payload::message(vec![0xffu8, 0xfe]);
+        assert!(payload.decode::<String>().is_err());
+    }
+
+    #[test]
+    fn every_way_to_encode_a_value_gives_the_same_bytes_and_its_length() {
+        for len in [0, 10, 20 << 10, 200 << 10] {
+            let message = vec![3u8; len];
+            let expected = Bytes::from(message.encode_to_vec());
+            let payload = Payload::message(message);
+            assert_eq!(payload.len(), expected.len());
+            assert_eq!(payload.is_empty(), expected.is_empty());
+            assert_eq!(payload.to_bytes(), expected);
+            let mut into = BytesMut::new();
+            payload.encode_into(&mut into);
+            assert_eq!(into, expected);
+            let mut to = Vec::new();
+            payload.encode_to(&mut to);
+            assert_eq!(to, expected);
+            assert_eq!(payload, Payload::from(expected.clone()));
+            assert_eq!(payload.message_type(), Some("alloc::vec::Vec<u8>"));
+            assert_eq!(payload.into_bytes(), expected);
+        }
+    }
+
+    #[test]
+    fn bytes_are_a_payload_that_decodes_without_a_copy() {
+        let bytes = Bytes::from(vec![0x0a, 0x02, b'h', b'i']);
+        let payload = Payload::from(bytes.clone());
+        assert!(payload.is_encoded());
+        assert_eq!(payload.message_type(), None);
+        assert_eq!(payload.len(), 4);
+        assert_eq!(payload.to_bytes().as_ptr(), bytes.as_ptr());
+        let decoded: Bytes = payload.decode().unwrap();
+        assert_eq!(decoded, &b"hi"[..]);
+        assert_eq!(decoded.as_ptr(), bytes[2..].as_ptr());
+        assert_eq!(format!("{:?}", Payload::new()), "b\"\"");
+        assert!(format!("{:?}", Payload::message(())).contains("()"));
+    }
+}
