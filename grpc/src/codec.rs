@@ -1,13 +1,16 @@
 //! [`BytesCodec`]: messages cross the bridge as the bytes they arrived as.
 //!
-//! The core carries encoded messages; decoding them at the bridge only to
-//! encode them again would cost both ways and gain nothing. A gRPC message
-//! is read as its bytes (split off tonic's buffer, not copied) and written
-//! by one copy into the buffer tonic frames it in.
+//! Decoding a message at the bridge only to encode it again would cost both
+//! ways and gain nothing. A gRPC message is read as its bytes (split off
+//! tonic's buffer, not copied) and written by one copy into the buffer
+//! tonic frames it in; the server's answers are [`Payload`]s, so one that a
+//! thread worker answered with as a value is encoded straight into that
+//! buffer ([`BridgeCodec`]).
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use workerbus::Payload;
 
 /// A tonic codec whose messages are their encoded bytes, both ways.
 ///
@@ -66,6 +69,41 @@ impl Codec for BytesCodec {
 
     fn encoder(&mut self) -> BytesEncoder {
         BytesEncoder
+    }
+
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}
+
+/// The server's codec: requests read as their bytes, answers written from
+/// a [`Payload`], a message value encoded straight into tonic's buffer.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BridgeCodec;
+
+/// The encoding half of [`BridgeCodec`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PayloadEncoder;
+
+impl Encoder for PayloadEncoder {
+    type Item = Payload;
+    type Error = Status;
+
+    fn encode(&mut self, item: Payload, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.len());
+        item.encode_to(dst);
+        Ok(())
+    }
+}
+
+impl Codec for BridgeCodec {
+    type Encode = Payload;
+    type Decode = Bytes;
+    type Encoder = PayloadEncoder;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> PayloadEncoder {
+        PayloadEncoder
     }
 
     fn decoder(&mut self) -> BytesDecoder {

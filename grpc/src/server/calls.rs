@@ -14,10 +14,10 @@ use futures_core::Stream;
 use tonic::codec::CompressionEncoding;
 use tonic::server::Grpc;
 use tonic::{Request, Response, Streaming};
-use workerbus::{ByteStream, CallOptions, MethodKind, MethodName, ResponseMetadata};
+use workerbus::{ByteStream, CallOptions, MethodKind, MethodName, Payload, ResponseMetadata};
 
 use super::Route;
-use crate::codec::BytesCodec;
+use crate::codec::BridgeCodec;
 use crate::latch::Latch;
 use crate::map::{
     decode_timeout, decode_traceparent, error_to_tonic, metadata_from, metadata_into, names,
@@ -29,7 +29,7 @@ use crate::trailers::RewriteTrailers;
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// A response stream as tonic's server takes it.
 pub(super) type ItemStream =
-    Pin<Box<dyn Stream<Item = Result<Bytes, tonic::Status>> + Send + 'static>>;
+    Pin<Box<dyn Stream<Item = Result<Payload, tonic::Status>> + Send + 'static>>;
 
 /// Makes `request` one call on `route`'s channel, in its method's shape.
 pub(super) fn call(
@@ -42,7 +42,7 @@ pub(super) fn call(
     // as `END`.
     let request = request.map(Unended);
     // Compressed when the caller asks, with gzip or zstd; never else.
-    let mut grpc = Grpc::new(BytesCodec)
+    let mut grpc = Grpc::new(BridgeCodec)
         .max_decoding_message_size(max_message_size)
         .max_encoding_message_size(max_message_size)
         .accept_compressed(CompressionEncoding::Gzip)
@@ -165,11 +165,11 @@ fn item_stream(items: ByteStream, answered: &ResponseMetadata) -> ItemStream {
 async fn unary(
     route: Arc<Route>,
     request: Request<Bytes>,
-) -> Result<Response<Bytes>, tonic::Status> {
+) -> Result<Response<Payload>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
     let outcome = (route.channel)
-        .call_bytes(&route.name, request.into_inner(), &options)
+        .call_payload(&route.name, request.into_inner().into(), &options)
         .await;
     reply(outcome, &answered)
 }
@@ -179,14 +179,14 @@ async fn unary(
 async fn one_way(
     route: Arc<Route>,
     request: Request<Bytes>,
-) -> Result<Response<Bytes>, tonic::Status> {
+) -> Result<Response<Payload>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
     match (route.channel)
         .post_bytes(&route.name, request.into_inner(), &options)
         .await
     {
-        Ok(()) => Ok(Response::new(Bytes::new())),
+        Ok(()) => Ok(Response::new(Payload::new())),
         Err(error) => Err(error_to_tonic(error)),
     }
 }
@@ -207,7 +207,7 @@ async fn server_stream(
 async fn client_stream(
     route: Arc<Route>,
     request: Request<Streaming<Bytes>>,
-) -> Result<Response<Bytes>, tonic::Status> {
+) -> Result<Response<Payload>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
     let refusal = Arc::new(Latch::new());
@@ -217,7 +217,7 @@ async fn client_stream(
     };
     let call = (route.channel).client_stream_bytes(&route.name, requests, &options);
     tokio::select! {
-        outcome = call => reply(outcome, &answered),
+        outcome = call => reply(outcome.map(Payload::from), &answered),
         refused = refused(refusal, route.name.clone()) => Err(refused),
     }
 }
@@ -373,7 +373,7 @@ impl Items {
 }
 
 impl Stream for Items {
-    type Item = Result<Bytes, tonic::Status>;
+    type Item = Result<Payload, tonic::Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -387,7 +387,7 @@ impl Stream for Items {
             return Poll::Ready(Some(Err(status)));
         }
         match std::task::ready!(Pin::new(&mut this.items).poll_next(cx)) {
-            Some(Ok(item)) => Poll::Ready(Some(Ok(item))),
+            Some(Ok(item)) => Poll::Ready(Some(Ok(item.into()))),
             Some(Err(error)) => {
                 let status = failure(error, answered);
                 this.answered = None;

@@ -10,10 +10,10 @@ use futures_core::Stream;
 use prost::Message;
 use tonic::server::Grpc;
 use tonic::{Request, Response};
-use workerbus::{Channel, ServiceSchema};
+use workerbus::{Channel, Payload, ServiceSchema};
 
 use super::calls::ItemStream;
-use crate::codec::BytesCodec;
+use crate::codec::BridgeCodec;
 use crate::map::{decode_timeout, error_to_tonic, names};
 use crate::worker::{self, Event, HealthReport, HealthRequest, SubscribeRequest};
 
@@ -31,12 +31,12 @@ impl WorkerService {
         self: Arc<Self>,
         request: http::Request<hyper::body::Incoming>,
     ) -> http::Response<tonic::body::Body> {
-        let mut grpc = Grpc::new(BytesCodec);
+        let mut grpc = Grpc::new(BridgeCodec);
         match request.uri().path() {
             worker::DESCRIBE => {
                 let call = tower::service_fn(move |_: Request<Bytes>| {
                     let description = workerbus::describe_services(&self.services);
-                    async move { Ok(Response::new(description)) }
+                    async move { Ok(Response::new(Payload::from(description))) }
                 });
                 grpc.unary(call, request).await
             }
@@ -58,7 +58,7 @@ impl WorkerService {
         }
     }
 
-    async fn health(&self, request: Request<Bytes>) -> Result<Response<Bytes>, tonic::Status> {
+    async fn health(&self, request: Request<Bytes>) -> Result<Response<Payload>, tonic::Status> {
         let asked = HealthRequest::decode(request.get_ref().clone())
             .map_err(|error| tonic::Status::invalid_argument(format!("HealthRequest: {error}")))?;
         let Some(channel) = self.channels.get(asked.service.as_str()) else {
@@ -74,9 +74,7 @@ impl WorkerService {
             .and_then(decode_timeout)
             .unwrap_or(HEALTH_TIMEOUT);
         let report = channel.health(timeout).await.map_err(error_to_tonic)?;
-        Ok(Response::new(
-            HealthReport::from(report).encode_to_vec().into(),
-        ))
+        Ok(Response::new(Payload::message(HealthReport::from(report))))
     }
 
     fn subscribe(&self, request: &Request<Bytes>) -> Result<Response<ItemStream>, tonic::Status> {
@@ -112,7 +110,7 @@ struct Events {
 }
 
 impl Stream for Events {
-    type Item = Result<Bytes, tonic::Status>;
+    type Item = Result<Payload, tonic::Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -127,7 +125,7 @@ impl Stream for Events {
                         name: name.to_string(),
                         payload,
                     };
-                    return Poll::Ready(Some(Ok(event.encode_to_vec().into())));
+                    return Poll::Ready(Some(Ok(Payload::message(event))));
                 }
                 Poll::Ready(None) => ended += 1,
                 Poll::Pending => {}

@@ -4,13 +4,12 @@
 //! proxy). Generated clients are the typed face of the same calls.
 
 use bytes::Bytes;
-
-use crate::payload::Payload;
 use futures_core::Stream;
 
 use crate::error::Error;
 use crate::event::Subscription;
 use crate::name::MethodName;
+use crate::payload::Payload;
 use crate::schema::ServiceSchema;
 
 use super::channel::Channel;
@@ -74,6 +73,34 @@ impl Channel {
         let options = resolve(options);
         let response = self.call(method, request.into(), &options).await?;
         Ok(response.into_bytes())
+    }
+
+    /// [`call_bytes`](Channel::call_bytes) with the request and response as
+    /// [`Payload`]s: a response from a thread worker stays the message
+    /// value it was answered with, for a bridge that encodes it straight
+    /// into its own buffer ([`Payload::encode_to`]) instead of into bytes
+    /// of its own first.
+    ///
+    /// ```no_run
+    /// # async fn run(channel: workerbus::Channel) -> Result<(), workerbus::Error> {
+    /// use workerbus::{CallOptions, MethodName, Payload};
+    ///
+    /// let method = MethodName::from_static("embedder.embed");
+    /// let request = Payload::from(bytes::Bytes::from_static(b"\x0a\x05hello"));
+    /// let response = channel.call_payload(&method, request, &CallOptions::new()).await?;
+    /// let mut frame = Vec::with_capacity(5 + response.len());
+    /// frame.extend_from_slice(&[0, 0, 0, 0, response.len() as u8]);
+    /// response.encode_to(&mut frame);
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_payload(
+        &self,
+        method: &MethodName,
+        request: Payload,
+        options: &CallOptions,
+    ) -> Result<Payload, Error> {
+        let options = resolve(options);
+        self.call(method, request, &options).await
     }
 
     /// Sends `method` as a one-way message with an encoded request: returns

@@ -203,3 +203,34 @@ async fn calls_in_bytes_take_options_metadata_and_fail_as_typed_calls_do() {
     }
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_call_in_payloads_gets_a_thread_workers_answer_as_its_value() {
+    let worker = ThreadDriver::new()
+        .spawn(EchoServer::new(EchoWorker::new()))
+        .await
+        .unwrap();
+    let method = MethodName::from_static(echo_service::ECHO);
+    let options = CallOptions::new();
+    for request in [
+        workerbus::Payload::from(bytes_of(&echo("as bytes"))),
+        workerbus::Payload::message(echo("as a value")),
+    ] {
+        let expected = EchoReply {
+            text: request.clone().decode::<EchoRequest>().unwrap().text,
+            ..EchoReply::default()
+        };
+        let response = worker
+            .channel()
+            .call_payload(&method, request, &options)
+            .await
+            .unwrap();
+        // Not encoded by anyone: a bridge encodes it into its own buffer.
+        assert!(!response.is_encoded());
+        assert_eq!(response.len(), expected.encoded_len());
+        let mut encoded = Vec::new();
+        response.encode_to(&mut encoded);
+        assert_eq!(encoded, expected.encode_to_vec());
+        assert_eq!(response.decode::<EchoReply>().unwrap(), expected);
+    }
+}
