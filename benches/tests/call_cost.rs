@@ -8,7 +8,9 @@
 //! the messages cross as values, never encoded: the request and the
 //! response, one allocation each, which hold the message itself. On the
 //! host of a process worker: the request alone (it is encoded into the
-//! connection's write buffer, and answers are read out of its read buffer). Everything of the runtime's own (frames,
+//! connection's write buffer, and answers are read out of its read buffer,
+//! or a large one into a pooled buffer of its own), and for a 64 KiB call
+//! no more than a few small headers besides. Everything of the runtime's own (frames,
 //! pending-table slots, wakers, handler futures, write buffers) is reused,
 //! and what a handler may ask for and the echo handler does not (its call's
 //! `Context::cancelled()`) is made only when asked.
@@ -105,6 +107,16 @@ fn main() {
             "process driver (host only)",
             allocations_per_call(&echo).await,
             1.0,
+        );
+        // A 64 KiB request is encoded into the connection's write buffer,
+        // and its answer read into a pooled buffer: neither is a fresh
+        // allocation per call.
+        let bytes = bytes_per_call(&echo, 64 << 10).await;
+        println!("process driver, 64 KiB calls: {bytes:.0} bytes allocated per call (budget 1024)");
+        assert!(
+            bytes <= 1024.0,
+            "64 KiB calls allocate {bytes:.0} bytes each (host), over 1 KiB: \
+             are large frames read or written through fresh buffers again?"
         );
         worker.shutdown().await;
     });

@@ -76,12 +76,14 @@ pub(crate) fn freeze(buffer: Vec<u8>) -> Bytes {
     Bytes::from_owner(Pooled(buffer))
 }
 
+/// The pool is the process's: the tests that watch it, and those that
+/// use it while others watch, take turns.
+#[cfg(test)]
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The pool is the process's: its tests take turns.
-    static SERIAL: Mutex<()> = Mutex::new(());
 
     #[test]
     fn a_dropped_message_gives_its_buffer_to_the_next_and_small_ones_stay_out() {

@@ -288,6 +288,7 @@ mod tests {
 
     #[test]
     fn every_way_to_encode_a_value_gives_the_same_bytes_and_its_length() {
+        let _turn = crate::sync::lock(&crate::buffers::SERIAL);
         for len in [0, 10, 20 << 10, 200 << 10] {
             let message = vec![3u8; len];
             let expected = Bytes::from(message.encode_to_vec());

@@ -2,10 +2,13 @@
 //! process driver's transport on both ends.
 //!
 //! `Framed<_, FrameCodec>` would do, but it copies every frame into its
-//! write buffer. Here small frames are coalesced into one buffer, as there,
-//! while a payload of [`VECTORED_MIN`] bytes or more is queued as it is (a
-//! `Bytes` shares the message's buffer) and written with the frames around
-//! it in one vectored write. Reading is `FrameCodec`'s; until a worker has
+//! write buffer. Here frames are encoded into the connection's write
+//! buffer, as there, message values straight from the message, and the
+//! buffer is emptied, not given away, once written, so that it serves the
+//! next frames without an allocation; an encoded payload of
+//! [`VECTORED_MIN`] bytes or more is queued as it is (a `Bytes` shares the
+//! message's buffer) and written with the frames around it in one vectored
+//! write. Reading is `FrameCodec`'s; until a worker has
 //! accepted its peer's greeting, with the greeting's small limit and no
 //! memory reserved ahead of the bytes that arrive.
 
@@ -16,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -44,11 +47,36 @@ pub(crate) const SEND_BUFFER: usize = 1024 * 1024;
 /// than copied behind their frame's header.
 pub(crate) const VECTORED_MIN: usize = 16 * 1024;
 
+/// The largest write buffer a connection keeps once it is written: one a
+/// larger message grew it to is let go.
+const RETAINED_OUT: usize = 4 * 1024 * 1024;
+
+/// What a connection still has to write: a run of its write buffer, or a
+/// large payload in a buffer of its own.
+#[derive(Debug)]
+enum Segment {
+    Out(usize),
+    Large(Bytes),
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        match self {
+            Segment::Out(len) => *len,
+            Segment::Large(bytes) => bytes.len(),
+        }
+    }
+}
+
 /// Queued bytes past which `poll_ready` flushes before taking a frame.
 const BACKPRESSURE: usize = 128 * 1024;
 
 /// Buffers written at most in one vectored write.
 const MAX_SLICES: usize = 64;
+
+/// Frames at least this large that have not all arrived are read into a
+/// buffer of their own.
+const LARGE_FRAME: usize = 16 * 1024;
 
 /// What a read asks the socket for when the buffer has no room.
 const READ_CHUNK: usize = 16 * 1024;
@@ -67,11 +95,20 @@ pub(crate) struct SocketTransport<T> {
     /// How the peer is read until its greeting is accepted, if it must greet.
     before_greeting: Option<BeforeGreeting>,
     read: BytesMut,
+    /// A large frame being read into a buffer of its own, and its length.
+    large: Option<(Vec<u8>, usize)>,
     eof: bool,
-    /// Encoded frames not yet written, in order.
-    queue: VecDeque<Bytes>,
-    /// Small frames being coalesced; the queue's last buffer, in effect.
-    small: BytesMut,
+    /// What is still to write, in order: runs of `out`, and large payloads
+    /// written from their own buffers.
+    queue: VecDeque<Segment>,
+    /// The connection's write buffer: every frame's head, small payloads
+    /// and message values are encoded here. It is emptied (not given away)
+    /// once everything is written, so the next frames reuse it.
+    out: BytesMut,
+    /// Where the first unwritten byte of `out` is.
+    out_written: usize,
+    /// How much of `out` the queue's segments cover.
+    out_sealed: usize,
     queued: usize,
     /// The `REQUEST`s given since the last complete flush, each with where
     /// its bytes start among the bytes given since then, its id and its
@@ -112,9 +149,12 @@ impl<T> SocketTransport<T> {
             codec,
             before_greeting: None,
             read: BytesMut::new(),
+            large: None,
             eof: false,
             queue: VecDeque::new(),
-            small: BytesMut::new(),
+            out: BytesMut::new(),
+            out_written: 0,
+            out_sealed: 0,
             queued: 0,
             requests: VecDeque::new(),
             given: 0,
@@ -152,10 +192,25 @@ impl<T> SocketTransport<T> {
         self
     }
 
-    fn seal_small(&mut self) {
-        if !self.small.is_empty() {
-            self.queue.push_back(self.small.split().freeze());
+    /// Queues what was encoded into `out` since its last segment.
+    fn seal_out(&mut self) {
+        if self.out.len() > self.out_sealed {
+            self.queue
+                .push_back(Segment::Out(self.out.len() - self.out_sealed));
+            self.out_sealed = self.out.len();
         }
+    }
+
+    /// Everything queued is written: `out` is emptied for the next frames,
+    /// unless one large message left it larger than is worth keeping.
+    fn written_all(&mut self) {
+        if self.out.capacity() > RETAINED_OUT {
+            self.out = BytesMut::new();
+        } else {
+            self.out.clear();
+        }
+        self.out_written = 0;
+        self.out_sealed = 0;
     }
 }
 
@@ -179,6 +234,39 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
             }
         }
         loop {
+            if let Some((body, len)) = &mut this.large {
+                let left = *len - body.len();
+                if left > 0 {
+                    let read = ready!(tokio_util::io::poll_read_buf(
+                        Pin::new(&mut this.io),
+                        cx,
+                        &mut (&mut *body).limit(left)
+                    ))?;
+                    if read == 0 {
+                        let buffered = 4 + body.len();
+                        this.large = None;
+                        this.eof = true;
+                        return Poll::Ready(Some(Err(FrameError::Truncated { buffered })));
+                    }
+                    continue;
+                }
+                let (body, _) = this.large.take().expect("a large frame is being read");
+                return Poll::Ready(Some(Frame::decode(crate::buffers::freeze(body))));
+            }
+            if this.before_greeting.is_none()
+                && let Some(len) = large_frame_ahead(&this.read, this.codec.max_len())
+            {
+                // Read into a pooled buffer of its own, not into a read
+                // buffer grown for it: that one would be a fresh
+                // allocation every few frames, as long as frames read
+                // before hold on to it.
+                let mut body = crate::buffers::take(len);
+                this.read.advance(4);
+                body.extend_from_slice(&this.read);
+                this.read.clear();
+                this.large = Some((body, len));
+                continue;
+            }
             let (codec, chunk) = match &mut this.before_greeting {
                 Some(before) => (&mut before.codec, GREETING_READ),
                 None => (&mut this.codec, READ_CHUNK),
@@ -212,6 +300,20 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
     }
 }
 
+/// The length of the frame `read` starts with, if it is large (at least
+/// [`LARGE_FRAME`] bytes, within `max`) but of a size the buffer pool
+/// serves, and has not all arrived: such a frame is read into a pooled
+/// buffer. (Larger ones are read into the read buffer, which the codec
+/// grows for them: a buffer of their own would be a fresh allocation too.)
+fn large_frame_ahead(read: &BytesMut, max: usize) -> Option<usize> {
+    let prefix: [u8; 4] = read.get(..4)?.try_into().ok()?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    (LARGE_FRAME..=max.min(crate::buffers::POOLED_UP_TO))
+        .contains(&len)
+        .then_some(len)
+        .filter(|len| read.len() < 4 + len)
+}
+
 impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
     type Error = FrameError;
 
@@ -226,18 +328,18 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
         let this = &mut *self;
         let len = this.codec.check(&frame)?;
         this.queued += 4 + len;
-        if let Some(tail) = frame.encode_head(&mut this.small) {
+        if let Some(tail) = frame.encode_head(&mut this.out) {
             match tail.encoded() {
                 // Bytes already in a buffer of their own are written from it.
                 Some(bytes) if bytes.len() >= VECTORED_MIN => {
                     let bytes = bytes.clone();
-                    this.seal_small();
-                    this.queue.push_back(bytes);
+                    this.seal_out();
+                    this.queue.push_back(Segment::Large(bytes));
                 }
-                Some(bytes) => this.small.extend_from_slice(bytes),
+                Some(bytes) => this.out.extend_from_slice(bytes),
                 // A message value is encoded here, into the connection's
-                // buffer (used again once written), whatever its size.
-                None => tail.encode_into(&mut this.small),
+                // buffer, whatever its size.
+                None => tail.encode_into(&mut this.out),
             }
         }
         if let Frame::Request { id, payload, .. } = frame {
@@ -249,13 +351,20 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
         let this = &mut *self;
-        this.seal_small();
+        this.seal_out();
         while !this.queue.is_empty() {
             // On the stack: a write allocates nothing.
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
-            for (slice, chunk) in slices.iter_mut().zip(&this.queue) {
-                *slice = IoSlice::new(chunk);
+            let mut at = this.out_written;
+            for (slice, segment) in slices.iter_mut().zip(&this.queue) {
+                *slice = match segment {
+                    Segment::Out(len) => {
+                        at += len;
+                        IoSlice::new(&this.out[at - len..at])
+                    }
+                    Segment::Large(bytes) => IoSlice::new(bytes),
+                };
                 count += 1;
             }
             let slices = &slices[..count];
@@ -271,15 +380,22 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
             this.queued = this.queued.saturating_sub(written);
             while written > 0 {
                 let front = this.queue.front_mut().expect("written bytes were queued");
-                if written >= front.len() {
-                    written -= front.len();
-                    this.queue.pop_front();
-                } else {
-                    front.advance(written);
-                    written = 0;
+                let len = front.len();
+                let done = written.min(len);
+                match front {
+                    Segment::Out(left) => {
+                        *left -= done;
+                        this.out_written += done;
+                    }
+                    Segment::Large(bytes) => bytes.advance(done),
                 }
+                if done == len {
+                    this.queue.pop_front();
+                }
+                written -= done;
             }
         }
+        this.written_all();
         this.queued = 0;
         // Every byte given is the socket's now.
         this.requests.clear();
@@ -336,13 +452,19 @@ mod tests {
     }
 
     #[tokio::test]
+    // Each test has a runtime of its own: the lock orders tests, no tasks.
+    #[allow(clippy::await_holding_lock)]
     async fn small_and_large_frames_arrive_whole_and_in_order() {
+        let _turn = crate::sync::lock(&crate::buffers::SERIAL);
         let sizes = [
             0,
             1,
             100,
             VECTORED_MIN - 1,
             VECTORED_MIN,
+            64 << 10,
+            crate::buffers::POOLED_UP_TO - 40,
+            crate::buffers::POOLED_UP_TO,
             1 << 20,
             3,
             5 << 20,
@@ -353,10 +475,16 @@ mod tests {
             .enumerate()
             .map(|(i, &size)| {
                 let payload = Bytes::from((0..size).map(|b| (b % 251) as u8).collect::<Vec<u8>>());
+                // Every third one a message value, encoded by the writer.
+                let payload = if i % 3 == 1 {
+                    crate::Payload::message(payload.to_vec())
+                } else {
+                    payload.into()
+                };
                 if i % 2 == 0 {
                     Frame::Response {
                         id: i as u64 + 1,
-                        payload: payload.into(),
+                        payload,
                     }
                 } else {
                     let timeout = Some(Duration::from_secs(1));
@@ -366,6 +494,113 @@ mod tests {
             .collect();
         let received = through_a_socket(frames.clone()).await;
         assert_eq!(received, frames);
+    }
+
+    #[tokio::test]
+    // Each test has a runtime of its own: the lock orders tests, no tasks.
+    #[allow(clippy::await_holding_lock)]
+    async fn the_write_buffer_is_used_again_once_written() {
+        let _turn = crate::sync::lock(&crate::buffers::SERIAL);
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let mut sender = SocketTransport::new(a, FrameCodec::new());
+        let mut receiver = SocketTransport::new(b, FrameCodec::new());
+        let mut buffers = Vec::new();
+        for id in 1..=4 {
+            let payload = crate::Payload::message(vec![id as u8; 64 * 1024]);
+            let frame = Frame::Response { id, payload };
+            Pin::new(&mut sender).start_send(frame.clone()).unwrap();
+            std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
+                .await
+                .unwrap();
+            buffers.push((sender.out.as_ptr(), sender.out.capacity()));
+            let received = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(received, frame);
+        }
+        assert!(buffers[0].1 > 64 * 1024);
+        assert!(
+            buffers.iter().all(|buffer| *buffer == buffers[0]),
+            "a new write buffer was taken: {buffers:?}"
+        );
+
+        // One message larger than a connection keeps a buffer for: the
+        // buffer it needed is let go once it is written.
+        let payload = crate::Payload::message(vec![9u8; RETAINED_OUT + 1]);
+        let write = async {
+            Pin::new(&mut sender)
+                .start_send(Frame::Response { id: 5, payload })
+                .unwrap();
+            std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
+                .await
+                .unwrap();
+        };
+        let read = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx));
+        let ((), received) = tokio::join!(write, read);
+        assert!(matches!(received, Some(Ok(Frame::Response { id: 5, .. }))));
+        assert_eq!(sender.out.capacity(), 0);
+    }
+
+    #[tokio::test]
+    // Each test has a runtime of its own: the lock orders tests, no tasks.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_large_frame_is_read_into_a_pooled_buffer_used_again_once_dropped() {
+        let _turn = crate::sync::lock(&crate::buffers::SERIAL);
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let mut sender = SocketTransport::new(a, FrameCodec::new());
+        let mut receiver = SocketTransport::new(b, FrameCodec::new());
+        let mut addresses = Vec::new();
+        for id in 1..=3 {
+            // Written in pieces, so that the frame arrives in several reads.
+            let frame = Frame::Response {
+                id,
+                payload: Bytes::from(vec![id as u8; 64 << 10]).into(),
+            };
+            let mut encoded = BytesMut::new();
+            FrameCodec::new()
+                .encode(frame.clone(), &mut encoded)
+                .unwrap();
+            let write = async {
+                for piece in encoded.chunks(10_000) {
+                    tokio::io::AsyncWriteExt::write_all(&mut sender.io, piece)
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            };
+            let read = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx));
+            let ((), received) = tokio::join!(write, read);
+            let received = received.unwrap().unwrap();
+            assert_eq!(received, frame);
+            let Frame::Response { payload, .. } = received else {
+                unreachable!()
+            };
+            addresses.push(payload.into_bytes().as_ptr());
+            // Dropped here: its buffer goes back to the pool.
+        }
+        assert!(
+            addresses.iter().all(|address| *address == addresses[0]),
+            "each frame took a new buffer: {addresses:?}"
+        );
+        // The connection ends inside a large frame: it is truncated.
+        let mut encoded = BytesMut::new();
+        let frame = Frame::Response {
+            id: 9,
+            payload: Bytes::from(vec![1; 64 << 10]).into(),
+        };
+        FrameCodec::new().encode(frame, &mut encoded).unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut sender.io, &encoded[..30_000])
+            .await
+            .unwrap();
+        drop(sender);
+        let ended = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx)).await;
+        assert!(
+            matches!(ended, Some(Err(FrameError::Truncated { buffered: 30_000 }))),
+            "{ended:?}"
+        );
+        let after = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx)).await;
+        assert!(after.is_none());
     }
 
     #[tokio::test]
