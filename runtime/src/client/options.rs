@@ -196,9 +196,23 @@ impl CallOptions {
         self.idempotent
     }
 
+    /// Whether these options set nothing, so that every setting falls back.
+    fn is_unset(&self) -> bool {
+        self.timeout.is_none()
+            && self.retries.is_none()
+            && self.backoff.is_none()
+            && self.idempotent.is_none()
+            && self.metadata.is_empty()
+            && self.response_metadata.is_none()
+            && self.trace.is_none()
+            && self.attempt.is_none()
+    }
+
     /// The per-call settings after falling back through `layers` (most
     /// specific first) to the method's schema defaults and the library's.
     pub(crate) fn resolve(layers: [Option<&CallOptions>; 2], method: &MethodDefaults) -> Resolved {
+        // Most calls set nothing: their settings are the method's.
+        let layers = layers.map(|layer| layer.filter(|options| !options.is_unset()));
         let pick =
             |f: fn(&CallOptions) -> Option<Duration>| layers.iter().flatten().find_map(|o| f(o));
         let timeout = pick(|o| o.timeout)
