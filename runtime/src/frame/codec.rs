@@ -10,7 +10,7 @@ use super::{DEFAULT_MAX_FRAME_LENGTH, Frame, MAX_METHOD_LEN};
 
 /// Frames of at least this many bytes make the decoder reserve room for
 /// [`LARGE_READ`] bytes when they have not fully arrived.
-const LARGE_FRAME: usize = 16 * 1024;
+pub(crate) const LARGE_FRAME: usize = 16 * 1024;
 
 /// The least room reserved for a large frame that has not fully arrived
 /// (when the buffer lacks room for it, and the maximum frame length allows
@@ -60,6 +60,10 @@ enum Room {
     /// length prefix alone allocates nothing. For a peer that has not proved
     /// who it is.
     Arrived,
+    /// As `Frame`, but none for a frame of a size the buffer pool serves
+    /// (from [`LARGE_FRAME`] to 128 KiB): its reader reads such a frame
+    /// into a pooled buffer of its own.
+    Pooled,
 }
 
 impl FrameCodec {
@@ -79,6 +83,16 @@ impl FrameCodec {
         self
     }
 
+    /// This codec, reserving no room for a frame of a pooled size (see
+    /// [`is_pooled`]): the process driver's transport reads those itself.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn leaving_pooled_frames(mut self) -> FrameCodec {
+        if self.room == Room::Frame {
+            self.room = Room::Pooled;
+        }
+        self
+    }
+
     /// Sets the largest frame (in bytes after the length prefix) the codec
     /// reads or writes. Values above `u32::MAX` are capped.
     #[must_use]
@@ -91,6 +105,12 @@ impl FrameCodec {
     pub fn max_len(&self) -> usize {
         self.max_frame_length
     }
+}
+
+/// Whether a frame of `len` bytes (after its prefix) is of a size the
+/// buffer pool serves: large, but not too large to keep.
+pub(crate) fn is_pooled(len: usize) -> bool {
+    (LARGE_FRAME..=crate::buffers::POOLED_UP_TO).contains(&len)
 }
 
 impl Default for FrameCodec {
@@ -124,7 +144,12 @@ impl Decoder for FrameCodec {
             // its peer has proved nothing, and what it announces is no
             // reason to allocate.
             let need = 4 + len - src.len();
-            if self.room == Room::Frame && src.capacity() - src.len() < need {
+            let room = match self.room {
+                Room::Frame => true,
+                Room::Pooled => !is_pooled(len),
+                Room::Arrived => false,
+            };
+            if room && src.capacity() - src.len() < need {
                 let room = if len >= LARGE_FRAME {
                     need.max(LARGE_READ.min(4 + self.max_frame_length))
                 } else {

@@ -49,6 +49,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use self::codec::FrameCodec;
+#[cfg(feature = "process")]
+pub(crate) use self::codec::is_pooled;
 pub(crate) use self::wire::metadata_field_len;
 use crate::error::Status;
 use crate::metadata::Metadata;

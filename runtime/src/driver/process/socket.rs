@@ -74,10 +74,6 @@ const BACKPRESSURE: usize = 128 * 1024;
 /// Buffers written at most in one vectored write.
 const MAX_SLICES: usize = 64;
 
-/// Frames at least this large that have not all arrived are read into a
-/// buffer of their own.
-const LARGE_FRAME: usize = 16 * 1024;
-
 /// What a read asks the socket for when the buffer has no room.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -146,7 +142,7 @@ impl<T> SocketTransport<T> {
     pub(crate) fn new(io: T, codec: FrameCodec) -> SocketTransport<T> {
         SocketTransport {
             io,
-            codec,
+            codec: codec.leaving_pooled_frames(),
             before_greeting: None,
             read: BytesMut::new(),
             large: None,
@@ -253,20 +249,6 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
                 let (body, _) = this.large.take().expect("a large frame is being read");
                 return Poll::Ready(Some(Frame::decode(crate::buffers::freeze(body))));
             }
-            if this.before_greeting.is_none()
-                && let Some(len) = large_frame_ahead(&this.read, this.codec.max_len())
-            {
-                // Read into a pooled buffer of its own, not into a read
-                // buffer grown for it: that one would be a fresh
-                // allocation every few frames, as long as frames read
-                // before hold on to it.
-                let mut body = crate::buffers::take(len);
-                this.read.advance(4);
-                body.extend_from_slice(&this.read);
-                this.read.clear();
-                this.large = Some((body, len));
-                continue;
-            }
             let (codec, chunk) = match &mut this.before_greeting {
                 Some(before) => (&mut before.codec, GREETING_READ),
                 None => (&mut this.codec, READ_CHUNK),
@@ -279,7 +261,22 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
             match decoded {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) if this.eof => return Poll::Ready(None),
-                Ok(None) => {}
+                Ok(None) => {
+                    if this.before_greeting.is_none()
+                        && let Some(len) = pooled_frame_ahead(&this.read)
+                    {
+                        // Read into a pooled buffer of its own, not into a
+                        // read buffer grown for it: that one would be a
+                        // fresh allocation every few frames, as long as
+                        // frames read before hold on to it.
+                        let mut body = crate::buffers::take(len);
+                        this.read.advance(4);
+                        body.extend_from_slice(&this.read);
+                        this.read.clear();
+                        this.large = Some((body, len));
+                        continue;
+                    }
+                }
                 Err(FrameError::TooLong { len, max }) if this.before_greeting.is_some() => {
                     return Poll::Ready(Some(Err(FrameError::GreetingTooLong { len, max })));
                 }
@@ -300,18 +297,14 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
     }
 }
 
-/// The length of the frame `read` starts with, if it is large (at least
-/// [`LARGE_FRAME`] bytes, within `max`) but of a size the buffer pool
-/// serves, and has not all arrived: such a frame is read into a pooled
-/// buffer. (Larger ones are read into the read buffer, which the codec
-/// grows for them: a buffer of their own would be a fresh allocation too.)
-fn large_frame_ahead(read: &BytesMut, max: usize) -> Option<usize> {
+/// The length of the frame `read` starts with, which has not all arrived
+/// (the codec said so, having checked its length), if it is of a size the
+/// buffer pool serves. (The codec reserves room for larger ones in the
+/// read buffer: a buffer of their own would be a fresh allocation too.)
+fn pooled_frame_ahead(read: &BytesMut) -> Option<usize> {
     let prefix: [u8; 4] = read.get(..4)?.try_into().ok()?;
     let len = u32::from_be_bytes(prefix) as usize;
-    (LARGE_FRAME..=max.min(crate::buffers::POOLED_UP_TO))
-        .contains(&len)
-        .then_some(len)
-        .filter(|len| read.len() < 4 + len)
+    crate::frame::is_pooled(len).then_some(len)
 }
 
 impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
