@@ -55,6 +55,20 @@ fn give_back(mut buffer: Vec<u8>) {
     }
 }
 
+/// Encodes a message into a buffer of exactly its size, or, if it is large,
+/// into a pooled buffer that is used again once the message is dropped.
+pub(crate) fn encode<M: prost::Message>(message: &M) -> Bytes {
+    let len = message.encoded_len();
+    if (POOLED_FROM..=POOLED_UP_TO).contains(&len) {
+        let mut buf = take(len);
+        message.encode_raw(&mut buf);
+        return freeze(buf);
+    }
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    message.encode_raw(&mut buf);
+    buf.freeze()
+}
+
 /// A pooled buffer as the owner of a [`Bytes`]: back to the pool when the
 /// last `Bytes` of it is dropped.
 struct Pooled(Vec<u8>);

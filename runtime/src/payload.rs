@@ -85,7 +85,7 @@ impl<M: Message + 'static> Value for M {
     }
 
     fn to_bytes(&self) -> Bytes {
-        crate::message::encode(self)
+        crate::buffers::encode(self)
     }
 
     fn type_name(&self) -> &'static str {

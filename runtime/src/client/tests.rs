@@ -78,7 +78,7 @@ impl futures_sink::Sink<Frame> for Refusing {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        let requests: Vec<(u64, crate::Payload)> = std::mem::take(&mut self.given)
+        let requests: Vec<(u64, crate::payload::Payload)> = std::mem::take(&mut self.given)
             .into_iter()
             .filter_map(|frame| match frame {
                 Frame::Request { id, payload, .. } => Some((id, payload)),

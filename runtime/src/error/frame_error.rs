@@ -113,7 +113,7 @@ pub enum FrameError {
         source: std::io::Error,
         /// The id and payload of each `REQUEST` not written, in the order
         /// they were given.
-        requests: Vec<(u64, crate::Payload)>,
+        requests: Vec<(u64, crate::payload::Payload)>,
     },
 }
 

@@ -470,7 +470,7 @@ mod tests {
                 let payload = Bytes::from((0..size).map(|b| (b % 251) as u8).collect::<Vec<u8>>());
                 // Every third one a message value, encoded by the writer.
                 let payload = if i % 3 == 1 {
-                    crate::Payload::message(payload.to_vec())
+                    crate::payload::Payload::message(payload.to_vec())
                 } else {
                     payload.into()
                 };
@@ -499,7 +499,7 @@ mod tests {
         let mut receiver = SocketTransport::new(b, FrameCodec::new());
         let mut buffers = Vec::new();
         for id in 1..=4 {
-            let payload = crate::Payload::message(vec![id as u8; 64 * 1024]);
+            let payload = crate::payload::Payload::message(vec![id as u8; 64 * 1024]);
             let frame = Frame::Response { id, payload };
             Pin::new(&mut sender).start_send(frame.clone()).unwrap();
             std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
@@ -520,7 +520,7 @@ mod tests {
 
         // One message larger than a connection keeps a buffer for: the
         // buffer it needed is let go once it is written.
-        let payload = crate::Payload::message(vec![9u8; RETAINED_OUT + 1]);
+        let payload = crate::payload::Payload::message(vec![9u8; RETAINED_OUT + 1]);
         let write = async {
             Pin::new(&mut sender)
                 .start_send(Frame::Response { id: 5, payload })
