@@ -88,8 +88,10 @@ impl Channel {
     /// let method = MethodName::from_static("embedder.embed");
     /// let request = Payload::from(bytes::Bytes::from_static(b"\x0a\x05hello"));
     /// let response = channel.call_payload(&method, request, &CallOptions::new()).await?;
+    /// // A gRPC message: uncompressed, its length, then the message.
     /// let mut frame = Vec::with_capacity(5 + response.len());
-    /// frame.extend_from_slice(&[0, 0, 0, 0, response.len() as u8]);
+    /// frame.push(0);
+    /// frame.extend_from_slice(&(response.len() as u32).to_be_bytes());
     /// response.encode_to(&mut frame);
     /// # Ok(()) }
     /// ```

@@ -3,14 +3,16 @@
 //!
 //! `Framed<_, FrameCodec>` would do, but it copies every frame into its
 //! write buffer. Here frames are encoded into the connection's write
-//! buffer, as there, message values straight from the message, and the
-//! buffer is emptied, not given away, once written, so that it serves the
-//! next frames without an allocation; an encoded payload of
+//! buffer, as there, message values straight from the message; what is
+//! written is let go of at the buffer's front, never given away, so that
+//! the buffer serves the next frames without an allocation; an encoded
+//! payload of
 //! [`VECTORED_MIN`] bytes or more is queued as it is (a `Bytes` shares the
 //! message's buffer) and written with the frames around it in one vectored
-//! write. Reading is `FrameCodec`'s; until a worker has
-//! accepted its peer's greeting, with the greeting's small limit and no
-//! memory reserved ahead of the bytes that arrive.
+//! write. Reading is `FrameCodec`'s, but for a frame of 16 to 128 KiB not
+//! yet arrived, which is read into a pooled buffer of its own; until a
+//! worker has accepted its peer's greeting, reading is with the greeting's
+//! small limit and no memory reserved ahead of the bytes that arrive.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -98,13 +100,14 @@ pub(crate) struct SocketTransport<T> {
     /// written from their own buffers.
     queue: VecDeque<Segment>,
     /// The connection's write buffer: every frame's head, small payloads
-    /// and message values are encoded here. It is emptied (not given away)
-    /// once everything is written, so the next frames reuse it.
+    /// and message values are encoded here, and what is written is let go
+    /// of at its front, so the room is used again (`BytesMut` moves what is
+    /// left to the front when it needs room) and never given away.
     out: BytesMut,
-    /// Where the first unwritten byte of `out` is.
-    out_written: usize,
     /// How much of `out` the queue's segments cover.
     out_sealed: usize,
+    /// Whether `out` grew past [`RETAINED_OUT`] since it was last empty.
+    out_oversized: bool,
     queued: usize,
     /// The `REQUEST`s given since the last complete flush, each with where
     /// its bytes start among the bytes given since then, its id and its
@@ -149,8 +152,8 @@ impl<T> SocketTransport<T> {
             eof: false,
             queue: VecDeque::new(),
             out: BytesMut::new(),
-            out_written: 0,
             out_sealed: 0,
+            out_oversized: false,
             queued: 0,
             requests: VecDeque::new(),
             given: 0,
@@ -197,15 +200,15 @@ impl<T> SocketTransport<T> {
         }
     }
 
-    /// Everything queued is written: `out` is emptied for the next frames,
+    /// Everything queued is written: `out` is kept for the next frames,
     /// unless one large message left it larger than is worth keeping.
     fn written_all(&mut self) {
-        if self.out.capacity() > RETAINED_OUT {
+        if self.out_oversized {
             self.out = BytesMut::new();
+            self.out_oversized = false;
         } else {
             self.out.clear();
         }
-        self.out_written = 0;
         self.out_sealed = 0;
     }
 }
@@ -335,6 +338,7 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
                 None => tail.encode_into(&mut this.out),
             }
         }
+        this.out_oversized |= this.out.capacity() > RETAINED_OUT;
         if let Frame::Request { id, payload, .. } = frame {
             this.requests.push_back((this.given, id, payload));
         }
@@ -349,7 +353,7 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
             // On the stack: a write allocates nothing.
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
-            let mut at = this.out_written;
+            let mut at = 0;
             for (slice, segment) in slices.iter_mut().zip(&this.queue) {
                 *slice = match segment {
                     Segment::Out(len) => {
@@ -378,7 +382,8 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
                 match front {
                     Segment::Out(left) => {
                         *left -= done;
-                        this.out_written += done;
+                        this.out.advance(done);
+                        this.out_sealed -= done;
                     }
                     Segment::Large(bytes) => bytes.advance(done),
                 }
@@ -502,10 +507,11 @@ mod tests {
             let payload = crate::payload::Payload::message(vec![id as u8; 64 * 1024]);
             let frame = Frame::Response { id, payload };
             Pin::new(&mut sender).start_send(frame.clone()).unwrap();
+            // The frame, encoded: where, and in how large a buffer.
+            buffers.push((sender.out.as_ptr(), sender.out.capacity()));
             std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
                 .await
                 .unwrap();
-            buffers.push((sender.out.as_ptr(), sender.out.capacity()));
             let received = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx))
                 .await
                 .unwrap()
@@ -533,6 +539,60 @@ mod tests {
         let ((), received) = tokio::join!(write, read);
         assert!(matches!(received, Some(Ok(Frame::Response { id: 5, .. }))));
         assert_eq!(sender.out.capacity(), 0);
+    }
+
+    /// A peer that reads a little less than it is sent each time.
+    struct SlowReader {
+        budget: usize,
+    }
+
+    impl AsyncWrite for SlowReader {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.budget == 0 {
+                return Poll::Pending;
+            }
+            let n = self.budget.min(buf.len());
+            self.budget -= n;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_write_buffer_stays_bounded_while_the_peer_never_quite_catches_up() {
+        // Each flush writes a little less than the frame just queued, so
+        // what is queued never drains to nothing: the buffer must let go of
+        // what is written as it goes, not hold it until it is empty.
+        let mut transport = SocketTransport::new(SlowReader { budget: 0 }, FrameCodec::new());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut largest = 0;
+        for id in 1..20_000 {
+            if Pin::new(&mut transport).poll_ready(&mut cx).is_pending() {
+                transport.io.budget = usize::MAX;
+                assert!(Pin::new(&mut transport).poll_ready(&mut cx).is_ready());
+            }
+            let payload = crate::payload::Payload::message(vec![1u8; 1000]);
+            let frame = Frame::Response { id, payload };
+            Pin::new(&mut transport).start_send(frame).unwrap();
+            transport.io.budget = 1010;
+            let _ = Pin::new(&mut transport).poll_flush(&mut cx);
+            largest = largest.max(transport.out.capacity());
+        }
+        assert!(
+            largest <= 4 * BACKPRESSURE,
+            "the write buffer grew to {largest} bytes with at most {BACKPRESSURE} unwritten"
+        );
     }
 
     #[tokio::test]
