@@ -3,9 +3,9 @@
 //! Decoding a message at the bridge only to encode it again would cost both
 //! ways and gain nothing. A gRPC message is read as its bytes (split off
 //! tonic's buffer, not copied) and written by one copy into the buffer
-//! tonic frames it in; the server's answers are [`Payload`]s, so one that a
-//! thread worker answered with as a value is encoded straight into that
-//! buffer ([`BridgeCodec`]).
+//! tonic frames it in; what the bridge sends (the server's answers, the
+//! client's requests) is a [`Payload`], so a message that crossed a thread
+//! as a value is encoded straight into that buffer ([`BridgeCodec`]).
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;
@@ -76,8 +76,9 @@ impl Codec for BytesCodec {
     }
 }
 
-/// The server's codec: requests read as their bytes, answers written from
-/// a [`Payload`], a message value encoded straight into tonic's buffer.
+/// The bridge's codec, on both ends: what arrives read as its bytes, what
+/// is sent written from a [`Payload`], a message value encoded straight
+/// into tonic's buffer.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct BridgeCodec;
 

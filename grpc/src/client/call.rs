@@ -13,12 +13,12 @@ use http::uri::PathAndQuery;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 use workerbus::{
-    Code, Frame, Metadata, MethodKind, MethodName, STREAM_WINDOW, STREAM_WINDOW_BYTES, Status,
-    TraceContext,
+    Code, Frame, Metadata, MethodKind, MethodName, Payload, STREAM_WINDOW, STREAM_WINDOW_BYTES,
+    Status, TraceContext,
 };
 
 use super::{Route, Shared};
-use crate::codec::BytesCodec;
+use crate::codec::BridgeCodec;
 use crate::latch::Latch;
 use crate::map::{
     GRPC_PREVIOUS_ATTEMPTS, TRACEPARENT, encode_timeout, encode_traceparent, from_tonic,
@@ -91,7 +91,7 @@ pub(super) struct Call {
     pub(super) trace: Option<TraceContext>,
     pub(super) kind: MethodKind,
     pub(super) metadata: Metadata,
-    pub(super) payload: Bytes,
+    pub(super) payload: Payload,
 }
 
 /// The response stream's credit, as the channel grants it (`PROTOCOL.md`
@@ -270,7 +270,7 @@ async fn attempt(
             grpc = grpc.send_compressed(encoding).accept_compressed(encoding);
         }
         let response = match grpc.ready().await {
-            Ok(()) => grpc.streaming(request, path.clone(), BytesCodec).await,
+            Ok(()) => grpc.streaming(request, path.clone(), BridgeCodec).await,
             Err(error) => Err(tonic::Status::from_error(Box::new(error))),
         };
         match response {
@@ -460,7 +460,7 @@ fn is_refused(status: &tonic::Status) -> bool {
 /// sends them (granting the channel credit as HTTP/2 takes them).
 struct RequestBody {
     id: u64,
-    first: Option<Bytes>,
+    first: Option<Payload>,
     /// Shared with the call, which takes it back for another try if the
     /// call was refused before a message was taken.
     items: Option<mpsc::UnboundedReceiver<Bytes>>,
@@ -513,9 +513,9 @@ impl RequestBody {
 }
 
 impl Stream for RequestBody {
-    type Item = Bytes;
+    type Item = Payload;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Payload>> {
         let this = &mut *self;
         if let Some(first) = this.first.take() {
             return Poll::Ready(Some(first));
@@ -550,7 +550,7 @@ impl Stream for RequestBody {
                 bytes,
             });
         }
-        Poll::Ready(Some(item))
+        Poll::Ready(Some(item.into()))
     }
 }
 

@@ -223,8 +223,8 @@ impl GrpcTransport {
                 trace,
                 kind,
                 metadata,
-                // The edge that needs bytes: a message value is encoded here.
-                payload: payload.into_bytes(),
+                // Encoded where bytes are needed: into tonic's buffer.
+                payload,
             }),
             Frame::Item { id, payload } => {
                 if let Some(requests) = self
