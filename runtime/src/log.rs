@@ -40,10 +40,17 @@ pub(crate) enum Direction {
 
 /// Logs a frame if logging is on. `method` names the call when the frame
 /// does not (answers, cancellations).
+#[inline]
 pub(crate) fn frame(direction: Direction, frame: &Frame, method: Option<&MethodName>) {
-    if !enabled() {
-        return;
+    if enabled() {
+        write_frame(direction, frame, method);
     }
+}
+
+/// [`frame`]'s line, written: out of the way of every frame's path.
+#[cold]
+#[inline(never)]
+fn write_frame(direction: Direction, frame: &Frame, method: Option<&MethodName>) {
     let arrow = match direction {
         Direction::HostOut => "host -> worker",
         Direction::HostIn => "host <- worker",

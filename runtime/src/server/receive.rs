@@ -100,7 +100,10 @@ where
             self.queue(answer);
             return Ok(());
         }
-        let deadline = timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+        let now = timeout.map(|_| tokio::time::Instant::now());
+        let deadline = now
+            .zip(timeout)
+            .and_then(|(now, timeout)| now.checked_add(timeout));
         let context = Context {
             id,
             method,
@@ -127,7 +130,7 @@ where
         // Start it now if a slot is free: only calls that really wait count
         // against the queue.
         if self.backlog.is_empty() && self.reserve_slot() {
-            self.start(id, call);
+            self.start(id, call, now);
             return Ok(());
         }
         self.backlog.push_back((id, call));

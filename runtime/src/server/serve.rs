@@ -264,7 +264,7 @@ where
                 lock(&self.shared).starting -= 1;
                 return;
             };
-            self.start(id, call);
+            self.start(id, call, None);
         }
     }
 
@@ -280,8 +280,9 @@ where
     }
 
     /// Starts a call whose slot is reserved: answers it at once if its
-    /// handler does, else runs it as a task.
-    pub(super) fn start(&mut self, id: u64, call: Call) {
+    /// handler does, else runs it as a task. `now` is the time its deadline
+    /// was reckoned from, if it starts as it arrives.
+    pub(super) fn start(&mut self, id: u64, call: Call, now: Option<tokio::time::Instant>) {
         let method = call.context.method.clone();
         let deadline = call.context.deadline;
         let stream_generation = call.streams.stream.as_ref().map(|handle| handle.generation);
@@ -290,7 +291,9 @@ where
             .middleware
             .as_ref()
             .map(|_| CallInfo::worker(&call.context, self.driver, call.payload.len()));
-        if deadline.is_some_and(|deadline| deadline <= tokio::time::Instant::now()) {
+        if deadline
+            .is_some_and(|deadline| deadline <= now.unwrap_or_else(tokio::time::Instant::now))
+        {
             // Its caller gave up while it waited; answer nothing, as at
             // any deadline.
             tracing::debug!(%method, id, "dropped unstarted: its deadline passed while it waited");
