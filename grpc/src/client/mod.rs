@@ -283,6 +283,17 @@ impl GrpcTransport {
         }
     }
 
+    /// Ends a call that is not sent with `status` (a one-way message, which
+    /// nobody waits for, with nothing).
+    fn refuse(&self, call: &Call, status: Status) {
+        if call.kind != MethodKind::OneWay {
+            self.shared.send(Frame::Status {
+                id: call.id,
+                status,
+            });
+        }
+    }
+
     fn open(&mut self, mut call: Call) {
         let id = call.id;
         let route = if call.method == worker::CORE_HEALTH {
@@ -301,28 +312,16 @@ impl GrpcTransport {
             self.shared.routes.get(&call.method).copied()
         };
         let Some(route) = route else {
-            if call.kind != MethodKind::OneWay {
-                self.shared.send(Frame::Status {
-                    id,
-                    status: Status::unimplemented(format!(
-                        "{} is not a method of the services this gRPC client serves",
-                        call.method
-                    )),
-                });
-            }
-            return;
+            let status = Status::unimplemented(format!(
+                "{} is not a method of the services this gRPC client serves",
+                call.method
+            ));
+            return self.refuse(&call, status);
         };
         if self.shared.lock().draining {
-            if call.kind != MethodKind::OneWay {
-                self.shared.send(Frame::Status {
-                    id,
-                    status: Status::unavailable(format!(
-                        "{}: the gRPC client is shutting down",
-                        call.method
-                    )),
-                });
-            }
-            return;
+            let status =
+                Status::unavailable(format!("{}: the gRPC client is shutting down", call.method));
+            return self.refuse(&call, status);
         }
         let streams_request = matches!(
             route.kind,

@@ -210,11 +210,7 @@ async fn client_stream(
 ) -> Result<Response<Payload>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
-    let refusal = Arc::new(Latch::new());
-    let requests = Requests {
-        messages: request.into_inner(),
-        refusal: Arc::clone(&refusal),
-    };
+    let (requests, refusal) = Requests::of(request);
     let call = (route.channel).client_stream_bytes(&route.name, requests, &options);
     tokio::select! {
         outcome = call => reply(outcome.map(Payload::from), &answered),
@@ -228,11 +224,7 @@ async fn bidi_stream(
 ) -> Result<Response<ItemStream>, tonic::Status> {
     let answered = ResponseMetadata::new();
     let options = call_options(&request, &answered)?;
-    let refusal = Arc::new(Latch::new());
-    let requests = Requests {
-        messages: request.into_inner(),
-        refusal: Arc::clone(&refusal),
-    };
+    let (requests, refusal) = Requests::of(request);
     let opening = (route.channel).bidi_stream_bytes(&route.name, requests, &options);
     let outcome = tokio::select! {
         opened = opening => opened,
@@ -256,6 +248,18 @@ async fn bidi_stream(
 struct Requests {
     messages: Streaming<Bytes>,
     refusal: Arc<Latch<(u64, u64)>>,
+}
+
+impl Requests {
+    /// A call's request stream, and the latch its refusal is reported to.
+    fn of(request: Request<Streaming<Bytes>>) -> (Requests, Arc<Latch<(u64, u64)>>) {
+        let refusal = Arc::new(Latch::new());
+        let requests = Requests {
+            messages: request.into_inner(),
+            refusal: Arc::clone(&refusal),
+        };
+        (requests, refusal)
+    }
 }
 
 impl Stream for Requests {
