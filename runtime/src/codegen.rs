@@ -219,12 +219,7 @@ impl MethodDesc {
         &self,
         response: Payload,
     ) -> Result<M, Error> {
-        response.decode().map_err(|source| Error::Decode {
-            method: self.name.clone(),
-            what: "response",
-            message: self.response_type,
-            source,
-        })
+        message::decode_payload(&self.name, response, "response", self.response_type)
     }
 }
 

@@ -7,6 +7,7 @@ use prost::Message;
 
 use crate::error::Error;
 use crate::name::MethodName;
+use crate::payload::Payload;
 
 pub(crate) use crate::buffers::encode;
 
@@ -18,10 +19,31 @@ pub(crate) fn decode<M: Message + Default>(
     what: &'static str,
     message: &'static str,
 ) -> Result<M, Error> {
-    M::decode(payload).map_err(|source| Error::Decode {
+    M::decode(payload).map_err(|source| failed(method, what, message, source))
+}
+
+/// [`decode`] for a payload: a message value of `M` is taken back as it is.
+pub(crate) fn decode_payload<M: Message + Default + Clone + 'static>(
+    method: &MethodName,
+    payload: Payload,
+    what: &'static str,
+    message: &'static str,
+) -> Result<M, Error> {
+    payload
+        .decode()
+        .map_err(|source| failed(method, what, message, source))
+}
+
+fn failed(
+    method: &MethodName,
+    what: &'static str,
+    message: &'static str,
+    source: prost::DecodeError,
+) -> Error {
+    Error::Decode {
         method: method.clone(),
         what,
         message,
         source,
-    })
+    }
 }

@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::Notify;
 
 use crate::control::{self, Health, HealthReport};
@@ -304,12 +303,8 @@ impl Channel {
         static HEALTH: MethodName = MethodName::from_static(control::HEALTH);
         let options = Resolved::control(timeout);
         let answer = self.call(&HEALTH, Payload::new(), &options).await?;
-        let health = Health::decode(answer.into_bytes()).map_err(|source| Error::Decode {
-            method: HEALTH.clone(),
-            what: "response",
-            message: "workerbus.Health",
-            source,
-        })?;
+        let health: Health =
+            crate::message::decode(&HEALTH, answer.into_bytes(), "response", "workerbus.Health")?;
         Ok(health.into())
     }
 }
