@@ -235,12 +235,6 @@ impl PartialEq for Payload {
     }
 }
 
-impl PartialEq<Bytes> for Payload {
-    fn eq(&self, other: &Bytes) -> bool {
-        self.len() == other.len() && self.to_bytes() == other
-    }
-}
-
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {

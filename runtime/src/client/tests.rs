@@ -135,7 +135,7 @@ async fn a_request_handed_back_unwritten_ends_as_never_sent_or_given_up_meanwhil
         Some(Err(Failure::Undelivered { payload, .. })) => payload.clone(),
         other => panic!("expected the request back, got {other:?}"),
     };
-    assert_eq!(outcome, payload);
+    assert_eq!(outcome.into_bytes(), payload);
     assert_eq!(lock(&shared).calls.len(), 1);
     assert_eq!(lock(&shared).queued_bytes, 0);
     let error = kept.await.unwrap_err();
