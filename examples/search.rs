@@ -6,6 +6,8 @@
 //! cargo run --release --example search -- "restart a crashed worker"
 //! cargo run --release --example search -- --chaos "how are frames laid out"
 //! cargo run --release --example search -- --embedder http://127.0.0.1:50051 "query"
+//! cargo run --release --features real-model --example search -- "restart a crashed worker"
+//! cargo run --release --features real-model --example search -- --recall
 //! ```
 //!
 //! The last uses an embedder that another machine (or process) serves over
@@ -19,11 +21,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use workerbus::{Metrics, Side, SupervisorEvent};
+use workerbus_examples::embedder::EmbedderClient;
+use workerbus_examples::model::{CheckRequest, ModelClient};
+use workerbus_examples::search::worker::INDEX_FILE;
 use workerbus_examples::search::{
-    Chaos, DataLock, SearchApp, SearchOptions, display_path, serve_embedder,
+    Chaos, DataLock, ModelKind, Recycling, SearchApp, SearchOptions, display_path, recall,
+    serve_embedder,
 };
-use workerbus_examples::worker::{IndexProgress, IndexRequest, SearchRequest, StatsRequest};
+use workerbus_examples::worker::{
+    IndexProgress, IndexRequest, SearchRequest, StatsRequest, StoredIndex,
+};
 
 const USAGE: &str = "\
 usage: search [OPTIONS] [QUERY...]
@@ -42,6 +51,14 @@ options:
   --embedder URL  use the embedder a node serves over gRPC, e.g.
                 http://127.0.0.1:50051 (started with search-embedder
                 --listen; its --chaos kills it there)
+  --model NAME  ngram (the stand-in) or minilm (the real model, in a build
+                with --features real-model; the default there)
+  --recycle-above MIB
+                replace the embedder gracefully once its resident memory
+                passes this many MiB (default: 300 for ngram, 100 for minilm)
+  --recall      index this repository with each model this program has, and
+                print each one's recall at 5 over the queries of
+                examples/search-queries.txt
   -h, --help    show this";
 
 /// The command line.
@@ -54,6 +71,20 @@ struct Args {
     fresh: bool,
     chaos: bool,
     embedder: Option<String>,
+    model: ModelKind,
+    recycle_above: Option<u64>,
+    recall: bool,
+}
+
+impl Args {
+    /// When the local embedder is recycled.
+    fn recycling(&self) -> Recycling {
+        let recycling = Recycling::of(self.model);
+        Recycling {
+            memory: self.recycle_above.map_or(recycling.memory, |mib| mib << 20),
+            ..recycling
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -65,6 +96,9 @@ fn parse_args() -> Result<Args, String> {
         fresh: false,
         chaos: false,
         embedder: None,
+        model: ModelKind::default_for_build(),
+        recycle_above: None,
+        recall: false,
     };
     let mut words = Vec::new();
     let mut given = std::env::args().skip(1);
@@ -82,6 +116,14 @@ fn parse_args() -> Result<Args, String> {
             "--fresh" => args.fresh = true,
             "--chaos" => (args.chaos, args.fresh) = (true, true),
             "--embedder" => args.embedder = Some(value("--embedder")?),
+            "--model" => args.model = ModelKind::from_name(&value("--model")?)?,
+            "--recall" => args.recall = true,
+            "--recycle-above" => {
+                let mib = value("--recycle-above")?
+                    .parse()
+                    .map_err(|_| "--recycle-above needs a number of MiB".to_owned())?;
+                args.recycle_above = Some(mib);
+            }
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
             word => words.push(word.to_owned()),
         }
@@ -154,7 +196,12 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a Tokio runtime");
-    match runtime.block_on(run(args)) {
+    let ran = if args.recall {
+        runtime.block_on(measure_recall(args))
+    } else {
+        runtime.block_on(run(args))
+    };
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("search: {error}");
@@ -165,7 +212,9 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let mut options = SearchOptions::new(std::env::current_exe()?, &args.data);
+    let mut options = SearchOptions::new(std::env::current_exe()?, &args.data)
+        .model(args.model)
+        .health_check(args.recycling().health_check());
     if let Some(address) = &args.embedder {
         options = options.remote(address.clone());
     }
@@ -189,10 +238,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => format!("pid {}", app.embedder().pid().unwrap_or_default()),
     };
     println!(
-        "embedder: {embedder}; index: {} ({} files stored)",
+        "embedder: {embedder}, model {}; index: {} ({} files stored)",
+        init.model,
         app.options().index_dir().display(),
         init.indexed
     );
+    if !init.rebuilt_from.is_empty() {
+        println!(
+            "index: its vectors were made with the model {}, which are not comparable with {}'s: \
+             rebuilding it",
+            init.rebuilt_from, init.model
+        );
+    }
 
     let indexing = index(&app, &args).await;
     let indexed = match indexing {
@@ -212,6 +269,28 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     for (path, error) in &indexed.failed {
         println!("  not indexed: {path}: {error}");
+    }
+    if indexed.recycles > 0 {
+        let every = if indexed.failed.is_empty() {
+            "every file was indexed"
+        } else {
+            "the files above failed on their own"
+        };
+        let failed = failed_calls(app.metrics(), "embedder.embed");
+        let lost = if failed == 0 {
+            "no call failed".to_owned()
+        } else {
+            format!("{failed} embedder.embed attempts failed and ran again")
+        };
+        let thresholds = match &args.embedder {
+            None => format!(" (its thresholds: {})", args.recycling()),
+            Some(_) => String::new(),
+        };
+        println!(
+            "recycling: the supervisor replaced the embedder gracefully {} times during the \
+             run{thresholds}; {lost}, and {every}",
+            indexed.recycles,
+        );
     }
     // A kill that landed after the last embedding is recovered from after
     // the run.
@@ -252,6 +331,97 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Indexes this repository with each model this program has, in a data
+/// directory of its own, and prints each one's recall at 5 over the queries
+/// of `examples/search-queries.txt`, and how many passages the model cuts
+/// short.
+async fn measure_recall(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    const AT: u32 = 5;
+    let root = repository_root();
+    let file = recall::queries_file(&root);
+    let text = std::fs::read_to_string(&file)
+        .map_err(|error| format!("reading the queries in {}: {error}", file.display()))?;
+    let queries =
+        recall::parse(&text).map_err(|problem| format!("{}: {problem}", file.display()))?;
+    let mut rows = Vec::new();
+    for model in ModelKind::ALL {
+        if !model.is_built() {
+            rows.push(format!(
+                "  {:<8} not in this program: build it with --features real-model",
+                model.name()
+            ));
+            continue;
+        }
+        let data = args.data.join("recall").join(model.name());
+        let options = SearchOptions::new(std::env::current_exe()?, &data).model(model);
+        let app = SearchApp::start(options).await?;
+        let init = app.init().await?;
+        println!(
+            "{}: indexing this repository with {}",
+            model.name(),
+            init.model
+        );
+        let indexed = index(&app, &args).await?;
+        let mut judge = recall::Judge::new(&root);
+        let mut total = 0.0;
+        let mut missed = Vec::new();
+        for query in &queries {
+            let request = SearchRequest {
+                query: query.text.clone(),
+                limit: AT,
+            };
+            let results = app.client().search(request).await?.results;
+            let found: Vec<recall::Found> = results
+                .iter()
+                .map(|result| recall::Found {
+                    path: result.path.clone().into(),
+                    first_line: result.first_line,
+                    last_line: result.last_line,
+                })
+                .collect();
+            let recall = judge.recall(query, &found);
+            if recall < 1.0 {
+                missed.push(format!("{:.2}  {}", recall, query.text));
+            }
+            total += recall;
+        }
+        let index_file = app.options().index_dir().join(INDEX_FILE);
+        let stored = StoredIndex::decode(std::fs::read(&index_file)?.as_slice())?;
+        let check = ModelClient::new(app.embedder().channel())
+            .check(CheckRequest {})
+            .await?;
+        let cut = if check.max_tokens == 0 {
+            "reads any length".to_owned()
+        } else {
+            let embedder = EmbedderClient::new(app.embedder().channel());
+            let (cut, passages) = recall::passages_cut(&embedder, &stored).await?;
+            format!("cuts {cut} of {passages} passages short")
+        };
+        rows.push(format!(
+            "  {:<8} recall at {AT}: {:.2} over {} queries; {} passages from {} files, indexed in {:.1?}; the model {cut}",
+            model.name(),
+            total / queries.len() as f64,
+            queries.len(),
+            stored.files.iter().map(|file| file.chunks.len()).sum::<usize>(),
+            indexed.total,
+            indexed.elapsed,
+        ));
+        for missed in missed {
+            rows.push(format!("      {missed}"));
+        }
+        app.shutdown().await;
+    }
+    println!(
+        "\nrecall at {AT} (the share of a query's expected passages among its first {AT} results), \
+         over {}:\n",
+        recall::QUERIES_FILE
+    );
+    for row in rows {
+        println!("{row}");
+    }
+    Ok(())
+}
+
 /// What an index run did.
 #[derive(Debug, Default)]
 struct Indexed {
@@ -260,6 +430,7 @@ struct Indexed {
     skipped: u32,
     failed: Vec<(String, String)>,
     kills: u32,
+    recycles: u32,
     elapsed: Duration,
 }
 
@@ -309,7 +480,12 @@ async fn index(app: &SearchApp, args: &Args) -> Result<Indexed, Box<dyn std::err
             }
             Ok(event) = events.recv() => match event {
                 SupervisorEvent::Health { .. } => {}
-                event => bar.note(&format!("supervisor: {}", describe(&event))),
+                event => {
+                    if matches!(event, SupervisorEvent::Recycling { .. }) {
+                        indexed.recycles += 1;
+                    }
+                    bar.note(&format!("supervisor: {}", describe(&event)));
+                }
             },
             _ = ticker.tick() => {
                 if let Ok(stats) = app.client().stats(StatsRequest {}).await {
@@ -451,6 +627,17 @@ fn print_results(results: &[workerbus_examples::worker::SearchResult]) {
             result.snippet
         );
     }
+}
+
+/// The calls of `method` that failed, as their caller saw them.
+fn failed_calls(metrics: &Metrics, method: &str) -> u64 {
+    metrics
+        .snapshot()
+        .methods()
+        .iter()
+        .filter(|seen| seen.method() == method)
+        .map(|seen| seen.failed())
+        .sum()
 }
 
 fn print_latency(metrics: &Metrics, chaos: bool) {

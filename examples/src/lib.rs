@@ -75,7 +75,10 @@ impl EmbedderHandler for TrigramEmbedder {
                 values: embed_text(text),
             })
             .collect();
-        Ok(EmbedResponse { vectors })
+        Ok(EmbedResponse {
+            vectors,
+            model: "trigram".into(),
+        })
     }
 
     async fn health(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use workerbus::{Code, Error, HealthCheck, SupervisorEvent};
-use workerbus_examples::search::{Chaos, DataLock, SearchApp, SearchOptions};
+use workerbus_examples::search::{Chaos, DataLock, ModelKind, SearchApp, SearchOptions};
 use workerbus_examples::worker::{
     IndexProgress, IndexRequest, SearchRequest, SearchResult, StatsRequest,
 };
@@ -18,6 +18,12 @@ const CORPUS: [&str; 5] = ["bees.md", "bread.md", "chess.md", "comets.md", "tide
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
+}
+
+/// The stand-in's options: these tests know its vectors, whatever features
+/// the examples are built with.
+fn stand_in(dir: &Path) -> SearchOptions {
+    SearchOptions::new(EMBEDDER, dir).model(ModelKind::Ngram)
 }
 
 /// A data directory of its own for each test, empty.
@@ -117,9 +123,7 @@ async fn assert_finds(app: &SearchApp) {
 #[tokio::test]
 async fn indexes_a_corpus_and_finds_what_a_query_means() {
     let dir = data_dir("plain");
-    let app = SearchApp::start(SearchOptions::new(EMBEDDER, &dir))
-        .await
-        .unwrap();
+    let app = SearchApp::start(stand_in(&dir)).await.unwrap();
 
     let early = app.client().search(SearchRequest {
         query: "bread".into(),
@@ -164,9 +168,7 @@ async fn indexes_a_corpus_and_finds_what_a_query_means() {
     app.shutdown().await;
 
     // The index is stored: a second run finds it, and skips unchanged files.
-    let app = SearchApp::start(SearchOptions::new(EMBEDDER, &dir))
-        .await
-        .unwrap();
+    let app = SearchApp::start(stand_in(&dir)).await.unwrap();
     assert_eq!(app.init().await.unwrap().indexed, 5);
     let missing = dir.join("no-such-file.md");
     let again = index(&app, &[corpus(), missing.clone()], |_| {}).await;
@@ -199,10 +201,8 @@ async fn indexes_a_corpus_and_finds_what_a_query_means() {
 #[tokio::test]
 async fn two_runs_on_one_data_directory_take_turns() {
     let dir = data_dir("turns");
-    let first = SearchApp::start(SearchOptions::new(EMBEDDER, &dir))
-        .await
-        .unwrap();
-    let second = tokio::spawn(SearchApp::start(SearchOptions::new(EMBEDDER, &dir)));
+    let first = SearchApp::start(stand_in(&dir)).await.unwrap();
+    let second = tokio::spawn(SearchApp::start(stand_in(&dir)));
     assert!(DataLock::try_acquire(&dir).unwrap().is_none());
     first.init().await.unwrap();
     let reports = index(&first, &[corpus()], |_| {}).await;
@@ -221,9 +221,7 @@ async fn two_runs_on_one_data_directory_take_turns() {
 #[tokio::test]
 async fn a_chaos_run_indexes_every_file_though_the_embedder_is_killed() {
     let dir = data_dir("chaos");
-    let app = SearchApp::start(SearchOptions::new(EMBEDDER, &dir))
-        .await
-        .unwrap();
+    let app = SearchApp::start(stand_in(&dir)).await.unwrap();
     app.init().await.unwrap();
     let first_pid = app.embedder().pid().unwrap();
 
@@ -264,7 +262,7 @@ async fn a_chaos_run_indexes_every_file_though_the_embedder_is_killed() {
 async fn the_embedder_is_replaced_past_its_threshold_without_a_failed_call() {
     let dir = data_dir("recycle");
     let check = HealthCheck::every(Duration::from_millis(10)).recycle_after_processed(3);
-    let options = SearchOptions::new(EMBEDDER, &dir).health_check(check);
+    let options = stand_in(&dir).health_check(check);
     let app = SearchApp::start(options).await.unwrap();
     let mut events = app.supervisor().subscribe();
     let first_pid = app.embedder().pid().unwrap();
@@ -319,12 +317,13 @@ async fn a_remote_embedder_indexes_every_file_though_its_node_kills_it() {
         listen: "127.0.0.1:0".parse().unwrap(),
         embedder: EMBEDDER.into(),
         data_dir: node_dir.clone(),
+        model: ModelKind::Ngram,
         chaos: false,
     })
     .await
     .unwrap();
     let dir = data_dir("remote");
-    let options = SearchOptions::new(EMBEDDER, &dir).remote(format!("http://{}", node.address()));
+    let options = stand_in(&dir).remote(format!("http://{}", node.address()));
     let app = SearchApp::start(options).await.unwrap();
     app.init().await.unwrap();
     // The node's embedder dies before the run and twice during it; the
@@ -346,4 +345,207 @@ async fn a_remote_embedder_indexes_every_file_though_its_node_kills_it() {
     drop(node);
     std::fs::remove_dir_all(dir).unwrap();
     let _ = std::fs::remove_dir_all(node_dir);
+}
+
+#[tokio::test]
+async fn an_index_of_another_model_is_rebuilt_and_says_so() {
+    use prost::Message;
+    use workerbus_examples::worker::{StoredFile, StoredIndex};
+
+    let dir = data_dir("other-model");
+    let options = stand_in(&dir);
+    // An index whose vectors another model made.
+    let stored = StoredIndex {
+        model: "another-model".into(),
+        files: vec![StoredFile {
+            path: corpus().join("bees.md").display().to_string(),
+            ..StoredFile::default()
+        }],
+    };
+    let index_dir = options.index_dir();
+    std::fs::create_dir_all(&index_dir).unwrap();
+    std::fs::write(index_dir.join("index.pb"), stored.encode_to_vec()).unwrap();
+
+    let app = SearchApp::start(options).await.unwrap();
+    let init = app.init().await.unwrap();
+    assert_eq!(init.rebuilt_from, "another-model");
+    assert_eq!(init.indexed, 0, "none of its vectors are kept");
+    assert!(init.model.starts_with("ngram-"), "{init:?}");
+    let reports = index(&app, &[corpus()], |_| {}).await;
+    assert_indexed_and_searchable(&reports);
+    app.shutdown().await;
+
+    // Rebuilt with the embedder's model: the next run keeps it.
+    let app = SearchApp::start(stand_in(&dir)).await.unwrap();
+    let again = app.init().await.unwrap();
+    assert_eq!((again.indexed, again.rebuilt_from.as_str()), (5, ""));
+    assert_eq!(again.model, init.model);
+    app.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// An embedder whose model changed under its index: `model.check` names
+/// one model, its vectors come from another.
+#[derive(Debug)]
+struct ChangedModel;
+
+impl workerbus_examples::embedder::EmbedderHandler for ChangedModel {
+    async fn embed(
+        &self,
+        request: workerbus_examples::embedder::EmbedRequest,
+        _cx: &workerbus::Context,
+    ) -> Result<workerbus_examples::embedder::EmbedResponse, workerbus::Status> {
+        let vector = workerbus_examples::embedder::Vector {
+            values: vec![1.0, 0.0],
+        };
+        Ok(workerbus_examples::embedder::EmbedResponse {
+            vectors: vec![vector; request.texts.len()],
+            model: "model-b".into(),
+        })
+    }
+
+    async fn health(
+        &self,
+        _request: workerbus_examples::embedder::HealthRequest,
+        _cx: &workerbus::Context,
+    ) -> Result<workerbus_examples::embedder::HealthResponse, workerbus::Status> {
+        Ok(Default::default())
+    }
+}
+
+impl workerbus_examples::model::ModelHandler for ChangedModel {
+    async fn check(
+        &self,
+        _request: workerbus_examples::model::CheckRequest,
+        _cx: &workerbus::Context,
+    ) -> Result<workerbus_examples::model::CheckResponse, workerbus::Status> {
+        Ok(workerbus_examples::model::CheckResponse {
+            exists: true,
+            model: "model-a".into(),
+            ..Default::default()
+        })
+    }
+
+    async fn download(
+        &self,
+        _request: workerbus_examples::model::DownloadRequest,
+        _cx: &workerbus::Context,
+    ) -> Result<workerbus_examples::model::DownloadResponse, workerbus::Status> {
+        Err(workerbus::Status::unimplemented("present already"))
+    }
+}
+
+#[tokio::test]
+async fn vectors_of_another_model_than_the_index_are_refused() {
+    use workerbus::{Services, ThreadDriver};
+    use workerbus_examples::embedder::EmbedderServer;
+    use workerbus_examples::model::ModelServer;
+    use workerbus_examples::search::SearchWorker;
+    use workerbus_examples::worker::{InitRequest, WorkerClient, WorkerServer};
+
+    let dir = data_dir("changed-model");
+    let embedder = ThreadDriver::new()
+        .spawn(Services::new(EmbedderServer::new(ChangedModel)).add(ModelServer::new(ChangedModel)))
+        .await
+        .unwrap();
+    let worker = ThreadDriver::new()
+        .spawn(WorkerServer::new(SearchWorker::new(embedder.channel())))
+        .await
+        .unwrap();
+    let client = WorkerClient::new(worker.channel());
+    let init = client
+        .init(InitRequest {
+            db_dir: dir.display().to_string(),
+            ..InitRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(init.model, "model-a");
+
+    let request = IndexRequest {
+        paths: vec![corpus().join("bees.md").display().to_string()],
+        replace: false,
+    };
+    let mut stream = client.index(request).await.unwrap();
+    let status = match stream.message().await {
+        Ok(Some(report)) => panic!("indexed with another model's vectors: {report:?}"),
+        Ok(None) => panic!("the run ended without refusing"),
+        Err(error) => error.status().cloned().unwrap(),
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    for named in ["bees.md", "\"model-b\"", "\"model-a\"", "rebuilt"] {
+        assert!(status.message().contains(named), "{named}: {status}");
+    }
+    let stats = client.stats(StatsRequest {}).await.unwrap();
+    assert_eq!((stats.indexed, stats.chunks), (0, 0));
+    // A query's vector is refused too: its scores would mean nothing.
+    let query = SearchRequest {
+        query: "bees".into(),
+        limit: 1,
+    };
+    let status = client.search(query).await.unwrap_err();
+    assert_eq!(status.status().unwrap().code(), Code::FailedPrecondition);
+    worker.shutdown().await;
+    embedder.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The real model end to end (built with the examples' `real-model`
+/// feature, as CI does): it finds a passage by meaning, and an embedder
+/// whose memory passes a threshold just above its working size is recycled
+/// during the run without a failed call.
+#[cfg(feature = "real-model")]
+#[tokio::test]
+async fn the_real_model_is_recycled_past_its_working_size_and_finds_by_meaning() {
+    use workerbus_examples::embedder::{EmbedderClient, HealthRequest};
+
+    let dir = data_dir("minilm");
+    let options = || SearchOptions::new(EMBEDDER, &dir).model(ModelKind::MiniLm);
+    // The embedder's working size here: its memory once the model is
+    // loaded (init checks the model, which loads it).
+    let measuring =
+        SearchApp::start(options().health_check(HealthCheck::every(Duration::from_secs(600))))
+            .await
+            .unwrap();
+    let init = measuring.init().await.unwrap();
+    assert!(init.model.starts_with("minilm-"), "{init:?}");
+    let embedder = EmbedderClient::new(measuring.embedder().channel());
+    let loaded = embedder.health(HealthRequest {}).await.unwrap().memory;
+    measuring.shutdown().await;
+
+    // Past it by half a MiB, an embedder that has embedded is recycled.
+    let check =
+        HealthCheck::every(Duration::from_millis(20)).recycle_above_memory(loaded + (512 << 10));
+    let app = SearchApp::start(options().health_check(check))
+        .await
+        .unwrap();
+    let mut events = app.supervisor().subscribe();
+    app.init().await.unwrap();
+    let reports = index(&app, &[corpus()], |_| {}).await;
+    assert_indexed_and_searchable(&reports);
+    let mut recycles = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let SupervisorEvent::Recycling { reason, .. } = event {
+            recycles.push(reason);
+        }
+    }
+    assert!(!recycles.is_empty(), "never recycled past {loaded} bytes");
+    assert!(
+        recycles.iter().all(|reason| reason.contains("memory")),
+        "{recycles:?}"
+    );
+
+    // Asked in other words than the passage's.
+    let results = search(
+        &app,
+        "how long should I leave the dough before it goes in the oven",
+    )
+    .await;
+    assert_eq!(file_name(&results[0].path), "bread.md", "{results:?}");
+    for method in app.metrics().snapshot().methods() {
+        assert_eq!(method.failed(), 0, "{method:?}");
+    }
+    assert!(app.recoveries().is_empty(), "a recycle is not a crash");
+    app.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -14,10 +14,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use workerbus_examples::search::ModelKind;
 use workerbus_examples::search::node::{NodeOptions, serve_node};
 
 const USAGE: &str = "\
-usage: search-embedder --listen ADDR [--data DIR] [--chaos]
+usage: search-embedder --listen ADDR [--data DIR] [--model NAME] [--chaos]
 
 Serves the search example's embedder over gRPC, supervised on this machine.
 
@@ -25,6 +26,8 @@ options:
   --listen ADDR  where to listen, e.g. 127.0.0.1:50051
   --data DIR     where the model is kept
                  (default: the system's temporary directory/workerbus-search-node)
+  --model NAME   ngram (the stand-in) or minilm (the real model, in a build
+                 with --features real-model; the default there)
   --chaos        kill the embedder process at random; remote searches still
                  index every file
   -h, --help     show this";
@@ -33,6 +36,7 @@ fn parse_args() -> Result<NodeOptions, String> {
     let mut listen: Option<SocketAddr> = None;
     let mut data = std::env::temp_dir().join("workerbus-search-node");
     let mut chaos = false;
+    let mut model = ModelKind::default_for_build();
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         match arg.as_str() {
@@ -46,6 +50,9 @@ fn parse_args() -> Result<NodeOptions, String> {
                 );
             }
             "--data" => data = PathBuf::from(given.next().ok_or("--data needs a directory")?),
+            "--model" => {
+                model = ModelKind::from_name(&given.next().ok_or("--model needs a name")?)?
+            }
             "--chaos" => chaos = true,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -59,6 +66,7 @@ fn parse_args() -> Result<NodeOptions, String> {
         listen,
         embedder,
         data_dir: data,
+        model,
         chaos,
     })
 }

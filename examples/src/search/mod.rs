@@ -12,6 +12,8 @@
 //! - [`index`]: passages, vectors and the stored index;
 //! - [`worker`]: the `Worker` service, run on a thread of the host;
 //! - [`data`]: the data directory's lock, and files written whole;
+//! - [`recall`]: search quality, measured over queries about this
+//!   repository;
 //! - this module: [`SearchApp`], which starts and wires the two workers,
 //!   and [`Chaos`], the plan of the `--chaos` run.
 //!
@@ -22,6 +24,7 @@ pub mod data;
 pub mod index;
 pub mod model;
 pub mod node;
+pub mod recall;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -41,11 +44,65 @@ use crate::model::ModelClient;
 use crate::worker::{InitRequest, InitResponse, WorkerClient, WorkerServer};
 
 pub use self::data::DataLock;
-pub use self::model::{MODEL_PATH_ENV, serve_embedder};
+pub use self::model::{MODEL_PATH_ENV, ModelKind, serve_embedder};
 pub use self::worker::SearchWorker;
 
 /// The supervised embedder's name.
 pub const EMBEDDER: &str = "embedder";
+
+/// When an embedder is replaced gracefully, as in the plan: when its
+/// resident memory passes `memory` bytes, or after it has embedded `texts`
+/// texts. Its health is checked every 500 ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recycling {
+    /// Resident memory, in bytes.
+    pub memory: u64,
+    /// Texts embedded.
+    pub texts: u64,
+}
+
+/// The real model's embedder is recycled above this much resident memory:
+/// a little over its working size, so that an index run sees it recycled.
+pub const MINILM_RECYCLE_ABOVE: u64 = 100 << 20;
+
+impl Recycling {
+    /// The thresholds for an embedder running `model`.
+    ///
+    /// - The stand-in: above 300 MB or after 200 texts (its memory never
+    ///   grows, so the count is what recycles it).
+    /// - The real model: above [`MINILM_RECYCLE_ABOVE`], or after 10,000
+    ///   texts.
+    pub fn of(model: ModelKind) -> Recycling {
+        match model {
+            ModelKind::Ngram => Recycling {
+                memory: 300 << 20,
+                texts: 200,
+            },
+            ModelKind::MiniLm => Recycling {
+                memory: MINILM_RECYCLE_ABOVE,
+                texts: 10_000,
+            },
+        }
+    }
+
+    /// The supervisor's health check that applies them.
+    pub fn health_check(self) -> HealthCheck {
+        HealthCheck::every(Duration::from_millis(500))
+            .recycle_above_memory(self.memory)
+            .recycle_after_processed(self.texts)
+    }
+}
+
+impl std::fmt::Display for Recycling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "above {} MiB of memory or after {} texts",
+            self.memory >> 20,
+            self.texts
+        )
+    }
+}
 
 /// How the application is started.
 #[derive(Clone, Debug)]
@@ -55,6 +112,8 @@ pub struct SearchOptions {
     pub embedder: PathBuf,
     /// Where the model and the index are kept.
     pub data_dir: PathBuf,
+    /// The model the embedder runs.
+    pub model: ModelKind,
     /// How the embedder's health is watched.
     pub health_check: HealthCheck,
     /// The gRPC address of a node serving the embedder
@@ -64,17 +123,28 @@ pub struct SearchOptions {
 
 impl SearchOptions {
     /// Runs `embedder` as the embedder process, keeping files in
-    /// `data_dir`. The embedder is checked every 500 ms and replaced, as in
-    /// the plan, above 300 MB of memory or after 200 calls.
+    /// `data_dir`, with the model [`ModelKind::default_for_build`] and its
+    /// [`Recycling`].
     pub fn new(embedder: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> SearchOptions {
+        let model = ModelKind::default_for_build();
         SearchOptions {
             embedder: embedder.into(),
             data_dir: data_dir.into(),
-            health_check: HealthCheck::every(Duration::from_millis(500))
-                .recycle_above_memory(300 << 20)
-                .recycle_after_processed(200),
+            model,
+            health_check: Recycling::of(model).health_check(),
             remote: None,
         }
+    }
+
+    /// Runs `model` instead, with its [`Recycling`] (call
+    /// [`health_check`](SearchOptions::health_check) after this to change
+    /// it). A remote embedder runs the model its node chose.
+    pub fn model(mut self, model: ModelKind) -> SearchOptions {
+        self.model = model;
+        if self.remote.is_none() {
+            self.health_check = Recycling::of(model).health_check();
+        }
+        self
     }
 
     /// Uses the embedder a node serves over gRPC at `address` (e.g.
@@ -92,9 +162,10 @@ impl SearchOptions {
         self
     }
 
-    /// The model file: where the embedder looks for it.
+    /// The model file: where the embedder looks for it (its name says
+    /// which model it is).
     pub fn model_path(&self) -> PathBuf {
-        self.data_dir.join("model").join("ngram.model")
+        self.data_dir.join("model").join(self.model.file_name())
     }
 
     /// The directory of the index.

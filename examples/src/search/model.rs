@@ -1,12 +1,20 @@
-//! The embedder process: a stand-in embedding model, the `Embedder` service
-//! that runs it, and the `Model` service that manages its file.
+//! The embedder process: the embedding models, the `Embedder` service that
+//! runs one, and the `Model` service that manages its file.
 //!
-//! The model is deterministic and local: hashed word and character n-gram
-//! features, L2-normalised. Texts that share words and word pieces get
-//! close vectors, which is enough to search this repository by topic. It is
-//! a stand-in: to use a real model, implement [`EmbedderHandler::embed`]
-//! with it (and `Model::download` to fetch its weights); nothing else in
-//! the application changes.
+//! Two models, named by their model file (`ngram.model`, `minilm.model`):
+//!
+//! - the stand-in ([`NgramModel`]), deterministic and local: hashed word and
+//!   character n-gram features, L2-normalised. Texts that share words and
+//!   word pieces get close vectors, which is enough to find a topic; it
+//!   reads keyword matches, not meaning, and its memory never grows;
+//! - with the examples' `real-model` feature, a real sentence-embedding
+//!   model: paraphrase-MiniLM-L3-v2 (384 dimensions), bundled by the
+//!   `pocket-encoder` crate, run on the CPU. It reads at most
+//!   [`MINILM_MAX_TOKENS`] tokens of a text, so the search worker cuts
+//!   passages to fit.
+//!
+//! Whichever runs, an embedder answers with the name of the model that made
+//! its vectors, and an index takes the vectors of one model only.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +32,92 @@ use crate::model::{CheckResponse, DownloadRequest, DownloadResponse, ModelHandle
 /// The first line of a model file.
 const HEADER: &str = "workerbus-search stand-in model v1";
 
+/// The first line of the real model's file: the weights are in the program,
+/// the file records which ones.
+#[cfg(feature = "real-model")]
+const MINILM_HEADER: &str = "workerbus-search model: paraphrase-MiniLM-L3-v2 (pocket-encoder)";
+
+/// The most tokens of a text the real model reads, its two special tokens
+/// included; it cuts longer texts at their end.
+pub const MINILM_MAX_TOKENS: u32 = 128;
+
 /// The environment variable that tells the embedder process where its model
-/// file is.
+/// file is. The file's name says which model it is
+/// ([`ModelKind::file_name`]).
 pub const MODEL_PATH_ENV: &str = "WORKERBUS_SEARCH_MODEL";
+
+/// Which model an embedder runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// The stand-in, [`NgramModel`]: no limit on a text's length.
+    Ngram,
+    /// paraphrase-MiniLM-L3-v2, bundled by `pocket-encoder`; only in
+    /// programs built with the examples' `real-model` feature.
+    MiniLm,
+}
+
+impl ModelKind {
+    /// Both models, the stand-in first.
+    pub const ALL: [ModelKind; 2] = [ModelKind::Ngram, ModelKind::MiniLm];
+
+    /// The model a run uses unless told otherwise: the real one in a
+    /// program built with it, the stand-in otherwise.
+    pub fn default_for_build() -> ModelKind {
+        if cfg!(feature = "real-model") {
+            ModelKind::MiniLm
+        } else {
+            ModelKind::Ngram
+        }
+    }
+
+    /// Its name on the command line: `ngram` or `minilm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Ngram => "ngram",
+            ModelKind::MiniLm => "minilm",
+        }
+    }
+
+    /// The model named `name`, if this program can run it.
+    pub fn from_name(name: &str) -> Result<ModelKind, String> {
+        let kind = ModelKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| format!("unknown model {name:?}: the models are ngram and minilm"))?;
+        if !kind.is_built() {
+            return Err(format!(
+                "this program was built without the real model: build it with \
+                 `--features real-model` to use {name}"
+            ));
+        }
+        Ok(kind)
+    }
+
+    /// Whether this program can run it.
+    pub fn is_built(self) -> bool {
+        self == ModelKind::Ngram || cfg!(feature = "real-model")
+    }
+
+    /// The name of its model file, which tells the embedder which model to
+    /// run: `ngram.model` or `minilm.model`.
+    pub fn file_name(self) -> String {
+        format!("{}.model", self.name())
+    }
+
+    /// The model a model file's name says.
+    fn of_path(path: &Path) -> Result<ModelKind, String> {
+        let name = path.file_name().and_then(|name| name.to_str());
+        ModelKind::ALL
+            .into_iter()
+            .find(|kind| name == Some(kind.file_name().as_str()))
+            .ok_or_else(|| {
+                format!(
+                    "{} names no model: a model file is called ngram.model or minilm.model",
+                    path.display()
+                )
+            })
+    }
+}
 
 /// The stand-in model: hashed word and character n-gram features.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,24 +253,161 @@ pub fn model_path_from_env() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{MODEL_PATH_ENV} is not set: the host says where the model is"))
 }
 
+/// A model, loaded and ready to embed.
+#[derive(Debug)]
+enum Loaded {
+    Ngram(NgramModel),
+    #[cfg(feature = "real-model")]
+    MiniLm(MiniLm),
+}
+
+impl Loaded {
+    /// The name of the model, parameters and weights included, that tells
+    /// its vectors apart from any other model's.
+    fn id(&self) -> String {
+        match self {
+            Loaded::Ngram(model) => model.id(),
+            #[cfg(feature = "real-model")]
+            Loaded::MiniLm(model) => model.id.clone(),
+        }
+    }
+
+    /// The most tokens of a text it reads (0: all of it).
+    fn max_tokens(&self) -> u32 {
+        match self {
+            Loaded::Ngram(_) => 0,
+            #[cfg(feature = "real-model")]
+            Loaded::MiniLm(_) => MINILM_MAX_TOKENS,
+        }
+    }
+
+    /// One vector per text, in order.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Status> {
+        match self {
+            Loaded::Ngram(model) => Ok(texts.iter().map(|text| model.embed(text)).collect()),
+            #[cfg(feature = "real-model")]
+            Loaded::MiniLm(minilm) => {
+                // Seconds of arithmetic: off the serve loop's thread, so that
+                // health checks (and the memory they report) are answered
+                // while it runs. The clone shares the weights.
+                let minilm = minilm.clone();
+                tokio::task::spawn_blocking(move || minilm.embed(&texts))
+                    .await
+                    .map_err(|error| {
+                        Status::internal(format!("the model's task failed: {error}"))
+                    })?
+            }
+        }
+    }
+}
+
+/// The real model: paraphrase-MiniLM-L3-v2 from `pocket-encoder`.
+#[cfg(feature = "real-model")]
+#[derive(Clone)]
+struct MiniLm {
+    encoder: pocket_encoder::Encoder,
+    id: String,
+}
+
+#[cfg(feature = "real-model")]
+impl std::fmt::Debug for MiniLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiniLm").field("id", &self.id).finish()
+    }
+}
+
+#[cfg(feature = "real-model")]
+impl MiniLm {
+    /// The model's file: what identifies the weights this program bundles,
+    /// which the index records through [`MiniLm::id`].
+    fn file() -> String {
+        let info = pocket_encoder::model_info();
+        format!(
+            "{MINILM_HEADER}\nid = {}\nrevision = {}\ntokenizer = {}\n",
+            info.id, info.revision, info.tokenizer_sha256
+        )
+    }
+
+    /// Loads the bundled weights (about 0.1 s), checking that `file` names
+    /// them.
+    fn load(file: &str) -> Result<MiniLm, String> {
+        if file != MiniLm::file() {
+            return Err(format!(
+                "it names other weights than this program's ({:?}): download it again",
+                file.lines().nth(2).unwrap_or_default()
+            ));
+        }
+        let encoder = pocket_encoder::Encoder::new()
+            .map_err(|error| format!("loading the bundled weights: {error}"))?;
+        let info = pocket_encoder::model_info();
+        let revision = info.revision.trim_start_matches("sha256:");
+        Ok(MiniLm {
+            encoder,
+            id: format!("minilm-{}", &revision[..revision.len().min(16)]),
+        })
+    }
+
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, Status> {
+        self.encoder.embed(texts).map_err(|error| match error {
+            pocket_encoder::Error::Input(problem) => Status::invalid_argument(problem),
+            error => Status::internal(error.to_string()),
+        })
+    }
+}
+
 /// Loads the model file at `path`, saying what to do if it is missing.
-fn load(path: &Path) -> Result<NgramModel, Status> {
+fn load(path: &Path) -> Result<Loaded, Status> {
+    let problem = |problem: String| {
+        Status::failed_precondition(format!("the model at {}: {problem}", path.display()))
+    };
+    let kind = ModelKind::of_path(path).map_err(Status::failed_precondition)?;
+    if !kind.is_built() {
+        return Err(problem(format!(
+            "this embedder was built without the {} model (the examples' real-model feature)",
+            kind.name()
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|error| {
         Status::failed_precondition(format!(
             "the model at {} cannot be read ({error}); call model.download first",
             path.display()
         ))
     })?;
-    NgramModel::from_file(&text).map_err(|problem| {
-        Status::failed_precondition(format!("the model at {}: {problem}", path.display()))
-    })
+    match kind {
+        ModelKind::Ngram => NgramModel::from_file(&text)
+            .map(Loaded::Ngram)
+            .map_err(problem),
+        #[cfg(feature = "real-model")]
+        ModelKind::MiniLm => MiniLm::load(&text).map(Loaded::MiniLm).map_err(problem),
+        #[cfg(not(feature = "real-model"))]
+        ModelKind::MiniLm => unreachable!("is_built said no above"),
+    }
+}
+
+/// The model file of `kind`: what `model.download` writes.
+fn model_file(kind: ModelKind) -> Result<String, String> {
+    match kind {
+        ModelKind::Ngram => Ok(NgramModel::default().to_file()),
+        #[cfg(feature = "real-model")]
+        ModelKind::MiniLm => {
+            // Checked to load before it is named.
+            pocket_encoder::Encoder::new()
+                .map_err(|error| format!("loading the bundled weights: {error}"))?;
+            Ok(MiniLm::file())
+        }
+        #[cfg(not(feature = "real-model"))]
+        ModelKind::MiniLm => Err(
+            "this embedder was built without the minilm model (the examples' real-model feature)"
+                .to_owned(),
+        ),
+    }
 }
 
 /// The `Embedder` service, running the model from its file.
 #[derive(Debug)]
 pub struct ModelEmbedder {
     path: PathBuf,
-    model: Mutex<Option<Arc<NgramModel>>>,
+    model: Mutex<Option<Arc<Loaded>>>,
     processed: AtomicU64,
 }
 
@@ -193,7 +421,7 @@ impl ModelEmbedder {
         }
     }
 
-    fn model(&self) -> Result<Arc<NgramModel>, Status> {
+    fn model(&self) -> Result<Arc<Loaded>, Status> {
         let mut model = lock(&self.model);
         if let Some(model) = &*model {
             return Ok(Arc::clone(model));
@@ -210,17 +438,18 @@ impl EmbedderHandler for ModelEmbedder {
             return Err(Status::invalid_argument("no texts to embed"));
         }
         let model = self.model()?;
-        // Queries and documents are embedded alike by this model.
-        let vectors = request
-            .texts
-            .iter()
-            .map(|text| Vector {
-                values: model.embed(text),
-            })
-            .collect();
-        self.processed
-            .fetch_add(request.texts.len() as u64, Ordering::Relaxed);
-        Ok(EmbedResponse { vectors })
+        let id = model.id();
+        let count = request.texts.len() as u64;
+        // Queries and documents are embedded alike by both models.
+        let vectors = model.embed(request.texts).await?;
+        self.processed.fetch_add(count, Ordering::Relaxed);
+        Ok(EmbedResponse {
+            vectors: vectors
+                .into_iter()
+                .map(|values| Vector { values })
+                .collect(),
+            model: id,
+        })
     }
 
     async fn health(
@@ -258,7 +487,8 @@ impl ModelHandler for ModelFiles {
         Ok(CheckResponse {
             exists: model.is_some(),
             path: self.path.display().to_string(),
-            model: model.map(|model| model.id()).unwrap_or_default(),
+            model: model.as_ref().map(Loaded::id).unwrap_or_default(),
+            max_tokens: model.as_ref().map_or(0, Loaded::max_tokens),
         })
     }
 
@@ -272,8 +502,15 @@ impl ModelHandler for ModelFiles {
         } else {
             PathBuf::from(&request.path)
         };
-        // Written whole: a crash never leaves half a model.
-        let written = super::data::write_whole(&path, NgramModel::default().to_file().as_bytes());
+        // The stand-in's parameters, or the record of the real model's
+        // bundled weights: no network either way. Written whole: a crash
+        // never leaves half a model.
+        let written = ModelKind::of_path(&path)
+            .and_then(model_file)
+            .and_then(|file| {
+                super::data::write_whole(&path, file.as_bytes())
+                    .map_err(|error| format!("writing {}: {error}", path.display()))
+            });
         Ok(match written {
             Ok(()) => DownloadResponse {
                 success: true,
@@ -281,7 +518,7 @@ impl ModelHandler for ModelFiles {
             },
             Err(error) => DownloadResponse {
                 success: false,
-                error: format!("writing {}: {error}", path.display()),
+                error,
             },
         })
     }

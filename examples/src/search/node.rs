@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use workerbus::{HealthCheck, ProcessDriver, RestartPolicy, SupervisedWorker, Supervisor};
+use workerbus::{ProcessDriver, RestartPolicy, SupervisedWorker, Supervisor};
 use workerbus_grpc::GrpcServer;
 
 use crate::embedder::EmbedderClient;
 use crate::model::ModelClient;
 
 use super::worker::ensure_model;
-use super::{EMBEDDER, MODEL_PATH_ENV};
+use super::{EMBEDDER, MODEL_PATH_ENV, ModelKind, Recycling};
 
 /// How a node serves.
 #[derive(Clone, Debug)]
@@ -26,6 +26,8 @@ pub struct NodeOptions {
     pub embedder: PathBuf,
     /// Where the model is kept.
     pub data_dir: PathBuf,
+    /// The model the embedder runs.
+    pub model: ModelKind,
     /// Kill the embedder process at random, every 0.1 to 0.5 s.
     pub chaos: bool,
 }
@@ -40,8 +42,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Supervises the embedder process (recycled above 300 MB or after 200
-    /// calls, as in a local run), has it download its model if it is
+    /// Supervises the embedder process (recycled as in a local run:
+    /// [`Recycling`]), has it download its model if it is
     /// missing, and serves its `Embedder` and `Model` services over gRPC on
     /// `options.listen`; with `options.chaos`, kills it at random.
     pub async fn start(options: NodeOptions) -> Result<Node, Box<dyn std::error::Error>> {
@@ -50,14 +52,14 @@ impl Node {
             .name(EMBEDDER)
             .env(
                 MODEL_PATH_ENV,
-                options.data_dir.join("model").join("ngram.model"),
+                options
+                    .data_dir
+                    .join("model")
+                    .join(options.model.file_name()),
             )
             .serves(EmbedderClient::SCHEMA)
             .serves(ModelClient::SCHEMA);
-        let check = HealthCheck::every(Duration::from_millis(500))
-            .recycle_above_memory(300 << 20)
-            .recycle_after_processed(200);
-        let policy = RestartPolicy::new().health_check(check);
+        let policy = RestartPolicy::new().health_check(Recycling::of(options.model).health_check());
         let embedder = supervisor.supervise(EMBEDDER, driver, policy).await?;
         // Ready to embed once it serves: any gRPC client can call Embed
         // without asking for the model first.

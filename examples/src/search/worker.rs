@@ -10,7 +10,7 @@ use workerbus::{Channel, Context, Status, StreamSender};
 use super::index::{self, Index, Passage, Stamp};
 use super::lock;
 use crate::embedder::{EmbedRequest, EmbedderClient};
-use crate::model::{CheckRequest, DownloadRequest, ModelClient};
+use crate::model::{CheckRequest, CheckResponse, DownloadRequest, ModelClient};
 use crate::worker::{
     IndexProgress, IndexRequest, InitRequest, InitResponse, SearchRequest, SearchResponse,
     StatsRequest, StatsResponse, WorkerHandler,
@@ -26,7 +26,7 @@ pub const DEFAULT_LIMIT: u32 = 5;
 pub const MAX_LIMIT: u32 = 100;
 
 /// The index's file name in `db_dir`.
-const INDEX_FILE: &str = "index.pb";
+pub const INDEX_FILE: &str = "index.pb";
 
 /// The `Worker` service. It owns the index; the embedder it calls is
 /// whatever serves `Embedder` and `Model` on its channel (in the example, a
@@ -46,6 +46,8 @@ pub struct SearchWorker {
 struct Opened {
     index: Index,
     file: PathBuf,
+    /// The most tokens of a text the model reads (0: no limit).
+    max_tokens: u32,
 }
 
 fn not_initialised() -> Status {
@@ -66,8 +68,10 @@ impl SearchWorker {
         }
     }
 
-    /// The vectors of `texts`, in batches of [`EMBED_BATCH`].
+    /// The vectors of `texts`, in batches of [`EMBED_BATCH`], made by the
+    /// model of the open index: the vectors of any other are refused.
     async fn embed(&self, texts: Vec<String>, is_query: bool) -> Result<Vec<Vec<f32>>, Status> {
+        let model = self.with_index(|index| index.model().to_owned())?;
         let mut vectors = Vec::with_capacity(texts.len());
         for batch in texts.chunks(EMBED_BATCH) {
             self.processing.store(batch.len() as u64, Ordering::Relaxed);
@@ -81,6 +85,14 @@ impl SearchWorker {
                 .await;
             drop(processing);
             let response = response?;
+            if response.model != model {
+                return Err(Status::failed_precondition(format!(
+                    "the embedder answered with vectors of the model {:?}, but the index holds \
+                     vectors of {model:?}: vectors of two models are not comparable, so none \
+                     were taken; run again, and the index is rebuilt with the embedder's model",
+                    response.model
+                )));
+            }
             if response.vectors.len() != batch.len() {
                 return Err(Status::internal(format!(
                     "the embedder returned {} vectors for {} texts",
@@ -125,7 +137,8 @@ impl SearchWorker {
             Ok(text) => text,
             Err(error) => return Ok(done(0, false, error.to_string())),
         };
-        let passages: Vec<Passage> = index::passages(&text);
+        let max_tokens = self.with_opened(|opened| opened.max_tokens)?;
+        let passages: Vec<Passage> = index::passages(&text, max_tokens);
         let texts = passages
             .iter()
             .map(|passage| passage.text.clone())
@@ -142,9 +155,14 @@ impl SearchWorker {
 
     /// Runs `f` on the open index.
     fn with_index<T>(&self, f: impl FnOnce(&mut Index) -> T) -> Result<T, Status> {
+        self.with_opened(|opened| f(&mut opened.index))
+    }
+
+    /// Runs `f` on what `worker.init` opened.
+    fn with_opened<T>(&self, f: impl FnOnce(&mut Opened) -> T) -> Result<T, Status> {
         let mut opened = lock(&self.opened);
         let opened = opened.as_mut().ok_or_else(not_initialised)?;
-        Ok(f(&mut opened.index))
+        Ok(f(opened))
     }
 
     /// Stores the index in its file.
@@ -178,14 +196,20 @@ impl WorkerHandler for SearchWorker {
         }
         let model = ensure_model(&self.model).await?;
         let file = Path::new(&request.db_dir).join(INDEX_FILE);
-        let index = Index::open(&file, &model).map_err(|error| {
+        let (index, rebuilt_from) = Index::open(&file, &model.model).map_err(|error| {
             Status::failed_precondition(format!("opening the index {}: {error}", file.display()))
         })?;
         let indexed = index.files() as u64;
-        *lock(&self.opened) = Some(Opened { index, file });
+        *lock(&self.opened) = Some(Opened {
+            index,
+            file,
+            max_tokens: model.max_tokens,
+        });
         Ok(InitResponse {
             ready: true,
             indexed,
+            model: model.model,
+            rebuilt_from: rebuilt_from.unwrap_or_default(),
         })
     }
 
@@ -294,12 +318,13 @@ impl WorkerHandler for SearchWorker {
     }
 }
 
-/// The model's name, downloading the model first if it is missing: what a
-/// search worker does before it indexes, and a serving node before it serves.
-pub(crate) async fn ensure_model(model: &ModelClient) -> Result<String, Status> {
+/// The model, as `model.check` describes it, downloading it first if it is
+/// missing: what a search worker does before it indexes, and a serving node
+/// before it serves.
+pub(crate) async fn ensure_model(model: &ModelClient) -> Result<CheckResponse, Status> {
     let check = model.check(CheckRequest {}).await?;
     if check.exists {
-        return Ok(check.model);
+        return Ok(check);
     }
     let download = model
         .download(DownloadRequest {
@@ -319,5 +344,5 @@ pub(crate) async fn ensure_model(model: &ModelClient) -> Result<String, Status> 
             check.path
         )));
     }
-    Ok(check.model)
+    Ok(check)
 }
