@@ -497,12 +497,12 @@ async fn vectors_of_another_model_than_the_index_are_refused() {
 #[cfg(feature = "real-model")]
 #[tokio::test]
 async fn the_real_model_is_recycled_past_its_working_size_and_finds_by_meaning() {
-    use workerbus_examples::embedder::{EmbedderClient, HealthRequest};
+    use workerbus_examples::embedder::{EmbedRequest, EmbedderClient, HealthRequest};
 
     let dir = data_dir("minilm");
     let options = || SearchOptions::new(EMBEDDER, &dir).model(ModelKind::MiniLm);
     // The embedder's working size here: its memory once the model is
-    // loaded (init checks the model, which loads it).
+    // loaded (by its first call).
     let measuring =
         SearchApp::start(options().health_check(HealthCheck::every(Duration::from_secs(600))))
             .await
@@ -510,12 +510,18 @@ async fn the_real_model_is_recycled_past_its_working_size_and_finds_by_meaning()
     let init = measuring.init().await.unwrap();
     assert!(init.model.starts_with("minilm-"), "{init:?}");
     let embedder = EmbedderClient::new(measuring.embedder().channel());
+    let request = EmbedRequest {
+        texts: vec!["warming up".into()],
+        is_query: true,
+    };
+    embedder.embed(request).await.unwrap();
     let loaded = embedder.health(HealthRequest {}).await.unwrap().memory;
     measuring.shutdown().await;
 
     // Past it by half a MiB, an embedder that has embedded is recycled.
-    let check =
-        HealthCheck::every(Duration::from_millis(20)).recycle_above_memory(loaded + (512 << 10));
+    let check = HealthCheck::every(Duration::from_millis(20))
+        .timeout(Duration::from_secs(5))
+        .recycle_above_memory(loaded + (512 << 10));
     let app = SearchApp::start(options().health_check(check))
         .await
         .unwrap();

@@ -253,74 +253,148 @@ pub fn model_path_from_env() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{MODEL_PATH_ENV} is not set: the host says where the model is"))
 }
 
-/// A model, loaded and ready to embed.
-#[derive(Debug)]
-enum Loaded {
+/// A model file, read and checked: which model, with which parameters. No
+/// weights are loaded to read one.
+#[derive(Clone, Debug)]
+enum ModelFile {
     Ngram(NgramModel),
-    #[cfg(feature = "real-model")]
-    MiniLm(MiniLm),
+    MiniLm,
 }
 
-impl Loaded {
+impl ModelFile {
+    /// Reads the model file at `path`, saying what to do if it is missing.
+    fn read(path: &Path) -> Result<ModelFile, Status> {
+        let problem = |problem: String| {
+            Status::failed_precondition(format!("the model at {}: {problem}", path.display()))
+        };
+        let kind = ModelKind::of_path(path).map_err(Status::failed_precondition)?;
+        if !kind.is_built() {
+            return Err(problem(format!(
+                "this embedder was built without the {} model (the examples' real-model feature)",
+                kind.name()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            Status::failed_precondition(format!(
+                "the model at {} cannot be read ({error}); call model.download first",
+                path.display()
+            ))
+        })?;
+        match kind {
+            ModelKind::Ngram => NgramModel::from_file(&text)
+                .map(ModelFile::Ngram)
+                .map_err(problem),
+            ModelKind::MiniLm => minilm::check_file(&text)
+                .map(|()| ModelFile::MiniLm)
+                .map_err(problem),
+        }
+    }
+
+    /// The file `model.download` writes for `kind`.
+    fn of_kind(kind: ModelKind) -> Result<String, String> {
+        match kind {
+            ModelKind::Ngram => Ok(NgramModel::default().to_file()),
+            ModelKind::MiniLm => minilm::file(),
+        }
+    }
+
     /// The name of the model, parameters and weights included, that tells
     /// its vectors apart from any other model's.
     fn id(&self) -> String {
         match self {
-            Loaded::Ngram(model) => model.id(),
-            #[cfg(feature = "real-model")]
-            Loaded::MiniLm(model) => model.id.clone(),
+            ModelFile::Ngram(model) => model.id(),
+            ModelFile::MiniLm => minilm::id(),
         }
     }
 
     /// The most tokens of a text it reads (0: all of it).
     fn max_tokens(&self) -> u32 {
         match self {
-            Loaded::Ngram(_) => 0,
-            #[cfg(feature = "real-model")]
-            Loaded::MiniLm(_) => MINILM_MAX_TOKENS,
+            ModelFile::Ngram(_) => 0,
+            ModelFile::MiniLm => MINILM_MAX_TOKENS,
         }
     }
 
+    /// The model, ready to embed: for the real one, its weights expanded
+    /// (about 0.1 s, a blocking call).
+    fn load(self) -> Result<Loaded, Status> {
+        let id = self.id();
+        let engine = match self {
+            ModelFile::Ngram(model) => Engine::Ngram(model),
+            ModelFile::MiniLm => Engine::MiniLm(minilm::load().map_err(Status::internal)?),
+        };
+        Ok(Loaded { id, engine })
+    }
+}
+
+/// A model, loaded and ready to embed.
+#[derive(Debug)]
+struct Loaded {
+    id: String,
+    engine: Engine,
+}
+
+#[derive(Debug)]
+enum Engine {
+    Ngram(NgramModel),
+    MiniLm(minilm::MiniLm),
+}
+
+impl Loaded {
     /// One vector per text, in order.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Status> {
-        match self {
-            Loaded::Ngram(model) => Ok(texts.iter().map(|text| model.embed(text)).collect()),
-            #[cfg(feature = "real-model")]
-            Loaded::MiniLm(minilm) => {
-                // Seconds of arithmetic: off the serve loop's thread, so that
-                // health checks (and the memory they report) are answered
-                // while it runs. The clone shares the weights.
-                let minilm = minilm.clone();
-                tokio::task::spawn_blocking(move || minilm.embed(&texts))
-                    .await
-                    .map_err(|error| {
-                        Status::internal(format!("the model's task failed: {error}"))
-                    })?
-            }
+        match &self.engine {
+            Engine::Ngram(model) => Ok(texts.iter().map(|text| model.embed(text)).collect()),
+            Engine::MiniLm(minilm) => minilm.embed(texts).await,
         }
     }
 }
 
-/// The real model: paraphrase-MiniLM-L3-v2 from `pocket-encoder`.
-#[cfg(feature = "real-model")]
-#[derive(Clone)]
-struct MiniLm {
-    encoder: pocket_encoder::Encoder,
-    id: String,
+/// Runs `work` on a thread of the blocking pool, off the serve loop's.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Status::internal(format!("the model's task failed: {error}")))?
 }
 
+/// The real model: paraphrase-MiniLM-L3-v2 from `pocket-encoder`, or, in a
+/// program built without it, the reasons it is missing.
 #[cfg(feature = "real-model")]
-impl std::fmt::Debug for MiniLm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MiniLm").field("id", &self.id).finish()
+mod minilm {
+    use workerbus::Status;
+
+    use super::MINILM_HEADER;
+
+    /// The loaded model; a clone shares its weights.
+    #[derive(Clone)]
+    pub(super) struct MiniLm(pocket_encoder::Encoder);
+
+    impl std::fmt::Debug for MiniLm {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("MiniLm")
+        }
     }
-}
 
-#[cfg(feature = "real-model")]
-impl MiniLm {
-    /// The model's file: what identifies the weights this program bundles,
-    /// which the index records through [`MiniLm::id`].
-    fn file() -> String {
+    impl MiniLm {
+        /// One vector per text: seconds of arithmetic, run off the serve
+        /// loop's thread, so that health checks (and the memory they
+        /// report) are answered meanwhile. The clone shares the weights.
+        pub(super) async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Status> {
+            let encoder = self.0.clone();
+            super::blocking(move || {
+                encoder.embed(&texts).map_err(|error| match error {
+                    pocket_encoder::Error::Input(problem) => Status::invalid_argument(problem),
+                    error => Status::internal(error.to_string()),
+                })
+            })
+            .await
+        }
+    }
+
+    /// The model's file: what identifies the weights this program bundles.
+    fn text() -> String {
         let info = pocket_encoder::model_info();
         format!(
             "{MINILM_HEADER}\nid = {}\nrevision = {}\ntokenizer = {}\n",
@@ -328,78 +402,70 @@ impl MiniLm {
         )
     }
 
-    /// Loads the bundled weights (about 0.1 s), checking that `file` names
-    /// them.
-    fn load(file: &str) -> Result<MiniLm, String> {
-        if file != MiniLm::file() {
-            return Err(format!(
-                "it names other weights than this program's ({:?}): download it again",
-                file.lines().nth(2).unwrap_or_default()
-            ));
+    /// The model file `model.download` writes, once the bundled weights
+    /// are seen to load.
+    pub(super) fn file() -> Result<String, String> {
+        load()?;
+        Ok(text())
+    }
+
+    /// Whether a model file names the weights this program bundles.
+    pub(super) fn check_file(file: &str) -> Result<(), String> {
+        if file == text() {
+            return Ok(());
         }
-        let encoder = pocket_encoder::Encoder::new()
-            .map_err(|error| format!("loading the bundled weights: {error}"))?;
+        Err(format!(
+            "it names other weights than this program's ({:?}): download it again",
+            file.lines().nth(2).unwrap_or_default()
+        ))
+    }
+
+    /// The name its vectors carry: the model and its weights' digest.
+    pub(super) fn id() -> String {
         let info = pocket_encoder::model_info();
         let revision = info.revision.trim_start_matches("sha256:");
-        Ok(MiniLm {
-            encoder,
-            id: format!("minilm-{}", &revision[..revision.len().min(16)]),
-        })
+        format!("minilm-{}", &revision[..revision.len().min(16)])
     }
 
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, Status> {
-        self.encoder.embed(texts).map_err(|error| match error {
-            pocket_encoder::Error::Input(problem) => Status::invalid_argument(problem),
-            error => Status::internal(error.to_string()),
-        })
+    /// Loads the bundled weights (once a process; about 0.1 s).
+    pub(super) fn load() -> Result<MiniLm, String> {
+        pocket_encoder::Encoder::new()
+            .map(MiniLm)
+            .map_err(|error| format!("loading the bundled weights: {error}"))
     }
 }
 
-/// Loads the model file at `path`, saying what to do if it is missing.
-fn load(path: &Path) -> Result<Loaded, Status> {
-    let problem = |problem: String| {
-        Status::failed_precondition(format!("the model at {}: {problem}", path.display()))
-    };
-    let kind = ModelKind::of_path(path).map_err(Status::failed_precondition)?;
-    if !kind.is_built() {
-        return Err(problem(format!(
-            "this embedder was built without the {} model (the examples' real-model feature)",
-            kind.name()
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        Status::failed_precondition(format!(
-            "the model at {} cannot be read ({error}); call model.download first",
-            path.display()
-        ))
-    })?;
-    match kind {
-        ModelKind::Ngram => NgramModel::from_file(&text)
-            .map(Loaded::Ngram)
-            .map_err(problem),
-        #[cfg(feature = "real-model")]
-        ModelKind::MiniLm => MiniLm::load(&text).map(Loaded::MiniLm).map_err(problem),
-        #[cfg(not(feature = "real-model"))]
-        ModelKind::MiniLm => unreachable!("is_built said no above"),
-    }
-}
+#[cfg(not(feature = "real-model"))]
+mod minilm {
+    use workerbus::Status;
 
-/// The model file of `kind`: what `model.download` writes.
-fn model_file(kind: ModelKind) -> Result<String, String> {
-    match kind {
-        ModelKind::Ngram => Ok(NgramModel::default().to_file()),
-        #[cfg(feature = "real-model")]
-        ModelKind::MiniLm => {
-            // Checked to load before it is named.
-            pocket_encoder::Encoder::new()
-                .map_err(|error| format!("loading the bundled weights: {error}"))?;
-            Ok(MiniLm::file())
+    const MISSING: &str =
+        "this embedder was built without the minilm model (the examples' real-model feature)";
+
+    /// Never made: without the feature, no file names the real model.
+    #[derive(Clone, Debug)]
+    pub(super) enum MiniLm {}
+
+    impl MiniLm {
+        pub(super) async fn embed(&self, _texts: Vec<String>) -> Result<Vec<Vec<f32>>, Status> {
+            match *self {}
         }
-        #[cfg(not(feature = "real-model"))]
-        ModelKind::MiniLm => Err(
-            "this embedder was built without the minilm model (the examples' real-model feature)"
-                .to_owned(),
-        ),
+    }
+
+    pub(super) fn file() -> Result<String, String> {
+        Err(MISSING.to_owned())
+    }
+
+    pub(super) fn check_file(_file: &str) -> Result<(), String> {
+        Err(MISSING.to_owned())
+    }
+
+    pub(super) fn id() -> String {
+        "minilm".to_owned()
+    }
+
+    pub(super) fn load() -> Result<MiniLm, String> {
+        Err(MISSING.to_owned())
     }
 }
 
@@ -421,14 +487,16 @@ impl ModelEmbedder {
         }
     }
 
-    fn model(&self) -> Result<Arc<Loaded>, Status> {
-        let mut model = lock(&self.model);
-        if let Some(model) = &*model {
+    /// The model, loaded on the first call that needs it, off the serve
+    /// loop's thread.
+    async fn model(&self) -> Result<Arc<Loaded>, Status> {
+        if let Some(model) = &*lock(&self.model) {
             return Ok(Arc::clone(model));
         }
-        let loaded = Arc::new(load(&self.path)?);
-        *model = Some(Arc::clone(&loaded));
-        Ok(loaded)
+        let path = self.path.clone();
+        let loaded = Arc::new(blocking(move || ModelFile::read(&path)?.load()).await?);
+        // Two first calls may both load: the weights are shared either way.
+        Ok(Arc::clone(lock(&self.model).get_or_insert(loaded)))
     }
 }
 
@@ -437,8 +505,7 @@ impl EmbedderHandler for ModelEmbedder {
         if request.texts.is_empty() {
             return Err(Status::invalid_argument("no texts to embed"));
         }
-        let model = self.model()?;
-        let id = model.id();
+        let model = self.model().await?;
         let count = request.texts.len() as u64;
         // Queries and documents are embedded alike by both models.
         let vectors = model.embed(request.texts).await?;
@@ -448,7 +515,7 @@ impl EmbedderHandler for ModelEmbedder {
                 .into_iter()
                 .map(|values| Vector { values })
                 .collect(),
-            model: id,
+            model: model.id.clone(),
         })
     }
 
@@ -483,12 +550,12 @@ impl ModelHandler for ModelFiles {
         _request: crate::model::CheckRequest,
         _cx: &Context,
     ) -> Result<CheckResponse, Status> {
-        let model = load(&self.path).ok();
+        let model = ModelFile::read(&self.path).ok();
         Ok(CheckResponse {
             exists: model.is_some(),
             path: self.path.display().to_string(),
-            model: model.as_ref().map(Loaded::id).unwrap_or_default(),
-            max_tokens: model.as_ref().map_or(0, Loaded::max_tokens),
+            model: model.as_ref().map(ModelFile::id).unwrap_or_default(),
+            max_tokens: model.as_ref().map_or(0, ModelFile::max_tokens),
         })
     }
 
@@ -505,12 +572,13 @@ impl ModelHandler for ModelFiles {
         // The stand-in's parameters, or the record of the real model's
         // bundled weights: no network either way. Written whole: a crash
         // never leaves half a model.
-        let written = ModelKind::of_path(&path)
-            .and_then(model_file)
-            .and_then(|file| {
-                super::data::write_whole(&path, file.as_bytes())
-                    .map_err(|error| format!("writing {}: {error}", path.display()))
-            });
+        let kind = ModelKind::of_path(&path);
+        // Loading the real model's weights to see them load blocks.
+        let file = blocking(move || Ok(kind.and_then(ModelFile::of_kind))).await?;
+        let written = file.and_then(|file| {
+            super::data::write_whole(&path, file.as_bytes())
+                .map_err(|error| format!("writing {}: {error}", path.display()))
+        });
         Ok(match written {
             Ok(()) => DownloadResponse {
                 success: true,
