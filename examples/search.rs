@@ -55,10 +55,10 @@ options:
                 with --features real-model; the default there)
   --recycle-above MIB
                 replace the embedder gracefully once its resident memory
-                passes this many MiB (default: 300 for ngram, 100 for minilm)
+                passes this many MiB (default: 300 for ngram, 102 for minilm)
   --recall      index this repository with each model this program has, and
                 print each one's recall at 5 over the queries of
-                examples/search-queries.txt
+                examples/search.queries
   -h, --help    show this";
 
 /// The command line.
@@ -333,7 +333,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Indexes this repository with each model this program has, in a data
 /// directory of its own, and prints each one's recall at 5 over the queries
-/// of `examples/search-queries.txt`, and how many passages the model cuts
+/// of `examples/search.queries`, and how many passages the model cuts
 /// short.
 async fn measure_recall(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     const AT: u32 = 5;
@@ -341,8 +341,9 @@ async fn measure_recall(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let file = recall::queries_file(&root);
     let text = std::fs::read_to_string(&file)
         .map_err(|error| format!("reading the queries in {}: {error}", file.display()))?;
-    let queries =
-        recall::parse(&text).map_err(|problem| format!("{}: {problem}", file.display()))?;
+    let queries = recall::parse(&text)
+        .and_then(|queries| recall::locate(&root, &queries))
+        .map_err(|problem| format!("{}: {problem}", file.display()))?;
     let mut rows = Vec::new();
     for model in ModelKind::ALL {
         if !model.is_built() {
@@ -362,12 +363,11 @@ async fn measure_recall(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             init.model
         );
         let indexed = index(&app, &args).await?;
-        let mut judge = recall::Judge::new(&root);
         let mut total = 0.0;
         let mut missed = Vec::new();
         for query in &queries {
             let request = SearchRequest {
-                query: query.text.clone(),
+                query: query.query.clone(),
                 limit: AT,
             };
             let results = app.client().search(request).await?.results;
@@ -379,9 +379,9 @@ async fn measure_recall(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     last_line: result.last_line,
                 })
                 .collect();
-            let recall = judge.recall(query, &found);
+            let recall = query.recall(&found);
             if recall < 1.0 {
-                missed.push(format!("{:.2}  {}", recall, query.text));
+                missed.push(format!("{recall:.2}  {}", query.query));
             }
             total += recall;
         }

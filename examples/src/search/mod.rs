@@ -63,7 +63,7 @@ pub struct Recycling {
 
 /// The real model's embedder is recycled above this much resident memory:
 /// a little over its working size, so that an index run sees it recycled.
-pub const MINILM_RECYCLE_ABOVE: u64 = 100 << 20;
+pub const MINILM_RECYCLE_ABOVE: u64 = 102 << 20;
 
 impl Recycling {
     /// The thresholds for an embedder running `model`.

@@ -1,19 +1,19 @@
 //! Search quality, measured: queries about this repository, each with the
 //! passages a reader would expect among its first results
-//! (`examples/search-queries.txt`), and the recall of a search over them.
+//! (`examples/search.queries`), and the recall of a search over them.
 //!
-//! An expected passage is named by its file and a phrase it holds, not by
-//! line numbers, so that the queries outlive edits: a result is that
-//! passage when it comes from that file and its lines hold the phrase.
+//! An expected passage is named by its file and a phrase on its first
+//! line, not by line numbers, so that the queries outlive edits: a result is
+//! that passage when it comes from that file and its lines overlap the
+//! [`WINDOW`] lines that start at the phrase.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::embedder::{EmbedRequest, EmbedderClient};
 use crate::worker::StoredIndex;
 
 /// The queries' file, relative to the repository's root.
-pub const QUERIES_FILE: &str = "examples/search-queries.txt";
+pub const QUERIES_FILE: &str = "examples/search.queries";
 
 /// A query and the passages a reader would expect it to find.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,15 +25,18 @@ pub struct Query {
 }
 
 /// A passage a query should find: a file, relative to the repository's
-/// root, and a phrase the passage holds.
+/// root, and a phrase on the passage's first line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
     /// The file, relative to the repository's root.
     pub path: String,
-    /// A phrase the passage holds (compared without case, and with runs of
-    /// whitespace as one space).
+    /// A phrase on the passage's first line (compared without case, and
+    /// with runs of whitespace as one space).
     pub phrase: String,
 }
+
+/// How many lines, from the phrase's, an expected passage spans.
+pub const WINDOW: u32 = 10;
 
 /// Reads the queries' file: blocks of a `query:` line followed by
 /// `expect: PATH | PHRASE` lines; `#` starts a comment line.
@@ -94,49 +97,67 @@ pub struct Found {
     pub last_line: u32,
 }
 
-/// Judges results against expectations, reading the files under `root`
-/// (each once).
-#[derive(Debug)]
-pub struct Judge {
-    root: PathBuf,
-    files: HashMap<PathBuf, Vec<String>>,
+/// A query with its expected passages found in the files: each a file and
+/// a span of lines.
+#[derive(Clone, Debug)]
+pub struct Located {
+    /// What is searched for.
+    pub query: String,
+    /// Each expected passage's file (as an index names it: canonical) and
+    /// lines, 1-based and inclusive.
+    pub passages: Vec<(PathBuf, u32, u32)>,
 }
 
-impl Judge {
-    /// A judge of results under the repository at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Judge {
-        Judge {
-            root: root.into(),
-            files: HashMap::new(),
-        }
-    }
+/// Finds every query's expected passages in the repository at `root`: an
+/// error names the first phrase no line of its file holds (the queries
+/// need updating), or a file that cannot be read.
+pub fn locate(root: &Path, queries: &[Query]) -> Result<Vec<Located>, String> {
+    queries
+        .iter()
+        .map(|query| {
+            let passages = query
+                .expected
+                .iter()
+                .map(|expected| {
+                    let file = root.join(&expected.path);
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|error| format!("{}: {error}", expected.path))?;
+                    let phrase = normalise(&expected.phrase);
+                    let line = text
+                        .lines()
+                        .position(|line| normalise(line).contains(&phrase))
+                        .ok_or_else(|| {
+                            format!(
+                                "{}: no line holds {:?} (expected for {:?})",
+                                expected.path, expected.phrase, query.text
+                            )
+                        })? as u32
+                        + 1;
+                    let file = std::fs::canonicalize(&file).unwrap_or(file);
+                    Ok((file, line, line + WINDOW - 1))
+                })
+                .collect::<Result<_, String>>()?;
+            Ok(Located {
+                query: query.text.clone(),
+                passages,
+            })
+        })
+        .collect()
+}
 
-    /// Whether `found` is the passage `expected` names.
-    pub fn is(&mut self, found: &Found, expected: &Expected) -> bool {
-        let wanted = self.root.join(&expected.path);
-        let same_file = std::fs::canonicalize(&wanted).unwrap_or(wanted) == found.path;
-        if !same_file {
-            return false;
-        }
-        let lines = self.files.entry(found.path.clone()).or_insert_with(|| {
-            std::fs::read_to_string(&found.path)
-                .map(|text| text.lines().map(str::to_owned).collect())
-                .unwrap_or_default()
-        });
-        let first = (found.first_line as usize).saturating_sub(1);
-        let last = (found.last_line as usize).min(lines.len());
-        let passage = lines.get(first..last).unwrap_or_default().join("\n");
-        normalise(&passage).contains(&normalise(&expected.phrase))
-    }
-
-    /// The share of `query`'s expected passages among `results`, 0 to 1.
-    pub fn recall(&mut self, query: &Query, results: &[Found]) -> f64 {
-        let hits = query
-            .expected
+impl Located {
+    /// The share of the expected passages among `results`, 0 to 1.
+    pub fn recall(&self, results: &[Found]) -> f64 {
+        let hits = self
+            .passages
             .iter()
-            .filter(|expected| results.iter().any(|found| self.is(found, expected)))
+            .filter(|(path, first, last)| {
+                results.iter().any(|found| {
+                    found.path == *path && found.first_line <= *last && found.last_line >= *first
+                })
+            })
             .count();
-        hits as f64 / query.expected.len() as f64
+        hits as f64 / self.passages.len() as f64
     }
 }
 
@@ -220,39 +241,60 @@ mod tests {
     }
 
     #[test]
-    fn a_result_is_an_expected_passage_when_its_lines_hold_the_phrase() {
+    fn a_result_is_an_expected_passage_when_its_lines_overlap_the_phrases_window() {
         let root =
             std::env::temp_dir().join(format!("workerbus-recall-test-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(
-            root.join("a.md"),
-            "one\nThe supervisor\n  restarts it.\nfour\n",
-        )
-        .unwrap();
+        let mut text = String::from("one\n  The   SUPERVISOR restarts it.\n");
+        for line in 3..=30 {
+            text.push_str(&format!("line {line}\n"));
+        }
+        std::fs::write(root.join("a.md"), text).unwrap();
         let path = std::fs::canonicalize(root.join("a.md")).unwrap();
+        let query = |phrases: &[&str]| Query {
+            text: "q".into(),
+            expected: phrases
+                .iter()
+                .map(|phrase| Expected {
+                    path: "a.md".into(),
+                    phrase: (*phrase).into(),
+                })
+                .collect(),
+        };
+        let located = locate(&root, &[query(&["supervisor restarts", "line 20"])]).unwrap();
+        assert_eq!(
+            located[0].passages,
+            [(path.clone(), 2, 11), (path.clone(), 20, 29)]
+        );
         let found = |first_line, last_line| Found {
             path: path.clone(),
             first_line,
             last_line,
         };
-        let expected = Expected {
-            path: "a.md".into(),
-            phrase: "supervisor RESTARTS".into(),
+        let recall = |results: &[Found]| located[0].recall(results);
+        assert_eq!(recall(&[found(12, 19)]), 0.0);
+        assert_eq!(recall(&[found(1, 2)]), 0.5);
+        assert_eq!(recall(&[found(11, 12), found(29, 30)]), 1.0);
+        let elsewhere = Found {
+            path: root.join("b.md"),
+            ..found(1, 30)
         };
-        let mut judge = Judge::new(&root);
-        assert!(judge.is(&found(2, 3), &expected));
-        assert!(!judge.is(&found(3, 4), &expected));
-        let elsewhere = Expected {
-            path: "b.md".into(),
-            ..expected.clone()
-        };
-        assert!(!judge.is(&found(1, 4), &elsewhere));
-        let query = Query {
-            text: "q".into(),
-            expected: vec![expected, elsewhere],
-        };
-        assert_eq!(judge.recall(&query, &[found(3, 4), found(1, 2)]), 0.0);
-        assert_eq!(judge.recall(&query, &[found(3, 4), found(1, 4)]), 0.5);
+        assert_eq!(recall(&[elsewhere]), 0.0);
+
+        let missing = locate(&root, &[query(&["no such words"])]).unwrap_err();
+        assert!(
+            missing.contains("no line holds \"no such words\""),
+            "{missing}"
+        );
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn every_expected_passage_of_the_repositorys_queries_is_found() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let text = std::fs::read_to_string(queries_file(root)).unwrap();
+        let queries = parse(&text).unwrap();
+        assert!(queries.len() >= 20, "{}", queries.len());
+        locate(root, &queries).unwrap();
     }
 }
