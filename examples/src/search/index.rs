@@ -35,6 +35,67 @@ pub struct Passage {
     pub last_line: u32,
     /// The passage's text.
     pub text: String,
+    /// What the model reads before it ([`passages_in`]): the file and the
+    /// section the passage is in.
+    pub context: String,
+}
+
+impl Passage {
+    /// The text the model embeds: its context, then the passage.
+    pub fn embedded(&self) -> String {
+        embedded(&self.context, &self.text)
+    }
+}
+
+/// The text a model embeds for a passage with `context`.
+pub fn embedded(context: &str, text: &str) -> String {
+    if context.is_empty() {
+        text.to_owned()
+    } else {
+        format!("{context}\n{text}")
+    }
+}
+
+/// The most tokens of a model's a passage's context takes, as
+/// [`estimate_tokens`] counts them.
+const CONTEXT_TOKENS: u32 = 24;
+
+/// The passages of a file named `label` (e.g. `docs/PROTOCOL.md`), as
+/// [`passages`] cuts them with room for their context: the label and, in
+/// Markdown, the heading of the section each starts in. A passage out of
+/// its section says little of what it is about; its heading says it.
+pub fn passages_in(label: &str, text: &str, max_tokens: u32) -> Vec<Passage> {
+    let room = match max_tokens {
+        0 => 0,
+        limit => limit.saturating_sub(CONTEXT_TOKENS).max(SPECIAL_TOKENS as u32 + 1),
+    };
+    let mut passages = passages(text, room);
+    // The heading in force at each line (a heading's own line included).
+    let mut headings = vec![""];
+    if label.ends_with(".md") {
+        for line in text.lines() {
+            let last = headings[headings.len() - 1];
+            headings.push(markdown_heading(line).unwrap_or(last));
+        }
+    }
+    for passage in &mut passages {
+        let heading = headings.get(passage.first_line as usize).copied();
+        let context = match heading.unwrap_or_default() {
+            "" => label.to_owned(),
+            heading => format!("{label}: {heading}"),
+        };
+        passage.context = cut_line(&context, CONTEXT_TOKENS as usize)
+            .first()
+            .map_or_else(String::new, |piece| piece.trim_end().to_owned());
+    }
+    passages
+}
+
+/// The words of a Markdown heading (`## Title`), if `line` is one.
+fn markdown_heading(line: &str) -> Option<&str> {
+    let words = line.trim_start_matches('#');
+    let level = line.len() - words.len();
+    ((1..=6).contains(&level) && words.starts_with(' ')).then(|| words.trim())
 }
 
 /// The line of `text` that shares the most words with `query` (words
@@ -84,6 +145,7 @@ pub fn passages(text: &str, max_tokens: u32) -> Vec<Passage> {
                 first_line: *first as u32,
                 last_line: (next - 1) as u32,
                 text: lines.join("\n"),
+                context: String::new(),
             });
         }
         lines.clear();
@@ -338,6 +400,7 @@ impl Index {
                 last_line: passage.last_line,
                 text: passage.text.clone(),
                 vector,
+                context: passage.context.clone(),
             })
             .collect();
         let file = StoredFile {
@@ -498,6 +561,36 @@ mod tests {
     }
 
     #[test]
+    fn a_passage_reads_with_its_file_and_its_section() {
+        let text = "# Title\n\nintro\n## Restarts\nA worker that crashes\nis started again.\n";
+        let mut text = text.to_owned();
+        text.push_str(&"filler line\n".repeat(30));
+        let passages = passages_in("docs/SUPERVISION.md", &text, 40);
+        let contexts: Vec<&str> = passages.iter().map(|p| p.context.as_str()).collect();
+        assert_eq!(contexts[0], "docs/SUPERVISION.md: Title");
+        assert!(
+            contexts[1..]
+                .iter()
+                .all(|context| *context == "docs/SUPERVISION.md: Restarts"),
+            "{contexts:?}"
+        );
+        // The context and the passage fit the model together.
+        for passage in &passages {
+            let tokens = estimate_tokens(&passage.embedded()) + SPECIAL_TOKENS;
+            assert!(tokens <= 40, "{tokens}: {passage:?}");
+            assert!(passage.embedded().ends_with(&passage.text));
+        }
+        // Only Markdown has headings; a long one is cut to its room.
+        let code = passages_in("src/lib.rs", "# not a heading\nfn main() {}\n", 0);
+        assert_eq!(code[0].context, "src/lib.rs");
+        let long = format!("# {}\ntext\n", "word ".repeat(40));
+        let cut = &passages_in("a.md", &long, 0)[0].context;
+        assert!(cut.starts_with("a.md: word word"), "{cut}");
+        assert!(estimate_tokens(cut) <= CONTEXT_TOKENS as usize, "{cut}");
+        assert!(!cut.ends_with(' '));
+    }
+
+    #[test]
     fn snippets_are_the_lines_that_match_the_query() {
         let text = "\n  A supervisor watches workers.\nWhen one crashes, it is restarted.\n";
         assert_eq!(
@@ -520,6 +613,7 @@ mod tests {
             first_line: line,
             last_line: line,
             text: text.to_owned(),
+            context: String::new(),
         };
         index.insert(
             "a".into(),

@@ -182,7 +182,7 @@ pub async fn passages_cut(
     for batch in chunks.chunks(super::worker::EMBED_BATCH) {
         let texts = batch
             .iter()
-            .map(|chunk| format!("{}{PROBE}", chunk.text))
+            .map(|chunk| super::index::embedded(&chunk.context, &chunk.text) + PROBE)
             .collect();
         let response = embedder
             .embed(EmbedRequest {

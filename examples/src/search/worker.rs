@@ -138,11 +138,8 @@ impl SearchWorker {
             Err(error) => return Ok(done(0, false, error.to_string())),
         };
         let max_tokens = self.with_opened(|opened| opened.max_tokens)?;
-        let passages: Vec<Passage> = index::passages(&text, max_tokens);
-        let texts = passages
-            .iter()
-            .map(|passage| passage.text.clone())
-            .collect();
+        let passages: Vec<Passage> = index::passages_in(&label(path), &text, max_tokens);
+        let texts = passages.iter().map(Passage::embedded).collect();
         let vectors = self.embed(texts, false).await.map_err(|status| {
             Status::new(
                 status.code(),
@@ -176,6 +173,19 @@ impl SearchWorker {
             ))
         })
     }
+}
+
+/// A file as a passage's context names it: its directory's name and its
+/// own (`docs/PROTOCOL.md`, `supervisor/policy.rs`).
+fn label(path: &Path) -> String {
+    let mut names: Vec<_> = path
+        .iter()
+        .rev()
+        .take(2)
+        .map(|name| name.to_string_lossy())
+        .collect();
+    names.reverse();
+    names.join("/")
 }
 
 /// Sets a counter to zero when dropped.
