@@ -67,7 +67,9 @@ const CONTEXT_TOKENS: u32 = 24;
 pub fn passages_in(label: &str, text: &str, max_tokens: u32) -> Vec<Passage> {
     let room = match max_tokens {
         0 => 0,
-        limit => limit.saturating_sub(CONTEXT_TOKENS).max(SPECIAL_TOKENS as u32 + 1),
+        limit => limit
+            .saturating_sub(CONTEXT_TOKENS)
+            .max(SPECIAL_TOKENS as u32 + 1),
     };
     let mut passages = passages(text, room);
     // The heading in force at each line (a heading's own line included).
