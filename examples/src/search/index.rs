@@ -192,9 +192,10 @@ const CHARS_PER_TOKEN: usize = 4;
 /// How many tokens a BERT-style WordPiece tokenizer (the real model's)
 /// makes of `text`, estimated from above: every punctuation mark and every
 /// letter outside ASCII is one, and a run of ASCII letters and digits is one
-/// for each [`CHARS_PER_TOKEN`] of its characters, rounded up (common
-/// words are one token, identifiers and numbers are cut into several). The
-/// search example measures how often it falls short (`search --recall`).
+/// for each four of its characters, rounded up. (The tokenizer makes one
+/// token of a common word and several of an identifier or a number: the
+/// estimate errs long for prose.) The search example measures how often it
+/// falls short (`search --recall`).
 pub fn estimate_tokens(text: &str) -> usize {
     let mut tokens = 0;
     let mut word: usize = 0;
