@@ -213,6 +213,9 @@ impl CallOptions {
     pub(crate) fn resolve(layers: [Option<&CallOptions>; 2], method: &MethodDefaults) -> Resolved {
         // Most calls set nothing: their settings are the method's.
         let layers = layers.map(|layer| layer.filter(|options| !options.is_unset()));
+        if matches!(layers, [None, None]) {
+            return Resolved::of(method);
+        }
         let pick =
             |f: fn(&CallOptions) -> Option<Duration>| layers.iter().flatten().find_map(|o| f(o));
         let timeout = pick(|o| o.timeout)
@@ -288,6 +291,26 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
+    /// The settings of a call whose options set nothing: the method's
+    /// schema defaults, else the library's.
+    fn of(method: &MethodDefaults) -> Resolved {
+        let timeout = method.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        Resolved {
+            timeout: (timeout != Duration::MAX).then_some(timeout),
+            retries: if method.idempotent {
+                method.retries.unwrap_or(0)
+            } else {
+                0
+            },
+            backoff: Backoff::default(),
+            idempotent: method.idempotent,
+            metadata: Metadata::new(),
+            response_metadata: None,
+            trace: None,
+            first_attempt: 1,
+        }
+    }
+
     /// A control exchange's settings: one attempt within `timeout`, nothing
     /// else.
     pub(crate) fn control(timeout: Duration) -> Resolved {
