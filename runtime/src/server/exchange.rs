@@ -14,7 +14,7 @@ use crate::name::MethodName;
 use crate::payload::Payload;
 use crate::transport::Transport;
 
-use super::dispatch::Dispatch;
+use super::dispatch::{Call, Dispatch};
 use super::serve::{Ending, Server};
 use super::state::lock;
 
@@ -22,11 +22,12 @@ use super::state::lock;
 /// its task has not yielded since, so the deadline could not drop it.
 pub(super) const STALL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-impl<S, T, F> Server<'_, S, T, F>
+impl<S, T, F, D> Server<'_, S, T, F, D>
 where
     S: Dispatch,
     T: Transport,
     F: Future<Output = Result<Payload, Status>> + Send + 'static,
+    D: Fn(&S, Call) -> F + Copy,
 {
     /// What a health check reports: see [`HealthReport`](crate::HealthReport).
     pub(super) fn health(&self) -> Health {

@@ -24,11 +24,12 @@ use super::state::{StreamState, lock};
 use super::stream::{StreamHandle, close_stream};
 use crate::context::Context;
 
-impl<S, T, F> Server<'_, S, T, F>
+impl<S, T, F, D> Server<'_, S, T, F, D>
 where
     S: Dispatch,
     T: Transport,
     F: Future<Output = Result<Payload, Status>> + Send + 'static,
+    D: Fn(&S, Call) -> F + Copy,
 {
     /// Takes one frame from the host.
     pub(super) fn receive(&mut self, frame: Frame) -> Result<(), FrameError> {

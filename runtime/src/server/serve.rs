@@ -86,7 +86,9 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
     });
     let mut server = Server {
         service,
-        dispatch: S::dispatch,
+        // A closure, not a function pointer: its call is direct, so a
+        // handler's future is made where it goes rather than moved there.
+        dispatch: |service: &S, call: Call| service.dispatch(call),
         spare: None,
         inline,
         outlet: Arc::downgrade(&shared) as Weak<dyn Connection>,
@@ -109,10 +111,10 @@ pub(crate) async fn serve_connection<T: Transport, S: Dispatch>(
     poll_fn(|cx| server.poll(cx)).await
 }
 
-pub(super) struct Server<'c, S, T, F> {
+pub(super) struct Server<'c, S, T, F, D> {
     pub(super) service: Arc<S>,
     /// `S::dispatch`, through which the type of its futures is known.
-    pub(super) dispatch: fn(&S, Call) -> F,
+    pub(super) dispatch: D,
     /// The place of a call's future while the serve loop polls it, kept for
     /// the next call when the handler answered at once.
     pub(super) spare: Option<Pin<Box<Option<F>>>>,
@@ -143,7 +145,7 @@ pub(super) struct Server<'c, S, T, F> {
 
 pub(super) const READ_BATCH: usize = 128;
 
-impl<S, T, F> Drop for Server<'_, S, T, F> {
+impl<S, T, F, D> Drop for Server<'_, S, T, F, D> {
     /// Whether the loop ended or its future was dropped, no call outlives it.
     fn drop(&mut self) {
         let waiters = {
@@ -157,7 +159,7 @@ impl<S, T, F> Drop for Server<'_, S, T, F> {
     }
 }
 
-impl<S, T, F> fmt::Debug for Server<'_, S, T, F> {
+impl<S, T, F, D> fmt::Debug for Server<'_, S, T, F, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("queued", &self.backlog.len())
@@ -166,11 +168,12 @@ impl<S, T, F> fmt::Debug for Server<'_, S, T, F> {
     }
 }
 
-impl<S, T, F> Server<'_, S, T, F>
+impl<S, T, F, D> Server<'_, S, T, F, D>
 where
     S: Dispatch,
     T: Transport,
     F: Future<Output = Result<Payload, Status>> + Send + 'static,
+    D: Fn(&S, Call) -> F + Copy,
 {
     pub(super) fn poll(
         &mut self,
@@ -435,7 +438,7 @@ where
     }
 }
 
-impl<S, T, F> Server<'_, S, T, F> {
+impl<S, T, F, D> Server<'_, S, T, F, D> {
     /// Aborts every call, and fires the cancellation of those whose handler
     /// asked for one: nobody is left to answer.
     pub(super) fn abort_all(&mut self) {
