@@ -1,6 +1,7 @@
-//! [`IdMap`]: a hash map keyed by request ids, with a hasher fit for counters.
+//! [`IdMap`]: a hash map keyed by request ids, with a hasher fit for counters;
+//! [`SeqIdMap`]: a map of ids handed out in order, indexed rather than hashed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A map from request id to per-call state.
@@ -31,5 +32,234 @@ impl Hasher for IdHasher {
 
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+/// A map from id to per-call state for ids handed out in increasing order
+/// (a connection's own request ids): a window indexed by the id's distance
+/// from the oldest one in it, with an [`IdMap`] for the calls that outlive
+/// it. Calls that end about in the order they began (most of them) cost an
+/// index, not a hash; a long call (a stream open for hours) is moved out of
+/// the window once the calls behind it leave it mostly empty, so the window
+/// stays about twice the calls in it, whatever the ids skipped.
+#[derive(Debug)]
+pub(crate) struct SeqIdMap<V> {
+    /// The entries of ids `base..base + window.len()`; `None` for ids that
+    /// ended or never had an entry. Never starts with `None`.
+    window: VecDeque<Option<V>>,
+    base: u64,
+    /// Entries in `window`.
+    in_window: usize,
+    /// Entries pushed out of the window, and any inserted out of order.
+    old: IdMap<V>,
+}
+
+/// The length past which a window must be at least half full.
+const WINDOW_SLACK: usize = 64;
+
+impl<V> Default for SeqIdMap<V> {
+    fn default() -> SeqIdMap<V> {
+        SeqIdMap {
+            window: VecDeque::new(),
+            base: 0,
+            in_window: 0,
+            old: IdMap::default(),
+        }
+    }
+}
+
+impl<V> SeqIdMap<V> {
+    /// The number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.in_window + self.old.len()
+    }
+
+    /// Where `id` is in the window, if it is in its range.
+    #[inline]
+    fn index(&self, id: u64) -> Option<usize> {
+        let index = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        (index < self.window.len()).then_some(index)
+    }
+
+    /// Adds the entry of `id`, replacing any.
+    #[inline]
+    pub(crate) fn insert(&mut self, id: u64, value: V) {
+        if self.window.is_empty() {
+            self.base = id;
+        }
+        let end = self.base + self.window.len() as u64;
+        if id < end {
+            // Out of order: not how a connection hands out ids, but kept.
+            match self.index(id) {
+                Some(index) if self.window[index].is_some() => self.window[index] = Some(value),
+                _ => {
+                    self.old.insert(id, value);
+                }
+            }
+            return;
+        }
+        // Keep the window at most about twice its entries: push the oldest
+        // out (to `old`) while the new entry would leave it sparser.
+        let limit = 2 * (self.in_window + 1) + WINDOW_SLACK;
+        while let Some(front) = self.window.front_mut()
+            && (id - self.base) as usize >= limit
+        {
+            if let Some(value) = front.take() {
+                self.old.insert(self.base, value);
+                self.in_window -= 1;
+            }
+            self.window.pop_front();
+            self.base += 1;
+            self.trim_front();
+        }
+        if self.window.is_empty() {
+            self.base = id;
+        }
+        let gap = (id - self.base) as usize - self.window.len();
+        self.window
+            .extend(std::iter::repeat_with(|| None).take(gap));
+        self.window.push_back(Some(value));
+        self.in_window += 1;
+    }
+
+    /// The entry of `id`.
+    #[inline]
+    pub(crate) fn get(&self, id: &u64) -> Option<&V> {
+        match self
+            .index(*id)
+            .and_then(|index| self.window[index].as_ref())
+        {
+            Some(value) => Some(value),
+            None => self.old.get(id),
+        }
+    }
+
+    /// The entry of `id`, to change.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut V> {
+        match self.index(*id) {
+            Some(index) if self.window[index].is_some() => self.window[index].as_mut(),
+            _ => self.old.get_mut(id),
+        }
+    }
+
+    /// Whether `id` has an entry.
+    pub(crate) fn contains_key(&self, id: &u64) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Removes the entry of `id` and returns it.
+    #[inline]
+    pub(crate) fn remove(&mut self, id: &u64) -> Option<V> {
+        let Some(index) = self.index(*id) else {
+            return self.old.remove(id);
+        };
+        let Some(value) = self.window[index].take() else {
+            return self.old.remove(id);
+        };
+        self.in_window -= 1;
+        self.trim_front();
+        Some(value)
+    }
+
+    /// Drops the entry of `id`, if it has one: [`remove`](Self::remove)
+    /// without moving the entry out.
+    #[inline]
+    pub(crate) fn discard(&mut self, id: u64) {
+        match self.index(id) {
+            Some(index) if self.window[index].is_some() => {
+                self.window[index] = None;
+                self.in_window -= 1;
+                self.trim_front();
+            }
+            _ => {
+                self.old.remove(&id);
+            }
+        }
+    }
+
+    /// Drops the ended ids at the front of the window.
+    fn trim_front(&mut self) {
+        while let Some(None) = self.window.front() {
+            self.window.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Every entry, to change, in no particular order.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.window
+            .iter_mut()
+            .flatten()
+            .chain(self.old.values_mut())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeqIdMap;
+
+    #[test]
+    fn calls_ending_in_order_keep_the_window_short() {
+        let mut map = SeqIdMap::default();
+        for id in 1..=10_000u64 {
+            map.insert(id, id);
+            if id > 64 {
+                assert_eq!(map.remove(&(id - 64)), Some(id - 64));
+            }
+        }
+        assert_eq!(map.len(), 64);
+        assert!(map.window.len() <= 64);
+        assert!(map.old.is_empty());
+        assert_eq!(map.get(&9_937), Some(&9_937));
+        assert_eq!(map.get(&9_936), None);
+    }
+
+    #[test]
+    fn a_long_call_moves_out_of_the_window_and_stays_reachable() {
+        let mut map = SeqIdMap::default();
+        map.insert(1, 1u64);
+        for id in 2..=10_000u64 {
+            map.insert(id, id);
+            map.discard(id);
+        }
+        assert_eq!(map.len(), 1);
+        assert!(map.window.len() <= 1);
+        assert_eq!(map.get(&1), Some(&1));
+        *map.get_mut(&1).expect("kept") = 7;
+        assert_eq!(map.remove(&1), Some(7));
+        assert_eq!(map.len(), 0);
+    }
+
+    #[test]
+    fn ids_skipped_cost_no_more_than_the_calls_in_flight() {
+        let mut map = SeqIdMap::default();
+        map.insert(1, 1u64);
+        map.insert(1_000_000, 2);
+        map.insert(1_000_010, 3);
+        assert!(map.window.len() <= 2 * 3 + super::WINDOW_SLACK);
+        assert_eq!(map.len(), 3);
+        let mut values: Vec<u64> = map.values_mut().map(|value| *value).collect();
+        values.sort_unstable();
+        assert_eq!(values, [1, 2, 3]);
+        assert!(map.contains_key(&1_000_000));
+        assert!(!map.contains_key(&1_000_001));
+        assert_eq!(map.remove(&1_000_001), None);
+    }
+
+    #[test]
+    fn entries_inserted_out_of_order_are_kept() {
+        let mut map = SeqIdMap::default();
+        map.insert(5, 5u64);
+        map.insert(6, 6);
+        map.insert(3, 3);
+        map.insert(6, 60);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.get(&3), Some(&3));
+        assert_eq!(map.get(&6), Some(&60));
+        map.discard(5);
+        assert_eq!(map.remove(&3), Some(3));
+        assert_eq!(map.remove(&6), Some(60));
+        assert_eq!(map.len(), 0);
     }
 }

@@ -11,7 +11,7 @@ use crate::control::{self, Health, HealthReport};
 use crate::error::Error;
 use crate::event::{EventHub, Subscription};
 use crate::frame::MAX_METHOD_LEN;
-use crate::idmap::IdMap;
+use crate::idmap::SeqIdMap;
 use crate::middleware::{HostChain, Middleware, append};
 use crate::name::MethodName;
 use crate::payload::Payload;
@@ -139,7 +139,7 @@ impl Channel {
             driver,
             state: Mutex::new(State {
                 next_id: 1,
-                calls: IdMap::default(),
+                calls: SeqIdMap::default(),
                 outbox: std::collections::VecDeque::new(),
                 queued_bytes: 0,
                 waiting: false,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::Error;
-use crate::idmap::IdMap;
+use crate::idmap::SeqIdMap;
 use crate::name::MethodName;
 
 use super::pending::{Failure, Shared, Slot, State, lock, withdraw};
@@ -65,7 +65,7 @@ pub(super) fn due_at(state: &mut State, id: u64, due: Instant) -> Option<Waker> 
 }
 
 /// Whether call `id` is in flight and unanswered: its deadline still counts.
-pub(super) fn awaits_answer(calls: &IdMap<Slot>, id: u64) -> bool {
+pub(super) fn awaits_answer(calls: &SeqIdMap<Slot>, id: u64) -> bool {
     calls.get(&id).is_some_and(|slot| slot.outcome.is_none())
 }
 

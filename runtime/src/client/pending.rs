@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::error::{Error, ExitReason, FrameError, Status};
 use crate::event::EventHub;
 use crate::frame::Frame;
-use crate::idmap::IdMap;
+use crate::idmap::SeqIdMap;
 use crate::log::{self, Direction};
 use crate::metadata::{Metadata, ResponseMetadata};
 use crate::name::MethodName;
@@ -46,7 +46,7 @@ pub(super) struct Shared {
 
 pub(super) struct State {
     pub(super) next_id: u64,
-    pub(super) calls: IdMap<Slot>,
+    pub(super) calls: SeqIdMap<Slot>,
     pub(super) outbox: std::collections::VecDeque<Frame>,
     /// Payload bytes in `outbox`: what the link has not taken yet.
     pub(super) queued_bytes: usize,
@@ -366,7 +366,7 @@ pub(super) fn poll_answer(
         return Poll::Ready(Err(Failure::Closed(CloseReason::Lost(None))));
     };
     if let Some(outcome) = slot.outcome.take() {
-        state.calls.remove(&id);
+        state.calls.discard(id);
         state.room_freed(shared);
         return Poll::Ready(outcome);
     }
