@@ -90,43 +90,42 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
         method.rust_name.trim_start_matches("r#"),
         method.rust_name.trim_start_matches("r#")
     );
-    let options = quote!(::core::option::Option::Some(&options));
-    // The argument, the result, and the runtime call, by kind.
-    let (generics, argument, bound, result, call) = match method.kind {
+    // The argument, the result, and the runtime's function, by kind.
+    let (generics, argument, bound, result, function) = match method.kind {
         RpcKind::Unary => (
             quote!(),
             quote!(request: #request),
             quote!(),
             quote!(#response),
-            quote!(self.inner.unary(&METHOD, request, #options).await),
+            quote!(unary),
         ),
         RpcKind::ServerStreaming => (
             quote!(),
             quote!(request: #request),
             quote!(),
             quote!(#cg::Streaming<#response>),
-            quote!(self.inner.server_stream(&METHOD, request, #options).await),
+            quote!(server_stream),
         ),
         RpcKind::ClientStreaming => (
             quote!(<S>),
             quote!(requests: S),
             quote!(where S: #cg::Stream<Item = #request> + ::core::marker::Send + 'static),
             quote!(#response),
-            quote!(self.inner.client_stream(&METHOD, requests, #options).await),
+            quote!(client_stream),
         ),
         RpcKind::BidiStreaming => (
             quote!(<S>),
             quote!(requests: S),
             quote!(where S: #cg::Stream<Item = #request> + ::core::marker::Send + 'static),
             quote!(#cg::Streaming<#response>),
-            quote!(self.inner.bidi_stream(&METHOD, requests, #options).await),
+            quote!(bidi_stream),
         ),
         RpcKind::OneWay => (
             quote!(),
             quote!(request: #request),
             quote!(),
             quote!(()),
-            quote!(self.inner.one_way(&METHOD, request, #options).await),
+            quote!(one_way),
         ),
     };
     let forwarded = if method.kind.streams_requests() {
@@ -134,12 +133,19 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
     } else {
         quote!(request)
     };
+    // The plain method calls the runtime itself, with no options: through
+    // the `_with` method, every call would hold an empty `CallOptions` in a
+    // future one level deeper.
+    let plain_call =
+        quote!(self.inner.#function(&METHOD, #forwarded, ::core::option::Option::None).await);
+    let with_call = quote!(self.inner.#function(&METHOD, #forwarded, ::core::option::Option::Some(&options)).await);
     let lints = method_lints(&method.rust_name);
     Ok(quote! {
         #(#[doc = #docs])*
         #lints
         pub async fn #name #generics(&self, #argument) -> ::core::result::Result<#result, #cg::Error> #bound {
-            self.#name_with(#forwarded, #cg::CallOptions::new()).await
+            static METHOD: #cg::MethodDesc = #desc;
+            #plain_call
         }
 
         #[doc = #with_doc]
@@ -150,7 +156,7 @@ fn client_method(method: &MethodDef, cg: &TokenStream) -> Result<TokenStream, St
             options: #cg::CallOptions,
         ) -> ::core::result::Result<#result, #cg::Error> #bound {
             static METHOD: #cg::MethodDesc = #desc;
-            #call
+            #with_call
         }
     })
 }

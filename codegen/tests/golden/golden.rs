@@ -212,7 +212,14 @@ impl GreeterClient {
         &self,
         request: GreetRequest,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
-        self.greet_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+                "greeter.greet",
+                "golden.GreetReply",
+            )
+            .timeout_ms(2500u64)
+            .retries(2u32)
+            .idempotent();
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`greet`](Self::greet) with options for this call only.
     pub async fn greet_with(
@@ -236,7 +243,12 @@ impl GreeterClient {
         &self,
         request: GreetRequest,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
-        self.say_hello_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+                "greeter.hello_v2",
+                "golden.GreetReply",
+            )
+            .idempotent();
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`say_hello`](Self::say_hello) with options for this call only.
     pub async fn say_hello_with(
@@ -259,7 +271,11 @@ impl GreeterClient {
         &self,
         request: (),
     ) -> ::core::result::Result<GreetingKind, ::workerbus::__codegen::Error> {
-        self.type_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "greeter.type",
+            "golden.GreetingKind",
+        );
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`type`](Self::type) with options for this call only.
     pub async fn type_with(
@@ -283,7 +299,12 @@ impl GreeterClient {
         ::prost_types::Timestamp,
         ::workerbus::__codegen::Error,
     > {
-        self.now_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+                "greeter.now",
+                "google.protobuf.Timestamp",
+            )
+            .timeout_ms(100u64);
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`now`](Self::now) with options for this call only.
     pub async fn now_with(
@@ -308,7 +329,11 @@ impl GreeterClient {
         &self,
         request: shared::Locale,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        self.set_locale_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "greeter.set_locale",
+            "google.protobuf.Empty",
+        );
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`set_locale`](Self::set_locale) with options for this call only.
     pub async fn set_locale_with(
@@ -336,7 +361,11 @@ impl GreeterClient {
         S: ::workerbus::__codegen::Stream<Item = GreetRequest> + ::core::marker::Send
             + 'static,
     {
-        self.greet_all_with(requests, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "greeter.greet_all",
+            "golden.GreetReply",
+        );
+        self.inner.bidi_stream(&METHOD, requests, ::core::option::Option::None).await
     }
     /// [`greet_all`](Self::greet_all) with options for this call only.
     pub async fn greet_all_with<S>(
@@ -369,7 +398,12 @@ impl GreeterClient {
         ::workerbus::__codegen::Streaming<GreetReply>,
         ::workerbus::__codegen::Error,
     > {
-        self.repeat_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+                "greeter.repeat",
+                "golden.GreetReply",
+            )
+            .timeout_ms(10000u64);
+        self.inner.server_stream(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`repeat`](Self::repeat) with options for this call only.
     pub async fn repeat_with(
@@ -400,7 +434,11 @@ impl GreeterClient {
         S: ::workerbus::__codegen::Stream<Item = GreetRequest> + ::core::marker::Send
             + 'static,
     {
-        self.tally_with(requests, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "greeter.tally",
+            "google.protobuf.Empty",
+        );
+        self.inner.client_stream(&METHOD, requests, ::core::option::Option::None).await
     }
     /// [`tally`](Self::tally) with options for this call only.
     pub async fn tally_with<S>(
@@ -427,7 +465,12 @@ impl GreeterClient {
         &self,
         request: FarewellRequest,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        self.forget_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+                "greeter.forget",
+                "google.protobuf.Empty",
+            )
+            .timeout_ms(1000u64);
+        self.inner.one_way(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`forget`](Self::forget) with options for this call only.
     pub async fn forget_with(
@@ -454,7 +497,11 @@ impl GreeterClient {
         &self,
         request: GreetRequest,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
-        self.new_rpc_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "greeter.new",
+            "golden.GreetReply",
+        );
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`new_rpc`](Self::new_rpc) with options for this call only.
     pub async fn new_rpc_with(
@@ -478,8 +525,11 @@ impl GreeterClient {
         &self,
         request: GreetRequest,
     ) -> ::core::result::Result<GreetReply, ::workerbus::__codegen::Error> {
-        self.greet_all_rpc_with(request, ::workerbus::__codegen::CallOptions::new())
-            .await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "greeter.greet_all_rpc",
+            "golden.GreetReply",
+        );
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`greet_all_rpc`](Self::greet_all_rpc) with options for this call only.
     pub async fn greet_all_rpc_with(
@@ -1120,7 +1170,13 @@ impl PartingClient {
         &self,
         request: FarewellRequest,
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        self.farewell_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+                "farewell.v1.farewell",
+                "google.protobuf.Empty",
+            )
+            .retries(5u32)
+            .idempotent();
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`farewell`](Self::farewell) with options for this call only.
     pub async fn farewell_with(
@@ -1143,7 +1199,11 @@ impl PartingClient {
         &self,
         request: (),
     ) -> ::core::result::Result<(), ::workerbus::__codegen::Error> {
-        self.wave_with(request, ::workerbus::__codegen::CallOptions::new()).await
+        static METHOD: ::workerbus::__codegen::MethodDesc = ::workerbus::__codegen::MethodDesc::new(
+            "wave",
+            "google.protobuf.Empty",
+        );
+        self.inner.unary(&METHOD, request, ::core::option::Option::None).await
     }
     /// [`wave`](Self::wave) with options for this call only.
     pub async fn wave_with(
