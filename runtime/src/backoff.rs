@@ -109,9 +109,17 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// [`Backoff::default`], for constants.
+    pub(crate) const DEFAULT: Backoff = Backoff {
+        jitter: 0.2,
+        ..Backoff::exponential(Duration::from_millis(100))
+    };
+}
+
 impl Default for Backoff {
     fn default() -> Backoff {
-        Backoff::exponential(Duration::from_millis(100)).jitter(0.2)
+        Backoff::DEFAULT
     }
 }
 

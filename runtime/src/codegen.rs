@@ -4,6 +4,7 @@
 //! semver guarantees** of this crate: it changes whenever the generator does.
 //! Write programs against the public items at the crate root instead.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 pub use bytes::Bytes;
@@ -31,37 +32,55 @@ pub struct MethodDesc {
     name: MethodName,
     response_type: &'static str,
     defaults: MethodDefaults,
+    /// The settings of a call whose options and client set nothing:
+    /// `defaults` resolved once, at compile time.
+    resolved: Resolved,
 }
 
 impl MethodDesc {
     /// A method with no schema defaults.
     pub const fn new(name: &'static str, response_type: &'static str) -> MethodDesc {
+        let defaults = MethodDefaults {
+            timeout: None,
+            retries: None,
+            idempotent: false,
+        };
         MethodDesc {
             name: MethodName::from_static(name),
             response_type,
-            defaults: MethodDefaults {
-                timeout: None,
-                retries: None,
-                idempotent: false,
-            },
+            defaults,
+            resolved: Resolved::of(&defaults),
         }
     }
 
     /// The schema's `timeout_ms`.
-    pub const fn timeout_ms(mut self, ms: u64) -> MethodDesc {
-        self.defaults.timeout = Some(Duration::from_millis(ms));
-        self
+    pub const fn timeout_ms(self, ms: u64) -> MethodDesc {
+        let mut defaults = self.defaults;
+        defaults.timeout = Some(Duration::from_millis(ms));
+        self.with(defaults)
     }
 
     /// The schema's `retries`.
-    pub const fn retries(mut self, retries: u32) -> MethodDesc {
-        self.defaults.retries = Some(retries);
-        self
+    pub const fn retries(self, retries: u32) -> MethodDesc {
+        let mut defaults = self.defaults;
+        defaults.retries = Some(retries);
+        self.with(defaults)
     }
 
     /// The schema's `idempotent: true`.
-    pub const fn idempotent(mut self) -> MethodDesc {
-        self.defaults.idempotent = true;
+    pub const fn idempotent(self) -> MethodDesc {
+        let mut defaults = self.defaults;
+        defaults.idempotent = true;
+        self.with(defaults)
+    }
+
+    /// This method with other defaults, resolved again.
+    const fn with(mut self, defaults: MethodDefaults) -> MethodDesc {
+        self.defaults = defaults;
+        let before = std::mem::replace(&mut self.resolved, Resolved::of(&defaults));
+        // Made by `Resolved::of`, it holds nothing to drop (and a constant
+        // function cannot drop it).
+        std::mem::forget(before);
         self
     }
 }
@@ -91,6 +110,9 @@ pub const fn service_schema(
 pub struct Client {
     channel: Channel,
     options: CallOptions,
+    /// Whether `options` sets nothing: then a call that sets nothing
+    /// either takes its method's resolved defaults as they are.
+    unset: bool,
 }
 
 impl Client {
@@ -99,11 +121,13 @@ impl Client {
         Client {
             channel,
             options: CallOptions::new(),
+            unset: true,
         }
     }
 
     /// Replaces the client-wide options.
     pub fn with_options(mut self, options: CallOptions) -> Client {
+        self.unset = options.is_unset();
         self.options = options;
         self
     }
@@ -208,9 +232,20 @@ impl Client {
         Ok(Streaming::new(items, method.response_type))
     }
 
-    /// The options of one call: the call's, the client's, the schema's.
-    fn resolve(&self, method: &MethodDesc, options: Option<&CallOptions>) -> Resolved {
-        CallOptions::resolve([options, Some(&self.options)], &method.defaults)
+    /// The options of one call: the call's, the client's, the schema's
+    /// (as they are, when neither of the others sets anything).
+    fn resolve(
+        &self,
+        method: &'static MethodDesc,
+        options: Option<&CallOptions>,
+    ) -> Cow<'static, Resolved> {
+        if self.unset && options.is_none_or(CallOptions::is_unset) {
+            return Cow::Borrowed(&method.resolved);
+        }
+        Cow::Owned(CallOptions::resolve(
+            [options, Some(&self.options)],
+            &method.defaults,
+        ))
     }
 }
 

@@ -60,8 +60,8 @@ pub struct Metadata {
 
 impl Metadata {
     /// No entries.
-    pub fn new() -> Metadata {
-        Metadata::default()
+    pub const fn new() -> Metadata {
+        Metadata { block: None }
     }
 
     /// Adds an entry (after any with the same key), checking the key and

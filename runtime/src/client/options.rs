@@ -197,7 +197,7 @@ impl CallOptions {
     }
 
     /// Whether these options set nothing, so that every setting falls back.
-    fn is_unset(&self) -> bool {
+    pub(crate) fn is_unset(&self) -> bool {
         self.timeout.is_none()
             && self.retries.is_none()
             && self.backoff.is_none()
@@ -293,16 +293,25 @@ pub(crate) struct Resolved {
 impl Resolved {
     /// The settings of a call whose options set nothing: the method's
     /// schema defaults, else the library's.
-    fn of(method: &MethodDefaults) -> Resolved {
-        let timeout = method.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    /// (A constant function, so that a method's can be worked out once, at
+    /// compile time.)
+    pub(crate) const fn of(method: &MethodDefaults) -> Resolved {
+        let timeout = match method.timeout {
+            Some(timeout)
+                if timeout.as_secs() == u64::MAX && timeout.subsec_nanos() == 999_999_999 =>
+            {
+                None
+            }
+            Some(timeout) => Some(timeout),
+            None => Some(DEFAULT_TIMEOUT),
+        };
         Resolved {
-            timeout: (timeout != Duration::MAX).then_some(timeout),
-            retries: if method.idempotent {
-                method.retries.unwrap_or(0)
-            } else {
-                0
+            timeout,
+            retries: match method.retries {
+                Some(retries) if method.idempotent => retries,
+                _ => 0,
             },
-            backoff: Backoff::default(),
+            backoff: Backoff::DEFAULT,
             idempotent: method.idempotent,
             metadata: Metadata::new(),
             response_metadata: None,

@@ -435,3 +435,31 @@ fn retries_apply_only_to_idempotent_methods() {
         3
     );
 }
+
+#[test]
+fn a_methods_defaults_resolved_at_compile_time_are_those_resolved_at_run_time() {
+    // An attempt number of 1 is the library's own: set, it sends the
+    // options through the full fallback without changing the outcome.
+    let set = CallOptions::new().attempt(1);
+    for schema in [
+        MethodDefaults::default(),
+        MethodDefaults {
+            timeout: Some(Duration::from_secs(5)),
+            retries: Some(2),
+            idempotent: true,
+        },
+        MethodDefaults {
+            retries: Some(3),
+            ..MethodDefaults::default()
+        },
+        MethodDefaults {
+            timeout: Some(Duration::MAX),
+            ..MethodDefaults::default()
+        },
+    ] {
+        assert_eq!(
+            Resolved::of(&schema),
+            CallOptions::resolve([Some(&set), None], &schema)
+        );
+    }
+}
