@@ -115,9 +115,10 @@ impl<V> SeqIdMap<V> {
         if self.window.is_empty() {
             self.base = id;
         }
-        let gap = (id - self.base) as usize - self.window.len();
-        self.window
-            .extend(std::iter::repeat_with(|| None).take(gap));
+        // Ids skipped (one-way messages) are gaps.
+        for _ in self.window.len()..(id - self.base) as usize {
+            self.window.push_back(None);
+        }
         self.window.push_back(Some(value));
         self.in_window += 1;
     }
