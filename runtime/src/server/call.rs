@@ -240,12 +240,16 @@ impl<F: Future<Output = Result<Payload, Status>>> Future for Started<F> {
 /// the connection on a byte stream; replace it by one that says so, and by a
 /// bare code if even that does not fit.
 pub(super) fn fit(frame: Frame, max: usize) -> Frame {
+    // Responses are checked where they are made; only a status is measured.
+    if !matches!(frame, Frame::Status { .. }) {
+        return frame;
+    }
     let size = frame.encoded_len();
     if size <= max {
         return frame;
     }
     let Frame::Status { id, status } = frame else {
-        return frame; // responses are checked where they are made
+        return frame;
     };
     let replacement = Frame::Status {
         id,
