@@ -45,9 +45,12 @@ impl Hasher for IdHasher {
 #[derive(Debug)]
 pub(crate) struct SeqIdMap<V> {
     /// The entries of ids `base..base + window.len()`; `None` for ids that
-    /// ended or never had an entry. Never starts with `None`.
+    /// ended or never had an entry. Never all `None`.
     window: VecDeque<Option<V>>,
     base: u64,
+    /// How many entries at the window's front are `None`: dropped in
+    /// batches, as popping each would move the whole of its room out.
+    ended: usize,
     /// Entries in `window`.
     in_window: usize,
     /// Entries pushed out of the window, and any inserted out of order.
@@ -57,11 +60,15 @@ pub(crate) struct SeqIdMap<V> {
 /// The length past which a window must be at least half full.
 const WINDOW_SLACK: usize = 64;
 
+/// How many ended entries at a window's front are dropped at once.
+const ENDED_BATCH: usize = 32;
+
 impl<V> Default for SeqIdMap<V> {
     fn default() -> SeqIdMap<V> {
         SeqIdMap {
             window: VecDeque::new(),
             base: 0,
+            ended: 0,
             in_window: 0,
             old: IdMap::default(),
         }
@@ -101,14 +108,14 @@ impl<V> SeqIdMap<V> {
         // Keep the window at most about twice its entries: push the oldest
         // out (to `old`) while the new entry would leave it sparser.
         let limit = 2 * (self.in_window + 1) + WINDOW_SLACK;
-        while let Some(front) = self.window.front_mut()
-            && (id - self.base) as usize >= limit
-        {
-            if let Some(value) = front.take() {
-                self.old.insert(self.base, value);
-                self.in_window -= 1;
+        while !self.window.is_empty() && (id - self.base) as usize >= limit {
+            match self.window.pop_front() {
+                Some(Some(value)) => {
+                    self.old.insert(self.base, value);
+                    self.in_window -= 1;
+                }
+                _ => self.ended -= 1,
             }
-            self.window.pop_front();
             self.base += 1;
             self.trim_front();
         }
@@ -179,11 +186,19 @@ impl<V> SeqIdMap<V> {
         }
     }
 
-    /// Drops the ended ids at the front of the window.
+    /// Counts the ended ids at the front of the window, and drops them
+    /// when they are many, or all there is.
     fn trim_front(&mut self) {
-        while let Some(None) = self.window.front() {
-            self.window.pop_front();
-            self.base += 1;
+        while self.window.get(self.ended).is_some_and(Option::is_none) {
+            self.ended += 1;
+        }
+        if self.ended == self.window.len() {
+            self.window.clear();
+            self.ended = 0;
+        } else if self.ended >= ENDED_BATCH {
+            self.window.drain(..self.ended);
+            self.base += self.ended as u64;
+            self.ended = 0;
         }
     }
 
@@ -210,7 +225,7 @@ mod tests {
             }
         }
         assert_eq!(map.len(), 64);
-        assert!(map.window.len() <= 64);
+        assert!(map.window.len() <= 64 + super::ENDED_BATCH);
         assert!(map.old.is_empty());
         assert_eq!(map.get(&9_937), Some(&9_937));
         assert_eq!(map.get(&9_936), None);
@@ -262,5 +277,38 @@ mod tests {
         assert_eq!(map.remove(&3), Some(3));
         assert_eq!(map.remove(&6), Some(60));
         assert_eq!(map.len(), 0);
+    }
+
+    #[test]
+    fn calls_ending_in_any_order_are_found_as_a_hash_map_finds_them() {
+        let mut map = SeqIdMap::default();
+        let mut model = std::collections::HashMap::new();
+        let mut next = 1u64;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            match seed % 4 {
+                // A call, sometimes after ids skipped.
+                0 | 1 => {
+                    next += seed % 3;
+                    map.insert(next, next);
+                    model.insert(next, next);
+                    next += 1;
+                }
+                // One ends: mostly among the oldest, sometimes any.
+                _ => {
+                    let id = next.saturating_sub(1 + (seed >> 8) % 100);
+                    assert_eq!(map.remove(&id), model.remove(&id));
+                }
+            }
+            let id = next.saturating_sub(1 + (seed >> 20) % 200);
+            assert_eq!(map.get(&id), model.get(&id));
+            assert_eq!(map.len(), model.len());
+        }
+        assert!(
+            map.window.len() <= 2 * (map.in_window + 1) + super::WINDOW_SLACK + super::ENDED_BATCH
+        );
     }
 }
