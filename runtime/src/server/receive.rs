@@ -92,10 +92,14 @@ where
         else {
             return Ok(());
         };
-        if self.is_in_flight(id) {
+        let Some(reserved) = self.admit(id) else {
             return Err(FrameError::DuplicateId { id });
-        }
+        };
         if method.starts_with(control::PREFIX) {
+            // Not a call: it takes no slot.
+            if reserved {
+                self.release_slot();
+            }
             let answer = self.control_exchange(id, &method, payload.into_bytes());
             log::frame(Direction::WorkerOut, &answer, Some(&method));
             self.queue(answer);
@@ -116,6 +120,9 @@ where
             local: None,
         };
         if self.shutting_down {
+            if reserved {
+                self.release_slot();
+            }
             let status = Status::unavailable(format!(
                 "{} was not started: the worker is shutting down",
                 context.method
@@ -130,7 +137,7 @@ where
         }
         // Start it now if a slot is free: only calls that really wait count
         // against the queue.
-        if self.backlog.is_empty() && self.reserve_slot() {
+        if reserved {
             self.start(id, call, now);
             return Ok(());
         }

@@ -251,11 +251,29 @@ where
         lock(&self.shared).outbox.push(frame);
     }
 
-    /// Whether a request with this id is running or waiting. A second
-    /// request with the id of one in flight would make its answer ambiguous.
-    pub(super) fn is_in_flight(&self, id: u64) -> bool {
-        self.backlog.iter().any(|(queued, _)| *queued == id)
-            || lock(&self.shared).running.contains_key(&id)
+    /// Admits a request with this id, under one lock: `None` if one with
+    /// the id is running or waiting (a second would make its answer
+    /// ambiguous), else whether a slot was reserved for it, which is done
+    /// when one is free and no call waits before it.
+    pub(super) fn admit(&self, id: u64) -> Option<bool> {
+        if self.backlog.iter().any(|(queued, _)| *queued == id) {
+            return None;
+        }
+        let mut state = lock(&self.shared);
+        if state.running.contains_key(&id) {
+            return None;
+        }
+        let free =
+            self.backlog.is_empty() && state.running.len() + state.starting < self.max_concurrent;
+        if free {
+            state.starting += 1;
+        }
+        Some(free)
+    }
+
+    /// Gives back a slot reserved for a call that will not start.
+    pub(super) fn release_slot(&self) {
+        lock(&self.shared).starting -= 1;
     }
 
     pub(super) fn start_backlog(&mut self) {
