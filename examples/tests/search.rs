@@ -384,23 +384,30 @@ async fn an_index_of_another_model_is_rebuilt_and_says_so() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// An embedder whose model changed under its index: `model.check` names
-/// one model, its vectors come from another.
-#[derive(Debug)]
-struct ChangedModel;
+/// An embedder written for a test: `model.check` names `checked`, its
+/// vectors come from `embeds`, and it refuses any text holding `refuses`.
+#[derive(Clone, Copy, Debug)]
+struct FakeEmbedder {
+    checked: &'static str,
+    embeds: &'static str,
+    refuses: &'static str,
+}
 
-impl workerbus_examples::embedder::EmbedderHandler for ChangedModel {
+impl workerbus_examples::embedder::EmbedderHandler for FakeEmbedder {
     async fn embed(
         &self,
         request: workerbus_examples::embedder::EmbedRequest,
         _cx: &workerbus::Context,
     ) -> Result<workerbus_examples::embedder::EmbedResponse, workerbus::Status> {
+        if request.texts.iter().any(|text| text.contains(self.refuses)) {
+            return Err(workerbus::Status::invalid_argument("text exceeds 64 KiB"));
+        }
         let vector = workerbus_examples::embedder::Vector {
             values: vec![1.0, 0.0],
         };
         Ok(workerbus_examples::embedder::EmbedResponse {
             vectors: vec![vector; request.texts.len()],
-            model: "model-b".into(),
+            model: self.embeds.into(),
         })
     }
 
@@ -413,7 +420,7 @@ impl workerbus_examples::embedder::EmbedderHandler for ChangedModel {
     }
 }
 
-impl workerbus_examples::model::ModelHandler for ChangedModel {
+impl workerbus_examples::model::ModelHandler for FakeEmbedder {
     async fn check(
         &self,
         _request: workerbus_examples::model::CheckRequest,
@@ -421,7 +428,7 @@ impl workerbus_examples::model::ModelHandler for ChangedModel {
     ) -> Result<workerbus_examples::model::CheckResponse, workerbus::Status> {
         Ok(workerbus_examples::model::CheckResponse {
             exists: true,
-            model: "model-a".into(),
+            model: self.checked.into(),
             ..Default::default()
         })
     }
@@ -435,32 +442,47 @@ impl workerbus_examples::model::ModelHandler for ChangedModel {
     }
 }
 
-#[tokio::test]
-async fn vectors_of_another_model_than_the_index_are_refused() {
+/// A search worker on a thread, over `embedder` on another, its index
+/// open in `dir`.
+async fn fake_app(
+    embedder: FakeEmbedder,
+    dir: &Path,
+) -> (
+    workerbus_examples::worker::WorkerClient,
+    workerbus::ThreadWorker,
+    workerbus::ThreadWorker,
+) {
     use workerbus::{Services, ThreadDriver};
     use workerbus_examples::embedder::EmbedderServer;
     use workerbus_examples::model::ModelServer;
     use workerbus_examples::search::SearchWorker;
     use workerbus_examples::worker::{InitRequest, WorkerClient, WorkerServer};
 
-    let dir = data_dir("changed-model");
-    let embedder = ThreadDriver::new()
-        .spawn(Services::new(EmbedderServer::new(ChangedModel)).add(ModelServer::new(ChangedModel)))
-        .await
-        .unwrap();
+    let services = Services::new(EmbedderServer::new(embedder)).add(ModelServer::new(embedder));
+    let embedder = ThreadDriver::new().spawn(services).await.unwrap();
     let worker = ThreadDriver::new()
         .spawn(WorkerServer::new(SearchWorker::new(embedder.channel())))
         .await
         .unwrap();
     let client = WorkerClient::new(worker.channel());
-    let init = client
-        .init(InitRequest {
-            db_dir: dir.display().to_string(),
-            ..InitRequest::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(init.model, "model-a");
+    let init = InitRequest {
+        db_dir: dir.display().to_string(),
+        ..InitRequest::default()
+    };
+    client.init(init).await.unwrap();
+    (client, worker, embedder)
+}
+
+#[tokio::test]
+async fn vectors_of_another_model_than_the_index_are_refused() {
+    let dir = data_dir("changed-model");
+    // The embedder's model changed under its index.
+    let changed = FakeEmbedder {
+        checked: "model-a",
+        embeds: "model-b",
+        refuses: "\0",
+    };
+    let (client, worker, embedder) = fake_app(changed, &dir).await;
 
     let request = IndexRequest {
         paths: vec![corpus().join("bees.md").display().to_string()],
@@ -485,6 +507,42 @@ async fn vectors_of_another_model_than_the_index_are_refused() {
     };
     let status = client.search(query).await.unwrap_err();
     assert_eq!(status.status().unwrap().code(), Code::FailedPrecondition);
+    worker.shutdown().await;
+    embedder.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_file_the_embedder_refuses_is_left_out_and_the_run_goes_on() {
+    let dir = data_dir("refused");
+    // Refuses the passages of tides.md, which alone speaks of the moon.
+    let picky = FakeEmbedder {
+        checked: "model-a",
+        embeds: "model-a",
+        refuses: "moon",
+    };
+    let (client, worker, embedder) = fake_app(picky, &dir).await;
+    let request = IndexRequest {
+        paths: vec![corpus().display().to_string()],
+        replace: false,
+    };
+    let mut stream = client.index(request).await.unwrap();
+    let mut reports = Vec::new();
+    while let Some(report) = stream.message().await.unwrap() {
+        reports.push(report);
+    }
+    assert_eq!(reports.len(), 5, "{reports:?}");
+    for report in &reports {
+        let refused = file_name(&report.path) == "tides.md";
+        assert_eq!(report.error.is_empty(), !refused, "{report:?}");
+        if refused {
+            let error = &report.error;
+            assert!(error.starts_with("the embedder refused it: "), "{error}");
+            assert!(error.ends_with("text exceeds 64 KiB"), "{error}");
+        }
+    }
+    let stats = client.stats(StatsRequest {}).await.unwrap();
+    assert_eq!(stats.indexed, 4);
     worker.shutdown().await;
     embedder.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);

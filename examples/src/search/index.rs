@@ -56,8 +56,8 @@ pub fn embedded(context: &str, text: &str) -> String {
     }
 }
 
-/// The most tokens of a model's a passage's context takes, as
-/// [`estimate_tokens`] counts them.
+/// The most tokens, as [`estimate_tokens`] counts them, that a passage's
+/// context takes of the model's.
 const CONTEXT_TOKENS: u32 = 24;
 
 /// The passages of a file named `label` (e.g. `docs/PROTOCOL.md`), as
@@ -190,12 +190,13 @@ const SPECIAL_TOKENS: usize = 2;
 const CHARS_PER_TOKEN: usize = 4;
 
 /// How many tokens a BERT-style WordPiece tokenizer (the real model's)
-/// makes of `text`, estimated from above: every punctuation mark and every
-/// letter outside ASCII is one, and a run of ASCII letters and digits is one
-/// for each four of its characters, rounded up. (The tokenizer makes one
-/// token of a common word and several of an identifier or a number: the
-/// estimate errs long for prose.) The search example measures how often it
-/// falls short (`search --recall`).
+/// makes of `text`, by a rule of thumb that errs long for prose: every
+/// punctuation mark and every letter outside ASCII is one, and a run of
+/// ASCII letters and digits is one for each four of its characters,
+/// rounded up. (The tokenizer makes one token of a common word, and
+/// several of an identifier, a number or a digest: there the rule can fall
+/// short.) `search --recall` measures, with the model itself, how many
+/// passages it cut short.
 pub fn estimate_tokens(text: &str) -> usize {
     let mut tokens = 0;
     let mut word: usize = 0;
@@ -213,31 +214,33 @@ pub fn estimate_tokens(text: &str) -> usize {
     tokens + word.div_ceil(CHARS_PER_TOKEN)
 }
 
-/// `line` cut between words into pieces of at most `budget` estimated
-/// tokens (a single word longer than that is a piece of its own).
+/// `line` cut into pieces of at most `budget` estimated tokens: between
+/// words where it can be, inside a word (between characters) longer than
+/// that.
 fn cut_line(line: &str, budget: usize) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut start = 0;
-    let mut end = 0;
-    let mut tokens = 0;
-    for (at, word) in line
-        .split_inclusive(char::is_whitespace)
-        .scan(0, |at, word| {
-            let here = *at;
-            *at += word.len();
-            Some((here, word))
-        })
-    {
-        let word_tokens = estimate_tokens(word);
-        if tokens + word_tokens > budget && end > start {
-            pieces.push(&line[start..end]);
-            (start, tokens) = (at, 0);
+    // Just after the last whitespace of the piece so far.
+    let mut space = None;
+    for (at, c) in line.char_indices() {
+        let end = at + c.len_utf8();
+        while estimate_tokens(&line[start..end]) > budget {
+            let cut = match space {
+                Some(space) if space > start => space,
+                _ => at,
+            };
+            if cut == start {
+                break; // one character over a budget of nothing: kept
+            }
+            pieces.push(&line[start..cut]);
+            (start, space) = (cut, None);
         }
-        end = at + word.len();
-        tokens += word_tokens;
+        if c.is_whitespace() {
+            space = Some(end);
+        }
     }
-    if end > start {
-        pieces.push(&line[start..end]);
+    if start < line.len() {
+        pieces.push(&line[start..]);
     }
     pieces
 }
@@ -560,6 +563,34 @@ mod tests {
         assert!(
             cut.iter()
                 .all(|passage| estimate_tokens(&passage.text) <= 10)
+        );
+    }
+
+    #[test]
+    fn a_word_longer_than_the_budget_is_cut_between_characters() {
+        let blob = "a".repeat(70_000);
+        let text = format!("intro\n{blob}\n终わり{}\n", "語".repeat(600));
+        let passages = passages(&text, 128);
+        for passage in &passages {
+            assert!(
+                estimate_tokens(&passage.text) <= 126,
+                "{}",
+                passage.text.len()
+            );
+        }
+        let blob_pieces: String = passages
+            .iter()
+            .filter(|passage| passage.first_line == 2)
+            .map(|passage| passage.text.as_str())
+            .collect();
+        assert_eq!(blob_pieces, blob, "every character kept, in order");
+        assert!(passages.iter().any(|passage| passage.first_line == 3));
+        // A label without spaces is cut too.
+        let label = "dir-name-of-things/another_long_file_name_here_and_more.md";
+        let context = &passages_in(label, "text\n", 0)[0].context;
+        assert!(
+            estimate_tokens(context) <= CONTEXT_TOKENS as usize,
+            "{context}"
         );
     }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use workerbus::{Channel, Context, Status, StreamSender};
+use workerbus::{Channel, Code, Context, Status, StreamSender};
 
 use super::index::{self, Index, Passage, Stamp};
 use super::lock;
@@ -140,12 +140,19 @@ impl SearchWorker {
         let max_tokens = self.with_opened(|opened| opened.max_tokens)?;
         let passages: Vec<Passage> = index::passages_in(&label(path), &text, max_tokens);
         let texts = passages.iter().map(Passage::embedded).collect();
-        let vectors = self.embed(texts, false).await.map_err(|status| {
-            Status::new(
-                status.code(),
-                format!("indexing {name}: {}", status.message()),
-            )
-        })?;
+        let vectors = match self.embed(texts, false).await {
+            Ok(vectors) => vectors,
+            // The embedder refuses this file's text: the file is left out,
+            // and the run goes on.
+            Err(status) if status.code() == Code::InvalidArgument => {
+                let error = format!("the embedder refused it: {}", status.message());
+                return Ok(done(0, false, error));
+            }
+            Err(status) => {
+                let message = format!("indexing {name}: {}", status.message());
+                return Err(Status::new(status.code(), message));
+            }
+        };
         self.with_index(|index| index.insert(name.clone(), stamp, &passages, vectors))?;
         Ok(done(passages.len(), false, String::new()))
     }
