@@ -10,7 +10,7 @@
 //! cargo run --release --features real-model --example search -- --recall
 //! ```
 //!
-//! The last uses an embedder that another machine (or process) serves over
+//! The third uses an embedder that another machine (or process) serves over
 //! gRPC: `cargo run --release --bin search-embedder -- --listen 127.0.0.1:50051`.
 //!
 //! The program is also its own embedder process: started by the host's
@@ -101,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
         recall: false,
     };
     let mut words = Vec::new();
+    let mut model_given = false;
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         let mut value = |name: &str| given.next().ok_or_else(|| format!("{name} needs a value"));
@@ -116,7 +117,10 @@ fn parse_args() -> Result<Args, String> {
             "--fresh" => args.fresh = true,
             "--chaos" => (args.chaos, args.fresh) = (true, true),
             "--embedder" => args.embedder = Some(value("--embedder")?),
-            "--model" => args.model = ModelKind::from_name(&value("--model")?)?,
+            "--model" => {
+                args.model = ModelKind::from_name(&value("--model")?)?;
+                model_given = true;
+            }
             "--recall" => args.recall = true,
             "--recycle-above" => {
                 let mib = value("--recycle-above")?
@@ -134,6 +138,23 @@ fn parse_args() -> Result<Args, String> {
             "--chaos kills a local embedder; a remote one is killed on its node (search-embedder --listen ADDR --chaos)"
                 .to_owned(),
         );
+    }
+    if args.recall {
+        let taken = [
+            (!args.paths.is_empty(), "--path"),
+            (model_given, "--model"),
+            (args.embedder.is_some(), "--embedder"),
+            (args.chaos, "--chaos"),
+            (args.fresh, "--fresh"),
+            (args.recycle_above.is_some(), "--recycle-above"),
+            (!args.query.is_empty(), "a query"),
+        ];
+        if let Some((_, option)) = taken.iter().find(|(given, _)| *given) {
+            return Err(format!(
+                "--recall indexes this repository afresh with every model this program has: \
+                 it takes no {option}"
+            ));
+        }
     }
     if args.paths.is_empty() {
         args.paths = default_paths();
@@ -331,12 +352,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// How many first results `--recall` looks at.
+const AT: u32 = 5;
+
 /// Indexes this repository with each model this program has, in a data
 /// directory of its own, and prints each one's recall at 5 over the queries
 /// of `examples/search.queries`, and how many passages the model cuts
 /// short.
 async fn measure_recall(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    const AT: u32 = 5;
     let root = repository_root();
     let file = recall::queries_file(&root);
     let text = std::fs::read_to_string(&file)
@@ -356,60 +379,9 @@ async fn measure_recall(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let data = args.data.join("recall").join(model.name());
         let options = SearchOptions::new(std::env::current_exe()?, &data).model(model);
         let app = SearchApp::start(options).await?;
-        let init = app.init().await?;
-        println!(
-            "{}: indexing this repository with {}",
-            model.name(),
-            init.model
-        );
-        let indexed = index(&app, &args).await?;
-        let mut total = 0.0;
-        let mut missed = Vec::new();
-        for query in &queries {
-            let request = SearchRequest {
-                query: query.query.clone(),
-                limit: AT,
-            };
-            let results = app.client().search(request).await?.results;
-            let found: Vec<recall::Found> = results
-                .iter()
-                .map(|result| recall::Found {
-                    path: result.path.clone().into(),
-                    first_line: result.first_line,
-                    last_line: result.last_line,
-                })
-                .collect();
-            let recall = query.recall(&found);
-            if recall < 1.0 {
-                missed.push(format!("{recall:.2}  {}", query.query));
-            }
-            total += recall;
-        }
-        let index_file = app.options().index_dir().join(INDEX_FILE);
-        let stored = StoredIndex::decode(std::fs::read(&index_file)?.as_slice())?;
-        let check = ModelClient::new(app.embedder().channel())
-            .check(CheckRequest {})
-            .await?;
-        let cut = if check.max_tokens == 0 {
-            "reads any length".to_owned()
-        } else {
-            let embedder = EmbedderClient::new(app.embedder().channel());
-            let (cut, passages) = recall::passages_cut(&embedder, &stored).await?;
-            format!("cuts {cut} of {passages} passages short")
-        };
-        rows.push(format!(
-            "  {:<8} recall at {AT}: {:.2} over {} queries; {} passages from {} files, indexed in {:.1?}; the model {cut}",
-            model.name(),
-            total / queries.len() as f64,
-            queries.len(),
-            stored.files.iter().map(|file| file.chunks.len()).sum::<usize>(),
-            indexed.total,
-            indexed.elapsed,
-        ));
-        for missed in missed {
-            rows.push(format!("      {missed}"));
-        }
+        let measured = recall_of(&app, model, &queries, &args).await;
         app.shutdown().await;
+        rows.extend(measured?);
     }
     println!(
         "\nrecall at {AT} (the share of a query's expected passages among its first {AT} results), \
@@ -420,6 +392,78 @@ async fn measure_recall(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{row}");
     }
     Ok(())
+}
+
+/// One model's line of `--recall`, and the queries it did not answer in
+/// full.
+async fn recall_of(
+    app: &SearchApp,
+    model: ModelKind,
+    queries: &[recall::Located],
+    args: &Args,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    // Afresh: an index kept from another run may hold passages cut
+    // otherwise.
+    match std::fs::remove_dir_all(app.options().index_dir()) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+        _ => {}
+    }
+    let init = app.init().await?;
+    println!(
+        "{}: indexing this repository with {}",
+        model.name(),
+        init.model
+    );
+    let indexed = index(app, args).await?;
+    let mut total = 0.0;
+    let mut rows = Vec::new();
+    let mut missed = Vec::new();
+    for query in queries {
+        let request = SearchRequest {
+            query: query.query.clone(),
+            limit: AT,
+        };
+        let results = app.client().search(request).await?.results;
+        let found: Vec<recall::Found> = results
+            .iter()
+            .map(|result| recall::Found {
+                path: result.path.clone().into(),
+                first_line: result.first_line,
+                last_line: result.last_line,
+            })
+            .collect();
+        let recall = query.recall(&found);
+        if recall < 1.0 {
+            missed.push(format!("      {recall:.2}  {}", query.query));
+        }
+        total += recall;
+    }
+    let index_file = app.options().index_dir().join(INDEX_FILE);
+    let stored = StoredIndex::decode(std::fs::read(&index_file)?.as_slice())?;
+    let check = ModelClient::new(app.embedder().channel())
+        .check(CheckRequest {})
+        .await?;
+    let cut = if check.max_tokens == 0 {
+        "reads any length".to_owned()
+    } else {
+        let embedder = EmbedderClient::new(app.embedder().channel());
+        let (cut, passages) = recall::passages_cut(&embedder, &stored).await?;
+        format!("cuts {cut} of {passages} passages short")
+    };
+    rows.push(format!(
+        "  {:<8} recall at {AT}: {:.2} over {} queries; {} passages from {} files, indexed in {:.1?}; the model {cut}",
+        model.name(),
+        total / queries.len() as f64,
+        queries.len(),
+        stored.files.iter().map(|file| file.chunks.len()).sum::<usize>(),
+        indexed.total,
+        indexed.elapsed,
+    ));
+    for (path, error) in &indexed.failed {
+        rows.push(format!("      not indexed: {path}: {error}"));
+    }
+    rows.extend(missed);
+    Ok(rows)
 }
 
 /// What an index run did.

@@ -165,7 +165,7 @@ impl SearchOptions {
     /// The model file: where the embedder looks for it (its name says
     /// which model it is).
     pub fn model_path(&self) -> PathBuf {
-        self.data_dir.join("model").join(self.model.file_name())
+        self.model.path_in(&self.data_dir)
     }
 
     /// The directory of the index.

@@ -104,6 +104,11 @@ impl ModelKind {
         format!("{}.model", self.name())
     }
 
+    /// Where its model file is kept under a data directory.
+    pub fn path_in(self, data_dir: &Path) -> PathBuf {
+        data_dir.join("model").join(self.file_name())
+    }
+
     /// The model a model file's name says.
     fn of_path(path: &Path) -> Result<ModelKind, String> {
         let name = path.file_name().and_then(|name| name.to_str());
@@ -253,6 +258,11 @@ pub fn model_path_from_env() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{MODEL_PATH_ENV} is not set: the host says where the model is"))
 }
 
+/// Why a program built without the examples' `real-model` feature runs no
+/// real model.
+const NOT_BUILT: &str =
+    "this embedder was built without the minilm model (the examples' real-model feature)";
+
 /// A model file, read and checked: which model, with which parameters. No
 /// weights are loaded to read one.
 #[derive(Clone, Debug)]
@@ -269,10 +279,7 @@ impl ModelFile {
         };
         let kind = ModelKind::of_path(path).map_err(Status::failed_precondition)?;
         if !kind.is_built() {
-            return Err(problem(format!(
-                "this embedder was built without the {} model (the examples' real-model feature)",
-                kind.name()
-            )));
+            return Err(problem(NOT_BUILT.to_owned()));
         }
         let text = std::fs::read_to_string(path).map_err(|error| {
             Status::failed_precondition(format!(
@@ -414,17 +421,19 @@ mod minilm {
         if file == text() {
             return Ok(());
         }
+        let revision = |file: &str| file.lines().nth(2).unwrap_or_default().to_owned();
         Err(format!(
-            "it names other weights than this program's ({:?}): download it again",
-            file.lines().nth(2).unwrap_or_default()
+            "it names other weights ({:?}) than this program's ({:?}): download it again",
+            revision(file),
+            revision(&text())
         ))
     }
 
-    /// The name its vectors carry: the model and its weights' digest.
+    /// The name its vectors carry: the model and a digest of everything
+    /// its file records (weights, tokenizer), since vectors are comparable
+    /// only when all of it is the same.
     pub(super) fn id() -> String {
-        let info = pocket_encoder::model_info();
-        let revision = info.revision.trim_start_matches("sha256:");
-        format!("minilm-{}", &revision[..revision.len().min(16)])
+        format!("minilm-{:016x}", super::hash(0, text().as_bytes()))
     }
 
     /// Loads the bundled weights (once a process; about 0.1 s).
@@ -439,8 +448,7 @@ mod minilm {
 mod minilm {
     use workerbus::Status;
 
-    const MISSING: &str =
-        "this embedder was built without the minilm model (the examples' real-model feature)";
+    use super::NOT_BUILT as MISSING;
 
     /// Never made: without the feature, no file names the real model.
     #[derive(Clone, Debug)]

@@ -74,6 +74,9 @@ pub fn parse(text: &str) -> Result<Vec<Query>, String> {
     if let Some(query) = queries.iter().find(|query| query.expected.is_empty()) {
         return Err(format!("the query {:?} expects nothing", query.text));
     }
+    if queries.is_empty() {
+        return Err("no queries".to_owned());
+    }
     Ok(queries)
 }
 
@@ -123,16 +126,27 @@ pub fn locate(root: &Path, queries: &[Query]) -> Result<Vec<Located>, String> {
                     let text = std::fs::read_to_string(&file)
                         .map_err(|error| format!("{}: {error}", expected.path))?;
                     let phrase = normalise(&expected.phrase);
-                    let line = text
-                        .lines()
-                        .position(|line| normalise(line).contains(&phrase))
-                        .ok_or_else(|| {
-                            format!(
+                    let lines: Vec<u32> = (1..)
+                        .zip(text.lines())
+                        .filter(|(_, line)| normalise(line).contains(&phrase))
+                        .map(|(number, _)| number)
+                        .collect();
+                    let line = match lines[..] {
+                        [line] => line,
+                        [] => {
+                            return Err(format!(
                                 "{}: no line holds {:?} (expected for {:?})",
                                 expected.path, expected.phrase, query.text
-                            )
-                        })? as u32
-                        + 1;
+                            ));
+                        }
+                        _ => {
+                            return Err(format!(
+                                "{}: lines {lines:?} hold {:?} (expected for {:?}): a phrase \
+                                 names one line",
+                                expected.path, expected.phrase, query.text
+                            ));
+                        }
+                    };
                     let file = std::fs::canonicalize(&file).unwrap_or(file);
                     Ok((file, line, line + WINDOW - 1))
                 })
@@ -146,14 +160,20 @@ pub fn locate(root: &Path, queries: &[Query]) -> Result<Vec<Located>, String> {
 }
 
 impl Located {
-    /// The share of the expected passages among `results`, 0 to 1.
+    /// The share of the expected passages among `results`, 0 to 1. A
+    /// result is an expected passage when it starts among its lines, or
+    /// holds its first line and goes on past it (a result that merely ends
+    /// on it, as a section's last passage ends on the next one's heading,
+    /// is not).
     pub fn recall(&self, results: &[Found]) -> f64 {
         let hits = self
             .passages
             .iter()
             .filter(|(path, first, last)| {
                 results.iter().any(|found| {
-                    found.path == *path && found.first_line <= *last && found.last_line >= *first
+                    found.path == *path
+                        && ((*first..=*last).contains(&found.first_line)
+                            || (found.first_line < *first && found.last_line > *first))
                 })
             })
             .count();
@@ -273,8 +293,11 @@ mod tests {
         };
         let recall = |results: &[Found]| located[0].recall(results);
         assert_eq!(recall(&[found(12, 19)]), 0.0);
-        assert_eq!(recall(&[found(1, 2)]), 0.5);
+        // Ending on the phrase's line is not holding the passage.
+        assert_eq!(recall(&[found(1, 2)]), 0.0);
+        assert_eq!(recall(&[found(1, 3)]), 0.5);
         assert_eq!(recall(&[found(11, 12), found(29, 30)]), 1.0);
+        assert_eq!(recall(&[found(15, 25)]), 0.5);
         let elsewhere = Found {
             path: root.join("b.md"),
             ..found(1, 30)
