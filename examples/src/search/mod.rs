@@ -62,13 +62,15 @@ pub struct Recycling {
 }
 
 /// The real model's embedder is recycled above this much resident memory:
-/// a little over its working size, so that an index run sees it recycled.
+/// inside its working range as measured on one machine (94 MiB once
+/// loaded, 99 to 106 MiB while it works), so that an index run of this
+/// repository sees it recycled.
 pub const MINILM_RECYCLE_ABOVE: u64 = 102 << 20;
 
 impl Recycling {
     /// The thresholds for an embedder running `model`.
     ///
-    /// - The stand-in: above 300 MB or after 200 texts (its memory never
+    /// - The stand-in: above 300 MiB or after 200 texts (its memory never
     ///   grows, so the count is what recycles it).
     /// - The real model: above [`MINILM_RECYCLE_ABOVE`], or after 10,000
     ///   texts.
