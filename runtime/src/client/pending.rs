@@ -103,20 +103,41 @@ pub(super) struct Slot {
     /// The call's timeout, for its error when the link times it out.
     pub(super) timeout: Option<Duration>,
     pub(super) waker: Option<Waker>,
-    pub(super) outcome: Option<Result<Payload, Failure>>,
+    /// The call's outcome once it has one; a failure boxed, so that the
+    /// slot is small enough to be moved without a call to `memcpy` when a
+    /// call is sent (most calls succeed).
+    pub(super) outcome: Option<Result<Payload, Box<Failure>>>,
     /// Where the caller wants the handler's response metadata, if it does.
     pub(super) response_metadata: Option<ResponseMetadata>,
     /// The streams of a streaming call.
     pub(super) stream: Option<Box<SlotStream>>,
 }
 
+// A slot is moved into the table as each call is sent: at 128 bytes or
+// fewer that move is a few instructions rather than a call to `memcpy`.
+const _: () = assert!(std::mem::size_of::<Slot>() <= 128);
+
 impl Slot {
     /// Settles the call and takes whoever waits on it: its reader and, for
     /// a request stream, its sender (which must stop sending).
     pub(super) fn settle(&mut self, outcome: Result<Payload, Failure>) -> [Option<Waker>; 2] {
-        self.outcome = Some(outcome);
+        self.outcome = Some(outcome.map_err(Box::new));
         let sender = self.stream.as_mut().and_then(|stream| stream.sender.take());
         [self.waker.take(), sender]
+    }
+
+    /// Takes the call's outcome, if it has one.
+    pub(super) fn take_outcome(&mut self) -> Option<Result<Payload, Failure>> {
+        self.outcome
+            .take()
+            .map(|outcome| outcome.map_err(|failure| *failure))
+    }
+
+    /// The call's outcome, if it has one, for [`worker_runs`].
+    pub(super) fn outcome(&self) -> Option<Result<&Payload, &Failure>> {
+        self.outcome
+            .as_ref()
+            .map(|outcome| outcome.as_ref().map_err(|failure| &**failure))
     }
 }
 
@@ -365,7 +386,7 @@ pub(super) fn poll_answer(
         // lost connection is the honest report of it.
         return Poll::Ready(Err(Failure::Closed(CloseReason::Lost(None))));
     };
-    if let Some(outcome) = slot.outcome.take() {
+    if let Some(outcome) = slot.take_outcome() {
         state.calls.discard(id);
         state.room_freed(shared);
         return Poll::Ready(outcome);
@@ -407,7 +428,7 @@ pub(super) fn release(shared: &Shared, id: u64, running: Option<bool>) {
             .and_then(|slot| slot.stream.as_mut())
             .and_then(|stream| stream.sender.take());
         let waker = match removed {
-            Some(slot) if running.unwrap_or_else(|| worker_runs(slot.outcome.as_ref())) => {
+            Some(slot) if running.unwrap_or_else(|| worker_runs(slot.outcome())) => {
                 withdraw(&mut state, id, &slot.method)
             }
             _ => None,
@@ -420,7 +441,7 @@ pub(super) fn release(shared: &Shared, id: u64, running: Option<bool>) {
 /// Whether the worker still runs a call with this outcome: it has not
 /// answered, the call was not failed by the worker's side, and the link did
 /// not withdraw it at its deadline.
-pub(super) fn worker_runs(outcome: Option<&Result<Payload, Failure>>) -> bool {
+pub(super) fn worker_runs(outcome: Option<Result<&Payload, &Failure>>) -> bool {
     match outcome {
         None | Some(Err(Failure::ItemTooLarge { .. })) => true,
         Some(Ok(_))

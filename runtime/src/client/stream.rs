@@ -114,8 +114,8 @@ impl StreamCall {
                     (Poll::Ready(Some(Ok(item))), waker)
                 }
                 None => {
-                    let outcome = slot.outcome.take();
-                    self.worker_runs = worker_runs(outcome.as_ref());
+                    let outcome = slot.take_outcome();
+                    self.worker_runs = worker_runs(outcome.as_ref().map(Result::as_ref));
                     match outcome {
                         Some(Ok(_)) => (Poll::Ready(None), None),
                         Some(Err(failure)) => (
@@ -160,9 +160,9 @@ impl StreamCall {
                         method: self.method.clone(),
                         cause: None,
                     })),
-                    Some(slot) => match slot.outcome.take() {
+                    Some(slot) => match slot.take_outcome() {
                         Some(outcome) => {
-                            self.worker_runs = worker_runs(Some(&outcome));
+                            self.worker_runs = worker_runs(Some(outcome.as_ref()));
                             Some(outcome.map_err(|failure| failure.into_error(&self.method)))
                         }
                         None => {

@@ -131,7 +131,12 @@ async fn a_request_handed_back_unwritten_ends_as_never_sent_or_given_up_meanwhil
     // The one given up meanwhile is gone; the other ends with the
     // connection, as never sent: its payload comes back.
     wait_closed(&shared).await;
-    let outcome = match &lock(&shared).calls.get(&1).expect("the call kept").outcome {
+    let outcome = match lock(&shared)
+        .calls
+        .get(&1)
+        .expect("the call kept")
+        .outcome()
+    {
         Some(Err(Failure::Undelivered { payload, .. })) => payload.clone(),
         other => panic!("expected the request back, got {other:?}"),
     };
