@@ -21,7 +21,7 @@ use crate::window::{ReceiveWindow, SendCredit};
 use super::dispatch::{Call, Dispatch};
 use super::serve::Server;
 use super::state::{StreamState, lock};
-use super::stream::{StreamHandle, close_stream};
+use super::stream::{CallStreams, StreamHandle, close_stream};
 use crate::context::Context;
 
 impl<S, T, F, D> Server<'_, S, T, F, D>
@@ -105,36 +105,39 @@ where
             self.queue(answer);
             return Ok(());
         }
-        let now = timeout.map(|_| tokio::time::Instant::now());
-        let deadline = now
-            .zip(timeout)
-            .and_then(|(now, timeout)| now.checked_add(timeout));
-        let context = Context {
-            id,
-            method,
-            deadline,
-            attempt,
-            trace,
-            metadata,
-            connection: Some(Weak::clone(&self.outlet)),
-            local: None,
-        };
         if self.shutting_down {
             if reserved {
                 self.release_slot();
             }
             let status = Status::unavailable(format!(
-                "{} was not started: the worker is shutting down",
-                context.method
+                "{method} was not started: the worker is shutting down"
             ));
             self.refuse(id, kind, status);
             return Ok(());
         }
-        let mut call = Call::new(payload, context);
-        call.kind = kind;
-        if kind.streams() {
-            call.streams.stream = Some(self.open_stream(id, kind));
-        }
+        let now = timeout.map(|_| tokio::time::Instant::now());
+        let deadline = now
+            .zip(timeout)
+            .and_then(|(now, timeout)| now.checked_add(timeout));
+        // Built whole, in one expression: a context built first would be
+        // copied into the call.
+        let call = Call {
+            payload,
+            context: Context {
+                id,
+                method,
+                deadline,
+                attempt,
+                trace,
+                metadata,
+                connection: Some(Weak::clone(&self.outlet)),
+                local: None,
+            },
+            streams: CallStreams {
+                stream: kind.streams().then(|| self.open_stream(id, kind)),
+            },
+            kind,
+        };
         // Start it now if a slot is free: only calls that really wait count
         // against the queue.
         if reserved {
