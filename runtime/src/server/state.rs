@@ -199,6 +199,9 @@ impl State {
     }
 }
 
+// Inlined: taken a few times by every call, and the call around the lock
+// cost about as much as the lock.
+#[inline]
 pub(super) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     crate::sync::lock(&shared.state)
 }
