@@ -57,6 +57,16 @@ async fn index_with(
     app: &SearchApp,
     paths: &[PathBuf],
     replace: bool,
+    each: impl FnMut(&IndexProgress),
+) -> Vec<IndexProgress> {
+    index_on(app.client(), paths, replace, each).await
+}
+
+/// [`index_with`], through any search worker's client.
+async fn index_on(
+    client: &workerbus_examples::worker::WorkerClient,
+    paths: &[PathBuf],
+    replace: bool,
     mut each: impl FnMut(&IndexProgress),
 ) -> Vec<IndexProgress> {
     let paths = paths
@@ -64,7 +74,7 @@ async fn index_with(
         .map(|path| path.display().to_string())
         .collect();
     let request = IndexRequest { paths, replace };
-    let mut stream = app.client().index(request).await.unwrap();
+    let mut stream = client.index(request).await.unwrap();
     let mut reports = Vec::new();
     while let Some(report) = stream.message().await.unwrap() {
         each(&report);
@@ -522,15 +532,7 @@ async fn a_file_the_embedder_refuses_is_left_out_and_the_run_goes_on() {
         refuses: "moon",
     };
     let (client, worker, embedder) = fake_app(picky, &dir).await;
-    let request = IndexRequest {
-        paths: vec![corpus().display().to_string()],
-        replace: false,
-    };
-    let mut stream = client.index(request).await.unwrap();
-    let mut reports = Vec::new();
-    while let Some(report) = stream.message().await.unwrap() {
-        reports.push(report);
-    }
+    let reports = index_on(&client, &[corpus()], false, |_| {}).await;
     assert_eq!(reports.len(), 5, "{reports:?}");
     for report in &reports {
         let refused = file_name(&report.path) == "tides.md";
