@@ -151,7 +151,7 @@ impl Client {
         options: Option<&CallOptions>,
     ) -> Result<Resp, Error>
     where
-        Req: Message + 'static,
+        Req: Message + Clone + 'static,
         Resp: Message + Default + Clone + 'static,
     {
         let options = self.resolve(method, options);
@@ -162,7 +162,7 @@ impl Client {
     }
 
     /// A one-way message: encode and queue it; the worker answers nothing.
-    pub async fn one_way<Req: Message + 'static>(
+    pub async fn one_way<Req: Message + Clone + 'static>(
         &self,
         method: &'static MethodDesc,
         request: Req,
@@ -182,7 +182,7 @@ impl Client {
         options: Option<&CallOptions>,
     ) -> Result<Streaming<Resp>, Error>
     where
-        Req: Message + 'static,
+        Req: Message + Clone + 'static,
         Resp: Message + Default,
     {
         let options = self.resolve(method, options);
@@ -265,7 +265,7 @@ pub fn encode<M: Message>(message: &M) -> Bytes {
 
 /// A handler's response, as the value it is: encoded only if it leaves
 /// the process.
-pub fn respond<M: Message + 'static>(response: M) -> Payload {
+pub fn respond<M: Message + Clone + 'static>(response: M) -> Payload {
     Payload::message(response)
 }
 

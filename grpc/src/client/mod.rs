@@ -223,8 +223,10 @@ impl GrpcTransport {
                 trace,
                 kind,
                 metadata,
-                // Encoded where bytes are needed: into tonic's buffer.
-                payload,
+                // Encoded where bytes are needed: into tonic's buffer; kept
+                // shared, since a call refused before it was read is sent
+                // again.
+                payload: payload.into_shared(),
             }),
             Frame::Item { id, payload } => {
                 if let Some(requests) = self

@@ -23,14 +23,18 @@ use crate::sync::wait_for;
 pub(super) async fn post(
     shared: &Shared,
     method: &MethodName,
-    payload: &Payload,
+    payload: Payload,
     timeout: Option<Duration>,
     trace: Option<TraceContext>,
     metadata: &Metadata,
     attempt: u32,
 ) -> Result<(), Error> {
     let metadata = shared.metadata_of(method, metadata);
-    check_request_size(shared, method, payload, timeout, trace, &metadata)?;
+    check_request_size(shared, method, &payload, timeout, trace, &metadata)?;
+    let len = payload.len();
+    // Moved into its frame once there is room: a small message's payload
+    // is copied when cloned.
+    let mut payload = Some(payload);
     let queued = wait_for(&shared.changed, || {
         let mut state = lock(shared);
         if let Some(reason) = &state.closed {
@@ -38,16 +42,16 @@ pub(super) async fn post(
         }
         // A one-way message holds no slot in the pending table; it only
         // waits for room in the outbox.
-        let full =
-            state.queued_bytes > 0 && state.queued_bytes + payload.len() > shared.max_queued_bytes;
+        let full = state.queued_bytes > 0 && state.queued_bytes + len > shared.max_queued_bytes;
         if state.closing || full {
             state.waiting = true;
             return None;
         }
         let id = state.next_id;
         state.next_id += 1;
-        state.queued_bytes += payload.len();
-        let request = Frame::request(id, method.clone(), timeout, attempt, payload.clone())
+        state.queued_bytes += len;
+        let payload = payload.take().unwrap_or_default();
+        let request = Frame::request(id, method.clone(), timeout, attempt, payload)
             .with_trace(trace)
             .with_kind(MethodKind::OneWay)
             .with_metadata(metadata.clone());
@@ -74,11 +78,11 @@ impl Channel {
     ) -> Result<(), Error> {
         check_method_name(method)?;
         let result = match &self.middleware {
-            None => self.post_once(method, &payload, options, None).await,
+            None => self.post_once(method, payload, options, None).await,
             Some(chain) => {
                 let info =
                     options.call_info(method, options.first_attempt, self.driver(), payload.len());
-                let queued = self.post_once(method, &payload, options, Some(&info));
+                let queued = self.post_once(method, payload, options, Some(&info));
                 Next::new(chain, &info, Box::pin(queued)).run().await
             }
         };
@@ -89,7 +93,7 @@ impl Channel {
     pub(super) async fn post_once(
         &self,
         method: &MethodName,
-        payload: &Payload,
+        payload: Payload,
         options: &Resolved,
         info: Option<&CallInfo>,
     ) -> Result<Payload, Error> {

@@ -22,12 +22,12 @@ impl Channel {
         options: &Resolved,
     ) -> Result<Payload, Error> {
         check_method_name(method)?;
-        let mut payload = payload;
         // A call that runs once gives its payload to that attempt instead of
-        // keeping a copy for the next one: a clone of a freshly encoded
-        // buffer costs an allocation.
+        // keeping a copy for the next one; one that may run again keeps its
+        // message shared by its attempts rather than copied for each.
         let once =
             options.retries == 0 && !(options.idempotent && matches!(self.inner, Inner::Source(_)));
+        let mut payload = if once { payload } else { payload.into_shared() };
         let mut attempt = options.first_attempt;
         // Attempts made so far by this channel: what the retry budget counts.
         let mut tries = 1;

@@ -552,7 +552,7 @@ impl Channel {
             .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
         let Some(chain) = &self.middleware else {
             return self
-                .open_stream_once(method, &payload, options, kind, deadline, None)
+                .open_stream_once(method, payload, options, kind, deadline, None)
                 .await
                 .map(|(call, send)| Opened::Stream(call, send));
         };
@@ -560,7 +560,7 @@ impl Channel {
         let mut opened = None;
         let endpoint = async {
             let halves = self
-                .open_stream_once(method, &payload, options, kind, deadline, Some(&info))
+                .open_stream_once(method, payload, options, kind, deadline, Some(&info))
                 .await?;
             opened = Some(halves);
             Ok(Payload::new())
@@ -575,7 +575,7 @@ impl Channel {
     pub(super) async fn open_stream_once(
         &self,
         method: &MethodName,
-        payload: &Payload,
+        mut payload: Payload,
         options: &Resolved,
         kind: MethodKind,
         deadline: Option<tokio::time::Instant>,
@@ -596,8 +596,7 @@ impl Channel {
                 });
             };
             let metadata = shared.metadata_of(method, &metadata);
-            check_request_size(&shared, method, payload, options.timeout, trace, &metadata)?;
-            let mut payload = payload.clone();
+            check_request_size(&shared, method, &payload, options.timeout, trace, &metadata)?;
             let attempt = Attempt {
                 method,
                 timeout: options.timeout,

@@ -9,6 +9,8 @@
 //! process driver's socket, the gRPC bridge, a middleware that asks) the
 //! value is encoded there, straight into the buffer that carries it.
 
+mod cell;
+
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -16,13 +18,19 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
+use self::cell::Cell;
+
 /// A message as a frame carries it: encoded, or the message itself.
 ///
-/// A value is shared, not copied, when a payload is cloned (a call that may
-/// be retried keeps one); whoever takes it back ([`Payload::decode`]) moves
-/// it out if nothing else holds it, and clones it otherwise. Its encoded
-/// length is worked out once, when it is made, and is what size limits
-/// count.
+/// A message whose struct takes at most 128 bytes (most do: a few strings,
+/// byte fields, lists and numbers; what they hold is on the heap anyway) is
+/// kept in a block of memory from a pool the process shares, so a payload
+/// made from it takes no allocation of its own once the pool has blocks; a
+/// larger one is boxed. Cloning a payload clones a small message and
+/// shares a boxed one (a call that may be retried keeps a clone);
+/// whoever takes it back ([`Payload::decode`]) moves it out if nothing else
+/// holds it, and clones it otherwise. Its encoded length is worked out
+/// once, when it is made, and is what size limits count.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -53,7 +61,25 @@ pub struct Payload {
 #[derive(Clone)]
 enum Repr {
     Encoded(Bytes),
-    Value { len: usize, value: Arc<dyn Value> },
+    Value { len: usize, value: Held },
+}
+
+/// Where a payload holds its message.
+#[derive(Clone)]
+enum Held {
+    /// A small message, in a cell from the pool.
+    Cell(Cell),
+    /// A larger message, boxed and shared by clones.
+    Shared(Arc<dyn Value>),
+}
+
+impl Held {
+    fn get(&self) -> &dyn Value {
+        match self {
+            Held::Cell(value) => value.get(),
+            Held::Shared(value) => &**value,
+        }
+    }
 }
 
 impl Default for Repr {
@@ -73,9 +99,20 @@ trait Value: Any + Send + Sync {
     /// is large).
     fn to_bytes(&self) -> Bytes;
     fn type_name(&self) -> &'static str;
+    /// A copy of the message in a cell of its own (only called on one that
+    /// is in a cell).
+    fn clone_cell(&self) -> Cell;
+    /// The message moved into a box of its own.
+    ///
+    /// # Safety
+    ///
+    /// The message is read out, not copied: the caller must neither use nor
+    /// drop it where it was (a cell's storage, given back empty).
+    #[allow(unsafe_code)]
+    unsafe fn move_to_shared(&self) -> Arc<dyn Value>;
 }
 
-impl<M: Message + 'static> Value for M {
+impl<M: Message + Clone + 'static> Value for M {
     fn encode_into(&self, dst: &mut BytesMut) {
         self.encode_raw(dst);
     }
@@ -91,6 +128,17 @@ impl<M: Message + 'static> Value for M {
     fn type_name(&self) -> &'static str {
         std::any::type_name::<M>()
     }
+
+    fn clone_cell(&self) -> Cell {
+        Cell::new(self.clone()).unwrap_or_else(|_| unreachable!("a message in a cell fits one"))
+    }
+
+    #[allow(unsafe_code)]
+    unsafe fn move_to_shared(&self) -> Arc<dyn Value> {
+        // SAFETY: the caller neither uses nor drops `self` again, so the
+        // message is moved, not duplicated.
+        Arc::new(unsafe { std::ptr::read(self) })
+    }
 }
 
 impl Payload {
@@ -102,14 +150,43 @@ impl Payload {
         }
     }
 
-    /// A message as a value, encoded only where bytes are needed.
-    pub fn message<M: Message + 'static>(message: M) -> Payload {
+    /// A message as a value, encoded only where bytes are needed: in a
+    /// pooled cell if it is small, boxed otherwise.
+    pub fn message<M: Message + Clone + 'static>(message: M) -> Payload {
         let len = message.encoded_len();
+        let value = match Cell::new(message) {
+            Ok(value) => Held::Cell(value),
+            Err(message) => Held::Shared(Arc::new(message)),
+        };
         Payload {
-            repr: Repr::Value {
+            repr: Repr::Value { len, value },
+        }
+    }
+
+    /// The same payload, its message (if it is a small one, in a cell) boxed
+    /// so that its clones share it rather than copy it: for a payload that
+    /// is cloned more than once, such as a request that may be sent again.
+    ///
+    /// ```
+    /// use workerbus::Payload;
+    ///
+    /// let payload = Payload::message(vec![7u8; 4096]).into_shared();
+    /// let kept = payload.clone(); // shares the 4 KiB, copies nothing
+    /// assert_eq!(payload.decode::<Vec<u8>>().unwrap(), vec![7u8; 4096]);
+    /// assert_eq!(kept.len(), 4096 + 3);
+    /// ```
+    pub fn into_shared(self) -> Payload {
+        match self.repr {
+            Repr::Value {
                 len,
-                value: Arc::new(message),
+                value: Held::Cell(cell),
+            } => Payload {
+                repr: Repr::Value {
+                    len,
+                    value: Held::Shared(cell.into_shared()),
+                },
             },
+            repr => Payload { repr },
         }
     }
 
@@ -137,7 +214,7 @@ impl Payload {
     pub fn message_type(&self) -> Option<&'static str> {
         match &self.repr {
             Repr::Encoded(_) => None,
-            Repr::Value { value, .. } => Some(value.type_name()),
+            Repr::Value { value, .. } => Some(value.get().type_name()),
         }
     }
 
@@ -146,7 +223,7 @@ impl Payload {
     pub fn to_bytes(&self) -> Bytes {
         match &self.repr {
             Repr::Encoded(bytes) => bytes.clone(),
-            Repr::Value { value, .. } => value.to_bytes(),
+            Repr::Value { value, .. } => value.get().to_bytes(),
         }
     }
 
@@ -155,7 +232,7 @@ impl Payload {
     pub fn into_bytes(self) -> Bytes {
         match self.repr {
             Repr::Encoded(bytes) => bytes,
-            Repr::Value { value, .. } => value.to_bytes(),
+            Repr::Value { value, .. } => value.get().to_bytes(),
         }
     }
 
@@ -164,7 +241,7 @@ impl Payload {
     pub fn encode_to(&self, dst: &mut impl BufMut) {
         match &self.repr {
             Repr::Encoded(bytes) => dst.put_slice(bytes),
-            Repr::Value { value, .. } => value.encode_dyn(dst),
+            Repr::Value { value, .. } => value.get().encode_dyn(dst),
         }
     }
 
@@ -173,7 +250,7 @@ impl Payload {
     pub(crate) fn encode_into(&self, dst: &mut BytesMut) {
         match &self.repr {
             Repr::Encoded(bytes) => dst.extend_from_slice(bytes),
-            Repr::Value { value, .. } => value.encode_into(dst),
+            Repr::Value { value, .. } => value.get().encode_into(dst),
         }
     }
 
@@ -192,7 +269,17 @@ impl Payload {
     pub fn decode<M: Message + Default + Clone + 'static>(self) -> Result<M, prost::DecodeError> {
         match self.repr {
             Repr::Encoded(bytes) => M::decode(bytes),
-            Repr::Value { value, .. } => {
+            Repr::Value {
+                value: Held::Cell(value),
+                ..
+            } => match value.take::<M>() {
+                Ok(message) => Ok(message),
+                Err(value) => M::decode(value.get().to_bytes()),
+            },
+            Repr::Value {
+                value: Held::Shared(value),
+                ..
+            } => {
                 if !(&*value as &dyn Any).is::<M>() {
                     return M::decode(value.to_bytes());
                 }
@@ -241,7 +328,7 @@ impl fmt::Debug for Payload {
             Repr::Encoded(bytes) => fmt::Debug::fmt(bytes, f),
             Repr::Value { len, value } => f
                 .debug_struct("Payload")
-                .field("message", &value.type_name())
+                .field("message", &value.get().type_name())
                 .field("len", len)
                 .finish(),
         }
@@ -259,14 +346,63 @@ mod tests {
         let taken: Vec<u8> = Payload::message(data).decode().unwrap();
         assert_eq!(taken.as_ptr(), at, "an unshared value is moved out");
 
+        // A small message is copied by a clone, and each is moved out.
         let payload = Payload::message(taken);
+        let kept = payload.clone();
+        let original: Vec<u8> = payload.decode().unwrap();
+        assert_eq!(original.as_ptr(), at, "the original is moved out");
+        let copy: Vec<u8> = kept.decode().unwrap();
+        assert_ne!(copy.as_ptr(), at, "a clone is a copy");
+        assert_eq!(copy, original);
+
+        // Once shared, clones share it: the first taken is copied, the
+        // last moved out.
+        let payload = Payload::message(original).into_shared();
+        assert!(!payload.is_encoded());
         let kept = payload.clone();
         let copy: Vec<u8> = payload.decode().unwrap();
         assert_ne!(copy.as_ptr(), at, "a shared value is copied");
         assert_eq!(copy, vec![1u8; 4096]);
-        // The clone still holds the original, and gives it up once alone.
         let original: Vec<u8> = kept.decode().unwrap();
-        assert_eq!(original.as_ptr(), at);
+        assert_eq!(original.as_ptr(), at, "the last holder moves it out");
+    }
+
+    /// A message whose struct is larger than a cell: six strings.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Large {
+        #[prost(string, tag = "1")]
+        a: String,
+        #[prost(string, tag = "2")]
+        b: String,
+        #[prost(string, tag = "3")]
+        c: String,
+        #[prost(string, tag = "4")]
+        d: String,
+        #[prost(string, tag = "5")]
+        e: String,
+        #[prost(string, tag = "6")]
+        f: String,
+    }
+
+    #[test]
+    fn a_message_too_large_for_a_cell_is_boxed_and_shared() {
+        assert!(size_of::<Large>() > 128);
+        let message = Large {
+            f: "last".into(),
+            ..Large::default()
+        };
+        let payload = Payload::message(message.clone());
+        assert!(matches!(
+            payload.repr,
+            Repr::Value {
+                value: Held::Shared(_),
+                ..
+            }
+        ));
+        let kept = payload.clone();
+        assert_eq!(kept.to_bytes(), message.encode_to_vec());
+        assert_eq!(payload.decode::<Large>().unwrap(), message);
+        assert_eq!(kept.decode::<Large>().unwrap(), message);
     }
 
     #[test]
