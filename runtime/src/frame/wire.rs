@@ -68,6 +68,15 @@ impl<'a> Tail<'a> {
         }
     }
 
+    /// The message value, if the tail is one still to encode.
+    #[cfg(feature = "process")]
+    pub(crate) fn value(&self) -> Option<&'a Payload> {
+        match self {
+            Tail::Message(payload) if !payload.is_encoded() => Some(payload),
+            _ => None,
+        }
+    }
+
     /// The tail's bytes, unless it is a message value still to encode.
     #[cfg(feature = "process")]
     pub(crate) fn encoded(&self) -> Option<&'a Bytes> {

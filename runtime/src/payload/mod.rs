@@ -10,6 +10,8 @@
 //! value is encoded there, straight into the buffer that carries it.
 
 mod cell;
+#[cfg(feature = "process")]
+mod split;
 
 use std::any::Any;
 use std::fmt;
@@ -19,6 +21,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use self::cell::Cell;
+#[cfg(feature = "process")]
+pub(crate) use self::split::SplitEncoder;
 
 /// A message as a frame carries it: encoded, or the message itself.
 ///
@@ -95,6 +99,10 @@ trait Value: Any + Send + Sync {
     fn encode_into(&self, dst: &mut BytesMut);
     /// Appends the message's encoding to any buffer.
     fn encode_dyn(&self, dst: &mut dyn BufMut);
+    /// Appends the message's encoding to a write buffer, its large `bytes`
+    /// fields cut out.
+    #[cfg(feature = "process")]
+    fn encode_split(&self, dst: &mut SplitEncoder<'_>);
     /// The message's encoding, in a buffer of its own (a pooled one if it
     /// is large).
     fn to_bytes(&self) -> Bytes;
@@ -119,6 +127,11 @@ impl<M: Message + Clone + 'static> Value for M {
 
     fn encode_dyn(&self, mut dst: &mut dyn BufMut) {
         self.encode_raw(&mut dst);
+    }
+
+    #[cfg(feature = "process")]
+    fn encode_split(&self, dst: &mut SplitEncoder<'_>) {
+        self.encode_raw(dst);
     }
 
     fn to_bytes(&self) -> Bytes {
@@ -251,6 +264,17 @@ impl Payload {
         match &self.repr {
             Repr::Encoded(bytes) => dst.extend_from_slice(bytes),
             Repr::Value { value, .. } => value.get().encode_into(dst),
+        }
+    }
+
+    /// Appends the encoding to a connection's write buffer, except for a
+    /// message value's large `bytes` fields, which `dst` notes to be
+    /// written from their own buffers.
+    #[cfg(feature = "process")]
+    pub(crate) fn encode_split(&self, dst: &mut SplitEncoder<'_>) {
+        match &self.repr {
+            Repr::Encoded(bytes) => dst.put_slice(bytes),
+            Repr::Value { value, .. } => value.get().encode_split(dst),
         }
     }
 

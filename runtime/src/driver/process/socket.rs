@@ -31,7 +31,7 @@ use super::admission::Greeting;
 use super::sys;
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameCodec};
-use crate::payload::Payload;
+use crate::payload::{Payload, SplitEncoder};
 
 /// The send buffer asked of each connection's socket: how much the kernel
 /// holds of what one side wrote and the other has not read yet. At Linux's
@@ -106,6 +106,9 @@ pub(crate) struct SocketTransport<T> {
     out: BytesMut,
     /// How much of `out` the queue's segments cover.
     out_sealed: usize,
+    /// The large `bytes` fields cut out of the message being encoded, kept
+    /// for its room.
+    cuts: Vec<(usize, Bytes)>,
     /// Whether `out` grew past [`RETAINED_OUT`] since it was last empty.
     out_oversized: bool,
     queued: usize,
@@ -153,6 +156,7 @@ impl<T> SocketTransport<T> {
             queue: VecDeque::new(),
             out: BytesMut::new(),
             out_sealed: 0,
+            cuts: Vec::new(),
             out_oversized: false,
             queued: 0,
             requests: VecDeque::new(),
@@ -193,10 +197,15 @@ impl<T> SocketTransport<T> {
 
     /// Queues what was encoded into `out` since its last segment.
     fn seal_out(&mut self) {
-        if self.out.len() > self.out_sealed {
-            self.queue
-                .push_back(Segment::Out(self.out.len() - self.out_sealed));
-            self.out_sealed = self.out.len();
+        self.seal_out_at(self.out.len());
+    }
+
+    /// Queues what was encoded into `out` since its last segment, up to
+    /// `at`.
+    fn seal_out_at(&mut self, at: usize) {
+        if at > self.out_sealed {
+            self.queue.push_back(Segment::Out(at - self.out_sealed));
+            self.out_sealed = at;
         }
     }
 
@@ -334,8 +343,29 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
                 }
                 Some(bytes) => this.out.extend_from_slice(bytes),
                 // A message value is encoded here, into the connection's
-                // buffer, whatever its size.
-                None => tail.encode_into(&mut this.out),
+                // buffer, but for its large `bytes` fields (a message
+                // smaller than one has none), which are written from where
+                // the message holds them.
+                None => match tail.value() {
+                    Some(value) if value.len() >= VECTORED_MIN => {
+                        // Room for all of it, as for any message: most
+                        // large ones (a batch of vectors) have no field
+                        // to cut.
+                        this.out.reserve(value.len());
+                        let mut cuts = std::mem::take(&mut this.cuts);
+                        value.encode_split(&mut SplitEncoder::new(
+                            &mut this.out,
+                            &mut cuts,
+                            VECTORED_MIN,
+                        ));
+                        for (at, bytes) in cuts.drain(..) {
+                            this.seal_out_at(at);
+                            this.queue.push_back(Segment::Large(bytes));
+                        }
+                        this.cuts = cuts;
+                    }
+                    _ => tail.encode_into(&mut this.out),
+                },
             }
         }
         this.out_oversized |= this.out.capacity() > RETAINED_OUT;
@@ -492,6 +522,39 @@ mod tests {
             .collect();
         let received = through_a_socket(frames.clone()).await;
         assert_eq!(received, frames);
+    }
+
+    #[tokio::test]
+    async fn a_values_large_bytes_field_is_written_from_the_message_not_copied() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let mut sender = SocketTransport::new(a, FrameCodec::new());
+        let mut receiver = SocketTransport::new(b, FrameCodec::new());
+        // A `bytes` field held as `Bytes` (a `BytesValue`: field 1).
+        let data = Bytes::from(vec![7u8; 64 * 1024]);
+        let frame = Frame::Response {
+            id: 1,
+            payload: Payload::message(data.clone()),
+        };
+        Pin::new(&mut sender).start_send(frame.clone()).unwrap();
+        // Only the frame's head, the field's key and its length were
+        // encoded into the write buffer; the data is queued where it is.
+        assert!(sender.out.len() < 32, "{} bytes encoded", sender.out.len());
+        assert!(
+            sender
+                .queue
+                .iter()
+                .any(|segment| matches!(segment, Segment::Large(bytes) if bytes.as_ptr() == data.as_ptr())),
+            "the field was copied: {:?}",
+            sender.queue
+        );
+        std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
+            .await
+            .unwrap();
+        let received = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(received, frame);
     }
 
     #[tokio::test]
