@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,10 @@ struct EndpointState {
 pub(crate) struct Connection {
     id: u64,
     send: SendRequest<tonic::body::Body>,
+    /// Read to hand a request to hyper's dispatcher, written to drop the
+    /// dispatcher: no request is on its way into a queue that drops (`drive`
+    /// says why).
+    handoff: Arc<RwLock<()>>,
     /// Calls using it now.
     load: Arc<AtomicUsize>,
     /// The bearer token every request carries, if any.
@@ -440,7 +444,7 @@ async fn open(
         .map_err(|_| late())?
         .map_err(|error| error.to_string())?;
     let _ = stream.set_nodelay(true);
-    let send = match &config.tls {
+    let (send, handoff) = match &config.tls {
         None => drive(endpoint, config, id, closed, stream).await?,
         Some(tls) => {
             let name = tls
@@ -459,20 +463,22 @@ async fn open(
     Ok(Connection {
         id,
         send,
+        handoff,
         load: Arc::new(AtomicUsize::new(0)),
         authorization: config.authorization.clone(),
     })
 }
 
 /// Runs HTTP/2 over `io`, driven by a task of its own that removes the
-/// connection from its endpoint when it ends.
+/// connection from its endpoint when it ends: the connection's sender, and
+/// the lock requests are handed over under.
 async fn drive<I>(
     endpoint: &Arc<Endpoint>,
     config: &ConnectConfig,
     id: u64,
     mut closed: watch::Receiver<bool>,
     io: I,
-) -> Result<SendRequest<tonic::body::Body>, String>
+) -> Result<(SendRequest<tonic::body::Body>, Arc<RwLock<()>>), String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -482,25 +488,39 @@ where
         .keep_alive_interval(config.keepalive_interval)
         .keep_alive_timeout(config.keepalive_timeout)
         .keep_alive_while_idle(true);
-    let (send, connection) = builder
+    let (send, mut connection) = builder
         .handshake::<_, tonic::body::Body>(TokioIo::new(io))
         .await
         .map_err(|error| format!("HTTP/2 handshake failed: {error}"))?;
+    let handoff = Arc::new(RwLock::new(()));
+    let dispatcher = Arc::clone(&handoff);
     let endpoint = Arc::clone(endpoint);
     tokio::spawn(async move {
         tokio::select! {
-            ended = connection => {
+            ended = &mut connection => {
                 if let Err(error) = ended {
                     tracing::debug!(endpoint = %endpoint.address, %error, "workerbus-grpc: a connection ended");
                 }
             }
-            // Dropping the connection closes its socket.
             _ = closed.wait_for(|closed| *closed) => {}
         }
+        // Dropping the connection closes its socket and drops hyper's
+        // dispatcher with its queue: the requests it has not taken are
+        // answered canceled, and their calls send them again. But a request
+        // still being pushed as the queue drops (tokio's channel checks that
+        // it is open, then writes) is left in it, with every request behind
+        // it, answered only once the connection's last sender goes; each of
+        // their calls holds one, so they would wait to their deadlines.
+        // Requests are handed over under the read side of this lock, and the
+        // queue drops under its write side: each request is in the queue
+        // when it drops, or refused by it, closed, after.
+        let dropping = dispatcher.write().unwrap_or_else(PoisonError::into_inner);
+        drop(connection);
+        drop(dropping);
         lock(&endpoint.state).connections.retain(|c| c.id != id);
         endpoint.lost.notify_one();
     });
-    Ok(send)
+    Ok((send, handoff))
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -520,7 +540,11 @@ impl tower::Service<http::Request<tonic::body::Body>> for Connection {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, authorization.clone());
         }
-        let response = self.send.send_request(request);
+        let response = {
+            // Never while the dispatcher drops (see `drive`).
+            let _handing = self.handoff.read().unwrap_or_else(PoisonError::into_inner);
+            self.send.send_request(request)
+        };
         Box::pin(async move {
             let mut response = response.await?;
             check_status_headers(response.headers_mut());
