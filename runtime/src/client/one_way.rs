@@ -50,7 +50,7 @@ pub(super) async fn post(
         let id = state.next_id;
         state.next_id += 1;
         state.queued_bytes += len;
-        let payload = payload.take().unwrap_or_default();
+        let payload = payload.take().expect("a one-way message is queued once");
         let request = Frame::request(id, method.clone(), timeout, attempt, payload)
             .with_trace(trace)
             .with_kind(MethodKind::OneWay)

@@ -19,6 +19,7 @@
 //! restores its type (as `dyn Value`); everything else goes through that.
 
 use std::any::Any;
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::sync::{Arc, Mutex};
@@ -27,8 +28,8 @@ use prost::Message;
 
 use super::Value;
 
-/// The room a cell has for a message, in words: 128 bytes, which holds a
-/// message of up to about five strings or lists.
+/// The room a cell has for a message, in 8-byte words: 128 bytes, which
+/// holds a message of up to about five strings or lists.
 const CELL_WORDS: usize = 16;
 
 /// The most free blocks the pool keeps (about 136 KiB): more than enough
@@ -36,12 +37,51 @@ const CELL_WORDS: usize = 16;
 /// to a full pool is freed.
 const MAX_FREE: usize = 1024;
 
+/// What a cell needs to know of the type it holds, one table per type.
+struct Kind {
+    /// The message as a `dyn Value`, given the address of its storage.
+    view: fn(*mut u8) -> *mut dyn Value,
+    /// Moves the message out of its storage into an `Arc`.
+    share: unsafe fn(*mut u8) -> Arc<dyn Value>,
+}
+
+/// The table of type `M`.
+struct KindOf<M>(std::marker::PhantomData<M>);
+
+impl<M: Value> KindOf<M> {
+    const KIND: &'static Kind = &Kind {
+        view: view_as::<M>,
+        share: share_as::<M>,
+    };
+}
+
+/// The table of a free block: never used, a free block is reached only
+/// through the pool.
+const VACANT: &Kind = KindOf::<()>::KIND;
+
+/// Restores a stored message's type.
+fn view_as<M: Value>(storage: *mut u8) -> *mut dyn Value {
+    storage.cast::<M>() as *mut dyn Value
+}
+
+/// Moves a stored `M` into an `Arc`.
+///
+/// # Safety
+///
+/// `storage` holds an `M`, which is neither used nor dropped there again.
+#[allow(unsafe_code)]
+unsafe fn share_as<M: Value>(storage: *mut u8) -> Arc<dyn Value> {
+    // SAFETY: the caller's contract: an `M` is there, and read out once.
+    Arc::new(unsafe { storage.cast::<M>().read() })
+}
+
 /// A block of memory a message is kept in.
 struct Block {
-    /// The stored message as a `dyn Value`, given the address of
-    /// `storage`: `view_as::<M>` for the `M` stored, `vacant` for none.
-    view: fn(*const u8) -> *const dyn Value,
-    storage: MaybeUninit<[usize; CELL_WORDS]>,
+    /// The type of the message stored: `KindOf::<M>::KIND`, or `VACANT`.
+    kind: &'static Kind,
+    /// The message. An `UnsafeCell`, as a message may change itself
+    /// through a shared reference (an atomic it holds, say).
+    storage: UnsafeCell<MaybeUninit<[u64; CELL_WORDS]>>,
 }
 
 /// The free blocks, bounded by `MAX_FREE`.
@@ -68,15 +108,15 @@ impl Pool {
         let free = crate::sync::lock(&self.free).pop();
         free.unwrap_or_else(|| {
             Box::new(Block {
-                view: vacant,
-                storage: MaybeUninit::uninit(),
+                kind: VACANT,
+                storage: UnsafeCell::new(MaybeUninit::uninit()),
             })
         })
     }
 
     /// Gives an empty block back, unless the pool is full.
     fn give_back(&self, mut block: Box<Block>) {
-        block.view = vacant;
+        block.kind = VACANT;
         let mut free = crate::sync::lock(&self.free);
         if free.len() < MAX_FREE {
             free.push(block);
@@ -84,25 +124,17 @@ impl Pool {
     }
 }
 
-/// Restores a stored message's type.
-fn view_as<M: Value>(storage: *const u8) -> *const dyn Value {
-    storage.cast::<M>() as *const dyn Value
-}
-
-/// The `view` of a free block, never called: a free block is reached only
-/// through the pool.
-fn vacant(_: *const u8) -> *const dyn Value {
-    std::ptr::null::<()>() as *const dyn Value
-}
-
 /// A message of any type that fits in a block (and is aligned to at most
-/// a word), kept in a block from the pool.
+/// 8 bytes), kept in a block from the pool.
 pub(super) struct Cell {
     block: ManuallyDrop<Box<Block>>,
 }
 
-// A `Cell` is `Send` and `Sync` as its fields are: it holds only an
-// `M: Message`, which is both (`Cell::new` takes nothing else).
+// SAFETY: a cell holds only an `M: Message` (`Cell::new` takes nothing
+// else), which is `Send + Sync`; the `UnsafeCell` is there for the
+// message's own interior mutability, which its `Sync` covers.
+#[allow(unsafe_code)]
+unsafe impl Sync for Cell {}
 
 impl Cell {
     /// Keeps `message` in a cell, or hands it back if it does not fit.
@@ -113,13 +145,13 @@ impl Cell {
         let mut block = POOL.take();
         #[allow(unsafe_code)]
         // SAFETY: `fits` checked that an `M` fits in the storage and needs no
-        // more alignment than it has (a word's); the block is free (new, or
+        // more alignment than it has (8 bytes); the block is free (new, or
         // given back after its message was moved out or dropped), so
         // nothing is overwritten.
         unsafe {
-            block.storage.as_mut_ptr().cast::<M>().write(message);
+            block.storage.get().cast::<M>().write(message);
         }
-        block.view = view_as::<M>;
+        block.kind = KindOf::<M>::KIND;
         Ok(Cell {
             block: ManuallyDrop::new(block),
         })
@@ -127,18 +159,23 @@ impl Cell {
 
     /// Whether an `M` fits in a cell (decided at compile time).
     const fn fits<M>() -> bool {
-        size_of::<M>() <= size_of::<[usize; CELL_WORDS]>() && align_of::<M>() <= align_of::<usize>()
+        size_of::<M>() <= size_of::<[u64; CELL_WORDS]>() && align_of::<M>() <= align_of::<u64>()
+    }
+
+    /// The address of the message.
+    fn storage(&self) -> *mut u8 {
+        self.block.storage.get().cast()
     }
 
     /// The message.
     pub(super) fn get(&self) -> &dyn Value {
         #[allow(unsafe_code)]
-        // SAFETY: `view` is `view_as::<M>` for the `M` that `new` wrote into
-        // the storage, which holds it until `take` moves it out or `drop`
-        // drops it, both of which end the cell; the reference lives no
-        // longer than `self`.
+        // SAFETY: `kind` is `KindOf::<M>::KIND` for the `M` that `new` wrote
+        // into the storage, which holds it until `take`, `into_shared` or
+        // `drop` ends the cell; the reference lives no longer than `self`,
+        // and nothing else writes the storage meanwhile.
         unsafe {
-            &*(self.block.view)(self.block.storage.as_ptr().cast())
+            &*(self.block.kind.view)(self.storage())
         }
     }
 
@@ -153,24 +190,23 @@ impl Cell {
         // once: the cell is not dropped (`this`), and its block is taken
         // from it exactly once and given back empty.
         unsafe {
-            let message = this.block.storage.as_ptr().cast::<M>().read();
+            let message = this.storage().cast::<M>().read();
             POOL.give_back(ManuallyDrop::take(&mut this.block));
             Ok(message)
         }
     }
-}
 
-impl Cell {
     /// The message moved out into a box of its own, shared by clones.
     pub(super) fn into_shared(self) -> Arc<dyn Value> {
         let mut this = ManuallyDrop::new(self);
         #[allow(unsafe_code)]
-        // SAFETY: the message is moved out once and the cell not dropped
-        // (`this`), so it is neither used nor dropped in its storage again;
-        // the block is taken from the cell exactly once and given back
+        // SAFETY: `share` is `share_as::<M>` for the `M` stored (see `get`);
+        // it reads the message out once, and the cell is not dropped
+        // (`this`), so it is neither used nor dropped in its storage again.
+        // The block is taken from the cell exactly once and given back
         // empty.
         unsafe {
-            let shared = this.get().move_to_shared();
+            let shared = (this.block.kind.share)(this.storage());
             POOL.give_back(ManuallyDrop::take(&mut this.block));
             shared
         }
@@ -193,16 +229,27 @@ impl Clone for Cell {
 
 impl Drop for Cell {
     fn drop(&mut self) {
-        // From the storage's `&mut`: dropping writes.
-        let value = (self.block.view)(self.block.storage.as_mut_ptr().cast()).cast_mut();
+        /// Gives the block back even if the message's `drop` panics.
+        struct GiveBack(Option<Box<Block>>);
+        impl Drop for GiveBack {
+            fn drop(&mut self) {
+                if let Some(block) = self.0.take() {
+                    POOL.give_back(block);
+                }
+            }
+        }
         #[allow(unsafe_code)]
-        // SAFETY: the storage holds the message `view` names (see `get`),
-        // not moved out (`take` does not drop the cell), and it is dropped
-        // once; the block is taken from the cell once, here, and given back
-        // empty.
+        // SAFETY: the block is taken from the cell once, here, and given
+        // back by the guard whether or not the message's drop panics; its
+        // storage holds the message `kind` names (see `get`), not moved out
+        // (`take` and `into_shared` do not drop the cell), dropped once,
+        // through a pointer made from the block where it now is.
         unsafe {
-            std::ptr::drop_in_place(value);
-            POOL.give_back(ManuallyDrop::take(&mut self.block));
+            let mut give_back = GiveBack(Some(ManuallyDrop::take(&mut self.block)));
+            if let Some(block) = give_back.0.as_mut() {
+                let value = (block.kind.view)(block.storage.get().cast());
+                std::ptr::drop_in_place(value);
+            }
         }
     }
 }
@@ -326,6 +373,93 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(taken[MAX_FREE + 99], (MAX_FREE + 99).to_string());
-        assert!(crate::sync::lock(&POOL.free).len() <= MAX_FREE);
+    }
+
+    /// A message that changes itself through `&self`, as one that caches its
+    /// encoded length in an atomic would.
+    #[derive(Debug, Default)]
+    struct Caching {
+        encodings: AtomicUsize,
+    }
+
+    impl Clone for Caching {
+        fn clone(&self) -> Caching {
+            Caching::default()
+        }
+    }
+
+    impl Message for Caching {
+        fn encode_raw(&self, _: &mut impl bytes::BufMut) {
+            self.encodings.fetch_add(1, Ordering::SeqCst);
+        }
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: prost::encoding::WireType,
+            buf: &mut impl bytes::Buf,
+            ctx: prost::encoding::DecodeContext,
+        ) -> Result<(), prost::DecodeError> {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+        fn encoded_len(&self) -> usize {
+            0
+        }
+        fn clear(&mut self) {}
+    }
+
+    #[test]
+    fn a_message_may_change_itself_through_a_shared_reference_in_its_cell() {
+        let cell = Cell::new(Caching::default()).unwrap();
+        cell.get().to_bytes();
+        cell.get().to_bytes();
+        let taken: Caching = cell.take().unwrap();
+        assert_eq!(taken.encodings.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_message_without_fields_of_its_own_fits_and_comes_back() {
+        let cell = Cell::new(()).unwrap();
+        assert_eq!(cell.get().type_name(), "()");
+        let () = cell.take().unwrap();
+    }
+
+    /// A message whose `drop` panics.
+    #[derive(Clone, Debug, Default)]
+    struct Exploding(u64);
+
+    impl Drop for Exploding {
+        fn drop(&mut self) {
+            if self.0 == 1 {
+                panic!("the message's drop panicked");
+            }
+        }
+    }
+
+    impl Message for Exploding {
+        fn encode_raw(&self, _: &mut impl bytes::BufMut) {}
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: prost::encoding::WireType,
+            buf: &mut impl bytes::Buf,
+            ctx: prost::encoding::DecodeContext,
+        ) -> Result<(), prost::DecodeError> {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+        fn encoded_len(&self) -> usize {
+            0
+        }
+        fn clear(&mut self) {}
+    }
+
+    #[test]
+    fn a_block_is_not_lost_when_its_messages_drop_panics() {
+        // Under Miri a lost block fails the run as a leak; here, the panic
+        // passes through the cell's drop as any drop's would.
+        let cell = Cell::new(Exploding(1)).unwrap();
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(cell)));
+        assert!(dropped.is_err(), "the message's panic reached the caller");
+        let cell = Cell::new(Exploding(2)).unwrap();
+        drop(cell);
     }
 }

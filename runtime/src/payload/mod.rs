@@ -30,8 +30,10 @@ pub(crate) use self::split::SplitEncoder;
 /// byte fields, lists and numbers; what they hold is on the heap anyway) is
 /// kept in a block of memory from a pool the process shares, so a payload
 /// made from it takes no allocation of its own once the pool has blocks; a
-/// larger one is boxed. Cloning a payload clones a small message and
-/// shares a boxed one (a call that may be retried keeps a clone);
+/// larger one is boxed. Cloning a payload clones a message kept in a block,
+/// whatever it holds (a list of a million strings is copied), and shares a
+/// boxed one; [`into_shared`](Payload::into_shared) makes later clones
+/// share it (a call that may be retried keeps a clone so);
 /// whoever takes it back ([`Payload::decode`]) moves it out if nothing else
 /// holds it, and clones it otherwise. Its encoded length is worked out
 /// once, when it is made, and is what size limits count.
@@ -110,14 +112,6 @@ trait Value: Any + Send + Sync {
     /// A copy of the message in a cell of its own (only called on one that
     /// is in a cell).
     fn clone_cell(&self) -> Cell;
-    /// The message moved into a box of its own.
-    ///
-    /// # Safety
-    ///
-    /// The message is read out, not copied: the caller must neither use nor
-    /// drop it where it was (a cell's storage, given back empty).
-    #[allow(unsafe_code)]
-    unsafe fn move_to_shared(&self) -> Arc<dyn Value>;
 }
 
 impl<M: Message + Clone + 'static> Value for M {
@@ -144,13 +138,6 @@ impl<M: Message + Clone + 'static> Value for M {
 
     fn clone_cell(&self) -> Cell {
         Cell::new(self.clone()).unwrap_or_else(|_| unreachable!("a message in a cell fits one"))
-    }
-
-    #[allow(unsafe_code)]
-    unsafe fn move_to_shared(&self) -> Arc<dyn Value> {
-        // SAFETY: the caller neither uses nor drops `self` again, so the
-        // message is moved, not duplicated.
-        Arc::new(unsafe { std::ptr::read(self) })
     }
 }
 
@@ -314,6 +301,12 @@ impl Payload {
         }
     }
 }
+
+// A payload crosses threads, in frames and between tasks.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Payload>();
+};
 
 impl From<Bytes> for Payload {
     fn from(bytes: Bytes) -> Payload {

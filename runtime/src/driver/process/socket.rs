@@ -348,10 +348,12 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
                 // the message holds them.
                 None => match tail.value() {
                     Some(value) if value.len() >= VECTORED_MIN => {
-                        // Room for all of it, as for any message: most
-                        // large ones (a batch of vectors) have no field
-                        // to cut.
-                        this.out.reserve(value.len());
+                        // Room for all of it, as for any message (most
+                        // large ones, a batch of vectors, have no field to
+                        // cut), but no more than a connection keeps: one
+                        // large field cut out must not grow the buffer
+                        // past it for nothing.
+                        this.out.reserve(value.len().min(RETAINED_OUT));
                         let mut cuts = std::mem::take(&mut this.cuts);
                         value.encode_split(&mut SplitEncoder::new(
                             &mut this.out,
@@ -525,7 +527,12 @@ mod tests {
     }
 
     #[tokio::test]
+    // Each test has a runtime of its own: the lock orders tests, no tasks.
+    #[allow(clippy::await_holding_lock)]
     async fn a_values_large_bytes_field_is_written_from_the_message_not_copied() {
+        // The frame is read into a pooled buffer: not while another test
+        // watches the pool.
+        let _turn = crate::sync::lock(&crate::buffers::SERIAL);
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let mut sender = SocketTransport::new(a, FrameCodec::new());
         let mut receiver = SocketTransport::new(b, FrameCodec::new());
@@ -602,6 +609,122 @@ mod tests {
         let ((), received) = tokio::join!(write, read);
         assert!(matches!(received, Some(Ok(Frame::Response { id: 5, .. }))));
         assert_eq!(sender.out.capacity(), 0);
+    }
+
+    /// A peer that takes at most `step` bytes a write, across as many of
+    /// the buffers of a vectored write as that covers, and keeps them.
+    struct Trickle {
+        step: usize,
+        taken: Vec<u8>,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = self.step.min(buf.len());
+            self.taken.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.step;
+            for buf in bufs {
+                let n = left.min(buf.len());
+                self.taken.extend_from_slice(&buf[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(self.step - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A message with two large `bytes` fields and a small one between.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TwoFields {
+        #[prost(bytes = "bytes", tag = "1")]
+        first: Bytes,
+        #[prost(string, tag = "2")]
+        between: String,
+        #[prost(bytes = "bytes", tag = "3")]
+        second: Bytes,
+    }
+
+    #[test]
+    fn frames_with_fields_cut_out_arrive_whole_however_the_writes_are_split() {
+        let two = TwoFields {
+            first: Bytes::from(vec![1u8; 20_000]),
+            between: "between".into(),
+            second: Bytes::from(vec![2u8; 30_000]),
+        };
+        let frames = vec![
+            Frame::request(
+                1,
+                "bench.echo".into(),
+                None,
+                1,
+                Payload::message(two.clone()),
+            ),
+            Frame::Response {
+                id: 2,
+                payload: Payload::message(String::from("small")),
+            },
+            Frame::Response {
+                id: 3,
+                payload: Payload::message(Bytes::from(vec![3u8; 17_000])),
+            },
+            Frame::Response {
+                id: 4,
+                payload: Payload::message(two),
+            },
+        ];
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for step in [1, 7, 4096, 16_385, 1 << 20] {
+            let trickle = Trickle {
+                step,
+                taken: Vec::new(),
+            };
+            let mut sender = SocketTransport::new(trickle, FrameCodec::new());
+            for (sent, frame) in frames.iter().enumerate() {
+                Pin::new(&mut sender).start_send(frame.clone()).unwrap();
+                // Every other frame flushed at once, the rest together.
+                if sent % 2 == 0 {
+                    assert!(Pin::new(&mut sender).poll_flush(&mut cx).is_ready());
+                }
+            }
+            assert!(Pin::new(&mut sender).poll_flush(&mut cx).is_ready());
+            let mut wire = BytesMut::from(&sender.io.taken[..]);
+            let mut codec = FrameCodec::new();
+            let mut received = Vec::new();
+            while let Some(frame) =
+                tokio_util::codec::Decoder::decode(&mut codec, &mut wire).unwrap()
+            {
+                received.push(frame);
+            }
+            assert!(wire.is_empty(), "{} bytes left over", wire.len());
+            assert_eq!(received, frames, "writes of {step} bytes");
+        }
     }
 
     /// A peer that reads a little less than it is sent each time.
