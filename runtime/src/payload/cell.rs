@@ -15,8 +15,9 @@
 //! when the message is moved out or dropped, on whichever thread.
 //!
 //! A cell is a typed value in untyped storage, so this is the one place
-//! of the runtime that handles a message through raw pointers. `view`
-//! restores its type (as `dyn Value`); everything else goes through that.
+//! of the runtime that handles a message through raw pointers. A table of
+//! two functions per type (`Kind`) restores its type (as `dyn Value`) and
+//! moves it into an `Arc`; everything else goes through the first.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
@@ -32,9 +33,9 @@ use super::Value;
 /// holds a message of up to about five strings or lists.
 const CELL_WORDS: usize = 16;
 
-/// The most free blocks the pool keeps (about 136 KiB): more than enough
-/// for the messages of thousands of calls in flight; a block given back
-/// to a full pool is freed.
+/// The most free blocks the pool keeps (about 136 KiB): the two messages
+/// of each of 512 calls in flight find a block to use again; a block given
+/// back to a full pool is freed (blocks in use are not counted).
 const MAX_FREE: usize = 1024;
 
 /// What a cell needs to know of the type it holds, one table per type.
