@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -392,6 +393,98 @@ async fn retries_resend_with_a_new_id_and_attempt_number() {
     let (result, seen) = tokio::join!(call, serve);
     assert_eq!(result.unwrap().into_bytes(), "p");
     assert_eq!(seen, [(1, 1), (2, 2), (3, 3)]);
+}
+
+/// A message that counts its copies.
+#[derive(Debug, Default)]
+struct Copied {
+    copies: Arc<AtomicUsize>,
+}
+
+impl Clone for Copied {
+    fn clone(&self) -> Copied {
+        self.copies.fetch_add(1, Ordering::SeqCst);
+        Copied {
+            copies: Arc::clone(&self.copies),
+        }
+    }
+}
+
+impl prost::Message for Copied {
+    fn encode_raw(&self, _: &mut impl bytes::BufMut) {}
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+    fn encoded_len(&self) -> usize {
+        0
+    }
+    fn clear(&mut self) {}
+}
+
+/// Answers `failures + 1` attempts of a call, taking each one's message
+/// as a generated server does; all but the last are refused. Each
+/// attempt arrives with no copy made for it: `copies` counts only the
+/// takes before it, from `before`, its count when the call was made.
+async fn take_attempts(
+    worker: &mut MemoryTransport,
+    failures: usize,
+    copies: &AtomicUsize,
+    before: usize,
+) {
+    for attempt in 0..=failures {
+        let Some(Ok(Frame::Request { id, payload, .. })) = worker.next().await else {
+            panic!("expected a request");
+        };
+        let taken_before = if failures == 0 { 0 } else { attempt };
+        assert_eq!(
+            copies.load(Ordering::SeqCst) - before,
+            taken_before,
+            "attempt {attempt} was copied to be sent"
+        );
+        let _taken: Copied = payload.decode().unwrap();
+        let answer = if attempt < failures {
+            Frame::Status {
+                id,
+                status: Status::unavailable("busy"),
+            }
+        } else {
+            Frame::Response {
+                id,
+                payload: crate::Payload::new(),
+            }
+        };
+        worker.send(answer).await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_is_copied_only_where_a_retry_may_need_it_and_once_an_attempt() {
+    let (host, mut worker) = MemoryTransport::pair();
+    let channel = Channel::new(host);
+    let copies = Arc::new(AtomicUsize::new(0));
+    let message = || Copied {
+        copies: Arc::clone(&copies),
+    };
+    // Run once: handed over, never copied.
+    let once = resolved(None, 0);
+    let call = channel.call(&ECHO, crate::Payload::message(message()), &once);
+    let (result, ()) = tokio::join!(call, take_attempts(&mut worker, 0, &copies, 0));
+    result.unwrap();
+    assert_eq!(copies.load(Ordering::SeqCst), 0);
+
+    // May run again: the attempts share the message the call keeps, and
+    // each worker's take copies it, once an attempt.
+    let again = resolved(None, 2);
+    let call = channel.call(&ECHO, crate::Payload::message(message()), &again);
+    let (result, ()) = tokio::join!(call, take_attempts(&mut worker, 2, &copies, 0));
+    result.unwrap();
+    assert_eq!(copies.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
