@@ -410,22 +410,7 @@ impl Clone for Copied {
     }
 }
 
-impl prost::Message for Copied {
-    fn encode_raw(&self, _: &mut impl bytes::BufMut) {}
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-    fn encoded_len(&self) -> usize {
-        0
-    }
-    fn clear(&mut self) {}
-}
+crate::payload::test_message!(Copied);
 
 /// Answers `failures + 1` attempts of a call, taking each one's message
 /// as a generated server does; all but the last are refused. Each

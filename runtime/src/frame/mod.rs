@@ -51,6 +51,8 @@ use bytes::Bytes;
 pub use self::codec::FrameCodec;
 #[cfg(feature = "process")]
 pub(crate) use self::codec::is_pooled;
+#[cfg(feature = "process")]
+pub(crate) use self::wire::Tail;
 pub(crate) use self::wire::metadata_field_len;
 use crate::error::Status;
 use crate::metadata::Metadata;

@@ -68,12 +68,14 @@ impl<'a> Tail<'a> {
         }
     }
 
-    /// The message value, if the tail is one still to encode.
+    /// Appends the tail to a connection's write buffer, but for a message
+    /// value's large `bytes` fields, which `dst` notes to be written from
+    /// their own buffers.
     #[cfg(feature = "process")]
-    pub(crate) fn value(&self) -> Option<&'a Payload> {
+    pub(crate) fn encode_split(&self, dst: &mut crate::payload::SplitEncoder<'_>) {
         match self {
-            Tail::Message(payload) if !payload.is_encoded() => Some(payload),
-            _ => None,
+            Tail::Bytes(bytes) => dst.put_slice(bytes),
+            Tail::Message(payload) => payload.encode_split(dst),
         }
     }
 

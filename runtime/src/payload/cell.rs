@@ -274,26 +274,7 @@ mod tests {
         }
     }
 
-    impl Message for Counted {
-        fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
-            self.text.encode_raw(buf);
-        }
-        fn merge_field(
-            &mut self,
-            tag: u32,
-            wire_type: prost::encoding::WireType,
-            buf: &mut impl bytes::Buf,
-            ctx: prost::encoding::DecodeContext,
-        ) -> Result<(), prost::DecodeError> {
-            self.text.merge_field(tag, wire_type, buf, ctx)
-        }
-        fn encoded_len(&self) -> usize {
-            self.text.encoded_len()
-        }
-        fn clear(&mut self) {
-            self.text.clear();
-        }
-    }
+    crate::payload::test_message!(Counted);
 
     #[test]
     fn a_message_is_dropped_once_whether_taken_dropped_or_cloned() {
@@ -389,24 +370,9 @@ mod tests {
         }
     }
 
-    impl Message for Caching {
-        fn encode_raw(&self, _: &mut impl bytes::BufMut) {
-            self.encodings.fetch_add(1, Ordering::SeqCst);
-        }
-        fn merge_field(
-            &mut self,
-            tag: u32,
-            wire_type: prost::encoding::WireType,
-            buf: &mut impl bytes::Buf,
-            ctx: prost::encoding::DecodeContext,
-        ) -> Result<(), prost::DecodeError> {
-            prost::encoding::skip_field(wire_type, tag, buf, ctx)
-        }
-        fn encoded_len(&self) -> usize {
-            0
-        }
-        fn clear(&mut self) {}
-    }
+    crate::payload::test_message!(Caching, |message| {
+        message.encodings.fetch_add(1, Ordering::SeqCst);
+    });
 
     #[test]
     fn a_message_may_change_itself_through_a_shared_reference_in_its_cell() {
@@ -436,22 +402,7 @@ mod tests {
         }
     }
 
-    impl Message for Exploding {
-        fn encode_raw(&self, _: &mut impl bytes::BufMut) {}
-        fn merge_field(
-            &mut self,
-            tag: u32,
-            wire_type: prost::encoding::WireType,
-            buf: &mut impl bytes::Buf,
-            ctx: prost::encoding::DecodeContext,
-        ) -> Result<(), prost::DecodeError> {
-            prost::encoding::skip_field(wire_type, tag, buf, ctx)
-        }
-        fn encoded_len(&self) -> usize {
-            0
-        }
-        fn clear(&mut self) {}
-    }
+    crate::payload::test_message!(Exploding);
 
     #[test]
     fn a_block_is_not_lost_when_its_messages_drop_panics() {

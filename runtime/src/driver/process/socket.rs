@@ -30,7 +30,7 @@ use tokio_util::codec::Decoder;
 use super::admission::Greeting;
 use super::sys;
 use crate::error::FrameError;
-use crate::frame::{Frame, FrameCodec};
+use crate::frame::{Frame, FrameCodec, Tail};
 use crate::payload::{Payload, SplitEncoder};
 
 /// The send buffer asked of each connection's socket: how much the kernel
@@ -209,6 +209,34 @@ impl<T> SocketTransport<T> {
         }
     }
 
+    /// Queues `bytes` to be written from their own buffer, after what `out`
+    /// holds up to `at`.
+    fn queue_large(&mut self, at: usize, bytes: Bytes) {
+        self.seal_out_at(at);
+        self.queue.push_back(Segment::Large(bytes));
+    }
+
+    /// Encodes a frame's tail into `out`, but for a message value's large
+    /// `bytes` fields, which are queued to be written from where the
+    /// message holds them.
+    fn encode_split(&mut self, tail: &Tail<'_>) {
+        // Room for all of it, as for any message (most large ones, a batch
+        // of vectors, have no field to cut), but no more than a connection
+        // keeps: one large field cut out must not grow the buffer past it
+        // for nothing.
+        self.out.reserve(tail.len().min(RETAINED_OUT));
+        let mut cuts = std::mem::take(&mut self.cuts);
+        tail.encode_split(&mut SplitEncoder::new(
+            &mut self.out,
+            &mut cuts,
+            VECTORED_MIN,
+        ));
+        for (at, bytes) in cuts.drain(..) {
+            self.queue_large(at, bytes);
+        }
+        self.cuts = cuts;
+    }
+
     /// Everything queued is written: `out` is kept for the next frames,
     /// unless one large message left it larger than is worth keeping.
     fn written_all(&mut self) {
@@ -337,37 +365,13 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
             match tail.encoded() {
                 // Bytes already in a buffer of their own are written from it.
                 Some(bytes) if bytes.len() >= VECTORED_MIN => {
-                    let bytes = bytes.clone();
-                    this.seal_out();
-                    this.queue.push_back(Segment::Large(bytes));
+                    this.queue_large(this.out.len(), bytes.clone());
                 }
-                Some(bytes) => this.out.extend_from_slice(bytes),
-                // A message value is encoded here, into the connection's
-                // buffer, but for its large `bytes` fields (a message
-                // smaller than one has none), which are written from where
-                // the message holds them.
-                None => match tail.value() {
-                    Some(value) if value.len() >= VECTORED_MIN => {
-                        // Room for all of it, as for any message (most
-                        // large ones, a batch of vectors, have no field to
-                        // cut), but no more than a connection keeps: one
-                        // large field cut out must not grow the buffer
-                        // past it for nothing.
-                        this.out.reserve(value.len().min(RETAINED_OUT));
-                        let mut cuts = std::mem::take(&mut this.cuts);
-                        value.encode_split(&mut SplitEncoder::new(
-                            &mut this.out,
-                            &mut cuts,
-                            VECTORED_MIN,
-                        ));
-                        for (at, bytes) in cuts.drain(..) {
-                            this.seal_out_at(at);
-                            this.queue.push_back(Segment::Large(bytes));
-                        }
-                        this.cuts = cuts;
-                    }
-                    _ => tail.encode_into(&mut this.out),
-                },
+                // A large message value is encoded here, but for its large
+                // `bytes` fields (a message smaller than one has none).
+                None if tail.len() >= VECTORED_MIN => this.encode_split(&tail),
+                // Anything smaller is copied, or encoded, behind its head.
+                _ => tail.encode_into(&mut this.out),
             }
         }
         this.out_oversized |= this.out.capacity() > RETAINED_OUT;
@@ -526,6 +530,20 @@ mod tests {
         assert_eq!(received, frames);
     }
 
+    /// Flushes what `sender` has queued and reads the next frame it sent.
+    async fn flushed_and_read(
+        sender: &mut SocketTransport<tokio::net::UnixStream>,
+        receiver: &mut SocketTransport<tokio::net::UnixStream>,
+    ) -> Frame {
+        std::future::poll_fn(|cx| Pin::new(&mut *sender).poll_flush(cx))
+            .await
+            .unwrap();
+        std::future::poll_fn(|cx| Pin::new(&mut *receiver).poll_next(cx))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[tokio::test]
     // Each test has a runtime of its own: the lock orders tests, no tasks.
     #[allow(clippy::await_holding_lock)]
@@ -554,14 +572,7 @@ mod tests {
             "the field was copied: {:?}",
             sender.queue
         );
-        std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
-            .await
-            .unwrap();
-        let received = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(received, frame);
+        assert_eq!(flushed_and_read(&mut sender, &mut receiver).await, frame);
     }
 
     #[tokio::test]
@@ -579,14 +590,7 @@ mod tests {
             Pin::new(&mut sender).start_send(frame.clone()).unwrap();
             // The frame, encoded: where, and in how large a buffer.
             buffers.push((sender.out.as_ptr(), sender.out.capacity()));
-            std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
-                .await
-                .unwrap();
-            let received = std::future::poll_fn(|cx| Pin::new(&mut receiver).poll_next(cx))
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(received, frame);
+            assert_eq!(flushed_and_read(&mut sender, &mut receiver).await, frame);
         }
         assert!(buffers[0].1 > 64 * 1024);
         assert!(
