@@ -19,7 +19,7 @@ pub(crate) const PREFIX: &str = "$workerbus.";
 pub(crate) const HEALTH: &str = "$workerbus.health";
 
 /// The version of the protocol in `docs/PROTOCOL.md`.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Answers a connection's control exchanges other than the health report:
 /// what a driver adds to the serve loop.

@@ -18,8 +18,6 @@
 use bytes::Bytes;
 #[cfg(feature = "process")]
 use prost::Message;
-#[cfg(feature = "process")]
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::FrameCodec;
 #[cfg(feature = "process")]
@@ -48,15 +46,14 @@ pub use crate::driver::process::PeerEnd;
 /// transport over `io` included. A `$workerbus.detach` is refused: no socket
 /// is made.
 #[cfg(feature = "process")]
-pub async fn serve_named_peer<S, T>(
-    io: T,
+pub async fn serve_named_peer<S>(
+    io: tokio::io::DuplexStream,
     service: S,
     options: ServeOptions,
     secret: Secret,
 ) -> PeerEnd
 where
     S: Dispatch,
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     crate::driver::process::serve_fuzzed_peer(io, service, options, secret).await
 }
@@ -100,6 +97,7 @@ pub fn welcome_for(served: &[ServiceSchema], pid: u32) -> Vec<u8> {
             .iter()
             .map(crate::description::ServiceInfo::from)
             .collect(),
+        shared_memory: false,
     }
     .encode_to_vec()
 }
@@ -111,6 +109,7 @@ pub fn hello_for(protocol: u32, secret: &[u8]) -> Vec<u8> {
     Hello {
         protocol,
         secret: Bytes::copy_from_slice(secret),
+        shared_memory: false,
     }
     .encode_to_vec()
 }

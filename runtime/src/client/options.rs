@@ -382,6 +382,7 @@ pub struct ChannelOptions {
     pub(super) max_queued_bytes: usize,
     pub(super) window: Window,
     pub(super) metadata: Metadata,
+    pub(super) shared_memory_from: Option<usize>,
 }
 
 /// The default cap on calls in flight on one channel.
@@ -452,9 +453,36 @@ impl ChannelOptions {
         self
     }
 
+    /// Over a process worker's socket, payloads of at least `from` bytes
+    /// (default [256 KiB](crate::DEFAULT_SHARED_MEMORY_FROM), at least
+    /// [4 KiB](crate::MIN_SHARED_MEMORY_FROM)) cross in a sealed memory
+    /// file, handed over with the frame, rather than through the socket:
+    /// on Linux, and where the worker agrees in the handshake; otherwise
+    /// every payload goes through the socket. `None` sends none that way
+    /// and takes none from the worker. The thread driver ignores it: its
+    /// messages cross as values.
+    ///
+    /// ```
+    /// use workerbus::{ChannelOptions, ProcessDriver};
+    ///
+    /// // Every payload of 1 MiB or more in shared memory.
+    /// let driver = ProcessDriver::new("target/debug/embedder")
+    ///     .channel_options(ChannelOptions::new().shared_memory_from(Some(1 << 20)));
+    /// ```
+    #[must_use]
+    pub fn shared_memory_from(mut self, from: Option<usize>) -> ChannelOptions {
+        self.shared_memory_from = from.map(|from| from.max(crate::MIN_SHARED_MEMORY_FROM));
+        self
+    }
+
     #[cfg(feature = "process")]
     pub(crate) fn max_frame_length_value(&self) -> usize {
         self.max_frame_length
+    }
+
+    #[cfg(feature = "process")]
+    pub(crate) fn shared_memory_from_value(&self) -> Option<usize> {
+        self.shared_memory_from
     }
 }
 
@@ -466,6 +494,7 @@ impl Default for ChannelOptions {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             window: Window::DEFAULT,
             metadata: Metadata::new(),
+            shared_memory_from: Some(crate::DEFAULT_SHARED_MEMORY_FROM),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`FrameCodec`]: frames on a byte stream, each behind its length, with a
 //! maximum frame length and the decoder's room for frames still arriving.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::FrameError;
@@ -124,6 +124,28 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode_body(src)? {
+            Some(body) => Frame::decode(body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl FrameCodec {
+    /// The body (after its prefix) of the frame `src` starts with, if it
+    /// has all arrived; as [`decode`](Decoder::decode), but undecoded.
+    #[inline]
+    pub(crate) fn decode_body(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         let Some(prefix) = src.get(..4) else {
             return Ok(None);
         };
@@ -160,17 +182,7 @@ impl Decoder for FrameCodec {
             return Ok(None);
         }
         src.advance(4);
-        Frame::decode(src.split_to(len).freeze()).map(Some)
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => Err(FrameError::Truncated {
-                buffered: src.len(),
-            }),
-        }
+        Ok(Some(src.split_to(len).freeze()))
     }
 }
 

@@ -54,6 +54,8 @@ pub(crate) use self::codec::is_pooled;
 #[cfg(feature = "process")]
 pub(crate) use self::wire::Tail;
 pub(crate) use self::wire::metadata_field_len;
+#[cfg(feature = "process")]
+pub(crate) use self::wire::{SHARED_LEN, decode_shared, encode_shared, is_shared};
 use crate::error::Status;
 use crate::metadata::Metadata;
 use crate::name::MethodName;
@@ -70,6 +72,15 @@ pub const HEADER_LEN: usize = 1 + 1 + 8;
 /// The smallest maximum frame length a channel or worker accepts: room for
 /// any status the runtime itself produces about an oversized frame.
 pub const MIN_FRAME_LENGTH: usize = 256;
+
+/// By default, a payload of at least this many bytes (256 KiB) crosses a
+/// process worker's socket in a sealed memory file rather than through the
+/// socket, where both ends agree to it (`docs/PROTOCOL.md` 5.13).
+pub const DEFAULT_SHARED_MEMORY_FROM: usize = 256 * 1024;
+
+/// The smallest payload that may cross in a sealed memory file (one page,
+/// 4 KiB): below it, making the file costs more than copying the bytes.
+pub const MIN_SHARED_MEMORY_FROM: usize = 4096;
 
 /// The longest method name a `REQUEST` frame can carry.
 pub const MAX_METHOD_LEN: usize = 1024;

@@ -25,6 +25,14 @@ const KIND_END: u8 = 0x07;
 const KIND_CREDIT: u8 = 0x08;
 const KIND_EVENT: u8 = 0x09;
 const KIND_METADATA: u8 = 0x0a;
+/// Announces that the payload of the frame after it is in a sealed memory
+/// file whose descriptor came with the bytes (PROTOCOL.md 5.13): read and
+/// written only by the process driver's transport, on a connection whose
+/// handshake agreed to it.
+pub(crate) const KIND_SHARED: u8 = 0x0b;
+/// The length of a `SHARED` frame after its prefix: its header and
+/// `len: u32`.
+pub(crate) const SHARED_LEN: usize = HEADER_LEN + 4;
 
 /// `REQUEST` flag: a `timeout_us` field follows the header.
 const FLAG_DEADLINE: u8 = 0x01;
@@ -76,6 +84,15 @@ impl<'a> Tail<'a> {
         match self {
             Tail::Bytes(bytes) => dst.put_slice(bytes),
             Tail::Message(payload) => payload.encode_split(dst),
+        }
+    }
+
+    /// Writes the tail into `dst`, exactly its length.
+    #[cfg(feature = "process")]
+    pub(crate) fn encode_to_slice(&self, mut dst: &mut [u8]) {
+        match self {
+            Tail::Bytes(bytes) => dst.put_slice(bytes),
+            Tail::Message(payload) => payload.encode_to(&mut dst),
         }
     }
 
@@ -138,7 +155,70 @@ impl Frame {
     /// (every frame that carries a payload carries it last). The prefix
     /// counts the payload.
     pub(crate) fn encode_head(&self, dst: &mut BytesMut) -> Option<Tail<'_>> {
-        let len = self.encoded_len();
+        self.encode_head_counting(dst, self.encoded_len())
+    }
+
+    /// As [`encode_head`](Frame::encode_head), but the prefix leaves out the
+    /// payload (of `payload_len` bytes), which travels apart: in a sealed
+    /// memory file, announced by the `SHARED` frame before this one.
+    #[cfg(feature = "process")]
+    pub(crate) fn encode_head_apart(
+        &self,
+        dst: &mut BytesMut,
+        payload_len: usize,
+    ) -> Option<Tail<'_>> {
+        self.encode_head_counting(dst, self.encoded_len() - payload_len)
+    }
+
+    /// The payload of a frame that may carry it apart (PROTOCOL.md 5.13):
+    /// a `REQUEST`'s, a `RESPONSE`'s, an `ITEM`'s or an `EVENT`'s.
+    #[cfg(feature = "process")]
+    pub(crate) fn payload_apart(&self) -> Option<Tail<'_>> {
+        match self {
+            Frame::Request { payload, .. } | Frame::Response { payload, .. } => {
+                Some(Tail::Message(payload))
+            }
+            Frame::Item { payload, .. } | Frame::Event { payload, .. } => {
+                Some(Tail::Bytes(payload))
+            }
+            _ => None,
+        }
+    }
+
+    /// This frame, read without its payload after a `SHARED` frame, with
+    /// the payload that came apart; the error if it may carry none apart or
+    /// carried some of its own.
+    #[cfg(feature = "process")]
+    pub(crate) fn with_payload_apart(mut self, apart: Bytes) -> Result<Frame, FrameError> {
+        let kind = self.kind_name();
+        let empty = match &mut self {
+            Frame::Request { payload, .. } | Frame::Response { payload, .. } => {
+                let empty = payload.is_empty();
+                *payload = apart.into();
+                empty
+            }
+            Frame::Item { payload, .. } | Frame::Event { payload, .. } => {
+                let empty = payload.is_empty();
+                *payload = apart;
+                empty
+            }
+            _ => {
+                return Err(malformed(
+                    "SHARED",
+                    format!("it is followed by a {kind} frame, which carries no payload"),
+                ));
+            }
+        };
+        if !empty {
+            return Err(malformed(
+                "SHARED",
+                format!("the {kind} frame after it carries a payload of its own"),
+            ));
+        }
+        Ok(self)
+    }
+
+    fn encode_head_counting(&self, dst: &mut BytesMut, len: usize) -> Option<Tail<'_>> {
         // Lengths above u32::MAX are refused by every codec long before here.
         dst.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
         match self {
@@ -251,6 +331,14 @@ impl Frame {
             KIND_CREDIT => "CREDIT",
             KIND_EVENT => "EVENT",
             KIND_METADATA => "METADATA",
+            // Only the transport of a connection that agreed to them reads
+            // `SHARED` frames, before they get here.
+            KIND_SHARED => {
+                return Err(malformed(
+                    "SHARED",
+                    "this connection takes no payloads in shared memory".into(),
+                ));
+            }
             _ => return Err(FrameError::UnknownKind { kind }),
         };
         // Id 0 is reserved for frames about no call: `SHUTDOWN`, `EVENT`,
@@ -380,6 +468,45 @@ impl Frame {
         };
         Ok(frame)
     }
+}
+
+/// Appends a `SHARED` frame: the payload of the frame with `id` that
+/// follows, `len` bytes, is in the next memory file (PROTOCOL.md 5.13).
+#[cfg(feature = "process")]
+pub(crate) fn encode_shared(dst: &mut BytesMut, id: u64, len: u32) {
+    dst.put_u32(SHARED_LEN as u32);
+    put_header(dst, KIND_SHARED, id);
+    dst.put_u32(len);
+}
+
+/// Whether a frame body (after its prefix) is a `SHARED` frame's.
+#[cfg(feature = "process")]
+pub(crate) fn is_shared(body: &[u8]) -> bool {
+    body.first() == Some(&KIND_SHARED)
+}
+
+/// Reads a `SHARED` frame's body: the id of the frame it announces a
+/// payload for, and the payload's length (at least 1).
+#[cfg(feature = "process")]
+pub(crate) fn decode_shared(body: &[u8]) -> Result<(u64, usize), FrameError> {
+    if body.len() != SHARED_LEN {
+        return Err(malformed(
+            "SHARED",
+            format!("{} bytes (must be {SHARED_LEN})", body.len()),
+        ));
+    }
+    let mut body = body;
+    let _kind = body.get_u8();
+    let flags = body.get_u8();
+    if flags != 0 {
+        return Err(malformed("SHARED", format!("unknown flags 0x{flags:02x}")));
+    }
+    let id = body.get_u64();
+    let len = body.get_u32() as usize;
+    if len == 0 {
+        return Err(malformed("SHARED", "a payload of 0 bytes".into()));
+    }
+    Ok((id, len))
 }
 
 /// The flags that carry a call's kind.

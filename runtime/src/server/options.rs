@@ -56,6 +56,7 @@ pub struct ServeOptions {
     pub(super) max_greeting_frame_length: usize,
     pub(super) greeting_timeout: Duration,
     pub(super) max_ungreeted_connections: usize,
+    pub(super) shared_memory_from: Option<usize>,
     pub(super) middleware: WorkerChain,
     /// The driver serving, as middleware sees it.
     pub(super) driver: &'static str,
@@ -71,6 +72,7 @@ impl fmt::Debug for ServeOptions {
             .field("max_greeting_frame_length", &self.max_greeting_frame_length)
             .field("greeting_timeout", &self.greeting_timeout)
             .field("max_ungreeted_connections", &self.max_ungreeted_connections)
+            .field("shared_memory_from", &self.shared_memory_from)
             .field(
                 "middleware",
                 &self.middleware.as_ref().map_or(0, |chain| chain.len()),
@@ -115,6 +117,26 @@ impl ServeOptions {
     #[must_use]
     pub fn max_frame_length(mut self, max: usize) -> ServeOptions {
         self.max_frame_length = max.max(MIN_FRAME_LENGTH);
+        self
+    }
+
+    /// Over a process worker's socket, payloads of at least `from` bytes
+    /// (default [256 KiB](crate::DEFAULT_SHARED_MEMORY_FROM), at least
+    /// [4 KiB](crate::MIN_SHARED_MEMORY_FROM)) cross in a sealed memory
+    /// file, handed over with the frame, rather than through the socket:
+    /// on Linux, and where the host agrees in the handshake; otherwise every
+    /// payload goes through the socket. `None` sends none that way and takes
+    /// none from the host. Other transports ignore it.
+    ///
+    /// ```
+    /// use workerbus::ServeOptions;
+    ///
+    /// // Every payload through the socket.
+    /// let options = ServeOptions::new().shared_memory_from(None);
+    /// ```
+    #[must_use]
+    pub fn shared_memory_from(mut self, from: Option<usize>) -> ServeOptions {
+        self.shared_memory_from = from.map(|from| from.max(crate::MIN_SHARED_MEMORY_FROM));
         self
     }
 
@@ -176,6 +198,11 @@ impl ServeOptions {
         self.max_greeting_frame_length.min(self.max_frame_length)
     }
 
+    #[cfg(feature = "process")]
+    pub(crate) fn shared_memory_from_value(&self) -> Option<usize> {
+        self.shared_memory_from
+    }
+
     pub(crate) fn greeting_timeout_value(&self) -> Duration {
         self.greeting_timeout
     }
@@ -211,6 +238,7 @@ impl Default for ServeOptions {
             max_greeting_frame_length: DEFAULT_MAX_GREETING_FRAME_LENGTH,
             greeting_timeout: DEFAULT_GREETING_TIMEOUT,
             max_ungreeted_connections: DEFAULT_MAX_UNGREETED_CONNECTIONS,
+            shared_memory_from: Some(crate::DEFAULT_SHARED_MEMORY_FROM),
             middleware: None,
             driver: "transport",
         }

@@ -7,6 +7,7 @@
 //!   host down and lives on, serving nothing, until it is killed or its host
 //!   ends (a worker whose connection broke while its process lives).
 //! - `--logging`: serves with the `Logging` middleware.
+//! - `--no-shared-memory`: takes no payload in a memory file, and sends none.
 
 use std::time::Duration;
 
@@ -48,6 +49,9 @@ async fn main() {
     let mut options = workerbus::ServeOptions::new();
     if args.iter().any(|arg| arg == "--logging") {
         options = options.middleware(workerbus::Logging::new());
+    }
+    if args.iter().any(|arg| arg == "--no-shared-memory") {
+        options = options.shared_memory_from(None);
     }
     for arg in &args {
         if let Some(ms) = arg.strip_prefix("--greeting-timeout-ms=") {

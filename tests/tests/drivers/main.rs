@@ -5,6 +5,7 @@
 
 mod process;
 mod process_options;
+mod shared_memory;
 mod thread;
 
 /// The test worker program, `tests/src/bin/echo-worker.rs`.

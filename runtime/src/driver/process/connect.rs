@@ -5,6 +5,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -12,20 +13,26 @@ use crate::client::{Channel, ChannelOptions, ExitWatch};
 use crate::error::{Error, ExitReason};
 use crate::frame::FrameCodec;
 
+use super::socket::Passing;
 use super::{socket, sys};
 
 pub(super) type SocketTransport = socket::SocketTransport<tokio::net::UnixStream>;
 
+/// The host's transport over `socket`, and the switch through which its
+/// handshake settles whether payloads cross in memory files.
 pub(super) fn connect_transport(
     socket: std::os::unix::net::UnixStream,
     options: &ChannelOptions,
-) -> io::Result<SocketTransport> {
+) -> io::Result<(SocketTransport, Arc<Passing>)> {
     socket.set_nonblocking(true)?;
     let socket = tokio::net::UnixStream::from_std(socket)?;
-    Ok(SocketTransport::unix(
+    let transport = SocketTransport::unix(
         socket,
         FrameCodec::new().max_frame_length(options.max_frame_length_value()),
-    ))
+    )
+    .sharing_from(options.shared_memory_from_value());
+    let passing = transport.passing();
+    Ok((transport, passing))
 }
 
 /// The process serving a named socket, as the kernel names it.
@@ -34,6 +41,8 @@ pub(super) struct NamedPeer {
     pub(super) pid: u32,
     /// Its pidfd, if this system has them.
     pub(super) handle: Option<sys::ProcessHandle>,
+    /// Whether payloads cross in memory files on the connection to it.
+    pub(super) passing: Arc<Passing>,
 }
 
 /// Connects to a named socket, after checking it belongs to our user; the
@@ -68,7 +77,7 @@ pub(super) async fn connect_named(
         }
     };
     let socket = socket.into_std().map_err(connect_error)?;
-    let transport = connect_transport(socket, options).map_err(connect_error)?;
+    let (transport, passing) = connect_transport(socket, options).map_err(connect_error)?;
     let (exit_tx, exit_rx) = watch::channel(None);
     let channel = Channel::connect(transport, options.clone(), None, "process");
     let closed = channel.watch_closed();
@@ -76,5 +85,13 @@ pub(super) async fn connect_named(
         closed.await;
         exit_tx.send_replace(Some(ExitReason::Unknown));
     });
-    Ok((channel, exit_rx, NamedPeer { pid, handle }))
+    Ok((
+        channel,
+        exit_rx,
+        NamedPeer {
+            pid,
+            handle,
+            passing,
+        },
+    ))
 }

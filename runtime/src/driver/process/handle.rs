@@ -26,6 +26,7 @@ use super::connect::connect_named;
 use super::handshake::{
     self, DETACH as DETACH_NAME, Detached, HELLO as HELLO_NAME, Hello, Secret, Welcome,
 };
+use super::socket::Passing;
 use super::{ProcessDriver, Worker, sys};
 
 static HELLO: MethodName = MethodName::from_static(HELLO_NAME);
@@ -57,6 +58,8 @@ pub struct ProcessWorker {
     /// 0 if the process has no id in this host's pid namespace.
     pub(super) pid: u32,
     pub(super) channel: Channel,
+    /// Whether payloads cross in memory files on the channel's connection.
+    pub(super) passing: Arc<Passing>,
     pub(super) exit: ExitWatch,
     pub(super) process: Process,
     pub(super) shutdown_grace: Duration,
@@ -72,9 +75,12 @@ pub struct ProcessWorker {
 impl ProcessWorker {
     /// Greets the worker with the secret and checks what it serves.
     pub(super) async fn handshake(&self, serves: &[ServiceSchema]) -> Result<Welcome, Error> {
+        let from = self.driver.channel.shared_memory_from_value();
         let hello = Hello {
             protocol: PROTOCOL_VERSION,
             secret: self.secret.to_bytes(),
+            // From here this side takes memory files, if it offers to.
+            shared_memory: self.passing.offer(from),
         };
         let answer = self
             .channel
@@ -91,10 +97,14 @@ impl ProcessWorker {
                 },
                 other => other,
             })?;
-        handshake::read_welcome(answer.into_bytes(), serves).map_err(|reason| Error::Handshake {
-            worker: self.name.clone(),
-            reason,
-        })
+        let welcome = handshake::read_welcome(answer.into_bytes(), serves).map_err(|reason| {
+            Error::Handshake {
+                worker: self.name.clone(),
+                reason,
+            }
+        })?;
+        self.passing.peer_takes(welcome.shared_memory);
+        Ok(welcome)
     }
 
     /// A channel to the worker, for generated clients.
@@ -253,9 +263,11 @@ impl ProcessWorker {
         };
         let (channel, _, peer) = connect_named(&address, &self.driver.channel).await?;
         let previous = std::mem::replace(&mut self.channel, channel);
+        let previous_passing = std::mem::replace(&mut self.passing, Arc::clone(&peer.passing));
         let serves = self.driver.serves.clone();
         if let Err(error) = self.handshake(&serves).await {
             self.channel = previous;
+            self.passing = previous_passing;
             return Err(error);
         }
         // A worker this host did not start is whatever process serves the

@@ -30,6 +30,9 @@ pub(crate) struct Hello {
     /// The per-spawn secret.
     #[prost(bytes = "bytes", tag = "2")]
     pub(crate) secret: Bytes,
+    /// Whether the host takes payloads in sealed memory files.
+    #[prost(bool, tag = "3")]
+    pub(crate) shared_memory: bool,
 }
 
 /// The worker's half of the handshake.
@@ -41,6 +44,9 @@ pub(crate) struct Welcome {
     pub(crate) pid: u32,
     #[prost(message, repeated, tag = "3")]
     pub(crate) services: Vec<ServiceInfo>,
+    /// Whether the worker takes payloads in sealed memory files.
+    #[prost(bool, tag = "4")]
+    pub(crate) shared_memory: bool,
 }
 
 /// The answer to [`DETACH`].
@@ -223,6 +229,7 @@ mod tests {
         let hello = |secret: &[u8]| Hello {
             protocol: PROTOCOL_VERSION,
             secret: Bytes::copy_from_slice(secret),
+            shared_memory: false,
         };
         let mut known = None;
         assert!(check_hello(&hello(&[1; 32]), &mut known, false).is_err());
@@ -249,6 +256,7 @@ mod tests {
                     protocol: PROTOCOL_VERSION,
                     pid: 7,
                     services,
+                    shared_memory: true,
                 }
                 .encode_to_vec(),
             )

@@ -20,12 +20,14 @@
 //! check. The worker's side: `worker.rs` serves the connection it was born
 //! with, `admission.rs` holds the peers of its named socket to their
 //! greeting, and `terminate.rs` makes SIGTERM end it as a shutdown does. `socket.rs` carries frames over a Unix
-//! socket; `sys.rs` holds the system calls.
+//! socket, and `memfd.rs` the sealed memory files its large payloads may
+//! cross in; `sys.rs` holds the other system calls.
 
 mod admission;
 mod connect;
 mod handle;
 pub(crate) mod handshake;
+mod memfd;
 mod socket;
 mod spawn;
 mod sys;

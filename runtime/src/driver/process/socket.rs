@@ -16,21 +16,24 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use futures_sink::Sink;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::Decoder;
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 
 use super::admission::Greeting;
+use super::memfd::{self, DESCRIPTORS_PER_WRITE};
 use super::sys;
 use crate::error::FrameError;
-use crate::frame::{Frame, FrameCodec, Tail};
+use crate::frame::{
+    Frame, FrameCodec, HEADER_LEN, SHARED_LEN, Tail, decode_shared, encode_shared, is_shared,
+};
 use crate::payload::{Payload, SplitEncoder};
 
 /// The send buffer asked of each connection's socket: how much the kernel
@@ -85,11 +88,76 @@ const READ_CHUNK: usize = 16 * 1024;
 /// peer sent.
 const GREETING_READ: usize = 256;
 
+/// The most descriptors a connection holds that arrived ahead of the
+/// `SHARED` frames that take them: a peer that sends more breaks it.
+const MAX_WAITING_DESCRIPTORS: usize = 16;
+
+/// Whether a connection's payloads cross in sealed memory files, each way,
+/// as its handshake settled (PROTOCOL.md 9.2): until then, neither.
+#[derive(Debug, Default)]
+pub(crate) struct Passing {
+    /// The peer takes them: this side sends its large payloads so.
+    send: AtomicBool,
+    /// This side takes them: it reads descriptors with the bytes.
+    receive: AtomicBool,
+}
+
+impl Passing {
+    /// This side takes payloads in memory files from now on if it passes
+    /// any (`from`) and the system has them; says whether it does.
+    pub(crate) fn offer(&self, from: Option<usize>) -> bool {
+        let takes = from.is_some() && memfd::SUPPORTED;
+        self.receive.store(takes, Ordering::Release);
+        takes
+    }
+
+    /// Whether the peer takes them, as its greeting said.
+    pub(crate) fn peer_takes(&self, takes: bool) {
+        self.send.store(takes, Ordering::Release);
+    }
+
+    fn sends(&self) -> bool {
+        self.send.load(Ordering::Acquire)
+    }
+
+    fn receives(&self) -> bool {
+        self.receive.load(Ordering::Acquire)
+    }
+}
+
+/// The Unix socket under a byte stream, through which descriptors pass;
+/// other streams have none, and carry every payload in their bytes.
+pub(crate) trait Descriptors {
+    fn unix(&self) -> Option<&tokio::net::UnixStream> {
+        None
+    }
+}
+
+impl Descriptors for tokio::net::UnixStream {
+    fn unix(&self) -> Option<&tokio::net::UnixStream> {
+        Some(self)
+    }
+}
+
+#[cfg(fuzzing)]
+impl Descriptors for tokio::io::DuplexStream {}
+
 /// Frames over a byte stream (a Unix socket in the process driver).
 #[derive(Debug)]
 pub(crate) struct SocketTransport<T> {
     io: T,
     codec: FrameCodec,
+    /// Whether payloads cross in memory files, each way.
+    passing: Arc<Passing>,
+    /// The least payload this side sends in a memory file, if any.
+    shared_from: Option<usize>,
+    /// Descriptors that arrived, not yet taken by a `SHARED` frame.
+    arrived: VecDeque<OwnedFd>,
+    /// The payload a `SHARED` frame announced, for the frame with this id
+    /// that follows it.
+    apart: Option<(u64, Bytes)>,
+    /// Memory files of frames queued, to send with the next write.
+    outgoing: VecDeque<OwnedFd>,
     /// How the peer is read until its greeting is accepted, if it must greet.
     before_greeting: Option<BeforeGreeting>,
     read: BytesMut,
@@ -149,6 +217,11 @@ impl<T> SocketTransport<T> {
         SocketTransport {
             io,
             codec: codec.leaving_pooled_frames(),
+            passing: Arc::default(),
+            shared_from: None,
+            arrived: VecDeque::new(),
+            apart: None,
+            outgoing: VecDeque::new(),
             before_greeting: None,
             read: BytesMut::new(),
             large: None,
@@ -193,6 +266,95 @@ impl<T> SocketTransport<T> {
             greeting,
         });
         self
+    }
+
+    /// This transport, sending payloads of at least `from` bytes in sealed
+    /// memory files once the peer says it takes them (see [`Passing`]).
+    pub(crate) fn sharing_from(mut self, from: Option<usize>) -> Self {
+        self.shared_from = from;
+        self
+    }
+
+    /// Whether payloads cross in memory files, each way: the handshake
+    /// sets it.
+    pub(crate) fn passing(&self) -> Arc<Passing> {
+        Arc::clone(&self.passing)
+    }
+
+    /// Queues `frame` with its payload `tail` in a fresh sealed memory file,
+    /// announced by a `SHARED` frame; false if no file could be made, and
+    /// nothing is queued.
+    fn queue_apart(&mut self, frame: &Frame, tail: &Tail<'_>) -> bool {
+        let len = tail.len();
+        let Ok(announced) = u32::try_from(len) else {
+            return false;
+        };
+        match memfd::sealed(len, |buf| tail.encode_to_slice(buf)) {
+            Ok(file) => {
+                encode_shared(&mut self.out, frame.id(), announced);
+                frame.encode_head_apart(&mut self.out, len);
+                self.outgoing.push_back(file);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, len, "no memory file for a payload: it goes through the socket");
+                false
+            }
+        }
+    }
+
+    /// The frame `body` (after its prefix) holds, with the payload a
+    /// `SHARED` frame before it announced; `None` for a `SHARED` frame,
+    /// which is kept until the frame it announces.
+    fn finish(&mut self, body: Bytes) -> Option<Result<Frame, FrameError>> {
+        if is_shared(&body) && self.passing.receives() {
+            return self.take_apart(&body).err().map(Err);
+        }
+        let frame = Frame::decode(body);
+        let Some((id, payload)) = self.apart.take() else {
+            return Some(frame);
+        };
+        let max = self.codec.max_len();
+        Some(frame.and_then(|frame| {
+            if frame.id() != id {
+                return Err(shared_error(format!(
+                    "it announces a payload for id {id}, the {} frame after it has id {}",
+                    frame.kind_name(),
+                    frame.id()
+                )));
+            }
+            let frame = frame.with_payload_apart(payload)?;
+            let len = frame.encoded_len();
+            if len > max {
+                return Err(FrameError::TooLong { len, max });
+            }
+            Ok(frame)
+        }))
+    }
+
+    /// Reads a `SHARED` frame: takes the oldest descriptor that arrived and
+    /// maps its memory file, once checked, as the payload it announces.
+    fn take_apart(&mut self, body: &[u8]) -> Result<(), FrameError> {
+        let (id, len) = decode_shared(body)?;
+        if self.apart.is_some() {
+            return Err(shared_error(
+                "it follows another SHARED frame, not the frame that one announced".into(),
+            ));
+        }
+        let max = self.codec.max_len();
+        if HEADER_LEN + len > max {
+            return Err(FrameError::TooLong {
+                len: HEADER_LEN + len,
+                max,
+            });
+        }
+        let file = self
+            .arrived
+            .pop_front()
+            .ok_or_else(|| shared_error("no descriptor came with it".into()))?;
+        let payload = memfd::map_sealed(file, len).map_err(shared_error)?;
+        self.apart = Some((id, payload));
+        Ok(())
     }
 
     /// Queues what was encoded into `out` since its last segment.
@@ -250,7 +412,7 @@ impl<T> SocketTransport<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
+impl<T: AsyncRead + Descriptors + Unpin> Stream for SocketTransport<T> {
     type Item = Result<Frame, FrameError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -273,10 +435,12 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
             if let Some((body, len)) = &mut this.large {
                 let left = *len - body.len();
                 if left > 0 {
-                    let read = ready!(tokio_util::io::poll_read_buf(
-                        Pin::new(&mut this.io),
+                    let read = ready!(poll_read_into(
+                        &mut this.io,
                         cx,
-                        &mut (&mut *body).limit(left)
+                        &mut (&mut *body).limit(left),
+                        &this.passing,
+                        &mut this.arrived,
                     ))?;
                     if read == 0 {
                         let buffered = 4 + body.len();
@@ -287,20 +451,33 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
                     continue;
                 }
                 let (body, _) = this.large.take().expect("a large frame is being read");
-                return Poll::Ready(Some(Frame::decode(crate::buffers::freeze(body))));
+                match this.finish(crate::buffers::freeze(body)) {
+                    Some(frame) => return Poll::Ready(Some(frame)),
+                    None => continue,
+                }
             }
             let (codec, chunk) = match &mut this.before_greeting {
                 Some(before) => (&mut before.codec, GREETING_READ),
                 None => (&mut this.codec, READ_CHUNK),
             };
-            let decoded = if this.eof {
-                codec.decode_eof(&mut this.read)
-            } else {
-                codec.decode(&mut this.read)
-            };
-            match decoded {
-                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                Ok(None) if this.eof => return Poll::Ready(None),
+            match codec.decode_body(&mut this.read) {
+                Ok(Some(body)) => match this.finish(body) {
+                    Some(frame) => return Poll::Ready(Some(frame)),
+                    None => continue,
+                },
+                Ok(None) if this.eof => {
+                    return Poll::Ready(if !this.read.is_empty() {
+                        Some(Err(FrameError::Truncated {
+                            buffered: this.read.len(),
+                        }))
+                    } else if this.apart.take().is_some() {
+                        Some(Err(shared_error(
+                            "the connection closed before the frame it announces".into(),
+                        )))
+                    } else {
+                        None
+                    });
+                }
                 Ok(None) => {
                     if this.before_greeting.is_none()
                         && let Some(len) = pooled_frame_ahead(&this.read)
@@ -325,10 +502,12 @@ impl<T: AsyncRead + Unpin> Stream for SocketTransport<T> {
             if this.read.capacity() == this.read.len() {
                 this.read.reserve(chunk);
             }
-            let read = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.io),
+            let read = ready!(poll_read_into(
+                &mut this.io,
                 cx,
-                &mut this.read
+                &mut this.read,
+                &this.passing,
+                &mut this.arrived,
             ))?;
             if read == 0 {
                 this.eof = true;
@@ -347,11 +526,82 @@ fn pooled_frame_ahead(read: &BytesMut) -> Option<usize> {
     crate::frame::is_pooled(len).then_some(len)
 }
 
-impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
+fn shared_error(reason: String) -> FrameError {
+    FrameError::Malformed {
+        kind: "SHARED",
+        reason,
+    }
+}
+
+/// Reads from `io` into `buf`; on a connection that takes payloads in
+/// memory files, with the descriptors that come with the bytes, kept in
+/// `arrived`. (Otherwise a descriptor never enters this process: a plain
+/// read leaves the kernel to close it.)
+fn poll_read_into<T: AsyncRead + Descriptors + Unpin>(
+    io: &mut T,
+    cx: &mut Context<'_>,
+    buf: &mut impl BufMut,
+    passing: &Passing,
+    arrived: &mut VecDeque<OwnedFd>,
+) -> Poll<io::Result<usize>> {
+    let Some(stream) = io.unix().filter(|_| passing.receives()) else {
+        return tokio_util::io::poll_read_buf(Pin::new(io), cx, buf);
+    };
+    let socket = stream.as_raw_fd();
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match stream.try_io(Interest::READABLE, || memfd::receive(socket, buf, arrived)) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(_) if arrived.len() > MAX_WAITING_DESCRIPTORS => {
+                arrived.clear();
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the peer sent more than {MAX_WAITING_DESCRIPTORS} descriptors ahead of the frames that take them"
+                    ),
+                )));
+            }
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+/// Writes `slices` to `io`'s socket with the descriptors of `files` (as
+/// many as one write carries) riding on the first byte written.
+fn poll_send_with<T: Descriptors>(
+    io: &T,
+    cx: &mut Context<'_>,
+    slices: &[IoSlice<'_>],
+    files: &VecDeque<OwnedFd>,
+) -> Poll<io::Result<usize>> {
+    let Some(stream) = io.unix() else {
+        return Poll::Ready(Err(io::Error::other(
+            "a memory file queued on a stream that cannot pass descriptors",
+        )));
+    };
+    let socket = stream.as_raw_fd();
+    let mut descriptors = [0 as RawFd; DESCRIPTORS_PER_WRITE];
+    let count = files.len().min(DESCRIPTORS_PER_WRITE);
+    for (slot, file) in descriptors.iter_mut().zip(files) {
+        *slot = file.as_raw_fd();
+    }
+    loop {
+        ready!(stream.poll_write_ready(cx))?;
+        match stream.try_io(Interest::WRITABLE, || {
+            memfd::send(socket, slices, &descriptors[..count])
+        }) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Descriptors + Unpin> Sink<Frame> for SocketTransport<T> {
     type Error = FrameError;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        if self.queued >= BACKPRESSURE {
+        // At most one write's descriptors wait: all of them ride on it.
+        if self.queued >= BACKPRESSURE || self.outgoing.len() >= DESCRIPTORS_PER_WRITE {
             ready!(self.as_mut().poll_flush(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -361,7 +611,16 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
         let this = &mut *self;
         let len = this.codec.check(&frame)?;
         this.queued += 4 + len;
-        if let Some(tail) = frame.encode_head(&mut this.out) {
+        // A large payload crosses in a memory file, if the peer takes one.
+        let apart = match (this.shared_from, frame.payload_apart()) {
+            (Some(from), Some(tail)) if tail.len() >= from && this.passing.sends() => {
+                this.queue_apart(&frame, &tail).then(|| tail.len())
+            }
+            _ => None,
+        };
+        if apart.is_some() {
+            // Queued whole.
+        } else if let Some(tail) = frame.encode_head(&mut this.out) {
             match tail.encoded() {
                 // Bytes already in a buffer of their own are written from it.
                 Some(bytes) if bytes.len() >= VECTORED_MIN => {
@@ -378,7 +637,11 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
         if let Frame::Request { id, payload, .. } = frame {
             this.requests.push_back((this.given, id, payload));
         }
-        this.given += 4 + len;
+        this.given += match apart {
+            // The `SHARED` frame, and this one without its payload.
+            Some(payload) => 4 + SHARED_LEN + 4 + len - payload,
+            None => 4 + len,
+        };
         Ok(())
     }
 
@@ -401,7 +664,12 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
                 count += 1;
             }
             let slices = &slices[..count];
-            let mut written = match ready!(Pin::new(&mut this.io).poll_write_vectored(cx, slices)) {
+            let write = if this.outgoing.is_empty() {
+                ready!(Pin::new(&mut this.io).poll_write_vectored(cx, slices))
+            } else {
+                ready!(poll_send_with(&this.io, cx, slices, &this.outgoing))
+            };
+            let mut written = match write {
                 Ok(0) => {
                     let error = io::Error::from(io::ErrorKind::WriteZero);
                     return Poll::Ready(Err(this.write_failed(error)));
@@ -409,6 +677,9 @@ impl<T: AsyncWrite + Unpin> Sink<Frame> for SocketTransport<T> {
                 Ok(written) => written,
                 Err(error) => return Poll::Ready(Err(this.write_failed(error))),
             };
+            // A write that took a byte took the descriptors with it.
+            let sent = this.outgoing.len().min(DESCRIPTORS_PER_WRITE);
+            this.outgoing.drain(..sent);
             this.taken += written;
             this.queued = this.queued.saturating_sub(written);
             while written > 0 {
@@ -622,6 +893,8 @@ mod tests {
         taken: Vec<u8>,
     }
 
+    impl Descriptors for Trickle {}
+
     impl AsyncWrite for Trickle {
         fn poll_write(
             mut self: Pin<&mut Self>,
@@ -735,6 +1008,8 @@ mod tests {
     struct SlowReader {
         budget: usize,
     }
+
+    impl Descriptors for SlowReader {}
 
     impl AsyncWrite for SlowReader {
         fn poll_write(
@@ -867,7 +1142,7 @@ mod tests {
     }
 
     /// Polls `transport` once for a frame.
-    fn poll_frame<T: AsyncRead + Unpin>(
+    fn poll_frame<T: AsyncRead + Descriptors + Unpin>(
         transport: &mut SocketTransport<T>,
     ) -> Poll<Option<Result<Frame, FrameError>>> {
         let waker = std::task::Waker::noop();
@@ -1008,3 +1283,7 @@ mod tests {
         assert_eq!(sender.queued, 0);
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+#[path = "socket_shared_tests.rs"]
+mod shared_tests;

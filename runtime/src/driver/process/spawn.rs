@@ -113,16 +113,17 @@ impl ProcessDriver {
             Arc::clone(&address),
         ));
 
-        let connected = connect_transport(host_end, &self.channel).map(|transport| {
-            Channel::connect(
+        let connected = connect_transport(host_end, &self.channel).map(|(transport, passing)| {
+            let channel = Channel::connect(
                 transport,
                 self.channel.clone(),
                 Some(exit_rx.clone()),
                 "process",
-            )
+            );
+            (channel, passing)
         });
-        let channel = match connected {
-            Ok(channel) => channel,
+        let (channel, passing) = match connected {
+            Ok(connected) => connected,
             Err(error) => {
                 kill.notify_one();
                 return Err(spawn_error(
@@ -135,6 +136,7 @@ impl ProcessDriver {
             name: name.clone(),
             pid,
             channel,
+            passing,
             exit: exit_rx,
             process: Process::Child(kill),
             shutdown_grace: self.shutdown_grace,
@@ -209,6 +211,7 @@ impl ProcessDriver {
             name: self.worker_name(),
             pid: peer.pid,
             channel,
+            passing: peer.passing,
             exit,
             process: Process::Connected(peer.handle),
             shutdown_grace: self.shutdown_grace,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::socket::SocketTransport;
+use super::socket::{Descriptors, Passing, SocketTransport};
 use bytes::Bytes;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -130,20 +130,19 @@ pub async fn serve_with_options<S: Dispatch>(
         .map(|signal| tokio::spawn(stop_on_sigterm(signal, Arc::clone(&shared))));
 
     let greeting = Greeting::inherited();
+    let socket = transport(
+        SocketTransport::unix(socket, codec(&options)),
+        &options,
+        Arc::clone(&greeting),
+    );
     let control = ConnectionControl {
         shared: Arc::clone(&shared),
         inherited: true,
-        greeting: Arc::clone(&greeting),
+        greeting,
+        passing: socket.passing(),
     };
     let first = async {
-        let transport = Stoppable::new(
-            transport(
-                SocketTransport::unix(socket, codec(&options)),
-                &options,
-                greeting,
-            ),
-            Arc::clone(&shared.stop),
-        );
+        let transport = Stoppable::new(socket, Arc::clone(&shared.stop));
         let ending = serve_connection(transport, service, &options, Some(&control)).await;
         shared.connection_ended();
         ending
@@ -194,13 +193,17 @@ fn codec(options: &ServeOptions) -> FrameCodec {
 }
 
 /// A connection's transport in the worker: read with the greeting's limit,
-/// and no room reserved ahead of what arrives, until `greeting` is done.
+/// and no room reserved ahead of what arrives, until `greeting` is done;
+/// sending large payloads in memory files if the greeting says the host
+/// takes them.
 fn transport<T>(
     transport: SocketTransport<T>,
     options: &ServeOptions,
     greeting: Arc<Greeting>,
 ) -> SocketTransport<T> {
-    transport.until_greeted(options.greeting_frame_length_value(), greeting)
+    transport
+        .until_greeted(options.greeting_frame_length_value(), greeting)
+        .sharing_from(options.shared_memory_from_value())
 }
 
 type AcceptLoop = Box<dyn Fn(UnixListener) + Send + Sync>;
@@ -261,6 +264,8 @@ struct ConnectionControl {
     inherited: bool,
     /// Where the connection stands with its greeting.
     greeting: Arc<Greeting>,
+    /// Whether payloads cross in memory files, as the greeting settles.
+    passing: Arc<Passing>,
 }
 
 impl Control for ConnectionControl {
@@ -300,11 +305,18 @@ impl ConnectionControl {
     /// worker serves.
     fn hello(&self, hello: Hello) -> Result<Welcome, Status> {
         check_hello(&hello, &mut lock(&self.shared.secret), self.inherited)?;
+        // Before the welcome is written: the host sends a memory file only
+        // once it has read it.
+        let takes = self
+            .passing
+            .offer(self.shared.options.shared_memory_from_value());
+        self.passing.peer_takes(hello.shared_memory);
         self.greeting.done();
         Ok(Welcome {
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),
             services: self.shared.services.clone(),
+            shared_memory: takes,
         })
     }
 
@@ -460,17 +472,16 @@ async fn serve_peer<S, T>(
 ) -> Result<Ending, PeerError>
 where
     S: Dispatch,
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    T: AsyncRead + AsyncWrite + Descriptors + Send + Unpin + 'static,
 {
+    let socket = transport(socket, &shared.options, Arc::clone(&greeting));
     let control = ConnectionControl {
         shared: Arc::clone(&shared),
         inherited: false,
         greeting: Arc::clone(&greeting),
+        passing: socket.passing(),
     };
-    let transport = Stoppable::new(
-        transport(socket, &shared.options, Arc::clone(&greeting)),
-        Arc::clone(&shared.stop),
-    );
+    let transport = Stoppable::new(socket, Arc::clone(&shared.stop));
     let serve = serve_connection(transport, service, &shared.options, Some(&control));
     tokio::select! {
         // The serve loop first: it is where a greeting is accepted.
@@ -502,15 +513,14 @@ pub enum PeerEnd {
 /// (`workerbus::fuzzing::serve_named_peer`). A detach is refused: there is
 /// no accept loop, and no socket is made.
 #[cfg(fuzzing)]
-pub(crate) async fn serve_fuzzed_peer<S, T>(
-    io: T,
+pub(crate) async fn serve_fuzzed_peer<S>(
+    io: tokio::io::DuplexStream,
     service: S,
     options: ServeOptions,
     secret: Secret,
 ) -> PeerEnd
 where
     S: Dispatch,
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let options = options.driver("process");
     let shared = Arc::new(WorkerShared {

@@ -1,0 +1,95 @@
+//! Large payloads between a host and a real worker process in sealed
+//! memory files (PROTOCOL.md 5.13): they cross that way both ways when both
+//! ends take them, and through the socket when either end does not, as the
+//! handshake settles.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use workerbus::{
+    CallOptions, ChannelOptions, DEFAULT_SHARED_MEMORY_FROM, ProcessDriver, ProcessWorker,
+};
+use workerbus_tests::pb::echo::{EchoClient, EchoReply, EchoRequest};
+
+use crate::ECHO_WORKER;
+
+/// Whether `ptr` points into a memory file workerbus made, as this
+/// process's mappings name it.
+fn in_memory_file(ptr: *const u8) -> bool {
+    let address = ptr as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap_or_default();
+        let Some((start, end)) = range.split_once('-') else {
+            return false;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            return false;
+        };
+        (start..end).contains(&address) && line.contains("memfd:workerbus")
+    })
+}
+
+async fn echo(worker: &ProcessWorker, data: &Bytes) -> EchoReply {
+    let reply = EchoClient::new(worker.channel())
+        .with_options(CallOptions::new().timeout(Duration::from_secs(20)))
+        .echo(EchoRequest {
+            data: data.clone(),
+            ..EchoRequest::default()
+        })
+        .await
+        .expect("the echo of a large payload");
+    assert_eq!(reply.data, *data, "the payload came back changed");
+    reply
+}
+
+fn data(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test]
+async fn large_payloads_cross_in_shared_memory_when_both_ends_take_it() {
+    let worker = ProcessDriver::new(ECHO_WORKER).spawn().await.unwrap();
+    // The request went in a memory file too: the worker took it, or the
+    // call would have failed.
+    let large = data(1 << 20);
+    let reply = echo(&worker, &large).await;
+    assert!(
+        in_memory_file(reply.data.as_ptr()),
+        "the reply's bytes are not in a memory file"
+    );
+    // Below the threshold: through the socket.
+    let small = data(DEFAULT_SHARED_MEMORY_FROM - 64);
+    let reply = echo(&worker, &small).await;
+    assert!(!in_memory_file(reply.data.as_ptr()));
+}
+
+#[tokio::test]
+async fn a_host_that_takes_no_shared_memory_is_answered_through_the_socket() {
+    let worker = ProcessDriver::new(ECHO_WORKER)
+        .channel_options(ChannelOptions::new().shared_memory_from(None))
+        .spawn()
+        .await
+        .unwrap();
+    let reply = echo(&worker, &data(1 << 20)).await;
+    assert!(!in_memory_file(reply.data.as_ptr()));
+}
+
+#[tokio::test]
+async fn a_worker_that_takes_no_shared_memory_is_sent_every_payload_through_the_socket() {
+    // A memory file sent to it would break the connection, and the call.
+    let worker = ProcessDriver::new(ECHO_WORKER)
+        .arg("--no-shared-memory")
+        .spawn()
+        .await
+        .unwrap();
+    let reply = echo(&worker, &data(1 << 20)).await;
+    assert!(!in_memory_file(reply.data.as_ptr()));
+}
