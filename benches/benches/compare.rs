@@ -104,6 +104,8 @@ const TONIC_TCP: &str = "tonic, TCP";
 const PROCESS: &str = "workerbus process driver";
 // Not a name that contains `PROCESS`, so that `SUBJECTS` can pick either.
 const PROCESS_MULTI: &str = "workerbus process, multi-thread host";
+// Contains `PROCESS`: measured with it, in the 1 MiB scenario only.
+const PROCESS_SHARED: &str = "workerbus process driver, shared memory";
 
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
@@ -228,6 +230,9 @@ async fn run(config: Config) -> Results {
     let sink = ServerProcess::start(baselines::SINK);
     let thread = subjects::thread_worker().await.expect("a thread worker");
     let process = subjects::process_worker().await.expect("a process worker");
+    let shared_memory = subjects::process_worker_shared_memory()
+        .await
+        .expect("a process worker");
     let on_thread = WorkerbusEcho::new(thread.channel());
     let in_process = WorkerbusEcho::new(process.channel());
     let with_middleware = WorkerbusEcho::new(
@@ -256,6 +261,11 @@ async fn run(config: Config) -> Results {
         eprintln!("round {round} of {}", config.rounds);
         echo_scenarios(&mut results, THREAD, &on_thread, config).await;
         echo_scenarios(&mut results, PROCESS, &in_process, config).await;
+        if wanted(PROCESS_SHARED) && scenario_wanted(BIG) {
+            let echo = WorkerbusEcho::new(shared_memory.channel());
+            let rate = transfer(&echo, 1 << 20, config.time).await;
+            results.record(BIG, PROCESS_SHARED, "MB/s", rate / 1e6);
+        }
         if let Some(multi) = &multi {
             results.merge(multi.round());
         }

@@ -8,8 +8,10 @@
 //!     target/release/examples/hot_path thread 20000 64
 //! ```
 //!
-//! Arguments: the driver (`thread` or `process`), the number of calls, how
-//! many are in flight at a time, and the payload's size in bytes.
+//! Arguments: the driver (`thread`, `process`, or `process-shared`: with
+//! payloads of 256 KiB or more in sealed memory files), the number of
+//! calls, how many are in flight at a time, and the payload's size in
+//! bytes.
 
 use workerbus_benches::Echo;
 use workerbus_benches::scenarios::payload;
@@ -44,7 +46,14 @@ fn main() {
                 let worker = subjects::process_worker().await.expect("a process worker");
                 (WorkerbusEcho::new(worker.channel()), Err(worker))
             }
-            other => panic!("unknown driver {other:?}: thread or process"),
+            // Payloads of 256 KiB or more in sealed memory files.
+            "process-shared" => {
+                let worker = subjects::process_worker_shared_memory()
+                    .await
+                    .expect("a process worker");
+                (WorkerbusEcho::new(worker.channel()), Err(worker))
+            }
+            other => panic!("unknown driver {other:?}: thread, process or process-shared"),
         };
         let start = std::time::Instant::now();
         let mut tasks = tokio::task::JoinSet::new();

@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use workerbus::{
-    Channel, Context, Error, ProcessDriver, ProcessWorker, Status, ThreadDriver, ThreadWorker,
+    Channel, ChannelOptions, Context, Error, ProcessDriver, ProcessWorker, ServeOptions, Status,
+    ThreadDriver, ThreadWorker,
 };
 use workerbus_tests::EchoWorker;
 use workerbus_tests::pb::echo::{EchoClient, EchoRequest, EchoServer};
@@ -123,6 +124,23 @@ pub async fn process_worker() -> Result<ProcessWorker, Error> {
         .await
 }
 
+/// The payload size from which [`process_worker_shared_memory`]'s
+/// payloads cross in sealed memory files.
+pub const SHARED_MEMORY_FROM: usize = 256 * 1024;
+
+/// As [`process_worker`], but with payloads of [`SHARED_MEMORY_FROM`] bytes
+/// or more in sealed memory files, both ways.
+pub async fn process_worker_shared_memory() -> Result<ProcessWorker, Error> {
+    let program = std::env::current_exe().expect("the benchmark's path");
+    ProcessDriver::new(program)
+        .name("bench-echo-shared")
+        .env(SERVE_ENV, "echo-shared-memory")
+        .serves(EchoClient::SCHEMA)
+        .channel_options(ChannelOptions::new().shared_memory_from(Some(SHARED_MEMORY_FROM)))
+        .spawn()
+        .await
+}
+
 /// Serves the Echo service and returns true if this process was started as
 /// a workerbus worker; returns false at once otherwise.
 pub fn serve_if_worker() -> bool {
@@ -133,10 +151,14 @@ pub fn serve_if_worker() -> bool {
         .enable_all()
         .build()
         .expect("a Tokio runtime");
-    let served = if std::env::var_os(SERVE_ENV).is_some_and(|serve| serve == "vectors") {
-        runtime.block_on(workerbus::serve(VectorsServer::new(VectorsWorker)))
-    } else {
-        runtime.block_on(workerbus::serve(EchoServer::new(EchoWorker::in_process())))
+    let serve = std::env::var(SERVE_ENV).unwrap_or_default();
+    let served = match serve.as_str() {
+        "vectors" => runtime.block_on(workerbus::serve(VectorsServer::new(VectorsWorker))),
+        "echo-shared-memory" => runtime.block_on(workerbus::serve_with_options(
+            EchoServer::new(EchoWorker::in_process()),
+            ServeOptions::new().shared_memory_from(Some(SHARED_MEMORY_FROM)),
+        )),
+        _ => runtime.block_on(workerbus::serve(EchoServer::new(EchoWorker::in_process()))),
     };
     served.expect("serving the benchmark's worker");
     true

@@ -108,8 +108,8 @@ pub use self::driver::{DEFAULT_SHUTDOWN_GRACE, Spawn, Worker};
 pub use self::error::{Code, Error, ExitReason, FrameError, Status};
 pub use self::event::{EventSink, Subscription};
 pub use self::frame::{
-    DEFAULT_MAX_FRAME_LENGTH, DEFAULT_SHARED_MEMORY_FROM, Frame, FrameCodec, HEADER_LEN,
-    MAX_METHOD_LEN, MIN_FRAME_LENGTH, MIN_SHARED_MEMORY_FROM, STREAM_WINDOW,
+    DEFAULT_MAX_FRAME_LENGTH, Frame, FrameCodec, HEADER_LEN, MAX_METHOD_LEN, MIN_FRAME_LENGTH,
+    MIN_SHARED_MEMORY_FROM, STREAM_WINDOW,
 };
 pub use self::log::LOG_ENV;
 pub use self::metadata::{MAX_METADATA_LEN, Metadata, ResponseMetadata};

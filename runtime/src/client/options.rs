@@ -454,13 +454,20 @@ impl ChannelOptions {
     }
 
     /// Over a process worker's socket, payloads of at least `from` bytes
-    /// (default [256 KiB](crate::DEFAULT_SHARED_MEMORY_FROM), at least
-    /// [4 KiB](crate::MIN_SHARED_MEMORY_FROM)) cross in a sealed memory
-    /// file, handed over with the frame, rather than through the socket:
-    /// on Linux, and where the worker agrees in the handshake; otherwise
-    /// every payload goes through the socket. `None` sends none that way
-    /// and takes none from the worker. The thread driver ignores it: its
-    /// messages cross as values.
+    /// (at least [4 KiB](crate::MIN_SHARED_MEMORY_FROM)) cross in a sealed
+    /// memory file, handed over with the frame, rather than through the
+    /// socket, and the worker may answer so: on Linux, where the worker
+    /// turns it on too ([`ServeOptions::shared_memory_from`](crate::ServeOptions::shared_memory_from));
+    /// otherwise every payload goes through the socket. `None`, the
+    /// default, sends none that way and takes none from the worker. The
+    /// thread driver ignores it: its messages cross as values.
+    ///
+    /// It is off by default because it is slower where we measured it: a
+    /// fresh memory file per payload makes the kernel allocate, account
+    /// and free every page of it, which costs more than copying the bytes
+    /// through the socket (`docs/BENCHMARKS.md`). It pays where the
+    /// receiver reads little of a large payload, or where holding it once,
+    /// shared, matters more than the time.
     ///
     /// ```
     /// use workerbus::{ChannelOptions, ProcessDriver};
@@ -494,7 +501,7 @@ impl Default for ChannelOptions {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             window: Window::DEFAULT,
             metadata: Metadata::new(),
-            shared_memory_from: Some(crate::DEFAULT_SHARED_MEMORY_FROM),
+            shared_memory_from: None,
         }
     }
 }

@@ -73,13 +73,10 @@ pub const HEADER_LEN: usize = 1 + 1 + 8;
 /// any status the runtime itself produces about an oversized frame.
 pub const MIN_FRAME_LENGTH: usize = 256;
 
-/// By default, a payload of at least this many bytes (256 KiB) crosses a
-/// process worker's socket in a sealed memory file rather than through the
-/// socket, where both ends agree to it (`docs/PROTOCOL.md` 5.13).
-pub const DEFAULT_SHARED_MEMORY_FROM: usize = 256 * 1024;
-
-/// The smallest payload that may cross in a sealed memory file (one page,
-/// 4 KiB): below it, making the file costs more than copying the bytes.
+/// The smallest payload that may cross a process worker's socket in a
+/// sealed memory file (one page, 4 KiB), where both ends turn that on
+/// (`shared_memory_from`, `docs/PROTOCOL.md` 5.13): below it, making the
+/// file costs more than copying the bytes.
 pub const MIN_SHARED_MEMORY_FROM: usize = 4096;
 
 /// The longest method name a `REQUEST` frame can carry.

@@ -87,15 +87,6 @@ impl<'a> Tail<'a> {
         }
     }
 
-    /// Writes the tail into `dst`, exactly its length.
-    #[cfg(feature = "process")]
-    pub(crate) fn encode_to_slice(&self, mut dst: &mut [u8]) {
-        match self {
-            Tail::Bytes(bytes) => dst.put_slice(bytes),
-            Tail::Message(payload) => payload.encode_to(&mut dst),
-        }
-    }
-
     /// The tail's bytes, unless it is a message value still to encode.
     #[cfg(feature = "process")]
     pub(crate) fn encoded(&self) -> Option<&'a Bytes> {

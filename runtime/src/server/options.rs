@@ -121,18 +121,20 @@ impl ServeOptions {
     }
 
     /// Over a process worker's socket, payloads of at least `from` bytes
-    /// (default [256 KiB](crate::DEFAULT_SHARED_MEMORY_FROM), at least
-    /// [4 KiB](crate::MIN_SHARED_MEMORY_FROM)) cross in a sealed memory
-    /// file, handed over with the frame, rather than through the socket:
-    /// on Linux, and where the host agrees in the handshake; otherwise every
-    /// payload goes through the socket. `None` sends none that way and takes
-    /// none from the host. Other transports ignore it.
+    /// (at least [4 KiB](crate::MIN_SHARED_MEMORY_FROM)) cross in a sealed
+    /// memory file, handed over with the frame, rather than through the
+    /// socket, and the host may send its requests so: on Linux, where the
+    /// host turns it on too
+    /// ([`ChannelOptions::shared_memory_from`](crate::ChannelOptions::shared_memory_from),
+    /// which says why it is off by default); otherwise every payload goes
+    /// through the socket. `None`, the default, sends none that way and
+    /// takes none from the host. Other transports ignore it.
     ///
     /// ```
     /// use workerbus::ServeOptions;
     ///
-    /// // Every payload through the socket.
-    /// let options = ServeOptions::new().shared_memory_from(None);
+    /// // Answers of 1 MiB or more in shared memory, if the host takes them.
+    /// let options = ServeOptions::new().shared_memory_from(Some(1 << 20));
     /// ```
     #[must_use]
     pub fn shared_memory_from(mut self, from: Option<usize>) -> ServeOptions {
@@ -238,7 +240,7 @@ impl Default for ServeOptions {
             max_greeting_frame_length: DEFAULT_MAX_GREETING_FRAME_LENGTH,
             greeting_timeout: DEFAULT_GREETING_TIMEOUT,
             max_ungreeted_connections: DEFAULT_MAX_UNGREETED_CONNECTIONS,
-            shared_memory_from: Some(crate::DEFAULT_SHARED_MEMORY_FROM),
+            shared_memory_from: None,
             middleware: None,
             driver: "transport",
         }

@@ -7,7 +7,8 @@
 //!   host down and lives on, serving nothing, until it is killed or its host
 //!   ends (a worker whose connection broke while its process lives).
 //! - `--logging`: serves with the `Logging` middleware.
-//! - `--no-shared-memory`: takes no payload in a memory file, and sends none.
+//! - `--shared-memory-from=<bytes>`: takes payloads in memory files, and
+//!   sends those of at least `bytes` so, if the host takes them.
 
 use std::time::Duration;
 
@@ -50,8 +51,10 @@ async fn main() {
     if args.iter().any(|arg| arg == "--logging") {
         options = options.middleware(workerbus::Logging::new());
     }
-    if args.iter().any(|arg| arg == "--no-shared-memory") {
-        options = options.shared_memory_from(None);
+    for arg in &args {
+        if let Some(from) = arg.strip_prefix("--shared-memory-from=") {
+            options = options.shared_memory_from(Some(from.parse().expect("a number of bytes")));
+        }
     }
     for arg in &args {
         if let Some(ms) = arg.strip_prefix("--greeting-timeout-ms=") {

@@ -47,7 +47,7 @@ fn names_traces_frames_and_options_describe_themselves() {
         "ServeOptions { max_concurrent_calls: 8, max_queued_calls: 1024, \
          max_frame_length: 4096, window: Window(4 messages, 1048576 bytes), \
          max_greeting_frame_length: 4096, greeting_timeout: 10s, \
-         max_ungreeted_connections: 64, shared_memory_from: Some(262144), middleware: 1 }"
+         max_ungreeted_connections: 64, shared_memory_from: None, middleware: 1 }"
     );
 }
 

@@ -1,17 +1,18 @@
 //! Large payloads between a host and a real worker process in sealed
 //! memory files (PROTOCOL.md 5.13): they cross that way both ways when both
-//! ends take them, and through the socket when either end does not, as the
-//! handshake settles.
+//! ends turn it on, and through the socket when either end has it off (the
+//! default), as the handshake settles.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use workerbus::{
-    CallOptions, ChannelOptions, DEFAULT_SHARED_MEMORY_FROM, ProcessDriver, ProcessWorker,
-};
+use workerbus::{CallOptions, ChannelOptions, ProcessDriver, ProcessWorker};
 use workerbus_tests::pb::echo::{EchoClient, EchoReply, EchoRequest};
 
 use crate::ECHO_WORKER;
+
+/// The threshold both ends are given when they turn it on.
+const FROM: usize = 256 * 1024;
 
 /// Whether `ptr` points into a memory file workerbus made, as this
 /// process's mappings name it.
@@ -19,8 +20,7 @@ fn in_memory_file(ptr: *const u8) -> bool {
     let address = ptr as usize;
     let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
     maps.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let range = fields.next().unwrap_or_default();
+        let range = line.split_whitespace().next().unwrap_or_default();
         let Some((start, end)) = range.split_once('-') else {
             return false;
         };
@@ -32,6 +32,18 @@ fn in_memory_file(ptr: *const u8) -> bool {
         };
         (start..end).contains(&address) && line.contains("memfd:workerbus")
     })
+}
+
+/// A worker started with shared memory on or off at each end.
+async fn spawn(host: bool, worker: bool) -> ProcessWorker {
+    let mut driver = ProcessDriver::new(ECHO_WORKER);
+    if host {
+        driver = driver.channel_options(ChannelOptions::new().shared_memory_from(Some(FROM)));
+    }
+    if worker {
+        driver = driver.arg(format!("--shared-memory-from={FROM}"));
+    }
+    driver.spawn().await.expect("spawn the echo worker")
 }
 
 async fn echo(worker: &ProcessWorker, data: &Bytes) -> EchoReply {
@@ -55,8 +67,8 @@ fn data(len: usize) -> Bytes {
 }
 
 #[tokio::test]
-async fn large_payloads_cross_in_shared_memory_when_both_ends_take_it() {
-    let worker = ProcessDriver::new(ECHO_WORKER).spawn().await.unwrap();
+async fn large_payloads_cross_in_shared_memory_when_both_ends_turn_it_on() {
+    let worker = spawn(true, true).await;
     // The request went in a memory file too: the worker took it, or the
     // call would have failed.
     let large = data(1 << 20);
@@ -66,18 +78,20 @@ async fn large_payloads_cross_in_shared_memory_when_both_ends_take_it() {
         "the reply's bytes are not in a memory file"
     );
     // Below the threshold: through the socket.
-    let small = data(DEFAULT_SHARED_MEMORY_FROM - 64);
-    let reply = echo(&worker, &small).await;
+    let reply = echo(&worker, &data(FROM - 64)).await;
+    assert!(!in_memory_file(reply.data.as_ptr()));
+}
+
+#[tokio::test]
+async fn by_default_every_payload_goes_through_the_socket() {
+    let worker = spawn(false, false).await;
+    let reply = echo(&worker, &data(1 << 20)).await;
     assert!(!in_memory_file(reply.data.as_ptr()));
 }
 
 #[tokio::test]
 async fn a_host_that_takes_no_shared_memory_is_answered_through_the_socket() {
-    let worker = ProcessDriver::new(ECHO_WORKER)
-        .channel_options(ChannelOptions::new().shared_memory_from(None))
-        .spawn()
-        .await
-        .unwrap();
+    let worker = spawn(false, true).await;
     let reply = echo(&worker, &data(1 << 20)).await;
     assert!(!in_memory_file(reply.data.as_ptr()));
 }
@@ -85,11 +99,7 @@ async fn a_host_that_takes_no_shared_memory_is_answered_through_the_socket() {
 #[tokio::test]
 async fn a_worker_that_takes_no_shared_memory_is_sent_every_payload_through_the_socket() {
     // A memory file sent to it would break the connection, and the call.
-    let worker = ProcessDriver::new(ECHO_WORKER)
-        .arg("--no-shared-memory")
-        .spawn()
-        .await
-        .unwrap();
+    let worker = spawn(true, false).await;
     let reply = echo(&worker, &data(1 << 20)).await;
     assert!(!in_memory_file(reply.data.as_ptr()));
 }

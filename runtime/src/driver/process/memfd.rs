@@ -57,10 +57,12 @@ fn control_len(count: usize) -> (usize, usize) {
     }
 }
 
-/// A fresh memory file of `len` bytes (at least 1), filled by `fill`, then
-/// sealed against writing, shrinking, growing and further sealing.
+/// A fresh memory file holding the bytes of `parts` (`len` in all, at
+/// least 1), sealed against writing, shrinking, growing and further
+/// sealing. The bytes are written, not mapped: the kernel fills the file's
+/// pages as it makes them, where a mapping would have them zeroed first.
 #[cfg(target_os = "linux")]
-pub(crate) fn sealed(len: usize, fill: impl FnOnce(&mut [u8])) -> io::Result<OwnedFd> {
+pub(crate) fn sealed(len: usize, parts: &mut [IoSlice<'_>]) -> io::Result<OwnedFd> {
     // SAFETY: the name is a NUL-terminated string that outlives the call.
     let fd = unsafe {
         libc::memfd_create(
@@ -72,29 +74,36 @@ pub(crate) fn sealed(len: usize, fill: impl FnOnce(&mut [u8])) -> io::Result<Own
         return Err(io::Error::last_os_error());
     }
     // SAFETY: memfd_create returned a descriptor that nothing else owns.
-    let file = unsafe { OwnedFd::from_raw_fd(fd) };
-    let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: ftruncate acts only on the descriptor, which is open.
-    if unsafe { libc::ftruncate(fd, size) } < 0 {
-        return Err(io::Error::last_os_error());
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut parts = &mut parts[..];
+    let mut written = 0;
+    while !parts.is_empty() {
+        match io::Write::write_vectored(&mut file, parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut parts, n);
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
     }
-    {
-        let mapping = Mapping::new(&file, len, libc::PROT_READ | libc::PROT_WRITE)?;
-        // SAFETY: the mapping is `len` writable bytes, zero when the file
-        // was made, and nothing else maps the file: no one else has it.
-        fill(unsafe { std::slice::from_raw_parts_mut(mapping.ptr.as_ptr(), len) });
-        // Unmapped here: a writable mapping keeps a file from being sealed.
+    if written != len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{written} bytes written for a payload of {len}"),
+        ));
     }
     // SAFETY: fcntl acts only on the descriptor.
     if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, SEALS | libc::F_SEAL_SEAL) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(file)
+    Ok(file.into())
 }
 
 /// No sealed memory files here: [`SUPPORTED`] is false, and nothing asks.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn sealed(_len: usize, _fill: impl FnOnce(&mut [u8])) -> io::Result<OwnedFd> {
+pub(crate) fn sealed(_len: usize, _parts: &mut [IoSlice<'_>]) -> io::Result<OwnedFd> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
@@ -135,7 +144,7 @@ pub(crate) fn map_sealed(file: OwnedFd, len: usize) -> Result<Bytes, String> {
             stat.st_size
         ));
     }
-    let mapping = Mapping::new(&file, len, libc::PROT_READ)
+    let mapping = Mapping::new(&file, len)
         .map_err(|error| format!("cannot map the memory file of {len} bytes ({error})"))?;
     Ok(Bytes::from_owner(mapping))
 }
@@ -146,25 +155,26 @@ pub(crate) fn map_sealed(_file: OwnedFd, _len: usize) -> Result<Bytes, String> {
     Err("this system has no sealed memory files".into())
 }
 
-/// A shared mapping of a whole memory file, unmapped when dropped.
+/// A read-only mapping of a whole sealed memory file, unmapped when
+/// dropped.
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
 
 impl Mapping {
-    /// Maps the `len` bytes (at least 1) of `file`, with its pages mapped
-    /// at once rather than one fault each.
-    fn new(file: &OwnedFd, len: usize, protection: libc::c_int) -> io::Result<Mapping> {
+    /// Maps the `len` bytes (at least 1) of `file`. Its pages are mapped
+    /// as they are first read, several at a time (the kernel's fault-around):
+    /// asking for all of them at once (`MAP_POPULATE`) costs more.
+    fn new(file: &OwnedFd, len: usize) -> io::Result<Mapping> {
         // SAFETY: a new mapping the kernel places; it aliases no memory of
-        // ours, and a file of at least `len` bytes backs all of it (the
-        // caller sized the file or checked its sealed size).
+        // ours, and the file, sealed at `len` bytes, backs all of it.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                protection,
-                libc::MAP_SHARED | populate(),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
             )
@@ -177,19 +187,8 @@ impl Mapping {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn populate() -> libc::c_int {
-    libc::MAP_POPULATE
-}
-
-#[cfg(not(target_os = "linux"))]
-fn populate() -> libc::c_int {
-    0
-}
-
 // SAFETY: a read-only mapping of a file sealed against writing is memory
-// that nobody changes, shared between threads as any `&[u8]` is; a
-// writable one is only ever used by the thread that made it.
+// that nobody changes, shared between threads as any `&[u8]` is.
 unsafe impl Send for Mapping {}
 // SAFETY: as above.
 unsafe impl Sync for Mapping {}
@@ -370,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_sealed_file_maps_back_as_its_bytes_and_cannot_be_changed() {
-        let file = sealed(5, |buf| buf.copy_from_slice(b"hello")).unwrap();
+        let file = sealed(5, &mut [IoSlice::new(b"hel"), IoSlice::new(b"lo")]).unwrap();
         // Neither written nor resized, by anyone holding the descriptor.
         let raw = file.as_raw_fd();
         // SAFETY (test): writes from a valid buffer to an open descriptor.
@@ -388,7 +387,7 @@ mod tests {
 
     #[test]
     fn a_file_of_another_size_unsealed_or_not_a_memory_file_is_refused() {
-        let file = sealed(5, |buf| buf.copy_from_slice(b"hello")).unwrap();
+        let file = sealed(5, &mut [IoSlice::new(b"hello")]).unwrap();
         assert_eq!(
             map_sealed(file, 6).unwrap_err(),
             "the memory file holds 5 bytes, its frame says 6"
@@ -409,7 +408,7 @@ mod tests {
     #[test]
     fn descriptors_ride_with_the_bytes_and_arrive_close_on_exec() {
         let (a, b) = pair();
-        let file = sealed(3, |buf| buf.copy_from_slice(b"abc")).unwrap();
+        let file = sealed(3, &mut [IoSlice::new(b"abc")]).unwrap();
         let sent = send(
             a.as_raw_fd(),
             &[IoSlice::new(b"frame")],
@@ -437,7 +436,7 @@ mod tests {
     fn more_descriptors_with_one_write_than_allowed_is_an_error() {
         let (a, b) = pair();
         let files: Vec<OwnedFd> = (0..DESCRIPTORS_PER_WRITE + 1)
-            .map(|_| sealed(1, |_| ()).unwrap())
+            .map(|_| sealed(1, &mut [IoSlice::new(b"x")]).unwrap())
             .collect();
         let raw: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
         assert_eq!(send(a.as_raw_fd(), &[IoSlice::new(b"x")], &raw).unwrap(), 1);

@@ -289,7 +289,36 @@ impl<T> SocketTransport<T> {
         let Ok(announced) = u32::try_from(len) else {
             return false;
         };
-        match memfd::sealed(len, |buf| tail.encode_to_slice(buf)) {
+        let made = match tail.encoded() {
+            Some(bytes) => memfd::sealed(len, &mut [IoSlice::new(bytes)]),
+            // A message value is encoded at the end of the write buffer,
+            // but for its large `bytes` fields, and written from there and
+            // from where those are; then the buffer is cut back.
+            None => {
+                let start = self.out.len();
+                let mut cuts = std::mem::take(&mut self.cuts);
+                tail.encode_split(&mut SplitEncoder::new(
+                    &mut self.out,
+                    &mut cuts,
+                    VECTORED_MIN,
+                ));
+                let mut parts = Vec::with_capacity(2 * cuts.len() + 1);
+                let mut at = start;
+                for (cut, bytes) in &cuts {
+                    parts.push(IoSlice::new(&self.out[at..*cut]));
+                    parts.push(IoSlice::new(bytes));
+                    at = *cut;
+                }
+                parts.push(IoSlice::new(&self.out[at..]));
+                let made = memfd::sealed(len, &mut parts);
+                drop(parts);
+                cuts.clear();
+                self.cuts = cuts;
+                self.out.truncate(start);
+                made
+            }
+        };
+        match made {
             Ok(file) => {
                 encode_shared(&mut self.out, frame.id(), announced);
                 frame.encode_head_apart(&mut self.out, len);

@@ -209,7 +209,7 @@ fn empty_response(id: u64) -> Frame {
 }
 
 fn sealed_file(len: usize) -> OwnedFd {
-    memfd::sealed(len, |buf| buf.fill(7)).unwrap()
+    memfd::sealed(len, &mut [IoSlice::new(&vec![7; len])]).unwrap()
 }
 
 /// Sends `hostile` to a transport that takes memory files and returns the
