@@ -32,6 +32,7 @@ fn main() -> std::io::Result<()> {
         ("handshake", handshake()),
         ("server_dispatch", server_dispatch()),
         ("named_peer", named_peer()),
+        ("shared_memory", shared_memory()),
     ] {
         let dir = corpus.join(target);
         std::fs::create_dir_all(&dir)?;
@@ -79,7 +80,7 @@ fn every_kind() -> Vec<Frame> {
         request(3, "w.n", vec![]).with_kind(MethodKind::OneWay),
         Frame::Response {
             id: 1,
-            payload: Bytes::from_static(&[0x08, 0x01]),
+            payload: Bytes::from_static(&[0x08, 0x01]).into(),
         },
         Frame::Status {
             id: 1,
@@ -320,7 +321,7 @@ fn server_dispatch() -> Vec<(&'static str, Vec<u8>)> {
             "response-from-host",
             raw(vec![Frame::Response {
                 id: 1,
-                payload: Bytes::new(),
+                payload: Bytes::new().into(),
             }]),
         ),
         ("truncated", truncated),
@@ -390,4 +391,44 @@ fn named_peer() -> Vec<(&'static str, Vec<u8>)> {
         ("announces-over-smallest-limit", peer(1, 5, 5, vec![])),
         ("announces-within-limit", peer(0, 5, 2, vec![echo(2, 1)])),
     ]
+}
+
+/// A peer of a connection that takes memory files: well-formed
+/// announcements, each kind of descriptor a `SHARED` frame may come with,
+/// too many descriptors on one write, raw bytes between (see
+/// `workerbus_fuzz::shared` for the ops).
+fn shared_memory() -> Vec<(&'static str, Vec<u8>)> {
+    let well_formed = |id: u8, size: u16| {
+        let [high, low] = size.to_be_bytes();
+        vec![1, id, high, low]
+    };
+    let hostile = |kind: u8, len: u16, raw: &[u8]| {
+        let [high, low] = len.to_be_bytes();
+        let mut op = vec![2, kind, high, low, raw.len() as u8];
+        op.extend_from_slice(raw);
+        op
+    };
+    let mut seeds = vec![
+        ("well-formed", [vec![0], well_formed(1, 0), well_formed(2, 60_000)].concat()),
+        ("over-the-limit", [vec![2], well_formed(1, 8_000)].concat()),
+        ("too-many-descriptors", vec![0, 3, 11]),
+        ("raw-bytes", [vec![0, 0, 3], b"abc".to_vec(), well_formed(1, 1)].concat()),
+    ];
+    let kinds = [
+        "sealed-file",
+        "file-of-another-size",
+        "unsealed-file",
+        "pipe",
+        "socket",
+        "dev-null",
+        "no-descriptor",
+    ];
+    for (kind, name) in kinds.into_iter().enumerate() {
+        seeds.push((name, [vec![0], hostile(kind as u8, 4096, &[])].concat()));
+    }
+    seeds.push((
+        "sealed-file-then-a-cancel",
+        [vec![0], hostile(0, 4096, &encode([Frame::Cancel { id: 1 }]))].concat(),
+    ));
+    seeds
 }

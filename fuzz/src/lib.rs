@@ -9,3 +9,4 @@ pub mod decoder;
 pub mod handshake;
 pub mod named_peer;
 pub mod server;
+pub mod shared;

@@ -826,7 +826,7 @@ pub(crate) fn steps(ops: &[Op], limit: usize) -> Vec<Step> {
             Op::Shutdown => Frame::Shutdown,
             Op::Response { id, payload } => Frame::Response {
                 id: id.get(),
-                payload: Bytes::copy_from_slice(payload),
+                payload: Bytes::copy_from_slice(payload).into(),
             },
             Op::Metadata { id } => Frame::Metadata {
                 id: id.get(),

@@ -27,6 +27,43 @@ use crate::driver::process::handshake::{self, Hello};
 #[cfg(feature = "process")]
 use crate::{Dispatch, Secret, ServeOptions, ServiceSchema, Status};
 
+/// Writes each of `writes` (bytes, with descriptors riding on the first of
+/// them) to one end of a Unix socket pair, and reads the other end with
+/// the process driver's transport, as a connection that takes payloads in
+/// sealed memory files reads its peer (frames of at most `max` bytes): the
+/// frames read, then the error that ended the reading (`None`: the writes
+/// ended cleanly). The descriptors are closed once sent.
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub fn read_with_descriptors(
+    writes: Vec<(Vec<u8>, Vec<std::os::fd::OwnedFd>)>,
+    max: usize,
+) -> (Vec<crate::Frame>, Option<String>) {
+    crate::driver::process::read_with_descriptors(writes, max)
+}
+
+/// A memory file holding `bytes`, sealed as a sender seals one; `None` if
+/// none could be made.
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub fn sealed_memory_file(bytes: &[u8]) -> Option<std::os::fd::OwnedFd> {
+    crate::driver::process::sealed_memory_file(bytes.len(), &mut [std::io::IoSlice::new(bytes)])
+        .ok()
+}
+
+/// A memory file of `len` bytes, not sealed.
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub fn unsealed_memory_file(len: usize) -> std::os::fd::OwnedFd {
+    crate::driver::process::unsealed_for_fuzzing(len)
+}
+
+/// The bytes of a `SHARED` frame announcing a payload of `len` bytes for
+/// the frame with `id` that follows it.
+#[cfg(feature = "process")]
+pub fn shared_frame(id: u64, len: u32) -> Vec<u8> {
+    let mut bytes = bytes::BytesMut::new();
+    crate::frame::encode_shared(&mut bytes, id, len);
+    bytes.to_vec()
+}
+
 /// The decoder a process worker reads a peer with until its greeting
 /// succeeds: frames of at most `max` bytes, and no room reserved ahead of
 /// the bytes that arrive (the buffer grows only as its reader brings them

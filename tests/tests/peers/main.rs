@@ -3,6 +3,7 @@
 //! named socket that never greet it (`ungreeted`).
 
 mod hostile;
+mod memory_files;
 mod ungreeted;
 
 /// The test worker program, `tests/src/bin/echo-worker.rs`.

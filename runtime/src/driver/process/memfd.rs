@@ -340,7 +340,7 @@ pub(crate) fn send(
 
 /// A memory file of `len` bytes, unsealed: what a careless or hostile peer
 /// might send.
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(any(test, fuzzing), target_os = "linux"))]
 pub(crate) fn unsealed(len: usize) -> OwnedFd {
     // SAFETY (test): a new memory file that nothing else owns.
     let file = unsafe {
@@ -353,6 +353,9 @@ pub(crate) fn unsealed(len: usize) -> OwnedFd {
     std::io::Write::write_all(&mut file, &vec![7; len]).unwrap();
     file.into()
 }
+
+#[cfg(all(fuzzing, target_os = "linux"))]
+pub(crate) use self::unsealed as unsealed_for_fuzzing;
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {

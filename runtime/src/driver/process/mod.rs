@@ -42,6 +42,10 @@ use std::time::Duration;
 pub use self::handle::{DetachedWorker, ProcessWorker};
 pub use self::handshake::Secret;
 #[cfg(fuzzing)]
+pub(crate) use self::memfd::{sealed as sealed_memory_file, unsealed_for_fuzzing};
+#[cfg(fuzzing)]
+pub(crate) use self::socket::read_with_descriptors;
+#[cfg(fuzzing)]
 pub use self::worker::PeerEnd;
 #[cfg(fuzzing)]
 pub(crate) use self::worker::serve_fuzzed_peer;

@@ -746,6 +746,66 @@ impl<T: AsyncWrite + Descriptors + Unpin> Sink<Frame> for SocketTransport<T> {
     }
 }
 
+/// Writes each of `writes` (bytes, with descriptors riding on the first
+/// of them) to one end of a socket pair, from a thread, and reads the other
+/// end with the transport of a connection that takes memory files (frames
+/// of at most `max` bytes): the frames read, then the error that ended the
+/// reading (`None`: a clean end). For the fuzz targets
+/// (`workerbus::fuzzing::read_with_descriptors`).
+#[cfg(fuzzing)]
+pub(crate) fn read_with_descriptors(
+    writes: Vec<(Vec<u8>, Vec<OwnedFd>)>,
+    max: usize,
+) -> (Vec<Frame>, Option<String>) {
+    use std::io::Write;
+
+    let (a, b) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    let writer = std::thread::spawn(move || -> io::Result<()> {
+        for (bytes, files) in writes {
+            let raw: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
+            let mut at = 0;
+            while at < bytes.len() {
+                let written = if at == 0 && !raw.is_empty() {
+                    memfd::send(a.as_raw_fd(), &[IoSlice::new(&bytes)], &raw)
+                } else {
+                    (&a).write(&bytes[at..])
+                };
+                match written {
+                    Ok(n) => at += n,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::yield_now();
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(())
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime");
+    let read = runtime.block_on(async move {
+        b.set_nonblocking(true).expect("a non-blocking socket");
+        let b = tokio::net::UnixStream::from_std(b).expect("a Tokio socket");
+        let mut transport = SocketTransport::unix(b, FrameCodec::new().max_frame_length(max));
+        transport
+            .passing()
+            .offer(Some(crate::MIN_SHARED_MEMORY_FROM));
+        let mut frames = Vec::new();
+        loop {
+            match std::future::poll_fn(|cx| Pin::new(&mut transport).poll_next(cx)).await {
+                Some(Ok(frame)) => frames.push(frame),
+                Some(Err(error)) => return (frames, Some(error.to_string())),
+                None => return (frames, None),
+            }
+        }
+    });
+    // The reader's end is closed: a writer still writing gets EPIPE.
+    let _ = writer.join();
+    read
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
