@@ -302,7 +302,8 @@ pub(crate) fn check_output(output: &[u8], sent: &HashSet<u64>, clean: bool) {
                 Frame::Response { id, .. }
                 | Frame::Status { id, .. }
                 | Frame::Item { id, .. }
-                | Frame::Credit { id, .. } => assert!(
+                | Frame::Credit { id, .. }
+                | Frame::Metadata { id, .. } => assert!(
                     sent.contains(id),
                     "the worker wrote about request {id}, which the host never made: {frame:?}"
                 ),
