@@ -55,7 +55,7 @@ pub(crate) use self::codec::is_pooled;
 pub(crate) use self::wire::Tail;
 pub(crate) use self::wire::metadata_field_len;
 #[cfg(feature = "process")]
-pub(crate) use self::wire::{SHARED_LEN, decode_shared, encode_shared, is_shared};
+pub(crate) use self::wire::{KIND_SHARED, SHARED_LEN, decode_shared, encode_shared, is_shared};
 use crate::error::Status;
 use crate::metadata::Metadata;
 use crate::name::MethodName;

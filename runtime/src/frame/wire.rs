@@ -99,6 +99,7 @@ impl<'a> Tail<'a> {
 
 impl Frame {
     /// The number of bytes the frame takes after its length prefix.
+    #[inline]
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN
             + match self {
@@ -145,6 +146,7 @@ impl Frame {
     /// payload at its end, which it returns for the caller to write after
     /// (every frame that carries a payload carries it last). The prefix
     /// counts the payload.
+    #[inline]
     pub(crate) fn encode_head(&self, dst: &mut BytesMut) -> Option<Tail<'_>> {
         self.encode_head_counting(dst, self.encoded_len())
     }
@@ -209,6 +211,7 @@ impl Frame {
         Ok(self)
     }
 
+    #[inline]
     fn encode_head_counting(&self, dst: &mut BytesMut, len: usize) -> Option<Tail<'_>> {
         // Lengths above u32::MAX are refused by every codec long before here.
         dst.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
@@ -537,6 +540,7 @@ pub(crate) fn metadata_field_len(metadata: &Metadata) -> usize {
     }
 }
 
+#[inline]
 fn put_header(dst: &mut BytesMut, kind: u8, id: u64) {
     dst.put_u8(kind);
     dst.put_u8(0);

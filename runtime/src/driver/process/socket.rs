@@ -26,13 +26,15 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
+use tokio_util::codec::Decoder;
 
 use super::admission::Greeting;
 use super::memfd::{self, DESCRIPTORS_PER_WRITE};
 use super::sys;
 use crate::error::FrameError;
 use crate::frame::{
-    Frame, FrameCodec, HEADER_LEN, SHARED_LEN, Tail, decode_shared, encode_shared, is_shared,
+    Frame, FrameCodec, HEADER_LEN, KIND_SHARED, SHARED_LEN, Tail, decode_shared, encode_shared,
+    is_shared,
 };
 use crate::payload::{Payload, SplitEncoder};
 
@@ -332,33 +334,39 @@ impl<T> SocketTransport<T> {
         }
     }
 
-    /// The frame `body` (after its prefix) holds, with the payload a
-    /// `SHARED` frame before it announced; `None` for a `SHARED` frame,
-    /// which is kept until the frame it announces.
-    fn finish(&mut self, body: Bytes) -> Option<Result<Frame, FrameError>> {
-        if is_shared(&body) && self.passing.receives() {
-            return self.take_apart(&body).err().map(Err);
+    /// Reads a `SHARED` frame's `body`: on a connection that takes memory
+    /// files, its file is kept for the frame it announces; on any other, it
+    /// is refused as the codec refuses it.
+    #[cold]
+    #[inline(never)]
+    fn shared(&mut self, body: Bytes) -> Result<(), FrameError> {
+        if self.passing.receives() {
+            self.take_apart(&body)
+        } else {
+            Frame::decode(body).map(drop)
         }
-        let frame = Frame::decode(body);
+    }
+
+    /// `frame`, read after a `SHARED` frame, with the payload it announced.
+    #[cold]
+    #[inline(never)]
+    fn attach(&mut self, frame: Frame) -> Result<Frame, FrameError> {
         let Some((id, payload)) = self.apart.take() else {
-            return Some(frame);
+            return Ok(frame);
         };
-        let max = self.codec.max_len();
-        Some(frame.and_then(|frame| {
-            if frame.id() != id {
-                return Err(shared_error(format!(
-                    "it announces a payload for id {id}, the {} frame after it has id {}",
-                    frame.kind_name(),
-                    frame.id()
-                )));
-            }
-            let frame = frame.with_payload_apart(payload)?;
-            let len = frame.encoded_len();
-            if len > max {
-                return Err(FrameError::TooLong { len, max });
-            }
-            Ok(frame)
-        }))
+        if frame.id() != id {
+            return Err(shared_error(format!(
+                "it announces a payload for id {id}, the {} frame after it has id {}",
+                frame.kind_name(),
+                frame.id()
+            )));
+        }
+        let frame = frame.with_payload_apart(payload)?;
+        let (len, max) = (frame.encoded_len(), self.codec.max_len());
+        if len > max {
+            return Err(FrameError::TooLong { len, max });
+        }
+        Ok(frame)
     }
 
     /// Reads a `SHARED` frame: takes the oldest descriptor that arrived and
@@ -480,20 +488,40 @@ impl<T: AsyncRead + Descriptors + Unpin> Stream for SocketTransport<T> {
                     continue;
                 }
                 let (body, _) = this.large.take().expect("a large frame is being read");
-                match this.finish(crate::buffers::freeze(body)) {
-                    Some(frame) => return Poll::Ready(Some(frame)),
-                    None => continue,
+                let body = crate::buffers::freeze(body);
+                if is_shared(&body) {
+                    match this.shared(body) {
+                        Ok(()) => continue,
+                        Err(error) => return Poll::Ready(Some(Err(error))),
+                    }
                 }
+                let frame = Frame::decode(body);
+                return Poll::Ready(Some(match frame {
+                    Ok(frame) if this.apart.is_some() => this.attach(frame),
+                    frame => frame,
+                }));
             }
             let (codec, chunk) = match &mut this.before_greeting {
                 Some(before) => (&mut before.codec, GREETING_READ),
                 None => (&mut this.codec, READ_CHUNK),
             };
-            match codec.decode_body(&mut this.read) {
-                Ok(Some(body)) => match this.finish(body) {
-                    Some(frame) => return Poll::Ready(Some(frame)),
-                    None => continue,
-                },
+            // A `SHARED` frame, which only this transport reads, is told
+            // by its kind byte; any other is decoded as the codec does.
+            let decoded = if this.read.get(4) == Some(&KIND_SHARED) {
+                match codec.decode_body(&mut this.read) {
+                    Ok(Some(body)) => match this.shared(body) {
+                        Ok(()) => continue,
+                        Err(error) => return Poll::Ready(Some(Err(error))),
+                    },
+                    Ok(None) => Ok(None),
+                    Err(error) => Err(error),
+                }
+            } else {
+                codec.decode(&mut this.read)
+            };
+            match decoded {
+                Ok(Some(frame)) if this.apart.is_none() => return Poll::Ready(Some(Ok(frame))),
+                Ok(Some(frame)) => return Poll::Ready(Some(this.attach(frame))),
                 Ok(None) if this.eof => {
                     return Poll::Ready(if !this.read.is_empty() {
                         Some(Err(FrameError::Truncated {
@@ -641,10 +669,13 @@ impl<T: AsyncWrite + Descriptors + Unpin> Sink<Frame> for SocketTransport<T> {
         let len = this.codec.check(&frame)?;
         this.queued += 4 + len;
         // A large payload crosses in a memory file, if the peer takes one.
-        let apart = match (this.shared_from, frame.payload_apart()) {
-            (Some(from), Some(tail)) if tail.len() >= from && this.passing.sends() => {
-                this.queue_apart(&frame, &tail).then(|| tail.len())
-            }
+        let apart = match this.shared_from {
+            Some(from) if this.passing.sends() => match frame.payload_apart() {
+                Some(tail) if tail.len() >= from => {
+                    this.queue_apart(&frame, &tail).then(|| tail.len())
+                }
+                _ => None,
+            },
             _ => None,
         };
         if apart.is_some() {
@@ -707,8 +738,10 @@ impl<T: AsyncWrite + Descriptors + Unpin> Sink<Frame> for SocketTransport<T> {
                 Err(error) => return Poll::Ready(Err(this.write_failed(error))),
             };
             // A write that took a byte took the descriptors with it.
-            let sent = this.outgoing.len().min(DESCRIPTORS_PER_WRITE);
-            this.outgoing.drain(..sent);
+            if !this.outgoing.is_empty() {
+                let sent = this.outgoing.len().min(DESCRIPTORS_PER_WRITE);
+                this.outgoing.drain(..sent);
+            }
             this.taken += written;
             this.queued = this.queued.saturating_sub(written);
             while written > 0 {
