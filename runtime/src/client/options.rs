@@ -478,7 +478,7 @@ impl ChannelOptions {
     /// ```
     #[must_use]
     pub fn shared_memory_from(mut self, from: Option<usize>) -> ChannelOptions {
-        self.shared_memory_from = from.map(|from| from.max(crate::MIN_SHARED_MEMORY_FROM));
+        self.shared_memory_from = from.map(|from| from.max(crate::frame::MIN_SHARED_MEMORY_FROM));
         self
     }
 

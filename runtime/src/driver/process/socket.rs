@@ -824,7 +824,7 @@ pub(crate) fn read_with_descriptors(
         let mut transport = SocketTransport::unix(b, FrameCodec::new().max_frame_length(max));
         transport
             .passing()
-            .offer(Some(crate::MIN_SHARED_MEMORY_FROM));
+            .offer(Some(crate::frame::MIN_SHARED_MEMORY_FROM));
         let mut frames = Vec::new();
         loop {
             match std::future::poll_fn(|cx| Pin::new(&mut transport).poll_next(cx)).await {
