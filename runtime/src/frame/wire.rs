@@ -32,6 +32,7 @@ const KIND_METADATA: u8 = 0x0a;
 pub(crate) const KIND_SHARED: u8 = 0x0b;
 /// The length of a `SHARED` frame after its prefix: its header and
 /// `len: u32`.
+#[cfg(feature = "process")]
 pub(crate) const SHARED_LEN: usize = HEADER_LEN + 4;
 
 /// `REQUEST` flag: a `timeout_us` field follows the header.
@@ -185,6 +186,13 @@ impl Frame {
     pub(crate) fn with_payload_apart(mut self, apart: Bytes) -> Result<Frame, FrameError> {
         let kind = self.kind_name();
         let empty = match &mut self {
+            Frame::Request { kind, .. } if kind.streams_requests() => {
+                return Err(malformed(
+                    "SHARED",
+                    "it is followed by a REQUEST that opens a request stream, which carries no payload"
+                        .into(),
+                ));
+            }
             Frame::Request { payload, .. } | Frame::Response { payload, .. } => {
                 let empty = payload.is_empty();
                 *payload = apart.into();

@@ -32,6 +32,9 @@ pub(super) fn connect_transport(
     )
     .sharing_from(options.shared_memory_from_value());
     let passing = transport.passing();
+    // Before the connection's reader runs: a worker may send a memory file
+    // right after its welcome, which the reader may read with it.
+    passing.offer(options.shared_memory_from_value());
     Ok((transport, passing))
 }
 

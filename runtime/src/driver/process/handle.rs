@@ -75,12 +75,11 @@ pub struct ProcessWorker {
 impl ProcessWorker {
     /// Greets the worker with the secret and checks what it serves.
     pub(super) async fn handshake(&self, serves: &[ServiceSchema]) -> Result<Welcome, Error> {
-        let from = self.driver.channel.shared_memory_from_value();
         let hello = Hello {
             protocol: PROTOCOL_VERSION,
             secret: self.secret.to_bytes(),
-            // From here this side takes memory files, if it offers to.
-            shared_memory: self.passing.offer(from),
+            // Taken from the connection's start (`connect_transport`).
+            shared_memory: self.passing.receives(),
         };
         let answer = self
             .channel

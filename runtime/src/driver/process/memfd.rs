@@ -113,6 +113,23 @@ pub(crate) fn sealed(_len: usize, _parts: &mut [IoSlice<'_>]) -> io::Result<Owne
 /// bytes. The descriptor is closed either way.
 #[cfg(target_os = "linux")]
 pub(crate) fn map_sealed(file: OwnedFd, len: usize) -> Result<Bytes, String> {
+    match check_sealed(&file, len) {
+        // The mapping keeps the file; its descriptor, a memory file's,
+        // closes at once.
+        Ok(()) => Mapping::new(&file, len)
+            .map(Bytes::from_owner)
+            .map_err(|error| format!("cannot map the memory file of {len} bytes ({error})")),
+        Err(reason) => {
+            close_elsewhere([file]);
+            Err(reason)
+        }
+    }
+}
+
+/// Why the descriptor `file` is not a memory file sealed against writing,
+/// shrinking and growing, of `len` bytes, if it is not.
+#[cfg(target_os = "linux")]
+fn check_sealed(file: &OwnedFd, len: usize) -> Result<(), String> {
     let fd = file.as_raw_fd();
     // SAFETY: fcntl acts only on the descriptor; on one that is not a
     // memory file it fails with EINVAL.
@@ -144,9 +161,7 @@ pub(crate) fn map_sealed(file: OwnedFd, len: usize) -> Result<Bytes, String> {
             stat.st_size
         ));
     }
-    let mapping = Mapping::new(&file, len)
-        .map_err(|error| format!("cannot map the memory file of {len} bytes ({error})"))?;
-    Ok(Bytes::from_owner(mapping))
+    Ok(())
 }
 
 /// No sealed memory files here: nothing is accepted.
@@ -157,11 +172,13 @@ pub(crate) fn map_sealed(_file: OwnedFd, _len: usize) -> Result<Bytes, String> {
 
 /// A read-only mapping of a whole sealed memory file, unmapped when
 /// dropped.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl Mapping {
     /// Maps the `len` bytes (at least 1) of `file`. Its pages are mapped
     /// as they are first read, several at a time (the kernel's fault-around):
@@ -205,6 +222,22 @@ impl Drop for Mapping {
         // SAFETY: the mapping `new` made, unmapped once; no slice of it
         // outlives `self`.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Closes descriptors a peer sent that were refused or never taken, on a
+/// thread of the runtime's blocking pool if there is a runtime: closing a
+/// peer's descriptor may block (the last reference to a lingering TCP
+/// socket waits for its data to go), and the thread that reads the
+/// connection must not.
+pub(crate) fn close_elsewhere(descriptors: impl IntoIterator<Item = OwnedFd>) {
+    let descriptors: Vec<OwnedFd> = descriptors.into_iter().collect();
+    if descriptors.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(descriptors))),
+        Err(_) => drop(descriptors),
     }
 }
 
@@ -267,13 +300,16 @@ pub(crate) fn receive(
     }
     if message.msg_flags & libc::MSG_CTRUNC != 0 {
         // The kernel closed those that did not fit; the rest go too.
-        for _ in 0..received {
-            descriptors.pop_back();
-        }
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the peer sent more than {DESCRIPTORS_PER_WRITE} descriptors with one write"),
-        ));
+        let split = descriptors.len() - received;
+        close_elsewhere(descriptors.split_off(split));
+        // With room left, the kernel cut them short for want of
+        // descriptors in this process, not for their number.
+        let reason = if received >= DESCRIPTORS_PER_WRITE {
+            format!("the peer sent more than {DESCRIPTORS_PER_WRITE} descriptors with one write")
+        } else {
+            "the descriptors that came with the peer's bytes were cut short: this process may be out of descriptors".to_owned()
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
     }
     let read = read as usize;
     // SAFETY: the kernel wrote `read` bytes into the buffer's next chunk.

@@ -113,16 +113,19 @@ impl Passing {
         takes
     }
 
-    /// Whether the peer takes them, as its greeting said.
+    /// Whether the peer takes them, as its greeting said (never where
+    /// this system has none to send).
     pub(crate) fn peer_takes(&self, takes: bool) {
-        self.send.store(takes, Ordering::Release);
+        self.send
+            .store(takes && memfd::SUPPORTED, Ordering::Release);
     }
 
     fn sends(&self) -> bool {
         self.send.load(Ordering::Acquire)
     }
 
-    fn receives(&self) -> bool {
+    /// Whether this side takes them, as it offered.
+    pub(crate) fn receives(&self) -> bool {
         self.receive.load(Ordering::Acquire)
     }
 }
@@ -160,6 +163,10 @@ pub(crate) struct SocketTransport<T> {
     apart: Option<(u64, Bytes)>,
     /// Memory files of frames queued, to send with the next write.
     outgoing: VecDeque<OwnedFd>,
+    /// `SHARED` frames queued since everything queued was last written: at
+    /// most [`DESCRIPTORS_PER_WRITE`], so that the peer never holds more
+    /// than twice that many descriptors ahead of their frames.
+    shared_unwritten: usize,
     /// How the peer is read until its greeting is accepted, if it must greet.
     before_greeting: Option<BeforeGreeting>,
     read: BytesMut,
@@ -194,6 +201,13 @@ pub(crate) struct SocketTransport<T> {
     taken: usize,
 }
 
+impl<T> Drop for SocketTransport<T> {
+    fn drop(&mut self) {
+        // A peer's descriptors that no `SHARED` frame took.
+        memfd::close_elsewhere(self.arrived.drain(..));
+    }
+}
+
 impl SocketTransport<tokio::net::UnixStream> {
     /// A connection's transport: frames over a Unix socket whose send buffer
     /// is raised to [`SEND_BUFFER`] (kept at the system's default if the
@@ -224,6 +238,7 @@ impl<T> SocketTransport<T> {
             arrived: VecDeque::new(),
             apart: None,
             outgoing: VecDeque::new(),
+            shared_unwritten: 0,
             before_greeting: None,
             read: BytesMut::new(),
             large: None,
@@ -325,6 +340,7 @@ impl<T> SocketTransport<T> {
                 encode_shared(&mut self.out, frame.id(), announced);
                 frame.encode_head_apart(&mut self.out, len);
                 self.outgoing.push_back(file);
+                self.shared_unwritten += 1;
                 true
             }
             Err(error) => {
@@ -378,10 +394,10 @@ impl<T> SocketTransport<T> {
                 "it follows another SHARED frame, not the frame that one announced".into(),
             ));
         }
-        let max = self.codec.max_len();
-        if HEADER_LEN + len > max {
+        let (len_with_header, max) = (HEADER_LEN.saturating_add(len), self.codec.max_len());
+        if len_with_header > max {
             return Err(FrameError::TooLong {
-                len: HEADER_LEN + len,
+                len: len_with_header,
                 max,
             });
         }
@@ -610,7 +626,7 @@ fn poll_read_into<T: AsyncRead + Descriptors + Unpin>(
         match stream.try_io(Interest::READABLE, || memfd::receive(socket, buf, arrived)) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             Ok(_) if arrived.len() > MAX_WAITING_DESCRIPTORS => {
-                arrived.clear();
+                memfd::close_elsewhere(arrived.drain(..));
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
@@ -657,8 +673,11 @@ impl<T: AsyncWrite + Descriptors + Unpin> Sink<Frame> for SocketTransport<T> {
     type Error = FrameError;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        // At most one write's descriptors wait: all of them ride on it.
-        if self.queued >= BACKPRESSURE || self.outgoing.len() >= DESCRIPTORS_PER_WRITE {
+        // At most one write's worth of memory files between two moments
+        // when everything is written: all their descriptors ride on one
+        // write, and the peer holds at most two writes' worth ahead of
+        // their frames.
+        if self.queued >= BACKPRESSURE || self.shared_unwritten >= DESCRIPTORS_PER_WRITE {
             ready!(self.as_mut().poll_flush(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -670,12 +689,15 @@ impl<T: AsyncWrite + Descriptors + Unpin> Sink<Frame> for SocketTransport<T> {
         this.queued += 4 + len;
         // A large payload crosses in a memory file, if the peer takes one.
         let apart = match this.shared_from {
-            Some(from) if this.passing.sends() => match frame.payload_apart() {
-                Some(tail) if tail.len() >= from => {
-                    this.queue_apart(&frame, &tail).then(|| tail.len())
+            // (More only where `start_send` was called without `poll_ready`.)
+            Some(from) if this.passing.sends() && this.shared_unwritten < DESCRIPTORS_PER_WRITE => {
+                match frame.payload_apart() {
+                    Some(tail) if tail.len() >= from => {
+                        this.queue_apart(&frame, &tail).then(|| tail.len())
+                    }
+                    _ => None,
                 }
-                _ => None,
-            },
+            }
             _ => None,
         };
         if apart.is_some() {
@@ -764,6 +786,7 @@ impl<T: AsyncWrite + Descriptors + Unpin> Sink<Frame> for SocketTransport<T> {
         }
         this.written_all();
         this.queued = 0;
+        this.shared_unwritten = 0;
         // Every byte given is the socket's now.
         this.requests.clear();
         this.given = 0;

@@ -429,3 +429,120 @@ async fn a_connection_that_takes_no_memory_files_refuses_a_shared_frame_and_keep
     );
     assert!(receiver.arrived.is_empty());
 }
+
+#[tokio::test]
+async fn no_more_memory_files_are_queued_while_eight_are_not_all_written() {
+    let (mut sender, mut receiver) = agreed_pair(4096);
+    // A peer that reads nothing for now, behind a small send buffer: the
+    // writes stop part of the way.
+    sys::set_send_buffer(sender.io.as_raw_fd(), 4096).unwrap();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let frames: Vec<Frame> = (1..=40)
+        .map(|id| Frame::Item {
+            id,
+            payload: bytes(4096, id as u8),
+        })
+        .collect();
+    // Ahead of them, a frame through the socket larger than its buffer.
+    let status = Frame::Status {
+        id: 99,
+        status: crate::Status::internal("large details").with_details(bytes(64 << 10, 0)),
+    };
+    Pin::new(&mut sender).start_send(status.clone()).unwrap();
+    let mut queued = vec![status];
+    // As a writer woken again and again does: asks, and on `Pending` asks
+    // again, a few times.
+    let mut refusals = 0;
+    for frame in &frames {
+        loop {
+            match Pin::new(&mut sender).poll_ready(&mut cx) {
+                Poll::Ready(result) => break result.unwrap(),
+                Poll::Pending if refusals < 3 => refusals += 1,
+                Poll::Pending => break,
+            }
+        }
+        if refusals == 3 {
+            break;
+        }
+        Pin::new(&mut sender).start_send(frame.clone()).unwrap();
+        queued.push(frame.clone());
+    }
+    // Eight, then a flush that cannot finish: a write that took the
+    // descriptors, leaving their frames' bytes unwritten, is no reason to
+    // queue more.
+    assert_eq!(queued.len(), 1 + DESCRIPTORS_PER_WRITE);
+    let send = async {
+        std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
+            .await
+            .unwrap();
+    };
+    let receive = async {
+        let mut received = Vec::new();
+        for _ in 0..queued.len() {
+            received.push(next(&mut receiver).await.unwrap().unwrap());
+        }
+        received
+    };
+    let ((), received) = tokio::join!(send, receive);
+    assert_eq!(received, queued);
+}
+
+#[tokio::test]
+async fn requests_in_memory_files_the_socket_never_took_come_back_with_the_error() {
+    let (mut sender, receiver) = agreed_pair(4096);
+    let request = |id| {
+        Frame::request(
+            id,
+            MethodName::from_static("echo.echo"),
+            None,
+            1,
+            bytes(8192, id as u8),
+        )
+    };
+    drop(receiver);
+    Pin::new(&mut sender).start_send(request(2)).unwrap();
+    Pin::new(&mut sender)
+        .start_send(Frame::Cancel { id: 1 })
+        .unwrap();
+    Pin::new(&mut sender).start_send(request(3)).unwrap();
+    assert_eq!(
+        sender.outgoing.len(),
+        2,
+        "the requests went in memory files"
+    );
+    let error = std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
+        .await
+        .unwrap_err();
+    match error {
+        FrameError::Unwritten { source, requests } => {
+            assert_eq!(source.kind(), io::ErrorKind::BrokenPipe);
+            let ids: Vec<u64> = requests.iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, [2, 3]);
+            assert_eq!(requests[0].1, Payload::from(bytes(8192, 2)));
+        }
+        other => panic!("expected the unwritten requests back, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_opens_a_stream_takes_no_memory_file() {
+    let stream_request = Frame::request(
+        1,
+        MethodName::from_static("echo.collect"),
+        None,
+        1,
+        Bytes::new(),
+    )
+    .with_kind(crate::MethodKind::ClientStreaming);
+    let error = refused(Hostile {
+        what: "a request stream's opening",
+        bytes: then(shared(1, 4096), &stream_request),
+        descriptors: vec![sealed_file(4096)],
+    })
+    .await;
+    assert_eq!(
+        error,
+        "malformed SHARED frame: it is followed by a REQUEST that opens a request stream, which carries no payload"
+    );
+}
