@@ -5,6 +5,7 @@
 
 mod process;
 mod process_options;
+#[cfg(target_os = "linux")]
 mod shared_memory;
 mod thread;
 

@@ -66,12 +66,43 @@ fn data(len: usize) -> Bytes {
         .into()
 }
 
+/// Whether the process `pid` maps a memory file workerbus made.
+fn maps_a_memory_file(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|maps| maps.contains("memfd:workerbus"))
+}
+
 #[tokio::test]
 async fn large_payloads_cross_in_shared_memory_when_both_ends_turn_it_on() {
     let worker = spawn(true, true).await;
-    // The request went in a memory file too: the worker took it, or the
-    // call would have failed.
+    let pid = worker.pid().expect("the worker's pid");
+    assert!(!maps_a_memory_file(pid));
+    // The request, in a memory file, is mapped in the worker while its
+    // handler holds it (it waits 20 s before answering, or until the call
+    // is dropped).
     let large = data(1 << 20);
+    let client = EchoClient::new(worker.channel());
+    let held = client.echo(EchoRequest {
+        data: large.clone(),
+        delay_ms: 20_000,
+        ..EchoRequest::default()
+    });
+    let watch = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !maps_a_memory_file(pid) && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        maps_a_memory_file(pid)
+    };
+    let mapped = tokio::select! {
+        mapped = watch => mapped,
+        answer = held => panic!("answered before the worker was seen: {answer:?}"),
+    };
+    assert!(
+        mapped,
+        "the request's memory file is not mapped in the worker"
+    );
+    // The reply, in a memory file, is mapped here.
     let reply = echo(&worker, &large).await;
     assert!(
         in_memory_file(reply.data.as_ptr()),

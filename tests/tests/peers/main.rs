@@ -3,6 +3,7 @@
 //! named socket that never greet it (`ungreeted`).
 
 mod hostile;
+#[cfg(target_os = "linux")]
 mod memory_files;
 mod ungreeted;
 
