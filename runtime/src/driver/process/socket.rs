@@ -1396,19 +1396,30 @@ mod tests {
             .await
             .unwrap();
         drop(b);
-        Pin::new(&mut sender).start_send(request(2)).unwrap();
-        Pin::new(&mut sender)
+        let requests = unwritten_after_the_peer_left(&mut sender, request).await;
+        let ping = Bytes::from_static(b"ping");
+        assert_eq!(requests, [(2, ping.clone().into()), (3, ping.into())]);
+    }
+
+    /// With its peer gone, `sender` is given requests 2 and 3 with a
+    /// cancellation between them, and flushed: the requests the error
+    /// hands back, once it is checked to be the broken pipe.
+    pub(super) async fn unwritten_after_the_peer_left(
+        sender: &mut SocketTransport<tokio::net::UnixStream>,
+        request: impl Fn(u64) -> Frame,
+    ) -> Vec<(u64, Payload)> {
+        Pin::new(&mut *sender).start_send(request(2)).unwrap();
+        Pin::new(&mut *sender)
             .start_send(Frame::Cancel { id: 1 })
             .unwrap();
-        Pin::new(&mut sender).start_send(request(3)).unwrap();
-        let error = std::future::poll_fn(|cx| Pin::new(&mut sender).poll_flush(cx))
+        Pin::new(&mut *sender).start_send(request(3)).unwrap();
+        let error = std::future::poll_fn(|cx| Pin::new(&mut *sender).poll_flush(cx))
             .await
             .unwrap_err();
         match error {
             FrameError::Unwritten { source, requests } => {
                 assert_eq!(source.kind(), io::ErrorKind::BrokenPipe);
-                let ping = Bytes::from_static(b"ping");
-                assert_eq!(requests, [(2, ping.clone().into()), (3, ping.into())]);
+                requests
             }
             other => panic!("expected the unwritten requests back, got {other:?}"),
         }
