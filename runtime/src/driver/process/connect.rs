@@ -13,7 +13,7 @@ use crate::client::{Channel, ChannelOptions, ExitWatch};
 use crate::error::{Error, ExitReason};
 use crate::frame::FrameCodec;
 
-use super::socket::Passing;
+use super::passing::Passing;
 use super::{socket, sys};
 
 pub(super) type SocketTransport = socket::SocketTransport<tokio::net::UnixStream>;

@@ -26,7 +26,7 @@ use super::connect::connect_named;
 use super::handshake::{
     self, DETACH as DETACH_NAME, Detached, HELLO as HELLO_NAME, Hello, Secret, Welcome,
 };
-use super::socket::Passing;
+use super::passing::Passing;
 use super::{ProcessDriver, Worker, sys};
 
 static HELLO: MethodName = MethodName::from_static(HELLO_NAME);

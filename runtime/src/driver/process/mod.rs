@@ -20,14 +20,15 @@
 //! check. The worker's side: `worker.rs` serves the connection it was born
 //! with, `admission.rs` holds the peers of its named socket to their
 //! greeting, and `terminate.rs` makes SIGTERM end it as a shutdown does. `socket.rs` carries frames over a Unix
-//! socket, and `memfd.rs` the sealed memory files its large payloads may
-//! cross in; `sys.rs` holds the other system calls.
+//! socket, `passing.rs` the descriptors that ride on it, and `memfd.rs` the
+//! sealed memory files its large payloads may cross in; `sys.rs` holds the other system calls.
 
 mod admission;
 mod connect;
 mod handle;
 pub(crate) mod handshake;
 mod memfd;
+mod passing;
 mod socket;
 mod spawn;
 mod sys;

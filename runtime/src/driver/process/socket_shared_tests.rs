@@ -11,6 +11,7 @@ use futures_core::Stream;
 use futures_sink::Sink;
 
 use super::*;
+use crate::driver::process::passing::MAX_WAITING_DESCRIPTORS;
 use crate::frame::{FrameCodec, encode_shared};
 use crate::name::MethodName;
 

@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::socket::{Descriptors, Passing, SocketTransport};
+use super::passing::{Descriptors, Passing};
+use super::socket::SocketTransport;
 use bytes::Bytes;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
